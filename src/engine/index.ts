@@ -1,0 +1,470 @@
+/**
+ * The microVM engine: boot a template VM and capture an image snapshot,
+ * launch clones from it, suspend them to disk, resume them, terminate them.
+ *
+ * RAM: the template runs on a MAP_SHARED file (`mem`) and is captured with
+ * x-ignore-shared, so only device state is written. Clones map `mem`
+ * MAP_PRIVATE: pages come lazily from the shared page cache, writes are
+ * private. A suspend writes device state plus only the pages the clone wrote.
+ * Disk: every VM has its own qcow2 overlay on the image's disk.
+ */
+import { EventEmitter } from 'node:events';
+import { chmodSync, mkdirSync, openSync, fdatasyncSync, closeSync, rmSync, statSync, readFileSync } from 'node:fs';
+import { createConnection } from 'node:net';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AgentClient, type ProcessSpec } from '../agent/index.js';
+import { allocatedBytes, copyOverlay, createOverlay } from '../disk/index.js';
+import { CellaError } from '../errors/index.js';
+import { run } from '../host/index.js';
+import { GUEST, NetworkPool, networkForSlot, type VmNetwork } from '../net/index.js';
+import { loadGuestArtifacts, type GuestArtifacts } from '../setup/artifacts.js';
+import {
+  QEMU_BINARY,
+  QemuProcess,
+  QmpClient,
+  buildQemuArgs,
+  detectAccel,
+  guestCmdline,
+  hostTscKhz,
+  requireExecutable,
+  type AccelInfo,
+  type QemuSpec,
+} from '../vmm/index.js';
+import { loadState, saveState } from './migrate.js';
+import { dirtyPages } from './pagemap.js';
+import { SNAPSHOT_FORMAT, openSnapshot, sha256, snapshotFiles, writeManifest, type SnapshotManifest } from './snapshot.js';
+import { AppLog, RunningVm, vmFiles, type VmRef } from './vm.js';
+
+export { RunningVm, AppLog, vmFiles, type VmRef } from './vm.js';
+export { openSnapshot, snapshotFiles, type SnapshotManifest } from './snapshot.js';
+export { filterMigrationStream, type FilterStats } from './migration-stream.js';
+
+const PAGE = 4096;
+/** The RAM block id of the guest memory backend (`-object memory-backend-file,id=mem`). */
+const RAM_BLOCK = 'mem';
+const MAX_SOCKET_PATH = 107;
+
+export interface EngineOptions {
+  /** Holds vms/<id>/. */
+  dataDir: string;
+  guestDir?: string;
+  /** Force an accelerator instead of probing. */
+  accel?: 'kvm' | 'tcg';
+  /** Network namespaces kept ready for launches. */
+  warmNetworks?: number;
+  log?: (line: string) => void;
+}
+
+export interface SnapshotSpec {
+  /** Directory that will hold the snapshot; must not hold one yet. */
+  dir: string;
+  /** Raw ext4 root filesystem; the snapshot's disk is layered on it and it must stay in place. */
+  rootfs: string;
+  app: ProcessSpec;
+  /** The snapshot is taken once this guest port accepts connections. */
+  port: number;
+  memoryMiB: number;
+  vcpus?: number;
+  readyTimeoutMs?: number;
+  /** App output during the template boot. */
+  onLog?: (stream: 'stdout' | 'stderr', data: Buffer) => void;
+}
+
+export interface SuspendResult {
+  ms: number;
+  /** Bytes written for the checkpoint (device state + dirty pages). */
+  bytes: number;
+  dirtyPages: number;
+  totalPages: number;
+}
+
+/** Events: 'vm-exit' (id, ExitInfo & {expected}) whenever a VM's QEMU ends. */
+export class Engine extends EventEmitter {
+  private readonly running = new Map<string, RunningVm>();
+  private readonly pool: NetworkPool;
+
+  private constructor(
+    readonly dataDir: string,
+    readonly guest: GuestArtifacts,
+    readonly accel: AccelInfo,
+    /** Snapshots carry it; a launch refuses a snapshot made by anything else. */
+    readonly fingerprint: string,
+    private readonly log: (line: string) => void,
+    warm: number,
+  ) {
+    super();
+    this.pool = new NetworkPool(warm);
+  }
+
+  static async open(opts: EngineOptions): Promise<Engine> {
+    const log = opts.log ?? ((line: string) => process.stderr.write(`cella: ${line}\n`));
+    requireExecutable(QEMU_BINARY, 'QEMU (qemu-system-x86_64)');
+    const guest = loadGuestArtifacts(opts.guestDir);
+    const qemuVersion = (await run(QEMU_BINARY, ['--version'])).split('\n')[0] ?? '';
+    const accel = await detectAccel({
+      kernel: guest.kernel,
+      initrd: guest.initrd,
+      cacheFile: path.join(guest.dir, 'accel.json'),
+      cacheKey: `${qemuVersion}:${guest.manifest.vmlinuxSha256}`,
+      force: opts.accel,
+    });
+    log(`accelerator: ${accel.reason}`);
+    const fingerprint = sha256(
+      Buffer.from(
+        JSON.stringify({
+          qemuVersion,
+          vmlinux: guest.manifest.vmlinuxSha256,
+          initrd: guest.manifest.initrdSha256,
+          accel: accel.accel,
+          // The device model: any change to the command line changes what state means.
+          machine: buildQemuArgs(canonicalSpec(accel.accel)),
+        }),
+      ),
+    );
+    mkdirSync(path.join(opts.dataDir, 'vms'), { recursive: true });
+    const engine = new Engine(opts.dataDir, guest, accel, fingerprint, log, opts.warmNetworks ?? 2);
+    await engine.pool.prewarm();
+    return engine;
+  }
+
+  vmDir(id: string): string {
+    return path.join(this.dataDir, 'vms', id);
+  }
+
+  get(id: string): RunningVm | undefined {
+    return this.running.get(id);
+  }
+
+  list(): RunningVm[] {
+    return [...this.running.values()];
+  }
+
+  // ---------- image snapshots ----------
+
+  async createSnapshot(input: SnapshotSpec): Promise<SnapshotManifest> {
+    // Backing files and mappings are recorded by path: make them absolute.
+    const spec = { ...input, dir: path.resolve(input.dir), rootfs: path.resolve(input.rootfs) };
+    const files = snapshotFiles(spec.dir);
+    try {
+      statSync(files.manifest);
+      throw new CellaError('INVALID_STATE', `a snapshot already exists at ${spec.dir}`);
+    } catch (err) {
+      if (err instanceof CellaError) throw err;
+    }
+    try {
+      statSync(spec.rootfs);
+    } catch {
+      throw new CellaError('INVALID_ARGUMENT', `root filesystem ${spec.rootfs} does not exist`);
+    }
+    if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 64 || spec.memoryMiB > 65536) {
+      throw new CellaError('INVALID_ARGUMENT', `memoryMiB must be an integer in 64..65536, got ${spec.memoryMiB}`);
+    }
+    mkdirSync(spec.dir, { recursive: true });
+    const work = path.join(spec.dir, 'template');
+    mkdirSync(work, { recursive: true });
+    const sockets = vmFiles(work);
+    checkSocketPaths(sockets);
+    rmSync(files.mem, { force: true });
+    rmSync(files.disk, { force: true });
+    await createOverlay(spec.rootfs, 'raw', files.disk);
+
+    const vcpus = spec.vcpus ?? 1;
+    const net = await this.pool.acquire();
+    const started = Date.now();
+    let qemu: QemuProcess | undefined;
+    let qmp: QmpClient | undefined;
+    let agent: AgentClient | undefined;
+    let appLog: AppLog | undefined;
+    try {
+      qemu = QemuProcess.spawn(
+        buildQemuArgs({
+          ...this.baseSpec(`template-${path.basename(spec.dir)}`, spec.memoryMiB, vcpus),
+          memPath: files.mem,
+          memShared: true,
+          boot: {
+            kernel: this.guest.kernel,
+            initrd: this.guest.initrd,
+            cmdline: guestCmdline({ tscKhz: hostTscKhz(), guestCidr: GUEST.cidr, gateway: GUEST.gateway }),
+          },
+          disk: files.disk,
+          qmpSocket: sockets.qmp,
+          ctlSocket: sockets.ctl,
+          logSocket: sockets.log,
+          consoleLog: sockets.console,
+        }),
+        { netns: net.netns },
+      );
+      const q = qemu;
+      qmp = await QmpClient.connect(sockets.qmp, 10_000, () => q.alive);
+      agent = await AgentClient.connect(sockets.ctl);
+      appLog = await AppLog.connect(sockets.log, sockets.appLog);
+      if (spec.onLog) appLog.on('data', spec.onLog);
+      const deadline = started + (spec.readyTimeoutMs ?? 60_000);
+      await this.waitGuest(agent, qemu, deadline, sockets.console);
+      const templateBootMs = Date.now() - started;
+      let appExit: number | undefined;
+      agent.on('app-exit', (status: number) => (appExit = status));
+      await agent.startApp(spec.app);
+      await waitPort(net.hostAddress, spec.port, deadline, () => {
+        if (!q.alive) throw new CellaError('GUEST_BOOT_FAILED', `template VM died: ${q.describeExit()}`);
+        if (appExit !== undefined) {
+          throw new CellaError('APP_NOT_READY', `the app exited (wait status ${appExit}) before port ${spec.port} accepted: ${tail(sockets.appLog)}`);
+        }
+      });
+      const captureStart = Date.now();
+      await agent.sync();
+      await qmp.execute('stop');
+      await saveState(qmp, qemu, sockets.migrate, files.devstate);
+      await qmp.execute('quit').catch(() => {});
+      await Promise.race([qemu.waitExit(), sleep(5000).then(() => qemu?.kill())]);
+      // The RAM file is the snapshot: it must be on disk before the manifest says so.
+      const fd = openSync(files.mem, 'r+');
+      fdatasyncSync(fd);
+      closeSync(fd);
+      await createOverlay(files.disk, 'qcow2', files.overlay);
+      for (const f of [files.mem, files.disk, files.devstate, files.overlay]) chmodSync(f, 0o444);
+      const devstate = readFileSync(files.devstate);
+      const manifest: SnapshotManifest = {
+        format: SNAPSHOT_FORMAT,
+        fingerprint: this.fingerprint,
+        accel: this.accel.accel,
+        memoryMiB: spec.memoryMiB,
+        vcpus,
+        appPort: spec.port,
+        devstateSha256: sha256(devstate),
+        devstateBytes: devstate.length,
+        memAllocatedBytes: allocatedBytes(files.mem),
+        diskAllocatedBytes: allocatedBytes(files.disk),
+        createdAt: new Date().toISOString(),
+        templateBootMs,
+        captureMs: Date.now() - captureStart,
+      };
+      writeManifest(spec.dir, manifest);
+      return manifest;
+    } catch (err) {
+      rmSync(files.devstate, { force: true });
+      throw err;
+    } finally {
+      agent?.close();
+      qmp?.close();
+      await appLog?.close();
+      await qemu?.kill();
+      await this.pool.release(net);
+      for (const s of [sockets.qmp, sockets.ctl, sockets.log, sockets.migrate]) rmSync(s, { force: true });
+    }
+  }
+
+  private async waitGuest(agent: AgentClient, qemu: QemuProcess, deadline: number, consoleLog: string): Promise<void> {
+    const hello = new Promise<void>((resolve) => agent.once('hello', () => resolve()));
+    const died = qemu.waitExit().then(() => {
+      throw new CellaError('GUEST_BOOT_FAILED', `guest did not boot: ${qemu.describeExit()}; console: ${tail(consoleLog)}`);
+    });
+    const timeout = sleep(Math.max(deadline - Date.now(), 0)).then(() => {
+      throw new CellaError('GUEST_BOOT_FAILED', `guest agent did not start in time; console: ${tail(consoleLog)}`);
+    });
+    await Promise.race([hello, died, timeout]);
+  }
+
+  // ---------- clones ----------
+
+  /** Launches a new VM `id` from the snapshot in `imageDir`. */
+  async launch(image: string, id: string): Promise<RunningVm> {
+    const imageDir = path.resolve(image);
+    const snap = openSnapshot(imageDir, this.fingerprint);
+    const dir = this.vmDir(id);
+    try {
+      mkdirSync(dir);
+    } catch {
+      throw new CellaError('INVALID_STATE', `VM ${id} already exists`);
+    }
+    checkSocketPaths(vmFiles(dir));
+    let net: VmNetwork | undefined;
+    try {
+      copyOverlay(snapshotFiles(imageDir).overlay, vmFiles(dir).disk);
+      net = await this.pool.acquire();
+      return await this.start({ id, imageDir, slot: net.slot }, snap, net, snapshotFiles(imageDir).devstate);
+    } catch (err) {
+      if (net) await this.pool.release(net).catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  /** Brings a suspended VM back from its checkpoint. */
+  async resume(ref: VmRef): Promise<RunningVm> {
+    if (this.running.has(ref.id)) throw new CellaError('INVALID_STATE', `VM ${ref.id} is running`);
+    const snap = openSnapshot(ref.imageDir, this.fingerprint);
+    const files = vmFiles(this.vmDir(ref.id));
+    try {
+      statSync(files.checkpoint);
+    } catch {
+      throw new CellaError('INVALID_STATE', `VM ${ref.id} has no checkpoint to resume from`);
+    }
+    const vm = await this.start(ref, snap, networkForSlot(ref.slot), files.checkpoint);
+    // The checkpoint is stale once the VM runs on: its disk moves ahead of it.
+    rmSync(files.checkpoint, { force: true });
+    return vm;
+  }
+
+  private async start(ref: VmRef, snap: SnapshotManifest, net: VmNetwork, stateFile: string): Promise<RunningVm> {
+    const dir = this.vmDir(ref.id);
+    const files = vmFiles(dir);
+    const qemu = QemuProcess.spawn(
+      buildQemuArgs({
+        ...this.baseSpec(ref.id, snap.memoryMiB, snap.vcpus),
+        memPath: snapshotFiles(ref.imageDir).mem,
+        memShared: false,
+        disk: files.disk,
+        qmpSocket: files.qmp,
+        ctlSocket: files.ctl,
+        logSocket: files.log,
+        consoleLog: files.console,
+        incoming: true,
+      }),
+      { netns: net.netns },
+    );
+    let qmp: QmpClient | undefined;
+    let agent: AgentClient | undefined;
+    let appLog: AppLog | undefined;
+    try {
+      qmp = await QmpClient.connect(files.qmp, 10_000, () => qemu.alive);
+      // Connect the guest's ports before it runs, so it never sees them closed.
+      [agent, appLog] = await Promise.all([
+        AgentClient.connect(files.ctl),
+        AppLog.connect(files.log, files.appLog),
+        loadState(qmp, qemu, files.migrate, stateFile),
+      ]);
+      await qmp.execute('cont');
+      // Clones are byte-identical: give each its own clock, entropy and name.
+      await Promise.all([agent.setClock(), agent.reseed(), agent.identify(ref.id)]);
+    } catch (err) {
+      agent?.close();
+      qmp?.close();
+      await appLog?.close();
+      await qemu.kill();
+      throw err;
+    }
+    const vm = new RunningVm(ref, dir, net, qemu, qmp, agent, appLog);
+    this.running.set(ref.id, vm);
+    vm.once('exit', (info: { expected: boolean }) => {
+      this.running.delete(ref.id);
+      if (!info.expected) this.log(`VM ${ref.id}: QEMU ended unexpectedly: ${qemu.describeExit()}`);
+      this.emit('vm-exit', ref.id, info);
+    });
+    return vm;
+  }
+
+  /** Saves a running VM to its folder and ends its QEMU; resume() brings it back. */
+  async suspend(vm: RunningVm): Promise<SuspendResult> {
+    const started = Date.now();
+    const snap = openSnapshot(vm.ref.imageDir, this.fingerprint);
+    const files = vmFiles(vm.dir);
+    vm.beginStop();
+    try {
+      await vm.qmp.execute('stop');
+      const dirty = dirtyPages(vm.qemu.pid, snapshotFiles(vm.ref.imageDir).mem, snap.memoryMiB * 1024 * 1024);
+      const stats = await saveState(vm.qmp, vm.qemu, files.migrate, files.checkpoint, (block, offset) => block !== RAM_BLOCK || dirty[offset / PAGE] === 1);
+      await vm.qmp.execute('quit').catch(() => {});
+      await Promise.race([vm.qemu.waitExit(), sleep(5000).then(() => vm.qemu.kill())]);
+      let dirtyCount = 0;
+      for (const d of dirty) dirtyCount += d;
+      return { ms: Date.now() - started, bytes: stats.bytesOut, dirtyPages: dirtyCount, totalPages: dirty.length };
+    } catch (err) {
+      // A VM that failed to suspend is not left half-stopped: it is gone, and says why.
+      await vm.qemu.kill();
+      rmSync(files.checkpoint, { force: true });
+      throw new CellaError('QEMU_FAILED', `suspend of ${vm.id} failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Ends a VM, running or suspended, and removes everything it had. */
+  async terminate(ref: VmRef): Promise<void> {
+    const vm = this.running.get(ref.id);
+    if (vm) {
+      vm.beginStop();
+      await vm.qemu.kill();
+    }
+    await this.pool.release(networkForSlot(ref.slot));
+    rmSync(this.vmDir(ref.id), { recursive: true, force: true });
+  }
+
+  /** Stops every running VM (without saving) and frees the warm namespaces. */
+  async close(): Promise<void> {
+    await Promise.all(this.list().map((vm) => this.terminate(vm.ref)));
+    await this.pool.close();
+  }
+
+  private baseSpec(name: string, memoryMiB: number, vcpus: number): Pick<QemuSpec, 'name' | 'accel' | 'memoryMiB' | 'vcpus' | 'tap' | 'tcgTbSizeMiB'> {
+    return {
+      name,
+      accel: this.accel.accel,
+      memoryMiB,
+      vcpus,
+      tap: { ifname: GUEST.tap, mac: GUEST.mac },
+      tcgTbSizeMiB: TCG_TB_MIB,
+    };
+  }
+}
+
+/** TCG's translation cache per VM; small keeps idle clones light. */
+const TCG_TB_MIB = 32;
+
+function canonicalSpec(accel: 'kvm' | 'tcg'): QemuSpec {
+  return {
+    name: 'x',
+    accel,
+    memoryMiB: 1,
+    vcpus: 1,
+    memPath: 'm',
+    memShared: false,
+    disk: 'd',
+    qmpSocket: 'q',
+    ctlSocket: 'c',
+    logSocket: 'l',
+    consoleLog: 'o',
+    tap: { ifname: GUEST.tap, mac: GUEST.mac },
+    tcgTbSizeMiB: TCG_TB_MIB,
+    incoming: true,
+  };
+}
+
+function checkSocketPaths(files: Record<string, string>): void {
+  for (const p of Object.values(files)) {
+    if (Buffer.byteLength(p) > MAX_SOCKET_PATH) {
+      throw new CellaError('INVALID_ARGUMENT', `path ${p} is too long for a unix socket; use a shorter data directory`);
+    }
+  }
+}
+
+function tail(file: string, bytes = 2000): string {
+  try {
+    const s = readFileSync(file, 'utf8');
+    return s.slice(-bytes).trim() || '(empty)';
+  } catch {
+    return '(none)';
+  }
+}
+
+/** Resolves once host:port accepts a TCP connection; `check` throws to give up early. */
+export async function waitPort(host: string, port: number, deadline: number, check: () => void): Promise<void> {
+  for (;;) {
+    check();
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = createConnection({ host, port });
+      s.setTimeout(500);
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+      s.once('timeout', () => {
+        s.destroy();
+        resolve(false);
+      });
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new CellaError('APP_NOT_READY', `port ${port} did not accept connections in time`);
+    await sleep(20);
+  }
+}

@@ -1,0 +1,128 @@
+/**
+ * Moving device state (and, for suspends, dirty RAM) between QEMU and files.
+ * QEMU 7.2 has no `file:` migration URI, so cellad stands at the other end of
+ * a unix socket: no shell (`exec:`) and the stream can be filtered on the way.
+ */
+import { createReadStream } from 'node:fs';
+import { open, rename, rm } from 'node:fs/promises';
+import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CellaError } from '../errors/index.js';
+import type { QemuProcess, QmpClient } from '../vmm/index.js';
+import { filterMigrationStream, type FilterStats, type KeepPage } from './migration-stream.js';
+
+/** Migration stays bounded by the disk, not by QEMU's 32 MiB/s default. */
+const UNLIMITED_BANDWIDTH = 2 ** 40;
+
+interface MigrationStatus {
+  status?: string;
+  'error-desc'?: string;
+}
+
+export async function setMigrationCaps(qmp: QmpClient): Promise<void> {
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+}
+
+async function waitMigration(qmp: QmpClient, qemu: QemuProcess, what: string): Promise<void> {
+  for (let delay = 1; ; delay = Math.min(delay * 2, 20)) {
+    if (!qemu.alive) throw new CellaError('QEMU_EXITED', `${what}: ${qemu.describeExit()}`);
+    const s = await qmp.execute<MigrationStatus>('query-migrate');
+    if (s.status === 'completed') return;
+    if (s.status === 'failed' || s.status === 'cancelled') {
+      throw new CellaError('QEMU_FAILED', `${what} failed: ${s['error-desc'] ?? s.status}`);
+    }
+    await sleep(delay);
+  }
+}
+
+/**
+ * Saves the stopped VM's state into `file` (written to a temporary name, then
+ * fsynced and renamed). With `keep`, RAM pages it rejects are left out.
+ */
+export async function saveState(
+  qmp: QmpClient,
+  qemu: QemuProcess,
+  socketPath: string,
+  file: string,
+  keep: KeepPage = () => true,
+): Promise<FilterStats> {
+  await rm(socketPath, { force: true });
+  const tmp = `${file}.tmp`;
+  const out = await open(tmp, 'w');
+  const server = net.createServer();
+  try {
+    const connected = new Promise<net.Socket>((resolve, reject) => {
+      server.once('connection', resolve);
+      server.once('error', reject);
+    });
+    await new Promise<void>((resolve, reject) => server.listen(socketPath, resolve).once('error', reject));
+    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH });
+    await setMigrationCaps(qmp);
+    await qmp.execute('migrate', { uri: `unix:${socketPath}` });
+    const socket = await Promise.race([
+      connected,
+      qemu.waitExit().then(() => {
+        throw new CellaError('QEMU_EXITED', `QEMU exited before saving state: ${qemu.describeExit()}`);
+      }),
+    ]);
+    // Coalesce small records into large writes.
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    const flush = async (): Promise<void> => {
+      if (!pendingBytes) return;
+      const bufs = pending;
+      pending = [];
+      pendingBytes = 0;
+      await out.writev(bufs);
+    };
+    const stats = await filterMigrationStream(socket, async (b) => {
+      pending.push(b);
+      pendingBytes += b.length;
+      if (pendingBytes >= 4 << 20) await flush();
+    }, keep);
+    await flush();
+    await waitMigration(qmp, qemu, 'saving state');
+    await out.datasync();
+    await out.close();
+    await rename(tmp, file);
+    return stats;
+  } catch (err) {
+    await out.close().catch(() => {});
+    await rm(tmp, { force: true });
+    throw err;
+  } finally {
+    server.close();
+    await rm(socketPath, { force: true });
+  }
+}
+
+/** Feeds `file` to a QEMU started with `-incoming defer` and waits until it is loaded (VM paused). */
+export async function loadState(qmp: QmpClient, qemu: QemuProcess, socketPath: string, file: string): Promise<void> {
+  await rm(socketPath, { force: true });
+  await setMigrationCaps(qmp);
+  await qmp.execute('migrate-incoming', { uri: `unix:${socketPath}` });
+  const socket = net.createConnection(socketPath);
+  const sent = new Promise<void>((resolve, reject) => {
+    socket.once('error', reject);
+    createReadStream(file, { highWaterMark: 1 << 20 })
+      .once('error', reject)
+      .pipe(socket)
+      .once('finish', resolve);
+  });
+  try {
+    await Promise.race([
+      sent,
+      qemu.waitExit().then(() => {
+        throw new CellaError('QEMU_EXITED', qemu.describeExit());
+      }),
+    ]);
+    await waitMigration(qmp, qemu, 'loading state');
+  } catch (err) {
+    socket.destroy();
+    // QEMU exits when it cannot load a stream: that is a bad snapshot, not a crash.
+    const reason = qemu.alive ? (err as Error).message : qemu.describeExit();
+    throw new CellaError('SNAPSHOT_CORRUPT', `cannot restore ${file}: ${reason}`, { cause: err });
+  } finally {
+    await rm(socketPath, { force: true });
+  }
+}

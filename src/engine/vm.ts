@@ -1,0 +1,115 @@
+import { EventEmitter } from 'node:events';
+import { createWriteStream, type WriteStream } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import type { AgentClient } from '../agent/index.js';
+import { FrameDecoder, Msg } from '../agent/index.js';
+import type { VmNetwork } from '../net/index.js';
+import type { ExitInfo, QemuProcess, QmpClient } from '../vmm/index.js';
+
+/** What identifies a VM across suspends and restarts; enough to resume or terminate it. */
+export interface VmRef {
+  id: string;
+  /** The image snapshot it was launched from. */
+  imageDir: string;
+  /** Its network slot (namespace), kept while suspended. */
+  slot: number;
+}
+
+export const vmFiles = (dir: string) => ({
+  disk: path.join(dir, 'disk.qcow2'),
+  checkpoint: path.join(dir, 'checkpoint'),
+  console: path.join(dir, 'console.log'),
+  appLog: path.join(dir, 'app.log'),
+  qmp: path.join(dir, 'qmp.sock'),
+  ctl: path.join(dir, 'ctl.sock'),
+  log: path.join(dir, 'log.sock'),
+  migrate: path.join(dir, 'migrate.sock'),
+});
+
+/**
+ * Receives the app's stdout/stderr from the guest's log port and appends it
+ * to a file; emits 'data' (stream, bytes) for live followers.
+ */
+export class AppLog extends EventEmitter {
+  private readonly decoder = new FrameDecoder();
+  private readonly out: WriteStream;
+
+  private constructor(private readonly socket: net.Socket, file: string) {
+    super();
+    this.out = createWriteStream(file, { flags: 'a' });
+    this.out.on('error', () => {});
+    socket.on('error', () => {});
+    socket.on('data', (chunk) => {
+      let frames;
+      try {
+        frames = this.decoder.push(chunk);
+      } catch {
+        socket.destroy();
+        return;
+      }
+      for (const f of frames) {
+        if (f.type !== Msg.LOG) continue;
+        const data = Buffer.from(f.body);
+        this.out.write(data);
+        this.emit('data', f.stream === 2 ? 'stderr' : 'stdout', data);
+      }
+    });
+  }
+
+  static connect(socketPath: string, file: string): Promise<AppLog> {
+    return new Promise((resolve, reject) => {
+      const s = net.createConnection(socketPath);
+      s.once('connect', () => {
+        s.removeListener('error', reject);
+        resolve(new AppLog(s, file));
+      });
+      s.once('error', reject);
+    });
+  }
+
+  close(): Promise<void> {
+    this.socket.destroy();
+    return new Promise((resolve) => this.out.end(resolve));
+  }
+}
+
+/**
+ * A VM whose QEMU is running. Emits 'exit' (ExitInfo & { expected: boolean })
+ * when QEMU ends; `expected` is false when nobody in cellad asked for it.
+ */
+export class RunningVm extends EventEmitter {
+  private stopping = false;
+
+  constructor(
+    readonly ref: VmRef,
+    readonly dir: string,
+    readonly network: VmNetwork,
+    readonly qemu: QemuProcess,
+    readonly qmp: QmpClient,
+    readonly agent: AgentClient,
+    readonly appLog: AppLog,
+  ) {
+    super();
+    qemu.once('exit', (info: ExitInfo) => {
+      agent.close();
+      qmp.close();
+      void appLog.close();
+      this.emit('exit', { ...info, expected: this.stopping });
+    });
+  }
+
+  get id(): string {
+    return this.ref.id;
+  }
+
+  /** Where the host dials to reach port `port` of the guest. */
+  address(port: number): { host: string; port: number } {
+    return { host: this.network.hostAddress, port };
+  }
+
+  /** Marks the coming exit as requested, so it is not reported as a crash. */
+  beginStop(): void {
+    this.stopping = true;
+  }
+}

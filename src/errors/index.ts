@@ -1,0 +1,66 @@
+/**
+ * Every error Cella raises is a CellaError with a stable `code`. The table
+ * below is the one place that maps a code to its HTTP status and to the error
+ * name of the Lambda MicroVMs contract; server and client share it.
+ */
+
+export const ERRORS = {
+  // Host setup
+  SETUP_MISSING: { status: 500, type: 'InternalServerException' },
+  ACCEL_UNAVAILABLE: { status: 500, type: 'InternalServerException' },
+  // VMM and guest
+  QEMU_FAILED: { status: 500, type: 'InternalServerException' },
+  QEMU_EXITED: { status: 500, type: 'InternalServerException' },
+  QMP_ERROR: { status: 500, type: 'InternalServerException' },
+  AGENT_ERROR: { status: 500, type: 'InternalServerException' },
+  AGENT_TIMEOUT: { status: 500, type: 'InternalServerException' },
+  GUEST_BOOT_FAILED: { status: 500, type: 'InternalServerException' },
+  APP_NOT_READY: { status: 500, type: 'InternalServerException' },
+  // Snapshots
+  SNAPSHOT_CORRUPT: { status: 500, type: 'InternalServerException' },
+  SNAPSHOT_INCOMPATIBLE: { status: 409, type: 'ConflictException' },
+  MIGRATION_STREAM_INVALID: { status: 500, type: 'InternalServerException' },
+  // Host resources
+  NETWORK_SETUP_FAILED: { status: 500, type: 'InternalServerException' },
+  DISK_SETUP_FAILED: { status: 500, type: 'InternalServerException' },
+  COMMAND_FAILED: { status: 500, type: 'InternalServerException' },
+  // Caller mistakes
+  INVALID_ARGUMENT: { status: 400, type: 'ValidationException' },
+  INVALID_STATE: { status: 409, type: 'ConflictException' },
+  NOT_FOUND: { status: 404, type: 'ResourceNotFoundException' },
+} as const satisfies Record<string, { status: number; type: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export class CellaError extends Error {
+  readonly code: ErrorCode;
+  readonly httpStatus: number;
+  readonly type: string;
+  readonly details: Readonly<Record<string, unknown>>;
+
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown; details?: Record<string, unknown> } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'CellaError';
+    this.code = code;
+    this.httpStatus = ERRORS[code].status;
+    this.type = ERRORS[code].type;
+    this.details = options.details ?? {};
+  }
+
+  toJSON(): Record<string, unknown> {
+    return { code: this.code, message: this.message, ...this.details };
+  }
+}
+
+export function isCellaError(err: unknown, code?: ErrorCode): err is CellaError {
+  return err instanceof CellaError && (code === undefined || err.code === code);
+}
+
+/** The command a user runs to install what is missing; named in every SETUP_MISSING error. */
+export const SETUP_COMMAND = 'npm run setup';
+
+export function setupMissing(what: string, path: string): CellaError {
+  return new CellaError('SETUP_MISSING', `${what} not found at ${path}; run \`${SETUP_COMMAND}\` to install it`, {
+    details: { path },
+  });
+}

@@ -1,0 +1,4 @@
+export { buildQemuArgs, guestCmdline, optValue, type Accel, type QemuSpec } from './args.js';
+export { QmpClient, QmpLineParser, type QmpEvent } from './qmp.js';
+export { QemuProcess, QEMU_BINARY, requireExecutable, type ExitInfo } from './process.js';
+export { detectAccel, hostTscKhz, type AccelInfo } from './accel.js';
