@@ -51,6 +51,8 @@ export interface EngineOptions {
   guestDir?: string;
   /** Force an accelerator instead of probing. */
   accel?: 'kvm' | 'tcg';
+  /** QEMU binary (default: CELLA_QEMU or /usr/bin/qemu-system-x86_64). */
+  qemuBinary?: string;
   /** Network namespaces kept ready for launches. */
   warmNetworks?: number;
   log?: (line: string) => void;
@@ -77,6 +79,8 @@ export interface SuspendResult {
   bytes: number;
   dirtyPages: number;
   totalPages: number;
+  /** Milliseconds from the start to each step. */
+  phases: Record<string, number>;
 }
 
 /** Events: 'vm-exit' (id, ExitInfo & {expected}) whenever a VM's QEMU ends. */
@@ -92,6 +96,7 @@ export class Engine extends EventEmitter {
     readonly fingerprint: string,
     private readonly log: (line: string) => void,
     warm: number,
+    private readonly qemuBinary: string,
   ) {
     super();
     this.pool = new NetworkPool(warm);
@@ -99,15 +104,17 @@ export class Engine extends EventEmitter {
 
   static async open(opts: EngineOptions): Promise<Engine> {
     const log = opts.log ?? ((line: string) => process.stderr.write(`cella: ${line}\n`));
-    requireExecutable(QEMU_BINARY, 'QEMU (qemu-system-x86_64)');
+    const qemuBinary = opts.qemuBinary ?? QEMU_BINARY;
+    requireExecutable(qemuBinary, 'QEMU (qemu-system-x86_64)');
     const guest = loadGuestArtifacts(opts.guestDir);
-    const qemuVersion = (await run(QEMU_BINARY, ['--version'])).split('\n')[0] ?? '';
+    const qemuVersion = (await run(qemuBinary, ['--version'])).split('\n')[0] ?? '';
     const accel = await detectAccel({
       kernel: guest.kernel,
       initrd: guest.initrd,
       cacheFile: path.join(guest.dir, 'accel.json'),
       cacheKey: `${qemuVersion}:${guest.manifest.vmlinuxSha256}`,
       force: opts.accel,
+      qemuBinary,
     });
     log(`accelerator: ${accel.reason}`);
     const fingerprint = sha256(
@@ -123,7 +130,7 @@ export class Engine extends EventEmitter {
       ),
     );
     mkdirSync(path.join(opts.dataDir, 'vms'), { recursive: true });
-    const engine = new Engine(opts.dataDir, guest, accel, fingerprint, log, opts.warmNetworks ?? 2);
+    const engine = new Engine(opts.dataDir, guest, accel, fingerprint, log, opts.warmNetworks ?? 2, qemuBinary);
     await engine.pool.prewarm();
     return engine;
   }
@@ -193,7 +200,7 @@ export class Engine extends EventEmitter {
           logSocket: sockets.log,
           consoleLog: sockets.console,
         }),
-        { netns: net.netns },
+        { netns: net.netns, binary: this.qemuBinary },
       );
       const q = qemu;
       qmp = await QmpClient.connect(sockets.qmp, 10_000, () => q.alive);
@@ -217,7 +224,7 @@ export class Engine extends EventEmitter {
       await qmp.execute('stop');
       await saveState(qmp, qemu, sockets.migrate, files.devstate);
       await qmp.execute('quit').catch(() => {});
-      await Promise.race([qemu.waitExit(), sleep(5000).then(() => qemu?.kill())]);
+      await withTimeout(qemu.waitExit(), 5000, () => q.kill());
       // The RAM file is the snapshot: it must be on disk before the manifest says so.
       const fd = openSync(files.mem, 'r+');
       fdatasyncSync(fd);
@@ -260,10 +267,9 @@ export class Engine extends EventEmitter {
     const died = qemu.waitExit().then(() => {
       throw new CellaError('GUEST_BOOT_FAILED', `guest did not boot: ${qemu.describeExit()}; console: ${tail(consoleLog)}`);
     });
-    const timeout = sleep(Math.max(deadline - Date.now(), 0)).then(() => {
+    await withTimeout(Promise.race([hello, died]), Math.max(deadline - Date.now(), 0), () => {
       throw new CellaError('GUEST_BOOT_FAILED', `guest agent did not start in time; console: ${tail(consoleLog)}`);
     });
-    await Promise.race([hello, died, timeout]);
   }
 
   // ---------- clones ----------
@@ -322,22 +328,29 @@ export class Engine extends EventEmitter {
         consoleLog: files.console,
         incoming: true,
       }),
-      { netns: net.netns },
+      { netns: net.netns, binary: this.qemuBinary },
     );
     let qmp: QmpClient | undefined;
     let agent: AgentClient | undefined;
     let appLog: AppLog | undefined;
+    const t0 = performance.now();
+    const phases: Record<string, number> = {};
+    const mark = (name: string): void => {
+      phases[name] = Math.round((performance.now() - t0) * 10) / 10;
+    };
     try {
       qmp = await QmpClient.connect(files.qmp, 10_000, () => qemu.alive);
-      // Connect the guest's ports before it runs, so it never sees them closed.
-      [agent, appLog] = await Promise.all([
-        AgentClient.connect(files.ctl),
-        AppLog.connect(files.log, files.appLog),
-        loadState(qmp, qemu, files.migrate, stateFile),
-      ]);
+      mark('qmp');
+      // Connect the guest's ports before its state loads: the snapshot says "host
+      // connected", and a port seen closed on restore costs the agent a reconnect.
+      [agent, appLog] = await Promise.all([AgentClient.connect(files.ctl), AppLog.connect(files.log, files.appLog)]);
+      await loadState(qmp, qemu, files.migrate, stateFile);
+      mark('loaded');
       await qmp.execute('cont');
+      mark('running');
       // Clones are byte-identical: give each its own clock, entropy and name.
       await Promise.all([agent.setClock(), agent.reseed(), agent.identify(ref.id)]);
+      mark('identified');
     } catch (err) {
       agent?.close();
       qmp?.close();
@@ -345,7 +358,7 @@ export class Engine extends EventEmitter {
       await qemu.kill();
       throw err;
     }
-    const vm = new RunningVm(ref, dir, net, qemu, qmp, agent, appLog);
+    const vm = new RunningVm(ref, dir, net, qemu, qmp, agent, appLog, phases);
     this.running.set(ref.id, vm);
     vm.once('exit', (info: { expected: boolean }) => {
       this.running.delete(ref.id);
@@ -361,15 +374,22 @@ export class Engine extends EventEmitter {
     const snap = openSnapshot(vm.ref.imageDir, this.fingerprint);
     const files = vmFiles(vm.dir);
     vm.beginStop();
+    const phases: Record<string, number> = {};
+    const mark = (name: string): void => {
+      phases[name] = Date.now() - started;
+    };
     try {
       await vm.qmp.execute('stop');
+      mark('stopped');
       const dirty = dirtyPages(vm.qemu.pid, snapshotFiles(vm.ref.imageDir).mem, snap.memoryMiB * 1024 * 1024);
-      const stats = await saveState(vm.qmp, vm.qemu, files.migrate, files.checkpoint, (block, offset) => block !== RAM_BLOCK || dirty[offset / PAGE] === 1);
-      await vm.qmp.execute('quit').catch(() => {});
-      await Promise.race([vm.qemu.waitExit(), sleep(5000).then(() => vm.qemu.kill())]);
+      mark('pagemap');
+      const stats = await saveState(vm.qmp, vm.qemu, files.migrate, files.checkpoint, (block, offset) => block !== RAM_BLOCK || dirty[offset / PAGE] === 1, mark);
+      // Nothing is left to save: QEMU can simply go.
+      await vm.qemu.kill();
+      mark('exited');
       let dirtyCount = 0;
       for (const d of dirty) dirtyCount += d;
-      return { ms: Date.now() - started, bytes: stats.bytesOut, dirtyPages: dirtyCount, totalPages: dirty.length };
+      return { ms: Date.now() - started, bytes: stats.bytesOut, dirtyPages: dirtyCount, totalPages: dirty.length, phases };
     } catch (err) {
       // A VM that failed to suspend is not left half-stopped: it is gone, and says why.
       await vm.qemu.kill();
@@ -434,6 +454,25 @@ function checkSocketPaths(files: Record<string, string>): void {
     if (Buffer.byteLength(p) > MAX_SOCKET_PATH) {
       throw new CellaError('INVALID_ARGUMENT', `path ${p} is too long for a unix socket; use a shorter data directory`);
     }
+  }
+}
+
+/** Awaits `p`, or after `ms` runs `onTimeout` (whose result or throw stands in); the timer never outlives the wait. */
+async function withTimeout<T, U>(p: Promise<T>, ms: number, onTimeout: () => U | Promise<U>): Promise<T | U> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<U>((resolve, reject) => {
+    timer = setTimeout(() => {
+      try {
+        resolve(onTimeout());
+      } catch (err) {
+        reject(err);
+      }
+    }, ms);
+  });
+  try {
+    return await Promise.race([p, expired]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

@@ -45,6 +45,7 @@ export async function saveState(
   socketPath: string,
   file: string,
   keep: KeepPage = () => true,
+  mark: (step: string) => void = () => {},
 ): Promise<FilterStats> {
   await rm(socketPath, { force: true });
   const tmp = `${file}.tmp`;
@@ -81,8 +82,10 @@ export async function saveState(
       if (pendingBytes >= 4 << 20) await flush();
     }, keep);
     await flush();
+    mark('streamed');
     await waitMigration(qmp, qemu, 'saving state');
     await out.datasync();
+    mark('synced');
     await out.close();
     await rename(tmp, file);
     return stats;

@@ -89,6 +89,8 @@ export class RunningVm extends EventEmitter {
     readonly qmp: QmpClient,
     readonly agent: AgentClient,
     readonly appLog: AppLog,
+    /** Milliseconds from QEMU spawn to each start-up step, for benchmarks. */
+    readonly phases: Readonly<Record<string, number>> = {},
   ) {
     super();
     qemu.once('exit', (info: ExitInfo) => {

@@ -18,6 +18,8 @@ export const GUEST = {
   gateway: '172.29.0.1',
   gatewayCidr: '172.29.0.1/24',
   mac: '52:54:00:ce:11:a0',
+  /** The gateway's MAC is fixed too: restored guests keep it in their ARP cache. */
+  gatewayMac: '52:54:00:ce:11:01',
   tap: 'tap0',
 } as const;
 
@@ -90,8 +92,11 @@ async function create(slot: number): Promise<VmNetwork | undefined> {
         `addr add ${ns}/30 dev eth0`,
         'link set eth0 up',
         `tuntap add dev ${GUEST.tap} mode tap`,
+        `link set ${GUEST.tap} address ${GUEST.gatewayMac}`,
         `addr add ${GUEST.gatewayCidr} dev ${GUEST.tap}`,
         `link set ${GUEST.tap} up`,
+        // No ARP round trip before the first packet to a freshly restored guest.
+        `neigh add ${GUEST.address} lladdr ${GUEST.mac} dev ${GUEST.tap} nud permanent`,
       ].join('\n'),
       code: 'NETWORK_SETUP_FAILED',
     });

@@ -16,6 +16,7 @@ import { writeCpio, type CpioEntry } from './cpio.js';
 import { fetchKernel, resolveKernelPackage } from './kernel.js';
 
 export { DEFAULT_GUEST_DIR, baseTree, loadGuestArtifacts, type GuestArtifacts, type GuestManifest } from './artifacts.js';
+export { buildDemoRootfs, DEMO_APP, DEMO_PORT } from './demo.js';
 
 /** What cella-init loads before mounting the root disk and bringing up eth0 and the virtio consoles. */
 export const GUEST_MODULES = ['virtio_ring', 'virtio', 'virtio_mmio', 'virtio_blk', 'failover', 'net_failover', 'virtio_net', 'virtio_console'] as const;

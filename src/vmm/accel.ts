@@ -23,7 +23,7 @@ export function hostTscKhz(): number | undefined {
   return m ? Math.round(Number(m[1]) * 1000) : undefined;
 }
 
-async function bootProbe(kernel: string, initrd: string): Promise<{ ok: boolean; detail: string }> {
+async function bootProbe(kernel: string, initrd: string, binary?: string): Promise<{ ok: boolean; detail: string }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'cella-probe-'));
   try {
     const consoleLog = path.join(dir, 'console.log');
@@ -38,7 +38,7 @@ async function bootProbe(kernel: string, initrd: string): Promise<{ ok: boolean;
       qmpSocket: path.join(dir, 'qmp.sock'),
       consoleLog,
     });
-    const qemu = QemuProcess.spawn(args);
+    const qemu = QemuProcess.spawn(args, { binary });
     const timer = setTimeout(() => void qemu.kill(), PROBE_TIMEOUT_MS);
     await qemu.waitExit();
     clearTimeout(timer);
@@ -60,7 +60,7 @@ async function bootProbe(kernel: string, initrd: string): Promise<{ ok: boolean;
  * Probes once per host boot and guest kernel; the verdict is cached in
  * `cacheFile` because a failed KVM boot can take seconds.
  */
-export async function detectAccel(opts: { kernel: string; initrd: string; cacheFile: string; cacheKey: string; force?: Accel }): Promise<AccelInfo> {
+export async function detectAccel(opts: { kernel: string; initrd: string; cacheFile: string; cacheKey: string; force?: Accel; qemuBinary?: string }): Promise<AccelInfo> {
   if (opts.force) return { accel: opts.force, reason: `forced by configuration (${opts.force})` };
   try {
     accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
@@ -75,7 +75,7 @@ export async function detectAccel(opts: { kernel: string; initrd: string; cacheF
   } catch {
     // no cache yet
   }
-  const probe = await bootProbe(opts.kernel, opts.initrd);
+  const probe = await bootProbe(opts.kernel, opts.initrd, opts.qemuBinary);
   const info: AccelInfo = probe.ok ? { accel: 'kvm', reason: `KVM: ${probe.detail}` } : { accel: 'tcg', reason: `TCG: ${probe.detail}` };
   try {
     writeFileSync(opts.cacheFile, JSON.stringify({ key, info }));

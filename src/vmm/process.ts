@@ -48,11 +48,12 @@ export class QemuProcess extends EventEmitter {
     });
   }
 
-  static spawn(args: string[], opts: { netns?: string } = {}): QemuProcess {
-    requireExecutable(QEMU_BINARY, 'QEMU (qemu-system-x86_64)');
+  static spawn(args: string[], opts: { netns?: string; binary?: string } = {}): QemuProcess {
+    const binary = opts.binary ?? QEMU_BINARY;
+    requireExecutable(binary, 'QEMU (qemu-system-x86_64)');
     const argv = ['--pdeathsig', 'KILL', '--'];
     if (opts.netns) argv.push('nsenter', `--net=/run/netns/${opts.netns}`, '--');
-    argv.push(QEMU_BINARY, ...args);
+    argv.push(binary, ...args);
     const child = spawn('setpriv', argv, { stdio: ['ignore', 'ignore', 'pipe'] });
     child.on('error', () => {});
     if (child.pid === undefined) throw new CellaError('QEMU_FAILED', 'could not start QEMU');
