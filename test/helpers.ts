@@ -1,0 +1,46 @@
+import { mkdtempSync } from 'node:fs';
+import { request } from 'node:http';
+import path from 'node:path';
+import type { RunningVm } from '../src/engine/index.js';
+import { DEMO_PORT } from '../src/setup/index.js';
+
+/** Short paths: unix sockets live under the data dir. */
+export function tempDataDir(tag: string): string {
+  return mkdtempSync(path.join('/tmp', `cella-${tag}-`));
+}
+
+/** GET from the demo app inside `vm`, through the namespace path the proxy uses. */
+export function get(vm: RunningVm, p: string): Promise<{ status: number; body: string }> {
+  const { host, port } = vm.address(DEMO_PORT);
+  return new Promise((resolve, reject) => {
+    request({ host, port, path: p, timeout: 15_000, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    })
+      .on('error', reject)
+      .on('timeout', function (this: { destroy: (e: Error) => void }) {
+        this.destroy(new Error(`GET ${p} timed out`));
+      })
+      .end();
+  });
+}
+
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Waits for `cond` to hold, polling; fails after `ms` (a bound on waiting, not a performance assertion). */
+export async function eventually(cond: () => boolean, ms = 10_000, what = 'condition'): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
