@@ -57,6 +57,29 @@ describe('clones', () => {
     }
   });
 
+  test('clones from the warm pool are as separate as cold ones and get their own identity', async () => {
+    await engine.prewarm(imageDir, 2);
+    const a = await engine.launch(imageDir, nextId());
+    const b = await engine.launch(imageDir, nextId());
+    const cold = await engine.launch(imageDir, nextId(), { fromPool: false });
+    try {
+      assert.deepEqual([a.pooled, b.pooled, cold.pooled], [true, true, false]);
+      assert.equal((await get(a, '/inc')).body, '1', 'a warm clone never served the app');
+      assert.equal((await get(b, '/inc')).body, '1');
+      assert.equal((await get(a, '/hostname')).body, a.id);
+      assert.equal((await get(b, '/hostname')).body, b.id);
+      assert.notEqual((await get(a, '/random')).body, (await get(b, '/random')).body);
+      assert.ok(a.dir.endsWith(a.id) && existsSync(vmFiles(a.dir).disk));
+      // A pooled VM suspends and resumes like any other.
+      await get(a, '/write/pooled');
+      await engine.suspend(a);
+      const back = await engine.resume(a.ref);
+      assert.equal((await get(back, '/read')).body, 'pooled');
+    } finally {
+      for (const vm of [a, b, cold]) await engine.terminate(vm.ref);
+    }
+  });
+
   test('the guest clock is set from the host on launch', async () => {
     const vm = await engine.launch(imageDir, nextId());
     try {

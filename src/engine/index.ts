@@ -9,7 +9,8 @@
  * Disk: every VM has its own qcow2 overlay on the image's disk.
  */
 import { EventEmitter } from 'node:events';
-import { chmodSync, mkdirSync, openSync, fdatasyncSync, closeSync, rmSync, statSync, readFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { chmodSync, mkdirSync, openSync, fdatasyncSync, closeSync, renameSync, rmSync, statSync, readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -55,6 +56,8 @@ export interface EngineOptions {
   qemuBinary?: string;
   /** Network namespaces kept ready for launches. */
   warmNetworks?: number;
+  /** Paused, pre-restored clones kept ready per launched image (0 disables). */
+  warmClones?: number;
   log?: (line: string) => void;
 }
 
@@ -87,6 +90,10 @@ export interface SuspendResult {
 export class Engine extends EventEmitter {
   private readonly running = new Map<string, RunningVm>();
   private readonly pool: NetworkPool;
+  /** Paused, pre-restored clones per image directory. */
+  private readonly warm = new Map<string, WarmVm[]>();
+  private readonly warming = new Map<string, Promise<void>>();
+  private closing = false;
 
   private constructor(
     readonly dataDir: string,
@@ -95,11 +102,12 @@ export class Engine extends EventEmitter {
     /** Snapshots carry it; a launch refuses a snapshot made by anything else. */
     readonly fingerprint: string,
     private readonly log: (line: string) => void,
-    warm: number,
+    warmNetworks: number,
     private readonly qemuBinary: string,
+    private readonly warmTarget: number,
   ) {
     super();
-    this.pool = new NetworkPool(warm);
+    this.pool = new NetworkPool(warmNetworks);
   }
 
   static async open(opts: EngineOptions): Promise<Engine> {
@@ -130,7 +138,7 @@ export class Engine extends EventEmitter {
       ),
     );
     mkdirSync(path.join(opts.dataDir, 'vms'), { recursive: true });
-    const engine = new Engine(opts.dataDir, guest, accel, fingerprint, log, opts.warmNetworks ?? 2, qemuBinary);
+    const engine = new Engine(opts.dataDir, guest, accel, fingerprint, log, opts.warmNetworks ?? 2, qemuBinary, opts.warmClones ?? 1);
     await engine.pool.prewarm();
     return engine;
   }
@@ -274,10 +282,14 @@ export class Engine extends EventEmitter {
 
   // ---------- clones ----------
 
-  /** Launches a new VM `id` from the snapshot in `imageDir`. */
-  async launch(image: string, id: string): Promise<RunningVm> {
+  /**
+   * Launches a new VM `id` from the snapshot in `image`: from the image's warm
+   * pool when it has a clone ready (unless `fromPool` is false), else cold.
+   */
+  async launch(image: string, id: string, opts: { fromPool?: boolean } = {}): Promise<RunningVm> {
     const imageDir = path.resolve(image);
     const snap = openSnapshot(imageDir, this.fingerprint);
+    if (id.startsWith('.')) throw new CellaError('INVALID_ARGUMENT', `VM id ${id} must not start with a dot`);
     const dir = this.vmDir(id);
     try {
       mkdirSync(dir);
@@ -285,11 +297,25 @@ export class Engine extends EventEmitter {
       throw new CellaError('INVALID_STATE', `VM ${id} already exists`);
     }
     checkSocketPaths(vmFiles(dir));
-    let net: VmNetwork | undefined;
+    const warm = opts.fromPool === false ? undefined : this.warm.get(imageDir)?.shift();
+    let net: VmNetwork | undefined = warm?.net;
     try {
-      copyOverlay(snapshotFiles(imageDir).overlay, vmFiles(dir).disk);
-      net = await this.pool.acquire();
-      return await this.start({ id, imageDir, slot: net.slot }, snap, net, snapshotFiles(imageDir).devstate);
+      let vm: RunningVm;
+      if (warm) {
+        warm.detach();
+        // Replaces the empty directory claimed above; open files and sockets move with it.
+        renameSync(warm.dir, dir);
+        warm.t0 = performance.now();
+        warm.phases = {};
+        vm = await this.activate({ id, imageDir, slot: warm.net.slot }, { ...warm, dir }, true);
+      } else {
+        copyOverlay(snapshotFiles(imageDir).overlay, vmFiles(dir).disk);
+        net = await this.pool.acquire();
+        const r = await this.restore(id, dir, imageDir, snap, net, snapshotFiles(imageDir).devstate);
+        vm = await this.activate({ id, imageDir, slot: net.slot }, r, false);
+      }
+      this.refill(imageDir);
+      return vm;
     } catch (err) {
       if (net) await this.pool.release(net).catch(() => {});
       rmSync(dir, { recursive: true, force: true });
@@ -307,19 +333,22 @@ export class Engine extends EventEmitter {
     } catch {
       throw new CellaError('INVALID_STATE', `VM ${ref.id} has no checkpoint to resume from`);
     }
-    const vm = await this.start(ref, snap, networkForSlot(ref.slot), files.checkpoint);
+    const dir = this.vmDir(ref.id);
+    const vm = await this.activate(ref, await this.restore(ref.id, dir, ref.imageDir, snap, networkForSlot(ref.slot), files.checkpoint), false);
     // The checkpoint is stale once the VM runs on: its disk moves ahead of it.
     rmSync(files.checkpoint, { force: true });
     return vm;
   }
 
-  private async start(ref: VmRef, snap: SnapshotManifest, net: VmNetwork, stateFile: string): Promise<RunningVm> {
-    const dir = this.vmDir(ref.id);
+  /** Spawns QEMU in `net` and loads `stateFile` into it; the VM is left paused. */
+  private async restore(name: string, dir: string, imageDir: string, snap: SnapshotManifest, net: VmNetwork, stateFile: string): Promise<Restored> {
     const files = vmFiles(dir);
+    const t0 = performance.now();
+    const phases: Record<string, number> = {};
     const qemu = QemuProcess.spawn(
       buildQemuArgs({
-        ...this.baseSpec(ref.id, snap.memoryMiB, snap.vcpus),
-        memPath: snapshotFiles(ref.imageDir).mem,
+        ...this.baseSpec(name, snap.memoryMiB, snap.vcpus),
+        memPath: snapshotFiles(imageDir).mem,
         memShared: false,
         disk: files.disk,
         qmpSocket: files.qmp,
@@ -330,42 +359,130 @@ export class Engine extends EventEmitter {
       }),
       { netns: net.netns, binary: this.qemuBinary },
     );
-    let qmp: QmpClient | undefined;
-    let agent: AgentClient | undefined;
-    let appLog: AppLog | undefined;
-    const t0 = performance.now();
-    const phases: Record<string, number> = {};
-    const mark = (name: string): void => {
-      phases[name] = Math.round((performance.now() - t0) * 10) / 10;
-    };
+    const r: Partial<Restored> & Pick<Restored, 'qemu'> = { dir, net, qemu, t0, phases };
     try {
-      qmp = await QmpClient.connect(files.qmp, 10_000, () => qemu.alive);
-      mark('qmp');
+      r.qmp = await QmpClient.connect(files.qmp, 10_000, () => qemu.alive);
+      mark(r as Restored, 'qmp');
       // Connect the guest's ports before its state loads: the snapshot says "host
       // connected", and a port seen closed on restore costs the agent a reconnect.
-      [agent, appLog] = await Promise.all([AgentClient.connect(files.ctl), AppLog.connect(files.log, files.appLog)]);
-      await loadState(qmp, qemu, files.migrate, stateFile);
-      mark('loaded');
-      await qmp.execute('cont');
-      mark('running');
-      // Clones are byte-identical: give each its own clock, entropy and name.
-      await Promise.all([agent.setClock(), agent.reseed(), agent.identify(ref.id)]);
-      mark('identified');
+      [r.agent, r.appLog] = await Promise.all([AgentClient.connect(files.ctl), AppLog.connect(files.log, files.appLog)]);
+      await loadState(r.qmp, qemu, files.migrate, stateFile);
+      mark(r as Restored, 'loaded');
+      return r as Restored;
     } catch (err) {
-      agent?.close();
-      qmp?.close();
-      await appLog?.close();
-      await qemu.kill();
+      await dispose(r);
       throw err;
     }
-    const vm = new RunningVm(ref, dir, net, qemu, qmp, agent, appLog, phases);
+  }
+
+  /** Runs a restored VM under its final identity and starts supervising it. */
+  private async activate(ref: VmRef, r: Restored, pooled: boolean): Promise<RunningVm> {
+    try {
+      await r.qmp.execute('cont');
+      mark(r, 'running');
+      // Clones are byte-identical: give each its own clock, entropy and name.
+      await Promise.all([r.agent.setClock(), r.agent.reseed(), r.agent.identify(ref.id)]);
+      mark(r, 'identified');
+    } catch (err) {
+      await dispose(r);
+      throw err;
+    }
+    const vm = new RunningVm(ref, r.dir, r.net, r.qemu, r.qmp, r.agent, r.appLog, r.phases, pooled);
     this.running.set(ref.id, vm);
     vm.once('exit', (info: { expected: boolean }) => {
       this.running.delete(ref.id);
-      if (!info.expected) this.log(`VM ${ref.id}: QEMU ended unexpectedly: ${qemu.describeExit()}`);
+      if (!info.expected) this.log(`VM ${ref.id}: QEMU ended unexpectedly: ${r.qemu.describeExit()}`);
       this.emit('vm-exit', ref.id, info);
     });
     return vm;
+  }
+
+  // ---------- warm pool ----------
+
+  /**
+   * Fills the warm pool of `image` to `count` and waits until it is ready.
+   * A warm clone is restored, run once through the paths a launch uses (agent,
+   * TCP), then paused: under TCG this moves the first-execution translation
+   * cost off the launch path. It has never served the app.
+   */
+  async prewarm(image: string, count = this.warmTarget): Promise<void> {
+    const imageDir = path.resolve(image);
+    for (;;) {
+      const running = this.warming.get(imageDir);
+      if (running) {
+        await running.catch(() => {});
+        continue;
+      }
+      if (this.closing || this.poolOf(imageDir).length >= count) return;
+      const job = this.fill(imageDir, count);
+      this.warming.set(imageDir, job);
+      try {
+        await job;
+      } finally {
+        this.warming.delete(imageDir);
+      }
+    }
+  }
+
+  private poolOf(imageDir: string): WarmVm[] {
+    let pool = this.warm.get(imageDir);
+    if (!pool) this.warm.set(imageDir, (pool = []));
+    return pool;
+  }
+
+  private async fill(imageDir: string, count: number): Promise<void> {
+    const pool = this.poolOf(imageDir);
+    while (!this.closing && pool.length < count) pool.push(await this.makeWarm(imageDir));
+  }
+
+  private refill(imageDir: string): void {
+    if (this.warmTarget === 0 || this.closing || this.warming.has(imageDir)) return;
+    this.prewarm(imageDir).catch((err: Error) => this.log(`warm pool for ${imageDir}: ${err.message}`));
+  }
+
+  private async makeWarm(imageDir: string): Promise<WarmVm> {
+    const snap = openSnapshot(imageDir, this.fingerprint);
+    const name = `.warm-${randomUUID().slice(0, 8)}`;
+    const dir = this.vmDir(name);
+    mkdirSync(dir);
+    let net: VmNetwork | undefined;
+    try {
+      copyOverlay(snapshotFiles(imageDir).overlay, vmFiles(dir).disk);
+      net = await this.pool.acquire();
+      const r = await this.restore(name, dir, imageDir, snap, net, snapshotFiles(imageDir).devstate);
+      try {
+        await r.qmp.execute('cont');
+        await Promise.all([r.agent.setClock(), r.agent.reseed(), r.agent.identify(name)]);
+        await r.agent.ping();
+        // A connection to a closed port: the guest kernel's TCP path runs, the app sees nothing.
+        await poke(net.hostAddress, 1);
+        await r.qmp.execute('stop');
+      } catch (err) {
+        await dispose(r);
+        throw err;
+      }
+      const w: WarmVm = { ...r, imageDir, detach: () => {} };
+      const onExit = (): void => {
+        const pool = this.warm.get(imageDir);
+        const i = pool?.indexOf(w) ?? -1;
+        if (i >= 0) pool?.splice(i, 1);
+        void this.discardWarm(w);
+      };
+      r.qemu.once('exit', onExit);
+      w.detach = () => r.qemu.removeListener('exit', onExit);
+      return w;
+    } catch (err) {
+      if (net) await this.pool.release(net).catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  private async discardWarm(w: WarmVm): Promise<void> {
+    w.detach();
+    await dispose(w);
+    await this.pool.release(w.net).catch(() => {});
+    rmSync(w.dir, { recursive: true, force: true });
   }
 
   /** Saves a running VM to its folder and ends its QEMU; resume() brings it back. */
@@ -409,9 +526,12 @@ export class Engine extends EventEmitter {
     rmSync(this.vmDir(ref.id), { recursive: true, force: true });
   }
 
-  /** Stops every running VM (without saving) and frees the warm namespaces. */
+  /** Stops every running and warm VM (without saving) and frees the spare namespaces. */
   async close(): Promise<void> {
-    await Promise.all(this.list().map((vm) => this.terminate(vm.ref)));
+    this.closing = true;
+    await Promise.allSettled([...this.warming.values()]);
+    const warm = [...this.warm.values()].flatMap((pool) => pool.splice(0));
+    await Promise.all([...warm.map((w) => this.discardWarm(w)), ...this.list().map((vm) => this.terminate(vm.ref))]);
     await this.pool.close();
   }
 
@@ -425,6 +545,49 @@ export class Engine extends EventEmitter {
       tcgTbSizeMiB: TCG_TB_MIB,
     };
   }
+}
+
+/** A restored QEMU and its connections, before it becomes a RunningVm. */
+interface Restored {
+  dir: string;
+  net: VmNetwork;
+  qemu: QemuProcess;
+  qmp: QmpClient;
+  agent: AgentClient;
+  appLog: AppLog;
+  t0: number;
+  phases: Record<string, number>;
+}
+
+interface WarmVm extends Restored {
+  imageDir: string;
+  /** Stops the pool's own supervision once the clone is handed out. */
+  detach: () => void;
+}
+
+function mark(r: Restored, step: string): void {
+  r.phases[step] = Math.round((performance.now() - r.t0) * 10) / 10;
+}
+
+async function dispose(r: Partial<Restored> & Pick<Restored, 'qemu'>): Promise<void> {
+  r.agent?.close();
+  r.qmp?.close();
+  await r.appLog?.close();
+  await r.qemu.kill();
+}
+
+/** Opens and drops one TCP connection (refused is fine). */
+function poke(host: string, port: number): Promise<void> {
+  return new Promise((resolve) => {
+    const s = createConnection({ host, port });
+    const done = (): void => {
+      s.destroy();
+      resolve();
+    };
+    s.once('connect', done);
+    s.once('error', done);
+    s.setTimeout(1000, done);
+  });
 }
 
 /** TCG's translation cache per VM; small keeps idle clones light. */

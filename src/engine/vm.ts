@@ -91,6 +91,8 @@ export class RunningVm extends EventEmitter {
     readonly appLog: AppLog,
     /** Milliseconds from QEMU spawn to each start-up step, for benchmarks. */
     readonly phases: Readonly<Record<string, number>> = {},
+    /** Whether it came from the warm pool. */
+    readonly pooled = false,
   ) {
     super();
     qemu.once('exit', (info: ExitInfo) => {

@@ -36,7 +36,7 @@ test('template: boots a kernel on shared file-backed RAM', () => {
       '-serial', 'file:/d/console.log',
       '-qmp', 'unix:/d/qmp.sock,server=on,wait=off',
       '-kernel', '/g/vmlinux', '-initrd', '/g/initrd.cpio', '-append', 'console=ttyS0',
-      '-drive', 'id=root,file=/i/disk.qcow2,format=qcow2,if=none,cache=writeback,discard=unmap',
+      '-drive', 'id=root,file=/i/disk.qcow2,format=qcow2,if=none,cache=writeback,discard=unmap,auto-read-only=off',
       '-device', 'virtio-blk-device,drive=root',
       '-device', 'virtio-serial-device,max_ports=4',
       '-chardev', 'socket,id=ctl,path=/d/ctl.sock,server=on,wait=off',

@@ -52,8 +52,10 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
   ];
   if (spec.boot) args.push('-kernel', spec.boot.kernel, '-initrd', spec.boot.initrd, '-append', spec.boot.cmdline);
   if (spec.disk) {
+    // auto-read-only=off: QEMU would otherwise reopen the image by path when it
+    // drops write access at the end of a migration, and a pooled VM's folder is renamed.
     args.push(
-      '-drive', `id=root,file=${optValue(spec.disk)},format=qcow2,if=none,cache=writeback,discard=unmap`,
+      '-drive', `id=root,file=${optValue(spec.disk)},format=qcow2,if=none,cache=writeback,discard=unmap,auto-read-only=off`,
       '-device', 'virtio-blk-device,drive=root',
     );
   }

@@ -1,0 +1,158 @@
+/**
+ * npm run bench:engine [-- --quick]
+ *
+ * Measures the engine on the demo app (a 256 MiB guest) and prints one JSON
+ * object per line. `baseline` is the issue's target for the metric, `ratio`
+ * is value / baseline (`better` says which way is good). Asserts nothing.
+ * "Answer" = the app answered an HTTP request through the VM's namespace,
+ * the path the endpoint proxy uses.
+ */
+import { readFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { Engine, type RunningVm } from '../src/engine/index.js';
+import { DEMO_APP, DEMO_PORT, buildDemoRootfs } from '../src/setup/index.js';
+import { get, tempDataDir } from '../test/helpers.js';
+
+const quick = process.argv.includes('--quick');
+const N = {
+  templates: quick ? 1 : 3,
+  launches: quick ? 20 : 40,
+  suspends: quick ? 3 : 10,
+  clones: 50,
+  sustainSeconds: quick ? 5 : 15,
+};
+
+type Better = 'lower' | 'higher';
+
+function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] as number;
+}
+
+function emit(metric: string, unit: string, values: number[], baseline: number | null, better: Better, extra: Record<string, unknown> = {}): void {
+  const p50 = percentile(values, 50);
+  const round = (x: number): number => Math.round(x * 10) / 10;
+  process.stdout.write(
+    `${JSON.stringify({
+      metric,
+      value: round(p50),
+      p50: round(p50),
+      p95: round(percentile(values, 95)),
+      n: values.length,
+      unit,
+      baseline,
+      ratio: baseline ? Math.round((p50 / baseline) * 100) / 100 : null,
+      better,
+      accel,
+      ...extra,
+    })}\n`,
+  );
+}
+
+function pssKiB(pid: number): number {
+  const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+  return m ? Number(m[1]) : 0;
+}
+
+const ms = (t: number): number => performance.now() - t;
+const dataDir = tempDataDir('bench');
+const engine = await Engine.open({ dataDir, log: () => {} });
+const accel = engine.accel.accel;
+let seq = 0;
+const id = (): string => `bench-${++seq}`;
+
+try {
+  const rootfs = path.join(dataDir, 'demo.ext4');
+  await buildDemoRootfs(engine.guest, rootfs);
+
+  // Template boot and capture (fresh image each time).
+  const boots: number[] = [];
+  const captures: number[] = [];
+  let imageDir = '';
+  for (let i = 0; i < N.templates; i++) {
+    imageDir = path.join(dataDir, 'images', `demo-${i}`);
+    const m = await engine.createSnapshot({ dir: imageDir, rootfs, app: DEMO_APP, port: DEMO_PORT, memoryMiB: 256 });
+    boots.push(m.templateBootMs);
+    captures.push(m.captureMs);
+    if (i === N.templates - 1) {
+      emit('snapshot_bytes', 'bytes', [m.devstateBytes + m.memAllocatedBytes + m.diskAllocatedBytes], null, 'lower', {
+        devstate: m.devstateBytes,
+        mem: m.memAllocatedBytes,
+        disk: m.diskAllocatedBytes,
+      });
+    }
+  }
+  emit('template_boot_ms', 'ms', boots, null, 'lower');
+  emit('snapshot_capture_ms', 'ms', captures, null, 'lower');
+
+  // Launch → first answer, one at a time: from a ready warm pool, then cold (pool bypassed).
+  for (const pooled of [true, false]) {
+    const launches: number[] = [];
+    const phases: Record<string, number[]> = {};
+    for (let i = 0; i < N.launches; i++) {
+      if (pooled) await engine.prewarm(imageDir);
+      const t = performance.now();
+      const vm = await engine.launch(imageDir, id(), { fromPool: pooled });
+      await get(vm, '/');
+      launches.push(ms(t));
+      for (const [k, v] of Object.entries(vm.phases)) (phases[k] ??= []).push(v);
+      await engine.terminate(vm.ref);
+    }
+    emit(pooled ? 'launch_to_answer_ms' : 'launch_cold_to_answer_ms', 'ms', launches, 150, 'lower', {
+      pooled,
+      phases_p50: Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, percentile(v, 50)])),
+    });
+  }
+
+  // Suspend a guest that touched ~50 MiB; resume → first answer.
+  const suspendMs: number[] = [];
+  const suspendBytes: number[] = [];
+  const resumes: number[] = [];
+  for (let i = 0; i < N.suspends; i++) {
+    const vm = await engine.launch(imageDir, id());
+    await get(vm, '/touch/50');
+    const s = await engine.suspend(vm);
+    suspendMs.push(s.ms);
+    suspendBytes.push(s.bytes / 1048576);
+    const t = performance.now();
+    const back = await engine.resume(vm.ref);
+    await get(back, '/get');
+    resumes.push(ms(t));
+    await engine.terminate(back.ref);
+  }
+  emit('suspend_ms', 'ms', suspendMs, 300, 'lower', { guest_mib: 256, touched_mib: 50 });
+  emit('suspend_bytes', 'MiB', suspendBytes, 80, 'lower', { guest_mib: 256, touched_mib: 50 });
+  emit('resume_to_answer_ms', 'ms', resumes, 150, 'lower');
+
+  // PSS of an idle clone with 50 alive.
+  const clones: RunningVm[] = [];
+  const launchOne = async (): Promise<void> => {
+    const vm = await engine.launch(imageDir, id());
+    await get(vm, '/');
+    clones.push(vm);
+  };
+  while (clones.length < N.clones) await Promise.all([launchOne(), launchOne()].slice(0, N.clones - clones.length));
+  await new Promise((r) => setTimeout(r, 2000));
+  const pss = clones.map((vm) => pssKiB(vm.qemu.pid) / 1024);
+  emit('pss_idle_clone_mib', 'MiB', pss, 40, 'lower', { alive: clones.length });
+  await Promise.all(clones.map((vm) => engine.terminate(vm.ref)));
+
+  // Sustained launches: two workers (one per core) launch, get an answer and terminate, for a fixed time.
+  let done = 0;
+  const start = performance.now();
+  const until = start + N.sustainSeconds * 1000;
+  const worker = async (): Promise<void> => {
+    while (performance.now() < until) {
+      const vm = await engine.launch(imageDir, id());
+      await get(vm, '/');
+      done++;
+      await engine.terminate(vm.ref);
+    }
+  };
+  await Promise.all([worker(), worker()]);
+  const rate = done / ((performance.now() - start) / 1000);
+  emit('launches_per_s', 'launches/s', [rate], 10, 'higher', { workers: 2, seconds: N.sustainSeconds, launched: done });
+} finally {
+  await engine.close();
+  rmSync(dataDir, { recursive: true, force: true });
+}
