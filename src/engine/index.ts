@@ -10,7 +10,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
-import { chmodSync, mkdirSync, openSync, fdatasyncSync, closeSync, renameSync, rmSync, statSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, openSync, fdatasyncSync, closeSync, renameSync, rmSync, statSync, readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -161,17 +161,8 @@ export class Engine extends EventEmitter {
     // Backing files and mappings are recorded by path: make them absolute.
     const spec = { ...input, dir: path.resolve(input.dir), rootfs: path.resolve(input.rootfs) };
     const files = snapshotFiles(spec.dir);
-    try {
-      statSync(files.manifest);
-      throw new CellaError('INVALID_STATE', `a snapshot already exists at ${spec.dir}`);
-    } catch (err) {
-      if (err instanceof CellaError) throw err;
-    }
-    try {
-      statSync(spec.rootfs);
-    } catch {
-      throw new CellaError('INVALID_ARGUMENT', `root filesystem ${spec.rootfs} does not exist`);
-    }
+    if (existsSync(files.manifest)) throw new CellaError('INVALID_STATE', `a snapshot already exists at ${spec.dir}`);
+    if (!existsSync(spec.rootfs)) throw new CellaError('INVALID_ARGUMENT', `root filesystem ${spec.rootfs} does not exist`);
     if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 64 || spec.memoryMiB > 65536) {
       throw new CellaError('INVALID_ARGUMENT', `memoryMiB must be an integer in 64..65536, got ${spec.memoryMiB}`);
     }
