@@ -105,6 +105,8 @@ describe('clones', () => {
       assert.ok(seen.some((s) => s.startsWith('stdout:')) && seen.some((s) => s.startsWith('stderr:')));
       const missing = await vm.agent.exec({ argv: ['/no/such/binary'] });
       assert.equal(missing.exitCode, 127);
+      const asNobody = await vm.agent.exec({ argv: ['/bin/sh', '-c', 'echo $(id -u):$(id -g):$(pwd):$GREETING'], uid: 65534, gid: 65534, cwd: '/tmp', env: { GREETING: 'hi', PATH: '/bin' } });
+      assert.equal(asNobody.stdout.toString(), '65534:65534:/tmp:hi\n');
     } finally {
       await engine.terminate(vm.ref);
     }
