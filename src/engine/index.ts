@@ -300,9 +300,8 @@ export class Engine extends EventEmitter {
         warm.phases = {};
         vm = await this.activate({ id, imageDir, slot: warm.net.slot }, { ...warm, dir }, true);
       } else {
-        copyOverlay(snapshotFiles(imageDir).overlay, vmFiles(dir).disk);
-        net = await this.pool.acquire();
-        const r = await this.restore(id, dir, imageDir, snap, net, snapshotFiles(imageDir).devstate);
+        const r = await this.restoreClone(id, dir, imageDir, snap);
+        net = r.net;
         vm = await this.activate({ id, imageDir, slot: net.slot }, r, false);
       }
       this.refill(imageDir);
@@ -369,11 +368,7 @@ export class Engine extends EventEmitter {
   /** Runs a restored VM under its final identity and starts supervising it. */
   private async activate(ref: VmRef, r: Restored, pooled: boolean): Promise<RunningVm> {
     try {
-      await r.qmp.execute('cont');
-      mark(r, 'running');
-      // Clones are byte-identical: give each its own clock, entropy and name.
-      await Promise.all([r.agent.setClock(), r.agent.reseed(), r.agent.identify(ref.id)]);
-      mark(r, 'identified');
+      await wake(r, ref.id);
     } catch (err) {
       await dispose(r);
       throw err;
@@ -386,6 +381,18 @@ export class Engine extends EventEmitter {
       this.emit('vm-exit', ref.id, info);
     });
     return vm;
+  }
+
+  /** A new clone of the image in `dir`: its own overlay and namespace, state loaded, paused. */
+  private async restoreClone(name: string, dir: string, imageDir: string, snap: SnapshotManifest): Promise<Restored> {
+    copyOverlay(snapshotFiles(imageDir).overlay, vmFiles(dir).disk);
+    const net = await this.pool.acquire();
+    try {
+      return await this.restore(name, dir, imageDir, snap, net, snapshotFiles(imageDir).devstate);
+    } catch (err) {
+      await this.pool.release(net).catch(() => {});
+      throw err;
+    }
   }
 
   // ---------- warm pool ----------
@@ -436,17 +443,14 @@ export class Engine extends EventEmitter {
     const name = `.warm-${randomUUID().slice(0, 8)}`;
     const dir = this.vmDir(name);
     mkdirSync(dir);
-    let net: VmNetwork | undefined;
+    let r: Restored | undefined;
     try {
-      copyOverlay(snapshotFiles(imageDir).overlay, vmFiles(dir).disk);
-      net = await this.pool.acquire();
-      const r = await this.restore(name, dir, imageDir, snap, net, snapshotFiles(imageDir).devstate);
+      r = await this.restoreClone(name, dir, imageDir, snap);
       try {
-        await r.qmp.execute('cont');
-        await Promise.all([r.agent.setClock(), r.agent.reseed(), r.agent.identify(name)]);
+        await wake(r, name);
         await r.agent.ping();
         // A connection to a closed port: the guest kernel's TCP path runs, the app sees nothing.
-        await poke(net.hostAddress, 1);
+        await poke(r.net.hostAddress, 1);
         await r.qmp.execute('stop');
       } catch (err) {
         await dispose(r);
@@ -459,11 +463,12 @@ export class Engine extends EventEmitter {
         if (i >= 0) pool?.splice(i, 1);
         void this.discardWarm(w);
       };
-      r.qemu.once('exit', onExit);
-      w.detach = () => r.qemu.removeListener('exit', onExit);
+      const { qemu } = r;
+      qemu.once('exit', onExit);
+      w.detach = () => qemu.removeListener('exit', onExit);
       return w;
     } catch (err) {
-      if (net) await this.pool.release(net).catch(() => {});
+      if (r) await this.pool.release(r.net).catch(() => {});
       rmSync(dir, { recursive: true, force: true });
       throw err;
     }
@@ -558,6 +563,14 @@ interface WarmVm extends Restored {
 
 function mark(r: Restored, step: string): void {
   r.phases[step] = Math.round((performance.now() - r.t0) * 10) / 10;
+}
+
+/** Continues a restored VM and makes it itself: clones are byte-identical, so each gets its own clock, entropy and name. */
+async function wake(r: Restored, name: string): Promise<void> {
+  await r.qmp.execute('cont');
+  mark(r, 'running');
+  await Promise.all([r.agent.setClock(), r.agent.reseed(), r.agent.identify(name)]);
+  mark(r, 'identified');
 }
 
 async function dispose(r: Partial<Restored> & Pick<Restored, 'qemu'>): Promise<void> {
