@@ -3,27 +3,28 @@
  * cloned, suspended, resumed and terminated. No mocks.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync, chmodSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Engine, snapshotFiles, vmFiles, type RunningVm } from '../src/engine/index.js';
+import { Engine, processStartTime, snapshotFiles, vmFiles, type RunningVm, type VmRef } from '../src/engine/index.js';
 import { isCellaError, SETUP_COMMAND } from '../src/errors/index.js';
-import { listNamespaces } from '../src/net/index.js';
+import { listNamespaces, namespaceOwner } from '../src/net/index.js';
 import { DEMO_APP, DEMO_PORT, buildDemoRootfs } from '../src/setup/index.js';
-import { alive, eventually, get, tempDataDir } from './helpers.js';
+import { alive, eventually, get, namespaceOf, processesWith, tempDataDir } from './helpers.js';
 
 let engine: Engine;
 let dataDir: string;
 let imageDir: string;
-let namespacesBefore: string[];
+/** Network tags of every data directory the suite uses: other suites on this host may make and delete namespaces meanwhile. */
+const ourTags = new Set<string>();
 let seq = 0;
 const nextId = (): string => `vm-${process.pid}-${++seq}`;
 
 before(async () => {
-  namespacesBefore = listNamespaces();
   dataDir = tempDataDir('engine');
   engine = await Engine.open({ dataDir, log: () => {} });
+  ourTags.add(engine.networkTag);
   imageDir = path.join(dataDir, 'images', 'demo');
   const rootfs = path.join(dataDir, 'demo.ext4');
   await buildDemoRootfs(engine.guest, rootfs);
@@ -33,7 +34,8 @@ before(async () => {
 after(async () => {
   await engine?.close();
   rmSync(dataDir, { recursive: true, force: true });
-  assert.deepEqual(listNamespaces().sort(), namespacesBefore.sort(), 'no network namespace leaked');
+  const ours = listNamespaces().filter((n) => ourTags.has(namespaceOwner(Number(n.slice('cella-'.length))) ?? ''));
+  assert.deepEqual(ours, [], 'no network namespace leaked');
 });
 
 describe('clones', () => {
@@ -88,6 +90,22 @@ describe('clones', () => {
       assert.ok(Math.abs(guest - Date.now() / 1000) < 5, `guest clock ${guest} follows the host`);
     } finally {
       await engine.terminate(vm.ref);
+    }
+  });
+
+  test('app output goes to the file given, or nowhere', async () => {
+    const vm = await engine.launch(imageDir, nextId(), { appLog: null });
+    const file = path.join(dataDir, `${vm.id}.log`);
+    try {
+      assert.equal((await get(vm, '/inc')).body, '1');
+      assert.ok(!existsSync(vmFiles(vm.dir).appLog), 'no log file when logging is off');
+      await engine.suspend(vm);
+      const back = await engine.resume(vm.ref, { appLog: file });
+      assert.equal((await get(back, '/get')).body, '1');
+      assert.ok(existsSync(file) && !existsSync(vmFiles(vm.dir).appLog), 'the log goes where it was told');
+    } finally {
+      await engine.terminate(vm.ref);
+      rmSync(file, { force: true });
     }
   });
 
@@ -273,6 +291,174 @@ describe('bad input', () => {
       engine.createSnapshot({ dir: imageDir, rootfs: path.join(dataDir, 'demo.ext4'), app: DEMO_APP, port: DEMO_PORT, memoryMiB: 256 }),
       (e) => isCellaError(e, 'INVALID_STATE'),
     );
+  });
+});
+
+describe('restart of cellad', () => {
+  interface Adoptable {
+    ref: VmRef;
+    pid: number;
+    startTime: string;
+    pooled: boolean;
+  }
+  interface Report {
+    vms: Adoptable[];
+    suspended?: VmRef;
+  }
+  const quiet = async (dir: string, extra: { outliveParent?: boolean } = {}): Promise<Engine> => {
+    const e = await Engine.open({ dataDir: dir, log: () => {}, warmNetworks: 0, warmClones: 0, ...extra });
+    ourTags.add(e.networkTag);
+    return e;
+  };
+  const running = (p: Adoptable): boolean => processStartTime(p.pid) === p.startTime;
+
+  /** Runs a cellad stand-in that launches VMs with outliveParent, then kills it with SIGKILL. */
+  async function deadDaemon(dir: string, scenario: 'adopt' | 'reclaim'): Promise<Report> {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, 'fixtures', 'outliving-daemon.ts'), dir, imageDir, scenario], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    const line = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('\n')) resolve(out.split('\n')[0] as string);
+      });
+      void exited.then((code) => reject(new Error(`fixture exited with ${String(code)} before reporting`)));
+    });
+    child.kill('SIGKILL');
+    await exited;
+    return JSON.parse(line) as Report;
+  }
+
+  /** Whatever a failed test left in `dir` goes. */
+  async function cleanUp(dir: string): Promise<void> {
+    const e = await quiet(dir);
+    await e.reclaim([]);
+    await e.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  test('VMs outlive a SIGKILLed cellad and are adopted with their memory intact', async () => {
+    const dir = tempDataDir('adopt');
+    try {
+      const { vms } = await deadDaemon(dir, 'adopt');
+      const [a, b] = vms as [Adoptable, Adoptable];
+      assert.ok(running(a) && running(b), 'QEMU outlived its cellad');
+
+      const first = await quiet(dir, { outliveParent: true });
+      const log = path.join(dir, 'a.log');
+      const vm = await first.adopt(a.ref, a.pid, a.startTime, { appLog: log });
+      assert.ok(vm);
+      assert.equal(first.get('a'), vm);
+      assert.deepEqual([vm.pid, vm.pidStartTime], [a.pid, a.startTime]);
+      assert.equal((await vm.queryStatus()).running, true);
+      assert.equal((await get(vm, '/get')).body, '2', 'the in-memory counter survived');
+      assert.equal((await get(vm, '/inc')).body, '3');
+      await vm.agent.ping();
+      assert.equal((await vm.agent.exec({ argv: ['/bin/echo', 'adopted'] })).stdout.toString(), 'adopted\n');
+      assert.ok(existsSync(log));
+
+      // A cellad that stops on purpose lets go of its VMs; the next one adopts them again.
+      await first.close({ keepRunning: true });
+      assert.ok(running(a), 'close({ keepRunning }) leaves QEMU running');
+      const second = await quiet(dir, { outliveParent: true });
+      try {
+        const again = await second.adopt(a.ref, a.pid, a.startTime);
+        assert.ok(again);
+        assert.equal((await get(again, '/inc')).body, '4');
+
+        // A VM from the warm pool runs from a renamed folder, and is adopted all the same.
+        assert.ok(b.pooled);
+        const vmB = await second.adopt(b.ref, b.pid, b.startTime);
+        assert.ok(vmB);
+        await vmB.agent.ping();
+        // The end of an adopted QEMU (not our child) is still noticed.
+        const reported = new Promise<[string, { expected: boolean; code: number | null; signal: string | null }]>((resolve) =>
+          second.once('vm-exit', (id: string, info: { expected: boolean; code: number | null; signal: string | null }) => resolve([id, info])),
+        );
+        process.kill(b.pid, 'SIGKILL');
+        const [id, info] = await reported;
+        assert.deepEqual([id, info.expected, info.code, info.signal], ['b', false, null, null]);
+        assert.equal(second.get('b'), undefined);
+        await second.terminate(b.ref);
+
+        await second.terminate(again.ref);
+        assert.ok(!running(a), 'terminate ends an adopted QEMU');
+        assert.ok(!listNamespaces().includes(again.network.netns));
+        assert.ok(!existsSync(again.dir));
+      } finally {
+        await second.close();
+      }
+    } finally {
+      await cleanUp(dir);
+    }
+  });
+
+  test('adopt() refuses a dead pid, a wrong start time and another process, and kills nothing', async () => {
+    const dir = tempDataDir('refuse');
+    const owner = await quiet(dir, { outliveParent: true });
+    const other = await quiet(dir, { outliveParent: true });
+    try {
+      const vm = await owner.launch(imageDir, 'a');
+      const neighbour = await owner.launch(imageDir, 'b');
+      const dead = spawnSync('true').pid;
+      const self = processStartTime(process.pid) as string;
+      assert.equal(await other.adopt(vm.ref, dead, vm.pidStartTime), undefined, 'dead pid');
+      assert.equal(await other.adopt(vm.ref, vm.pid, `${vm.pidStartTime}0`), undefined, 'wrong start time');
+      assert.equal(await other.adopt(vm.ref, neighbour.pid, neighbour.pidStartTime), undefined, "another VM's QEMU");
+      assert.equal(await other.adopt(vm.ref, process.pid, self), undefined, 'not a QEMU');
+      assert.equal(other.list().length, 0);
+      assert.equal(processStartTime(vm.pid), vm.pidStartTime);
+      assert.equal((await get(vm, '/inc')).body, '1', 'the VM was not disturbed');
+    } finally {
+      await other.close();
+      await owner.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('reclaim() ends what a dead cellad left, keeps the VMs it is told to and touches no other data directory', async () => {
+    const dir = tempDataDir('reclaim');
+    // A VM of another data directory, running, and one suspended: their namespaces must survive.
+    const bystander = await engine.launch(imageDir, nextId());
+    const sleeper = await engine.launch(imageDir, nextId());
+    try {
+      await get(sleeper, '/inc');
+      await engine.suspend(sleeper);
+      const report = await deadDaemon(dir, 'reclaim');
+      const a = report.vms[0] as Adoptable;
+      const kept = report.suspended as VmRef;
+      const warm = processesWith(path.join(dir, 'vms', '.warm-'));
+      assert.equal(warm.length, 1, 'the dead cellad left a warm clone');
+      const warmNs = namespaceOf(warm[0] as number);
+      assert.ok(running(a) && warmNs);
+
+      const e = await quiet(dir);
+      try {
+        assert.deepEqual(await e.reclaim([kept]), { killed: 2, removedDirs: 2, removedNamespaces: 2 });
+        assert.ok(!running(a));
+        assert.deepEqual(processesWith(path.join(dir, 'vms')), [], 'no QEMU of this data directory is left');
+        const namespaces = listNamespaces();
+        assert.ok(!namespaces.includes(`cella-${a.ref.slot}`) && !namespaces.includes(warmNs));
+        assert.ok(namespaces.includes(bystander.network.netns) && namespaces.includes(sleeper.network.netns), "other data directories' namespaces stay");
+        assert.deepEqual(execFileSync('ls', ['-A', path.join(dir, 'vms')], { encoding: 'utf8' }).split('\n').filter(Boolean), ['b']);
+
+        const back = await e.resume(kept);
+        assert.equal((await get(back, '/get')).body, '1', 'the kept suspended VM resumes');
+        await e.terminate(kept);
+        assert.deepEqual(await e.reclaim([]), { killed: 0, removedDirs: 0, removedNamespaces: 0 });
+      } finally {
+        await e.close();
+      }
+      assert.equal((await get(bystander, '/inc')).body, '1');
+      const woken = await engine.resume(sleeper.ref);
+      assert.equal((await get(woken, '/get')).body, '1');
+    } finally {
+      await engine.terminate(bystander.ref);
+      await engine.terminate(sleeper.ref);
+      await cleanUp(dir);
+    }
   });
 });
 

@@ -1,7 +1,7 @@
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { request } from 'node:http';
 import path from 'node:path';
-import type { RunningVm } from '../src/engine/index.js';
+import { processStartTime, type RunningVm } from '../src/engine/index.js';
 import { DEMO_PORT } from '../src/setup/index.js';
 
 /** Short paths: unix sockets live under the data dir. */
@@ -43,4 +43,24 @@ export async function eventually(cond: () => boolean, ms = 10_000, what = 'condi
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** Live processes whose command line contains `text` (zombies have ended and are left out). */
+export function processesWith(text: string): number[] {
+  return readdirSync('/proc')
+    .filter((n) => /^\d+$/.test(n))
+    .map(Number)
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(text) && processStartTime(pid) !== undefined;
+      } catch {
+        return false;
+      }
+    });
+}
+
+/** The name of the /run/netns namespace process `pid` runs in, if any. */
+export function namespaceOf(pid: number): string | undefined {
+  const ino = statSync(`/proc/${pid}/ns/net`).ino;
+  return readdirSync('/run/netns').find((n) => statSync(`/run/netns/${n}`).ino === ino);
 }

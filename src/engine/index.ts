@@ -10,7 +10,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, openSync, fdatasyncSync, closeSync, renameSync, rmSync, statSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, openSync, fdatasyncSync, closeSync, readdirSync, realpathSync, renameSync, rmSync, statSync, readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -18,7 +18,7 @@ import { AgentClient, type ProcessSpec } from '../agent/index.js';
 import { allocatedBytes, copyOverlay, createOverlay } from '../disk/index.js';
 import { CellaError } from '../errors/index.js';
 import { run } from '../host/index.js';
-import { GUEST, NetworkPool, networkForSlot, type VmNetwork } from '../net/index.js';
+import { GUEST, NetworkPool, networkForSlot, reclaimNamespaces, type VmNetwork } from '../net/index.js';
 import { loadGuestArtifacts, type GuestArtifacts } from '../setup/artifacts.js';
 import {
   QEMU_BINARY,
@@ -28,8 +28,13 @@ import {
   detectAccel,
   guestCmdline,
   hostTscKhz,
+  listPids,
+  openFiles,
+  processArgs,
+  processStartTime,
   requireExecutable,
   type AccelInfo,
+  type ExitInfo,
   type QemuSpec,
 } from '../vmm/index.js';
 import { loadState, saveState } from './migrate.js';
@@ -40,6 +45,7 @@ import { AppLog, RunningVm, vmFiles, type VmRef } from './vm.js';
 export { RunningVm, AppLog, vmFiles, type VmRef } from './vm.js';
 export { openSnapshot, snapshotFiles, type SnapshotManifest } from './snapshot.js';
 export { filterMigrationStream, type FilterStats } from './migration-stream.js';
+export { processStartTime } from '../vmm/index.js';
 
 const PAGE = 4096;
 /** The RAM block id of the guest memory backend (`-object memory-backend-file,id=mem`). */
@@ -58,7 +64,24 @@ export interface EngineOptions {
   warmNetworks?: number;
   /** Paused, pre-restored clones kept ready per launched image (0 disables). */
   warmClones?: number;
+  /**
+   * Every QEMU started runs on if this process dies, for a restarted cellad to
+   * adopt (see `adopt`, `reclaim`, `close({ keepRunning })`); its stderr goes to
+   * `qemu.log` in the VM folder. Default false: QEMU dies with this process.
+   */
+  outliveParent?: boolean;
   log?: (line: string) => void;
+}
+
+/** Where a VM's app output goes: a file it is appended to (default `<vm folder>/app.log`), or null for nowhere. */
+export interface AppLogOption {
+  appLog?: string | null;
+}
+
+export interface ReclaimResult {
+  killed: number;
+  removedDirs: number;
+  removedNamespaces: number;
 }
 
 export interface SnapshotSpec {
@@ -93,6 +116,8 @@ export class Engine extends EventEmitter {
   /** Paused, pre-restored clones per image directory. */
   private readonly warm = new Map<string, WarmVm[]>();
   private readonly warming = new Map<string, Promise<void>>();
+  /** Names of VM folders that operations in flight (launch, resume, adopt, warm, template) hold; reclaim() spares them. */
+  private readonly busy = new Set<string>();
   private closing = false;
 
   private constructor(
@@ -105,10 +130,19 @@ export class Engine extends EventEmitter {
     warmNetworks: number,
     private readonly qemuBinary: string,
     private readonly warmTarget: number,
+    private readonly outliveParent: boolean,
   ) {
     super();
-    this.pool = new NetworkPool(warmNetworks);
+    this.networkTag = `cella-owner:${sha256(Buffer.from(dataDir)).slice(0, 16)}`;
+    this.pool = new NetworkPool(warmNetworks, this.networkTag);
   }
+
+  /**
+   * The tag on this data directory's network namespaces (namespaceOwner in
+   * src/net): a restarted engine tells its own from those of engines of other
+   * data directories, which it leaves alone.
+   */
+  readonly networkTag: string;
 
   static async open(opts: EngineOptions): Promise<Engine> {
     const log = opts.log ?? ((line: string) => process.stderr.write(`cella: ${line}\n`));
@@ -138,7 +172,9 @@ export class Engine extends EventEmitter {
       ),
     );
     mkdirSync(path.join(opts.dataDir, 'vms'), { recursive: true });
-    const engine = new Engine(opts.dataDir, guest, accel, fingerprint, log, opts.warmNetworks ?? 2, qemuBinary, opts.warmClones ?? 1);
+    // The real path: reclaim() and adopt() match it against the paths /proc shows.
+    const dataDir = realpathSync(opts.dataDir);
+    const engine = new Engine(dataDir, guest, accel, fingerprint, log, opts.warmNetworks ?? 2, qemuBinary, opts.warmClones ?? 1, opts.outliveParent ?? false);
     await engine.pool.prewarm();
     return engine;
   }
@@ -167,8 +203,12 @@ export class Engine extends EventEmitter {
       throw new CellaError('INVALID_ARGUMENT', `memoryMiB must be an integer in 64..65536, got ${spec.memoryMiB}`);
     }
     mkdirSync(spec.dir, { recursive: true });
-    const work = path.join(spec.dir, 'template');
-    mkdirSync(work, { recursive: true });
+    // The boot's console and app output stay with the snapshot, as a record.
+    const record = vmFiles(path.join(spec.dir, 'template'));
+    mkdirSync(path.join(spec.dir, 'template'), { recursive: true });
+    // Sockets (and QEMU's stderr) live under vms/, where reclaim() finds a template QEMU left by a cellad that died.
+    const workName = `.template-${randomUUID().slice(0, 8)}`;
+    const work = this.vmDir(workName);
     const sockets = vmFiles(work);
     checkSocketPaths(sockets);
     rmSync(files.mem, { force: true });
@@ -182,8 +222,10 @@ export class Engine extends EventEmitter {
     let qmp: QmpClient | undefined;
     let agent: AgentClient | undefined;
     let appLog: AppLog | undefined;
+    this.busy.add(workName);
     try {
-      qemu = QemuProcess.spawn(
+      mkdirSync(work);
+      qemu = this.spawnQemu(
         buildQemuArgs({
           ...this.baseSpec(`template-${path.basename(spec.dir)}`, spec.memoryMiB, vcpus),
           memPath: files.mem,
@@ -197,17 +239,18 @@ export class Engine extends EventEmitter {
           qmpSocket: sockets.qmp,
           ctlSocket: sockets.ctl,
           logSocket: sockets.log,
-          consoleLog: sockets.console,
+          consoleLog: record.console,
         }),
-        { netns: net.netns, binary: this.qemuBinary },
+        net,
+        work,
       );
       const q = qemu;
       qmp = await QmpClient.connect(sockets.qmp, 10_000, () => q.alive);
       agent = await AgentClient.connect(sockets.ctl);
-      appLog = await AppLog.connect(sockets.log, sockets.appLog);
+      appLog = await AppLog.connect(sockets.log, record.appLog);
       if (spec.onLog) appLog.on('data', spec.onLog);
       const deadline = started + (spec.readyTimeoutMs ?? 60_000);
-      await this.waitGuest(agent, qemu, deadline, sockets.console);
+      await this.waitGuest(agent, qemu, deadline, record.console);
       const templateBootMs = Date.now() - started;
       let appExit: number | undefined;
       agent.on('app-exit', (status: number) => (appExit = status));
@@ -215,7 +258,7 @@ export class Engine extends EventEmitter {
       await waitPort(net.hostAddress, spec.port, deadline, () => {
         if (!q.alive) throw new CellaError('GUEST_BOOT_FAILED', `template VM died: ${q.describeExit()}`);
         if (appExit !== undefined) {
-          throw new CellaError('APP_NOT_READY', `the app exited (wait status ${appExit}) before port ${spec.port} accepted: ${tail(sockets.appLog)}`);
+          throw new CellaError('APP_NOT_READY', `the app exited (wait status ${appExit}) before port ${spec.port} accepted: ${tail(record.appLog)}`);
         }
       });
       const captureStart = Date.now();
@@ -257,7 +300,8 @@ export class Engine extends EventEmitter {
       await appLog?.close();
       await qemu?.kill();
       await this.pool.release(net);
-      for (const s of [sockets.qmp, sockets.ctl, sockets.log, sockets.migrate]) rmSync(s, { force: true });
+      rmSync(work, { recursive: true, force: true });
+      this.busy.delete(workName);
     }
   }
 
@@ -277,7 +321,7 @@ export class Engine extends EventEmitter {
    * Launches a new VM `id` from the snapshot in `image`: from the image's warm
    * pool when it has a clone ready (unless `fromPool` is false), else cold.
    */
-  async launch(image: string, id: string, opts: { fromPool?: boolean } = {}): Promise<RunningVm> {
+  async launch(image: string, id: string, opts: { fromPool?: boolean } & AppLogOption = {}): Promise<RunningVm> {
     const imageDir = path.resolve(image);
     const snap = openSnapshot(imageDir, this.fingerprint);
     if (id.startsWith('.')) throw new CellaError('INVALID_ARGUMENT', `VM id ${id} must not start with a dot`);
@@ -288,6 +332,8 @@ export class Engine extends EventEmitter {
       throw new CellaError('INVALID_STATE', `VM ${id} already exists`);
     }
     checkSocketPaths(vmFiles(dir));
+    const appLog = appLogFile(dir, opts);
+    this.busy.add(id);
     const warm = opts.fromPool === false ? undefined : this.warm.get(imageDir)?.shift();
     let net: VmNetwork | undefined = warm?.net;
     try {
@@ -296,11 +342,12 @@ export class Engine extends EventEmitter {
         warm.detach();
         // Replaces the empty directory claimed above; open files and sockets move with it.
         renameSync(warm.dir, dir);
+        warm.appLog.setFile(appLog);
         warm.t0 = performance.now();
         warm.phases = {};
         vm = await this.activate({ id, imageDir, slot: warm.net.slot }, { ...warm, dir }, true);
       } else {
-        const r = await this.restoreClone(id, dir, imageDir, snap);
+        const r = await this.restoreClone(id, dir, imageDir, snap, appLog);
         net = r.net;
         vm = await this.activate({ id, imageDir, slot: net.slot }, r, false);
       }
@@ -310,32 +357,48 @@ export class Engine extends EventEmitter {
       if (net) await this.pool.release(net).catch(() => {});
       rmSync(dir, { recursive: true, force: true });
       throw err;
+    } finally {
+      this.busy.delete(id);
     }
   }
 
   /** Brings a suspended VM back from its checkpoint. */
-  async resume(ref: VmRef): Promise<RunningVm> {
+  async resume(ref: VmRef, opts: AppLogOption = {}): Promise<RunningVm> {
     if (this.running.has(ref.id)) throw new CellaError('INVALID_STATE', `VM ${ref.id} is running`);
     const snap = openSnapshot(ref.imageDir, this.fingerprint);
-    const files = vmFiles(this.vmDir(ref.id));
+    const dir = this.vmDir(ref.id);
+    const files = vmFiles(dir);
     try {
       statSync(files.checkpoint);
     } catch {
       throw new CellaError('INVALID_STATE', `VM ${ref.id} has no checkpoint to resume from`);
     }
-    const dir = this.vmDir(ref.id);
-    const vm = await this.activate(ref, await this.restore(ref.id, dir, ref.imageDir, snap, networkForSlot(ref.slot), files.checkpoint), false);
-    // The checkpoint is stale once the VM runs on: its disk moves ahead of it.
-    rmSync(files.checkpoint, { force: true });
-    return vm;
+    this.busy.add(ref.id);
+    try {
+      const r = await this.restore(ref.id, dir, ref.imageDir, snap, networkForSlot(ref.slot), files.checkpoint, appLogFile(dir, opts));
+      const vm = await this.activate(ref, r, false);
+      // The checkpoint is stale once the VM runs on: its disk moves ahead of it.
+      rmSync(files.checkpoint, { force: true });
+      return vm;
+    } finally {
+      this.busy.delete(ref.id);
+    }
   }
 
   /** Spawns QEMU in `net` and loads `stateFile` into it; the VM is left paused. */
-  private async restore(name: string, dir: string, imageDir: string, snap: SnapshotManifest, net: VmNetwork, stateFile: string): Promise<Restored> {
+  private async restore(
+    name: string,
+    dir: string,
+    imageDir: string,
+    snap: SnapshotManifest,
+    net: VmNetwork,
+    stateFile: string,
+    appLog: string | null,
+  ): Promise<Restored> {
     const files = vmFiles(dir);
     const t0 = performance.now();
     const phases: Record<string, number> = {};
-    const qemu = QemuProcess.spawn(
+    const qemu = this.spawnQemu(
       buildQemuArgs({
         ...this.baseSpec(name, snap.memoryMiB, snap.vcpus),
         memPath: snapshotFiles(imageDir).mem,
@@ -347,7 +410,8 @@ export class Engine extends EventEmitter {
         consoleLog: files.console,
         incoming: true,
       }),
-      { netns: net.netns, binary: this.qemuBinary },
+      net,
+      dir,
     );
     const r: Partial<Restored> & Pick<Restored, 'qemu'> = { dir, net, qemu, t0, phases };
     try {
@@ -355,7 +419,7 @@ export class Engine extends EventEmitter {
       mark(r as Restored, 'qmp');
       // Connect the guest's ports before its state loads: the snapshot says "host
       // connected", and a port seen closed on restore costs the agent a reconnect.
-      [r.agent, r.appLog] = await Promise.all([AgentClient.connect(files.ctl), AppLog.connect(files.log, files.appLog)]);
+      [r.agent, r.appLog] = await Promise.all([AgentClient.connect(files.ctl), AppLog.connect(files.log, appLog)]);
       await loadState(r.qmp, qemu, files.migrate, stateFile);
       mark(r as Restored, 'loaded');
       return r as Restored;
@@ -363,6 +427,14 @@ export class Engine extends EventEmitter {
       await dispose(r);
       throw err;
     }
+  }
+
+  private spawnQemu(args: string[], net: VmNetwork, dir: string): QemuProcess {
+    return QemuProcess.spawn(args, {
+      netns: net.netns,
+      binary: this.qemuBinary,
+      outliveParent: this.outliveParent ? { stderrFile: vmFiles(dir).qemuLog } : undefined,
+    });
   }
 
   /** Runs a restored VM under its final identity and starts supervising it. */
@@ -373,26 +445,134 @@ export class Engine extends EventEmitter {
       await dispose(r);
       throw err;
     }
-    const vm = new RunningVm(ref, r.dir, r.net, r.qemu, r.qmp, r.agent, r.appLog, r.phases, pooled);
-    this.running.set(ref.id, vm);
-    vm.once('exit', (info: { expected: boolean }) => {
-      this.running.delete(ref.id);
-      if (!info.expected) this.log(`VM ${ref.id}: QEMU ended unexpectedly: ${r.qemu.describeExit()}`);
-      this.emit('vm-exit', ref.id, info);
+    return this.supervise(new RunningVm(ref, r.dir, r.net, r.qemu, r.qmp, r.agent, r.appLog, r.phases, pooled));
+  }
+
+  private supervise(vm: RunningVm): RunningVm {
+    this.running.set(vm.id, vm);
+    vm.once('exit', (info: ExitInfo & { expected: boolean }) => {
+      this.running.delete(vm.id);
+      if (!info.expected) this.log(`VM ${vm.id}: QEMU ended unexpectedly: ${vm.qemu.describeExit()}`);
+      this.emit('vm-exit', vm.id, info);
     });
     return vm;
   }
 
   /** A new clone of the image in `dir`: its own overlay and namespace, state loaded, paused. */
-  private async restoreClone(name: string, dir: string, imageDir: string, snap: SnapshotManifest): Promise<Restored> {
+  private async restoreClone(name: string, dir: string, imageDir: string, snap: SnapshotManifest, appLog: string | null): Promise<Restored> {
     copyOverlay(snapshotFiles(imageDir).overlay, vmFiles(dir).disk);
     const net = await this.pool.acquire();
     try {
-      return await this.restore(name, dir, imageDir, snap, net, snapshotFiles(imageDir).devstate);
+      return await this.restore(name, dir, imageDir, snap, net, snapshotFiles(imageDir).devstate, appLog);
     } catch (err) {
       await this.pool.release(net).catch(() => {});
       throw err;
     }
+  }
+
+  // ---------- restart of cellad ----------
+
+  /**
+   * Takes over a VM whose QEMU an earlier cellad started (with `outliveParent`)
+   * and left running when it died: if process `pid` with start time `startTime`
+   * (RunningVm.pid/pidStartTime) still runs from this VM's folder, reconnects
+   * to its QMP, control and log sockets and supervises it like any VM.
+   * Undefined, and nothing is killed, when that process is gone or is not this
+   * VM's. The VM is left in whatever state QMP reports (`queryStatus()`): one
+   * found paused, e.g. halfway through a launch or suspend, stays paused for
+   * the caller to continue or terminate; a running one has its agent checked.
+   */
+  async adopt(ref: VmRef, pid: number, startTime: string, opts: AppLogOption = {}): Promise<RunningVm | undefined> {
+    if (this.running.has(ref.id)) throw new CellaError('INVALID_STATE', `VM ${ref.id} is running`);
+    if (processStartTime(pid) !== startTime || this.folderOfQemu(pid) !== ref.id) return undefined;
+    const dir = this.vmDir(ref.id);
+    const files = vmFiles(dir);
+    const qemu = QemuProcess.adopt(pid, startTime, files.qemuLog);
+    if (!qemu) return undefined;
+    this.busy.add(ref.id);
+    let qmp: QmpClient | undefined;
+    let agent: AgentClient | undefined;
+    let appLog: AppLog | undefined;
+    try {
+      // QEMU's sockets (server=on) take a new client once the dead cellad's connection dropped.
+      qmp = await QmpClient.connect(files.qmp, 10_000, () => processStartTime(pid) === startTime);
+      [agent, appLog] = await Promise.all([AgentClient.connect(files.ctl), AppLog.connect(files.log, appLogFile(dir, opts))]);
+      const { running } = await qmp.execute<{ running: boolean }>('query-status');
+      // The guest agent reopens its port when it reads EOF, so it answers the new connection.
+      if (running) await agent.ping();
+      return this.supervise(new RunningVm(ref, dir, networkForSlot(ref.slot), qemu, qmp, agent, appLog));
+    } catch (err) {
+      qemu.release();
+      agent?.close();
+      qmp?.close();
+      await appLog?.close();
+      if (processStartTime(pid) !== startTime) return undefined;
+      throw err;
+    } finally {
+      this.busy.delete(ref.id);
+    }
+  }
+
+  /**
+   * Removes everything of this data directory a cellad that died left behind,
+   * except the VMs in `keep` (running ones, still to adopt, and suspended ones,
+   * with their folders and namespaces): QEMUs running from another folder of
+   * `vms/` (VMs, warm clones, templates) are killed, the other folders of
+   * `vms/` removed, and the namespaces this data directory made deleted, once
+   * nothing runs in them. What this engine itself holds (running VMs, warm
+   * clones, spare namespaces, operations in flight) is spared; the intended use
+   * is right after open(), before any launch, with no other engine on this
+   * data directory.
+   */
+  async reclaim(keep: Iterable<VmRef>): Promise<ReclaimResult> {
+    const ids = new Set<string>([...this.running.keys(), ...this.busy]);
+    const slots = new Set<number>([...this.pool.slots(), ...this.list().map((vm) => vm.ref.slot)]);
+    for (const w of [...this.warm.values()].flat()) ids.add(path.basename(w.dir));
+    for (const ref of keep) {
+      ids.add(ref.id);
+      slots.add(ref.slot);
+    }
+    const strays = listPids().flatMap((pid) => {
+      const folder = this.folderOfQemu(pid);
+      const startTime = processStartTime(pid);
+      return folder !== undefined && !ids.has(folder) && startTime !== undefined ? [{ pid, startTime }] : [];
+    });
+    const killed = await Promise.all(
+      strays.map(async ({ pid, startTime }): Promise<boolean> => {
+        try {
+          if (processStartTime(pid) !== startTime) return false;
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          return false;
+        }
+        while (processStartTime(pid) === startTime) await sleep(10);
+        return true;
+      }),
+    );
+    let removedDirs = 0;
+    for (const name of readdirSync(path.join(this.dataDir, 'vms'))) {
+      if (ids.has(name)) continue;
+      rmSync(this.vmDir(name), { recursive: true, force: true });
+      removedDirs++;
+    }
+    const removedNamespaces = await reclaimNamespaces(this.networkTag, slots);
+    return { killed: killed.filter(Boolean).length, removedDirs, removedNamespaces };
+  }
+
+  /**
+   * The folder under `vms/` that process `pid` is a QEMU of, if it is one of
+   * this data directory's (its QMP socket is there). Its open files tell the
+   * folder's current name: a warm clone's was renamed when it was launched,
+   * while its command line keeps the old one.
+   */
+  private folderOfQemu(pid: number): string | undefined {
+    const vms = `${path.join(this.dataDir, 'vms')}/`;
+    const args = processArgs(pid);
+    const i = args.indexOf('-qmp');
+    const qmp = i < 0 ? undefined : args[i + 1];
+    if (!qmp?.startsWith(`unix:${vms}`)) return undefined;
+    const file = openFiles(pid).find((f) => f.startsWith(vms)) ?? qmp.slice('unix:'.length);
+    return file.slice(vms.length).split('/')[0];
   }
 
   // ---------- warm pool ----------
@@ -430,7 +610,7 @@ export class Engine extends EventEmitter {
 
   private async fill(imageDir: string, count: number): Promise<void> {
     const pool = this.poolOf(imageDir);
-    while (!this.closing && pool.length < count) pool.push(await this.makeWarm(imageDir));
+    while (!this.closing && pool.length < count) await this.makeWarm(imageDir);
   }
 
   private refill(imageDir: string): void {
@@ -438,14 +618,17 @@ export class Engine extends EventEmitter {
     this.prewarm(imageDir).catch((err: Error) => this.log(`warm pool for ${imageDir}: ${err.message}`));
   }
 
-  private async makeWarm(imageDir: string): Promise<WarmVm> {
+  /** Adds one warm clone to the pool of `imageDir`. */
+  private async makeWarm(imageDir: string): Promise<void> {
     const snap = openSnapshot(imageDir, this.fingerprint);
     const name = `.warm-${randomUUID().slice(0, 8)}`;
     const dir = this.vmDir(name);
     mkdirSync(dir);
+    this.busy.add(name);
     let r: Restored | undefined;
     try {
-      r = await this.restoreClone(name, dir, imageDir, snap);
+      // It never served the app: nothing to log until a launch says where.
+      r = await this.restoreClone(name, dir, imageDir, snap, null);
       try {
         await wake(r, name);
         await r.agent.ping();
@@ -466,11 +649,13 @@ export class Engine extends EventEmitter {
       const { qemu } = r;
       qemu.once('exit', onExit);
       w.detach = () => qemu.removeListener('exit', onExit);
-      return w;
+      this.poolOf(imageDir).push(w);
     } catch (err) {
       if (r) await this.pool.release(r.net).catch(() => {});
       rmSync(dir, { recursive: true, force: true });
       throw err;
+    } finally {
+      this.busy.delete(name);
     }
   }
 
@@ -522,12 +707,24 @@ export class Engine extends EventEmitter {
     rmSync(this.vmDir(ref.id), { recursive: true, force: true });
   }
 
-  /** Stops every running and warm VM (without saving) and frees the spare namespaces. */
-  async close(): Promise<void> {
+  /**
+   * Stops every warm VM and frees the spare namespaces. Running VMs are
+   * stopped too (without saving), or with `keepRunning` only let go: their
+   * connections close and QEMU runs on, for a later engine to adopt (this
+   * needs `outliveParent`, else they die with this process).
+   */
+  async close(opts: { keepRunning?: boolean } = {}): Promise<void> {
     this.closing = true;
     await Promise.allSettled([...this.warming.values()]);
     const warm = [...this.warm.values()].flatMap((pool) => pool.splice(0));
-    await Promise.all([...warm.map((w) => this.discardWarm(w)), ...this.list().map((vm) => this.terminate(vm.ref))]);
+    const running = this.list();
+    if (opts.keepRunning) {
+      for (const vm of running) {
+        this.running.delete(vm.id);
+        vm.release();
+      }
+    }
+    await Promise.all([...warm.map((w) => this.discardWarm(w)), ...(opts.keepRunning ? [] : running.map((vm) => this.terminate(vm.ref)))]);
     await this.pool.close();
   }
 
@@ -559,6 +756,10 @@ interface WarmVm extends Restored {
   imageDir: string;
   /** Stops the pool's own supervision once the clone is handed out. */
   detach: () => void;
+}
+
+function appLogFile(dir: string, opts: AppLogOption): string | null {
+  return opts.appLog === undefined ? vmFiles(dir).appLog : opts.appLog;
 }
 
 function mark(r: Restored, step: string): void {

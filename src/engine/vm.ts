@@ -21,6 +21,8 @@ export const vmFiles = (dir: string) => ({
   checkpoint: path.join(dir, 'checkpoint'),
   console: path.join(dir, 'console.log'),
   appLog: path.join(dir, 'app.log'),
+  /** QEMU's stderr, when it outlives cellad (EngineOptions.outliveParent). */
+  qemuLog: path.join(dir, 'qemu.log'),
   qmp: path.join(dir, 'qmp.sock'),
   ctl: path.join(dir, 'ctl.sock'),
   log: path.join(dir, 'log.sock'),
@@ -29,16 +31,17 @@ export const vmFiles = (dir: string) => ({
 
 /**
  * Receives the app's stdout/stderr from the guest's log port and appends it
- * to a file; emits 'data' (stream, bytes) for live followers.
+ * to a file, or to nothing when the file is null (the port is drained all the
+ * same, so the guest never blocks); emits 'data' (stream, bytes) for live
+ * followers either way.
  */
 export class AppLog extends EventEmitter {
   private readonly decoder = new FrameDecoder();
-  private readonly out: WriteStream;
+  private out: WriteStream | undefined;
 
-  private constructor(private readonly socket: net.Socket, file: string) {
+  private constructor(private readonly socket: net.Socket, file: string | null) {
     super();
-    this.out = createWriteStream(file, { flags: 'a' });
-    this.out.on('error', () => {});
+    this.setFile(file);
     socket.on('error', () => {});
     socket.on('data', (chunk) => {
       let frames;
@@ -51,13 +54,13 @@ export class AppLog extends EventEmitter {
       for (const f of frames) {
         if (f.type !== Msg.LOG) continue;
         const data = Buffer.from(f.body);
-        this.out.write(data);
+        this.out?.write(data);
         this.emit('data', f.stream === 2 ? 'stderr' : 'stdout', data);
       }
     });
   }
 
-  static connect(socketPath: string, file: string): Promise<AppLog> {
+  static connect(socketPath: string, file: string | null): Promise<AppLog> {
     return new Promise((resolve, reject) => {
       const s = net.createConnection(socketPath);
       s.once('connect', () => {
@@ -68,9 +71,18 @@ export class AppLog extends EventEmitter {
     });
   }
 
+  /** Where the output goes from now on (null: nowhere). */
+  setFile(file: string | null): void {
+    this.out?.end();
+    this.out = file === null ? undefined : createWriteStream(file, { flags: 'a' });
+    this.out?.on('error', () => {});
+  }
+
   close(): Promise<void> {
     this.socket.destroy();
-    return new Promise((resolve) => this.out.end(resolve));
+    const out = this.out;
+    this.out = undefined;
+    return new Promise((resolve) => (out ? out.end(resolve) : resolve()));
   }
 }
 
@@ -80,6 +92,12 @@ export class AppLog extends EventEmitter {
  */
 export class RunningVm extends EventEmitter {
   private stopping = false;
+  private readonly onExit = (info: ExitInfo): void => {
+    this.agent.close();
+    this.qmp.close();
+    void this.appLog.close();
+    this.emit('exit', { ...info, expected: this.stopping });
+  };
 
   constructor(
     readonly ref: VmRef,
@@ -95,16 +113,36 @@ export class RunningVm extends EventEmitter {
     readonly pooled = false,
   ) {
     super();
-    qemu.once('exit', (info: ExitInfo) => {
-      agent.close();
-      qmp.close();
-      void appLog.close();
-      this.emit('exit', { ...info, expected: this.stopping });
-    });
+    qemu.once('exit', this.onExit);
+    // For an adopted QEMU this is the only sign that it may have ended.
+    qmp.once('close', () => qemu.pollExit());
   }
 
   get id(): string {
     return this.ref.id;
+  }
+
+  /** QEMU's pid; with pidStartTime, what a restarted cellad needs to adopt it (Engine.adopt). */
+  get pid(): number {
+    return this.qemu.pid;
+  }
+
+  get pidStartTime(): string {
+    return this.qemu.startTime;
+  }
+
+  /** QEMU's run state (QMP query-status): `running` is false when the VM is paused, e.g. adopted halfway through a launch or suspend. */
+  queryStatus(): Promise<{ running: boolean; status: string }> {
+    return this.qmp.execute<{ running: boolean; status: string }>('query-status');
+  }
+
+  /** Disconnects and stops supervising; QEMU runs on, and no 'exit' is reported. */
+  release(): void {
+    this.qemu.removeListener('exit', this.onExit);
+    this.qemu.release();
+    this.agent.close();
+    this.qmp.close();
+    void this.appLog.close();
   }
 
   /** Where the host dials to reach port `port` of the guest. */

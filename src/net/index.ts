@@ -8,7 +8,7 @@
  * guest are forwarded. The guest can reach nothing: not the host, not other
  * guests, not the internet. Connectors (a later capability) open egress.
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { CellaError } from '../errors/index.js';
 import { run } from '../host/index.js';
 
@@ -67,7 +67,7 @@ table ip6 cella {
 `;
 }
 
-async function create(slot: number): Promise<VmNetwork | undefined> {
+async function create(slot: number, owner: string | undefined): Promise<VmNetwork | undefined> {
   const netns = `${NETNS_PREFIX}${slot}`;
   const hostIf = `cellah${slot}`;
   const { host, ns } = slotAddresses(slot);
@@ -83,6 +83,7 @@ async function create(slot: number): Promise<VmNetwork | undefined> {
         `link add ${hostIf} type veth peer name eth0 netns ${netns}`,
         `addr add ${host}/30 dev ${hostIf}`,
         `link set ${hostIf} up`,
+        ...(owner ? [`link set ${hostIf} alias ${owner}`] : []),
       ].join('\n'),
       code: 'NETWORK_SETUP_FAILED',
     });
@@ -124,23 +125,80 @@ export function listNamespaces(): string[] {
 }
 
 /**
+ * Who made the namespace of `slot`: the tag its creator wrote on the host end
+ * of its veth pair (a namespace itself carries no label, and this one can be
+ * read without starting a process).
+ */
+export function namespaceOwner(slot: number): string | undefined {
+  try {
+    return readFileSync(`/sys/class/net/cellah${slot}/ifalias`, 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Identity (device and inode) of a network namespace file. */
+function nsKey(file: string): string | undefined {
+  try {
+    const s = statSync(file);
+    return `${s.dev}:${s.ino}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Deletes the namespaces tagged `owner` whose slot is not in `keep` and in
+ * which no process runs: those a cellad that died left behind. Namespaces of
+ * other owners (another data directory on this host) are never touched.
+ * Returns how many were deleted.
+ */
+export async function reclaimNamespaces(owner: string, keep: ReadonlySet<number>): Promise<number> {
+  const inUse = new Set<string>();
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    const key = nsKey(`/proc/${pid}/ns/net`);
+    if (key) inUse.add(key);
+  }
+  let removed = 0;
+  for (const netns of listNamespaces()) {
+    const slot = Number(netns.slice(NETNS_PREFIX.length));
+    if (!Number.isInteger(slot) || keep.has(slot) || namespaceOwner(slot) !== owner) continue;
+    const key = nsKey(`/run/netns/${netns}`);
+    if (!key || inUse.has(key)) continue;
+    await destroy(netns);
+    removed++;
+  }
+  return removed;
+}
+
+/**
  * Hands out ready namespaces. Creating one costs several process launches,
  * so a few are kept warm and refilled in the background, off the launch path.
  */
 export class NetworkPool {
   private readonly ready: VmNetwork[] = [];
+  /** Slots of the namespaces this pool made and that were not released yet. */
+  private readonly made = new Set<number>();
   private refilling: Promise<void> | undefined;
   private nextSlot = 0;
   private closed = false;
 
-  constructor(private readonly warm = 2) {}
+  /** `owner` tags every namespace made (see namespaceOwner), so a restarted cellad can reclaim its own. */
+  constructor(
+    private readonly warm = 2,
+    private readonly owner?: string,
+  ) {}
 
   private async createNext(): Promise<VmNetwork> {
     for (let tries = 0; tries < MAX_SLOTS; tries++) {
       const slot = this.nextSlot;
       this.nextSlot = (this.nextSlot + 1) % MAX_SLOTS;
-      const net = await create(slot);
-      if (net) return net;
+      const net = await create(slot, this.owner);
+      if (net) {
+        this.made.add(slot);
+        return net;
+      }
     }
     throw new CellaError('NETWORK_SETUP_FAILED', 'no free network slot');
   }
@@ -171,13 +229,19 @@ export class NetworkPool {
   }
 
   async release(net: VmNetwork): Promise<void> {
+    this.made.delete(net.slot);
     await destroy(net.netns);
+  }
+
+  /** Slots this pool made and still holds or handed out: spares, and those of VMs starting or running. */
+  slots(): number[] {
+    return [...this.made];
   }
 
   async close(): Promise<void> {
     this.closed = true;
     await this.refilling;
-    await Promise.all(this.ready.splice(0).map((n) => destroy(n.netns)));
+    await Promise.all(this.ready.splice(0).map((n) => this.release(n)));
   }
 }
 

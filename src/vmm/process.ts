@@ -1,11 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { accessSync, constants } from 'node:fs';
+import { accessSync, closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { CellaError, setupMissing } from '../errors/index.js';
+import { processStartTime, startTimeOfChild } from './procfs.js';
 
 export const QEMU_BINARY = process.env.CELLA_QEMU ?? '/usr/bin/qemu-system-x86_64';
 
 export interface ExitInfo {
+  /** Both null for an adopted QEMU: only its parent could learn them. */
   code: number | null;
   signal: NodeJS.Signals | null;
   /** The tail of QEMU's stderr, which holds its reason for dying. */
@@ -20,48 +22,125 @@ export function requireExecutable(path: string, what: string): void {
   }
 }
 
+export interface SpawnOptions {
+  netns?: string;
+  binary?: string;
+  /**
+   * QEMU outlives this process (a cellad that restarts adopts it): no
+   * PR_SET_PDEATHSIG, its own session, and stderr appended to `stderrFile`
+   * rather than a pipe that would break when we die.
+   */
+  outliveParent?: { stderrFile: string };
+}
+
 /**
- * One supervised QEMU process. It runs inside the VM's network namespace and
- * gets SIGKILL if cellad dies (PR_SET_PDEATHSIG through setpriv), so no QEMU
- * outlives its parent. Node reaps it, so no zombies. Emits 'exit' (ExitInfo).
+ * One supervised QEMU process, running inside the VM's network namespace.
+ * By default it gets SIGKILL if cellad dies (PR_SET_PDEATHSIG through
+ * setpriv), so no QEMU outlives its parent, and Node reaps it. With
+ * `outliveParent` it runs on, and a later cellad adopts it: not our child,
+ * so its end is found by polling /proc. Emits 'exit' (ExitInfo).
  */
 export class QemuProcess extends EventEmitter {
   private stderrTail = '';
   private exitInfo: ExitInfo | undefined;
   private readonly exited: Promise<ExitInfo>;
+  private resolveExit: (info: ExitInfo) => void = () => {};
+  private released = false;
+  private poll: NodeJS.Timeout | undefined;
 
-  private constructor(private readonly child: ChildProcess) {
+  private constructor(
+    readonly pid: number,
+    /** Field 22 of /proc/PID/stat: with the pid, it tells this QEMU from a later process that reuses the pid. */
+    readonly startTime: string,
+    /** Absent for an adopted QEMU. */
+    private readonly child: ChildProcess | undefined,
+    /** Read end of QEMU's stderr file, when it has one: it follows the VM folder when that is renamed. */
+    private logFd: number | undefined,
+  ) {
     super();
-    child.stderr?.setEncoding('utf8');
-    child.stderr?.on('data', (s: string) => {
-      this.stderrTail = (this.stderrTail + s).slice(-4096);
+    this.exited = new Promise((resolve) => (this.resolveExit = resolve));
+    child?.stderr?.setEncoding('utf8');
+    child?.stderr?.on('data', (s: string) => {
+      this.stderrTail = (this.stderrTail + s).slice(-TAIL_BYTES);
     });
-    this.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => {
-        // stderr may still hold the last words; give its pipe a tick to drain.
-        setImmediate(() => {
-          this.exitInfo = { code, signal, stderr: this.stderrTail.trim() };
-          this.emit('exit', this.exitInfo);
-          resolve(this.exitInfo);
-        });
-      });
-    });
+    // stderr may still hold the last words; give its pipe a tick to drain.
+    child?.once('exit', (code, signal) => setImmediate(() => this.finish(code, signal)));
   }
 
-  static spawn(args: string[], opts: { netns?: string; binary?: string } = {}): QemuProcess {
+  static spawn(args: string[], opts: SpawnOptions = {}): QemuProcess {
     const binary = opts.binary ?? QEMU_BINARY;
     requireExecutable(binary, 'QEMU (qemu-system-x86_64)');
-    const argv = ['--pdeathsig', 'KILL', '--'];
+    const argv: string[] = [];
     if (opts.netns) argv.push('nsenter', `--net=/run/netns/${opts.netns}`, '--');
     argv.push(binary, ...args);
-    const child = spawn('setpriv', argv, { stdio: ['ignore', 'ignore', 'pipe'] });
-    child.on('error', () => {});
-    if (child.pid === undefined) throw new CellaError('QEMU_FAILED', 'could not start QEMU');
-    return new QemuProcess(child);
+    const outlive = opts.outliveParent;
+    if (!outlive) {
+      const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...argv], { stdio: ['ignore', 'ignore', 'pipe'] });
+      return QemuProcess.started(child, undefined);
+    }
+    const stderr = openSync(outlive.stderrFile, 'a');
+    let child: ChildProcess;
+    try {
+      child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', 'ignore', stderr], detached: true });
+    } finally {
+      closeSync(stderr);
+    }
+    // Its exit is still reported while we run, but it must not keep a stopping cellad alive.
+    child.unref();
+    return QemuProcess.started(child, outlive.stderrFile);
   }
 
-  get pid(): number {
-    return this.child.pid as number;
+  private static started(child: ChildProcess, stderrFile: string | undefined): QemuProcess {
+    child.on('error', () => {});
+    if (child.pid === undefined) throw new CellaError('QEMU_FAILED', 'could not start QEMU');
+    return new QemuProcess(child.pid, startTimeOfChild(child.pid), child, stderrFile === undefined ? undefined : openSync(stderrFile, 'r'));
+  }
+
+  /**
+   * Takes over a QEMU started by an earlier cellad (with `outliveParent`),
+   * if process `pid` with that start time still runs; its stderr went to `stderrFile`.
+   */
+  static adopt(pid: number, startTime: string, stderrFile: string): QemuProcess | undefined {
+    if (processStartTime(pid) !== startTime) return undefined;
+    let fd: number | undefined;
+    try {
+      fd = openSync(stderrFile, 'r');
+    } catch {
+      fd = undefined;
+    }
+    return new QemuProcess(pid, startTime, undefined, fd);
+  }
+
+  private finish(code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.exitInfo || this.released) return;
+    clearTimeout(this.poll);
+    let stderr = this.stderrTail;
+    if (this.logFd !== undefined) {
+      stderr = readTail(this.logFd);
+      closeSync(this.logFd);
+      this.logFd = undefined;
+    }
+    this.exitInfo = { code, signal, stderr: stderr.trim() };
+    this.emit('exit', this.exitInfo);
+    this.resolveExit(this.exitInfo);
+  }
+
+  /**
+   * An adopted QEMU is not our child, so nothing tells us it ended: once there
+   * is reason to think so (its QMP connection closed, or we killed it), poll
+   * /proc until it is gone, then report the exit (code and signal unknown).
+   * Does nothing for a child, whose exit Node reports.
+   */
+  pollExit(): void {
+    if (this.child || this.poll || !this.alive || this.released) return;
+    const check = (delay: number): void => {
+      if (processStartTime(this.pid) !== this.startTime) {
+        this.finish(null, null);
+        return;
+      }
+      this.poll = setTimeout(() => check(Math.min(delay * 2, 1000)), delay);
+    };
+    check(5);
   }
 
   get alive(): boolean {
@@ -77,15 +156,57 @@ export class QemuProcess extends EventEmitter {
   }
 
   async kill(): Promise<ExitInfo> {
-    if (this.alive) this.child.kill('SIGKILL');
+    if (!this.alive) return this.exited;
+    if (this.child) {
+      // Someone waits for this exit now: keep Node up until it is reported.
+      this.child.ref();
+      this.child.kill('SIGKILL');
+    } else {
+      // Check the start time first: the pid may belong to someone else by now.
+      if (processStartTime(this.pid) === this.startTime) {
+        try {
+          process.kill(this.pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+      this.pollExit();
+    }
     return this.exited;
+  }
+
+  /**
+   * Stops supervising without killing: QEMU runs on for a later cellad to
+   * adopt, and this object reports no exit. Meant for `outliveParent` QEMUs;
+   * one started with PR_SET_PDEATHSIG still dies with this process.
+   */
+  release(): void {
+    this.released = true;
+    clearTimeout(this.poll);
+    this.child?.unref();
+    this.child?.stderr?.destroy();
+    if (this.logFd !== undefined) closeSync(this.logFd);
+    this.logFd = undefined;
   }
 
   /** Why it died, for error messages. */
   describeExit(): string {
     const e = this.exitInfo;
     if (!e) return 'QEMU is running';
-    const how = e.signal ? `killed by ${e.signal}` : `exited with code ${e.code}`;
+    const how = e.signal ? `killed by ${e.signal}` : e.code === null ? 'ended' : `exited with code ${e.code}`;
     return e.stderr ? `QEMU ${how}: ${e.stderr}` : `QEMU ${how}`;
+  }
+}
+
+const TAIL_BYTES = 4096;
+
+function readTail(fd: number): string {
+  try {
+    const size = fstatSync(fd).size;
+    const buf = Buffer.alloc(Math.min(size, TAIL_BYTES));
+    readSync(fd, buf, 0, buf.length, size - buf.length);
+    return buf.toString('utf8');
+  } catch {
+    return '';
   }
 }

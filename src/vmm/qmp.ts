@@ -70,8 +70,14 @@ export class QmpClient extends EventEmitter {
           s.once('error', reject);
         });
         const client = new QmpClient(socket);
-        await client.greeting(Math.max(deadline - Date.now(), 100));
-        await client.execute('qmp_capabilities');
+        try {
+          await client.greeting(Math.max(deadline - Date.now(), 100));
+          await client.execute('qmp_capabilities');
+        } catch (err) {
+          // QEMU serves one QMP client at a time: a connection left waiting would take the next turn.
+          client.close();
+          throw err;
+        }
         return client;
       } catch (err) {
         if (!isAlive()) throw new CellaError('QEMU_EXITED', 'QEMU exited before its QMP socket answered', { cause: err });

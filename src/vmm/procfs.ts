@@ -1,0 +1,69 @@
+/**
+ * What /proc says about processes that may not be our children: QEMUs left
+ * running by a cellad that died, found again by a new one.
+ */
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+
+/** State (field 3) and start time (field 22, clock ticks since boot) of /proc/PID/stat. */
+function readStat(pid: number): { state: string; startTime: string } | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const [state, startTime] = [fields[0], fields[19]];
+  return state && startTime ? { state, startTime } : undefined;
+}
+
+/**
+ * The start time of process `pid` (field 22 of /proc/PID/stat), which with the
+ * pid names one process for good: a reused pid has another start time.
+ * Undefined when no such process runs (a zombie has ended: only its parent
+ * has yet to reap it).
+ */
+export function processStartTime(pid: number): string | undefined {
+  const s = readStat(pid);
+  return s && s.state !== 'Z' && s.state !== 'X' ? s.startTime : undefined;
+}
+
+/** Start time of a process we just forked; it holds across exec and is there even if the process already died. */
+export function startTimeOfChild(pid: number): string {
+  return readStat(pid)?.startTime ?? '';
+}
+
+export function processArgs(pid: number): string[] {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(0, -1);
+  } catch {
+    return [];
+  }
+}
+
+/** Paths of the files process `pid` holds open; they follow renames, unlike its command line. */
+export function openFiles(pid: number): string[] {
+  const dir = `/proc/${pid}/fd`;
+  let fds: string[];
+  try {
+    fds = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const out: string[] = [];
+  for (const fd of fds) {
+    try {
+      out.push(readlinkSync(`${dir}/${fd}`));
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return out;
+}
+
+export function listPids(): number[] {
+  return readdirSync('/proc')
+    .filter((n) => /^\d+$/.test(n))
+    .map(Number);
+}
