@@ -12,6 +12,7 @@ import path from 'node:path';
 import { Engine, type RunningVm } from '../src/engine/index.js';
 import { DEMO_APP, DEMO_PORT, buildDemoRootfs } from '../src/setup/index.js';
 import { get, tempDataDir } from '../test/helpers.js';
+import { percentile, reporter } from './report.js';
 
 const quick = process.argv.includes('--quick');
 const N = {
@@ -24,44 +25,16 @@ const N = {
   sustainSeconds: quick ? 5 : 15,
 };
 
-type Better = 'lower' | 'higher';
-
-function percentile(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] as number;
-}
-
-function emit(metric: string, unit: string, values: number[], baseline: number | null, better: Better, extra: Record<string, unknown> = {}): void {
-  const p50 = percentile(values, 50);
-  const round = (x: number): number => Math.round(x * 10) / 10;
-  process.stdout.write(
-    `${JSON.stringify({
-      elapsed_s: Math.round((performance.now() - benchStart) / 100) / 10,
-      metric,
-      value: round(p50),
-      p50: round(p50),
-      p95: round(percentile(values, 95)),
-      n: values.length,
-      unit,
-      baseline,
-      ratio: baseline ? Math.round((p50 / baseline) * 100) / 100 : null,
-      better,
-      accel,
-      ...extra,
-    })}\n`,
-  );
-}
-
 function pssKiB(pid: number): number {
   const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
   return m ? Number(m[1]) : 0;
 }
 
 const ms = (t: number): number => performance.now() - t;
-const benchStart = performance.now();
 const dataDir = tempDataDir('bench');
 const engine = await Engine.open({ dataDir, log: () => {} });
 const accel = engine.accel.accel;
+const emit = reporter(() => ({ accel }));
 let seq = 0;
 const id = (): string => `bench-${++seq}`;
 

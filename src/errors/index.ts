@@ -16,6 +16,7 @@ export const ERRORS = {
   AGENT_TIMEOUT: { status: 500, type: 'InternalServerException' },
   GUEST_BOOT_FAILED: { status: 500, type: 'InternalServerException' },
   APP_NOT_READY: { status: 500, type: 'InternalServerException' },
+  HOOK_FAILED: { status: 502, type: 'InternalServerException' },
   // Snapshots
   SNAPSHOT_CORRUPT: { status: 500, type: 'InternalServerException' },
   SNAPSHOT_INCOMPATIBLE: { status: 409, type: 'ConflictException' },
@@ -26,8 +27,19 @@ export const ERRORS = {
   COMMAND_FAILED: { status: 500, type: 'InternalServerException' },
   // Caller mistakes
   INVALID_ARGUMENT: { status: 400, type: 'ValidationException' },
+  MALFORMED_JSON: { status: 400, type: 'ValidationException' },
+  PAYLOAD_TOO_LARGE: { status: 413, type: 'ValidationException' },
   INVALID_STATE: { status: 409, type: 'ConflictException' },
+  IDEMPOTENCY_CONFLICT: { status: 409, type: 'ConflictException' },
   NOT_FOUND: { status: 404, type: 'ResourceNotFoundException' },
+  UNKNOWN_OPERATION: { status: 404, type: 'UnknownOperationException' },
+  METHOD_NOT_ALLOWED: { status: 405, type: 'UnknownOperationException' },
+  UNAUTHENTICATED: { status: 401, type: 'AccessDeniedException' },
+  ACCESS_DENIED: { status: 403, type: 'AccessDeniedException' },
+  QUOTA_EXCEEDED: { status: 402, type: 'ServiceQuotaExceededException' },
+  THROTTLED: { status: 429, type: 'ThrottlingException' },
+  // The daemon
+  INTERNAL: { status: 500, type: 'InternalServerException' },
 } as const satisfies Record<string, { status: number; type: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

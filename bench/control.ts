@@ -1,0 +1,94 @@
+/**
+ * npm run bench:control [-- --quick]
+ *
+ * The control plane's own cost on top of the engine, through a real cellad
+ * on port 0: GetMicrovm latency, and RunMicrovm → RUNNING minus the engine's
+ * launch time (validation, store writes, scheduling, state fan-out). Prints
+ * JSON lines (see ./report.ts); asserts nothing.
+ */
+import { rmSync } from 'node:fs';
+import { Agent, request } from 'node:http';
+import { startServer } from '../src/server/index.js';
+import { API_KEY, V, stageDemoRootfs, waitImage } from '../test/control-helpers.js';
+import { tempDataDir } from '../test/helpers.js';
+import { reporter } from './report.js';
+
+const quick = process.argv.includes('--quick');
+const N = { runs: quick ? 10 : 30, gets: quick ? 300 : 2000 };
+
+const dataDir = tempDataDir('bench-control');
+const server = await startServer({ dataDir, port: 0, apiKey: API_KEY, log: () => {} });
+const emit = reporter(() => ({ accel: server.engine.accel.accel }));
+// One kept-alive connection, as a client SDK would use.
+const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+const { hostname, port } = new URL(server.url);
+const call = (method: string, p: string, body?: unknown): Promise<Record<string, unknown>> =>
+  new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const req = request({ host: hostname, port, method, path: p, agent, headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (text += c));
+      res.on('end', () => (res.statusCode === 200 ? resolve(text ? (JSON.parse(text) as Record<string, unknown>) : {}) : reject(new Error(`${method} ${p}: ${res.statusCode} ${text}`))));
+    });
+    req.on('error', reject);
+    req.end(payload);
+  });
+
+try {
+  const rootfs = stageDemoRootfs(dataDir);
+  await call('POST', '/cella/v1/images', { name: 'demo', rootfsDir: rootfs, command: ['/usr/bin/cella-demo', '8080'], memoryMiB: 256 });
+  if ((await waitImage(server.url, 'demo')).state !== 'CREATED') throw new Error('image build failed');
+
+  // Time the engine's launch inside the same run, to subtract it.
+  const launchMs = new Map<string, number>();
+  const launch = server.engine.launch.bind(server.engine);
+  server.engine.launch = async (image, id, opts) => {
+    const t = performance.now();
+    const vm = await launch(image, id, opts);
+    launchMs.set(id, performance.now() - t);
+    return vm;
+  };
+  const overhead: number[] = [];
+  const total: number[] = [];
+  let lastId = '';
+  for (let i = 0; i < N.runs; i++) {
+    await server.engine.prewarm(server.store.getImage('demo')?.dir as string);
+    const t0 = performance.now();
+    let running: (() => void) | undefined;
+    const reached = new Promise<void>((resolve) => (running = resolve));
+    let id = '';
+    const onState = (r: { id: string; state: string }): void => {
+      if (r.id === id && r.state === 'RUNNING') running?.();
+    };
+    server.lifecycle.on('state', onState);
+    id = (await call('POST', `${V}/microvms`, { imageIdentifier: 'demo' })).microvmId as string;
+    await reached;
+    const t = performance.now() - t0;
+    server.lifecycle.removeListener('state', onState);
+    total.push(t);
+    overhead.push(t - (launchMs.get(id) ?? 0));
+    lastId = id;
+    if (i < N.runs - 1) {
+      await call('DELETE', `${V}/microvms/${id}`);
+      await server.lifecycle.settle();
+    }
+  }
+  emit('run_to_running_minus_launch_ms', 'ms', overhead, 20, 'lower');
+  emit('run_to_running_ms', 'ms', total, null, 'lower', { launch_p50_ms: Math.round([...launchMs.values()].sort((a, b) => a - b)[Math.floor(launchMs.size / 2)] ?? 0) });
+
+  for (let i = 0; i < 50; i++) await call('GET', `${V}/microvms/${lastId}`);
+  const gets: number[] = [];
+  for (let i = 0; i < N.gets; i++) {
+    const t = performance.now();
+    await call('GET', `${V}/microvms/${lastId}`);
+    gets.push(performance.now() - t);
+  }
+  emit('get_microvm_ms', 'ms', gets, 2, 'lower', { p99: Math.round([...gets].sort((a, b) => a - b)[Math.floor(gets.length * 0.99)] as number * 100) / 100 });
+  await call('DELETE', `${V}/microvms/${lastId}`);
+  await server.lifecycle.settle();
+} finally {
+  agent.destroy();
+  await server.close();
+  rmSync(dataDir, { recursive: true, force: true });
+}

@@ -1,0 +1,465 @@
+/**
+ * The HTTP API: routes from ./routes.ts, validated with their TypeBox
+ * schemas, parsed into a typed command and handed to one dispatcher.
+ * Errors are CellaErrors rendered as the contract's error bodies.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createHash, randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
+import { Value } from '@sinclair/typebox/value';
+import type { Static, TSchema } from '@sinclair/typebox';
+import { ApiKeys, TokenMinter } from '../auth/index.js';
+import { CellaError, isCellaError } from '../errors/index.js';
+import { imageNameOf, type Images } from '../images/index.js';
+import type { Lifecycle } from '../lifecycle/index.js';
+import type { LogHub } from '../logs/index.js';
+import type { ImageRecord, Store, VmRecord } from '../store/index.js';
+import { usageOf, sumUsage } from '../usage/index.js';
+import { openApiDocument, routes, type Operation, type RouteDef, type Routes } from './routes.js';
+import {
+  AUTH_HEADER,
+  MAX_DURATION_SECONDS,
+  MAX_RUN_HOOK_PAYLOAD_BYTES,
+  type Image,
+  type ListMicrovmsResponse,
+  type Microvm,
+  type PortSpecification,
+} from './schemas.js';
+
+export * from './schemas.js';
+export { routes, openApiDocument, type Operation, type RouteDef } from './routes.js';
+
+/** Bodies beyond this are refused before parsing (the largest legal request is a few KiB). */
+export const MAX_BODY_BYTES = 1024 * 1024;
+
+export interface ApiContext {
+  store: Store;
+  lifecycle: Lifecycle;
+  images: Images;
+  logs: LogHub;
+  keys: ApiKeys;
+  tokens: TokenMinter;
+  /** Endpoints are `<id>.<domain>`. */
+  domain: string;
+  minIdleSeconds: number;
+  /** Memory of all live MicroVMs together may not exceed this. */
+  maxMemoryMiB: number;
+  version: string;
+}
+
+const CONNECTOR_PREFIX = /^arn:[a-z-]+:lambda:[^:]*:aws:network-connector:aws-network-connector:([A-Z_]+)$/;
+const INGRESS = ['ALL_INGRESS', 'HTTP_INGRESS', 'SHELL_INGRESS', 'NO_INGRESS'];
+const EGRESS = ['INTERNET_EGRESS'];
+export const connectorArn = (name: string): string => `arn:aws:lambda:local:aws:network-connector:aws-network-connector:${name}`;
+
+type Input<K extends Operation> = {
+  params: Record<string, string>;
+  body: Routes[K] extends { body: infer B extends TSchema } ? Static<B> : undefined;
+  query: Routes[K] extends { query: infer Q extends TSchema } ? Static<Q> : undefined;
+};
+
+/** A parsed request: the discriminated union the dispatcher switches on. */
+type Command = { [K in Operation]: { op: K } & Input<K> }[Operation];
+
+type Reply = { json: unknown } | { empty: true } | { stream: (res: ServerResponse, signal: AbortSignal) => Promise<void> };
+
+interface CompiledRoute {
+  op: Operation;
+  def: RouteDef;
+  method: string;
+  pattern: RegExp;
+  params: string[];
+  body?: TypeCheck<TSchema>;
+  query?: TypeCheck<TSchema>;
+}
+
+export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerResponse) => void {
+  const table = routes(ctx.minIdleSeconds);
+  const compiled: CompiledRoute[] = Object.entries(table).map(([op, def]) => {
+    const d = def as RouteDef;
+    const params = [...d.path.matchAll(/\{(\w+)\}/g)].map((m) => m[1] as string);
+    const pattern = new RegExp(`^${d.path.replace(/\{\w+\}/g, '([^/]+)')}$`);
+    return {
+      op: op as Operation,
+      def: d,
+      method: d.method,
+      pattern,
+      params,
+      ...(d.body ? { body: TypeCompiler.Compile(d.body) } : {}),
+      ...(d.query ? { query: TypeCompiler.Compile(d.query) } : {}),
+    };
+  });
+  const openapi = JSON.stringify(openApiDocument(table, ctx.version));
+
+  return (req, res) => {
+    const abort = new AbortController();
+    res.on('close', () => abort.abort());
+    handle(req, res, abort.signal).catch((err: unknown) => sendError(res, err));
+  };
+
+  async function handle(req: IncomingMessage, res: ServerResponse, signal: AbortSignal): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://cella');
+    ctx.keys.check(req.headers.authorization);
+    if (req.method === 'GET' && url.pathname === '/openapi.json') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(openapi);
+      return;
+    }
+    const candidates = compiled.filter((r) => r.pattern.test(url.pathname));
+    if (candidates.length === 0) throw new CellaError('UNKNOWN_OPERATION', `no operation at ${url.pathname}`);
+    const route = candidates.find((r) => r.method === req.method);
+    if (!route) {
+      res.setHeader('allow', candidates.map((r) => r.method).join(', '));
+      throw new CellaError('METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${url.pathname}`);
+    }
+    const m = route.pattern.exec(url.pathname) as RegExpExecArray;
+    const params: Record<string, string> = {};
+    route.params.forEach((name, i) => {
+      params[name] = decodeURIComponent(m[i + 1] as string);
+      if (!params[name] || params[name].length > 256) throw new CellaError('INVALID_ARGUMENT', `${name} must be 1 to 256 characters`);
+    });
+    const raw = await readBody(req);
+    const body = route.body ? validate(route.body, parseJson(raw), 'body') : undefined;
+    if (!route.body && raw.length > 0 && raw.toString().trim() !== '' && raw.toString().trim() !== '{}') {
+      throw new CellaError('INVALID_ARGUMENT', `${route.op} takes no request body`);
+    }
+    const query = route.query ? validate(route.query, queryObject(url, route.def.query as TSchema), 'query') : undefined;
+    if (!route.query && [...url.searchParams.keys()].length > 0) throw new CellaError('INVALID_ARGUMENT', `${route.op} takes no query parameters`);
+    const reply = await dispatch({ op: route.op, params, body, query } as Command);
+    if ('json' in reply) res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(reply.json));
+    else if ('empty' in reply) res.writeHead(200, { 'content-length': 0 }).end();
+    else await reply.stream(res, signal);
+  }
+
+  async function dispatch(cmd: Command): Promise<Reply> {
+    switch (cmd.op) {
+      case 'RunMicrovm':
+        return { json: runMicrovm(cmd.body) };
+      case 'GetMicrovm':
+        return { json: view(ctx.lifecycle.require(cmd.params.microvmIdentifier as string)) };
+      case 'ListMicrovms':
+        return { json: listMicrovms(cmd.query) };
+      case 'SuspendMicrovm':
+        ctx.lifecycle.suspend(cmd.params.microvmIdentifier as string);
+        return { empty: true };
+      case 'ResumeMicrovm':
+        await ctx.lifecycle.resume(cmd.params.microvmIdentifier as string);
+        return { empty: true };
+      case 'TerminateMicrovm':
+        await ctx.lifecycle.terminate(cmd.params.microvmIdentifier as string);
+        return { empty: true };
+      case 'CreateMicrovmAuthToken':
+        return { json: await mintToken(cmd.params.microvmIdentifier as string, 'http', cmd.body.allowedPorts, cmd.body.expirationInMinutes) };
+      case 'CreateMicrovmShellAuthToken':
+        return { json: await mintToken(cmd.params.microvmIdentifier as string, 'shell', [{ port: 8022 }], cmd.body.expirationInMinutes) };
+      case 'GetMicrovmLogs': {
+        const rec = ctx.lifecycle.require(cmd.params.microvmIdentifier as string);
+        if (rec.spec.loggingDisabled) throw new CellaError('INVALID_STATE', `logging is disabled for MicroVM ${rec.id}`, { details: { resourceId: rec.id, resourceType: 'Microvm' } });
+        const follow = cmd.query.follow ?? false;
+        return {
+          stream: (res, signal) =>
+            textStream(res, (write) =>
+              ctx.logs.stream(rec.id, { follow, signal, isLive: () => ctx.store.getVm(rec.id)?.state !== 'TERMINATED' }, write),
+            ),
+        };
+      }
+      case 'GetMicrovmUsage':
+        return { json: usageOf(ctx.lifecycle.require(cmd.params.microvmIdentifier as string), Date.now()) };
+      case 'GetUsage': {
+        const now = Date.now();
+        const all = ctx.store.listVms({ limit: Number.MAX_SAFE_INTEGER }).map((v) => usageOf(v, now));
+        return { json: { total: sumUsage(all), microvms: all } };
+      }
+      case 'RegisterImage': {
+        const b = cmd.body;
+        if (b.clientToken) {
+          const prior = ctx.store.findIdempotent('RegisterImage', b.clientToken);
+          if (prior) {
+            if (prior.hash !== requestHash(b)) throw idempotencyConflict(b.clientToken);
+            return { json: imageView(requireImage(prior.resourceId)) };
+          }
+        }
+        const { image } = ctx.store.tx(() => {
+          const r = ctx.images.register(b);
+          if (b.clientToken) ctx.store.putIdempotent('RegisterImage', b.clientToken, requestHash(b), b.name);
+          return r;
+        });
+        return { json: imageView(image) };
+      }
+      case 'ListImages':
+        return { json: { items: ctx.store.listImages().map(imageView) } };
+      case 'GetImage':
+        return { json: imageView(requireImage(imageNameOf(cmd.params.imageIdentifier as string))) };
+      case 'DeleteImage': {
+        const name = imageNameOf(cmd.params.imageIdentifier as string);
+        ctx.images.delete(name, ctx.store.liveVms().some((v) => v.imageName === name));
+        return { empty: true };
+      }
+      case 'GetImageLogs': {
+        const img = requireImage(imageNameOf(cmd.params.imageIdentifier as string));
+        const file = ctx.images.buildLog(img.name);
+        return { stream: (res) => textStream(res, async (write) => (existsSync(file) ? write(await readFile(file)) : undefined)) };
+      }
+      default: {
+        const never: never = cmd;
+        throw new CellaError('UNKNOWN_OPERATION', `unhandled operation ${(never as { op: string }).op}`);
+      }
+    }
+  }
+
+  function runMicrovm(b: Static<Routes['RunMicrovm']['body']>): Microvm {
+    if (b.runHookPayload !== undefined && Buffer.byteLength(b.runHookPayload) > MAX_RUN_HOOK_PAYLOAD_BYTES) {
+      throw new CellaError('INVALID_ARGUMENT', `runHookPayload is ${Buffer.byteLength(b.runHookPayload)} bytes; at most ${MAX_RUN_HOOK_PAYLOAD_BYTES} are allowed`);
+    }
+    const ingress = connectors(b.ingressNetworkConnectors, INGRESS, 'HTTP_INGRESS', 'ingressNetworkConnectors');
+    const egress = connectors(b.egressNetworkConnectors, EGRESS, 'INTERNET_EGRESS', 'egressNetworkConnectors');
+    const name = imageNameOf(b.imageIdentifier);
+    const hash = requestHash(b);
+    if (b.clientToken) {
+      const prior = ctx.store.findIdempotent('RunMicrovm', b.clientToken);
+      if (prior) {
+        if (prior.hash !== hash) throw idempotencyConflict(b.clientToken);
+        return view(ctx.lifecycle.require(prior.resourceId));
+      }
+    }
+    const image = ctx.store.getImage(name);
+    if (!image || image.state !== 'CREATED') {
+      throw new CellaError('NOT_FOUND', `image ${b.imageIdentifier} not found${image ? ` (it is ${image.state})` : ''}`, {
+        details: { resourceId: b.imageIdentifier, resourceType: 'MicrovmImage' },
+      });
+    }
+    if (b.imageVersion !== undefined && b.imageVersion !== image.version) {
+      throw new CellaError('NOT_FOUND', `No active version found: image ${name} has no version ${b.imageVersion}`, {
+        details: { resourceId: b.imageVersion, resourceType: 'MicrovmImageVersion' },
+      });
+    }
+    const now = Date.now();
+    const maxDuration = b.maximumDurationInSeconds ?? MAX_DURATION_SECONDS;
+    const rec: VmRecord = {
+      id: `mvm-${randomUUID()}`,
+      imageName: name,
+      imageArn: image.arn,
+      imageVersion: image.version,
+      state: 'PENDING',
+      generation: 1,
+      stateReason: null,
+      spec: {
+        ...(b.executionRoleArn ? { executionRoleArn: b.executionRoleArn } : {}),
+        ...(b.idlePolicy ? { idlePolicy: b.idlePolicy } : {}),
+        maximumDurationInSeconds: maxDuration,
+        ingressNetworkConnectors: ingress,
+        egressNetworkConnectors: egress,
+        loggingDisabled: b.logging !== undefined && 'disabled' in b.logging,
+      },
+      memoryMiB: image.config.memoryMiB,
+      vcpus: image.config.vcpus,
+      createdAt: now,
+      terminatedAt: null,
+      slot: null,
+      pid: null,
+      pidStartTime: null,
+      idleDeadline: null,
+      suspendedDeadline: null,
+      maxDeadline: now + maxDuration * 1000,
+      stateSince: now,
+      runningMs: 0,
+      bytesWritten: 0,
+      bytesRead: 0,
+      storageByteMs: 0,
+      checkpointBytes: 0,
+    };
+    ctx.store.tx(() => {
+      const used = ctx.store.liveVms().reduce((sum, v) => sum + v.memoryMiB, 0);
+      if (used + rec.memoryMiB > ctx.maxMemoryMiB) {
+        throw new CellaError('QUOTA_EXCEEDED', `live MicroVMs would hold ${used + rec.memoryMiB} MiB; the quota is ${ctx.maxMemoryMiB} MiB`, {
+          details: { resourceId: name, resourceType: 'MicrovmImage', serviceCode: 'cella', quotaCode: 'microvm-memory-mib' },
+        });
+      }
+      ctx.store.insertVm(rec);
+      if (b.clientToken) ctx.store.putIdempotent('RunMicrovm', b.clientToken, hash, rec.id);
+    });
+    ctx.lifecycle.start(rec, b.runHookPayload);
+    return view(rec);
+  }
+
+  function listMicrovms(q: Static<Routes['ListMicrovms']['query']>): ListMicrovmsResponse {
+    const limit = q.maxResults ?? 50;
+    const after = q.nextToken === undefined ? undefined : decodeToken(q.nextToken);
+    const page = ctx.store.listVms({
+      limit: limit + 1,
+      ...(after ? { after } : {}),
+      ...(q.imageIdentifier ? { imageName: imageNameOf(q.imageIdentifier) } : {}),
+      ...(q.imageVersion ? { imageVersion: q.imageVersion } : {}),
+    });
+    const items = page.slice(0, limit);
+    const last = items[items.length - 1];
+    return {
+      items: items.map((v) => ({ microvmId: v.id, state: v.state, imageArn: v.imageArn, imageVersion: v.imageVersion, startedAt: iso(v.createdAt) })),
+      ...(page.length > limit && last ? { nextToken: Buffer.from(JSON.stringify({ c: last.createdAt, i: last.id })).toString('base64url') } : {}),
+    };
+  }
+
+  async function mintToken(id: string, kind: 'http' | 'shell', ports: PortSpecification[], minutes: number): Promise<{ authToken: Record<string, string> }> {
+    const rec = ctx.lifecycle.require(id);
+    if (rec.state === 'TERMINATING' || rec.state === 'TERMINATED') {
+      throw new CellaError('INVALID_STATE', `MicroVM ${id} is ${rec.state}`, { details: { resourceId: id, resourceType: 'Microvm' } });
+    }
+    for (const p of ports) {
+      if ('range' in p && p.range.startPort > p.range.endPort) throw new CellaError('INVALID_ARGUMENT', `port range ${p.range.startPort}-${p.range.endPort} is empty`);
+    }
+    const ingress = rec.spec.ingressNetworkConnectors.map((a) => CONNECTOR_PREFIX.exec(a)?.[1]);
+    if (kind === 'shell' && !ingress.includes('SHELL_INGRESS')) {
+      throw new CellaError('INVALID_ARGUMENT', `MicroVM ${id} was not launched with the SHELL_INGRESS connector`);
+    }
+    if (kind === 'http' && ingress.length === 1 && ingress[0] === 'NO_INGRESS') {
+      throw new CellaError('INVALID_ARGUMENT', `MicroVM ${id} was launched with NO_INGRESS: it has no endpoint`);
+    }
+    const t = await ctx.tokens.mint(id, kind, ports, minutes);
+    ctx.store.putToken({ jti: t.jti, vmId: id, kind, ports: JSON.stringify(ports), expiresAt: t.expiresAt, createdAt: Date.now() });
+    return { authToken: { [AUTH_HEADER]: t.token } };
+  }
+
+  function view(v: VmRecord): Microvm {
+    return {
+      microvmId: v.id,
+      state: v.state,
+      endpoint: `${v.id}.${ctx.domain}`,
+      imageArn: v.imageArn,
+      imageVersion: v.imageVersion,
+      ...(v.spec.executionRoleArn ? { executionRoleArn: v.spec.executionRoleArn } : {}),
+      ...(v.spec.idlePolicy ? { idlePolicy: v.spec.idlePolicy } : {}),
+      maximumDurationInSeconds: v.spec.maximumDurationInSeconds,
+      startedAt: iso(v.createdAt),
+      ...(v.terminatedAt !== null ? { terminatedAt: iso(v.terminatedAt) } : {}),
+      ...(v.stateReason ? { stateReason: v.stateReason } : {}),
+      ingressNetworkConnectors: v.spec.ingressNetworkConnectors,
+      egressNetworkConnectors: v.spec.egressNetworkConnectors,
+    };
+  }
+
+  function requireImage(name: string): ImageRecord {
+    const img = ctx.store.getImage(name);
+    if (!img) throw new CellaError('NOT_FOUND', `image ${name} not found`, { details: { resourceId: name, resourceType: 'MicrovmImage' } });
+    return img;
+  }
+}
+
+function imageView(i: ImageRecord): Image {
+  return {
+    imageArn: i.arn,
+    name: i.name,
+    state: i.state,
+    imageVersion: i.version,
+    memoryMiB: i.config.memoryMiB,
+    vcpus: i.config.vcpus,
+    port: i.config.port,
+    ...(i.config.hooks ? { hooks: i.config.hooks } : {}),
+    ...(i.config.snapshot ? { snapshot: i.config.snapshot } : {}),
+    ...(i.stateReason ? { stateReason: i.stateReason } : {}),
+    createdAt: iso(i.createdAt),
+  };
+}
+
+function connectors(given: string[] | undefined, allowed: string[], fallback: string, field: string): string[] {
+  if (given === undefined) return [connectorArn(fallback)];
+  for (const arn of given) {
+    const name = CONNECTOR_PREFIX.exec(arn)?.[1];
+    if (!name) throw new CellaError('INVALID_ARGUMENT', `${field}: Malformed network connector ARN ${arn}`);
+    if (!allowed.includes(name)) throw new CellaError('NOT_FOUND', `${field}: network connector ${name} does not exist`, { details: { resourceId: arn, resourceType: 'NetworkConnector' } });
+  }
+  return given;
+}
+
+const iso = (ms: number): string => new Date(ms).toISOString();
+
+function idempotencyConflict(token: string): CellaError {
+  return new CellaError('IDEMPOTENCY_CONFLICT', `clientToken ${token} was already used with different parameters`, { details: { resourceId: token, resourceType: 'ClientToken' } });
+}
+
+/** Stable over key order, so the same request always hashes the same. */
+function requestHash(body: Record<string, unknown>): string {
+  const canon = (v: unknown): unknown =>
+    v && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.keys(v as object).sort().filter((k) => k !== 'clientToken').map((k) => [k, canon((v as Record<string, unknown>)[k])]))
+      : Array.isArray(v)
+        ? v.map(canon)
+        : v;
+  return createHash('sha256').update(JSON.stringify(canon(body))).digest('hex');
+}
+
+function decodeToken(token: string): { createdAt: number; id: string } {
+  try {
+    const t = JSON.parse(Buffer.from(token, 'base64url').toString()) as { c: unknown; i: unknown };
+    if (typeof t.c === 'number' && typeof t.i === 'string') return { createdAt: t.c, id: t.i };
+  } catch {
+    // fall through
+  }
+  throw new CellaError('INVALID_ARGUMENT', 'nextToken is not valid');
+}
+
+function readBody(req: IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.headers['content-length'] ?? 0);
+    if (declared > MAX_BODY_BYTES) {
+      req.resume();
+      reject(new CellaError('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes exceeds ${MAX_BODY_BYTES}`));
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_BODY_BYTES) {
+        req.removeAllListeners('data');
+        req.resume();
+        reject(new CellaError('PAYLOAD_TOO_LARGE', `request body exceeds ${MAX_BODY_BYTES} bytes`));
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function parseJson(raw: Buffer): unknown {
+  if (raw.length === 0) return {};
+  try {
+    return JSON.parse(raw.toString('utf8'));
+  } catch (err) {
+    throw new CellaError('MALFORMED_JSON', `request body is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+/** Query strings carry text: convert to the schema's types before checking. */
+function queryObject(url: URL, schema: TSchema): unknown {
+  const obj: Record<string, string> = {};
+  for (const [k, v] of url.searchParams) obj[k] = v;
+  return Value.Convert(schema, obj);
+}
+
+function validate<T extends TSchema>(check: TypeCheck<T>, value: unknown, where: string): Static<T> {
+  if (check.Check(value)) return value;
+  const first = check.Errors(value).First();
+  const at = first?.path ? first.path.replace(/^\//, '').replace(/\//g, '.') : where;
+  throw new CellaError('INVALID_ARGUMENT', `${where === 'body' ? '' : `${where} `}${at || where}: ${first?.message ?? 'invalid value'}`);
+}
+
+async function textStream(res: ServerResponse, produce: (write: (chunk: Buffer) => void) => Promise<void>): Promise<void> {
+  res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
+  res.flushHeaders();
+  await produce((chunk) => res.write(chunk));
+  res.end();
+}
+
+function sendError(res: ServerResponse, err: unknown): void {
+  const e = isCellaError(err) ? err : new CellaError('INTERNAL', (err as Error)?.message ?? String(err));
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const headers: Record<string, string> = { 'content-type': 'application/json', 'x-amzn-errortype': e.type };
+  if (e.code === 'UNAUTHENTICATED') headers['www-authenticate'] = 'Bearer';
+  res.writeHead(e.httpStatus, headers).end(JSON.stringify({ message: e.message, code: e.code, ...e.details }));
+}

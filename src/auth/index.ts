@@ -1,0 +1,96 @@
+/**
+ * Who may call the API (API keys) and who may reach a VM's endpoint (tokens).
+ *
+ * API keys: one is generated at first start and shown once; only its SHA-256
+ * is stored. `CELLA_API_KEY` in the server's environment is accepted too.
+ * Endpoint tokens: JWEs (dir + A256GCM, `jose`) under a key kept in the store,
+ * bound to one VM, its allowed ports and an expiry; their ids are stored so a
+ * terminated VM's tokens can be revoked.
+ */
+import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { EncryptJWT, jwtDecrypt } from 'jose';
+import type { PortSpecification } from '../api/schemas.js';
+import { CellaError } from '../errors/index.js';
+import type { Store } from '../store/index.js';
+
+const KEY_PREFIX = 'cella_';
+
+const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
+
+/** Creates the first API key if there is none; returns it (to be shown once) or undefined. */
+export function ensureApiKey(store: Store): string | undefined {
+  if (store.apiKeyHashes().length > 0) return undefined;
+  const key = KEY_PREFIX + randomBytes(32).toString('base64url');
+  store.addApiKeyHash(sha256(key).toString('hex'));
+  return key;
+}
+
+export class ApiKeys {
+  private readonly hashes: Buffer[];
+
+  constructor(store: Store, envKey = process.env.CELLA_API_KEY) {
+    this.hashes = store.apiKeyHashes().map((h) => Buffer.from(h, 'hex'));
+    if (envKey) this.hashes.push(sha256(envKey));
+  }
+
+  /** Checks an Authorization header; throws ACCESS_DENIED unless it carries a known key. */
+  check(authorization: string | undefined): void {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
+    if (!m) throw new CellaError('UNAUTHENTICATED', 'missing API key: send "Authorization: Bearer <key>"');
+    const h = sha256(m[1] as string);
+    // Compare against every key so the time taken does not tell which one matched.
+    let ok = false;
+    for (const k of this.hashes) ok = timingSafeEqual(k, h) || ok;
+    if (!ok) throw new CellaError('UNAUTHENTICATED', 'the API key is not valid');
+  }
+}
+
+export interface EndpointTokenClaims {
+  jti: string;
+  vmId: string;
+  kind: 'http' | 'shell';
+  ports: PortSpecification[];
+  expiresAt: number;
+}
+
+export class TokenMinter {
+  private constructor(private readonly key: Uint8Array) {}
+
+  static open(store: Store): TokenMinter {
+    let key = store.getSecret('endpoint-token-key');
+    if (!key) {
+      key = randomBytes(32);
+      store.putSecret('endpoint-token-key', key);
+    }
+    return new TokenMinter(new Uint8Array(key));
+  }
+
+  async mint(vmId: string, kind: 'http' | 'shell', ports: PortSpecification[], minutes: number): Promise<EndpointTokenClaims & { token: string }> {
+    const jti = randomUUID();
+    const expiresAt = Date.now() + minutes * 60_000;
+    const token = await new EncryptJWT({ kind, ports })
+      .setProtectedHeader({ alg: 'dir', enc: 'A256GCM' })
+      .setSubject(vmId)
+      .setJti(jti)
+      .setIssuedAt()
+      .setExpirationTime(Math.floor(expiresAt / 1000))
+      .encrypt(this.key);
+    return { token, jti, vmId, kind, ports, expiresAt };
+  }
+
+  /** Decrypts and checks expiry; the caller checks the VM, the port and revocation. */
+  async open(token: string): Promise<EndpointTokenClaims> {
+    try {
+      const { payload } = await jwtDecrypt(token, this.key);
+      return {
+        jti: String(payload.jti),
+        vmId: String(payload.sub),
+        kind: payload.kind === 'shell' ? 'shell' : 'http',
+        ports: payload.ports as PortSpecification[],
+        expiresAt: (payload.exp ?? 0) * 1000,
+      };
+    } catch (err) {
+      throw new CellaError('ACCESS_DENIED', `invalid or expired token: ${(err as Error).message}`);
+    }
+  }
+}

@@ -1,0 +1,492 @@
+/**
+ * The MicroVM lifecycle: the contract's states (./states.ts), one writer of
+ * state (transition), stored deadlines re-armed by one timer per VM, runtime
+ * hooks, and recovery after a daemon restart.
+ *
+ * Every state change bumps the VM's generation. A timer or a background job
+ * carries the generation it was made for; when it comes back to a VM that has
+ * moved on (terminated while starting, resumed while a timer was pending) its
+ * write is refused and it does nothing.
+ */
+import { EventEmitter } from 'node:events';
+import { existsSync, statSync } from 'node:fs';
+import path from 'node:path';
+import type { VmState } from '../api/schemas.js';
+import type { Engine, RunningVm, VmRef } from '../engine/index.js';
+import { CellaError, isCellaError } from '../errors/index.js';
+import type { LogHub } from '../logs/index.js';
+import type { ImageRecord, Store, VmPatch, VmRecord } from '../store/index.js';
+import { callHook, hookEnabled, hookTimeoutMs, type RuntimeHook } from './hooks.js';
+import { RUNNING_STATES, canTransition } from './states.js';
+
+export { TRANSITIONS, canTransition } from './states.js';
+export { HOOK_PATH } from './hooks.js';
+
+/** What the lifecycle needs of the engine; tests may stand in a fake. */
+export type VmDriver = Pick<Engine, 'launch' | 'resume' | 'suspend' | 'terminate' | 'adopt' | 'get' | 'vmDir' | 'on' | 'removeListener'>;
+
+export interface LifecycleOptions {
+  store: Store;
+  driver: VmDriver;
+  logs: LogHub;
+  images: (name: string) => ImageRecord | undefined;
+  log?: (line: string) => void;
+  now?: () => number;
+}
+
+/** Longest setTimeout Node accepts; longer deadlines are re-armed when it fires. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+export class Lifecycle extends EventEmitter {
+  private readonly store: Store;
+  private readonly driver: VmDriver;
+  private readonly logs: LogHub;
+  private readonly images: (name: string) => ImageRecord | undefined;
+  private readonly log: (line: string) => void;
+  private readonly now: () => number;
+  private readonly timers = new Map<string, NodeJS.Timeout>();
+  /** Per-VM queue: operations on one VM never interleave. */
+  private readonly queues = new Map<string, Promise<unknown>>();
+  /** Resumes in flight, shared by every caller that needs the VM running. */
+  private readonly resuming = new Map<string, Promise<VmRecord>>();
+  /** Last endpoint activity and open streams per VM, for the idle policy. */
+  private readonly activity = new Map<string, number>();
+  private readonly streams = new Map<string, number>();
+  private closed = false;
+  private readonly onExit = (id: string, info: { expected: boolean; stderr?: string; code?: number | null; signal?: string | null }): void => {
+    if (info.expected) return;
+    const rec = this.store.getVm(id);
+    if (!rec || !RUNNING_STATES.has(rec.state)) return;
+    const why = info.signal ? `killed by ${info.signal}` : info.code != null ? `exited with code ${info.code}` : 'exited';
+    this.terminate(id, `the VM stopped unexpectedly: QEMU ${why}${info.stderr ? `: ${info.stderr.slice(-300)}` : ''}`).catch(() => {});
+  };
+
+  constructor(opts: LifecycleOptions) {
+    super();
+    this.store = opts.store;
+    this.driver = opts.driver;
+    this.logs = opts.logs;
+    this.images = opts.images;
+    this.log = opts.log ?? (() => {});
+    this.now = opts.now ?? Date.now;
+    this.driver.on('vm-exit', this.onExit);
+  }
+
+  // ---------- the one writer of state ----------
+
+  /**
+   * Moves `rec` to `to` if the table allows it and nobody moved it since
+   * `rec` was read. Accounts usage for the state being left and re-arms the
+   * VM's timer. Returns the new record, or undefined if the VM had moved on.
+   */
+  private transition(rec: VmRecord, to: VmState, reason: string | null, patch: VmPatch = {}): VmRecord | undefined {
+    if (!canTransition(rec.state, to)) {
+      throw new CellaError('INVALID_STATE', `MicroVM ${rec.id} is ${rec.state}; it cannot become ${to}`, {
+        details: { resourceId: rec.id, resourceType: 'Microvm' },
+      });
+    }
+    const now = this.now();
+    const usage: VmPatch = { stateSince: now };
+    if (RUNNING_STATES.has(rec.state)) usage.runningMs = rec.runningMs + (now - rec.stateSince);
+    if (rec.state === 'SUSPENDED') usage.storageByteMs = rec.storageByteMs + rec.checkpointBytes * (now - rec.stateSince);
+    const ok = this.store.writeState(rec.id, rec.generation, to, rec.generation + 1, reason, { ...usage, ...patch });
+    if (!ok) return undefined;
+    const next = this.store.getVm(rec.id) as VmRecord;
+    this.arm(next);
+    this.emit('state', next);
+    return next;
+  }
+
+  // ---------- operations ----------
+
+  /** Records a new PENDING VM (already inserted by the caller) and starts it in the background. */
+  start(rec: VmRecord, runHookPayload: string | undefined): void {
+    this.arm(rec);
+    this.emit('state', rec);
+    void this.enqueue(rec.id, () => this.doStart(rec, runHookPayload));
+  }
+
+  private async doStart(rec: VmRecord, runHookPayload: string | undefined): Promise<void> {
+    const image = this.imageOf(rec);
+    let vm: RunningVm;
+    try {
+      vm = await this.driver.launch(image.dir, rec.id, { appLog: null });
+    } catch (err) {
+      await this.fail(rec.id, rec.generation, `the VM could not start: ${(err as Error).message}`);
+      return;
+    }
+    this.attach(rec, vm);
+    if (!this.store.patchVm(rec.id, rec.generation, { slot: vm.ref.slot, pid: vm.pid, pidStartTime: vm.pidStartTime })) return;
+    if (hookEnabled(image.config, 'run')) {
+      const failed = await this.hook(vm, image, 'run', { microvmId: rec.id, runHookPayload: runHookPayload ?? '' });
+      if (failed) return void (await this.fail(rec.id, rec.generation, failed));
+    }
+    const cur = this.store.getVm(rec.id);
+    if (cur?.generation !== rec.generation) return;
+    this.activity.set(rec.id, this.now());
+    this.transition(cur, 'RUNNING', null, { idleDeadline: this.idleDeadline(cur) });
+  }
+
+  /** SuspendMicrovm: RUNNING → SUSPENDING now, the checkpoint in the background. */
+  suspend(id: string, reason: string | null = null): VmRecord {
+    const rec = this.require(id);
+    if (rec.state !== 'RUNNING') throw this.conflict(rec, 'suspended');
+    const next = this.transition(rec, 'SUSPENDING', reason, { idleDeadline: null });
+    if (!next) throw this.conflict(rec, 'suspended');
+    void this.enqueue(id, () => this.doSuspend(next));
+    return next;
+  }
+
+  private async doSuspend(rec: VmRecord): Promise<void> {
+    const image = this.imageOf(rec);
+    const vm = this.driver.get(rec.id);
+    if (!vm) return void (await this.fail(rec.id, rec.generation, 'the VM was gone when it was to be suspended'));
+    if (hookEnabled(image.config, 'suspend')) {
+      const failed = await this.hook(vm, image, 'suspend');
+      if (failed) {
+        const cur = this.store.getVm(rec.id);
+        if (cur?.generation !== rec.generation) return;
+        this.activity.set(rec.id, this.now());
+        this.transition(cur, 'RUNNING', `not suspended: ${failed}`, { idleDeadline: this.idleDeadline(cur) });
+        return;
+      }
+    }
+    if (rec.spec.idlePolicy?.suspendedDurationSeconds === 0) {
+      const cur = this.store.getVm(rec.id);
+      if (cur?.generation !== rec.generation) return;
+      const t = this.transition(cur, 'TERMINATING', 'terminated at suspend: suspendedDurationSeconds is 0');
+      if (t) await this.doTerminate(t);
+      return;
+    }
+    let bytes: number;
+    try {
+      bytes = (await this.driver.suspend(vm)).bytes;
+    } catch (err) {
+      return void (await this.fail(rec.id, rec.generation, `suspend failed: ${(err as Error).message}`));
+    }
+    this.logs.end(rec.id);
+    const cur = this.store.getVm(rec.id);
+    if (cur?.generation !== rec.generation) return;
+    const checkpoint = path.join(this.driver.vmDir(rec.id), 'checkpoint');
+    const ttl = rec.spec.idlePolicy?.suspendedDurationSeconds;
+    this.transition(cur, 'SUSPENDED', rec.stateReason, {
+      pid: null,
+      pidStartTime: null,
+      bytesWritten: cur.bytesWritten + bytes,
+      checkpointBytes: existsSync(checkpoint) ? statSync(checkpoint).size : bytes,
+      suspendedDeadline: ttl === undefined ? null : this.now() + ttl * 1000,
+    });
+  }
+
+  /**
+   * Brings a SUSPENDED VM back (its resume hook included) and resolves once it
+   * is RUNNING. Concurrent callers share one resume. The state stays SUSPENDED
+   * until the VM runs, as in the contract.
+   */
+  resume(id: string): Promise<VmRecord> {
+    const inflight = this.resuming.get(id);
+    if (inflight) return inflight;
+    const rec = this.require(id);
+    if (rec.state !== 'SUSPENDED') return Promise.reject(this.conflict(rec, 'resumed'));
+    const p = this.enqueue(id, () => this.doResume(rec)).finally(() => this.resuming.delete(id));
+    this.resuming.set(id, p);
+    return p;
+  }
+
+  private async doResume(rec: VmRecord): Promise<VmRecord> {
+    const image = this.imageOf(rec);
+    const cur0 = this.store.getVm(rec.id);
+    if (cur0?.generation !== rec.generation) throw this.conflict(cur0 ?? rec, 'resumed');
+    let vm: RunningVm;
+    try {
+      vm = await this.driver.resume(this.ref(rec), { appLog: null });
+    } catch (err) {
+      const reason = `resume failed: ${(err as Error).message}`;
+      this.store.patchVm(rec.id, rec.generation, { stateReason: reason });
+      throw new CellaError('INTERNAL', reason, { cause: err });
+    }
+    this.attach(rec, vm);
+    this.store.patchVm(rec.id, rec.generation, { pid: vm.pid, pidStartTime: vm.pidStartTime, bytesRead: rec.bytesRead + rec.checkpointBytes });
+    if (hookEnabled(image.config, 'resume')) {
+      const failed = await this.hook(vm, image, 'resume');
+      if (failed) {
+        // The VM goes back to sleep with what it had; a later resume may succeed.
+        const back = await this.driver.suspend(vm).catch((err: Error) => err);
+        this.logs.end(rec.id);
+        if (back instanceof Error) {
+          await this.fail(rec.id, rec.generation, `${failed}, and suspending it again failed: ${back.message}`);
+        } else {
+          const checkpoint = path.join(this.driver.vmDir(rec.id), 'checkpoint');
+          this.store.patchVm(rec.id, rec.generation, {
+            stateReason: `not resumed: ${failed}`,
+            pid: null,
+            pidStartTime: null,
+            bytesWritten: rec.bytesWritten + back.bytes,
+            checkpointBytes: existsSync(checkpoint) ? statSync(checkpoint).size : back.bytes,
+          });
+        }
+        throw new CellaError('HOOK_FAILED', `MicroVM ${rec.id} was not resumed: ${failed}`, { details: { resourceId: rec.id, resourceType: 'Microvm' } });
+      }
+    }
+    const cur = this.store.getVm(rec.id);
+    if (cur?.generation !== rec.generation) throw this.conflict(cur ?? rec, 'resumed');
+    this.activity.set(rec.id, this.now());
+    const next = this.transition(cur, 'RUNNING', null, { suspendedDeadline: null, checkpointBytes: 0, idleDeadline: this.idleDeadline(cur) });
+    if (!next) throw this.conflict(cur, 'resumed');
+    return next;
+  }
+
+  /** TerminateMicrovm: idempotent; TERMINATING now, resources released in the background. */
+  async terminate(id: string, reason: string | null = null): Promise<VmRecord> {
+    const rec = this.require(id);
+    if (rec.state === 'TERMINATED' || rec.state === 'TERMINATING') return rec;
+    const next = this.transition(rec, 'TERMINATING', reason, { idleDeadline: null, suspendedDeadline: null });
+    if (!next) return this.terminate(id, reason);
+    void this.enqueue(id, () => this.doTerminate(next));
+    return next;
+  }
+
+  private async doTerminate(rec: VmRecord): Promise<void> {
+    const vm = this.driver.get(rec.id);
+    const image = this.images(rec.imageName);
+    if (vm && image && hookEnabled(image.config, 'terminate')) {
+      const failed = await this.hook(vm, image, 'terminate');
+      if (failed) this.log(`MicroVM ${rec.id}: ${failed}; terminating anyway`);
+    }
+    try {
+      await this.driver.terminate(this.ref(rec));
+    } catch (err) {
+      this.log(`MicroVM ${rec.id}: releasing its resources failed: ${(err as Error).message}`);
+    }
+    this.logs.end(rec.id);
+    this.store.deleteTokensOf(rec.id);
+    this.activity.delete(rec.id);
+    const cur = this.store.getVm(rec.id);
+    if (cur?.state !== 'TERMINATING') return;
+    this.transition(cur, 'TERMINATED', cur.stateReason, { terminatedAt: this.now(), pid: null, pidStartTime: null, checkpointBytes: 0 });
+  }
+
+  /** A failure on the way: the VM goes, with the reason, unless it moved on meanwhile. */
+  private async fail(id: string, generation: number, reason: string): Promise<void> {
+    const cur = this.store.getVm(id);
+    if (!cur || cur.generation !== generation) return;
+    this.log(`MicroVM ${id}: ${reason}`);
+    const next = this.transition(cur, 'TERMINATING', reason, { idleDeadline: null, suspendedDeadline: null });
+    if (next) await this.doTerminate(next);
+  }
+
+  // ---------- activity ----------
+
+  /** Endpoint traffic: postpones the idle deadline (in memory; the timer writes it when it fires). */
+  touch(id: string): void {
+    this.activity.set(id, this.now());
+  }
+
+  /** An open stream counts as activity for as long as it is open; call the result when it closes. */
+  holdActive(id: string): () => void {
+    this.streams.set(id, (this.streams.get(id) ?? 0) + 1);
+    this.touch(id);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.touch(id);
+      const n = (this.streams.get(id) ?? 1) - 1;
+      if (n <= 0) this.streams.delete(id);
+      else this.streams.set(id, n);
+    };
+  }
+
+  // ---------- timers ----------
+
+  private idleDeadline(rec: VmRecord): number | null {
+    const idle = rec.spec.idlePolicy?.maxIdleDurationSeconds;
+    return idle === undefined ? null : (this.activity.get(rec.id) ?? this.now()) + idle * 1000;
+  }
+
+  /** One timer per VM, for the nearest of its stored deadlines. */
+  private arm(rec: VmRecord): void {
+    clearTimeout(this.timers.get(rec.id));
+    this.timers.delete(rec.id);
+    if (this.closed || rec.state === 'TERMINATED' || rec.state === 'TERMINATING') return;
+    const due = [rec.maxDeadline, rec.state === 'RUNNING' ? rec.idleDeadline : null, rec.state === 'SUSPENDED' ? rec.suspendedDeadline : null].filter(
+      (d): d is number => d !== null,
+    );
+    const at = Math.min(...due);
+    const t = setTimeout(() => this.fire(rec.id, rec.generation), Math.min(Math.max(at - this.now(), 0), MAX_TIMER_MS));
+    t.unref();
+    this.timers.set(rec.id, t);
+  }
+
+  private fire(id: string, generation: number): void {
+    this.timers.delete(id);
+    const rec = this.store.getVm(id);
+    if (!rec || rec.generation !== generation || this.closed) return;
+    const now = this.now();
+    if (now >= rec.maxDeadline) {
+      void this.terminate(id, `maximum duration of ${rec.spec.maximumDurationInSeconds} s reached`).catch(() => {});
+      return;
+    }
+    if (rec.state === 'RUNNING' && rec.idleDeadline !== null && now >= rec.idleDeadline) {
+      const next = this.idleDeadline(rec);
+      if ((this.streams.get(id) ?? 0) === 0 && next !== null && next <= now) {
+        try {
+          this.suspend(id, null);
+        } catch (err) {
+          this.log(`MicroVM ${id}: idle suspend refused: ${(err as Error).message}`);
+        }
+        return;
+      }
+      const later = Math.max(next ?? now, now + 1000);
+      this.store.patchVm(id, generation, { idleDeadline: later });
+      this.arm({ ...rec, idleDeadline: later });
+      return;
+    }
+    if (rec.state === 'SUSPENDED' && rec.suspendedDeadline !== null && now >= rec.suspendedDeadline) {
+      void this.terminate(id, `suspended for longer than suspendedDurationSeconds (${rec.spec.idlePolicy?.suspendedDurationSeconds} s)`).catch(() => {});
+      return;
+    }
+    this.arm(rec);
+  }
+
+  // ---------- restart ----------
+
+  /**
+   * After a daemon restart: makes every live VM's state true again. Running
+   * QEMUs are re-adopted; what cannot be re-adopted ends with a reason.
+   * Returns the VMs that keep host resources (for the engine's reclaim).
+   */
+  async recover(): Promise<VmRef[]> {
+    const keep: VmRef[] = [];
+    for (const rec of this.store.liveVms()) {
+      const kept = await this.recoverOne(rec).catch((err: Error) => {
+        this.log(`MicroVM ${rec.id}: recovery failed: ${err.message}`);
+        return undefined;
+      });
+      if (kept) keep.push(kept);
+    }
+    return keep;
+  }
+
+  private async recoverOne(rec: VmRecord): Promise<VmRef | undefined> {
+    const ref = rec.slot === null ? undefined : this.ref(rec);
+    const vm = ref && rec.pid !== null && rec.pidStartTime !== null ? await this.driver.adopt(ref, rec.pid, rec.pidStartTime, { appLog: null }) : undefined;
+    if (vm) this.attach(rec, vm);
+    const checkpoint = existsSync(path.join(this.driver.vmDir(rec.id), 'checkpoint'));
+    const end = async (reason: string): Promise<undefined> => {
+      const t = this.transition(rec, 'TERMINATING', reason, { idleDeadline: null, suspendedDeadline: null });
+      if (t) await this.doTerminate(t);
+      return undefined;
+    };
+    switch (rec.state) {
+      case 'PENDING':
+        return end('cellad restarted before the VM finished starting');
+      case 'TERMINATING':
+        await this.doTerminate(rec);
+        return undefined;
+      case 'RUNNING':
+      case 'SUSPENDING': {
+        if (!vm) {
+          if (rec.state === 'SUSPENDING' && checkpoint) {
+            this.transition(rec, 'SUSPENDED', rec.stateReason, { pid: null, pidStartTime: null, suspendedDeadline: this.suspendedDeadlineFor(rec) });
+            return ref;
+          }
+          return end('the VM was lost while cellad was down: its QEMU process is gone');
+        }
+        await vm.qmp.execute('cont');
+        this.activity.set(rec.id, this.now());
+        if (rec.state === 'SUSPENDING') {
+          this.transition(rec, 'RUNNING', 'suspend interrupted by a cellad restart', { idleDeadline: this.idleDeadline(rec) });
+        } else {
+          this.store.patchVm(rec.id, rec.generation, { idleDeadline: this.idleDeadline(rec) });
+          this.arm(this.store.getVm(rec.id) as VmRecord);
+        }
+        return ref;
+      }
+      case 'SUSPENDED': {
+        if (vm && !checkpoint) {
+          // A resume had finished in the VM but not in the store.
+          await vm.qmp.execute('cont');
+          this.activity.set(rec.id, this.now());
+          this.transition(rec, 'RUNNING', null, { suspendedDeadline: null, checkpointBytes: 0, idleDeadline: this.idleDeadline(rec) });
+          return ref;
+        }
+        if (vm) {
+          // A resume was under way: its checkpoint still holds the truth, so the half-resumed QEMU goes.
+          vm.beginStop();
+          await vm.qemu.kill();
+        }
+        if (!checkpoint) return end('the VM was lost while cellad was down: its checkpoint is gone');
+        this.store.patchVm(rec.id, rec.generation, { pid: null, pidStartTime: null });
+        this.arm(rec);
+        return ref;
+      }
+      default:
+        return undefined;
+    }
+  }
+
+  private suspendedDeadlineFor(rec: VmRecord): number | null {
+    const ttl = rec.spec.idlePolicy?.suspendedDurationSeconds;
+    return ttl === undefined ? null : this.now() + ttl * 1000;
+  }
+
+  /** Stops timers; VMs keep running (a restarted daemon re-adopts them). */
+  close(): void {
+    this.closed = true;
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
+    this.driver.removeListener('vm-exit', this.onExit);
+  }
+
+  /** Waits for the background work queued so far. */
+  async settle(): Promise<void> {
+    await Promise.allSettled([...this.queues.values()]);
+  }
+
+  // ---------- helpers ----------
+
+  private enqueue<T>(id: string, job: () => Promise<T>): Promise<T> {
+    const prev = this.queues.get(id) ?? Promise.resolve();
+    const p = prev.then(job, job);
+    const tail = p.catch((err: unknown) => {
+      if (!isCellaError(err)) this.log(`MicroVM ${id}: ${(err as Error).stack ?? String(err)}`);
+    });
+    this.queues.set(id, tail);
+    void tail.then(() => {
+      if (this.queues.get(id) === tail) this.queues.delete(id);
+    });
+    return p;
+  }
+
+  private attach(rec: VmRecord, vm: RunningVm): void {
+    if (!rec.spec.loggingDisabled) this.logs.attach(rec.id, vm.appLog);
+  }
+
+  private async hook(vm: RunningVm, image: ImageRecord, hook: RuntimeHook, body?: unknown): Promise<string | undefined> {
+    const port = image.config.hooks?.port ?? image.config.port;
+    return callHook(vm.address(port), hook, hookTimeoutMs(image.config, hook), body);
+  }
+
+  private ref(rec: VmRecord): VmRef {
+    return { id: rec.id, imageDir: this.imageOf(rec).dir, slot: rec.slot ?? -1 };
+  }
+
+  private imageOf(rec: VmRecord): ImageRecord {
+    const image = this.images(rec.imageName);
+    if (!image) throw new CellaError('NOT_FOUND', `image ${rec.imageName} of MicroVM ${rec.id} no longer exists`);
+    return image;
+  }
+
+  require(id: string): VmRecord {
+    const rec = this.store.getVm(id);
+    if (!rec) throw new CellaError('NOT_FOUND', `MicroVM ${id} not found`, { details: { resourceId: id, resourceType: 'Microvm' } });
+    return rec;
+  }
+
+  private conflict(rec: VmRecord, verb: string): CellaError {
+    return new CellaError('INVALID_STATE', `MicroVM ${rec.id} is ${rec.state} and cannot be ${verb}`, {
+      details: { resourceId: rec.id, resourceType: 'Microvm' },
+    });
+  }
+}

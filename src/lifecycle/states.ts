@@ -1,0 +1,26 @@
+/**
+ * The MicroVM lifecycle of the contract, as one table. transition() in
+ * ./index.ts is the only writer of state and refuses anything not listed here.
+ *
+ *   PENDING ──► RUNNING ──► SUSPENDING ──► SUSPENDED ──► RUNNING (resume)
+ *      │           │            │  └──► RUNNING (suspend hook refused)
+ *      └───────────┴────────────┴────────────┴──► TERMINATING ──► TERMINATED
+ */
+import type { VmState } from '../api/schemas.js';
+
+export const TRANSITIONS: Readonly<Record<VmState, readonly VmState[]>> = {
+  PENDING: ['RUNNING', 'TERMINATING'],
+  RUNNING: ['SUSPENDING', 'TERMINATING'],
+  SUSPENDING: ['SUSPENDED', 'RUNNING', 'TERMINATING'],
+  SUSPENDED: ['RUNNING', 'TERMINATING'],
+  TERMINATING: ['TERMINATED'],
+  TERMINATED: [],
+};
+
+export function canTransition(from: VmState, to: VmState): boolean {
+  return TRANSITIONS[from].includes(to);
+}
+
+/** States in which the VM's QEMU is (or may be) running and billed as running time. */
+export const RUNNING_STATES: ReadonlySet<VmState> = new Set(['RUNNING', 'SUSPENDING']);
+export const LIVE = (s: VmState): boolean => s !== 'TERMINATED';

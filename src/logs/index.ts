@@ -1,0 +1,99 @@
+/**
+ * Application logs per VM, kept outside the VM's folder so they outlive it:
+ * `<data>/logs/vms/<id>.log` (stdout and stderr interleaved as the guest
+ * sent them). Followers get what is in the file, then live output until the
+ * VM terminates.
+ */
+import { EventEmitter } from 'node:events';
+import { closeSync, createReadStream, existsSync, fstatSync, mkdirSync, openSync, statSync, writeSync } from 'node:fs';
+import path from 'node:path';
+
+export interface LogSource {
+  on(event: 'data', fn: (stream: 'stdout' | 'stderr', data: Buffer) => void): unknown;
+  removeListener(event: 'data', fn: (stream: 'stdout' | 'stderr', data: Buffer) => void): unknown;
+}
+
+export class LogHub {
+  private readonly live = new EventEmitter();
+  private readonly attached = new Map<string, () => void>();
+  readonly dir: string;
+
+  constructor(dataDir: string) {
+    this.dir = path.join(dataDir, 'logs', 'vms');
+    mkdirSync(this.dir, { recursive: true });
+    this.live.setMaxListeners(0);
+  }
+
+  file(vmId: string): string {
+    return path.join(this.dir, `${vmId}.log`);
+  }
+
+  /**
+   * Appends a running VM's output to its file and relays it to followers.
+   * Writes are synchronous, so the file's size is the exact offset that
+   * separates what a follower reads from the file from what it gets live.
+   */
+  attach(vmId: string, source: LogSource): void {
+    this.attached.get(vmId)?.();
+    const fd = openSync(this.file(vmId), 'a');
+    let offset = fstatSync(fd).size;
+    const fn = (_stream: 'stdout' | 'stderr', data: Buffer): void => {
+      try {
+        writeSync(fd, data);
+      } catch {
+        return;
+      }
+      offset += data.length;
+      this.live.emit(vmId, data, offset);
+    };
+    source.on('data', fn);
+    this.attached.set(vmId, () => {
+      source.removeListener('data', fn);
+      closeSync(fd);
+    });
+  }
+
+  /** No more output will come for this VM: its file is closed and followers end. */
+  end(vmId: string): void {
+    this.attached.get(vmId)?.();
+    this.attached.delete(vmId);
+    this.live.emit(`${vmId}:end`);
+  }
+
+  /** Writes the log so far to `write`, then (if `follow`) live output until the VM ends or `signal` aborts. */
+  async stream(vmId: string, opts: { follow: boolean; isLive: () => boolean; signal: AbortSignal }, write: (chunk: Buffer) => void): Promise<void> {
+    const file = this.file(vmId);
+    const pending: Array<[Buffer, number]> = [];
+    let relay: (b: Buffer, end: number) => void = (b, end) => pending.push([b, end]);
+    const onData = (b: Buffer, end: number): void => relay(b, end);
+    let wake: (() => void) | undefined;
+    let ended = false;
+    const onEnd = (): void => {
+      ended = true;
+      wake?.();
+    };
+    if (opts.follow) {
+      this.live.on(vmId, onData);
+      this.live.once(`${vmId}:end`, onEnd);
+    }
+    try {
+      const size = existsSync(file) ? statSync(file).size : 0;
+      if (size > 0) {
+        for await (const chunk of createReadStream(file, { end: size - 1 })) write(chunk as Buffer);
+      }
+      if (!opts.follow) return;
+      // Live chunks that ended within what the file already gave are not sent twice.
+      for (const [b, end] of pending.splice(0)) if (end > size) write(b.subarray(Math.max(0, b.length - (end - size))));
+      relay = (b) => write(b);
+      if (ended || !opts.isLive()) return;
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        opts.signal.addEventListener('abort', () => resolve(), { once: true });
+        if (opts.signal.aborted) resolve();
+      });
+    } finally {
+      this.live.removeListener(vmId, onData);
+      this.live.removeListener(`${vmId}:end`, onEnd);
+    }
+  }
+}

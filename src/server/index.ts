@@ -1,0 +1,191 @@
+/**
+ * cellad: one process that owns a data directory and serves the API.
+ * Start-up order matters for restart safety: the store first, then the
+ * engine, then recovery of every live VM from the store (re-adopting running
+ * QEMUs), then reclaiming whatever no VM owns, and only then the API.
+ */
+import { closeSync, cpSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { totalmem } from 'node:os';
+import path from 'node:path';
+import { createApi, CONTRACT_MIN_IDLE_SECONDS } from '../api/index.js';
+import { ApiKeys, TokenMinter, ensureApiKey } from '../auth/index.js';
+import { Engine } from '../engine/index.js';
+import { CellaError } from '../errors/index.js';
+import { Images } from '../images/index.js';
+import { Lifecycle } from '../lifecycle/index.js';
+import { LogHub } from '../logs/index.js';
+import { baseTree, DEMO_PORT } from '../setup/index.js';
+import { SqliteStore, type Store } from '../store/index.js';
+
+export const DEFAULT_API_PORT = 7470;
+export const DEFAULT_DOMAIN = 'cella.localhost';
+export const DEMO_IMAGE = 'demo';
+
+export interface ServerOptions {
+  dataDir: string;
+  guestDir?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  host?: string;
+  domain?: string;
+  /** Lowers the contract's 60 s minimum for maxIdleDurationSeconds (tests, demos). */
+  minIdleSeconds?: number;
+  /** Quota on the memory of all live MicroVMs together (default: 4 × host RAM; clones share their image's pages). */
+  maxMemoryMiB?: number;
+  accel?: 'kvm' | 'tcg';
+  warmClones?: number;
+  /** Registers the demo app as image `demo` at the first start, so `cella run demo` works out of the box. */
+  demoImage?: boolean;
+  /** Accepted as an API key besides the stored ones (default: env CELLA_API_KEY). */
+  apiKey?: string;
+  log?: (line: string) => void;
+}
+
+export interface CellaServer {
+  url: string;
+  port: number;
+  /** The API key generated at this start, if it was the first one; shown once. */
+  newApiKey: string | undefined;
+  store: Store;
+  engine: Engine;
+  lifecycle: Lifecycle;
+  /** Stops serving; VMs keep running and the next start re-adopts them. */
+  close(): Promise<void>;
+}
+
+export async function startServer(opts: ServerOptions): Promise<CellaServer> {
+  const log = opts.log ?? ((line: string) => process.stderr.write(`cellad: ${line}\n`));
+  const dataDir = path.resolve(opts.dataDir);
+  const unlock = lockDataDir(dataDir);
+  const cleanups: Array<() => unknown> = [unlock];
+  try {
+    const store = new SqliteStore(path.join(dataDir, 'cella.db'));
+    cleanups.unshift(() => store.close());
+    const newApiKey = ensureApiKey(store);
+    const keys = new ApiKeys(store, opts.apiKey ?? process.env.CELLA_API_KEY);
+    const engine = await Engine.open({
+      dataDir,
+      log,
+      outliveParent: true,
+      ...(opts.guestDir ? { guestDir: opts.guestDir } : {}),
+      ...(opts.accel ? { accel: opts.accel } : {}),
+      ...(opts.warmClones !== undefined ? { warmClones: opts.warmClones } : {}),
+    });
+    cleanups.unshift(() => engine.close({ keepRunning: true }));
+    const logs = new LogHub(dataDir);
+    const images = new Images(store, engine, dataDir, log);
+    images.recover();
+    const lifecycle = new Lifecycle({ store, driver: engine, logs, images: (n) => store.getImage(n), log });
+    cleanups.unshift(() => lifecycle.close());
+    const keep = await lifecycle.recover();
+    const reclaimed = await engine.reclaim(keep);
+    if (reclaimed.killed + reclaimed.removedDirs + reclaimed.removedNamespaces > 0) {
+      log(`reclaimed what no VM owned: ${reclaimed.killed} QEMU processes, ${reclaimed.removedDirs} folders, ${reclaimed.removedNamespaces} namespaces`);
+    }
+    const minIdleSeconds = opts.minIdleSeconds ?? CONTRACT_MIN_IDLE_SECONDS;
+    if (!Number.isInteger(minIdleSeconds) || minIdleSeconds < 1) throw new CellaError('INVALID_ARGUMENT', '--min-idle-seconds must be a positive integer');
+    const handler = createApi({
+      store,
+      lifecycle,
+      images,
+      logs,
+      keys,
+      tokens: TokenMinter.open(store),
+      domain: opts.domain ?? DEFAULT_DOMAIN,
+      minIdleSeconds,
+      maxMemoryMiB: opts.maxMemoryMiB ?? Math.floor((4 * totalmem()) / 1048576),
+      version: readVersion(),
+    });
+    if (opts.demoImage && !store.getImage(DEMO_IMAGE)) registerDemo(images, engine, dataDir, log);
+    const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 0 }, handler);
+    await listen(server, opts.port ?? DEFAULT_API_PORT, opts.host ?? '127.0.0.1');
+    const port = (server.address() as AddressInfo).port;
+    const url = `http://${opts.host ?? '127.0.0.1'}:${port}`;
+    log(`serving the API on ${url} (data ${dataDir}, accelerator ${engine.accel.accel})`);
+    let closing: Promise<void> | undefined;
+    return {
+      url,
+      port,
+      newApiKey,
+      store,
+      engine,
+      lifecycle,
+      close: () =>
+        (closing ??= (async () => {
+          server.closeAllConnections();
+          await new Promise<void>((resolve) => server.close(() => resolve()));
+          lifecycle.close();
+          await lifecycle.settle();
+          await engine.close({ keepRunning: true });
+          store.close();
+          unlock();
+        })()),
+    };
+  } catch (err) {
+    for (const c of cleanups) await c();
+    throw err;
+  }
+}
+
+/** The demo app (guest/demo) on the busybox base, registered like any user image. */
+function registerDemo(images: Images, engine: Engine, dataDir: string, log: (line: string) => void): void {
+  const root = path.join(dataDir, 'images', 'demo-rootfs');
+  rmSync(root, { recursive: true, force: true });
+  cpSync(baseTree(engine.guest, 'busybox'), root, { recursive: true, verbatimSymlinks: true });
+  cpSync(engine.guest.demoApp, path.join(root, 'usr/bin/cella-demo'));
+  const { done } = images.register({ name: DEMO_IMAGE, rootfsDir: root, command: ['/usr/bin/cella-demo', String(DEMO_PORT)], memoryMiB: 256 });
+  log(`registering the demo image "${DEMO_IMAGE}" (first start)`);
+  void done.then((img) => log(img.state === 'CREATED' ? `image "${DEMO_IMAGE}" is ready: cella run ${DEMO_IMAGE}` : `image "${DEMO_IMAGE}" failed: ${img.stateReason}`));
+}
+
+function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(err.code === 'EADDRINUSE' ? new CellaError('INVALID_ARGUMENT', `port ${port} on ${host} is already in use`) : err),
+    );
+    server.listen(port, host, () => resolve());
+  });
+}
+
+/** One cellad per data directory: a second would fight the first over its VMs. */
+function lockDataDir(dataDir: string): () => void {
+  const file = path.join(dataDir, 'cellad.pid');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(file, 'wx', 0o644);
+      writeSync(fd, String(process.pid));
+      closeSync(fd);
+      return () => {
+        if (existsSync(file) && readFileSync(file, 'utf8') === String(process.pid)) rmSync(file, { force: true });
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        mkdirSync(dataDir, { recursive: true });
+        continue;
+      }
+      const owner = Number(readFileSync(file, 'utf8'));
+      if (owner > 0 && owner !== process.pid && pidAlive(owner)) {
+        throw new CellaError('INVALID_STATE', `another cellad (pid ${owner}) already serves ${dataDir}`);
+      }
+      // The previous owner died (e.g. kill -9): its lock is stale.
+      rmSync(file, { force: true });
+    }
+  }
+  throw new CellaError('INVALID_STATE', `could not lock ${dataDir}`);
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function readVersion(): string {
+  const pkg = new URL('../../package.json', import.meta.url);
+  return (JSON.parse(readFileSync(pkg, 'utf8')) as { version: string }).version;
+}

@@ -1,0 +1,407 @@
+/**
+ * Durable state: VMs (desired and observed), deadlines, idempotency tokens,
+ * auth tokens, images, API keys, usage. SQLite by default; `Store` is the
+ * interface a Postgres implementation can fill. Every write is synchronous
+ * and durable (WAL, synchronous=FULL) before the caller is answered.
+ */
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import type { VmState } from '../api/schemas.js';
+
+/** The Microvm's settings as the caller asked for them (desired state). */
+export interface VmSpec {
+  executionRoleArn?: string;
+  idlePolicy?: { maxIdleDurationSeconds: number; suspendedDurationSeconds: number; autoResumeEnabled: boolean };
+  maximumDurationInSeconds: number;
+  ingressNetworkConnectors: string[];
+  egressNetworkConnectors: string[];
+  loggingDisabled: boolean;
+}
+
+export interface VmRecord {
+  id: string;
+  imageName: string;
+  imageArn: string;
+  imageVersion: string;
+  state: VmState;
+  /** Bumped by every state change; timers and background jobs carry the one they were made for. */
+  generation: number;
+  stateReason: string | null;
+  spec: VmSpec;
+  memoryMiB: number;
+  vcpus: number;
+  createdAt: number;
+  terminatedAt: number | null;
+  /** Observed: where its QEMU runs, for re-adoption after a restart. */
+  slot: number | null;
+  pid: number | null;
+  pidStartTime: string | null;
+  /** Deadlines (ms since epoch); null when not armed. */
+  idleDeadline: number | null;
+  suspendedDeadline: number | null;
+  maxDeadline: number;
+  /** Usage counters; the open interval since `stateSince` is added when the state ends. */
+  stateSince: number;
+  runningMs: number;
+  bytesWritten: number;
+  bytesRead: number;
+  /** Checkpoint bytes × milliseconds stored. */
+  storageByteMs: number;
+  checkpointBytes: number;
+}
+
+export interface ImageRecord {
+  name: string;
+  arn: string;
+  version: string;
+  dir: string;
+  state: 'CREATING' | 'CREATED' | 'CREATE_FAILED';
+  stateReason: string | null;
+  /** Start command, port, memory, hooks and snapshot sizes as JSON. */
+  config: ImageConfig;
+  createdAt: number;
+}
+
+export interface ImageConfig {
+  command: string[];
+  environmentVariables: Record<string, string>;
+  workingDirectory: string;
+  port: number;
+  memoryMiB: number;
+  vcpus: number;
+  rootfsDir: string;
+  hooks?: {
+    port: number;
+    microvmHooks?: Partial<Record<'run' | 'resume' | 'suspend' | 'terminate', 'ENABLED' | 'DISABLED'>> &
+      Partial<Record<'runTimeoutInSeconds' | 'resumeTimeoutInSeconds' | 'suspendTimeoutInSeconds' | 'terminateTimeoutInSeconds', number>>;
+  };
+  snapshot?: { memorySnapshotSizeInBytes: number; diskSnapshotSizeInBytes: number; deviceStateSizeInBytes: number };
+}
+
+export interface TokenRecord {
+  jti: string;
+  vmId: string;
+  kind: 'http' | 'shell';
+  ports: string;
+  expiresAt: number;
+  createdAt: number;
+}
+
+export type VmPatch = Partial<Omit<VmRecord, 'id' | 'state' | 'generation' | 'spec' | 'imageName' | 'imageArn' | 'imageVersion'>>;
+
+export interface Store {
+  close(): void;
+  /** Runs `fn` atomically. */
+  tx<T>(fn: () => T): T;
+  insertVm(vm: VmRecord): void;
+  getVm(id: string): VmRecord | undefined;
+  /** Ordered by creation, oldest first; `after` is the last id of the previous page. */
+  listVms(opts: { after?: { createdAt: number; id: string }; limit: number; imageName?: string; imageVersion?: string }): VmRecord[];
+  liveVms(): VmRecord[];
+  /** Writes state and generation; only the lifecycle's transition() calls this. */
+  writeState(id: string, fromGeneration: number, state: VmState, generation: number, reason: string | null, patch: VmPatch): boolean;
+  /** Writes fields that are not state (deadlines, pid) if the generation still matches. */
+  patchVm(id: string, generation: number, patch: VmPatch): boolean;
+  findIdempotent(scope: string, clientToken: string): { hash: string; resourceId: string } | undefined;
+  putIdempotent(scope: string, clientToken: string, hash: string, resourceId: string): void;
+  putToken(t: TokenRecord): void;
+  getToken(jti: string): TokenRecord | undefined;
+  deleteTokensOf(vmId: string): number;
+  putImage(img: ImageRecord): void;
+  getImage(name: string): ImageRecord | undefined;
+  listImages(): ImageRecord[];
+  deleteImage(name: string): void;
+  apiKeyHashes(): string[];
+  addApiKeyHash(hash: string): void;
+  getSecret(name: string): Buffer | undefined;
+  putSecret(name: string, value: Buffer): void;
+}
+
+/** Each entry moves the schema one version up; `user_version` records how far a database is. */
+const MIGRATIONS: string[] = [
+  `CREATE TABLE vms (
+     id TEXT PRIMARY KEY,
+     image_name TEXT NOT NULL,
+     image_arn TEXT NOT NULL,
+     image_version TEXT NOT NULL,
+     state TEXT NOT NULL,
+     generation INTEGER NOT NULL,
+     state_reason TEXT,
+     spec TEXT NOT NULL,
+     memory_mib INTEGER NOT NULL,
+     vcpus INTEGER NOT NULL,
+     created_at INTEGER NOT NULL,
+     terminated_at INTEGER,
+     slot INTEGER,
+     pid INTEGER,
+     pid_start_time TEXT,
+     idle_deadline INTEGER,
+     suspended_deadline INTEGER,
+     max_deadline INTEGER NOT NULL,
+     state_since INTEGER NOT NULL,
+     running_ms INTEGER NOT NULL DEFAULT 0,
+     bytes_written INTEGER NOT NULL DEFAULT 0,
+     bytes_read INTEGER NOT NULL DEFAULT 0,
+     storage_byte_ms REAL NOT NULL DEFAULT 0,
+     checkpoint_bytes INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE INDEX vms_order ON vms (created_at, id);
+   CREATE INDEX vms_live ON vms (state) WHERE state <> 'TERMINATED';
+   CREATE TABLE idempotency (
+     scope TEXT NOT NULL, client_token TEXT NOT NULL, hash TEXT NOT NULL, resource_id TEXT NOT NULL, created_at INTEGER NOT NULL,
+     PRIMARY KEY (scope, client_token)
+   );
+   CREATE TABLE tokens (
+     jti TEXT PRIMARY KEY, vm_id TEXT NOT NULL, kind TEXT NOT NULL, ports TEXT NOT NULL, expires_at INTEGER NOT NULL, created_at INTEGER NOT NULL
+   );
+   CREATE INDEX tokens_vm ON tokens (vm_id);
+   CREATE TABLE images (
+     name TEXT PRIMARY KEY, arn TEXT NOT NULL, version TEXT NOT NULL, dir TEXT NOT NULL, state TEXT NOT NULL,
+     state_reason TEXT, config TEXT NOT NULL, created_at INTEGER NOT NULL
+   );
+   CREATE TABLE api_keys (hash TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
+   CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);`,
+];
+
+const VM_COLUMNS: Record<keyof VmPatch, string> = {
+  stateReason: 'state_reason',
+  memoryMiB: 'memory_mib',
+  vcpus: 'vcpus',
+  createdAt: 'created_at',
+  terminatedAt: 'terminated_at',
+  slot: 'slot',
+  pid: 'pid',
+  pidStartTime: 'pid_start_time',
+  idleDeadline: 'idle_deadline',
+  suspendedDeadline: 'suspended_deadline',
+  maxDeadline: 'max_deadline',
+  stateSince: 'state_since',
+  runningMs: 'running_ms',
+  bytesWritten: 'bytes_written',
+  bytesRead: 'bytes_read',
+  storageByteMs: 'storage_byte_ms',
+  checkpointBytes: 'checkpoint_bytes',
+};
+
+type Row = Record<string, unknown>;
+
+function toVm(r: Row): VmRecord {
+  return {
+    id: r.id as string,
+    imageName: r.image_name as string,
+    imageArn: r.image_arn as string,
+    imageVersion: r.image_version as string,
+    state: r.state as VmState,
+    generation: r.generation as number,
+    stateReason: (r.state_reason as string | null) ?? null,
+    spec: JSON.parse(r.spec as string) as VmSpec,
+    memoryMiB: r.memory_mib as number,
+    vcpus: r.vcpus as number,
+    createdAt: r.created_at as number,
+    terminatedAt: (r.terminated_at as number | null) ?? null,
+    slot: (r.slot as number | null) ?? null,
+    pid: (r.pid as number | null) ?? null,
+    pidStartTime: (r.pid_start_time as string | null) ?? null,
+    idleDeadline: (r.idle_deadline as number | null) ?? null,
+    suspendedDeadline: (r.suspended_deadline as number | null) ?? null,
+    maxDeadline: r.max_deadline as number,
+    stateSince: r.state_since as number,
+    runningMs: r.running_ms as number,
+    bytesWritten: r.bytes_written as number,
+    bytesRead: r.bytes_read as number,
+    storageByteMs: r.storage_byte_ms as number,
+    checkpointBytes: r.checkpoint_bytes as number,
+  };
+}
+
+function toImage(r: Row): ImageRecord {
+  return {
+    name: r.name as string,
+    arn: r.arn as string,
+    version: r.version as string,
+    dir: r.dir as string,
+    state: r.state as ImageRecord['state'],
+    stateReason: (r.state_reason as string | null) ?? null,
+    config: JSON.parse(r.config as string) as ImageConfig,
+    createdAt: r.created_at as number,
+  };
+}
+
+export class SqliteStore implements Store {
+  private readonly db: Database.Database;
+
+  constructor(file: string) {
+    if (file !== ':memory:') mkdirSync(path.dirname(file), { recursive: true });
+    this.db = new Database(file);
+    this.db.pragma('journal_mode = WAL');
+    // FULL: a state written before an answer is on disk even if the host loses power.
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('busy_timeout = 5000');
+    this.migrate();
+  }
+
+  /** The schema version this code writes; a newer database is refused rather than misread. */
+  static readonly SCHEMA_VERSION = MIGRATIONS.length;
+
+  private migrate(): void {
+    const current = this.db.pragma('user_version', { simple: true }) as number;
+    if (current > MIGRATIONS.length) {
+      throw new Error(`database schema version ${current} is newer than this cellad understands (${MIGRATIONS.length})`);
+    }
+    for (let v = current; v < MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v] as string);
+        this.db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  tx<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  insertVm(vm: VmRecord): void {
+    this.db
+      .prepare(
+        `INSERT INTO vms (id, image_name, image_arn, image_version, state, generation, state_reason, spec, memory_mib, vcpus, created_at,
+           terminated_at, slot, pid, pid_start_time, idle_deadline, suspended_deadline, max_deadline, state_since, running_ms, bytes_written,
+           bytes_read, storage_byte_ms, checkpoint_bytes)
+         VALUES (@id, @imageName, @imageArn, @imageVersion, @state, @generation, @stateReason, @spec, @memoryMiB, @vcpus, @createdAt,
+           @terminatedAt, @slot, @pid, @pidStartTime, @idleDeadline, @suspendedDeadline, @maxDeadline, @stateSince, @runningMs, @bytesWritten,
+           @bytesRead, @storageByteMs, @checkpointBytes)`,
+      )
+      .run({ ...vm, spec: JSON.stringify(vm.spec) });
+  }
+
+  getVm(id: string): VmRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM vms WHERE id = ?').get(id) as Row | undefined;
+    return r && toVm(r);
+  }
+
+  listVms(opts: { after?: { createdAt: number; id: string }; limit: number; imageName?: string; imageVersion?: string }): VmRecord[] {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (opts.after) {
+      where.push('(created_at, id) > (?, ?)');
+      args.push(opts.after.createdAt, opts.after.id);
+    }
+    if (opts.imageName) {
+      where.push('image_name = ?');
+      args.push(opts.imageName);
+    }
+    if (opts.imageVersion) {
+      where.push('image_version = ?');
+      args.push(opts.imageVersion);
+    }
+    const sql = `SELECT * FROM vms ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id LIMIT ?`;
+    return (this.db.prepare(sql).all(...args, opts.limit) as Row[]).map(toVm);
+  }
+
+  liveVms(): VmRecord[] {
+    return (this.db.prepare(`SELECT * FROM vms WHERE state <> 'TERMINATED' ORDER BY created_at, id`).all() as Row[]).map(toVm);
+  }
+
+  writeState(id: string, fromGeneration: number, state: VmState, generation: number, reason: string | null, patch: VmPatch): boolean {
+    const { sets, values } = patchSql(patch);
+    const res = this.db
+      .prepare(`UPDATE vms SET state = ?, generation = ?, state_reason = ?${sets} WHERE id = ? AND generation = ?`)
+      .run(state, generation, reason, ...values, id, fromGeneration);
+    return res.changes === 1;
+  }
+
+  patchVm(id: string, generation: number, patch: VmPatch): boolean {
+    const { sets, values } = patchSql(patch);
+    if (!sets) return true;
+    return this.db.prepare(`UPDATE vms SET ${sets.slice(2)} WHERE id = ? AND generation = ?`).run(...values, id, generation).changes === 1;
+  }
+
+  findIdempotent(scope: string, clientToken: string): { hash: string; resourceId: string } | undefined {
+    const r = this.db.prepare('SELECT hash, resource_id FROM idempotency WHERE scope = ? AND client_token = ?').get(scope, clientToken) as Row | undefined;
+    return r && { hash: r.hash as string, resourceId: r.resource_id as string };
+  }
+
+  putIdempotent(scope: string, clientToken: string, hash: string, resourceId: string): void {
+    this.db.prepare('INSERT INTO idempotency (scope, client_token, hash, resource_id, created_at) VALUES (?, ?, ?, ?, ?)').run(scope, clientToken, hash, resourceId, Date.now());
+  }
+
+  putToken(t: TokenRecord): void {
+    this.db
+      .prepare('INSERT INTO tokens (jti, vm_id, kind, ports, expires_at, created_at) VALUES (@jti, @vmId, @kind, @ports, @expiresAt, @createdAt)')
+      .run(t);
+  }
+
+  getToken(jti: string): TokenRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM tokens WHERE jti = ?').get(jti) as Row | undefined;
+    return (
+      r && {
+        jti: r.jti as string,
+        vmId: r.vm_id as string,
+        kind: r.kind as TokenRecord['kind'],
+        ports: r.ports as string,
+        expiresAt: r.expires_at as number,
+        createdAt: r.created_at as number,
+      }
+    );
+  }
+
+  deleteTokensOf(vmId: string): number {
+    return this.db.prepare('DELETE FROM tokens WHERE vm_id = ?').run(vmId).changes;
+  }
+
+  putImage(img: ImageRecord): void {
+    this.db
+      .prepare(
+        `INSERT INTO images (name, arn, version, dir, state, state_reason, config, created_at)
+         VALUES (@name, @arn, @version, @dir, @state, @stateReason, @config, @createdAt)
+         ON CONFLICT (name) DO UPDATE SET arn = excluded.arn, version = excluded.version, dir = excluded.dir, state = excluded.state,
+           state_reason = excluded.state_reason, config = excluded.config`,
+      )
+      .run({ ...img, config: JSON.stringify(img.config) });
+  }
+
+  getImage(name: string): ImageRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM images WHERE name = ?').get(name) as Row | undefined;
+    return r && toImage(r);
+  }
+
+  listImages(): ImageRecord[] {
+    return (this.db.prepare('SELECT * FROM images ORDER BY created_at, name').all() as Row[]).map(toImage);
+  }
+
+  deleteImage(name: string): void {
+    this.db.prepare('DELETE FROM images WHERE name = ?').run(name);
+  }
+
+  apiKeyHashes(): string[] {
+    return (this.db.prepare('SELECT hash FROM api_keys').all() as Row[]).map((r) => r.hash as string);
+  }
+
+  addApiKeyHash(hash: string): void {
+    this.db.prepare('INSERT INTO api_keys (hash, created_at) VALUES (?, ?)').run(hash, Date.now());
+  }
+
+  getSecret(name: string): Buffer | undefined {
+    const r = this.db.prepare('SELECT value FROM secrets WHERE name = ?').get(name) as Row | undefined;
+    return r && (r.value as Buffer);
+  }
+
+  putSecret(name: string, value: Buffer): void {
+    this.db.prepare('INSERT INTO secrets (name, value) VALUES (?, ?)').run(name, value);
+  }
+}
+
+function patchSql(patch: VmPatch): { sets: string; values: unknown[] } {
+  let sets = '';
+  const values: unknown[] = [];
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === undefined) continue;
+    sets += `, ${VM_COLUMNS[k as keyof VmPatch]} = ?`;
+    values.push(v);
+  }
+  return { sets, values };
+}
