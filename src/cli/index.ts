@@ -1,42 +1,104 @@
 /**
- * The `cella` command. This issue's commands: setup, doctor, demo.
- * Exit codes: 0 ok, 1 failure, 2 usage error.
+ * The `cella` command: host setup (setup, doctor, demo), the server, and
+ * the client commands that drive a running server through CellaClient.
+ * Exit codes: 0 ok, 1 failure, 2 usage error, 3 server unreachable.
  */
 import { mkdirSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { CellaConnectionError, DEFAULT_URL } from '../client/index.js';
 import { Engine } from '../engine/index.js';
 import { CellaError, isCellaError } from '../errors/index.js';
 import { DEFAULT_GUEST_DIR, DEMO_APP, DEMO_PORT, buildDemoRootfs, loadGuestArtifacts, setupGuest } from '../setup/index.js';
+import { flag, processIo, runCommand, str, UsageError, wantsHelp, type Command, type Io, type Options, type Values } from './args.js';
+import { IMAGE_USAGE, imageCommands, vmCommands } from './remote.js';
+import { DEFAULT_DATA_DIR, server } from './server.js';
 
-const DEFAULT_DATA_DIR = process.env.CELLA_DATA_DIR ?? '/var/lib/cella';
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 const USAGE = `Usage: cella <command> [options]
 
-Commands:
-  setup [--force]        build the guest kernel, initrd (cella-init) and base root filesystems
-  doctor                 check the host: QEMU, guest artifacts, accelerator in use
-  demo                   boot the demo app, snapshot it, launch a clone, suspend, resume, terminate
+Host:
+  setup [--force]          build the guest kernel, initrd (cella-init) and base root filesystems
+  doctor                   check the host: QEMU, guest artifacts, accelerator in use
+  demo                     boot the demo app, snapshot it, launch a clone, suspend, resume, terminate
+  server                   serve the API until Ctrl-C (MicroVMs keep running when it stops)
 
-Options:
-  --data-dir DIR         where images and VMs live (default ${DEFAULT_DATA_DIR}, env CELLA_DATA_DIR)
-  --guest-dir DIR        guest artifacts (default ${DEFAULT_GUEST_DIR}, env CELLA_GUEST_DIR)
-  --json                 machine-readable output
-  -h, --help             this help
+Images:
+  image register NAME --rootfs DIR [options] -- CMD [ARGS...]
+                           register an image from a root filesystem folder; wait until CREATED
+  image ls | get NAME | rm NAME | logs NAME
+
+MicroVMs:
+  run IMAGE                launch a MicroVM and wait until it is RUNNING
+  ls [--image NAME] [--all]
+                           list MicroVMs (TERMINATED ones only with --all)
+  get VM                   describe a MicroVM
+  suspend VM               suspend to disk and wait until SUSPENDED
+  resume VM                resume a SUSPENDED MicroVM
+  terminate VM             terminate and wait until TERMINATED
+  logs [-f] VM             print (or follow) the app's output
+  token VM                 mint an endpoint token; prints the header line to send
+  usage [VM]               metered usage
+
+Common options:
+  --data-dir DIR           setup, doctor, demo, server: where images and VMs live (default ${DEFAULT_DATA_DIR}, env CELLA_DATA_DIR)
+  --guest-dir DIR          setup, doctor, demo, server: guest artifacts (default ${DEFAULT_GUEST_DIR}, env CELLA_GUEST_DIR)
+  --url URL                client commands: the server (default ${DEFAULT_URL}, env CELLA_URL)
+  --api-key KEY            client commands: its API key (env CELLA_API_KEY)
+  --json                   machine-readable output (the API response, for client commands)
+  -h, --help               this help; \`cella <command> --help\` for a command's options
+
+Exit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach the server.
 `;
 
-interface Opts {
+// setup, doctor, demo: they work on the host directly, without a server.
+
+interface HostOpts {
   dataDir: string;
   guestDir: string;
   json: boolean;
   force: boolean;
 }
 
-function out(opts: Opts, human: string, data: unknown): void {
-  process.stdout.write(opts.json ? `${JSON.stringify(data)}\n` : `${human}\n`);
+const hostOptions: Options = {
+  'data-dir': { type: 'string' },
+  'guest-dir': { type: 'string' },
+  json: { type: 'boolean' },
+  force: { type: 'boolean' },
+};
+
+const HOST_FLAGS = `Options:
+  --data-dir DIR           where images and VMs live (default ${DEFAULT_DATA_DIR}, env CELLA_DATA_DIR)
+  --guest-dir DIR          guest artifacts (default ${DEFAULT_GUEST_DIR}, env CELLA_GUEST_DIR)
+  --json                   machine-readable output
+  -h, --help               this help
+`;
+
+function hostOpts(v: Values, io: Io): HostOpts {
+  return {
+    dataDir: path.resolve(str(v, 'data-dir') ?? io.env.CELLA_DATA_DIR ?? DEFAULT_DATA_DIR),
+    guestDir: path.resolve(str(v, 'guest-dir') ?? DEFAULT_GUEST_DIR),
+    json: flag(v, 'json'),
+    force: flag(v, 'force'),
+  };
+}
+
+function hostCommand(usage: string, run: (opts: HostOpts, io: Io) => Promise<void>): Command {
+  return {
+    usage: `${usage}\n${HOST_FLAGS}`,
+    options: hostOptions,
+    args: { min: 0, max: 0, names: '' },
+    run: async (p, io) => {
+      await run(hostOpts(p.values, io), io);
+      return 0;
+    },
+  };
+}
+
+function out(io: Io, opts: HostOpts, human: string, data: unknown): void {
+  io.out(opts.json ? `${JSON.stringify(data)}\n` : `${human}\n`);
 }
 
 async function httpGet(host: string, port: number, p: string): Promise<string> {
@@ -52,11 +114,20 @@ async function httpGet(host: string, port: number, p: string): Promise<string> {
   });
 }
 
-async function doctor(opts: Opts): Promise<void> {
+const setup = hostCommand(
+  'Usage: cella setup [--force]\n\nBuilds the guest kernel, initrd (cella-init) and base root filesystems. --force rebuilds them.\n',
+  async (opts, io) => {
+    const a = await setupGuest({ guestDir: opts.guestDir, repoRoot: REPO_ROOT, force: opts.force, log: (l) => io.out(`${l}\n`) });
+    loadGuestArtifacts(a.dir);
+    out(io, opts, `guest artifacts ready in ${a.dir} (kernel ${a.manifest.kernelVersion})`, { guestDir: a.dir, kernel: a.manifest.kernelVersion });
+  },
+);
+
+const doctor = hostCommand('Usage: cella doctor\n\nChecks the host: QEMU, guest artifacts, the accelerator in use and why.\n', async (opts, io) => {
   const engine = await Engine.open({ dataDir: opts.dataDir, guestDir: opts.guestDir, log: () => {} });
   try {
     const g = engine.guest.manifest;
-    out(opts, [`accelerator: ${engine.accel.reason}`, `guest kernel: ${g.kernelVersion}`, `guest dir: ${engine.guest.dir}`, `data dir: ${opts.dataDir}`].join('\n'), {
+    out(io, opts, [`accelerator: ${engine.accel.reason}`, `guest kernel: ${g.kernelVersion}`, `guest dir: ${engine.guest.dir}`, `data dir: ${opts.dataDir}`].join('\n'), {
       accel: engine.accel,
       kernel: g.kernelVersion,
       guestDir: engine.guest.dir,
@@ -65,98 +136,117 @@ async function doctor(opts: Opts): Promise<void> {
   } finally {
     await engine.close();
   }
-}
+});
 
-async function demo(opts: Opts): Promise<void> {
-  const say = (s: string): void => {
-    if (!opts.json) process.stdout.write(`${s}\n`);
-  };
-  const engine = await Engine.open({ dataDir: opts.dataDir, guestDir: opts.guestDir, log: say });
-  const imageDir = path.join(opts.dataDir, 'images', 'demo');
-  const report: Record<string, unknown> = { accel: engine.accel.accel };
-  try {
-    rmSync(imageDir, { recursive: true, force: true });
-    mkdirSync(imageDir, { recursive: true });
-    const rootfs = path.join(imageDir, 'rootfs.ext4');
-    await buildDemoRootfs(engine.guest, rootfs);
-    say('booting the demo app in a template VM and capturing its snapshot...');
-    const snap = await engine.createSnapshot({ dir: imageDir, rootfs, app: DEMO_APP, port: DEMO_PORT, memoryMiB: 256 });
-    say(`  template booted in ${snap.templateBootMs} ms, snapshot captured in ${snap.captureMs} ms (device state ${snap.devstateBytes} bytes)`);
-    let t = Date.now();
-    const vm = await engine.launch(imageDir, `demo-${process.pid}`);
-    const addr = vm.address(DEMO_PORT);
-    const first = await httpGet(addr.host, addr.port, '/inc');
-    report.launchToAnswerMs = Date.now() - t;
-    say(`launched ${vm.id}; the app answered "${first}" after ${report.launchToAnswerMs as number} ms (via ${addr.host}:${addr.port})`);
-    await httpGet(addr.host, addr.port, '/inc');
-    const s = await engine.suspend(vm);
-    report.suspend = { ms: s.ms, bytes: s.bytes };
-    say(`suspended in ${s.ms} ms, ${(s.bytes / 1048576).toFixed(1)} MiB written (${s.dirtyPages} of ${s.totalPages} pages dirty)`);
-    t = Date.now();
-    const back = await engine.resume(vm.ref);
-    const counter = await httpGet(addr.host, addr.port, '/inc');
-    report.resumeToAnswerMs = Date.now() - t;
-    say(`resumed; the counter kept in guest RAM reads ${counter} after ${report.resumeToAnswerMs as number} ms`);
-    await engine.terminate(back.ref);
-    say('terminated; nothing left behind');
-    if (opts.json) out(opts, '', report);
-  } finally {
-    await engine.close();
-  }
-}
-
-export async function main(argv: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        'data-dir': { type: 'string' },
-        'guest-dir': { type: 'string' },
-        json: { type: 'boolean', default: false },
-        force: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    });
-  } catch (err) {
-    process.stderr.write(`cella: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
-  const command = positionals[0];
-  if (values.help || !command) {
-    process.stdout.write(USAGE);
-    return values.help ? 0 : 2;
-  }
-  const opts: Opts = {
-    dataDir: path.resolve(values['data-dir'] ?? DEFAULT_DATA_DIR),
-    guestDir: path.resolve(values['guest-dir'] ?? DEFAULT_GUEST_DIR),
-    json: values.json ?? false,
-    force: values.force ?? false,
-  };
-  try {
-    switch (command) {
-      case 'setup': {
-        const a = await setupGuest({ guestDir: opts.guestDir, repoRoot: REPO_ROOT, force: opts.force, log: (l) => process.stdout.write(`${l}\n`) });
-        loadGuestArtifacts(a.dir);
-        out(opts, `guest artifacts ready in ${a.dir} (kernel ${a.manifest.kernelVersion})`, { guestDir: a.dir, kernel: a.manifest.kernelVersion });
-        return 0;
-      }
-      case 'doctor':
-        await doctor(opts);
-        return 0;
-      case 'demo':
-        await demo(opts);
-        return 0;
-      default:
-        process.stderr.write(`cella: unknown command "${command}"\n${USAGE}`);
-        return 2;
+const demo = hostCommand(
+  'Usage: cella demo\n\nBoots the demo app in a template VM, captures its snapshot, launches a clone, suspends it, resumes it and terminates it.\n',
+  async (opts, io) => {
+    const say = (s: string): void => {
+      if (!opts.json) io.out(`${s}\n`);
+    };
+    const engine = await Engine.open({ dataDir: opts.dataDir, guestDir: opts.guestDir, log: say });
+    const imageDir = path.join(opts.dataDir, 'images', 'demo');
+    const report: Record<string, unknown> = { accel: engine.accel.accel };
+    try {
+      rmSync(imageDir, { recursive: true, force: true });
+      mkdirSync(imageDir, { recursive: true });
+      const rootfs = path.join(imageDir, 'rootfs.ext4');
+      await buildDemoRootfs(engine.guest, rootfs);
+      say('booting the demo app in a template VM and capturing its snapshot...');
+      const snap = await engine.createSnapshot({ dir: imageDir, rootfs, app: DEMO_APP, port: DEMO_PORT, memoryMiB: 256 });
+      say(`  template booted in ${snap.templateBootMs} ms, snapshot captured in ${snap.captureMs} ms (device state ${snap.devstateBytes} bytes)`);
+      let t = Date.now();
+      const vm = await engine.launch(imageDir, `demo-${process.pid}`);
+      const addr = vm.address(DEMO_PORT);
+      const first = await httpGet(addr.host, addr.port, '/inc');
+      report.launchToAnswerMs = Date.now() - t;
+      say(`launched ${vm.id}; the app answered "${first}" after ${report.launchToAnswerMs as number} ms (via ${addr.host}:${addr.port})`);
+      await httpGet(addr.host, addr.port, '/inc');
+      const s = await engine.suspend(vm);
+      report.suspend = { ms: s.ms, bytes: s.bytes };
+      say(`suspended in ${s.ms} ms, ${(s.bytes / 1048576).toFixed(1)} MiB written (${s.dirtyPages} of ${s.totalPages} pages dirty)`);
+      t = Date.now();
+      const back = await engine.resume(vm.ref);
+      const counter = await httpGet(addr.host, addr.port, '/inc');
+      report.resumeToAnswerMs = Date.now() - t;
+      say(`resumed; the counter kept in guest RAM reads ${counter} after ${report.resumeToAnswerMs as number} ms`);
+      await engine.terminate(back.ref);
+      say('terminated; nothing left behind');
+      if (opts.json) out(io, opts, '', report);
+    } finally {
+      await engine.close();
     }
+  },
+);
+
+const COMMANDS: Record<string, Command> = { setup, doctor, demo, server, ...vmCommands };
+
+/** Flags that take a value, so the command can be found after them (`cella --url U ls`). */
+const VALUE_FLAGS = new Set(['--data-dir', '--guest-dir', '--url', '--api-key']);
+
+/** Splits off the first positional argument (the command); the rest keeps its order. */
+function splitCommand(argv: string[]): { command: string | undefined; rest: string[] } {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === '--') break;
+    if (!a.startsWith('-')) return { command: a, rest: [...argv.slice(0, i), ...argv.slice(i + 1)] };
+    if (VALUE_FLAGS.has(a)) i++;
+  }
+  return { command: undefined, rest: argv };
+}
+
+async function dispatch(argv: string[], io: Io): Promise<number> {
+  const { command, rest } = splitCommand(argv);
+  if (command === undefined) {
+    if (wantsHelp(argv)) {
+      io.out(USAGE);
+      return 0;
+    }
+    throw new UsageError('no command given');
+  }
+  if (command === 'image') {
+    const sub = splitCommand(rest);
+    if (sub.command === undefined && wantsHelp(rest)) {
+      io.out(IMAGE_USAGE);
+      return 0;
+    }
+    return withUsage(IMAGE_USAGE, async () => {
+      if (sub.command === undefined) throw new UsageError('missing the image subcommand');
+      const cmd = imageCommands[sub.command];
+      if (!cmd) throw new UsageError(`unknown image subcommand "${sub.command}"`);
+      return withUsage(cmd.usage, () => runCommand(cmd, sub.rest, io));
+    });
+  }
+  const cmd = COMMANDS[command];
+  if (!cmd) throw new UsageError(`unknown command "${command}"`);
+  return withUsage(cmd.usage, () => runCommand(cmd, rest, io));
+}
+
+async function withUsage(usage: string, fn: () => Promise<number>): Promise<number> {
+  try {
+    return await fn();
   } catch (err) {
-    const e = isCellaError(err) ? err : new CellaError('COMMAND_FAILED', (err as Error).message ?? String(err));
-    if (opts.json) process.stderr.write(`${JSON.stringify({ error: e.toJSON() })}\n`);
-    else process.stderr.write(`cella: ${e.code}: ${e.message}\n`);
+    if (err instanceof UsageError) err.usage ??= usage;
+    throw err;
+  }
+}
+
+export async function main(argv: string[], io: Io = processIo): Promise<number> {
+  try {
+    return await dispatch(argv, io);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.err(`cella: ${err.message}\n${err.showUsage ? `\n${err.usage ?? USAGE}` : ''}`);
+      return 2;
+    }
+    const json = argv.includes('--json');
+    if (err instanceof CellaConnectionError) {
+      io.err(`cella: ${err.message}. Is the server running? Start it with \`cella server\`, or point --url / CELLA_URL at it.\n`);
+      return 3;
+    }
+    const e = isCellaError(err) ? err : new CellaError('COMMAND_FAILED', (err as Error)?.message ?? String(err));
+    if (json) io.err(`${JSON.stringify({ error: e.toJSON() })}\n`);
+    else io.err(`cella: ${e.code}: ${e.message}\n`);
     return 1;
   }
 }

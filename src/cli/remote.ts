@@ -1,0 +1,486 @@
+/**
+ * The commands that talk to a running `cella server` through CellaClient.
+ * Tables by default; --json prints the API's response for scripts.
+ * Progress goes to stderr so stdout carries only the result.
+ */
+import path from 'node:path';
+import {
+  AUTH_HEADER,
+  CellaClient,
+  DEFAULT_URL,
+  type AuthTokenResponse,
+  type HookSettings,
+  type Image,
+  type Microvm,
+  type MicrovmSummary,
+  type PortSpecification,
+  type RegisterImageRequest,
+  type RunMicrovmRequest,
+  type Usage,
+} from '../client/index.js';
+import { RegisterImageRequest as RegisterImageRequestSchema } from '../api/schemas.js';
+import { flag, int, keyValues, str, strs, table, toInt, UsageError, type Command, type Io, type Options, type Parsed, type Values } from './args.js';
+
+const CONNECTION = `  --url URL                the Cella server (default ${DEFAULT_URL}, env CELLA_URL)
+  --api-key KEY            its API key (env CELLA_API_KEY)
+`;
+const JSON_HELP = '  --json                   print the API response as JSON\n';
+const HELP = '  -h, --help               this help\n';
+
+const connectionOptions: Options = { url: { type: 'string' }, 'api-key': { type: 'string' } };
+const jsonOption: Options = { json: { type: 'boolean' } };
+
+const SUSPENDED_TTL_DEFAULT = 3600;
+const TOKEN_MINUTES_DEFAULT = 15;
+const BUILD_LOG_TAIL_LINES = 20;
+
+type MemoryTier = NonNullable<RegisterImageRequest['memoryMiB']>;
+/** The size tiers, read from the request schema (the server's message for a wrong one does not name them). */
+const MEMORY_TIERS: MemoryTier[] = RegisterImageRequestSchema.properties.memoryMiB.anyOf.map((t) => t.const as MemoryTier).sort((a, b) => a - b);
+
+function client(v: Values, io: Io): CellaClient {
+  const apiKey = str(v, 'api-key') ?? io.env.CELLA_API_KEY;
+  if (!apiKey) {
+    throw new UsageError('no API key: pass --api-key KEY or set CELLA_API_KEY (the first `cella server` start prints one)', false);
+  }
+  return new CellaClient({ url: str(v, 'url') ?? (io.env.CELLA_URL || DEFAULT_URL), apiKey });
+}
+
+function printJson(io: Io, value: unknown): void {
+  io.out(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** A client command: connection flags (and --json unless `noJson`) come with every one. */
+function remote(
+  spec: { usage: string; flags?: string; options?: Options; args: Command['args']; noJson?: boolean },
+  run: (p: Parsed, c: CellaClient, io: Io, json: boolean) => Promise<number>,
+): Command {
+  return {
+    usage: `${spec.usage}\nOptions:\n${spec.flags ?? ''}${spec.noJson ? '' : JSON_HELP}${CONNECTION}${HELP}`,
+    options: { ...spec.options, ...connectionOptions, ...(spec.noJson ? {} : jsonOption) },
+    args: spec.args,
+    run: (p, io) => run(p, client(p.values, io), io, flag(p.values, 'json')),
+  };
+}
+
+const at = (p: Parsed, i: number): string => p.positionals[i] as string;
+
+/** `arn:…:microvm-image:NAME` → NAME. */
+const imageName = (arn: string): string => (arn.includes(':microvm-image:') ? arn.slice(arn.lastIndexOf(':') + 1) : arn);
+const time = (iso: string | undefined): string | undefined => iso?.replace(/\.\d+Z$/, 'Z');
+/** The connector's own name, from its ARN. */
+const connector = (arn: string): string => arn.slice(arn.lastIndexOf(':') + 1);
+const mib = (bytes: number): string => `${(bytes / 1048576).toFixed(1)} MiB`;
+
+function describeVm(vm: Microvm): string {
+  const p = vm.idlePolicy;
+  return keyValues([
+    ['id', vm.microvmId],
+    ['state', vm.state],
+    ['reason', vm.stateReason],
+    ['image', `${imageName(vm.imageArn)} (version ${vm.imageVersion})`],
+    ['endpoint', `https://${vm.endpoint}`],
+    ['started', time(vm.startedAt)],
+    ['terminated', time(vm.terminatedAt)],
+    [
+      'idle policy',
+      p
+        ? `suspend after ${p.maxIdleDurationSeconds} s idle; terminate after ${p.suspendedDurationSeconds} s suspended; auto-resume ${p.autoResumeEnabled ? 'on' : 'off'}`
+        : 'none (never suspended for idleness)',
+    ],
+    ['max duration', `${vm.maximumDurationInSeconds} s`],
+    ['ingress', vm.ingressNetworkConnectors.map(connector).join(', ') || 'none'],
+    ['egress', vm.egressNetworkConnectors.map(connector).join(', ') || 'none'],
+  ]);
+}
+
+function describeImage(img: Image): string {
+  const hooks = img.hooks;
+  const enabled = hooks?.microvmHooks
+    ? (['run', 'resume', 'suspend', 'terminate'] as const).filter((h) => hooks.microvmHooks?.[h] === 'ENABLED')
+    : [];
+  return keyValues([
+    ['name', img.name],
+    ['arn', img.imageArn],
+    ['state', img.state],
+    ['reason', img.stateReason],
+    ['version', img.imageVersion],
+    ['memory', `${img.memoryMiB} MiB, ${img.vcpus} vCPU`],
+    ['port', String(img.port)],
+    ['hooks', hooks ? `port ${hooks.port}: ${enabled.join(', ') || 'none enabled'}` : undefined],
+    ['snapshot', img.snapshot ? `memory ${mib(img.snapshot.memorySnapshotSizeInBytes)}, disk ${mib(img.snapshot.diskSnapshotSizeInBytes)}` : undefined],
+    ['created', time(img.createdAt)],
+  ]);
+}
+
+/** A wait that ended at TERMINATED instead of the wanted state is a failure. */
+function failedTo(vm: Microvm, what: string, io: Io): number {
+  io.err(`cella: MicroVM ${vm.microvmId} TERMINATED before it ${what}${vm.stateReason ? `: ${vm.stateReason}` : ''}\n`);
+  return 1;
+}
+
+// Images
+
+const register = remote(
+  {
+    usage: `Usage: cella image register NAME --rootfs DIR [options] -- CMD [ARGS...]
+
+Registers an image from a root filesystem folder and the command that starts
+its app, then waits while Cella boots it and captures its snapshot.
+`,
+    flags: `  --rootfs DIR             the root filesystem folder (required)
+  --port N                 the port the app listens on (default 8080)
+  --memory-mib N           ${MEMORY_TIERS.join(', ')} (default 512)
+  --env K=V                an environment variable (repeatable)
+  --workdir D              the app's working directory (default /)
+  --hook H[,H...]          enable runtime hooks: run, resume, suspend, terminate (repeatable)
+  --hooks-port N           the port the hooks are served on (default: --port)
+  --client-token T         idempotency token
+  --no-wait                return at once, while the image is CREATING
+`,
+    options: {
+      rootfs: { type: 'string' },
+      port: { type: 'string' },
+      'memory-mib': { type: 'string' },
+      env: { type: 'string', multiple: true },
+      workdir: { type: 'string' },
+      hook: { type: 'string', multiple: true },
+      'hooks-port': { type: 'string' },
+      'client-token': { type: 'string' },
+      'no-wait': { type: 'boolean' },
+    },
+    args: { min: 2, max: Number.MAX_SAFE_INTEGER, names: 'NAME and the command (after --)' },
+  },
+  async (p, c, io, json) => {
+    const { values: v } = p;
+    const name = at(p, 0);
+    const rootfs = str(v, 'rootfs');
+    if (!rootfs) throw new UsageError('missing --rootfs DIR');
+    const port = int(v, 'port', 1, 65535);
+    const memoryMiB = memoryTier(int(v, 'memory-mib', 1));
+    const env: Record<string, string> = {};
+    for (const kv of strs(v, 'env')) {
+      const eq = kv.indexOf('=');
+      if (eq <= 0) throw new UsageError(`--env takes K=V, not "${kv}"`);
+      env[kv.slice(0, eq)] = kv.slice(eq + 1);
+    }
+    const hooks = hookSettings(strs(v, 'hook'), int(v, 'hooks-port', 1, 65535) ?? port);
+    const workdir = str(v, 'workdir');
+    const token = str(v, 'client-token');
+    const req: RegisterImageRequest = {
+      name,
+      rootfsDir: path.resolve(rootfs),
+      command: p.positionals.slice(1),
+      ...(port !== undefined ? { port } : {}),
+      ...(memoryMiB !== undefined ? { memoryMiB } : {}),
+      ...(Object.keys(env).length > 0 ? { environmentVariables: env } : {}),
+      ...(workdir !== undefined ? { workingDirectory: workdir } : {}),
+      ...(hooks ? { hooks } : {}),
+      ...(token !== undefined ? { clientToken: token } : {}),
+    };
+    let img = await c.registerImage(req);
+    if (!flag(v, 'no-wait')) {
+      if (!json) io.err(`building image ${name} (booting its app and capturing the snapshot) `);
+      img = await c.waitForImage(name, { intervalMs: 1000, ...(json ? {} : { onPoll: () => io.err('.') }) });
+      if (!json) io.err(` ${img.state}\n`);
+    }
+    if (json) printJson(io, img);
+    else io.out(describeImage(img));
+    if (img.state !== 'CREATE_FAILED') return 0;
+    io.err(`cella: image ${name} CREATE_FAILED: ${img.stateReason ?? 'no reason given'}\n`);
+    const tail = (await c.imageLogs(name)).trimEnd().split('\n').slice(-BUILD_LOG_TAIL_LINES).join('\n');
+    if (tail) io.err(`build log (last ${BUILD_LOG_TAIL_LINES} lines; \`cella image logs ${name}\` has it all):\n${tail}\n`);
+    return 1;
+  },
+);
+
+function memoryTier(n: number | undefined): MemoryTier | undefined {
+  if (n === undefined) return undefined;
+  const tier = MEMORY_TIERS.find((t) => t === n);
+  if (tier === undefined) throw new UsageError(`--memory-mib must be one of ${MEMORY_TIERS.join(', ')}, not ${n}`);
+  return tier;
+}
+
+function hookSettings(names: string[], port: number | undefined): HookSettings | undefined {
+  const list = names.flatMap((n) => n.split(',')).map((s) => s.trim()).filter(Boolean);
+  if (list.length === 0) return undefined;
+  if (port === undefined) throw new UsageError('--hook needs --hooks-port N (or --port N)');
+  const microvmHooks: NonNullable<HookSettings['microvmHooks']> = {};
+  for (const h of list) {
+    if (h !== 'run' && h !== 'resume' && h !== 'suspend' && h !== 'terminate') {
+      throw new UsageError(`--hook takes run, resume, suspend or terminate, not "${h}"`);
+    }
+    microvmHooks[h] = 'ENABLED';
+  }
+  return { port, microvmHooks };
+}
+
+const imageLs = remote({ usage: 'Usage: cella image ls\n\nLists the registered images.\n', args: { min: 0, max: 0, names: '' } }, async (_p, c, io, json) => {
+  const res = await c.listImages();
+  if (json) printJson(io, res);
+  else io.out(table(['NAME', 'STATE', 'VERSION', 'MEMORY', 'PORT', 'CREATED'], res.items.map((i) => [i.name, i.state, i.imageVersion, `${i.memoryMiB} MiB`, String(i.port), time(i.createdAt) ?? ''])));
+  return 0;
+});
+
+const imageGet = remote({ usage: 'Usage: cella image get NAME\n\nDescribes an image (by name or ARN).\n', args: { min: 1, max: 1, names: 'NAME' } }, async (p, c, io, json) => {
+  const img = await c.getImage(at(p, 0));
+  if (json) printJson(io, img);
+  else io.out(describeImage(img));
+  return 0;
+});
+
+const imageRm = remote(
+  { usage: 'Usage: cella image rm NAME\n\nDeletes an image; refused while live MicroVMs use it. Deleting a missing image succeeds.\n', args: { min: 1, max: 1, names: 'NAME' }, noJson: true },
+  async (p, c, io) => {
+    await c.deleteImage(at(p, 0));
+    io.out(`deleted image ${at(p, 0)}\n`);
+    return 0;
+  },
+);
+
+const imageLogs = remote(
+  { usage: "Usage: cella image logs NAME\n\nPrints an image's build log.\n", args: { min: 1, max: 1, names: 'NAME' }, noJson: true },
+  async (p, c, io) => {
+    io.out(await c.imageLogs(at(p, 0)));
+    return 0;
+  },
+);
+
+export const imageCommands: Record<string, Command> = { register, ls: imageLs, get: imageGet, rm: imageRm, logs: imageLogs };
+
+export const IMAGE_USAGE = `Usage: cella image <subcommand> [options]
+
+Subcommands:
+  register NAME --rootfs DIR [options] -- CMD [ARGS...]
+                           register an image and wait until it is CREATED
+  ls                       list images
+  get NAME                 describe an image
+  rm NAME                  delete an image
+  logs NAME                print an image's build log
+
+Run \`cella image <subcommand> --help\` for its options.
+`;
+
+// MicroVMs
+
+const run = remote(
+  {
+    usage: `Usage: cella run IMAGE [options]
+
+Launches a MicroVM from an image's snapshot and waits until it is RUNNING.
+`,
+    flags: `  --idle SECONDS           suspend after this long without traffic (sets the idle policy)
+  --suspended-ttl SECONDS  with --idle: terminate after this long suspended (default ${SUSPENDED_TTL_DEFAULT}; 0 terminates at suspend)
+  --no-auto-resume         with --idle: do not resume on incoming traffic
+  --max-duration SECONDS   terminate after this long, running or suspended (default 28800)
+  --payload STRING         body of the app's run hook
+  --client-token T         idempotency token: the same token and options return the same MicroVM
+  --no-logs                do not keep the app's output
+  --no-wait                return at once, while the MicroVM is PENDING
+`,
+    options: {
+      idle: { type: 'string' },
+      'suspended-ttl': { type: 'string' },
+      'no-auto-resume': { type: 'boolean' },
+      'max-duration': { type: 'string' },
+      payload: { type: 'string' },
+      'client-token': { type: 'string' },
+      'no-logs': { type: 'boolean' },
+      'no-wait': { type: 'boolean' },
+    },
+    args: { min: 1, max: 1, names: 'IMAGE' },
+  },
+  async (p, c, io, json) => {
+    const v = p.values;
+    const idle = int(v, 'idle', 1);
+    const ttl = int(v, 'suspended-ttl', 0);
+    if (idle === undefined && (ttl !== undefined || flag(v, 'no-auto-resume'))) {
+      throw new UsageError('--suspended-ttl and --no-auto-resume are part of the idle policy: give --idle SECONDS too');
+    }
+    const maxDuration = int(v, 'max-duration', 1);
+    const payload = str(v, 'payload');
+    const token = str(v, 'client-token');
+    const req: RunMicrovmRequest = {
+      imageIdentifier: at(p, 0),
+      ...(idle !== undefined
+        ? { idlePolicy: { maxIdleDurationSeconds: idle, suspendedDurationSeconds: ttl ?? SUSPENDED_TTL_DEFAULT, autoResumeEnabled: !flag(v, 'no-auto-resume') } }
+        : {}),
+      ...(maxDuration !== undefined ? { maximumDurationInSeconds: maxDuration } : {}),
+      ...(payload !== undefined ? { runHookPayload: payload } : {}),
+      ...(token !== undefined ? { clientToken: token } : {}),
+      ...(flag(v, 'no-logs') ? { logging: { disabled: {} } } : {}),
+    };
+    let vm = await c.runMicrovm(req);
+    if (!flag(v, 'no-wait')) vm = await c.waitForState(vm.microvmId, ['RUNNING']);
+    if (json) printJson(io, vm);
+    else io.out(keyValues([['id', vm.microvmId], ['state', vm.state], ['endpoint', `https://${vm.endpoint}`]]));
+    return vm.state === 'TERMINATED' ? failedTo(vm, 'ran', io) : 0;
+  },
+);
+
+const ls = remote(
+  {
+    usage: 'Usage: cella ls [options]\n\nLists MicroVMs, oldest first.\n',
+    flags: '  --image NAME             only those of this image\n  --all                    include TERMINATED ones\n',
+    options: { image: { type: 'string' }, all: { type: 'boolean' } },
+    args: { min: 0, max: 0, names: '' },
+  },
+  async (p, c, io, json) => {
+    const image = str(p.values, 'image');
+    const items: MicrovmSummary[] = [];
+    for await (const s of c.listAllMicrovms(image ? { imageIdentifier: image } : {})) {
+      if (flag(p.values, 'all') || s.state !== 'TERMINATED') items.push(s);
+    }
+    if (json) printJson(io, { items });
+    else io.out(table(['ID', 'STATE', 'IMAGE', 'STARTED'], items.map((s) => [s.microvmId, s.state, imageName(s.imageArn), time(s.startedAt) ?? ''])));
+    return 0;
+  },
+);
+
+const get = remote({ usage: 'Usage: cella get VM\n\nDescribes a MicroVM.\n', args: { min: 1, max: 1, names: 'VM' } }, async (p, c, io, json) => {
+  const vm = await c.getMicrovm(at(p, 0));
+  if (json) printJson(io, vm);
+  else io.out(describeVm(vm));
+  return 0;
+});
+
+/** Suspend and terminate: ask, then (unless --no-wait) wait for the state the request leads to. */
+function transition(target: 'SUSPENDED' | 'TERMINATED', usage: string, act: (c: CellaClient, id: string) => Promise<void>): Command {
+  return remote(
+    { usage, flags: `  --no-wait                return once the request is accepted, before the MicroVM is ${target}\n`, options: { 'no-wait': { type: 'boolean' } }, args: { min: 1, max: 1, names: 'VM' } },
+    async (p, c, io, json) => {
+      const id = at(p, 0);
+      await act(c, id);
+      const vm = flag(p.values, 'no-wait') ? await c.getMicrovm(id) : await c.waitForState(id, [target]);
+      if (json) printJson(io, vm);
+      else io.out(`${vm.microvmId} ${vm.state}\n`);
+      return vm.state === 'TERMINATED' && target !== 'TERMINATED' ? failedTo(vm, `was ${target}`, io) : 0;
+    },
+  );
+}
+
+const suspend = transition(
+  'SUSPENDED',
+  'Usage: cella suspend VM [options]\n\nSuspends a RUNNING MicroVM to disk and waits until it is SUSPENDED.\n',
+  (c, id) => c.suspendMicrovm(id),
+);
+
+const terminate = transition(
+  'TERMINATED',
+  'Usage: cella terminate VM [options]\n\nTerminates a MicroVM and waits until it is TERMINATED. Terminating a TERMINATED MicroVM succeeds.\n',
+  (c, id) => c.terminateMicrovm(id),
+);
+
+const resume = remote({ usage: 'Usage: cella resume VM\n\nResumes a SUSPENDED MicroVM; returns once it runs.\n', args: { min: 1, max: 1, names: 'VM' } }, async (p, c, io, json) => {
+  await c.resumeMicrovm(at(p, 0));
+  const vm = await c.getMicrovm(at(p, 0));
+  if (json) printJson(io, vm);
+  else io.out(`${vm.microvmId} ${vm.state}\n`);
+  return 0;
+});
+
+const logs = remote(
+  {
+    usage: "Usage: cella logs [-f] VM\n\nPrints a MicroVM's output (stdout and stderr).\n",
+    flags: '  -f, --follow             keep streaming until the MicroVM terminates or Ctrl-C\n',
+    options: { follow: { type: 'boolean', short: 'f' } },
+    args: { min: 1, max: 1, names: 'VM' },
+    noJson: true,
+  },
+  async (p, c, io) => {
+    const abort = new AbortController();
+    const stop = (): void => abort.abort();
+    process.once('SIGINT', stop);
+    try {
+      for await (const chunk of c.streamLogs(at(p, 0), { follow: flag(p.values, 'follow'), signal: abort.signal })) io.out(chunk);
+    } finally {
+      process.off('SIGINT', stop);
+    }
+    return 0;
+  },
+);
+
+const token = remote(
+  {
+    usage: `Usage: cella token VM [options]
+
+Mints a token for the MicroVM's endpoint and prints the header that carries it.
+Without a port option the token covers the image's port.
+`,
+    flags: `  --port N                 allow this port (repeatable)
+  --ports A-B              allow this range of ports (repeatable)
+  --all-ports              allow every port
+  --minutes M              lifetime, 1 to 60 (default ${TOKEN_MINUTES_DEFAULT})
+  --shell                  a token for the shell endpoint instead (no port options)
+`,
+    options: {
+      port: { type: 'string', multiple: true },
+      ports: { type: 'string', multiple: true },
+      'all-ports': { type: 'boolean' },
+      minutes: { type: 'string' },
+      shell: { type: 'boolean' },
+    },
+    args: { min: 1, max: 1, names: 'VM' },
+  },
+  async (p, c, io, json) => {
+    const v = p.values;
+    const id = at(p, 0);
+    const expirationInMinutes = int(v, 'minutes', 1, 60) ?? TOKEN_MINUTES_DEFAULT;
+    const ports: PortSpecification[] = [
+      ...strs(v, 'port').map((s) => ({ port: toInt(s, '--port', 1, 65535) })),
+      ...strs(v, 'ports').map(portRange),
+      ...(flag(v, 'all-ports') ? [{ allPorts: {} }] : []),
+    ];
+    let res: AuthTokenResponse;
+    if (flag(v, 'shell')) {
+      if (ports.length > 0) throw new UsageError('--shell takes no port options');
+      res = await c.createMicrovmShellAuthToken(id, { expirationInMinutes });
+    } else {
+      if (ports.length === 0) ports.push({ port: (await c.getImage((await c.getMicrovm(id)).imageArn)).port });
+      res = await c.createMicrovmAuthToken(id, { expirationInMinutes, allowedPorts: ports });
+    }
+    if (json) printJson(io, res);
+    else for (const [header, value] of Object.entries(res.authToken)) io.out(`${header}: ${value}\n`);
+    if (!json && !(AUTH_HEADER in res.authToken)) io.err(`cella: note: the server answered without the ${AUTH_HEADER} header\n`);
+    return 0;
+  },
+);
+
+function portRange(text: string): PortSpecification {
+  const m = /^(\d+)-(\d+)$/.exec(text);
+  if (!m) throw new UsageError(`--ports takes A-B, not "${text}"`);
+  const startPort = toInt(m[1] as string, '--ports start', 1, 65535);
+  const endPort = toInt(m[2] as string, '--ports end', 1, 65535);
+  if (startPort > endPort) throw new UsageError(`--ports ${text} is empty`);
+  return { range: { startPort, endPort } };
+}
+
+const usage = remote(
+  { usage: 'Usage: cella usage [VM]\n\nMetered usage of one MicroVM, or of every MicroVM and in total.\n', args: { min: 0, max: 1, names: 'VM' } },
+  async (p, c, io, json) => {
+    const id = p.positionals[0];
+    const headers = ['MICROVM', 'RUNNING-S', 'VCPU-S', 'GIB-S', 'SNAPSHOT-WRITTEN', 'SNAPSHOT-READ', 'SNAPSHOT-GIB-H'];
+    const row = (label: string, u: Usage): string[] => [
+      label,
+      u.runningSeconds.toFixed(1),
+      u.vcpuSeconds.toFixed(1),
+      u.gibSeconds.toFixed(1),
+      mib(u.snapshotBytesWritten),
+      mib(u.snapshotBytesRead),
+      u.snapshotStorageGibHours.toFixed(4),
+    ];
+    if (id !== undefined) {
+      const u = await c.getMicrovmUsage(id);
+      if (json) printJson(io, u);
+      else io.out(table(headers, [row(u.microvmId ?? id, u)]));
+      return 0;
+    }
+    const report = await c.getUsage();
+    if (json) printJson(io, report);
+    else io.out(table(headers, [...report.microvms.map((u) => row(u.microvmId ?? '?', u)), row('TOTAL', report.total)]));
+    return 0;
+  },
+);
+
+export const vmCommands: Record<string, Command> = { run, ls, get, suspend, resume, terminate, logs, token, usage };
+

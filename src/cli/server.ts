@@ -1,0 +1,85 @@
+/**
+ * `cella server`: runs cellad in the foreground until SIGINT or SIGTERM.
+ * Stopping leaves the VMs running; the next start re-adopts them.
+ */
+import path from 'node:path';
+import { DEFAULT_URL } from '../client/index.js';
+import { DEFAULT_API_PORT, DEFAULT_DOMAIN, startServer } from '../server/index.js';
+import { DEFAULT_GUEST_DIR } from '../setup/index.js';
+import { int, str, UsageError, type Command } from './args.js';
+
+export const DEFAULT_DATA_DIR = '/var/lib/cella';
+
+export const server: Command = {
+  usage: `Usage: cella server [options]
+
+Serves the Cella API until Ctrl-C (SIGINT) or SIGTERM. Stopping leaves the
+MicroVMs running; the next start re-adopts them. The first start creates an
+API key and prints it once, and registers the demo app as the image "demo".
+
+Options:
+  --port N                 port to listen on (default ${DEFAULT_API_PORT}; 0 picks a free one)
+  --host H                 address to listen on (default 127.0.0.1)
+  --domain D               endpoints are <id>.D (default ${DEFAULT_DOMAIN})
+  --min-idle-seconds N     lowest maxIdleDurationSeconds accepted (default 60, the contract's)
+  --max-memory-mib N       quota on the memory of all live MicroVMs (default 4 x host RAM)
+  --accel kvm|tcg          force the accelerator (default: KVM if a probe guest boots on it)
+  --data-dir DIR           database, images, VMs, logs (default ${DEFAULT_DATA_DIR}, env CELLA_DATA_DIR)
+  --guest-dir DIR          guest artifacts (default ${DEFAULT_GUEST_DIR}, env CELLA_GUEST_DIR)
+  -h, --help               this help
+`,
+  options: {
+    port: { type: 'string' },
+    host: { type: 'string' },
+    domain: { type: 'string' },
+    'min-idle-seconds': { type: 'string' },
+    'max-memory-mib': { type: 'string' },
+    accel: { type: 'string' },
+    'data-dir': { type: 'string' },
+    'guest-dir': { type: 'string' },
+  },
+  args: { min: 0, max: 0, names: '' },
+  async run({ values }, io) {
+    const accel = str(values, 'accel');
+    if (accel !== undefined && accel !== 'kvm' && accel !== 'tcg') throw new UsageError(`--accel must be kvm or tcg, not "${accel}"`);
+    const port = int(values, 'port', 0, 65535);
+    const minIdleSeconds = int(values, 'min-idle-seconds', 1);
+    const maxMemoryMiB = int(values, 'max-memory-mib', 1);
+    const host = str(values, 'host');
+    const domain = str(values, 'domain');
+    const guestDir = str(values, 'guest-dir');
+    const dataDir = path.resolve(str(values, 'data-dir') ?? io.env.CELLA_DATA_DIR ?? DEFAULT_DATA_DIR);
+    const srv = await startServer({
+      dataDir,
+      ...(guestDir !== undefined ? { guestDir: path.resolve(guestDir) } : {}),
+      ...(port !== undefined ? { port } : {}),
+      ...(host !== undefined ? { host } : {}),
+      ...(domain !== undefined ? { domain } : {}),
+      ...(minIdleSeconds !== undefined ? { minIdleSeconds } : {}),
+      ...(maxMemoryMiB !== undefined ? { maxMemoryMiB } : {}),
+      ...(accel !== undefined ? { accel } : {}),
+      demoImage: true,
+      log: (line) => io.err(`cellad: ${line}\n`),
+    });
+    io.out(`cella server: listening on ${srv.url} (data ${dataDir}); Ctrl-C stops it, MicroVMs keep running\n`);
+    if (srv.url !== DEFAULT_URL) io.out(`  export CELLA_URL=${srv.url}\n`);
+    if (srv.newApiKey) {
+      io.out(
+        `\nA new API key was created. Save it: it is shown once.\n  export CELLA_API_KEY=${srv.newApiKey}\n` +
+          `(The key in CELLA_API_KEY when the server starts is accepted too.)\n\n`,
+      );
+    }
+    const signal = await new Promise<NodeJS.Signals>((resolve) => {
+      const stop = (s: NodeJS.Signals): void => {
+        process.off('SIGINT', stop);
+        process.off('SIGTERM', stop);
+        resolve(s);
+      };
+      process.on('SIGINT', stop);
+      process.on('SIGTERM', stop);
+    });
+    io.out(`cella server: ${signal}: stopping; MicroVMs keep running and the next start re-adopts them\n`);
+    await srv.close();
+    return 0;
+  },
+};
