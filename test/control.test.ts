@@ -5,14 +5,13 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { request } from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { networkForSlot } from '../src/net/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { ALL_HOOKS, API_KEY, V, api, qemusOf, stageDemoRootfs, waitImage, waitState, type MicrovmBody } from './control-helpers.js';
-import { alive, eventually, tempDataDir } from './helpers.js';
+import { alive, eventually, getAt, tempDataDir } from './helpers.js';
 
 const QUOTA_MIB = 1536;
 
@@ -23,17 +22,8 @@ function guestGet(server: CellaServer, id: string, p: string): Promise<string> {
   return httpGet(vm.address(8080), p);
 }
 
-function httpGet(addr: { host: string; port: number }, p: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    request({ ...addr, path: p, agent: false, timeout: 15_000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve(body));
-    })
-      .on('error', reject)
-      .end();
-  });
+async function httpGet(addr: { host: string; port: number }, p: string): Promise<string> {
+  return (await getAt(addr, p)).body;
 }
 
 describe('control plane over HTTP', { concurrency: false }, () => {

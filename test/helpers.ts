@@ -11,7 +11,11 @@ export function tempDataDir(tag: string): string {
 
 /** GET from the demo app inside `vm`, through the namespace path the proxy uses. */
 export function get(vm: RunningVm, p: string): Promise<{ status: number; body: string }> {
-  const { host, port } = vm.address(DEMO_PORT);
+  return getAt(vm.address(DEMO_PORT), p);
+}
+
+/** GET http://host:port/p without connection reuse. */
+export function getAt({ host, port }: { host: string; port: number }, p: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     request({ host, port, path: p, timeout: 15_000, agent: false }, (res) => {
       let body = '';

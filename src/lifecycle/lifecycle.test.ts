@@ -1,0 +1,135 @@
+import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import type { RunningVm, VmRef } from '../engine/index.js';
+import { isCellaError } from '../errors/index.js';
+import { LogHub } from '../logs/index.js';
+import { SqliteStore, type ImageRecord, type VmRecord } from '../store/index.js';
+import { Lifecycle, TRANSITIONS, type VmDriver } from './index.js';
+
+/** A driver whose launches finish when the test says so; the real engine is covered by test/control.test.ts. */
+class FakeDriver extends EventEmitter {
+  readonly running = new Map<string, RunningVm>();
+  readonly terminated: string[] = [];
+  release: (() => void) | undefined;
+
+  async launch(_image: string, id: string): Promise<RunningVm> {
+    await new Promise<void>((resolve) => (this.release = resolve));
+    const vm = { ref: { id, imageDir: '/img', slot: 1 }, pid: 1, pidStartTime: '1', appLog: new EventEmitter(), address: () => ({ host: '127.0.0.1', port: 1 }) };
+    this.running.set(id, vm as unknown as RunningVm);
+    return vm as unknown as RunningVm;
+  }
+  async terminate(ref: VmRef): Promise<void> {
+    this.running.delete(ref.id);
+    this.terminated.push(ref.id);
+  }
+  get(id: string): RunningVm | undefined {
+    return this.running.get(id);
+  }
+  vmDir(id: string): string {
+    return `/nonexistent/${id}`;
+  }
+}
+
+function setup(): { lc: Lifecycle; store: SqliteStore; driver: FakeDriver; done: () => void } {
+  const dir = mkdtempSync(path.join(tmpdir(), 'cella-lc-'));
+  const store = new SqliteStore(':memory:');
+  const driver = new FakeDriver();
+  const image: ImageRecord = {
+    name: 'img',
+    arn: 'arn:x',
+    version: '1.0',
+    dir: '/img',
+    state: 'CREATED',
+    stateReason: null,
+    config: { command: ['/a'], environmentVariables: {}, workingDirectory: '/', port: 8080, memoryMiB: 256, vcpus: 1, rootfsDir: '/' },
+    createdAt: 0,
+  };
+  const lc = new Lifecycle({ store, driver: driver as unknown as VmDriver, logs: new LogHub(dir), images: () => image });
+  return {
+    lc,
+    store,
+    driver,
+    done: () => {
+      lc.close();
+      store.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+function pending(id: string): VmRecord {
+  const now = Date.now();
+  return {
+    id,
+    imageName: 'img',
+    imageArn: 'arn:x',
+    imageVersion: '1.0',
+    state: 'PENDING',
+    generation: 1,
+    stateReason: null,
+    spec: { maximumDurationInSeconds: 600, ingressNetworkConnectors: [], egressNetworkConnectors: [], loggingDisabled: true },
+    memoryMiB: 256,
+    vcpus: 1,
+    createdAt: now,
+    terminatedAt: null,
+    slot: null,
+    pid: null,
+    pidStartTime: null,
+    idleDeadline: null,
+    suspendedDeadline: null,
+    maxDeadline: now + 600_000,
+    stateSince: now,
+    runningMs: 0,
+    bytesWritten: 0,
+    bytesRead: 0,
+    storageByteMs: 0,
+    checkpointBytes: 0,
+  };
+}
+
+test('a VM terminated while it starts never becomes RUNNING: the late launch is refused by its generation', async () => {
+  const { lc, store, driver, done } = setup();
+  try {
+    const rec = pending('vm-1');
+    store.insertVm(rec);
+    lc.start(rec, undefined);
+    await new Promise((r) => setImmediate(r));
+    const t = await lc.terminate('vm-1', 'asked');
+    assert.equal(t.state, 'TERMINATING');
+    assert.equal(t.generation, 2);
+    driver.release?.();
+    await lc.settle();
+    const end = store.getVm('vm-1') as VmRecord;
+    assert.equal(end.state, 'TERMINATED');
+    assert.equal(end.stateReason, 'asked');
+    assert.deepEqual(driver.terminated, ['vm-1']);
+    assert.equal(driver.running.size, 0);
+  } finally {
+    done();
+  }
+});
+
+test('operations outside the table are conflicts that change nothing', async () => {
+  const { lc, store, driver, done } = setup();
+  try {
+    const rec = pending('vm-2');
+    store.insertVm(rec);
+    lc.start(rec, undefined);
+    assert.throws(() => lc.suspend('vm-2'), (e) => isCellaError(e, 'INVALID_STATE'));
+    await assert.rejects(lc.resume('vm-2'), (e) => isCellaError(e, 'INVALID_STATE'));
+    assert.equal(store.getVm('vm-2')?.generation, 1);
+    driver.release?.();
+    await lc.settle();
+    assert.equal(store.getVm('vm-2')?.state, 'RUNNING');
+    assert.deepEqual(TRANSITIONS.TERMINATED, []);
+    await lc.terminate('vm-2');
+    await lc.settle();
+    assert.equal((await lc.terminate('vm-2')).state, 'TERMINATED', 'terminate is idempotent');
+  } finally {
+    done();
+  }
+});
