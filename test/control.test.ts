@@ -304,6 +304,9 @@ describe('control plane over HTTP', { concurrency: false }, () => {
     // The app exits at once: the build fails and its log says so.
     const r = await api(base, 'POST', '/cella/v1/images', { name: 'exits', rootfsDir: rootfs, command: ['/bin/sh', '-c', 'echo bye-from-app; exit 3'], memoryMiB: 256 });
     assert.equal(r.status, 200);
+    // Followed while it builds: the stream ends when the build does.
+    const followed = await api(base, 'GET', '/cella/v1/images/exits/logs?follow=true');
+    assert.match(followed.text, /bye-from-app[\s\S]*FAILED/);
     const img = await waitImage(base, 'exits');
     assert.equal(img.state, 'CREATE_FAILED');
     assert.match(String(img.stateReason), /exited/);

@@ -199,7 +199,11 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       case 'GetImageLogs': {
         const img = requireImage(imageNameOf(cmd.params.imageIdentifier as string));
         const file = ctx.images.buildLog(img.name);
-        return { stream: (res) => textStream(res, async (write) => (existsSync(file) ? write(await readFile(file)) : undefined)) };
+        const follow = cmd.query.follow ?? false;
+        return {
+          stream: (res, signal) =>
+            textStream(res, (write) => tailFile(file, write, { signal, until: () => !follow || ctx.store.getImage(img.name)?.state !== 'CREATING' })),
+        };
       }
       default: {
         const never: never = cmd;
@@ -444,6 +448,21 @@ function validate<T extends TSchema>(check: TypeCheck<T>, value: unknown, where:
   const first = check.Errors(value).First();
   const at = first?.path ? first.path.replace(/^\//, '').replace(/\//g, '.') : where;
   throw new CellaError('INVALID_ARGUMENT', `${where === 'body' ? '' : `${where} `}${at || where}: ${first?.message ?? 'invalid value'}`);
+}
+
+/** Writes `file` from the start, then what is appended to it, until `until()` holds (checked after each read). */
+async function tailFile(file: string, write: (chunk: Buffer) => void, opts: { signal: AbortSignal; until: () => boolean }): Promise<void> {
+  let offset = 0;
+  for (;;) {
+    const done = opts.until();
+    if (existsSync(file)) {
+      const buf = await readFile(file);
+      if (buf.length > offset) write(buf.subarray(offset));
+      offset = Math.max(offset, buf.length);
+    }
+    if (done || opts.signal.aborted) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
 
 async function textStream(res: ServerResponse, produce: (write: (chunk: Buffer) => void) => Promise<void>): Promise<void> {
