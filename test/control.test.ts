@@ -47,7 +47,7 @@ describe('control plane over HTTP', { concurrency: false }, () => {
   before(async () => {
     dir = tempDataDir('control');
     rootfs = stageDemoRootfs(dir);
-    server = await startServer({ dataDir: dir, port: 0, apiKey: API_KEY, minIdleSeconds: 1, maxMemoryMiB: QUOTA_MIB, log: () => {} });
+    server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, maxMemoryMiB: QUOTA_MIB, log: () => {} });
     base = server.url;
     const r = await api(base, 'POST', '/cella/v1/images', {
       name: 'demo',
@@ -459,7 +459,7 @@ describe('restart safety: kill -9 of cellad at any moment', { concurrency: false
 
       const qemuPidA = qemusOf(dir).find((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(a));
       assert.ok(qemuPidA, "A's QEMU outlived cellad");
-      server = await startServer({ dataDir: dir, port: 0, apiKey: API_KEY, minIdleSeconds: 1, log: () => {} });
+      server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, log: () => {} });
       base = server.url;
       assert.equal((await waitState(base, a, ['RUNNING'])).state, 'RUNNING');
       assert.equal(server.engine.get(a)?.pid, qemuPidA, 'the same QEMU, re-adopted');

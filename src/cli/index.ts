@@ -3,13 +3,14 @@
  * the client commands that drive a running server through CellaClient.
  * Exit codes: 0 ok, 1 failure, 2 usage error, 3 server unreachable.
  */
-import { mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CellaConnectionError, DEFAULT_URL } from '../client/index.js';
 import { Engine } from '../engine/index.js';
 import { CellaError, isCellaError } from '../errors/index.js';
+import { tlsFiles } from '../tls/index.js';
 import { DEFAULT_GUEST_DIR, DEMO_APP, DEMO_PORT, buildDemoRootfs, loadGuestArtifacts, setupGuest } from '../setup/index.js';
 import { flag, processIo, runCommand, str, UsageError, wantsHelp, type Command, type Io, type Options, type Values } from './args.js';
 import { IMAGE_USAGE, imageCommands, vmCommands } from './remote.js';
@@ -23,7 +24,8 @@ Host:
   setup [--force]          build the guest kernel, initrd (cella-init) and base root filesystems
   doctor                   check the host: QEMU, guest artifacts, accelerator in use
   demo                     boot the demo app, snapshot it, launch a clone, suspend, resume, terminate
-  server                   serve the API until Ctrl-C (MicroVMs keep running when it stops)
+  server                   serve the API and the endpoints until Ctrl-C (MicroVMs keep running when it stops)
+  ca                       print where the endpoints' certificate authority is
 
 Images:
   image register NAME --rootfs DIR [options] -- CMD [ARGS...]
@@ -179,7 +181,16 @@ const demo = hostCommand(
   },
 );
 
-const COMMANDS: Record<string, Command> = { setup, doctor, demo, server, ...vmCommands };
+const ca = hostCommand(
+  'Usage: cella ca\n\nPrints where the certificate authority of the endpoints is (made at the first `cella server`), for `curl --cacert` or a trust store.\n',
+  async (opts, io) => {
+    const file = tlsFiles(opts.dataDir).ca;
+    if (!existsSync(file)) throw new CellaError('NOT_FOUND', `no CA at ${file} yet: \`cella server\` makes it at its first start (unless it was given --tls-cert)`);
+    out(io, opts, file, { caFile: file, pem: readFileSync(file, 'utf8') });
+  },
+);
+
+const COMMANDS: Record<string, Command> = { setup, doctor, demo, server, ca, ...vmCommands };
 
 /** Flags that take a value, so the command can be found after them (`cella --url U ls`). */
 const VALUE_FLAGS = new Set(['--data-dir', '--guest-dir', '--url', '--api-key']);

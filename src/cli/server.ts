@@ -4,7 +4,7 @@
  */
 import path from 'node:path';
 import { DEFAULT_URL } from '../client/index.js';
-import { DEFAULT_API_PORT, DEFAULT_DOMAIN, startServer } from '../server/index.js';
+import { DEFAULT_API_PORT, DEFAULT_DOMAIN, DEFAULT_PROXY_PORT, startServer } from '../server/index.js';
 import { DEFAULT_GUEST_DIR } from '../setup/index.js';
 import { int, str, UsageError, type Command } from './args.js';
 
@@ -20,7 +20,10 @@ API key and prints it once, and registers the demo app as the image "demo".
 Options:
   --port N                 port to listen on (default ${DEFAULT_API_PORT}; 0 picks a free one)
   --host H                 address to listen on (default 127.0.0.1)
-  --domain D               endpoints are <id>.D (default ${DEFAULT_DOMAIN})
+  --domain D               endpoints are <id>.D (default ${DEFAULT_DOMAIN}, which resolves to loopback)
+  --proxy-port N           the endpoints' HTTPS port (default ${DEFAULT_PROXY_PORT}; 443 for a service; 0 picks one)
+  --tls-cert FILE          certificate (PEM, with chain) for *.D instead of the CA Cella generates
+  --tls-key FILE           its private key (PEM)
   --min-idle-seconds N     lowest maxIdleDurationSeconds accepted (default 60, the contract's)
   --max-memory-mib N       quota on the memory of all live MicroVMs (default 4 x host RAM)
   --accel kvm|tcg          force the accelerator (default: KVM if a probe guest boots on it)
@@ -32,6 +35,9 @@ Options:
     port: { type: 'string' },
     host: { type: 'string' },
     domain: { type: 'string' },
+    'proxy-port': { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
     'min-idle-seconds': { type: 'string' },
     'max-memory-mib': { type: 'string' },
     accel: { type: 'string' },
@@ -43,6 +49,10 @@ Options:
     const accel = str(values, 'accel');
     if (accel !== undefined && accel !== 'kvm' && accel !== 'tcg') throw new UsageError(`--accel must be kvm or tcg, not "${accel}"`);
     const port = int(values, 'port', 0, 65535);
+    const proxyPort = int(values, 'proxy-port', 0, 65535);
+    const tlsCertFile = str(values, 'tls-cert');
+    const tlsKeyFile = str(values, 'tls-key');
+    if ((tlsCertFile === undefined) !== (tlsKeyFile === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
     const minIdleSeconds = int(values, 'min-idle-seconds', 1);
     const maxMemoryMiB = int(values, 'max-memory-mib', 1);
     const host = str(values, 'host');
@@ -53,6 +63,8 @@ Options:
       dataDir,
       ...(guestDir !== undefined ? { guestDir: path.resolve(guestDir) } : {}),
       ...(port !== undefined ? { port } : {}),
+      ...(proxyPort !== undefined ? { proxyPort } : {}),
+      ...(tlsCertFile !== undefined && tlsKeyFile !== undefined ? { tlsCertFile: path.resolve(tlsCertFile), tlsKeyFile: path.resolve(tlsKeyFile) } : {}),
       ...(host !== undefined ? { host } : {}),
       ...(domain !== undefined ? { domain } : {}),
       ...(minIdleSeconds !== undefined ? { minIdleSeconds } : {}),
@@ -63,6 +75,7 @@ Options:
     });
     io.out(`cella server: listening on ${srv.url} (data ${dataDir}); Ctrl-C stops it, MicroVMs keep running\n`);
     if (srv.url !== DEFAULT_URL) io.out(`  export CELLA_URL=${srv.url}\n`);
+    io.out(`endpoints: https://<microvm-id>.${srv.domain}:${srv.proxyPort}${srv.caFile ? ` (CA: ${srv.caFile}; curl --cacert it)` : ''}\n`);
     if (srv.newApiKey) {
       io.out(
         `\nA new API key was created. Save it: it is shown once.\n  export CELLA_API_KEY=${srv.newApiKey}\n` +

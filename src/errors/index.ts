@@ -17,6 +17,7 @@ export const ERRORS = {
   GUEST_BOOT_FAILED: { status: 500, type: 'InternalServerException' },
   APP_NOT_READY: { status: 500, type: 'InternalServerException' },
   HOOK_FAILED: { status: 502, type: 'InternalServerException' },
+  UPSTREAM_FAILED: { status: 502, type: 'InternalServerException' },
   // Snapshots
   SNAPSHOT_CORRUPT: { status: 500, type: 'InternalServerException' },
   SNAPSHOT_INCOMPATIBLE: { status: 409, type: 'ConflictException' },

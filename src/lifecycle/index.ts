@@ -236,6 +236,53 @@ export class Lifecycle extends EventEmitter {
     return next;
   }
 
+  /**
+   * For endpoint traffic: resolves once the VM runs, resuming it if it is
+   * suspended and its policy allows auto-resume (concurrent callers share one
+   * resume). A VM that is starting or suspending is waited for.
+   */
+  async wake(id: string, timeoutMs = 60_000): Promise<VmRecord> {
+    const deadline = this.now() + timeoutMs;
+    for (;;) {
+      const rec = this.require(id);
+      switch (rec.state) {
+        case 'RUNNING':
+          return rec;
+        case 'SUSPENDED':
+          if (!rec.spec.idlePolicy?.autoResumeEnabled) {
+            throw new CellaError('INVALID_STATE', `MicroVM ${id} is SUSPENDED and its idle policy does not allow auto-resume; resume it with ResumeMicrovm`, {
+              details: { resourceId: id, resourceType: 'Microvm' },
+            });
+          }
+          return this.resume(id);
+        case 'PENDING':
+        case 'SUSPENDING':
+          await this.stateChange(id, rec.generation, deadline);
+          break;
+        default:
+          throw this.conflict(rec, 'reached');
+      }
+    }
+  }
+
+  /** Resolves when the VM's generation moves past `generation`, or rejects at `deadline`. */
+  private stateChange(id: string, generation: number, deadline: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onState = (r: VmRecord): void => {
+        if (r.id !== id || r.generation <= generation) return;
+        clearTimeout(timer);
+        this.removeListener('state', onState);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.removeListener('state', onState);
+        reject(new CellaError('INVALID_STATE', `MicroVM ${id} did not leave its state in time`, { details: { resourceId: id, resourceType: 'Microvm' } }));
+      }, Math.max(0, deadline - this.now()));
+      this.on('state', onState);
+      if ((this.store.getVm(id)?.generation ?? generation) > generation) onState(this.store.getVm(id) as VmRecord);
+    });
+  }
+
   /** TerminateMicrovm: idempotent; TERMINATING now, resources released in the background. */
   async terminate(id: string, reason: string | null = null): Promise<VmRecord> {
     const rec = this.require(id);

@@ -18,9 +18,12 @@ import { Lifecycle } from '../lifecycle/index.js';
 import { LogHub } from '../logs/index.js';
 import { baseTree, DEMO_PORT } from '../setup/index.js';
 import { SqliteStore, type Store } from '../store/index.js';
+import { startProxy } from '../proxy/index.js';
+import { loadTls } from '../tls/index.js';
 
 export const DEFAULT_API_PORT = 7470;
 export const DEFAULT_DOMAIN = 'cella.localhost';
+export const DEFAULT_PROXY_PORT = 7443;
 export const DEMO_IMAGE = 'demo';
 
 export interface ServerOptions {
@@ -38,6 +41,11 @@ export interface ServerOptions {
   warmClones?: number;
   /** Registers the demo app as image `demo` at the first start, so `cella run demo` works out of the box. */
   demoImage?: boolean;
+  /** The endpoint proxy's port (0 picks one; default 7443, or 443 for a service). */
+  proxyPort?: number;
+  /** An operator's certificate and key for `*.<domain>` instead of Cella's own CA. */
+  tlsCertFile?: string;
+  tlsKeyFile?: string;
   /** Accepted as an API key besides the stored ones (default: env CELLA_API_KEY). */
   apiKey?: string;
   log?: (line: string) => void;
@@ -48,6 +56,11 @@ export interface CellaServer {
   port: number;
   /** The API key generated at this start, if it was the first one; shown once. */
   newApiKey: string | undefined;
+  /** The endpoint proxy: https://<id>.<domain>:<proxyPort>. */
+  proxyPort: number;
+  domain: string;
+  /** The CA that signed the proxy's certificate, when Cella made it. */
+  caFile: string | undefined;
   store: Store;
   engine: Engine;
   lifecycle: Lifecycle;
@@ -86,14 +99,19 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     }
     const minIdleSeconds = opts.minIdleSeconds ?? CONTRACT_MIN_IDLE_SECONDS;
     if (!Number.isInteger(minIdleSeconds) || minIdleSeconds < 1) throw new CellaError('INVALID_ARGUMENT', '--min-idle-seconds must be a positive integer');
+    const domain = opts.domain ?? DEFAULT_DOMAIN;
+    const tokens = TokenMinter.open(store);
+    const tls = await loadTls(dataDir, domain, opts.tlsCertFile && opts.tlsKeyFile ? { certFile: opts.tlsCertFile, keyFile: opts.tlsKeyFile } : undefined);
+    const proxy = await startProxy({ store, lifecycle, engine, tokens, tls, domain, port: opts.proxyPort ?? DEFAULT_PROXY_PORT, host: opts.host ?? '127.0.0.1', log });
+    cleanups.unshift(() => proxy.close());
     const handler = createApi({
       store,
       lifecycle,
       images,
       logs,
       keys,
-      tokens: TokenMinter.open(store),
-      domain: opts.domain ?? DEFAULT_DOMAIN,
+      tokens,
+      domain,
       minIdleSeconds,
       maxMemoryMiB: opts.maxMemoryMiB ?? Math.floor((4 * totalmem()) / 1048576),
       version: readVersion(),
@@ -103,12 +121,15 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     await listen(server, opts.port ?? DEFAULT_API_PORT, opts.host ?? '127.0.0.1');
     const port = (server.address() as AddressInfo).port;
     const url = `http://${opts.host ?? '127.0.0.1'}:${port}`;
-    log(`serving the API on ${url} (data ${dataDir}, accelerator ${engine.accel.accel})`);
+    log(`serving the API on ${url} and endpoints on https://<id>.${domain}:${proxy.port} (data ${dataDir}, accelerator ${engine.accel.accel})`);
     let closing: Promise<void> | undefined;
     return {
       url,
       port,
       newApiKey,
+      proxyPort: proxy.port,
+      domain,
+      caFile: tls.caFile,
       store,
       engine,
       lifecycle,
@@ -116,6 +137,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
         (closing ??= (async () => {
           server.closeAllConnections();
           await new Promise<void>((resolve) => server.close(() => resolve()));
+          await proxy.close();
           lifecycle.close();
           await lifecycle.settle();
           await engine.close({ keepRunning: true });

@@ -1,0 +1,316 @@
+/**
+ * The per-VM HTTPS endpoints: `https://<vm-id>.<domain>` → the VM's port,
+ * as in section 6 of the contract. TLS towards clients (HTTP/2 by ALPN,
+ * HTTP/1.1 otherwise, WebSocket over HTTP/1.1), plain HTTP/1.1 towards the
+ * guest through its namespace address, with a keep-alive pool per VM.
+ *
+ * Each request: resolve the VM from the host name → check the token
+ * (decrypts, not expired, this VM, not revoked) → choose the port (header,
+ * then WebSocket subprotocol, then 8080) and check it against the token →
+ * wake the VM (auto-resume) → forward, streaming both ways. Every request
+ * and open stream holds the VM active for the idle policy.
+ */
+import { Agent, request, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
+import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
+import type { AddressInfo, Socket } from 'node:net';
+import { createConnection } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { pipeline } from 'node:stream';
+import type { PortSpecification } from '../api/schemas.js';
+import type { EndpointTokenClaims, TokenMinter } from '../auth/index.js';
+import type { Engine } from '../engine/index.js';
+import { CellaError, isCellaError } from '../errors/index.js';
+import type { Lifecycle } from '../lifecycle/index.js';
+import type { Store, VmRecord } from '../store/index.js';
+import type { TlsMaterial } from '../tls/index.js';
+
+export const AUTH_HEADER = 'x-aws-proxy-auth';
+export const PORT_HEADER = 'x-aws-proxy-port';
+const RESERVED_PREFIX = 'x-aws-proxy-';
+export const WS_MARKER = 'lambda-microvms';
+const WS_AUTH = 'lambda-microvms.authentication.';
+const WS_PORT = 'lambda-microvms.port.';
+export const DEFAULT_PORT = 8080;
+/** Hop-by-hop headers (RFC 9110 §7.6.1) and HTTP/2 pseudo-headers never cross the proxy. */
+const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'http2-settings', 'host']);
+
+export interface ProxyOptions {
+  store: Store;
+  lifecycle: Lifecycle;
+  engine: Pick<Engine, 'get'>;
+  tokens: TokenMinter;
+  tls: TlsMaterial;
+  domain: string;
+  port: number;
+  host?: string;
+  /** Requests in flight per VM per vCPU before 429 (the contract's connection quota is 8 per vCPU; held auto-resume requests count too). */
+  inflightPerVcpu?: number;
+  /** Handles `wss://<endpoint>/shell` for shell tokens (the shell module). */
+  shell?: (vm: VmRecord, req: IncomingMessage, socket: Duplex, head: Buffer) => void;
+  log?: (line: string) => void;
+}
+
+export interface EndpointProxy {
+  port: number;
+  close(): Promise<void>;
+}
+
+interface Target {
+  vm: VmRecord;
+  port: number;
+  claims: EndpointTokenClaims;
+}
+
+export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
+  const { store, lifecycle, tokens, domain } = opts;
+  const log = opts.log ?? (() => {});
+  const perVcpu = opts.inflightPerVcpu ?? 64;
+  const agents = new Map<string, Agent>();
+  const inflight = new Map<string, number>();
+  const suffix = `.${domain}`;
+
+  // A VM that stops running takes its pooled connections with it.
+  const onState = (rec: VmRecord): void => {
+    if (rec.state === 'RUNNING') return;
+    agents.get(rec.id)?.destroy();
+    agents.delete(rec.id);
+  };
+  lifecycle.on('state', onState);
+
+  const agentFor = (id: string): Agent => {
+    let a = agents.get(id);
+    if (!a) agents.set(id, (a = new Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 16, keepAliveMsecs: 1000 })));
+    return a;
+  };
+
+  /** Everything up to the guest's address; throws CellaErrors that map to the contract's proxy errors. */
+  async function resolve(hostHeader: string | undefined, headers: IncomingHttpHeaders, subprotocols: string[]): Promise<Target & { release: () => void }> {
+    const host = (hostHeader ?? '').replace(/:\d+$/, '').toLowerCase();
+    if (!host.endsWith(suffix) || host.length === suffix.length) throw new CellaError('INVALID_ARGUMENT', `${host || 'no host'} is not an endpoint of ${domain}`);
+    const id = host.slice(0, -suffix.length);
+    const token = header(headers, AUTH_HEADER) ?? subprotocols.find((p) => p.startsWith(WS_AUTH))?.slice(WS_AUTH.length);
+    if (!token) throw new CellaError('ACCESS_DENIED', `missing token: send it in the ${AUTH_HEADER} header`);
+    const claims = await tokens.open(token);
+    if (claims.vmId !== id) throw new CellaError('ACCESS_DENIED', 'the token is for another MicroVM');
+    if (!store.getToken(claims.jti)) throw new CellaError('ACCESS_DENIED', 'the token was revoked (its MicroVM terminated)');
+    const vm = store.getVm(id);
+    if (!vm || vm.state === 'TERMINATED' || vm.state === 'TERMINATING') throw new CellaError('ACCESS_DENIED', 'the MicroVM is terminated');
+    const port = choosePort(header(headers, PORT_HEADER), subprotocols);
+    if (!portAllowed(claims.ports, port)) throw new CellaError('ACCESS_DENIED', 'Access to port denied');
+    const limit = perVcpu * vm.vcpus;
+    const n = inflight.get(id) ?? 0;
+    if (n >= limit) throw new CellaError('THROTTLED', `MicroVM ${id} already has ${n} requests in flight (limit ${limit})`);
+    inflight.set(id, n + 1);
+    const idle = lifecycle.holdActive(id);
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      idle();
+      const left = (inflight.get(id) ?? 1) - 1;
+      if (left <= 0) inflight.delete(id);
+      else inflight.set(id, left);
+    };
+    try {
+      const running = await lifecycle.wake(id).catch((err: unknown) => {
+        if (isCellaError(err, 'INVALID_STATE')) throw err;
+        throw new CellaError('UPSTREAM_FAILED', `the MicroVM could not be resumed: ${(err as Error).message}`, { cause: err });
+      });
+      return { vm: running, port, claims, release };
+    } catch (err) {
+      release();
+      throw err;
+    }
+  }
+
+  function address(id: string, port: number): { host: string; port: number } {
+    const vm = opts.engine.get(id);
+    if (!vm) throw new CellaError('UPSTREAM_FAILED', 'the MicroVM is not running');
+    return vm.address(port);
+  }
+
+  async function onRequest(req: Http2ServerRequest | IncomingMessage, res: Http2ServerResponse | import('node:http').ServerResponse): Promise<void> {
+    const authority = (req.headers[':authority'] as string | undefined) ?? req.headers.host;
+    let target: Target & { release: () => void };
+    try {
+      target = await resolve(authority, req.headers, []);
+    } catch (err) {
+      return sendError(res, err);
+    }
+    if (target.claims.kind === 'shell') {
+      target.release();
+      return sendError(res, new CellaError('UPSTREAM_FAILED', 'a shell token only opens wss://<endpoint>/shell'));
+    }
+    res.once('close', target.release);
+    let upstreamAddr: { host: string; port: number };
+    try {
+      upstreamAddr = address(target.vm.id, target.port);
+    } catch (err) {
+      return sendError(res, err);
+    }
+    const up = request({
+      ...upstreamAddr,
+      method: req.method,
+      path: req.url,
+      agent: agentFor(target.vm.id),
+      headers: forwardHeaders(req.headers, authority, req.socket),
+    });
+    up.on('response', (ur) => {
+      const headers: OutgoingHttpHeaders = {};
+      for (const [k, v] of Object.entries(ur.headers)) if (!HOP.has(k) && v !== undefined) headers[k] = v;
+      res.writeHead(ur.statusCode ?? 502, headers);
+      // Stream as it comes: SSE and long responses are never buffered.
+      (res as { flushHeaders?: () => void }).flushHeaders?.();
+      pipeline(ur, res as NodeJS.WritableStream, () => {});
+    });
+    up.on('error', (err) => {
+      if (!res.headersSent) sendError(res, new CellaError('UPSTREAM_FAILED', `the app on port ${target.port} did not answer: ${err.message}`));
+      else res.destroy();
+    });
+    pipeline(req as NodeJS.ReadableStream, up, () => {});
+  }
+
+  function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => {});
+    const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+    void (async () => {
+      if (!offered.includes(WS_MARKER) || (req.headers.upgrade ?? '').toLowerCase() !== 'websocket') {
+        throw new CellaError('INVALID_ARGUMENT', `WebSocket clients must offer the "${WS_MARKER}" subprotocol`);
+      }
+      const target = await resolve(req.headers.host, req.headers, offered);
+      socket.once('close', target.release);
+      const isShellPath = (req.url ?? '').split('?')[0] === '/shell';
+      if (target.claims.kind === 'shell' || isShellPath) {
+        if (target.claims.kind !== 'shell' || !isShellPath || !opts.shell) {
+          throw new CellaError('ACCESS_DENIED', 'the shell needs a shell token on /shell');
+        }
+        opts.shell(target.vm, req, socket, head);
+        return;
+      }
+      const upstream = createConnection(address(target.vm.id, target.port));
+      const app = offered.filter((p) => p !== WS_MARKER && !p.startsWith(WS_AUTH) && !p.startsWith(WS_PORT));
+      const headers = forwardHeaders(req.headers, req.headers.host, req.socket);
+      delete headers['sec-websocket-protocol'];
+      if (app.length) headers['sec-websocket-protocol'] = app.join(', ');
+      let head1 = `${req.method} ${req.url} HTTP/1.1\r\nhost: ${req.headers.host}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n`;
+      for (const [k, v] of Object.entries(headers)) for (const one of Array.isArray(v) ? v : [v]) head1 += `${k}: ${String(one)}\r\n`;
+      upstream.write(`${head1}\r\n`);
+      if (head.length) upstream.write(head);
+      upstream.once('error', () => socket.destroy());
+      // Read the guest's handshake answer; add the marker if it selected nothing, as the contract says.
+      let buf = Buffer.alloc(0);
+      const onData = (chunk: Buffer): void => {
+        buf = Buffer.concat([buf, chunk]);
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) {
+          if (buf.length > 16384) upstream.destroy();
+          return;
+        }
+        upstream.removeListener('data', onData);
+        let answer = buf.subarray(0, end).toString('latin1');
+        if (/^HTTP\/1\.1 101/.test(answer) && !/^sec-websocket-protocol:/im.test(answer)) answer += `\r\nSec-WebSocket-Protocol: ${WS_MARKER}`;
+        socket.write(`${answer}\r\n\r\n`);
+        socket.write(buf.subarray(end + 4));
+        upstream.pipe(socket as NodeJS.WritableStream);
+        (socket as NodeJS.ReadableStream).pipe(upstream);
+      };
+      upstream.on('data', onData);
+      socket.once('close', () => upstream.destroy());
+      upstream.once('close', () => socket.destroy());
+    })().catch((err: unknown) => {
+      const e = isCellaError(err) ? err : new CellaError('INTERNAL', String(err));
+      const body = JSON.stringify({ message: e.message, code: e.code });
+      socket.end(`HTTP/1.1 ${proxyStatus(e)} ${e.type}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+      log(`websocket to ${req.headers.host}: ${e.message}`);
+    });
+  }
+
+  const server: Http2SecureServer = createSecureServer({ cert: opts.tls.cert, key: opts.tls.key, allowHTTP1: true }, (req, res) => {
+    void onRequest(req, res);
+  });
+  server.on('upgrade', onUpgrade);
+  server.on('sessionError', () => {});
+  server.on('tlsClientError', () => {});
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, opts.host ?? '127.0.0.1', () => resolve());
+  });
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: async () => {
+      lifecycle.removeListener('state', onState);
+      for (const a of agents.values()) a.destroy();
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        // Open streams and upgraded sockets do not hold the shutdown.
+        setTimeout(resolve, 1000).unref();
+      });
+    },
+  };
+}
+
+function header(h: IncomingHttpHeaders, name: string): string | undefined {
+  const v = h[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function choosePort(fromHeader: string | undefined, subprotocols: string[]): number {
+  const raw = fromHeader ?? subprotocols.find((p) => p.startsWith(WS_PORT))?.slice(WS_PORT.length);
+  if (raw === undefined) return DEFAULT_PORT;
+  if (!/^\d{1,5}$/.test(raw) || Number(raw) < 1 || Number(raw) > 65535) throw new CellaError('INVALID_ARGUMENT', `port "${raw}" is not a port number`);
+  return Number(raw);
+}
+
+export function portAllowed(ports: PortSpecification[], port: number): boolean {
+  return ports.some((p) => ('allPorts' in p ? true : 'port' in p ? p.port === port : port >= p.range.startPort && port <= p.range.endPort));
+}
+
+function forwardHeaders(h: IncomingHttpHeaders, authority: string | undefined, socket: Socket | Duplex): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(h)) {
+    if (v === undefined || k.startsWith(':') || HOP.has(k) || k.startsWith(RESERVED_PREFIX)) continue;
+    out[k] = v;
+  }
+  // Tokens never reach the guest, whatever carried them.
+  if (typeof out['sec-websocket-protocol'] === 'string') {
+    out['sec-websocket-protocol'] = out['sec-websocket-protocol']
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => !s.startsWith(WS_AUTH))
+      .join(', ');
+  }
+  if (authority) out.host = authority;
+  const remote = (socket as Socket).remoteAddress;
+  if (remote) out['x-forwarded-for'] = h['x-forwarded-for'] ? `${String(h['x-forwarded-for'])}, ${remote}` : remote;
+  out['x-forwarded-proto'] = 'https';
+  return out;
+}
+
+/** The contract's proxy statuses: 400 malformed, 403 token or port, 429 limits, 502 app or resume, 409 suspended without auto-resume. */
+function proxyStatus(e: CellaError): number {
+  switch (e.code) {
+    case 'INVALID_ARGUMENT':
+      return 400;
+    case 'ACCESS_DENIED':
+      return 403;
+    case 'THROTTLED':
+      return 429;
+    case 'INVALID_STATE':
+      return 409;
+    case 'HOOK_FAILED':
+    case 'UPSTREAM_FAILED':
+      return 502;
+    default:
+      return 500;
+  }
+}
+
+function sendError(res: Http2ServerResponse | import('node:http').ServerResponse, err: unknown): void {
+  const e = isCellaError(err) ? err : new CellaError('INTERNAL', (err as Error)?.message ?? String(err));
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  res.writeHead(proxyStatus(e), { 'content-type': 'application/json', 'x-amzn-errortype': e.type });
+  res.end(JSON.stringify({ message: e.message, code: e.code }));
+}

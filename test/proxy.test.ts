@@ -1,0 +1,296 @@
+/**
+ * The endpoint proxy against a real cellad, real VMs and real TLS: tokens,
+ * ports, headers, HTTP/2, WebSocket, SSE, auto-resume.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync, rmSync } from 'node:fs';
+import { connect as h2connect } from 'node:http2';
+import { request as httpsRequest } from 'node:https';
+import { after, before, describe, test } from 'node:test';
+import WebSocket from 'ws';
+import { TokenMinter } from '../src/auth/index.js';
+import { startServer, type CellaServer } from '../src/server/index.js';
+import { API_KEY, V, api, stageDemoRootfs, waitImage, waitState, type MicrovmBody } from './control-helpers.js';
+import { getAt, tempDataDir } from './helpers.js';
+
+/** Resolves every name to 127.0.0.1, as *.localhost resolves for curl and browsers. */
+const loopback = ((_host: string, opts: { all?: boolean }, cb: (err: null, address: string | Array<{ address: string; family: number }>, family?: number) => void): void => {
+  if (opts.all) cb(null, [{ address: '127.0.0.1', family: 4 }]);
+  else cb(null, '127.0.0.1', 4);
+}) as unknown as typeof import('node:dns').lookup;
+
+interface Got {
+  status: number;
+  body: string;
+  headers: Record<string, string | string[] | undefined>;
+}
+
+describe('endpoint proxy', { concurrency: false }, () => {
+  let dir: string;
+  let server: CellaServer;
+  let base: string;
+  let ca: Buffer;
+
+  const host = (id: string): string => `${id}.${server.domain}`;
+
+  /** HTTPS to the endpoint; *.localhost is dialled at 127.0.0.1 with the endpoint's name for SNI and Host. */
+  const get = (id: string, p: string, headers: Record<string, string> = {}, method = 'GET'): Promise<Got> =>
+    new Promise((resolve, reject) => {
+      const req = httpsRequest(
+        { host: '127.0.0.1', port: server.proxyPort, servername: host(id), path: p, method, ca, agent: false, headers: { host: `${host(id)}:${server.proxyPort}`, ...headers } },
+        (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (body += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }));
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+
+  const token = async (id: string, allowedPorts: unknown[] = [{ port: 8080 }], minutes = 5): Promise<string> => {
+    const r = await api<{ authToken: Record<string, string> }>(base, 'POST', `${V}/microvms/${id}/auth-token`, { expirationInMinutes: minutes, allowedPorts });
+    assert.equal(r.status, 200, r.text);
+    return r.body.authToken['X-aws-proxy-auth'] as string;
+  };
+
+  const launch = async (body: Record<string, unknown> = {}): Promise<string> => {
+    const r = await api<MicrovmBody>(base, 'POST', `${V}/microvms`, { imageIdentifier: 'demo', ...body });
+    assert.equal(r.status, 200, r.text);
+    await waitState(base, r.body.microvmId, ['RUNNING']);
+    return r.body.microvmId;
+  };
+
+  /** The demo app's counter, read directly (not through the proxy). */
+  const counter = async (id: string): Promise<string> => (await getAt(server.engine.get(id)?.address(8080) as { host: string; port: number }, '/get')).body;
+
+  before(async () => {
+    dir = tempDataDir('proxy');
+    const rootfs = stageDemoRootfs(dir);
+    server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, log: () => {} });
+    base = server.url;
+    ca = readFileSync(server.caFile as string);
+    assert.equal((await api(base, 'POST', '/cella/v1/images', { name: 'demo', rootfsDir: rootfs, command: ['/usr/bin/cella-demo', '8080'], memoryMiB: 256 })).status, 200);
+    assert.equal((await waitImage(base, 'demo')).state, 'CREATED');
+  });
+
+  after(async () => {
+    for (const v of server.store.liveVms()) await server.lifecycle.terminate(v.id).catch(() => {});
+    await server.lifecycle.settle();
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('a valid token reaches the app over TLS signed by the CA `cella ca` names', async () => {
+    const id = await launch();
+    const t = await token(id);
+    const r = await get(id, '/inc', { 'x-aws-proxy-auth': t });
+    assert.equal(r.status, 200);
+    assert.equal(r.body, '1');
+    await api(base, 'DELETE', `${V}/microvms/${id}`);
+  });
+
+  test('wrong VM, port out of scope, expired, forged or missing tokens → 403 and nothing reaches the guest', async () => {
+    const a = await launch();
+    const b = await launch();
+    const tb = await token(b);
+    const ta = await token(a, [{ port: 9000 }]);
+    const minter = TokenMinter.open(server.store);
+    const expired = await minter.mint(a, 'http', [{ port: 8080 }], -1);
+    server.store.putToken({ jti: expired.jti, vmId: a, kind: 'http', ports: '[]', expiresAt: expired.expiresAt, createdAt: Date.now() });
+    const forged = tb.slice(0, -4) + (tb.endsWith('AAAA') ? 'BBBB' : 'AAAA');
+    const cases: Array<[Record<string, string>, string]> = [
+      [{ 'x-aws-proxy-auth': tb }, 'token of another VM'],
+      [{ 'x-aws-proxy-auth': ta }, 'port 8080 not in scope'],
+      [{ 'x-aws-proxy-auth': ta, 'x-aws-proxy-port': '8080' }, 'port header outside scope'],
+      [{ 'x-aws-proxy-auth': expired.token }, 'expired'],
+      [{ 'x-aws-proxy-auth': forged }, 'forged'],
+      [{ 'x-aws-proxy-auth': 'not-a-token' }, 'garbage'],
+      [{}, 'missing'],
+    ];
+    for (const [headers, what] of cases) {
+      const r = await get(a, '/inc', headers);
+      assert.equal(r.status, 403, what);
+      assert.equal((JSON.parse(r.body) as { code: string }).code, 'ACCESS_DENIED', what);
+    }
+    assert.equal((await get(a, '/inc', { 'x-aws-proxy-auth': ta, 'x-aws-proxy-port': 'abc' })).status, 400);
+    assert.equal(await counter(a), '0', 'no refused request reached the app');
+    // A port inside a range, and allPorts, pass the check (nothing listens on 9005: 502).
+    const range = await token(a, [{ range: { startPort: 9000, endPort: 9010 } }]);
+    assert.equal((await get(a, '/', { 'x-aws-proxy-auth': range, 'x-aws-proxy-port': '9005' })).status, 502);
+    const all = await token(a, [{ allPorts: {} }]);
+    assert.equal((await get(a, '/inc', { 'x-aws-proxy-auth': all, 'x-aws-proxy-port': '8080' })).body, '1');
+    for (const id of [a, b]) await api(base, 'DELETE', `${V}/microvms/${id}`);
+  });
+
+  test('after termination the token is refused', async () => {
+    const id = await launch();
+    const t = await token(id);
+    assert.equal((await get(id, '/', { 'x-aws-proxy-auth': t })).status, 200);
+    await api(base, 'DELETE', `${V}/microvms/${id}`);
+    await waitState(base, id, ['TERMINATED']);
+    const r = await get(id, '/', { 'x-aws-proxy-auth': t });
+    assert.equal(r.status, 403);
+  });
+
+  test('HTTP/2 by ALPN', async () => {
+    const id = await launch();
+    const t = await token(id);
+    const session = h2connect(`https://${host(id)}:${server.proxyPort}`, { ca, lookup: loopback });
+    try {
+      const body = await new Promise<string>((resolve, reject) => {
+        const s = session.request({ ':path': '/inc', 'x-aws-proxy-auth': t });
+        let data = '';
+        s.setEncoding('utf8');
+        s.on('response', (h) => assert.equal(h[':status'], 200));
+        s.on('data', (c: string) => (data += c));
+        s.on('end', () => resolve(data));
+        s.on('error', reject);
+        s.end();
+      });
+      assert.equal(body, '1');
+      assert.equal(session.alpnProtocol, 'h2');
+    } finally {
+      session.close();
+    }
+    await api(base, 'DELETE', `${V}/microvms/${id}`);
+  });
+
+  test('a suspended VM with auto-resume: 50 concurrent requests are all served by one resume', async () => {
+    const id = await launch({ idlePolicy: { maxIdleDurationSeconds: 1, suspendedDurationSeconds: 600, autoResumeEnabled: true } });
+    const t = await token(id);
+    assert.equal((await get(id, '/inc', { 'x-aws-proxy-auth': t })).body, '1');
+    await waitState(base, id, ['SUSPENDED']);
+    let resumes = 0;
+    const resume = server.engine.resume.bind(server.engine);
+    server.engine.resume = async (...args) => {
+      resumes++;
+      return resume(...args);
+    };
+    try {
+      const replies = await Promise.all(Array.from({ length: 50 }, () => get(id, '/inc', { 'x-aws-proxy-auth': t })));
+      assert.deepEqual(
+        replies.map((r) => r.status),
+        Array(50).fill(200),
+      );
+      assert.deepEqual(
+        replies.map((r) => Number(r.body)).sort((x, y) => x - y),
+        Array.from({ length: 50 }, (_, i) => i + 2),
+        'RAM kept: the counter went on from 1',
+      );
+      assert.equal(resumes, 1);
+    } finally {
+      server.engine.resume = resume;
+    }
+    await api(base, 'DELETE', `${V}/microvms/${id}`);
+  });
+
+  test('a suspended VM without auto-resume answers a clear error and stays suspended', async () => {
+    const id = await launch({ idlePolicy: { maxIdleDurationSeconds: 1, suspendedDurationSeconds: 600, autoResumeEnabled: false } });
+    const t = await token(id);
+    await waitState(base, id, ['SUSPENDED']);
+    const r = await get(id, '/', { 'x-aws-proxy-auth': t });
+    assert.equal(r.status, 409);
+    assert.match(r.body, /does not allow auto-resume/);
+    assert.equal((await api<MicrovmBody>(base, 'GET', `${V}/microvms/${id}`)).body.state, 'SUSPENDED');
+    await api(base, 'DELETE', `${V}/microvms/${id}`);
+  });
+
+  test('traffic through the proxy keeps a VM from idling out', async () => {
+    const id = await launch({ idlePolicy: { maxIdleDurationSeconds: 2, suspendedDurationSeconds: 600, autoResumeEnabled: true } });
+    const t = await token(id);
+    const end = Date.now() + 5000;
+    while (Date.now() < end) {
+      assert.equal((await get(id, '/', { 'x-aws-proxy-auth': t })).status, 200);
+      assert.equal(server.store.getVm(id)?.state, 'RUNNING');
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    await api(base, 'DELETE', `${V}/microvms/${id}`);
+  });
+
+  test('reserved headers are stripped; the guest sees the endpoint host and forwarding headers', async () => {
+    const id = await launch();
+    const t = await token(id, [{ allPorts: {} }]);
+    const r = await get(id, '/headers', { 'x-aws-proxy-auth': t, 'x-aws-proxy-port': '8080', 'x-aws-proxy-force-h2': 'false', 'x-custom': 'kept' });
+    assert.equal(r.status, 200);
+    const seen = r.body.toLowerCase();
+    assert.doesNotMatch(seen, /x-aws-proxy/);
+    assert.match(seen, /x-custom: kept/);
+    assert.match(seen, new RegExp(`host: ${host(id)}`));
+    assert.match(seen, /x-forwarded-proto: https/);
+    await api(base, 'DELETE', `${V}/microvms/${id}`);
+  });
+
+  test('server-sent events stream through without buffering', async () => {
+    const id = await launch();
+    const t = await token(id);
+    const arrivals: number[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const req = httpsRequest(
+        { host: '127.0.0.1', port: server.proxyPort, servername: host(id), path: '/sse/5', ca, agent: false, headers: { host: host(id), 'x-aws-proxy-auth': t } },
+        (res) => {
+          assert.equal(res.headers['content-type'], 'text/event-stream');
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => {
+            for (const _ of c.matchAll(/data: \d+\n\n/g)) arrivals.push(Date.now());
+          });
+          res.on('end', () => resolve());
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    assert.equal(arrivals.length, 5);
+    // Events sent 100 ms apart arrive apart: the proxy did not hold them until the end.
+    assert.ok((arrivals[4] as number) > (arrivals[0] as number), 'events arrived over time, not at once');
+    await api(base, 'DELETE', `${V}/microvms/${id}`);
+  });
+
+  test('WebSocket echo with the contract subprotocols; the auth subprotocol never reaches the guest', async () => {
+    const id = await launch();
+    const t = await token(id);
+    const ws = new WebSocket(`wss://${host(id)}:${server.proxyPort}/ws`, ['lambda-microvms', `lambda-microvms.authentication.${t}`, 'lambda-microvms.port.8080', 'chat'], {
+      ca,
+      lookup: loopback,
+    });
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    assert.equal(ws.protocol, 'chat');
+    const echo = (msg: string | Buffer): Promise<string | Buffer> =>
+      new Promise((resolve) => {
+        ws.once('message', (data, binary) => resolve(binary ? (data as Buffer) : data.toString()));
+        ws.send(msg);
+      });
+    assert.equal(await echo('hello'), 'hello');
+    const big = Buffer.alloc(70_000, 7);
+    assert.deepEqual(await echo(big), big);
+    ws.close();
+    await new Promise((r) => ws.once('close', r));
+
+    // Only the marker: the proxy echoes it, since the guest selected none.
+    const ws2 = new WebSocket(`wss://${host(id)}:${server.proxyPort}/ws`, ['lambda-microvms', `lambda-microvms.authentication.${t}`], {
+      ca,
+      lookup: loopback,
+    });
+    await new Promise<void>((resolve, reject) => {
+      ws2.once('open', () => resolve());
+      ws2.once('error', reject);
+    });
+    assert.equal(ws2.protocol, 'lambda-microvms');
+    ws2.close();
+
+    const denied = new WebSocket(`wss://${host(id)}:${server.proxyPort}/ws`, ['lambda-microvms', 'lambda-microvms.authentication.forged'], {
+      ca,
+      lookup: loopback,
+    });
+    const status = await new Promise<number>((resolve) => {
+      denied.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+      denied.once('error', () => resolve(-1));
+    });
+    assert.equal(status, 403);
+    await api(base, 'DELETE', `${V}/microvms/${id}`);
+  });
+});
