@@ -158,6 +158,39 @@ describe('suspend and resume', () => {
     }
   });
 
+  test('parked: within the window a resume continues the same QEMU; after it, a restore from the checkpoint', async () => {
+    const dir = tempDataDir('park');
+    const e = await Engine.open({ dataDir: dir, log: () => {}, warmNetworks: 0, warmClones: 0, parkSeconds: 2 });
+    try {
+      const vm = await e.launch(imageDir, nextId());
+      assert.equal((await get(vm, '/inc')).body, '1');
+      const pid = vm.qemu.pid;
+      await e.suspend(vm);
+      assert.equal(e.get(vm.id), undefined, 'suspended, not running');
+      assert.ok(alive(pid), 'its stopped QEMU is kept for the window');
+      assert.ok(existsSync(vmFiles(vm.dir).checkpoint), 'the checkpoint is complete anyway');
+      const back = await e.resume(vm.ref);
+      assert.equal(back.qemu.pid, pid, 'continued in place');
+      assert.equal(existsSync(vmFiles(vm.dir).checkpoint), false, 'a stale checkpoint is not kept');
+      assert.equal((await get(back, '/inc')).body, '2');
+      await e.suspend(back);
+      await eventually(() => !alive(pid), 15_000, 'the parked QEMU ends after the window');
+      const cold = await e.resume(vm.ref);
+      assert.notEqual(cold.qemu.pid, pid);
+      assert.equal((await get(cold, '/inc')).body, '3');
+      // A crash after a resume in place is reported as one.
+      const exited = new Promise<{ expected: boolean }>((r) => e.once('vm-exit', (_id: string, info: { expected: boolean }) => r(info)));
+      await e.suspend(cold);
+      const again = await e.resume(vm.ref);
+      process.kill(again.qemu.pid, 'SIGKILL');
+      assert.equal((await exited).expected, false);
+      await e.terminate(vm.ref);
+    } finally {
+      await e.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('resume refuses a running VM and one with no checkpoint', async () => {
     const vm = await engine.launch(imageDir, nextId());
     try {

@@ -4,7 +4,7 @@
  */
 import path from 'node:path';
 import { DEFAULT_URL } from '../client/index.js';
-import { DEFAULT_API_PORT, DEFAULT_DOMAIN, DEFAULT_PROXY_PORT, startServer } from '../server/index.js';
+import { DEFAULT_API_PORT, DEFAULT_DOMAIN, DEFAULT_PROXY_PORT, DEFAULT_RESUME_WINDOW_SECONDS, startServer } from '../server/index.js';
 import { DEFAULT_GUEST_DIR } from '../setup/index.js';
 import { int, str, UsageError, type Command } from './args.js';
 
@@ -24,6 +24,9 @@ Options:
   --proxy-port N           the endpoints' HTTPS port (default ${DEFAULT_PROXY_PORT}; 443 for a service; 0 picks one)
   --tls-cert FILE          certificate (PEM, with chain) for *.D instead of the CA Cella generates
   --tls-key FILE           its private key (PEM)
+  --resume-window-seconds N
+                           a suspended VM's stopped QEMU is kept this long so a resume is a continue
+                           (default ${DEFAULT_RESUME_WINDOW_SECONDS}; 0 frees its RAM as soon as the checkpoint is written)
   --min-idle-seconds N     lowest maxIdleDurationSeconds accepted (default 60, the contract's)
   --max-memory-mib N       quota on the memory of all live MicroVMs (default 4 x host RAM)
   --accel kvm|tcg          force the accelerator (default: KVM if a probe guest boots on it)
@@ -39,6 +42,7 @@ Options:
     'tls-cert': { type: 'string' },
     'tls-key': { type: 'string' },
     'min-idle-seconds': { type: 'string' },
+    'resume-window-seconds': { type: 'string' },
     'max-memory-mib': { type: 'string' },
     accel: { type: 'string' },
     'data-dir': { type: 'string' },
@@ -54,6 +58,7 @@ Options:
     const tlsKeyFile = str(values, 'tls-key');
     if ((tlsCertFile === undefined) !== (tlsKeyFile === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
     const minIdleSeconds = int(values, 'min-idle-seconds', 1);
+    const resumeWindowSeconds = int(values, 'resume-window-seconds', 0, 86_400);
     const maxMemoryMiB = int(values, 'max-memory-mib', 1);
     const host = str(values, 'host');
     const domain = str(values, 'domain');
@@ -68,6 +73,7 @@ Options:
       ...(host !== undefined ? { host } : {}),
       ...(domain !== undefined ? { domain } : {}),
       ...(minIdleSeconds !== undefined ? { minIdleSeconds } : {}),
+      ...(resumeWindowSeconds !== undefined ? { resumeWindowSeconds } : {}),
       ...(maxMemoryMiB !== undefined ? { maxMemoryMiB } : {}),
       ...(accel !== undefined ? { accel } : {}),
       demoImage: true,

@@ -70,6 +70,12 @@ export interface EngineOptions {
    * `qemu.log` in the VM folder. Default false: QEMU dies with this process.
    */
   outliveParent?: boolean;
+  /**
+   * After a suspend has written its checkpoint, the stopped QEMU is kept for
+   * this long (default 0): a resume within it is a `cont` instead of a restore.
+   * The checkpoint is complete either way; only the host RAM is freed later.
+   */
+  parkSeconds?: number;
   log?: (line: string) => void;
 }
 
@@ -118,6 +124,9 @@ export class Engine extends EventEmitter {
   private readonly warming = new Map<string, Promise<void>>();
   /** Names of VM folders that operations in flight (launch, resume, adopt, warm, template) hold; reclaim() spares them. */
   private readonly busy = new Set<string>();
+  /** Suspended VMs whose stopped QEMU is kept for a quick resume (EngineOptions.parkSeconds). */
+  private readonly parked = new Map<string, { vm: RunningVm; timer: NodeJS.Timeout }>();
+  private parkMs = 0;
   private closing = false;
 
   private constructor(
@@ -175,6 +184,7 @@ export class Engine extends EventEmitter {
     // The real path: reclaim() and adopt() match it against the paths /proc shows.
     const dataDir = realpathSync(opts.dataDir);
     const engine = new Engine(dataDir, guest, accel, fingerprint, log, opts.warmNetworks ?? 2, qemuBinary, opts.warmClones ?? 1, opts.outliveParent ?? false);
+    engine.parkMs = (opts.parkSeconds ?? 0) * 1000;
     await engine.pool.prewarm();
     return engine;
   }
@@ -373,6 +383,8 @@ export class Engine extends EventEmitter {
     } catch {
       throw new CellaError('INVALID_STATE', `VM ${ref.id} has no checkpoint to resume from`);
     }
+    const parked = this.parked.get(ref.id);
+    if (parked) return this.unpark(ref.id, parked.vm, files.checkpoint);
     this.busy.add(ref.id);
     try {
       const r = await this.restore(ref.id, dir, ref.imageDir, snap, networkForSlot(ref.slot), files.checkpoint, appLogFile(dir, opts));
@@ -682,9 +694,14 @@ export class Engine extends EventEmitter {
       const dirty = dirtyPages(vm.qemu.pid, snapshotFiles(vm.ref.imageDir).mem, snap.memoryMiB * 1024 * 1024);
       mark('pagemap');
       const stats = await saveState(vm.qmp, vm.qemu, files.migrate, files.checkpoint, (block, offset) => block !== RAM_BLOCK || dirty[offset / PAGE] === 1, mark);
-      // Nothing is left to save: QEMU can simply go.
-      await vm.qemu.kill();
-      mark('exited');
+      if (this.parkMs > 0 && !this.closing) {
+        this.park(vm);
+        mark('parked');
+      } else {
+        // Nothing is left to save: QEMU can simply go.
+        await vm.qemu.kill();
+        mark('exited');
+      }
       let dirtyCount = 0;
       for (const d of dirty) dirtyCount += d;
       return { ms: Date.now() - started, bytes: stats.bytesOut, dirtyPages: dirtyCount, totalPages: dirty.length, phases };
@@ -696,8 +713,45 @@ export class Engine extends EventEmitter {
     }
   }
 
+  /** Keeps a suspended VM's stopped QEMU for a while; a resume meanwhile continues it in place. */
+  private park(vm: RunningVm): void {
+    this.running.delete(vm.id);
+    const timer = setTimeout(() => {
+      if (this.parked.get(vm.id)?.vm !== vm) return;
+      this.parked.delete(vm.id);
+      void vm.qemu.kill();
+    }, this.parkMs);
+    timer.unref();
+    this.parked.set(vm.id, { vm, timer });
+  }
+
+  private async unpark(id: string, vm: RunningVm, checkpoint: string): Promise<RunningVm> {
+    const p = this.parked.get(id);
+    if (p) clearTimeout(p.timer);
+    this.parked.delete(id);
+    try {
+      // The VM never left: only its clock moved on. Its entropy is topped up as after any restore.
+      await vm.qmp.execute('cont');
+      await Promise.all([vm.agent.setClock(), vm.agent.reseed()]);
+    } catch (err) {
+      await vm.qemu.kill();
+      throw new CellaError('QEMU_FAILED', `resume of ${id} in place failed: ${(err as Error).message}`, { cause: err });
+    }
+    vm.cancelStop();
+    if (!vm.qemu.alive) throw new CellaError('QEMU_EXITED', `VM ${id} ended while it was parked: ${vm.qemu.describeExit()}`);
+    this.running.set(id, vm);
+    rmSync(checkpoint, { force: true });
+    return vm;
+  }
+
   /** Ends a VM, running or suspended, and removes everything it had. */
   async terminate(ref: VmRef): Promise<void> {
+    const parked = this.parked.get(ref.id);
+    if (parked) {
+      clearTimeout(parked.timer);
+      this.parked.delete(ref.id);
+      await parked.vm.qemu.kill();
+    }
     const vm = this.running.get(ref.id);
     if (vm) {
       vm.beginStop();
@@ -715,6 +769,12 @@ export class Engine extends EventEmitter {
    */
   async close(opts: { keepRunning?: boolean } = {}): Promise<void> {
     this.closing = true;
+    // Parked VMs are suspended: their checkpoints hold everything, so their QEMUs can go.
+    for (const [id, p] of this.parked) {
+      clearTimeout(p.timer);
+      this.parked.delete(id);
+      await p.vm.qemu.kill();
+    }
     await Promise.allSettled([...this.warming.values()]);
     const warm = [...this.warm.values()].flatMap((pool) => pool.splice(0));
     const running = this.list();

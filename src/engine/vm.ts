@@ -154,4 +154,9 @@ export class RunningVm extends EventEmitter {
   beginStop(): void {
     this.stopping = true;
   }
+
+  /** The VM runs on after all (a parked VM resumed in place): a later exit is a crash again. */
+  cancelStop(): void {
+    this.stopping = false;
+  }
 }

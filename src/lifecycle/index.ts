@@ -169,9 +169,8 @@ export class Lifecycle extends EventEmitter {
     if (cur?.generation !== rec.generation) return;
     const checkpoint = path.join(this.driver.vmDir(rec.id), 'checkpoint');
     const ttl = rec.spec.idlePolicy?.suspendedDurationSeconds;
+    // pid stays: a parked QEMU (engine parkSeconds) must still be found, and ended, after a restart.
     this.transition(cur, 'SUSPENDED', rec.stateReason, {
-      pid: null,
-      pidStartTime: null,
       bytesWritten: cur.bytesWritten + bytes,
       checkpointBytes: existsSync(checkpoint) ? statSync(checkpoint).size : bytes,
       suspendedDeadline: ttl === undefined ? null : this.now() + ttl * 1000,
@@ -219,8 +218,6 @@ export class Lifecycle extends EventEmitter {
           const checkpoint = path.join(this.driver.vmDir(rec.id), 'checkpoint');
           this.store.patchVm(rec.id, rec.generation, {
             stateReason: `not resumed: ${failed}`,
-            pid: null,
-            pidStartTime: null,
             bytesWritten: rec.bytesWritten + back.bytes,
             checkpointBytes: existsSync(checkpoint) ? statSync(checkpoint).size : back.bytes,
           });

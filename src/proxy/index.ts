@@ -32,6 +32,7 @@ const WS_AUTH = 'lambda-microvms.authentication.';
 const WS_PORT = 'lambda-microvms.port.';
 export const DEFAULT_PORT = 8080;
 /** Hop-by-hop headers (RFC 9110 §7.6.1) and HTTP/2 pseudo-headers never cross the proxy. */
+const TOKEN_CACHE = 10_000;
 const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'http2-settings', 'host']);
 
 export interface ProxyOptions {
@@ -68,6 +69,21 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
   const agents = new Map<string, Agent>();
   const inflight = new Map<string, number>();
   const suffix = `.${domain}`;
+  /** Decrypted tokens, so a keep-alive client does not pay a decryption per request; expiry and revocation are still checked every time. */
+  const opened = new Map<string, EndpointTokenClaims>();
+  const openToken = async (token: string): Promise<EndpointTokenClaims> => {
+    let claims = opened.get(token);
+    if (!claims) {
+      claims = await tokens.open(token);
+      if (opened.size >= TOKEN_CACHE) opened.delete(opened.keys().next().value as string);
+      opened.set(token, claims);
+    }
+    if (claims.expiresAt <= Date.now()) {
+      opened.delete(token);
+      throw new CellaError('ACCESS_DENIED', 'invalid or expired token: the token has expired');
+    }
+    return claims;
+  };
 
   // A VM that stops running takes its pooled connections with it.
   const onState = (rec: VmRecord): void => {
@@ -90,7 +106,7 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
     const id = host.slice(0, -suffix.length);
     const token = header(headers, AUTH_HEADER) ?? subprotocols.find((p) => p.startsWith(WS_AUTH))?.slice(WS_AUTH.length);
     if (!token) throw new CellaError('ACCESS_DENIED', `missing token: send it in the ${AUTH_HEADER} header`);
-    const claims = await tokens.open(token);
+    const claims = await openToken(token);
     if (claims.vmId !== id) throw new CellaError('ACCESS_DENIED', 'the token is for another MicroVM');
     if (!store.getToken(claims.jti)) throw new CellaError('ACCESS_DENIED', 'the token was revoked (its MicroVM terminated)');
     const vm = store.getVm(id);
@@ -111,6 +127,7 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
       if (left <= 0) inflight.delete(id);
       else inflight.set(id, left);
     };
+    if (vm.state === 'RUNNING') return { vm, port, claims, release };
     try {
       const running = await lifecycle.wake(id).catch((err: unknown) => {
         if (isCellaError(err, 'INVALID_STATE')) throw err;
@@ -167,7 +184,15 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
       if (!res.headersSent) sendError(res, new CellaError('UPSTREAM_FAILED', `the app on port ${target.port} did not answer: ${err.message}`));
       else res.destroy();
     });
-    pipeline(req as NodeJS.ReadableStream, up, () => {});
+    // A request without a body is sent whole at once (no chunked terminator trailing behind it).
+    const hasBody =
+      'stream' in req
+        ? !req.stream.endAfterHeaders
+        : req.headers['content-length'] !== undefined
+          ? req.headers['content-length'] !== '0'
+          : req.headers['transfer-encoding'] !== undefined;
+    if (hasBody) pipeline(req as NodeJS.ReadableStream, up, () => {});
+    else up.end();
   }
 
   function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -229,6 +254,8 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
     void onRequest(req, res);
   });
   server.on('upgrade', onUpgrade);
+  // Headers and body leave as separate writes: without this, Nagle holds the body until the client's delayed ACK (~40 ms).
+  server.on('connection', (socket: Socket) => socket.setNoDelay(true));
   server.on('sessionError', () => {});
   server.on('tlsClientError', () => {});
   await new Promise<void>((resolve, reject) => {

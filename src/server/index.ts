@@ -24,6 +24,7 @@ import { loadTls } from '../tls/index.js';
 export const DEFAULT_API_PORT = 7470;
 export const DEFAULT_DOMAIN = 'cella.localhost';
 export const DEFAULT_PROXY_PORT = 7443;
+export const DEFAULT_RESUME_WINDOW_SECONDS = 30;
 export const DEMO_IMAGE = 'demo';
 
 export interface ServerOptions {
@@ -46,6 +47,8 @@ export interface ServerOptions {
   /** An operator's certificate and key for `*.<domain>` instead of Cella's own CA. */
   tlsCertFile?: string;
   tlsKeyFile?: string;
+  /** How long a suspended VM's stopped QEMU is kept for a resume in place (default 30; 0 frees RAM at once). */
+  resumeWindowSeconds?: number;
   /** Accepted as an API key besides the stored ones (default: env CELLA_API_KEY). */
   apiKey?: string;
   log?: (line: string) => void;
@@ -82,6 +85,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       dataDir,
       log,
       outliveParent: true,
+      parkSeconds: opts.resumeWindowSeconds ?? DEFAULT_RESUME_WINDOW_SECONDS,
       ...(opts.guestDir ? { guestDir: opts.guestDir } : {}),
       ...(opts.accel ? { accel: opts.accel } : {}),
       ...(opts.warmClones !== undefined ? { warmClones: opts.warmClones } : {}),
