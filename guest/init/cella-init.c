@@ -5,6 +5,11 @@
  * moves into it, configures the fixed guest address, then serves the control
  * port (cella.ctl) and forwards the app's output to the log port (cella.log).
  * It never exits: PID 1 exiting panics the guest.
+ *
+ * It also serves terminals (PTY_*) to the host, and listens on SIGNAL_SOCK for
+ * the app's requests to the host (activity, suspend). Run as anything but
+ * PID 1 (it copies itself to RUN_DIR/cella at boot) it is the client of that
+ * socket: `cella activity`, `cella suspend`, `cella -` (lines from stdin).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -24,11 +29,14 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/sendfile.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,10 +52,24 @@ struct rand_pool_info {
 
 #define MAX_EXECS 32
 #define MAX_ARGS 256
+#define MAX_PTYS 8
+#define MAX_CLIENTS 8
 #define MODULE_DIR "/cella/modules"
 #define CTL_NAME "cella.ctl"
 #define LOG_NAME "cella.log"
 #define RETRY_MAX_MS 50
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+/* Control-port output waiting for the host: producers pause above LOW, data frames are dropped above DATA_MAX. */
+#define OUTQ_LOW (32 * 1024)
+#define OUTQ_DATA_MAX (256 * 1024)
+#define OUTQ_MAX (512 * 1024)
+#define PTY_INPUT_MAX (256 * 1024) /* typed input a terminal has not taken yet; beyond it, input is dropped */
+#define PTY_GRACE_S 2              /* from hangup (SIGHUP) to SIGKILL */
+#define PTY_BATCH_MS 5             /* after a short read, output gathers this long before the next frame */
+#define RUN_DIR "/run/cella"       /* tmpfs: the signal socket and the client binary */
+#define SIGNAL_SOCK RUN_DIR "/agent.sock"
+#define SIGNAL_LINE_MAX 64
+#define MAX_POLL (3 + MAX_CLIENTS + 2 * (MAX_EXECS + 1) + MAX_PTYS)
 
 static void logmsg(const char *fmt, ...)
 {
@@ -98,6 +120,11 @@ struct port {
 static struct port ctl = { .name = CTL_NAME, .fd = -1 };
 static struct port logp = { .name = LOG_NAME, .fd = -1 };
 
+/* Control-port bytes the port has not taken yet (whole frames, in order). */
+static uint8_t outq[OUTQ_MAX + CELLA_HEADER_LEN + CELLA_MAX_OUT];
+static size_t outq_len;
+static int ctl_lost; /* the host side went away: its terminals are hung up from the main loop */
+
 static int find_port(struct port *p)
 {
 	DIR *d = opendir("/sys/class/virtio-ports");
@@ -129,6 +156,14 @@ static int find_port(struct port *p)
 
 static void now(struct timespec *t) { clock_gettime(CLOCK_MONOTONIC, t); }
 
+static void after_ms(struct timespec *t, long ms)
+{
+	now(t);
+	t->tv_nsec += ms * 1000000;
+	t->tv_sec += t->tv_nsec / 1000000000;
+	t->tv_nsec %= 1000000000;
+}
+
 static long ms_until(const struct timespec *t)
 {
 	struct timespec n;
@@ -142,13 +177,14 @@ static void port_close(struct port *p)
 		close(p->fd);
 	p->fd = -1;
 	p->in_len = 0;
+	if (p == &ctl) {
+		outq_len = 0; /* the next connection starts a new byte stream with HELLO */
+		ctl_lost = 1;
+	}
 	p->retry_ms = p->retry_ms ? p->retry_ms * 2 : 1;
 	if (p->retry_ms > RETRY_MAX_MS)
 		p->retry_ms = RETRY_MAX_MS;
-	now(&p->retry_at);
-	p->retry_at.tv_nsec += (long)p->retry_ms * 1000000;
-	p->retry_at.tv_sec += p->retry_at.tv_nsec / 1000000000;
-	p->retry_at.tv_nsec %= 1000000000;
+	after_ms(&p->retry_at, p->retry_ms);
 }
 
 static void send_frame(struct port *p, uint8_t type, uint8_t stream, uint32_t id, const void *body, uint32_t len);
@@ -172,43 +208,72 @@ static void port_open(struct port *p)
 }
 
 /*
- * Writes a whole frame or drops it. The port is non-blocking so that a host
- * that stopped reading can never stall PID 1 or the app whose output we carry.
+ * Sends a whole frame or none of it. The ports are non-blocking so that a host
+ * that stopped reading can never stall PID 1 or the app whose output we carry:
+ * the log port drops what it cannot take now; the control port queues it (up
+ * to OUTQ_DATA_MAX for output, OUTQ_MAX for the rest) and its producers, execs
+ * and terminals, are not read while the queue is above OUTQ_LOW. virtio-serial
+ * takes a write of up to 32 KiB whole or not at all, so a frame (at most
+ * CELLA_MAX_OUT of body) is never split unless the queue holds it.
  */
 static void send_frame(struct port *p, uint8_t type, uint8_t stream, uint32_t id, const void *body, uint32_t len)
 {
-	if (p->fd < 0)
+	uint8_t f[CELLA_HEADER_LEN + CELLA_MAX_OUT];
+	if (p->fd < 0 || len > CELLA_MAX_OUT)
 		return;
-	uint8_t hdr[CELLA_HEADER_LEN] = { 0 };
-	put32(hdr, len);
-	hdr[4] = type;
-	hdr[5] = stream;
-	put32(hdr + 8, id);
-	const uint8_t *parts[2] = { hdr, body };
-	uint32_t lens[2] = { CELLA_HEADER_LEN, len };
-	for (int i = 0; i < 2; i++) {
-		uint32_t off = 0;
-		int spins = 0;
-		while (off < lens[i]) {
-			ssize_t n = write(p->fd, parts[i] + off, lens[i] - off);
-			if (n > 0) {
-				off += n;
-				continue;
-			}
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n < 0 && errno == EAGAIN && off > 0 && spins++ < 1000) {
-				/* A frame half written must be finished or the stream is corrupt. */
-				struct pollfd pf = { .fd = p->fd, .events = POLLOUT };
-				poll(&pf, 1, 10);
-				continue;
-			}
-			if (n < 0 && errno == EAGAIN && off == 0 && i == 0)
-				return; /* nothing written: dropping is safe */
+	memset(f, 0, CELLA_HEADER_LEN);
+	put32(f, len);
+	f[4] = type;
+	f[5] = stream;
+	put32(f + 8, id);
+	if (len)
+		memcpy(f + CELLA_HEADER_LEN, body, len);
+	size_t n = CELLA_HEADER_LEN + len, off = 0;
+	while (off < n && !(p == &ctl && outq_len)) {
+		ssize_t w = write(p->fd, f + off, n - off);
+		if (w > 0)
+			off += w;
+		else if (w < 0 && errno == EINTR)
+			continue;
+		else if (w < 0 && errno != EAGAIN) {
 			port_close(p);
 			return;
-		}
+		} else
+			break;
 	}
+	if (off == n)
+		return;
+	if (off == 0) {
+		size_t max = type == MSG_EXEC_OUT || type == MSG_PTY_OUT ? OUTQ_DATA_MAX : OUTQ_MAX;
+		if (p != &ctl || outq_len + n > max)
+			return; /* dropped whole: the stream stays intact */
+	} else if (p != &ctl) {
+		port_close(p); /* half a frame went out: the stream is corrupt */
+		return;
+	}
+	memcpy(outq + outq_len, f + off, n - off);
+	outq_len += n - off;
+}
+
+static void outq_flush(void)
+{
+	size_t off = 0;
+	while (ctl.fd >= 0 && off < outq_len) {
+		size_t n = outq_len - off;
+		ssize_t w = write(ctl.fd, outq + off, n > 32768 ? 32768 : n);
+		if (w > 0)
+			off += w;
+		else if (w < 0 && errno == EINTR)
+			continue;
+		else if (w < 0 && errno != EAGAIN)
+			port_close(&ctl);
+		else
+			break;
+	}
+	if (ctl.fd < 0)
+		return;
+	memmove(outq, outq + off, outq_len - off);
+	outq_len -= off;
 }
 
 static void send_text(uint8_t type, uint32_t id, const char *fmt, ...)
@@ -229,13 +294,14 @@ static void send_text(uint8_t type, uint32_t id, const char *fmt, ...)
 
 struct spec {
 	char *argv[MAX_ARGS + 1];
-	char *envp[MAX_ARGS + 1];
+	char *envp[MAX_ARGS + 3]; /* room for the terminal defaults */
 	int argc, envc;
 	const char *cwd;
 	uid_t uid;
 	gid_t gid;
 	const uint8_t *stdin_data;
 	uint32_t stdin_len;
+	unsigned rows, cols;
 };
 
 struct proc {
@@ -249,8 +315,8 @@ struct proc {
 
 static struct proc procs[MAX_EXECS + 1]; /* procs[0] is the app */
 
-/* Parses a spec in place: strings are NUL-terminated by overwriting the next tag byte. */
-static int parse_spec(uint8_t *body, uint32_t len, struct spec *s)
+/* Parses a spec into a static copy, valid until the next call; argv may be empty only if `empty_ok`. */
+static int parse_spec(uint8_t *body, uint32_t len, struct spec *s, int empty_ok)
 {
 	memset(s, 0, sizeof *s);
 	s->cwd = "/";
@@ -298,11 +364,17 @@ static int parse_spec(uint8_t *body, uint32_t len, struct spec *s)
 			s->stdin_data = v;
 			s->stdin_len = l;
 			break;
+		case TAG_WINSIZE:
+			if (l != 4)
+				return -1;
+			s->rows = v[0] | v[1] << 8;
+			s->cols = v[2] | v[3] << 8;
+			break;
 		default:
 			return -1;
 		}
 	}
-	if (off != len || s->argc == 0)
+	if (off != len || (s->argc == 0 && !empty_ok))
 		return -1;
 	s->argv[s->argc] = NULL;
 	s->envp[s->envc] = NULL;
@@ -327,6 +399,29 @@ static const char *lookup_path(const struct spec *s, const char *file, char *buf
 	return file;
 }
 
+/* In a child with stdio in place: becomes the spec's process, or exits with a reason on stderr. */
+static void child_exec(struct spec *s, const char *exe)
+{
+	if (chdir(s->cwd) < 0) {
+		dprintf(2, "cella-init: chdir %s: %s\n", s->cwd, strerror(errno));
+		_exit(126);
+	}
+	if ((s->gid && (setgroups(0, NULL) || setgid(s->gid))) || (s->uid && setuid(s->uid))) {
+		dprintf(2, "cella-init: setuid/setgid: %s\n", strerror(errno));
+		_exit(126);
+	}
+	execve(exe, s->argv, s->envp);
+	dprintf(2, "cella-init: exec %s: %s\n", s->argv[0], strerror(errno));
+	_exit(127);
+}
+
+static void child_signals(void)
+{
+	sigset_t all;
+	sigemptyset(&all);
+	sigprocmask(SIG_SETMASK, &all, NULL);
+}
+
 static int spawn(struct spec *s, struct proc *p)
 {
 	int out[2], err[2], in[2];
@@ -338,24 +433,12 @@ static int spawn(struct spec *s, struct proc *p)
 	if (pid < 0)
 		return -errno;
 	if (pid == 0) {
-		sigset_t all;
-		sigemptyset(&all);
-		sigprocmask(SIG_SETMASK, &all, NULL);
+		child_signals();
 		setsid();
 		dup2(in[0], 0);
 		dup2(out[1], 1);
 		dup2(err[1], 2);
-		if (chdir(s->cwd) < 0) {
-			dprintf(2, "cella-init: chdir %s: %s\n", s->cwd, strerror(errno));
-			_exit(126);
-		}
-		if ((s->gid && (setgroups(0, NULL) || setgid(s->gid))) || (s->uid && setuid(s->uid))) {
-			dprintf(2, "cella-init: setuid/setgid: %s\n", strerror(errno));
-			_exit(126);
-		}
-		execve(exe, s->argv, s->envp);
-		dprintf(2, "cella-init: exec %s: %s\n", s->argv[0], strerror(errno));
-		_exit(127);
+		child_exec(s, exe);
 	}
 	close(out[1]);
 	close(err[1]);
@@ -395,27 +478,438 @@ static void finish_if_done(struct proc *p)
 	p->used = 0;
 }
 
+/* Forwards one chunk of output: a busy producer takes turns with the others. */
 static void drain_output(struct proc *p, int stream)
 {
-	uint8_t buf[16384];
-	for (;;) {
-		ssize_t n = read(p->out[stream], buf, sizeof buf);
-		if (n > 0) {
-			if (p == &procs[0])
-				send_frame(&logp, MSG_LOG, stream, 0, buf, n);
-			else
-				send_frame(&ctl, MSG_EXEC_OUT, stream, p->id, buf, n);
-			if (n < (ssize_t)sizeof buf)
-				return;
-			continue;
-		}
-		if (n < 0 && (errno == EAGAIN || errno == EINTR))
-			return;
-		close(p->out[stream]);
-		p->out[stream] = -1;
-		finish_if_done(p);
+	uint8_t buf[CELLA_MAX_OUT];
+	ssize_t n = read(p->out[stream], buf, sizeof buf);
+	if (n > 0) {
+		if (p == &procs[0])
+			send_frame(&logp, MSG_LOG, stream, 0, buf, n);
+		else
+			send_frame(&ctl, MSG_EXEC_OUT, stream, p->id, buf, n);
 		return;
 	}
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	close(p->out[stream]);
+	p->out[stream] = -1;
+	finish_if_done(p);
+}
+
+/* ---------- terminals ---------- */
+
+struct pty {
+	int used;
+	uint32_t id;
+	pid_t pid;
+	int fd;               /* master; -1 once closed */
+	int exited;
+	int status;
+	int silent;           /* its host connection is gone: nothing more is sent */
+	int hanging;          /* hung up: SIGKILL at kill_at if still alive */
+	int reads_left;       /* after the process exited: reads before the terminal is closed anyway */
+	struct timespec quiet_until; /* not read before, so that a program writing line by line is sent in batches */
+	pid_t fg;             /* foreground job when hung up */
+	struct timespec kill_at;
+	uint8_t *in;          /* typed input the terminal has not taken yet */
+	size_t in_len;
+};
+
+static struct pty ptys[MAX_PTYS];
+
+static struct pty *pty_find(uint32_t id)
+{
+	for (int i = 0; i < MAX_PTYS; i++)
+		if (ptys[i].used && !ptys[i].silent && ptys[i].id == id)
+			return &ptys[i];
+	return NULL;
+}
+
+/* Reports the end once the process is gone and the terminal closed, and frees the slot. */
+static void pty_finish(struct pty *t)
+{
+	if (!t->used || !t->exited || t->fd >= 0)
+		return;
+	if (!t->silent) {
+		uint8_t st[4];
+		put32(st, (uint32_t)t->status);
+		send_frame(&ctl, MSG_PTY_EXIT, 0, t->id, st, 4);
+	}
+	free(t->in);
+	memset(t, 0, sizeof *t);
+	t->fd = -1;
+}
+
+/*
+ * Forwards what the terminal holds, up to one frame (a terminal read returns
+ * at most a few KiB, often a line); at EOF (EIO: nothing holds the other side
+ * any more) closes the terminal.
+ */
+static int pty_read(struct pty *t)
+{
+	uint8_t buf[CELLA_MAX_OUT];
+	size_t got = 0;
+	ssize_t n = 0;
+	while (got < sizeof buf && (n = read(t->fd, buf + got, sizeof buf - got)) > 0)
+		got += n;
+	if (got) {
+		if (!t->silent)
+			send_frame(&ctl, MSG_PTY_OUT, 1, t->id, buf, got);
+		if (got < sizeof buf)
+			after_ms(&t->quiet_until, PTY_BATCH_MS);
+		return 1; /* an error after data is seen again on the next read */
+	}
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return 0;
+	close(t->fd);
+	t->fd = -1;
+	pty_finish(t); /* may free t */
+	return -1;
+}
+
+static void pty_flush_input(struct pty *t)
+{
+	size_t off = 0;
+	while (off < t->in_len) {
+		ssize_t n = write(t->fd, t->in + off, t->in_len - off);
+		if (n > 0)
+			off += n;
+		else if (n < 0 && errno == EINTR)
+			continue;
+		else if (n < 0 && errno == EAGAIN)
+			break;
+		else
+			off = t->in_len; /* the terminal is gone */
+	}
+	memmove(t->in, t->in + off, t->in_len - off);
+	t->in_len -= off;
+}
+
+static void pty_input(struct pty *t, const uint8_t *data, size_t len)
+{
+	if (t->fd < 0)
+		return;
+	if (len > PTY_INPUT_MAX - t->in_len)
+		len = PTY_INPUT_MAX - t->in_len; /* like typing into a full terminal: the rest is lost */
+	if (!len || (!t->in && !(t->in = malloc(PTY_INPUT_MAX))))
+		return;
+	memcpy(t->in + t->in_len, data, len);
+	t->in_len += len;
+	pty_flush_input(t);
+}
+
+/* A modem hangup: SIGHUP to the session and its foreground job, the terminal closes; SIGKILL follows if they linger. */
+static void pty_hangup(struct pty *t)
+{
+	if (t->fd >= 0) {
+		pid_t fg = tcgetpgrp(t->fd);
+		if (fg > 0 && fg != t->pid) {
+			t->fg = fg;
+			kill(-fg, SIGHUP);
+			kill(-fg, SIGCONT);
+		}
+		close(t->fd);
+		t->fd = -1;
+	}
+	t->in_len = 0;
+	if (!t->exited) {
+		kill(-t->pid, SIGHUP);
+		kill(-t->pid, SIGCONT);
+		if (!t->hanging) {
+			t->hanging = 1;
+			now(&t->kill_at);
+			t->kill_at.tv_sec += PTY_GRACE_S;
+		}
+	}
+	pty_finish(t);
+}
+
+/* Sends the SIGKILLs that are due; returns the milliseconds to the next one, or -1. */
+static long pty_timers(void)
+{
+	long next = -1;
+	for (int i = 0; i < MAX_PTYS; i++) {
+		struct pty *t = &ptys[i];
+		if (!t->used || !t->hanging || t->exited)
+			continue;
+		long ms = ms_until(&t->kill_at);
+		if (ms <= 0) {
+			kill(-t->pid, SIGKILL);
+			kill(t->pid, SIGKILL);
+			if (t->fg > 0)
+				kill(-t->fg, SIGKILL);
+			t->hanging = 0;
+		} else if (next < 0 || ms < next)
+			next = ms;
+	}
+	return next;
+}
+
+static void env_default(struct spec *s, const char *kv)
+{
+	size_t k = strchr(kv, '=') - kv + 1;
+	for (int i = 0; i < s->envc; i++)
+		if (strncmp(s->envp[i], kv, k) == 0)
+			return;
+	s->envp[s->envc++] = (char *)kv;
+	s->envp[s->envc] = NULL;
+}
+
+static void pty_open(uint32_t id, uint8_t *body, uint32_t len)
+{
+	struct spec s;
+	if (id == 0 || parse_spec(body, len, &s, 1) < 0) {
+		send_text(MSG_ERROR, id, "malformed terminal request");
+		return;
+	}
+	/* A live session with this id belongs to an earlier host connection (the host never reuses a live id). */
+	struct pty *t = pty_find(id);
+	if (t) {
+		t->silent = 1;
+		pty_hangup(t);
+	}
+	t = NULL;
+	for (int i = 0; i < MAX_PTYS && !t; i++)
+		if (!ptys[i].used)
+			t = &ptys[i];
+	if (!t) {
+		send_text(MSG_ERROR, id, "too many terminals (%d)", MAX_PTYS);
+		return;
+	}
+	if (s.argc == 0) {
+		s.argv[s.argc++] = "/bin/sh";
+		s.argv[1] = NULL;
+	}
+	env_default(&s, "TERM=xterm-256color");
+	env_default(&s, "PATH=" DEFAULT_PATH);
+	struct winsize ws = { .ws_row = s.rows ? s.rows : 24, .ws_col = s.cols ? s.cols : 80 };
+	int unlock = 0, slave = -1;
+	int m = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+	if (m < 0 || ioctl(m, TIOCSPTLCK, &unlock) < 0 || ioctl(m, TIOCSWINSZ, &ws) < 0 ||
+	    (slave = ioctl(m, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) {
+		send_text(MSG_ERROR, id, "openpty: %s", strerror(errno));
+		if (m >= 0)
+			close(m);
+		return;
+	}
+	char pathbuf[4096];
+	const char *exe = lookup_path(&s, s.argv[0], pathbuf, sizeof pathbuf);
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* Its own session with the terminal as controlling tty: job control works. */
+		child_signals();
+		setsid();
+		ioctl(slave, TIOCSCTTY, 0);
+		dup2(slave, 0);
+		dup2(slave, 1);
+		dup2(slave, 2);
+		if (s.uid)
+			(void)!fchown(0, s.uid, -1);
+		child_exec(&s, exe);
+	}
+	int e = errno;
+	close(slave);
+	if (pid < 0) {
+		close(m);
+		send_text(MSG_ERROR, id, "fork: %s", strerror(e));
+		return;
+	}
+	memset(t, 0, sizeof *t);
+	t->used = 1;
+	t->id = id;
+	t->pid = pid;
+	t->fd = m;
+	send_frame(&ctl, MSG_OK, 0, id, NULL, 0);
+	if (s.stdin_len)
+		pty_input(t, s.stdin_data, s.stdin_len);
+}
+
+/*
+ * The process is gone: forwards what it wrote that is still buffered (at the
+ * pace the host takes it; the main loop calls again), then closes the
+ * terminal, which hangs up whatever it left behind, and reports the exit.
+ */
+static void pty_drain(struct pty *t)
+{
+	while (t->used && t->exited && t->fd >= 0 && outq_len < OUTQ_LOW) {
+		int r = pty_read(t);
+		if (r < 0)
+			return; /* closed and finished */
+		if (r == 0 || --t->reads_left <= 0) {
+			close(t->fd);
+			t->fd = -1;
+			pty_finish(t);
+		}
+	}
+}
+
+static void pty_exited(struct pty *t, int status)
+{
+	t->exited = 1;
+	t->status = status;
+	t->hanging = 0;
+	t->reads_left = 256;
+	pty_drain(t);
+	pty_finish(t); /* the terminal may have closed before the exit was seen */
+}
+
+/* ---------- guest -> host signals ---------- */
+
+struct client {
+	int fd;               /* -1 when free */
+	unsigned len;
+	unsigned long since;  /* accept order: when all are taken the oldest goes */
+	char line[SIGNAL_LINE_MAX];
+};
+
+static int lsock = -1;
+static struct client clients[MAX_CLIENTS];
+
+/* A tmpfs at RUN_DIR with this binary as RUN_DIR/cella and the socket; after the switch to the root disk. */
+static void signals_setup(void)
+{
+	mkdir("/run", 0755);
+	mkdir(RUN_DIR, 0755);
+	if (mount("cella", RUN_DIR, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m") < 0)
+		logmsg("mount %s: %s", RUN_DIR, strerror(errno));
+	int in = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+	int out = open(RUN_DIR "/cella", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+	while (in >= 0 && out >= 0 && sendfile(out, in, NULL, 1 << 20) > 0)
+		;
+	if (in >= 0)
+		close(in);
+	if (out >= 0)
+		close(out);
+	struct sockaddr_un a = { .sun_family = AF_UNIX, .sun_path = SIGNAL_SOCK };
+	lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (lsock < 0 || bind(lsock, (struct sockaddr *)&a, sizeof a) < 0 || chmod(SIGNAL_SOCK, 0666) < 0 || listen(lsock, 16) < 0) {
+		logmsg("%s: %s", SIGNAL_SOCK, strerror(errno));
+		if (lsock >= 0)
+			close(lsock);
+		lsock = -1;
+	}
+}
+
+/* At most one frame of each kind a second, whatever the guest writes. */
+static void signal_host(int suspend)
+{
+	static struct timespec next[2];
+	if (ms_until(&next[suspend]) > 0)
+		return;
+	now(&next[suspend]);
+	next[suspend].tv_sec += 1;
+	send_frame(&ctl, suspend ? MSG_SUSPEND_REQUEST : MSG_ACTIVITY, 0, 0, NULL, 0);
+}
+
+static void client_close(struct client *c)
+{
+	close(c->fd);
+	c->fd = -1;
+	c->len = 0;
+}
+
+static void client_reply(struct client *c, const char *text)
+{
+	(void)!send(c->fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+static void client_line(struct client *c, const char *line, size_t len)
+{
+	if (len && line[len - 1] == '\r')
+		len--;
+	if (len == 8 && memcmp(line, "activity", 8) == 0)
+		signal_host(0);
+	else if (len == 7 && memcmp(line, "suspend", 7) == 0)
+		signal_host(1);
+	else {
+		if (len)
+			client_reply(c, "error: unknown request (activity, suspend)\n");
+		return;
+	}
+	client_reply(c, "ok\n");
+}
+
+static void client_read(struct client *c)
+{
+	ssize_t n = read(c->fd, c->line + c->len, sizeof c->line - c->len);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		if (n == 0 && c->len)
+			client_line(c, c->line, c->len); /* a last line without newline */
+		client_close(c);
+		return;
+	}
+	c->len += n;
+	char *start = c->line, *nl;
+	while ((nl = memchr(start, '\n', c->line + c->len - start))) {
+		client_line(c, start, nl - start);
+		start = nl + 1;
+	}
+	c->len -= start - c->line;
+	memmove(c->line, start, c->len);
+	if (c->len == sizeof c->line) {
+		client_reply(c, "error: line too long\n");
+		client_close(c);
+	}
+}
+
+static void client_accept(void)
+{
+	static unsigned long accepted;
+	for (int k = 0; k < MAX_CLIENTS; k++) {
+		int fd = accept4(lsock, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0)
+			return;
+		struct client *c = &clients[0];
+		for (int i = 0; i < MAX_CLIENTS; i++)
+			if (clients[i].fd < 0 || (c->fd >= 0 && clients[i].since < c->since))
+				c = &clients[i];
+		if (c->fd >= 0)
+			client_close(c);
+		c->fd = fd;
+		c->since = ++accepted;
+	}
+}
+
+/* Not PID 1: the client of SIGNAL_SOCK. Exit status 0 when every request was taken. */
+static int client_main(int argc, char **argv)
+{
+	const char *base = strrchr(argv[0], '/');
+	base = base ? base + 1 : argv[0];
+	const char *req = strcmp(base, "activity") == 0 || strcmp(base, "suspend") == 0 ? base : argc == 2 ? argv[1] : NULL;
+	if (!req) {
+		fprintf(stderr, "usage: cella activity|suspend|-   (- sends the lines of stdin)\n"
+				"Tells the Cella host this VM is active, or asks it to suspend this VM.\n");
+		return 2;
+	}
+	struct sockaddr_un a = { .sun_family = AF_UNIX, .sun_path = SIGNAL_SOCK };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+		fprintf(stderr, "cella: %s: %s\n", SIGNAL_SOCK, strerror(errno));
+		return 1;
+	}
+	int stream = strcmp(req, "-") == 0;
+	char buf[4096];
+	ssize_t n;
+	if (stream) {
+		while ((n = read(0, buf, sizeof buf)) > 0 && send(fd, buf, n, MSG_NOSIGNAL) == n)
+			;
+	} else {
+		(void)!send(fd, req, strlen(req), MSG_NOSIGNAL);
+		(void)!send(fd, "\n", 1, MSG_NOSIGNAL);
+	}
+	shutdown(fd, SHUT_WR);
+	int ok = 1;
+	struct pollfd pf = { .fd = fd, .events = POLLIN };
+	while (poll(&pf, 1, 5000) > 0 && (n = read(fd, buf, sizeof buf)) > 0) {
+		if (memmem(buf, n, "error", 5))
+			ok = 0;
+		if (stream || !ok)
+			(void)!write(stream ? 1 : 2, buf, n);
+	}
+	return ok ? 0 : 1;
 }
 
 static void reap(void)
@@ -431,6 +925,9 @@ static void reap(void)
 				finish_if_done(p);
 			}
 		}
+		for (int i = 0; i < MAX_PTYS; i++)
+			if (ptys[i].used && !ptys[i].exited && ptys[i].pid == pid)
+				pty_exited(&ptys[i], status);
 	}
 }
 
@@ -463,7 +960,7 @@ static void handle(uint8_t type, uint32_t id, uint8_t *body, uint32_t len)
 				return;
 			}
 		}
-		if (parse_spec(body, len, &s) < 0) {
+		if (parse_spec(body, len, &s, 0) < 0) {
 			send_text(MSG_ERROR, id, "malformed spec");
 			return;
 		}
@@ -538,6 +1035,29 @@ static void handle(uint8_t type, uint32_t id, uint8_t *body, uint32_t len)
 		send_text(MSG_ERROR, id, "no such process");
 		return;
 	}
+	case MSG_PTY_OPEN:
+		pty_open(id, body, len);
+		return;
+	case MSG_PTY_IN: {
+		struct pty *t = pty_find(id);
+		if (t)
+			pty_input(t, body, len);
+		return;
+	}
+	case MSG_PTY_RESIZE: {
+		/* The kernel sends SIGWINCH to the terminal's foreground job when the size changes. */
+		struct pty *t = pty_find(id);
+		if (t && t->fd >= 0 && len == 4) {
+			struct winsize ws = { .ws_row = body[0] | body[1] << 8, .ws_col = body[2] | body[3] << 8 };
+			ioctl(t->fd, TIOCSWINSZ, &ws);
+		}
+		return;
+	}
+	case MSG_PTY_CLOSE:
+		for (int i = 0; i < MAX_PTYS; i++)
+			if (ptys[i].used && !ptys[i].silent && (id == 0 || ptys[i].id == id))
+				pty_hangup(&ptys[i]);
+		return;
 	default:
 		send_text(MSG_ERROR, id, "unknown message %u", type);
 	}
@@ -755,12 +1275,10 @@ static void setup_network(const char *cmdline)
 	close(sock);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
-	if (getpid() != 1) {
-		fprintf(stderr, "cella-init must run as PID 1 inside a Cella guest\n");
-		return 1;
-	}
+	if (getpid() != 1)
+		return client_main(argc, argv);
 	mkdir("/proc", 0555);
 	mkdir("/sys", 0555);
 	mkdir("/dev", 0755);
@@ -789,6 +1307,7 @@ int main(void)
 	}
 	setup_network(cmdline);
 	sethostname("cella", 5);
+	signals_setup();
 
 	sigset_t mask;
 	sigemptyset(&mask);
@@ -800,24 +1319,65 @@ int main(void)
 
 	for (int i = 0; i <= MAX_EXECS; i++)
 		procs[i].out[1] = procs[i].out[2] = -1;
+	for (int i = 0; i < MAX_PTYS; i++)
+		ptys[i].fd = -1;
+	for (int i = 0; i < MAX_CLIENTS; i++)
+		clients[i].fd = -1;
 	port_open(&ctl);
 	port_open(&logp);
 
-	for (;;) {
-		struct pollfd pf[2 + 2 * (MAX_EXECS + 1)];
-		struct proc *owner[2 + 2 * (MAX_EXECS + 1)];
-		int stream[2 + 2 * (MAX_EXECS + 1)];
+	enum { K_PIPE, K_PTY, K_LISTEN, K_CLIENT };
+	for (unsigned turn = 0;; turn++) {
+		if (ctl_lost) {
+			/* The host that opened the terminals is gone; nobody else knows their ids. */
+			ctl_lost = 0;
+			for (int i = 0; i < MAX_PTYS; i++)
+				if (ptys[i].used) {
+					ptys[i].silent = 1;
+					pty_hangup(&ptys[i]);
+				}
+		}
+		if (outq_len)
+			outq_flush();
+		for (int i = 0; i < MAX_PTYS; i++)
+			pty_drain(&ptys[i]);
+		/* Output for the control port is read only while the host keeps up: backpressure, not loss. */
+		int produce = outq_len < OUTQ_LOW;
+		struct pollfd pf[MAX_POLL];
+		struct {
+			uint8_t kind, idx, stream;
+		} what[MAX_POLL];
 		int n = 0;
 		pf[n++] = (struct pollfd){ .fd = sfd, .events = POLLIN };
-		pf[n++] = (struct pollfd){ .fd = ctl.fd, .events = POLLIN };
+		pf[n++] = (struct pollfd){ .fd = ctl.fd, .events = POLLIN | (outq_len ? POLLOUT : 0) };
+#define ADD(fd_, ev_, kind_, idx_, stream_)                                     \
+	do {                                                                    \
+		what[n].kind = kind_;                                           \
+		what[n].idx = idx_;                                             \
+		what[n].stream = stream_;                                       \
+		pf[n++] = (struct pollfd){ .fd = fd_, .events = ev_ };          \
+	} while (0)
+		if (lsock >= 0)
+			ADD(lsock, POLLIN, K_LISTEN, 0, 0);
+		for (int i = 0; i < MAX_CLIENTS; i++)
+			if (clients[i].fd >= 0)
+				ADD(clients[i].fd, POLLIN, K_CLIENT, i, 0);
 		for (int i = 0; i <= MAX_EXECS; i++)
 			for (int s = 1; s <= 2; s++)
-				if (procs[i].used && procs[i].out[s] >= 0) {
-					owner[n] = &procs[i];
-					stream[n] = s;
-					pf[n++] = (struct pollfd){ .fd = procs[i].out[s], .events = POLLIN };
-				}
-		int timeout = -1;
+				if (procs[i].used && procs[i].out[s] >= 0 && (i == 0 || produce))
+					ADD(procs[i].out[s], POLLIN, K_PIPE, i, s);
+		long timeout = pty_timers();
+		for (int i = 0; i < MAX_PTYS; i++) {
+			struct pty *t = &ptys[i];
+			if (!t->used || t->exited || t->fd < 0)
+				continue;
+			long quiet = ms_until(&t->quiet_until);
+			if (produce && quiet > 0 && (timeout < 0 || quiet < timeout))
+				timeout = quiet;
+			short ev = (produce && quiet <= 0 ? POLLIN : 0) | (t->in_len ? POLLOUT : 0);
+			if (ev)
+				ADD(t->fd, ev, K_PTY, i, 0);
+		}
 		struct port *ports[2] = { &ctl, &logp };
 		for (int i = 0; i < 2; i++)
 			if (ports[i]->fd < 0) {
@@ -827,7 +1387,7 @@ int main(void)
 				if (timeout < 0 || ms < timeout)
 					timeout = ms;
 			}
-		int r = poll(pf, n, timeout);
+		int r = poll(pf, n, (int)timeout);
 		if (r < 0 && errno != EINTR)
 			continue;
 		for (int i = 0; i < 2; i++)
@@ -841,10 +1401,42 @@ int main(void)
 				;
 			reap();
 		}
+		if (ctl.fd >= 0 && pf[1].fd == ctl.fd && (pf[1].revents & POLLOUT))
+			outq_flush();
 		if (ctl.fd >= 0 && pf[1].fd == ctl.fd && (pf[1].revents & (POLLIN | POLLHUP | POLLERR)))
 			read_ctl();
-		for (int i = 2; i < n; i++)
-			if (pf[i].revents && owner[i]->out[stream[i]] == pf[i].fd)
-				drain_output(owner[i], stream[i]);
+		/* The rest take turns, so that a busy one cannot starve the others. */
+		for (int k = 2; k < n; k++) {
+			int i = 2 + (k - 2 + turn) % (n - 2);
+			if (!pf[i].revents)
+				continue;
+			switch (what[i].kind) {
+			case K_LISTEN:
+				client_accept();
+				break;
+			case K_CLIENT:
+				if (clients[what[i].idx].fd == pf[i].fd)
+					client_read(&clients[what[i].idx]);
+				break;
+			case K_PIPE: {
+				struct proc *p = &procs[what[i].idx];
+				if (p->used && p->out[what[i].stream] == pf[i].fd && (p == &procs[0] || outq_len < OUTQ_LOW))
+					drain_output(p, what[i].stream);
+				break;
+			}
+			case K_PTY: {
+				struct pty *t = &ptys[what[i].idx];
+				if (!t->used || t->fd != pf[i].fd)
+					break;
+				if (pf[i].revents & POLLOUT)
+					pty_flush_input(t);
+				if (!(pf[i].events & POLLIN) && (pf[i].revents & (POLLHUP | POLLERR)))
+					t->in_len = 0; /* nothing reads the terminal any more */
+				else if ((pf[i].revents & (POLLIN | POLLHUP | POLLERR)) && outq_len < OUTQ_LOW)
+					pty_read(t);
+				break;
+			}
+			}
+		}
 	}
 }

@@ -1,2 +1,2 @@
-export { AgentClient, decodeWaitStatus, type ExecOptions, type ExecResult } from './client.js';
-export { FrameDecoder, Msg, encodeFrame, encodeSpec, PROTOCOL_VERSION, type Frame, type ProcessSpec } from './protocol.js';
+export { AgentClient, GUEST_SIGNAL_MIN_INTERVAL_MS, PtySession, decodeWaitStatus, type ExecOptions, type ExecResult, type PtyExit } from './client.js';
+export { FrameDecoder, Msg, encodeFrame, encodeSpec, PROTOCOL_VERSION, type Frame, type ProcessSpec, type PtySpec } from './protocol.js';

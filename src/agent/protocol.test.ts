@@ -1,7 +1,32 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { decodeWaitStatus } from './client.js';
-import { FrameDecoder, HEADER_LEN, MAX_BODY, Msg, encodeClock, encodeFrame, encodeSpec } from './protocol.js';
+import {
+  FrameDecoder,
+  HEADER_LEN,
+  MAX_BODY,
+  MAX_GUEST_BODY,
+  Msg,
+  PROTOCOL_VERSION,
+  Tag,
+  encodeClock,
+  encodeFrame,
+  encodePtyOpen,
+  encodeSpec,
+  encodeWinsize,
+} from './protocol.js';
+
+/** [tag, value] of every TLV record of a spec body. */
+function records(b: Buffer): [number, Buffer][] {
+  const out: [number, Buffer][] = [];
+  for (let off = 0; off < b.length; ) {
+    const len = b.readUInt32LE(off + 1);
+    out.push([b.readUInt8(off), b.subarray(off + 5, off + 5 + len)]);
+    off += 5 + len;
+  }
+  return out;
+}
 
 test('frame header layout matches guest/init/protocol.h', () => {
   const f = encodeFrame(Msg.EXEC, 0x01020304, Buffer.from('hi'), 2);
@@ -52,4 +77,68 @@ test('clock is seconds (i64) and nanoseconds (u32)', () => {
 test('wait status decodes exit codes and signals', () => {
   assert.deepEqual(decodeWaitStatus(3 << 8), { exitCode: 3, signal: null });
   assert.deepEqual(decodeWaitStatus(9), { exitCode: null, signal: 9 });
+});
+
+test('message types, tags and limits are those of guest/init/protocol.h', () => {
+  const h = readFileSync(new URL('../../guest/init/protocol.h', import.meta.url), 'utf8');
+  const enumOf = (prefix: string): Record<string, number> =>
+    Object.fromEntries([...h.matchAll(new RegExp(`^\\s*${prefix}_(\\w+) = (\\d+),`, 'gm'))].map((m) => [m[1] as string, Number(m[2])]));
+  assert.deepEqual(enumOf('MSG'), { ...Msg });
+  assert.deepEqual(enumOf('TAG'), { ...Tag });
+  const define = (name: string): string => new RegExp(`#define ${name} (.+)`).exec(h)?.[1]?.trim() ?? '';
+  assert.equal(Number(define('CELLA_PROTOCOL_VERSION')), PROTOCOL_VERSION);
+  assert.equal(Number(define('CELLA_HEADER_LEN')), HEADER_LEN);
+  assert.equal(define('CELLA_MAX_BODY'), '(1u << 20)');
+  assert.equal(MAX_BODY, 1 << 20);
+  assert.equal(Number(define('CELLA_MAX_OUT')), MAX_GUEST_BODY);
+});
+
+test('PTY_OPEN is a spec whose argv may be empty, plus the size as u16 rows, u16 cols', () => {
+  const b = encodePtyOpen({ argv: ['/bin/sh', '-l'], env: { TERM: 'vt100' }, cwd: '/root', uid: 0, rows: 40, cols: 132, stdin: Buffer.from('ls\n') });
+  assert.deepEqual(
+    records(b).map(([t, v]) => [t, t === Tag.WINSIZE ? [v.readUInt16LE(0), v.readUInt16LE(2)] : t === Tag.UID ? v.readUInt32LE(0) : v.toString()]),
+    [[Tag.ARG, '/bin/sh'], [Tag.ARG, '-l'], [Tag.ENV, 'TERM=vt100'], [Tag.CWD, '/root'], [Tag.UID, 0], [Tag.STDIN, 'ls\n'], [Tag.WINSIZE, [40, 132]]],
+  );
+  // No argv: the guest's default shell.
+  assert.deepEqual(records(encodePtyOpen({ rows: 24, cols: 80 })), [[Tag.WINSIZE, Buffer.from([24, 0, 80, 0])]]);
+  assert.deepEqual(records(encodePtyOpen({ argv: [], rows: 1, cols: 65535 })), [[Tag.WINSIZE, Buffer.from([1, 0, 0xff, 0xff])]]);
+  // EXEC keeps refusing an empty argv.
+  assert.throws(() => encodeSpec({ argv: [] }), RangeError);
+});
+
+test('PTY_RESIZE body is u16 rows, u16 cols; sizes out of range are refused', () => {
+  assert.deepEqual([...encodeWinsize(50, 200)], [50, 0, 200, 0]);
+  assert.deepEqual([...encodeWinsize(0x1234, 0x0102)], [0x34, 0x12, 0x02, 0x01]);
+  for (const [r, c] of [[0, 80], [24, 0], [65536, 80], [24, 1.5], [Number.NaN, 80], [-1, 80]] as const) {
+    assert.throws(() => encodeWinsize(r, c), RangeError, `${r}x${c}`);
+    assert.throws(() => encodePtyOpen({ rows: r, cols: c }), RangeError);
+  }
+});
+
+test('terminal and signal frames round-trip through the decoder', () => {
+  const status = Buffer.alloc(4);
+  status.writeInt32LE(3 << 8, 0);
+  const stream = Buffer.concat([
+    encodeFrame(Msg.PTY_IN, 5, Buffer.from('echo hi\r')),
+    encodeFrame(Msg.PTY_RESIZE, 5, encodeWinsize(30, 100)),
+    encodeFrame(Msg.PTY_CLOSE, 5),
+    encodeFrame(Msg.PTY_OUT, 5, Buffer.from('hi\r\n'), 1),
+    encodeFrame(Msg.PTY_EXIT, 5, status),
+    encodeFrame(Msg.ACTIVITY, 0),
+    encodeFrame(Msg.SUSPEND_REQUEST, 0),
+  ]);
+  const frames = new FrameDecoder().push(stream);
+  assert.deepEqual(
+    frames.map((f) => [f.type, f.id, f.stream, f.body.toString('hex')]),
+    [
+      [10, 5, 0, Buffer.from('echo hi\r').toString('hex')],
+      [11, 5, 0, '1e006400'],
+      [12, 5, 0, ''],
+      [72, 5, 1, Buffer.from('hi\r\n').toString('hex')],
+      [73, 5, 0, '00030000'],
+      [74, 0, 0, ''],
+      [75, 0, 0, ''],
+    ],
+  );
+  assert.deepEqual(decodeWaitStatus(frames[4]?.body.readInt32LE(0) ?? -1), { exitCode: 3, signal: null });
 });
