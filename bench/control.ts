@@ -9,7 +9,7 @@
 import { rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { startServer } from '../src/server/index.js';
-import { API_KEY, V, stageDemoRootfs, waitImage } from '../test/control-helpers.js';
+import { API_KEY, V, shutdown, stageDemoRootfs, waitImage } from '../test/control-helpers.js';
 import { tempDataDir } from '../test/helpers.js';
 import { reporter } from './report.js';
 
@@ -89,6 +89,6 @@ try {
   await server.lifecycle.settle();
 } finally {
   agent.destroy();
-  await server.close();
+  await shutdown(server);
   rmSync(dataDir, { recursive: true, force: true });
 }

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { readFileSync, rmSync } from 'node:fs';
 import { startServer } from '../src/server/index.js';
-import { API_KEY, V, api, stageDemoRootfs, waitImage, waitState } from '../test/control-helpers.js';
+import { API_KEY, V, shutdown, api, stageDemoRootfs, waitImage, waitState } from '../test/control-helpers.js';
 import { tempDataDir } from '../test/helpers.js';
 import type { LoadSpec } from './load-worker.js';
 import { percentile, reporter } from './report.js';
@@ -100,6 +100,6 @@ try {
   await api(base, 'DELETE', `${V}/microvms/${id}`);
   await server.lifecycle.settle();
 } finally {
-  await server.close();
+  await shutdown(server);
   rmSync(dataDir, { recursive: true, force: true });
 }

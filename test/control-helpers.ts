@@ -1,5 +1,6 @@
 import { cpSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import type { CellaServer } from '../src/server/index.js';
 import { baseTree, loadGuestArtifacts } from '../src/setup/index.js';
 
 export const API_KEY = 'test-key-0123456789';
@@ -93,4 +94,11 @@ export function qemusOf(dataDir: string): number[] {
     }
   }
   return pids;
+}
+
+/** Ends a test or benchmark server: cellad's own close() leaves VMs running for the next start, so they are terminated first. */
+export async function shutdown(server: CellaServer): Promise<void> {
+  for (const v of server.store.liveVms()) await server.lifecycle.terminate(v.id).catch(() => {});
+  await server.lifecycle.settle();
+  await server.close();
 }

@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { networkForSlot } from '../src/net/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
-import { ALL_HOOKS, API_KEY, V, api, qemusOf, stageDemoRootfs, waitImage, waitState, type MicrovmBody } from './control-helpers.js';
+import { ALL_HOOKS, API_KEY, V, api, shutdown, qemusOf, stageDemoRootfs, waitImage, waitState, type MicrovmBody } from './control-helpers.js';
 import { alive, eventually, getAt, tempDataDir } from './helpers.js';
 
 const QUOTA_MIB = 1536;
@@ -63,9 +63,7 @@ describe('control plane over HTTP', { concurrency: false }, () => {
   });
 
   after(async () => {
-    for (const v of server.store.liveVms()) await server.lifecycle.terminate(v.id).catch(() => {});
-    await server.lifecycle.settle();
-    await server.close();
+    await shutdown(server);
     assert.deepEqual(qemusOf(dir), [], 'no QEMU left');
     rmSync(dir, { recursive: true, force: true });
   });
@@ -481,9 +479,7 @@ describe('restart safety: kill -9 of cellad at any moment', { concurrency: false
       assert.deepEqual(dirs.sort(), server.store.liveVms().map((v) => v.id).sort());
     } finally {
       if (server) {
-        for (const v of server.store.liveVms()) await server.lifecycle.terminate(v.id).catch(() => {});
-        await server.lifecycle.settle();
-        await server.close();
+        await shutdown(server);
       }
       for (const p of qemusOf(dir)) process.kill(p, 'SIGKILL');
       await eventually(() => qemusOf(dir).length === 0, 10_000, 'QEMUs gone');

@@ -8,10 +8,11 @@ import { connect as h2connect } from 'node:http2';
 import { request as httpsRequest } from 'node:https';
 import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
+import { connectorArn } from '../src/api/schemas.js';
 import { TokenMinter } from '../src/auth/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
-import { API_KEY, V, api, stageDemoRootfs, waitImage, waitState, type MicrovmBody } from './control-helpers.js';
-import { getAt, tempDataDir } from './helpers.js';
+import { API_KEY, V, api, shutdown, stageDemoRootfs, waitImage, waitState, type MicrovmBody } from './control-helpers.js';
+import { eventually, getAt, tempDataDir } from './helpers.js';
 
 /** Resolves every name to 127.0.0.1, as *.localhost resolves for curl and browsers. */
 const loopback = ((_host: string, opts: { all?: boolean }, cb: (err: null, address: string | Array<{ address: string; family: number }>, family?: number) => void): void => {
@@ -76,9 +77,7 @@ describe('endpoint proxy', { concurrency: false }, () => {
   });
 
   after(async () => {
-    for (const v of server.store.liveVms()) await server.lifecycle.terminate(v.id).catch(() => {});
-    await server.lifecycle.settle();
-    await server.close();
+    await shutdown(server);
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -291,6 +290,60 @@ describe('endpoint proxy', { concurrency: false }, () => {
       denied.once('error', () => resolve(-1));
     });
     assert.equal(status, 403);
+    await api(base, 'DELETE', `${V}/microvms/${id}`);
+  });
+  test('shell: a PTY round trip with a resize through wss://<endpoint>/shell; HTTPS with a shell token is 502', async () => {
+    const id = await launch({ ingressNetworkConnectors: [connectorArn('HTTP_INGRESS'), connectorArn('SHELL_INGRESS')] });
+    const r = await api<{ authToken: Record<string, string> }>(base, 'POST', `${V}/microvms/${id}/shell-auth-token`, { expirationInMinutes: 5 });
+    assert.equal(r.status, 200, r.text);
+    const shellToken = r.body.authToken['X-aws-proxy-auth'] as string;
+    assert.equal((await get(id, '/', { 'x-aws-proxy-auth': shellToken })).status, 502);
+    const ws = new WebSocket(`wss://${host(id)}:${server.proxyPort}/shell`, ['lambda-microvms', `lambda-microvms.authentication.${shellToken}`], { ca, lookup: loopback });
+    let out = '';
+    let init: { type?: string; session_id?: string } = {};
+    ws.on('message', (data: Buffer, binary: boolean) => {
+      if (binary) out += data.toString();
+      else init = JSON.parse(data.toString()) as typeof init;
+    });
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    const closed = new Promise<[number, string]>((resolve) => ws.once('close', (code, reason) => resolve([code, reason.toString()])));
+    await eventually(() => init.type === 'session_init', 15_000, 'session_init');
+    assert.match(init.session_id ?? '', /^[0-9a-f-]{36}$/);
+    ws.send(Buffer.from('stty size\n'));
+    await eventually(() => out.includes('24 80'), 15_000, 'first size');
+    ws.send(JSON.stringify({ type: 'resize', cols: 100, rows: 30 }));
+    ws.send(Buffer.from('stty size\n'));
+    await eventually(() => out.includes('30 100'), 15_000, 'size after resize');
+    ws.send(Buffer.from('exit 3\n'));
+    assert.deepEqual(await closed, [1000, 'shell exited']);
+    // A VM without SHELL_INGRESS gets no shell token, and HTTP_INGRESS-less VMs no HTTP.
+    const plain = await launch();
+    assert.equal((await api(base, 'POST', `${V}/microvms/${plain}/shell-auth-token`, { expirationInMinutes: 5 })).status, 400);
+    const shellOnly = await launch({ ingressNetworkConnectors: [connectorArn('SHELL_INGRESS')] });
+    const t = await token(shellOnly);
+    assert.equal((await get(shellOnly, '/', { 'x-aws-proxy-auth': t })).status, 403);
+    for (const vm of [id, plain, shellOnly]) await api(base, 'DELETE', `${V}/microvms/${vm}`);
+  });
+
+  test('beyond AWS: the guest can keep itself active and ask to be suspended', async () => {
+    const id = await launch({ idlePolicy: { maxIdleDurationSeconds: 2, suspendedDurationSeconds: 600, autoResumeEnabled: true } });
+    const agent = server.engine.get(id)?.agent;
+    assert.ok(agent);
+    // No inbound traffic for 5 s, but the app says it is busy every half second.
+    const end = Date.now() + 5000;
+    while (Date.now() < end) {
+      const r = await agent.exec({ argv: ['/run/cella/cella', 'activity'] });
+      assert.equal(r.exitCode, 0, r.stderr.toString());
+      assert.equal(server.store.getVm(id)?.state, 'RUNNING');
+      await new Promise((res) => setTimeout(res, 500));
+    }
+    const r = await agent.exec({ argv: ['/run/cella/cella', 'suspend'] });
+    assert.equal(r.exitCode, 0, r.stderr.toString());
+    const s = await waitState(base, id, ['SUSPENDED']);
+    assert.match(s.stateReason ?? '', /at the request of the guest/);
     await api(base, 'DELETE', `${V}/microvms/${id}`);
   });
 });

@@ -22,6 +22,7 @@ import {
   AUTH_HEADER,
   MAX_DURATION_SECONDS,
   MAX_RUN_HOOK_PAYLOAD_BYTES,
+  connectorArn,
   type Image,
   type ListMicrovmsResponse,
   type Microvm,
@@ -44,6 +45,8 @@ export interface ApiContext {
   /** Endpoints are `<id>.<domain>`. */
   domain: string;
   minIdleSeconds: number;
+  /** What GetServerInfo reports: where the endpoints are and how to trust them. */
+  info: { proxyPort: number; accelerator: string; caCertificate?: string };
   /** Memory of all live MicroVMs together may not exceed this. */
   maxMemoryMiB: number;
   version: string;
@@ -52,7 +55,6 @@ export interface ApiContext {
 const CONNECTOR_PREFIX = /^arn:[a-z-]+:lambda:[^:]*:aws:network-connector:aws-network-connector:([A-Z_]+)$/;
 const INGRESS = ['ALL_INGRESS', 'HTTP_INGRESS', 'SHELL_INGRESS', 'NO_INGRESS'];
 const EGRESS = ['INTERNET_EGRESS'];
-export const connectorArn = (name: string): string => `arn:aws:lambda:local:aws:network-connector:aws-network-connector:${name}`;
 
 type Input<K extends Operation> = {
   params: Record<string, string>;
@@ -164,6 +166,8 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
             ),
         };
       }
+      case 'GetServerInfo':
+        return { json: { version: ctx.version, domain: ctx.domain, ...ctx.info } };
       case 'GetMicrovmUsage':
         return { json: usageOf(ctx.lifecycle.require(cmd.params.microvmIdentifier as string), Date.now()) };
       case 'GetUsage': {
@@ -313,7 +317,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       if ('range' in p && p.range.startPort > p.range.endPort) throw new CellaError('INVALID_ARGUMENT', `port range ${p.range.startPort}-${p.range.endPort} is empty`);
     }
     const ingress = rec.spec.ingressNetworkConnectors.map((a) => CONNECTOR_PREFIX.exec(a)?.[1]);
-    if (kind === 'shell' && !ingress.includes('SHELL_INGRESS')) {
+    if (kind === 'shell' && !ingress.includes('SHELL_INGRESS') && !ingress.includes('ALL_INGRESS')) {
       throw new CellaError('INVALID_ARGUMENT', `MicroVM ${id} was not launched with the SHELL_INGRESS connector`);
     }
     if (kind === 'http' && ingress.length === 1 && ingress[0] === 'NO_INGRESS') {

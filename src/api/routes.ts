@@ -17,6 +17,7 @@ import {
   Microvm,
   RegisterImageRequest,
   RunMicrovmRequest,
+  ServerInfo,
   Usage,
   UsageReport,
 } from './schemas.js';
@@ -64,6 +65,7 @@ export function routes(minIdleSeconds: number) {
       query: LogsQuery,
       response: 'text',
     },
+    GetServerInfo: { method: 'GET', path: '/cella/v1/info', summary: "The server's version, endpoint domain and port, accelerator and endpoint CA", response: ServerInfo },
     GetMicrovmUsage: { method: 'GET', path: '/cella/v1/microvms/{microvmIdentifier}/usage', summary: "A MicroVM's metered usage", response: Usage },
     GetUsage: { method: 'GET', path: '/cella/v1/usage', summary: 'Metered usage of every MicroVM and in total', response: UsageReport },
     RegisterImage: {

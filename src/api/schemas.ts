@@ -24,6 +24,8 @@ export const RoleArn = Str(20, 2048, { pattern: '^arn:aws[a-z\\-]*:iam::[0-9]{12
 const ImageVersion = Str(1, 2048, { pattern: '^\\S+$' });
 const ConnectorArn = Str(1, 2048, { pattern: '^arn:' });
 const Connectors = Type.Array(ConnectorArn, { maxItems: 10 });
+/** The ARN of a platform-managed connector (HTTP_INGRESS, SHELL_INGRESS, ALL_INGRESS, NO_INGRESS, INTERNET_EGRESS). */
+export const connectorArn = (name: string): string => `arn:aws:lambda:local:aws:network-connector:aws-network-connector:${name}`;
 
 export const IdlePolicy = (minIdleSeconds: number) =>
   Type.Object(
@@ -203,6 +205,16 @@ export const Usage = Type.Object({
 export type Usage = Static<typeof Usage>;
 export const UsageReport = Type.Object({ total: Usage, microvms: Type.Array(Usage), nextToken: Type.Optional(Type.String()) });
 export type UsageReport = Static<typeof UsageReport>;
+
+export const ServerInfo = Type.Object({
+  version: Type.String(),
+  domain: Type.String(),
+  proxyPort: Type.Integer(),
+  accelerator: Type.String(),
+  /** PEM of the CA that signs the endpoints' certificate, when Cella made it. */
+  caCertificate: Type.Optional(Type.String()),
+});
+export type ServerInfo = Static<typeof ServerInfo>;
 
 export const LogsQuery = Type.Object({ follow: Type.Optional(Type.Boolean()) }, Closed);
 

@@ -42,6 +42,7 @@ MicroVMs:
   terminate VM             terminate and wait until TERMINATED
   logs [-f] VM             print (or follow) the app's output
   token VM                 mint an endpoint token; prints the header line to send
+  shell VM                 an interactive shell in the MicroVM through its endpoint (SHELL_INGRESS)
   usage [VM]               metered usage
 
 Common options:

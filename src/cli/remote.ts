@@ -18,7 +18,8 @@ import {
   type RunMicrovmRequest,
   type Usage,
 } from '../client/index.js';
-import { RegisterImageRequest as RegisterImageRequestSchema } from '../api/schemas.js';
+import { RegisterImageRequest as RegisterImageRequestSchema, connectorArn } from '../api/schemas.js';
+import { interactiveShell } from './shell.js';
 import { flag, int, keyValues, str, strs, table, toInt, UsageError, type Command, type Io, type Options, type Parsed, type Values } from './args.js';
 
 const CONNECTION = `  --url URL                the Cella server (default ${DEFAULT_URL}, env CELLA_URL)
@@ -276,9 +277,11 @@ Launches a MicroVM from an image's snapshot and waits until it is RUNNING.
   --payload STRING         body of the app's run hook
   --client-token T         idempotency token: the same token and options return the same MicroVM
   --no-logs                do not keep the app's output
+  --ingress NAME           an ingress connector: HTTP_INGRESS (default), SHELL_INGRESS, ALL_INGRESS, NO_INGRESS (repeatable)
   --no-wait                return at once, while the MicroVM is PENDING
 `,
     options: {
+      ingress: { type: 'string', multiple: true },
       idle: { type: 'string' },
       'suspended-ttl': { type: 'string' },
       'no-auto-resume': { type: 'boolean' },
@@ -309,6 +312,7 @@ Launches a MicroVM from an image's snapshot and waits until it is RUNNING.
       ...(payload !== undefined ? { runHookPayload: payload } : {}),
       ...(token !== undefined ? { clientToken: token } : {}),
       ...(flag(v, 'no-logs') ? { logging: { disabled: {} } } : {}),
+      ...(strs(v, 'ingress').length ? { ingressNetworkConnectors: strs(v, 'ingress').map((n) => connectorArn(n.toUpperCase())) } : {}),
     };
     let vm = await c.runMicrovm(req);
     if (!flag(v, 'no-wait')) vm = await c.waitForState(vm.microvmId, ['RUNNING']);
@@ -482,5 +486,18 @@ const usage = remote(
   },
 );
 
-export const vmCommands: Record<string, Command> = { run, ls, get, suspend, resume, terminate, logs, token, usage };
+const shell = remote(
+  {
+    usage: 'Usage: cella shell VM\n\nOpens an interactive shell in the MicroVM through its endpoint (it needs the SHELL_INGRESS connector). Leave with `exit`.\n',
+    args: { min: 1, max: 1, names: 'VM' },
+    noJson: true,
+  },
+  async (p, c) => {
+    const id = at(p, 0);
+    const [info, vm, res] = await Promise.all([c.getServerInfo(), c.getMicrovm(id), c.createMicrovmShellAuthToken(id, { expirationInMinutes: 60 })]);
+    return interactiveShell({ host: vm.endpoint, port: info.proxyPort, token: res.authToken[AUTH_HEADER] as string, ...(info.caCertificate ? { ca: info.caCertificate } : {}) });
+  },
+);
+
+export const vmCommands: Record<string, Command> = { run, ls, get, suspend, resume, terminate, logs, token, usage, shell };
 

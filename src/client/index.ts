@@ -27,6 +27,7 @@ import {
   type Usage,
   type UsageReport,
   type VmState,
+  type ServerInfo,
 } from '../api/schemas.js';
 import { CellaError, ERRORS, type ErrorCode } from '../errors/index.js';
 
@@ -188,6 +189,11 @@ export class CellaClient {
 
   getUsage(): Promise<UsageReport> {
     return this.json('GetUsage', {});
+  }
+
+  /** Where the endpoints are (domain, HTTPS port) and the CA that signs them. */
+  getServerInfo(): Promise<ServerInfo> {
+    return this.json('GetServerInfo', {});
   }
 
   /**

@@ -52,6 +52,8 @@ export class Lifecycle extends EventEmitter {
   /** Last endpoint activity and open streams per VM, for the idle policy. */
   private readonly activity = new Map<string, number>();
   private readonly streams = new Map<string, number>();
+  /** Agents whose guest signals are already wired (a VM resumed in place keeps its agent). */
+  private readonly signalled = new WeakSet<object>();
   private closed = false;
   private readonly onExit = (id: string, info: { expected: boolean; stderr?: string; code?: number | null; signal?: string | null }): void => {
     if (info.expected) return;
@@ -505,6 +507,18 @@ export class Lifecycle extends EventEmitter {
 
   private attach(rec: VmRecord, vm: RunningVm): void {
     if (!rec.spec.loggingDisabled) this.logs.attach(rec.id, vm.appLog);
+    // Beyond AWS: the guest may say it is busy, or ask to be suspended (docs/design.md, "Guest → host signals").
+    if (this.signalled.has(vm.agent)) return;
+    this.signalled.add(vm.agent);
+    vm.agent.on('activity', () => this.touch(rec.id));
+    vm.agent.on('suspend-request', () => {
+      if (this.store.getVm(rec.id)?.state !== 'RUNNING') return;
+      try {
+        this.suspend(rec.id, 'suspended at the request of the guest');
+      } catch (err) {
+        this.log(`MicroVM ${rec.id}: the guest's suspend request was refused: ${(err as Error).message}`);
+      }
+    });
   }
 
   private async hook(vm: RunningVm, image: ImageRecord, hook: RuntimeHook, body?: unknown): Promise<string | undefined> {

@@ -18,7 +18,7 @@ class FakeDriver extends EventEmitter {
 
   async launch(_image: string, id: string): Promise<RunningVm> {
     await new Promise<void>((resolve) => (this.release = resolve));
-    const vm = { ref: { id, imageDir: '/img', slot: 1 }, pid: 1, pidStartTime: '1', appLog: new EventEmitter(), address: () => ({ host: '127.0.0.1', port: 1 }) };
+    const vm = { ref: { id, imageDir: '/img', slot: 1 }, pid: 1, pidStartTime: '1', appLog: new EventEmitter(), agent: new EventEmitter(), address: () => ({ host: '127.0.0.1', port: 1 }) };
     this.running.set(id, vm as unknown as RunningVm);
     return vm as unknown as RunningVm;
   }

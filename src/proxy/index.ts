@@ -111,8 +111,12 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
     if (!store.getToken(claims.jti)) throw new CellaError('ACCESS_DENIED', 'the token was revoked (its MicroVM terminated)');
     const vm = store.getVm(id);
     if (!vm || vm.state === 'TERMINATED' || vm.state === 'TERMINATING') throw new CellaError('ACCESS_DENIED', 'the MicroVM is terminated');
+    if (!ingressAllows(vm.spec.ingressNetworkConnectors, claims.kind)) {
+      throw new CellaError('ACCESS_DENIED', `the MicroVM's ingress connectors do not allow ${claims.kind === 'shell' ? 'a shell' : 'HTTP'}`);
+    }
     const port = choosePort(header(headers, PORT_HEADER), subprotocols);
-    if (!portAllowed(claims.ports, port)) throw new CellaError('ACCESS_DENIED', 'Access to port denied');
+    // A shell token names no app port: it opens /shell only, which answers for itself.
+    if (claims.kind === 'http' && !portAllowed(claims.ports, port)) throw new CellaError('ACCESS_DENIED', 'Access to port denied');
     const limit = perVcpu * vm.vcpus;
     const n = inflight.get(id) ?? 0;
     if (n >= limit) throw new CellaError('THROTTLED', `MicroVM ${id} already has ${n} requests in flight (limit ${limit})`);
@@ -286,6 +290,12 @@ function choosePort(fromHeader: string | undefined, subprotocols: string[]): num
   if (raw === undefined) return DEFAULT_PORT;
   if (!/^\d{1,5}$/.test(raw) || Number(raw) < 1 || Number(raw) > 65535) throw new CellaError('INVALID_ARGUMENT', `port "${raw}" is not a port number`);
   return Number(raw);
+}
+
+/** HTTP needs HTTP_INGRESS or ALL_INGRESS; the shell needs SHELL_INGRESS or ALL_INGRESS. */
+export function ingressAllows(connectors: string[], kind: 'http' | 'shell'): boolean {
+  const names = connectors.map((a) => a.slice(a.lastIndexOf(':') + 1));
+  return names.includes('ALL_INGRESS') || names.includes(kind === 'shell' ? 'SHELL_INGRESS' : 'HTTP_INGRESS');
 }
 
 export function portAllowed(ports: PortSpecification[], port: number): boolean {

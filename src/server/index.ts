@@ -19,6 +19,7 @@ import { LogHub } from '../logs/index.js';
 import { baseTree, DEMO_PORT } from '../setup/index.js';
 import { SqliteStore, type Store } from '../store/index.js';
 import { startProxy } from '../proxy/index.js';
+import { shellHandler } from '../shell/index.js';
 import { loadTls } from '../tls/index.js';
 
 export const DEFAULT_API_PORT = 7470;
@@ -106,7 +107,18 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     const domain = opts.domain ?? DEFAULT_DOMAIN;
     const tokens = TokenMinter.open(store);
     const tls = await loadTls(dataDir, domain, opts.tlsCertFile && opts.tlsKeyFile ? { certFile: opts.tlsCertFile, keyFile: opts.tlsKeyFile } : undefined);
-    const proxy = await startProxy({ store, lifecycle, engine, tokens, tls, domain, port: opts.proxyPort ?? DEFAULT_PROXY_PORT, host: opts.host ?? '127.0.0.1', log });
+    const proxy = await startProxy({
+      store,
+      lifecycle,
+      engine,
+      tokens,
+      tls,
+      domain,
+      port: opts.proxyPort ?? DEFAULT_PROXY_PORT,
+      host: opts.host ?? '127.0.0.1',
+      shell: shellHandler(engine, (n) => store.getImage(n), log),
+      log,
+    });
     cleanups.unshift(() => proxy.close());
     const handler = createApi({
       store,
@@ -117,6 +129,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       tokens,
       domain,
       minIdleSeconds,
+      info: { proxyPort: proxy.port, accelerator: engine.accel.accel, ...(tls.caFile ? { caCertificate: readFileSync(tls.caFile, 'utf8') } : {}) },
       maxMemoryMiB: opts.maxMemoryMiB ?? Math.floor((4 * totalmem()) / 1048576),
       version: readVersion(),
     });

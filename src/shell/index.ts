@@ -1,0 +1,76 @@
+/**
+ * Shell ingress: `wss://<endpoint>/shell` with a shell token opens a terminal
+ * in the VM through cella-init (AgentClient.openPty). Frames as the contract
+ * describes: a text `{"type":"session_init","session_id":…}` first, binary
+ * frames are raw terminal bytes both ways, text `{"type":"resize","cols":N,"rows":N}`
+ * from the client, and close 1000 "shell exited" when the shell ends.
+ * The proxy has checked the token and holds the VM active while it is open.
+ */
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer, type WebSocket } from 'ws';
+import type { PtySession } from '../agent/index.js';
+import type { Engine } from '../engine/index.js';
+import type { ImageRecord, VmRecord } from '../store/index.js';
+
+export const SHELL_PATH = '/shell';
+const MARKER = 'lambda-microvms';
+/** Terminal output is dropped beyond this much unsent to a slow client, rather than held in memory. */
+const MAX_BUFFERED = 8 * 1024 * 1024;
+
+export interface ResizeMessage {
+  type: 'resize';
+  cols: number;
+  rows: number;
+}
+
+function parseResize(text: string): ResizeMessage | undefined {
+  try {
+    const m = JSON.parse(text) as Partial<ResizeMessage>;
+    const ok = (n: unknown): n is number => Number.isInteger(n) && (n as number) >= 1 && (n as number) <= 65535;
+    return m.type === 'resize' && ok(m.cols) && ok(m.rows) ? { type: 'resize', cols: m.cols, rows: m.rows } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function shellHandler(
+  engine: Pick<Engine, 'get'>,
+  images: (name: string) => ImageRecord | undefined,
+  log: (line: string) => void = () => {},
+): (vm: VmRecord, req: IncomingMessage, socket: Duplex, head: Buffer) => void {
+  const wss = new WebSocketServer({ noServer: true, maxPayload: 1024 * 1024, handleProtocols: (offered) => (offered.has(MARKER) ? MARKER : false) });
+  return (vm, req, socket, head) => {
+    wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
+      void open(vm, ws).catch((err: Error) => {
+        log(`shell of ${vm.id}: ${err.message}`);
+        ws.close(1011, 'the shell could not start');
+      });
+    });
+  };
+
+  async function open(vm: VmRecord, ws: WebSocket): Promise<void> {
+    const running = engine.get(vm.id);
+    if (!running) throw new Error('the MicroVM is not running');
+    const config = images(vm.imageName)?.config;
+    const pty: PtySession = await running.agent.openPty({
+      argv: [],
+      env: { ...config?.environmentVariables, TERM: 'xterm-256color' },
+      cwd: config?.workingDirectory ?? '/',
+      rows: 24,
+      cols: 80,
+    });
+    ws.send(JSON.stringify({ type: 'session_init', session_id: randomUUID() }));
+    pty.on('data', (chunk: Buffer) => {
+      if (ws.bufferedAmount < MAX_BUFFERED) ws.send(chunk, { binary: true });
+    });
+    pty.on('close', () => ws.close(1000, 'shell exited'));
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      if (isBinary) return pty.write(data);
+      const resize = parseResize(data.toString());
+      if (resize) pty.resize(resize.cols, resize.rows);
+    });
+    ws.on('close', () => pty.close());
+  }
+}
