@@ -3,7 +3,8 @@
  * ports, headers, HTTP/2, WebSocket, SSE, auto-resume.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync, statSync, truncateSync } from 'node:fs';
+import path from 'node:path';
 import { connect as h2connect } from 'node:http2';
 import { request as httpsRequest } from 'node:https';
 import { after, before, describe, test } from 'node:test';
@@ -69,7 +70,8 @@ describe('endpoint proxy', { concurrency: false }, () => {
   before(async () => {
     dir = tempDataDir('proxy');
     const rootfs = stageDemoRootfs(dir);
-    server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, log: () => {} });
+    // No resume window: auto-resume here always restores from the checkpoint (the window is covered by the engine's tests).
+    server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, resumeWindowSeconds: 0, log: () => {} });
     base = server.url;
     ca = readFileSync(server.caFile as string);
     assert.equal((await api(base, 'POST', '/cella/v1/images', { name: 'demo', rootfsDir: rootfs, command: ['/usr/bin/cella-demo', '8080'], memoryMiB: 256 })).status, 200);
@@ -182,6 +184,21 @@ describe('endpoint proxy', { concurrency: false }, () => {
     } finally {
       server.engine.resume = resume;
     }
+    await api(base, 'DELETE', `${V}/microvms/${id}`);
+  });
+
+  test('an auto-resume that fails answers 502 with the reason, and the VM stays suspended', async () => {
+    const id = await launch({ idlePolicy: { maxIdleDurationSeconds: 1, suspendedDurationSeconds: 600, autoResumeEnabled: true } });
+    const t = await token(id);
+    await waitState(base, id, ['SUSPENDED']);
+    const checkpoint = path.join(dir, 'vms', id, 'checkpoint');
+    truncateSync(checkpoint, Math.floor(statSync(checkpoint).size / 2));
+    const r = await get(id, '/', { 'x-aws-proxy-auth': t });
+    assert.equal(r.status, 502);
+    assert.match(r.body, /could not be resumed/);
+    const after = await api<MicrovmBody>(base, 'GET', `${V}/microvms/${id}`);
+    assert.equal(after.body.state, 'SUSPENDED');
+    assert.match(after.body.stateReason ?? '', /resume failed/);
     await api(base, 'DELETE', `${V}/microvms/${id}`);
   });
 

@@ -15,7 +15,7 @@ import { CellaError, isCellaError } from '../errors/index.js';
 import { imageNameOf, type Images } from '../images/index.js';
 import type { Lifecycle } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
-import type { ImageRecord, Store, VmRecord } from '../store/index.js';
+import { pendingVm, type ImageRecord, type Store, type VmRecord } from '../store/index.js';
 import { usageOf, sumUsage } from '../usage/index.js';
 import { openApiDocument, routes, type Operation, type RouteDef, type Routes } from './routes.js';
 import {
@@ -242,41 +242,19 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         details: { resourceId: b.imageVersion, resourceType: 'MicrovmImageVersion' },
       });
     }
-    const now = Date.now();
-    const maxDuration = b.maximumDurationInSeconds ?? MAX_DURATION_SECONDS;
-    const rec: VmRecord = {
+    const rec = pendingVm({
       id: `mvm-${randomUUID()}`,
-      imageName: name,
-      imageArn: image.arn,
-      imageVersion: image.version,
-      state: 'PENDING',
-      generation: 1,
-      stateReason: null,
+      image,
+      now: Date.now(),
       spec: {
         ...(b.executionRoleArn ? { executionRoleArn: b.executionRoleArn } : {}),
         ...(b.idlePolicy ? { idlePolicy: b.idlePolicy } : {}),
-        maximumDurationInSeconds: maxDuration,
+        maximumDurationInSeconds: b.maximumDurationInSeconds ?? MAX_DURATION_SECONDS,
         ingressNetworkConnectors: ingress,
         egressNetworkConnectors: egress,
         loggingDisabled: b.logging !== undefined && 'disabled' in b.logging,
       },
-      memoryMiB: image.config.memoryMiB,
-      vcpus: image.config.vcpus,
-      createdAt: now,
-      terminatedAt: null,
-      slot: null,
-      pid: null,
-      pidStartTime: null,
-      idleDeadline: null,
-      suspendedDeadline: null,
-      maxDeadline: now + maxDuration * 1000,
-      stateSince: now,
-      runningMs: 0,
-      bytesWritten: 0,
-      bytesRead: 0,
-      storageByteMs: 0,
-      checkpointBytes: 0,
-    };
+    });
     ctx.store.tx(() => {
       const used = ctx.store.liveVms().reduce((sum, v) => sum + v.memoryMiB, 0);
       if (used + rec.memoryMiB > ctx.maxMemoryMiB) {

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import type { RunningVm, VmRef } from '../engine/index.js';
 import { isCellaError } from '../errors/index.js';
 import { LogHub } from '../logs/index.js';
-import { SqliteStore, type ImageRecord, type VmRecord } from '../store/index.js';
+import { SqliteStore, pendingVm, type ImageRecord, type VmRecord } from '../store/index.js';
 import { Lifecycle, TRANSITIONS, type VmDriver } from './index.js';
 
 /** A driver whose launches finish when the test says so; the real engine is covered by test/control.test.ts. */
@@ -62,33 +62,12 @@ function setup(): { lc: Lifecycle; store: SqliteStore; driver: FakeDriver; done:
 }
 
 function pending(id: string): VmRecord {
-  const now = Date.now();
-  return {
+  return pendingVm({
     id,
-    imageName: 'img',
-    imageArn: 'arn:x',
-    imageVersion: '1.0',
-    state: 'PENDING',
-    generation: 1,
-    stateReason: null,
+    image: { name: 'img', arn: 'arn:x', version: '1.0', config: { memoryMiB: 256, vcpus: 1 } },
     spec: { maximumDurationInSeconds: 600, ingressNetworkConnectors: [], egressNetworkConnectors: [], loggingDisabled: true },
-    memoryMiB: 256,
-    vcpus: 1,
-    createdAt: now,
-    terminatedAt: null,
-    slot: null,
-    pid: null,
-    pidStartTime: null,
-    idleDeadline: null,
-    suspendedDeadline: null,
-    maxDeadline: now + 600_000,
-    stateSince: now,
-    runningMs: 0,
-    bytesWritten: 0,
-    bytesRead: 0,
-    storageByteMs: 0,
-    checkpointBytes: 0,
-  };
+    now: Date.now(),
+  });
 }
 
 test('a VM terminated while it starts never becomes RUNNING: the late launch is refused by its generation', async () => {
