@@ -349,15 +349,16 @@ describe('endpoint proxy', { concurrency: false }, () => {
     const id = await launch({ idlePolicy: { maxIdleDurationSeconds: 2, suspendedDurationSeconds: 600, autoResumeEnabled: true } });
     const agent = server.engine.get(id)?.agent;
     assert.ok(agent);
-    // No inbound traffic for 5 s, but the app says it is busy every half second.
-    const end = Date.now() + 5000;
+    // An app busy without inbound traffic: a loop inside the guest says so twice a second.
+    const loop = 'while true; do /run/cella/cella activity >/dev/null; sleep 0.5; done';
+    const started = await agent.exec({ argv: ['/bin/sh', '-c', `(${loop}) >/dev/null 2>&1 &`] }, { timeoutMs: 15_000 });
+    assert.equal(started.exitCode, 0);
+    const end = Date.now() + 6000;
     while (Date.now() < end) {
-      const r = await agent.exec({ argv: ['/run/cella/cella', 'activity'] });
-      assert.equal(r.exitCode, 0, r.stderr.toString());
-      assert.equal(server.store.getVm(id)?.state, 'RUNNING');
-      await new Promise((res) => setTimeout(res, 500));
+      assert.equal(server.store.getVm(id)?.state, 'RUNNING', 'no inbound traffic, yet not idle');
+      await new Promise((res) => setTimeout(res, 250));
     }
-    const r = await agent.exec({ argv: ['/run/cella/cella', 'suspend'] });
+    const r = await agent.exec({ argv: ['/run/cella/cella', 'suspend'] }, { timeoutMs: 15_000 });
     assert.equal(r.exitCode, 0, r.stderr.toString());
     const s = await waitState(base, id, ['SUSPENDED']);
     assert.match(s.stateReason ?? '', /at the request of the guest/);
