@@ -327,7 +327,10 @@ describe('endpoint proxy', { concurrency: false }, () => {
       ws.once('error', reject);
     });
     const closed = new Promise<[number, string]>((resolve) => ws.once('close', (code, reason) => resolve([code, reason.toString()])));
+    // Typed before the terminal is open: kept for it, not lost.
+    ws.send(Buffer.from('echo early-$((6*7))\n'));
     await eventually(() => init.type === 'session_init', 15_000, 'session_init');
+    await eventually(() => out.includes('early-42'), 15_000, 'early input');
     assert.match(init.session_id ?? '', /^[0-9a-f-]{36}$/);
     ws.send(Buffer.from('stty size\n'));
     await eventually(() => out.includes('24 80'), 15_000, 'first size');

@@ -53,24 +53,36 @@ export function shellHandler(
   async function open(vm: VmRecord, ws: WebSocket): Promise<void> {
     const running = engine.get(vm.id);
     if (!running) throw new Error('the MicroVM is not running');
+    // Input that arrives while the terminal opens is kept for it, not lost.
+    let pty: PtySession | undefined;
+    const early: Array<{ data: Buffer; binary: boolean }> = [];
+    const onMessage = (data: Buffer, binary: boolean): void => {
+      if (!pty) return void early.push({ data, binary });
+      if (binary) return pty.write(data);
+      const resize = parseResize(data.toString());
+      if (resize) pty.resize(resize.cols, resize.rows);
+    };
+    ws.on('message', onMessage);
+    let gone = false;
+    ws.on('close', () => {
+      gone = true;
+      pty?.close();
+    });
     const config = images(vm.imageName)?.config;
-    const pty: PtySession = await running.agent.openPty({
+    const session = await running.agent.openPty({
       argv: [],
       env: { ...config?.environmentVariables, TERM: 'xterm-256color' },
       cwd: config?.workingDirectory ?? '/',
       rows: 24,
       cols: 80,
     });
+    if (gone) return session.close();
     ws.send(JSON.stringify({ type: 'session_init', session_id: randomUUID() }));
-    pty.on('data', (chunk: Buffer) => {
+    session.on('data', (chunk: Buffer) => {
       if (ws.bufferedAmount < MAX_BUFFERED) ws.send(chunk, { binary: true });
     });
-    pty.on('close', () => ws.close(1000, 'shell exited'));
-    ws.on('message', (data: Buffer, isBinary: boolean) => {
-      if (isBinary) return pty.write(data);
-      const resize = parseResize(data.toString());
-      if (resize) pty.resize(resize.cols, resize.rows);
-    });
-    ws.on('close', () => pty.close());
+    session.on('close', () => ws.close(1000, 'shell exited'));
+    pty = session;
+    for (const m of early.splice(0)) onMessage(m.data, m.binary);
   }
 }
