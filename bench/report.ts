@@ -11,7 +11,8 @@ export function percentile(xs: number[], p: number): number {
 
 export function reporter(context: () => Record<string, unknown>) {
   const start = performance.now();
-  const round = (x: number): number => Math.round(x * 10) / 10;
+  // Ratios and other small values keep three decimals; milliseconds and rates one.
+  const round = (x: number): number => (Math.abs(x) < 10 ? Math.round(x * 1000) / 1000 : Math.round(x * 10) / 10);
   return function emit(metric: string, unit: string, values: number[], baseline: number | null, better: Better, extra: Record<string, unknown> = {}): void {
     const p50 = percentile(values, 50);
     process.stdout.write(
