@@ -3,12 +3,13 @@
  * schema. The router, the validator, /openapi.json and the client are all
  * driven by this table.
  */
-import { Type, type TSchema } from '@sinclair/typebox';
+import type { TSchema } from '@sinclair/typebox';
 import {
   API_VERSION,
   AuthTokenResponse,
   CreateAuthTokenRequest,
   CreateShellAuthTokenRequest,
+  ErrorBody,
   Image,
   ListImagesResponse,
   ListMicrovmsQuery,
@@ -123,11 +124,7 @@ export function openApiDocument(table: Record<string, RouteDef>, version: string
     paths,
     components: {
       securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
-      schemas: {
-        Error: plain(
-          Type.Object({ message: Type.String(), code: Type.String(), resourceId: Type.Optional(Type.String()), resourceType: Type.Optional(Type.String()) }),
-        ),
-      },
+      schemas: { Error: plain(ErrorBody) },
     },
   };
 }

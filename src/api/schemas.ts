@@ -94,10 +94,6 @@ export const Microvm = Type.Object({
 });
 export type Microvm = Static<typeof Microvm>;
 
-export const ListQuery = Type.Object(
-  { maxResults: Type.Optional(Int(1, 50)), nextToken: Type.Optional(Str(1, 2048)) },
-  Closed,
-);
 export const ListMicrovmsQuery = Type.Object(
   {
     maxResults: Type.Optional(Int(1, 50)),

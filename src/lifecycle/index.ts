@@ -20,7 +20,6 @@ import { callHook, hookEnabled, hookTimeoutMs, type RuntimeHook } from './hooks.
 import { RUNNING_STATES, canTransition } from './states.js';
 
 export { TRANSITIONS, canTransition } from './states.js';
-export { HOOK_PATH } from './hooks.js';
 
 /** What the lifecycle needs of the engine; tests may stand in a fake. */
 export type VmDriver = Pick<Engine, 'launch' | 'resume' | 'suspend' | 'terminate' | 'adopt' | 'get' | 'vmDir' | 'on' | 'removeListener'>;
@@ -298,6 +297,7 @@ export class Lifecycle extends EventEmitter {
     if (vm && image && hookEnabled(image.config, 'terminate')) {
       const failed = await this.hook(vm, image, 'terminate');
       if (failed) this.log(`MicroVM ${rec.id}: ${failed}; terminating anyway`);
+      await this.logs.settle(rec.id);
     }
     try {
       await this.driver.terminate(this.ref(rec));

@@ -23,4 +23,3 @@ export function canTransition(from: VmState, to: VmState): boolean {
 
 /** States in which the VM's QEMU is (or may be) running and billed as running time. */
 export const RUNNING_STATES: ReadonlySet<VmState> = new Set(['RUNNING', 'SUSPENDING']);
-export const LIVE = (s: VmState): boolean => s !== 'TERMINATED';

@@ -16,6 +16,7 @@ export interface LogSource {
 export class LogHub {
   private readonly live = new EventEmitter();
   private readonly attached = new Map<string, () => void>();
+  private readonly lastData = new Map<string, number>();
   readonly dir: string;
 
   constructor(dataDir: string) {
@@ -44,6 +45,7 @@ export class LogHub {
         return;
       }
       offset += data.length;
+      this.lastData.set(vmId, Date.now());
       this.live.emit(vmId, data, offset);
     };
     source.on('data', fn);
@@ -53,10 +55,25 @@ export class LogHub {
     });
   }
 
+  /**
+   * Resolves once the VM's output has been quiet for `quietMs` from now (at most `maxMs`): the app's last words,
+   * printed while a hook answered, travel on another channel than the answer and may still be on their way.
+   */
+  async settle(vmId: string, quietMs = 50, maxMs = 300): Promise<void> {
+    const start = Date.now();
+    const end = start + maxMs;
+    for (;;) {
+      const wait = Math.max(this.lastData.get(vmId) ?? 0, start) + quietMs - Date.now();
+      if (wait <= 0 || Date.now() >= end || !this.attached.has(vmId)) return;
+      await new Promise((r) => setTimeout(r, Math.min(wait, end - Date.now())));
+    }
+  }
+
   /** No more output will come for this VM: its file is closed and followers end. */
   end(vmId: string): void {
     this.attached.get(vmId)?.();
     this.attached.delete(vmId);
+    this.lastData.delete(vmId);
     this.live.emit(`${vmId}:end`);
   }
 

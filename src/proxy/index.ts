@@ -21,6 +21,7 @@ import type { EndpointTokenClaims, TokenMinter } from '../auth/index.js';
 import type { Engine } from '../engine/index.js';
 import { CellaError, isCellaError } from '../errors/index.js';
 import type { Lifecycle } from '../lifecycle/index.js';
+import { SHELL_PATH } from '../shell/index.js';
 import type { Store, VmRecord } from '../store/index.js';
 import type { TlsMaterial } from '../tls/index.js';
 
@@ -208,7 +209,7 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
       }
       const target = await resolve(req.headers.host, req.headers, offered);
       socket.once('close', target.release);
-      const isShellPath = (req.url ?? '').split('?')[0] === '/shell';
+      const isShellPath = (req.url ?? '').split('?')[0] === SHELL_PATH;
       if (target.claims.kind === 'shell' || isShellPath) {
         if (target.claims.kind !== 'shell' || !isShellPath || !opts.shell) {
           throw new CellaError('ACCESS_DENIED', 'the shell needs a shell token on /shell');
@@ -221,7 +222,7 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
       const headers = forwardHeaders(req.headers, req.headers.host, req.socket);
       delete headers['sec-websocket-protocol'];
       if (app.length) headers['sec-websocket-protocol'] = app.join(', ');
-      let head1 = `${req.method} ${req.url} HTTP/1.1\r\nhost: ${req.headers.host}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n`;
+      let head1 = `${req.method} ${req.url} HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n`;
       for (const [k, v] of Object.entries(headers)) for (const one of Array.isArray(v) ? v : [v]) head1 += `${k}: ${String(one)}\r\n`;
       upstream.write(`${head1}\r\n`);
       if (head.length) upstream.write(head);

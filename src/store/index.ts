@@ -277,9 +277,6 @@ export class SqliteStore implements Store {
     this.migrate();
   }
 
-  /** The schema version this code writes; a newer database is refused rather than misread. */
-  static readonly SCHEMA_VERSION = MIGRATIONS.length;
-
   private migrate(): void {
     const current = this.db.pragma('user_version', { simple: true }) as number;
     if (current > MIGRATIONS.length) {
