@@ -17,7 +17,7 @@ const quick = process.argv.includes('--quick');
 const N = { runs: quick ? 10 : 30, gets: quick ? 300 : 2000 };
 
 const dataDir = tempDataDir('bench-control');
-const server = await startServer({ dataDir, port: 0, proxyPort: 0, apiKey: API_KEY, log: () => {} });
+const server = await startServer({ dataDir, port: 0, proxyPort: 0, apiRateScale: 0, apiKey: API_KEY, log: () => {} });
 const emit = reporter(() => ({ accel: server.engine.accel.accel }));
 // One kept-alive connection, as a client SDK would use.
 const agent = new Agent({ keepAlive: true, maxSockets: 1 });

@@ -388,6 +388,21 @@ describe('control plane over HTTP', { concurrency: false }, () => {
     assert.equal(server.store.liveVms().length, live);
   });
 
+  test('each caller is throttled per operation with ThrottlingException and Retry-After', async () => {
+    // SuspendMicrovm: the contract's 2/s × the default scale of 10 → a burst of 20.
+    const replies = await Promise.all(Array.from({ length: 40 }, () => fetch(`${base}${V}/microvms/mvm-nope/suspend`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}` } })));
+    const statuses = replies.map((r) => r.status);
+    const throttled = replies.filter((r) => r.status === 429);
+    assert.ok(throttled.length > 0, `some of 40 concurrent calls were throttled: ${statuses.join(',')}`);
+    assert.deepEqual([...new Set(statuses)].sort(), [404, 429]);
+    const first = throttled[0] as Response;
+    assert.equal(first.headers.get('x-amzn-errortype'), 'ThrottlingException');
+    assert.ok(Number(first.headers.get('retry-after')) >= 1);
+    assert.equal(((await first.json()) as { code: string }).code, 'THROTTLED');
+    // Other operations have buckets of their own.
+    assert.equal((await api(base, 'GET', `${V}/microvms/mvm-nope`)).status, 404);
+  });
+
   test('the memory quota refuses a run beyond it with ServiceQuotaExceeded', async () => {
     const vms: MicrovmBody[] = [];
     const live = server.store.liveVms().reduce((s, v) => s + v.memoryMiB, 0);

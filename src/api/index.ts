@@ -17,6 +17,7 @@ import type { Lifecycle } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
 import { pendingVm, type ImageRecord, type Store, type VmRecord } from '../store/index.js';
 import { usageOf, sumUsage } from '../usage/index.js';
+import { Throttle } from './throttle.js';
 import { openApiDocument, routes, type Operation, type RouteDef, type Routes } from './routes.js';
 import {
   AUTH_HEADER,
@@ -45,6 +46,8 @@ export interface ApiContext {
   /** Endpoints are `<id>.<domain>`. */
   domain: string;
   minIdleSeconds: number;
+  /** Multiplies the contract's API rates per caller (0: no throttling). */
+  apiRateScale: number;
   /** What GetServerInfo reports: where the endpoints are and how to trust them. */
   info: { proxyPort: number; accelerator: string; caCertificate?: string };
   /** Memory of all live MicroVMs together may not exceed this. */
@@ -94,6 +97,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     };
   });
   const openapi = JSON.stringify(openApiDocument(table, ctx.version));
+  const throttle = new Throttle(ctx.apiRateScale);
 
   return (req, res) => {
     const abort = new AbortController();
@@ -103,7 +107,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
 
   async function handle(req: IncomingMessage, res: ServerResponse, signal: AbortSignal): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://cella');
-    ctx.keys.check(req.headers.authorization);
+    const caller = ctx.keys.check(req.headers.authorization);
     if (req.method === 'GET' && url.pathname === '/openapi.json') {
       res.writeHead(200, { 'content-type': 'application/json' }).end(openapi);
       return;
@@ -115,6 +119,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       res.setHeader('allow', candidates.map((r) => r.method).join(', '));
       throw new CellaError('METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${url.pathname}`);
     }
+    throttle.take(caller, route.op);
     const m = route.pattern.exec(url.pathname) as RegExpExecArray;
     const params: Record<string, string> = {};
     route.params.forEach((name, i) => {
@@ -462,5 +467,6 @@ function sendError(res: ServerResponse, err: unknown): void {
   }
   const headers: Record<string, string> = { 'content-type': 'application/json', 'x-amzn-errortype': e.type };
   if (e.code === 'UNAUTHENTICATED') headers['www-authenticate'] = 'Bearer';
+  if (typeof e.details.retryAfterSeconds === 'number') headers['retry-after'] = String(e.details.retryAfterSeconds);
   res.writeHead(e.httpStatus, headers).end(JSON.stringify({ message: e.message, code: e.code, ...e.details }));
 }

@@ -33,8 +33,8 @@ export class ApiKeys {
     if (envKey) this.hashes.push(sha256(envKey));
   }
 
-  /** Checks an Authorization header; throws ACCESS_DENIED unless it carries a known key. */
-  check(authorization: string | undefined): void {
+  /** Checks an Authorization header; throws UNAUTHENTICATED unless it carries a known key. Returns who called (the key's hash). */
+  check(authorization: string | undefined): string {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
     if (!m) throw new CellaError('UNAUTHENTICATED', 'missing API key: send "Authorization: Bearer <key>"');
     const h = sha256(m[1] as string);
@@ -42,6 +42,7 @@ export class ApiKeys {
     let ok = false;
     for (const k of this.hashes) ok = timingSafeEqual(k, h) || ok;
     if (!ok) throw new CellaError('UNAUTHENTICATED', 'the API key is not valid');
+    return h.toString('hex');
   }
 }
 

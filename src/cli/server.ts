@@ -4,7 +4,7 @@
  */
 import path from 'node:path';
 import { DEFAULT_URL } from '../client/index.js';
-import { DEFAULT_API_PORT, DEFAULT_DOMAIN, DEFAULT_PROXY_PORT, DEFAULT_RESUME_WINDOW_SECONDS, startServer } from '../server/index.js';
+import { DEFAULT_API_PORT, DEFAULT_DOMAIN, DEFAULT_PROXY_PORT, DEFAULT_RESUME_WINDOW_SECONDS, DEFAULT_API_RATE_SCALE, startServer } from '../server/index.js';
 import { DEFAULT_GUEST_DIR } from '../setup/index.js';
 import { int, str, UsageError, type Command } from './args.js';
 
@@ -27,6 +27,7 @@ Options:
   --resume-window-seconds N
                            a suspended VM's stopped QEMU is kept this long so a resume is a continue
                            (default ${DEFAULT_RESUME_WINDOW_SECONDS}; 0 frees its RAM as soon as the checkpoint is written)
+  --api-rate-scale N       multiplies the contract's per-caller API rates (default ${DEFAULT_API_RATE_SCALE}; 0: no throttling)
   --min-idle-seconds N     lowest maxIdleDurationSeconds accepted (default 60, the contract's)
   --max-memory-mib N       quota on the memory of all live MicroVMs (default 4 x host RAM)
   --accel kvm|tcg          force the accelerator (default: KVM if a probe guest boots on it)
@@ -43,6 +44,7 @@ Options:
     'tls-key': { type: 'string' },
     'min-idle-seconds': { type: 'string' },
     'resume-window-seconds': { type: 'string' },
+    'api-rate-scale': { type: 'string' },
     'max-memory-mib': { type: 'string' },
     accel: { type: 'string' },
     'data-dir': { type: 'string' },
@@ -59,6 +61,7 @@ Options:
     if ((tlsCertFile === undefined) !== (tlsKeyFile === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
     const minIdleSeconds = int(values, 'min-idle-seconds', 1);
     const resumeWindowSeconds = int(values, 'resume-window-seconds', 0, 86_400);
+    const apiRateScale = int(values, 'api-rate-scale', 0, 1_000_000);
     const maxMemoryMiB = int(values, 'max-memory-mib', 1);
     const host = str(values, 'host');
     const domain = str(values, 'domain');
@@ -74,6 +77,7 @@ Options:
       ...(domain !== undefined ? { domain } : {}),
       ...(minIdleSeconds !== undefined ? { minIdleSeconds } : {}),
       ...(resumeWindowSeconds !== undefined ? { resumeWindowSeconds } : {}),
+      ...(apiRateScale !== undefined ? { apiRateScale } : {}),
       ...(maxMemoryMiB !== undefined ? { maxMemoryMiB } : {}),
       ...(accel !== undefined ? { accel } : {}),
       demoImage: true,

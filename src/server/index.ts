@@ -26,6 +26,7 @@ export const DEFAULT_API_PORT = 7470;
 export const DEFAULT_DOMAIN = 'cella.localhost';
 export const DEFAULT_PROXY_PORT = 7443;
 export const DEFAULT_RESUME_WINDOW_SECONDS = 30;
+export const DEFAULT_API_RATE_SCALE = 10;
 export const DEMO_IMAGE = 'demo';
 
 export interface ServerOptions {
@@ -48,6 +49,8 @@ export interface ServerOptions {
   /** An operator's certificate and key for `*.<domain>` instead of Cella's own CA. */
   tlsCertFile?: string;
   tlsKeyFile?: string;
+  /** Multiplies the contract's per-caller API rates (default 10; 0 turns throttling off). */
+  apiRateScale?: number;
   /** How long a suspended VM's stopped QEMU is kept for a resume in place (default 30; 0 frees RAM at once). */
   resumeWindowSeconds?: number;
   /** Accepted as an API key besides the stored ones (default: env CELLA_API_KEY). */
@@ -129,6 +132,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       tokens,
       domain,
       minIdleSeconds,
+      apiRateScale: opts.apiRateScale ?? DEFAULT_API_RATE_SCALE,
       info: { proxyPort: proxy.port, accelerator: engine.accel.accel, ...(tls.caFile ? { caCertificate: readFileSync(tls.caFile, 'utf8') } : {}) },
       maxMemoryMiB: opts.maxMemoryMiB ?? Math.floor((4 * totalmem()) / 1048576),
       version: readVersion(),
