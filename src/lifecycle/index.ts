@@ -299,8 +299,12 @@ export class Lifecycle extends EventEmitter {
       if (failed) this.log(`MicroVM ${rec.id}: ${failed}; terminating anyway`);
       await this.logs.settle(rec.id);
     }
+    // What runs is released by its own reference (its slot may not be stored if it was terminated while
+    // starting); a VM that never got a slot has nothing on the host (its launch failed and cleaned up).
+    const placed = this.store.getVm(rec.id) ?? rec;
+    const ref = vm?.ref ?? (placed.slot !== null ? this.ref(placed) : undefined);
     try {
-      await this.driver.terminate(this.ref(rec));
+      if (ref) await this.driver.terminate(ref);
     } catch (err) {
       this.log(`MicroVM ${rec.id}: releasing its resources failed: ${(err as Error).message}`);
     }

@@ -15,9 +15,11 @@ class FakeDriver extends EventEmitter {
   readonly running = new Map<string, RunningVm>();
   readonly terminated: string[] = [];
   release: (() => void) | undefined;
+  failLaunch = false;
 
   async launch(_image: string, id: string): Promise<RunningVm> {
     await new Promise<void>((resolve) => (this.release = resolve));
+    if (this.failLaunch) throw new Error('no room');
     const vm = { ref: { id, imageDir: '/img', slot: 1 }, pid: 1, pidStartTime: '1', appLog: new EventEmitter(), agent: new EventEmitter(), address: () => ({ host: '127.0.0.1', port: 1 }) };
     this.running.set(id, vm as unknown as RunningVm);
     return vm as unknown as RunningVm;
@@ -108,6 +110,25 @@ test('operations outside the table are conflicts that change nothing', async () 
     await lc.terminate('vm-2');
     await lc.settle();
     assert.equal((await lc.terminate('vm-2')).state, 'TERMINATED', 'terminate is idempotent');
+  } finally {
+    done();
+  }
+});
+
+test('a launch that fails ends TERMINATED with the reason, with nothing to release', async () => {
+  const { lc, store, driver, done } = setup();
+  try {
+    driver.failLaunch = true;
+    const rec = pending('vm-3');
+    store.insertVm(rec);
+    lc.start(rec, undefined);
+    await new Promise((r) => setImmediate(r));
+    driver.release?.();
+    await lc.settle();
+    const end = store.getVm('vm-3') as VmRecord;
+    assert.equal(end.state, 'TERMINATED');
+    assert.match(end.stateReason ?? '', /could not start: no room/);
+    assert.deepEqual(driver.terminated, []);
   } finally {
     done();
   }
