@@ -1,4 +1,4 @@
-import { cpSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { cpSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { CellaServer } from '../src/server/index.js';
 import { baseTree, loadGuestArtifacts } from '../src/setup/index.js';
@@ -79,21 +79,6 @@ export async function waitImage(base: string, name: string, ms = 120_000): Promi
     if (Date.now() > end) throw new Error(`image ${name} still CREATING`);
     await new Promise((res) => setTimeout(res, 200));
   }
-}
-
-/** QEMU processes whose command line mentions `dataDir`. */
-export function qemusOf(dataDir: string): number[] {
-  const pids: number[] = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const cmd = readFileSync(`/proc/${d}/cmdline`, 'utf8');
-      if (cmd.includes('qemu-system') && cmd.includes(`${dataDir}/`)) pids.push(Number(d));
-    } catch {
-      // gone
-    }
-  }
-  return pids;
 }
 
 /** Ends a test or benchmark server: cellad's own close() leaves VMs running for the next start, so they are terminated first. */

@@ -10,8 +10,11 @@ import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { networkForSlot } from '../src/net/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
-import { ALL_HOOKS, API_KEY, V, api, shutdown, qemusOf, stageDemoRootfs, waitImage, waitState, type MicrovmBody } from './control-helpers.js';
-import { alive, eventually, getAt, tempDataDir } from './helpers.js';
+import { ALL_HOOKS, API_KEY, V, api, shutdown, stageDemoRootfs, waitImage, waitState, type MicrovmBody } from './control-helpers.js';
+import { alive, eventually, getAt, processesWith, tempDataDir } from './helpers.js';
+
+/** The QEMUs of VMs under `dataDir` (their command lines name their folders in vms/). */
+const qemusOf = (dataDir: string): number[] => processesWith(path.join(dataDir, 'vms/'));
 
 const QUOTA_MIB = 1536;
 

@@ -11,15 +11,10 @@ import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { connectorArn } from '../src/api/schemas.js';
 import { TokenMinter } from '../src/auth/index.js';
+import { localhostLookup } from '../src/cli/shell.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { API_KEY, V, api, shutdown, stageDemoRootfs, waitImage, waitState, type MicrovmBody } from './control-helpers.js';
 import { eventually, getAt, tempDataDir } from './helpers.js';
-
-/** Resolves every name to 127.0.0.1, as *.localhost resolves for curl and browsers. */
-const loopback = ((_host: string, opts: { all?: boolean }, cb: (err: null, address: string | Array<{ address: string; family: number }>, family?: number) => void): void => {
-  if (opts.all) cb(null, [{ address: '127.0.0.1', family: 4 }]);
-  else cb(null, '127.0.0.1', 4);
-}) as unknown as typeof import('node:dns').lookup;
 
 interface Got {
   status: number;
@@ -56,6 +51,14 @@ describe('endpoint proxy', { concurrency: false }, () => {
     assert.equal(r.status, 200, r.text);
     return r.body.authToken['X-aws-proxy-auth'] as string;
   };
+
+  const wsTo = (id: string, p: string, protocols: string[]): WebSocket =>
+    new WebSocket(`wss://${host(id)}:${server.proxyPort}${p}`, protocols, { ca, lookup: localhostLookup });
+  const opened = (ws: WebSocket): Promise<WebSocket> =>
+    new Promise((resolve, reject) => {
+      ws.once('open', () => resolve(ws));
+      ws.once('error', reject);
+    });
 
   const launch = async (body: Record<string, unknown> = {}): Promise<string> => {
     const r = await api<MicrovmBody>(base, 'POST', `${V}/microvms`, { imageIdentifier: 'demo', ...body });
@@ -138,7 +141,7 @@ describe('endpoint proxy', { concurrency: false }, () => {
   test('HTTP/2 by ALPN', async () => {
     const id = await launch();
     const t = await token(id);
-    const session = h2connect(`https://${host(id)}:${server.proxyPort}`, { ca, lookup: loopback });
+    const session = h2connect(`https://${host(id)}:${server.proxyPort}`, { ca, lookup: localhostLookup });
     try {
       const body = await new Promise<string>((resolve, reject) => {
         const s = session.request({ ':path': '/inc', 'x-aws-proxy-auth': t });
@@ -266,14 +269,7 @@ describe('endpoint proxy', { concurrency: false }, () => {
   test('WebSocket echo with the contract subprotocols; the auth subprotocol never reaches the guest', async () => {
     const id = await launch();
     const t = await token(id);
-    const ws = new WebSocket(`wss://${host(id)}:${server.proxyPort}/ws`, ['lambda-microvms', `lambda-microvms.authentication.${t}`, 'lambda-microvms.port.8080', 'chat'], {
-      ca,
-      lookup: loopback,
-    });
-    await new Promise<void>((resolve, reject) => {
-      ws.once('open', () => resolve());
-      ws.once('error', reject);
-    });
+    const ws = await opened(wsTo(id, '/ws', ['lambda-microvms', `lambda-microvms.authentication.${t}`, 'lambda-microvms.port.8080', 'chat']));
     assert.equal(ws.protocol, 'chat');
     const echo = (msg: string | Buffer): Promise<string | Buffer> =>
       new Promise((resolve) => {
@@ -287,21 +283,11 @@ describe('endpoint proxy', { concurrency: false }, () => {
     await new Promise((r) => ws.once('close', r));
 
     // Only the marker: the proxy echoes it, since the guest selected none.
-    const ws2 = new WebSocket(`wss://${host(id)}:${server.proxyPort}/ws`, ['lambda-microvms', `lambda-microvms.authentication.${t}`], {
-      ca,
-      lookup: loopback,
-    });
-    await new Promise<void>((resolve, reject) => {
-      ws2.once('open', () => resolve());
-      ws2.once('error', reject);
-    });
+    const ws2 = await opened(wsTo(id, '/ws', ['lambda-microvms', `lambda-microvms.authentication.${t}`]));
     assert.equal(ws2.protocol, 'lambda-microvms');
     ws2.close();
 
-    const denied = new WebSocket(`wss://${host(id)}:${server.proxyPort}/ws`, ['lambda-microvms', 'lambda-microvms.authentication.forged'], {
-      ca,
-      lookup: loopback,
-    });
+    const denied = wsTo(id, '/ws', ['lambda-microvms', 'lambda-microvms.authentication.forged']);
     const status = await new Promise<number>((resolve) => {
       denied.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
       denied.once('error', () => resolve(-1));
@@ -315,17 +301,14 @@ describe('endpoint proxy', { concurrency: false }, () => {
     assert.equal(r.status, 200, r.text);
     const shellToken = r.body.authToken['X-aws-proxy-auth'] as string;
     assert.equal((await get(id, '/', { 'x-aws-proxy-auth': shellToken })).status, 502);
-    const ws = new WebSocket(`wss://${host(id)}:${server.proxyPort}/shell`, ['lambda-microvms', `lambda-microvms.authentication.${shellToken}`], { ca, lookup: loopback });
+    const ws = wsTo(id, '/shell', ['lambda-microvms', `lambda-microvms.authentication.${shellToken}`]);
     let out = '';
     let init: { type?: string; session_id?: string } = {};
     ws.on('message', (data: Buffer, binary: boolean) => {
       if (binary) out += data.toString();
       else init = JSON.parse(data.toString()) as typeof init;
     });
-    await new Promise<void>((resolve, reject) => {
-      ws.once('open', () => resolve());
-      ws.once('error', reject);
-    });
+    await opened(ws);
     const closed = new Promise<[number, string]>((resolve) => ws.once('close', (code, reason) => resolve([code, reason.toString()])));
     // Typed before the terminal is open: kept for it, not lost.
     ws.send(Buffer.from('echo early-$((6*7))\n'));

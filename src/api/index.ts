@@ -11,7 +11,7 @@ import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { Value } from '@sinclair/typebox/value';
 import type { Static, TSchema } from '@sinclair/typebox';
 import { ApiKeys, TokenMinter } from '../auth/index.js';
-import { CellaError, isCellaError } from '../errors/index.js';
+import { CellaError, httpError } from '../errors/index.js';
 import { imageNameOf, type Images } from '../images/index.js';
 import type { Lifecycle } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
@@ -182,16 +182,11 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       }
       case 'RegisterImage': {
         const b = cmd.body;
-        if (b.clientToken) {
-          const prior = ctx.store.findIdempotent('RegisterImage', b.clientToken);
-          if (prior) {
-            if (prior.hash !== requestHash(b)) throw idempotencyConflict(b.clientToken);
-            return { json: imageView(requireImage(prior.resourceId)) };
-          }
-        }
+        const prior = replayOf(ctx.store, 'RegisterImage', b);
+        if (prior) return { json: imageView(requireImage(prior)) };
         const { image } = ctx.store.tx(() => {
           const r = ctx.images.register(b);
-          if (b.clientToken) ctx.store.putIdempotent('RegisterImage', b.clientToken, requestHash(b), b.name);
+          remember(ctx.store, 'RegisterImage', b, b.name);
           return r;
         });
         return { json: imageView(image) };
@@ -228,14 +223,8 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     const ingress = connectors(b.ingressNetworkConnectors, INGRESS, 'HTTP_INGRESS', 'ingressNetworkConnectors');
     const egress = connectors(b.egressNetworkConnectors, EGRESS, 'INTERNET_EGRESS', 'egressNetworkConnectors');
     const name = imageNameOf(b.imageIdentifier);
-    const hash = requestHash(b);
-    if (b.clientToken) {
-      const prior = ctx.store.findIdempotent('RunMicrovm', b.clientToken);
-      if (prior) {
-        if (prior.hash !== hash) throw idempotencyConflict(b.clientToken);
-        return view(ctx.lifecycle.require(prior.resourceId));
-      }
-    }
+    const prior = replayOf(ctx.store, 'RunMicrovm', b);
+    if (prior) return view(ctx.lifecycle.require(prior));
     const image = ctx.store.getImage(name);
     if (!image || image.state !== 'CREATED') {
       throw new CellaError('NOT_FOUND', `image ${b.imageIdentifier} not found${image ? ` (it is ${image.state})` : ''}`, {
@@ -268,7 +257,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         });
       }
       ctx.store.insertVm(rec);
-      if (b.clientToken) ctx.store.putIdempotent('RunMicrovm', b.clientToken, hash, rec.id);
+      remember(ctx.store, 'RunMicrovm', b, rec.id);
     });
     ctx.lifecycle.start(rec, b.runHookPayload);
     return view(rec);
@@ -364,8 +353,24 @@ function connectors(given: string[] | undefined, allowed: string[], fallback: st
 
 const iso = (ms: number): string => new Date(ms).toISOString();
 
-function idempotencyConflict(token: string): CellaError {
-  return new CellaError('IDEMPOTENCY_CONFLICT', `clientToken ${token} was already used with different parameters`, { details: { resourceId: token, resourceType: 'ClientToken' } });
+type Idempotent = { clientToken?: string } & Record<string, unknown>;
+
+/** The resource an earlier request with this clientToken made, if any; the token with other parameters is a conflict. */
+function replayOf(store: Store, scope: string, body: Idempotent): string | undefined {
+  if (!body.clientToken) return undefined;
+  const prior = store.findIdempotent(scope, body.clientToken);
+  if (!prior) return undefined;
+  if (prior.hash !== requestHash(body)) {
+    throw new CellaError('IDEMPOTENCY_CONFLICT', `clientToken ${body.clientToken} was already used with different parameters`, {
+      details: { resourceId: body.clientToken, resourceType: 'ClientToken' },
+    });
+  }
+  return prior.resourceId;
+}
+
+/** Records which resource a request with a clientToken made (inside the transaction that made it). */
+function remember(store: Store, scope: string, body: Idempotent, resourceId: string): void {
+  if (body.clientToken) store.putIdempotent(scope, body.clientToken, requestHash(body), resourceId);
 }
 
 /** Stable over key order, so the same request always hashes the same. */
@@ -460,13 +465,7 @@ async function textStream(res: ServerResponse, produce: (write: (chunk: Buffer) 
 }
 
 function sendError(res: ServerResponse, err: unknown): void {
-  const e = isCellaError(err) ? err : new CellaError('INTERNAL', (err as Error)?.message ?? String(err));
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  const headers: Record<string, string> = { 'content-type': 'application/json', 'x-amzn-errortype': e.type };
-  if (e.code === 'UNAUTHENTICATED') headers['www-authenticate'] = 'Bearer';
-  if (typeof e.details.retryAfterSeconds === 'number') headers['retry-after'] = String(e.details.retryAfterSeconds);
-  res.writeHead(e.httpStatus, headers).end(JSON.stringify({ message: e.message, code: e.code, ...e.details }));
+  if (res.headersSent) return void res.destroy();
+  const { status, headers, body } = httpError(err);
+  res.writeHead(status, headers).end(body);
 }

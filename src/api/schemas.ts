@@ -126,7 +126,15 @@ export type CreateAuthTokenRequest = Static<typeof CreateAuthTokenRequest>;
 export const CreateShellAuthTokenRequest = Type.Object({ expirationInMinutes: Int(1, MAX_TOKEN_MINUTES) }, Closed);
 export type CreateShellAuthTokenRequest = Static<typeof CreateShellAuthTokenRequest>;
 
+/** The endpoint's names (contract §6): headers, their reserved prefix, WebSocket subprotocols, the default port. */
 export const AUTH_HEADER = 'X-aws-proxy-auth';
+export const PORT_HEADER = 'X-aws-proxy-port';
+export const RESERVED_HEADER_PREFIX = 'X-aws-proxy-';
+export const WS_MARKER = 'lambda-microvms';
+export const WS_AUTH_PREFIX = 'lambda-microvms.authentication.';
+export const WS_PORT_PREFIX = 'lambda-microvms.port.';
+export const DEFAULT_ENDPOINT_PORT = 8080;
+export const SHELL_PATH = '/shell';
 export const AuthTokenResponse = Type.Object({ authToken: Type.Record(Type.String(), Type.String()) });
 export type AuthTokenResponse = Static<typeof AuthTokenResponse>;
 

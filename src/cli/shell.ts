@@ -5,6 +5,7 @@
  */
 import { lookup as dnsLookup } from 'node:dns';
 import WebSocket from 'ws';
+import { SHELL_PATH, WS_AUTH_PREFIX, WS_MARKER } from '../api/schemas.js';
 
 export interface ShellTarget {
   host: string;
@@ -15,7 +16,7 @@ export interface ShellTarget {
 }
 
 /** `*.localhost` names are loopback without any DNS setup, as curl and browsers treat them. */
-const lookup = ((host: string, opts: { all?: boolean }, cb: (...args: unknown[]) => void): void => {
+export const localhostLookup = ((host: string, opts: { all?: boolean }, cb: (...args: unknown[]) => void): void => {
   if (!host.endsWith('.localhost')) return void dnsLookup(host, opts as never, cb as never);
   if (opts.all) cb(null, [{ address: '127.0.0.1', family: 4 }]);
   else cb(null, '127.0.0.1', 4);
@@ -24,8 +25,8 @@ const lookup = ((host: string, opts: { all?: boolean }, cb: (...args: unknown[])
 /** Runs the session on this terminal; resolves to an exit code once the shell ends. */
 export function interactiveShell(t: ShellTarget, stdin: NodeJS.ReadStream = process.stdin, stdout: NodeJS.WriteStream = process.stdout): Promise<number> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`wss://${t.host}:${t.port}/shell`, ['lambda-microvms', `lambda-microvms.authentication.${t.token}`], {
-      lookup,
+    const ws = new WebSocket(`wss://${t.host}:${t.port}${SHELL_PATH}`, [WS_MARKER, `${WS_AUTH_PREFIX}${t.token}`], {
+      lookup: localhostLookup,
       ...(t.ca ? { ca: t.ca } : {}),
     });
     const raw = stdin.isTTY;

@@ -547,17 +547,14 @@ export class Engine extends EventEmitter {
     const strays = listPids().flatMap((pid) => {
       const folder = this.folderOfQemu(pid);
       const startTime = processStartTime(pid);
-      return folder !== undefined && !ids.has(folder) && startTime !== undefined ? [{ pid, startTime }] : [];
+      return folder !== undefined && !ids.has(folder) && startTime !== undefined ? [{ pid, startTime, folder }] : [];
     });
+    // Taken over as adopted QEMUs, so they are killed and waited for the way any adopted one is.
     const killed = await Promise.all(
-      strays.map(async ({ pid, startTime }): Promise<boolean> => {
-        try {
-          if (processStartTime(pid) !== startTime) return false;
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          return false;
-        }
-        while (processStartTime(pid) === startTime) await sleep(10);
+      strays.map(async ({ pid, startTime, folder }): Promise<boolean> => {
+        const qemu = QemuProcess.adopt(pid, startTime, vmFiles(this.vmDir(folder)).qemuLog);
+        if (!qemu) return false;
+        await qemu.kill();
         return true;
       }),
     );

@@ -65,6 +65,18 @@ export class CellaError extends Error {
   }
 }
 
+/**
+ * Any failure as the contract's HTTP error: status, `x-amzn-errortype`, and a JSON body
+ * `{message, code, ...details}`. Unexpected errors become INTERNAL.
+ */
+export function httpError(err: unknown): { status: number; headers: Record<string, string>; body: string } {
+  const e = isCellaError(err) ? err : new CellaError('INTERNAL', (err as Error)?.message ?? String(err));
+  const headers: Record<string, string> = { 'content-type': 'application/json', 'x-amzn-errortype': e.type };
+  if (e.code === 'UNAUTHENTICATED') headers['www-authenticate'] = 'Bearer';
+  if (typeof e.details.retryAfterSeconds === 'number') headers['retry-after'] = String(e.details.retryAfterSeconds);
+  return { status: e.httpStatus, headers, body: JSON.stringify({ message: e.message, code: e.code, ...e.details }) };
+}
+
 export function isCellaError(err: unknown, code?: ErrorCode): err is CellaError {
   return err instanceof CellaError && (code === undefined || err.code === code);
 }

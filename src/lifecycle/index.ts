@@ -10,9 +10,8 @@
  */
 import { EventEmitter } from 'node:events';
 import { existsSync, statSync } from 'node:fs';
-import path from 'node:path';
 import type { VmState } from '../api/schemas.js';
-import type { Engine, RunningVm, VmRef } from '../engine/index.js';
+import { vmFiles, type Engine, type RunningVm, type VmRef } from '../engine/index.js';
 import { CellaError, isCellaError } from '../errors/index.js';
 import type { LogHub } from '../logs/index.js';
 import type { ImageRecord, Store, VmPatch, VmRecord } from '../store/index.js';
@@ -168,14 +167,8 @@ export class Lifecycle extends EventEmitter {
     this.logs.end(rec.id);
     const cur = this.store.getVm(rec.id);
     if (cur?.generation !== rec.generation) return;
-    const checkpoint = path.join(this.driver.vmDir(rec.id), 'checkpoint');
-    const ttl = rec.spec.idlePolicy?.suspendedDurationSeconds;
     // pid stays: a parked QEMU (engine parkSeconds) must still be found, and ended, after a restart.
-    this.transition(cur, 'SUSPENDED', rec.stateReason, {
-      bytesWritten: cur.bytesWritten + bytes,
-      checkpointBytes: existsSync(checkpoint) ? statSync(checkpoint).size : bytes,
-      suspendedDeadline: ttl === undefined ? null : this.now() + ttl * 1000,
-    });
+    this.transition(cur, 'SUSPENDED', rec.stateReason, { ...this.checkpointed(cur, bytes), suspendedDeadline: this.suspendedDeadlineFor(cur) });
   }
 
   /**
@@ -216,12 +209,7 @@ export class Lifecycle extends EventEmitter {
         if (back instanceof Error) {
           await this.fail(rec.id, rec.generation, `${failed}, and suspending it again failed: ${back.message}`);
         } else {
-          const checkpoint = path.join(this.driver.vmDir(rec.id), 'checkpoint');
-          this.store.patchVm(rec.id, rec.generation, {
-            stateReason: `not resumed: ${failed}`,
-            bytesWritten: rec.bytesWritten + back.bytes,
-            checkpointBytes: existsSync(checkpoint) ? statSync(checkpoint).size : back.bytes,
-          });
+          this.store.patchVm(rec.id, rec.generation, { stateReason: `not resumed: ${failed}`, ...this.checkpointed(rec, back.bytes) });
         }
         throw new CellaError('HOOK_FAILED', `MicroVM ${rec.id} was not resumed: ${failed}`, { details: { resourceId: rec.id, resourceType: 'Microvm' } });
       }
@@ -277,7 +265,9 @@ export class Lifecycle extends EventEmitter {
         reject(new CellaError('INVALID_STATE', `MicroVM ${id} did not leave its state in time`, { details: { resourceId: id, resourceType: 'Microvm' } }));
       }, Math.max(0, deadline - this.now()));
       this.on('state', onState);
-      if ((this.store.getVm(id)?.generation ?? generation) > generation) onState(this.store.getVm(id) as VmRecord);
+      // It may have moved on before the listener was in place.
+      const now = this.store.getVm(id);
+      if (now) onState(now);
     });
   }
 
@@ -422,7 +412,7 @@ export class Lifecycle extends EventEmitter {
     const ref = rec.slot === null ? undefined : this.ref(rec);
     const vm = ref && rec.pid !== null && rec.pidStartTime !== null ? await this.driver.adopt(ref, rec.pid, rec.pidStartTime, { appLog: null }) : undefined;
     if (vm) this.attach(rec, vm);
-    const checkpoint = existsSync(path.join(this.driver.vmDir(rec.id), 'checkpoint'));
+    const checkpoint = existsSync(this.checkpointFile(rec.id));
     const end = async (reason: string): Promise<undefined> => {
       const t = this.transition(rec, 'TERMINATING', reason, { idleDeadline: null, suspendedDeadline: null });
       if (t) await this.doTerminate(t);
@@ -474,6 +464,16 @@ export class Lifecycle extends EventEmitter {
       default:
         return undefined;
     }
+  }
+
+  private checkpointFile(id: string): string {
+    return vmFiles(this.driver.vmDir(id)).checkpoint;
+  }
+
+  /** Usage after a suspend wrote `bytes`: what was written, and what the checkpoint now holds on disk. */
+  private checkpointed(rec: VmRecord, bytes: number): VmPatch {
+    const file = this.checkpointFile(rec.id);
+    return { bytesWritten: rec.bytesWritten + bytes, checkpointBytes: existsSync(file) ? statSync(file).size : bytes };
   }
 
   private suspendedDeadlineFor(rec: VmRecord): number | null {

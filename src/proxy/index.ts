@@ -10,30 +10,36 @@
  * wake the VM (auto-resume) → forward, streaming both ways. Every request
  * and open stream holds the VM active for the idle policy.
  */
-import { Agent, request, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
+import { Agent, STATUS_CODES, request, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import { createConnection } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream';
-import type { PortSpecification } from '../api/schemas.js';
+import {
+  AUTH_HEADER,
+  DEFAULT_ENDPOINT_PORT,
+  PORT_HEADER,
+  RESERVED_HEADER_PREFIX,
+  SHELL_PATH,
+  WS_AUTH_PREFIX,
+  WS_MARKER,
+  WS_PORT_PREFIX,
+  type PortSpecification,
+} from '../api/schemas.js';
 import type { EndpointTokenClaims, TokenMinter } from '../auth/index.js';
 import type { Engine } from '../engine/index.js';
-import { CellaError, isCellaError } from '../errors/index.js';
+import { CellaError, httpError, isCellaError } from '../errors/index.js';
 import type { Lifecycle } from '../lifecycle/index.js';
-import { SHELL_PATH } from '../shell/index.js';
 import type { Store, VmRecord } from '../store/index.js';
 import type { TlsMaterial } from '../tls/index.js';
 
-export const AUTH_HEADER = 'x-aws-proxy-auth';
-export const PORT_HEADER = 'x-aws-proxy-port';
-const RESERVED_PREFIX = 'x-aws-proxy-';
-export const WS_MARKER = 'lambda-microvms';
-const WS_AUTH = 'lambda-microvms.authentication.';
-const WS_PORT = 'lambda-microvms.port.';
-export const DEFAULT_PORT = 8080;
-/** Hop-by-hop headers (RFC 9110 §7.6.1) and HTTP/2 pseudo-headers never cross the proxy. */
+// Node gives header names in lower case.
+const AUTH = AUTH_HEADER.toLowerCase();
+const PORT = PORT_HEADER.toLowerCase();
+const RESERVED = RESERVED_HEADER_PREFIX.toLowerCase();
 const TOKEN_CACHE = 10_000;
+/** Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy; HTTP/2 pseudo-headers neither (checked apart). */
 const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'http2-settings', 'host']);
 
 export interface ProxyOptions {
@@ -105,7 +111,7 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
     const host = (hostHeader ?? '').replace(/:\d+$/, '').toLowerCase();
     if (!host.endsWith(suffix) || host.length === suffix.length) throw new CellaError('INVALID_ARGUMENT', `${host || 'no host'} is not an endpoint of ${domain}`);
     const id = host.slice(0, -suffix.length);
-    const token = header(headers, AUTH_HEADER) ?? subprotocols.find((p) => p.startsWith(WS_AUTH))?.slice(WS_AUTH.length);
+    const token = header(headers, AUTH) ?? subprotocols.find((p) => p.startsWith(WS_AUTH_PREFIX))?.slice(WS_AUTH_PREFIX.length);
     if (!token) throw new CellaError('ACCESS_DENIED', `missing token: send it in the ${AUTH_HEADER} header`);
     const claims = await openToken(token);
     if (claims.vmId !== id) throw new CellaError('ACCESS_DENIED', 'the token is for another MicroVM');
@@ -115,7 +121,7 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
     if (!ingressAllows(vm.spec.ingressNetworkConnectors, claims.kind)) {
       throw new CellaError('ACCESS_DENIED', `the MicroVM's ingress connectors do not allow ${claims.kind === 'shell' ? 'a shell' : 'HTTP'}`);
     }
-    const port = choosePort(header(headers, PORT_HEADER), subprotocols);
+    const port = choosePort(header(headers, PORT), subprotocols);
     // A shell token names no app port: it opens /shell only, which answers for itself.
     if (claims.kind === 'http' && !portAllowed(claims.ports, port)) throw new CellaError('ACCESS_DENIED', 'Access to port denied');
     const limit = perVcpu * vm.vcpus;
@@ -218,7 +224,7 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
         return;
       }
       const upstream = createConnection(address(target.vm.id, target.port));
-      const app = offered.filter((p) => p !== WS_MARKER && !p.startsWith(WS_AUTH) && !p.startsWith(WS_PORT));
+      const app = offered.filter((p) => p !== WS_MARKER && !p.startsWith(WS_AUTH_PREFIX) && !p.startsWith(WS_PORT_PREFIX));
       const headers = forwardHeaders(req.headers, req.headers.host, req.socket);
       delete headers['sec-websocket-protocol'];
       if (app.length) headers['sec-websocket-protocol'] = app.join(', ');
@@ -248,10 +254,10 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
       socket.once('close', () => upstream.destroy());
       upstream.once('close', () => socket.destroy());
     })().catch((err: unknown) => {
-      const e = isCellaError(err) ? err : new CellaError('INTERNAL', String(err));
-      const body = JSON.stringify({ message: e.message, code: e.code });
-      socket.end(`HTTP/1.1 ${proxyStatus(e)} ${e.type}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
-      log(`websocket to ${req.headers.host}: ${e.message}`);
+      const { status, headers, body } = httpError(err);
+      const lines = Object.entries({ ...headers, 'content-length': String(Buffer.byteLength(body)), connection: 'close' }).map(([k, v]) => `${k}: ${v}\r\n`);
+      socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n${lines.join('')}\r\n${body}`);
+      log(`websocket to ${req.headers.host}: ${(err as Error).message}`);
     });
   }
 
@@ -287,8 +293,8 @@ function header(h: IncomingHttpHeaders, name: string): string | undefined {
 }
 
 function choosePort(fromHeader: string | undefined, subprotocols: string[]): number {
-  const raw = fromHeader ?? subprotocols.find((p) => p.startsWith(WS_PORT))?.slice(WS_PORT.length);
-  if (raw === undefined) return DEFAULT_PORT;
+  const raw = fromHeader ?? subprotocols.find((p) => p.startsWith(WS_PORT_PREFIX))?.slice(WS_PORT_PREFIX.length);
+  if (raw === undefined) return DEFAULT_ENDPOINT_PORT;
   if (!/^\d{1,5}$/.test(raw) || Number(raw) < 1 || Number(raw) > 65535) throw new CellaError('INVALID_ARGUMENT', `port "${raw}" is not a port number`);
   return Number(raw);
 }
@@ -306,7 +312,7 @@ export function portAllowed(ports: PortSpecification[], port: number): boolean {
 function forwardHeaders(h: IncomingHttpHeaders, authority: string | undefined, socket: Socket | Duplex): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(h)) {
-    if (v === undefined || k.startsWith(':') || HOP.has(k) || k.startsWith(RESERVED_PREFIX)) continue;
+    if (v === undefined || k.startsWith(':') || HOP.has(k) || k.startsWith(RESERVED)) continue;
     out[k] = v;
   }
   // Tokens never reach the guest, whatever carried them.
@@ -314,7 +320,7 @@ function forwardHeaders(h: IncomingHttpHeaders, authority: string | undefined, s
     out['sec-websocket-protocol'] = out['sec-websocket-protocol']
       .split(',')
       .map((s) => s.trim())
-      .filter((s) => !s.startsWith(WS_AUTH))
+      .filter((s) => !s.startsWith(WS_AUTH_PREFIX))
       .join(', ');
   }
   if (authority) out.host = authority;
@@ -324,31 +330,10 @@ function forwardHeaders(h: IncomingHttpHeaders, authority: string | undefined, s
   return out;
 }
 
-/** The contract's proxy statuses: 400 malformed, 403 token or port, 429 limits, 502 app or resume, 409 suspended without auto-resume. */
-function proxyStatus(e: CellaError): number {
-  switch (e.code) {
-    case 'INVALID_ARGUMENT':
-      return 400;
-    case 'ACCESS_DENIED':
-      return 403;
-    case 'THROTTLED':
-      return 429;
-    case 'INVALID_STATE':
-      return 409;
-    case 'HOOK_FAILED':
-    case 'UPSTREAM_FAILED':
-      return 502;
-    default:
-      return 500;
-  }
-}
-
+/** Statuses come from the one error table (src/errors): 400 malformed, 403 token/port/ingress, 409 suspended without auto-resume, 429 limit, 502 app or resume. */
 function sendError(res: Http2ServerResponse | import('node:http').ServerResponse, err: unknown): void {
-  const e = isCellaError(err) ? err : new CellaError('INTERNAL', (err as Error)?.message ?? String(err));
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  res.writeHead(proxyStatus(e), { 'content-type': 'application/json', 'x-amzn-errortype': e.type });
-  res.end(JSON.stringify({ message: e.message, code: e.code }));
+  if (res.headersSent) return void res.destroy();
+  const { status, headers, body } = httpError(err);
+  res.writeHead(status, headers);
+  res.end(body);
 }

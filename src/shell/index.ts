@@ -11,11 +11,10 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { PtySession } from '../agent/index.js';
+import { WS_MARKER } from '../api/schemas.js';
 import type { Engine } from '../engine/index.js';
 import type { ImageRecord, VmRecord } from '../store/index.js';
 
-export const SHELL_PATH = '/shell';
-const MARKER = 'lambda-microvms';
 /** Terminal output is dropped beyond this much unsent to a slow client, rather than held in memory. */
 const MAX_BUFFERED = 8 * 1024 * 1024;
 
@@ -40,7 +39,7 @@ export function shellHandler(
   images: (name: string) => ImageRecord | undefined,
   log: (line: string) => void = () => {},
 ): (vm: VmRecord, req: IncomingMessage, socket: Duplex, head: Buffer) => void {
-  const wss = new WebSocketServer({ noServer: true, maxPayload: 1024 * 1024, handleProtocols: (offered) => (offered.has(MARKER) ? MARKER : false) });
+  const wss = new WebSocketServer({ noServer: true, maxPayload: 1024 * 1024, handleProtocols: (offered) => (offered.has(WS_MARKER) ? WS_MARKER : false) });
   return (vm, req, socket, head) => {
     wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
       void open(vm, ws).catch((err: Error) => {
