@@ -89,3 +89,33 @@ export function setupMissing(what: string, path: string): CellaError {
     details: { path },
   });
 }
+
+/** Why an image build failed: the contract's build `stateReason` codes. */
+export const BUILD_FAILURE_REASONS = [
+  'S3_ACCESS_DENIED',
+  'S3_NO_SUCH_KEY',
+  'S3_NO_SUCH_BUCKET',
+  'S3_INVALID_OBJECT',
+  'S3_CROSS_REGION_ACCESS_DENIED',
+  'ARCHIVE_DOCKERFILE_NOT_FOUND',
+  'ARCHIVE_INVALID',
+  'CONTAINER_BUILD_FAILED',
+  'DISK_STORAGE_FULL',
+  'INTERNAL_PLATFORM_ERROR',
+] as const;
+export type BuildFailureReason = (typeof BUILD_FAILURE_REASONS)[number];
+
+/**
+ * A build that cannot go on: not an API error (the request that started the
+ * build was answered long before), but the reason recorded on the build and
+ * told in its log.
+ */
+export class BuildFailure extends Error {
+  constructor(
+    readonly reason: BuildFailureReason,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'BuildFailure';
+  }
+}
