@@ -53,7 +53,7 @@ try {
   const total: number[] = [];
   let lastId = '';
   for (let i = 0; i < N.runs; i++) {
-    await server.engine.prewarm(server.store.getImage('demo')?.dir as string);
+    await server.engine.prewarm(demoDir);
     const t0 = performance.now();
     let running: (() => void) | undefined;
     const reached = new Promise<void>((resolve) => (running = resolve));

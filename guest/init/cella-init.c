@@ -68,6 +68,7 @@ struct rand_pool_info {
 #define PTY_BATCH_MS 5             /* after a short read, output gathers this long before the next frame */
 #define RUN_DIR "/run/cella"       /* tmpfs: the signal socket and the client binary */
 #define SIGNAL_SOCK RUN_DIR "/agent.sock"
+#define BUILD_DIR RUN_DIR "/build" /* image builds: context disk, read-only */
 #define SIGNAL_LINE_MAX 64
 #define MAX_POLL (3 + MAX_CLIENTS + 2 * (MAX_EXECS + 1) + MAX_PTYS)
 
@@ -1207,6 +1208,18 @@ static int mount_root(const char *dev)
 	return 0;
 }
 
+/*
+ * Image builds attach a second, read-only disk: the build context and the
+ * host's static busybox, so COPY and user lookups never depend on the tools
+ * of the image being built.
+ */
+static void mount_build(const char *dev)
+{
+	mkdir(BUILD_DIR, 0755);
+	if (wait_for(dev, 5000) < 0 || mount(dev, BUILD_DIR, "ext4", MS_RDONLY | MS_NOATIME | MS_NODEV | MS_NOSUID, "") < 0)
+		logmsg("build disk %s: %s", dev, strerror(errno));
+}
+
 static int parse_cidr(const char *s, struct in_addr *a, int *prefix)
 {
 	char buf[32];
@@ -1308,6 +1321,9 @@ int main(int argc, char **argv)
 	setup_network(cmdline);
 	sethostname("cella", 5);
 	signals_setup();
+	char build[64];
+	if (*cmdline_get(cmdline, "cella.build", build, sizeof build, ""))
+		mount_build(build);
 
 	sigset_t mask;
 	sigemptyset(&mask);

@@ -12,10 +12,10 @@ import { Value } from '@sinclair/typebox/value';
 import type { Static, TSchema } from '@sinclair/typebox';
 import { ApiKeys, TokenMinter } from '../auth/index.js';
 import { CellaError, httpError } from '../errors/index.js';
-import { imageNameOf, type Images } from '../images/index.js';
+import { MANAGED_VERSION, imageNameOf, managedArn, type Images, type StartedVersion } from '../images/index.js';
 import type { Lifecycle } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
-import { pendingVm, type ImageRecord, type Store, type VmRecord } from '../store/index.js';
+import { pendingVm, type BuildRecord, type ImageRecord, type ImageVersionRecord, type Store, type VmRecord } from '../store/index.js';
 import { usageOf, sumUsage } from '../usage/index.js';
 import { Throttle } from './throttle.js';
 import { openApiDocument, routes, type Operation, type RouteDef, type Routes } from './routes.js';
@@ -24,8 +24,11 @@ import {
   MAX_DURATION_SECONDS,
   MAX_RUN_HOOK_PAYLOAD_BYTES,
   connectorArn,
-  type Image,
+  type BuildSummary,
+  type ImageVersion,
+  type ImageVersionStarted,
   type ListMicrovmsResponse,
+  type MicrovmImage,
   type Microvm,
   type PortSpecification,
 } from './schemas.js';
@@ -61,6 +64,8 @@ const EGRESS = ['INTERNET_EGRESS'];
 
 type Input<K extends Operation> = {
   params: Record<string, string>;
+  /** What an upload route stored from the raw body. */
+  upload: Routes[K] extends { upload: object } ? { uri: string; sizeInBytes: number; sha256: string } : undefined;
   body: Routes[K] extends { body: infer B extends TSchema } ? Static<B> : undefined;
   query: Routes[K] extends { query: infer Q extends TSchema } ? Static<Q> : undefined;
 };
@@ -126,14 +131,25 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       params[name] = decodeURIComponent(m[i + 1] as string);
       if (!params[name] || params[name].length > 256) throw new CellaError('INVALID_ARGUMENT', `${name} must be 1 to 256 characters`);
     });
-    const raw = await readBody(req);
-    const body = route.body ? validate(route.body, parseJson(raw), 'body') : undefined;
-    if (!route.body && raw.length > 0 && raw.toString().trim() !== '' && raw.toString().trim() !== '{}') {
-      throw new CellaError('INVALID_ARGUMENT', `${route.op} takes no request body`);
+    let body: unknown;
+    let upload: unknown;
+    if (route.def.upload) {
+      const declared = Number(req.headers['content-length'] ?? 0);
+      if (declared > route.def.upload.maxBytes) {
+        req.resume();
+        throw new CellaError('PAYLOAD_TOO_LARGE', `the upload of ${declared} bytes exceeds ${route.def.upload.maxBytes}`);
+      }
+      upload = await ctx.images.upload(req, route.def.upload.maxBytes);
+    } else {
+      const raw = await readBody(req);
+      body = route.body ? validate(route.body, parseJson(raw), 'body') : undefined;
+      if (!route.body && raw.length > 0 && raw.toString().trim() !== '' && raw.toString().trim() !== '{}') {
+        throw new CellaError('INVALID_ARGUMENT', `${route.op} takes no request body`);
+      }
     }
     const query = route.query ? validate(route.query, queryObject(url, route.def.query as TSchema), 'query') : undefined;
     if (!route.query && [...url.searchParams.keys()].length > 0) throw new CellaError('INVALID_ARGUMENT', `${route.op} takes no query parameters`);
-    const reply = await dispatch({ op: route.op, params, body, query } as Command);
+    const reply = await dispatch({ op: route.op, params, body, query, upload } as Command);
     if ('json' in reply) res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(reply.json));
     else if ('empty' in reply) res.writeHead(200, { 'content-length': 0 }).end();
     else await reply.stream(res, signal);
@@ -180,35 +196,112 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         const all = ctx.store.listVms({ limit: Number.MAX_SAFE_INTEGER }).map((v) => usageOf(v, now));
         return { json: { total: sumUsage(all), microvms: all } };
       }
-      case 'RegisterImage': {
+      case 'CreateMicrovmImage': {
         const b = cmd.body;
-        const prior = replayOf(ctx.store, 'RegisterImage', b);
-        if (prior) return { json: imageView(requireImage(prior)) };
-        const { image } = ctx.store.tx(() => {
-          const r = ctx.images.register(b);
-          remember(ctx.store, 'RegisterImage', b, b.name);
+        const prior = replayOf(ctx.store, 'CreateMicrovmImage', b);
+        if (prior) return { json: startedView(replayBuild(prior)) };
+        const started = ctx.store.tx(() => {
+          const r = ctx.images.create(b);
+          remember(ctx.store, 'CreateMicrovmImage', b, r.build.buildId);
           return r;
         });
-        return { json: imageView(image) };
+        void ctx.images.enqueue(started);
+        return { json: startedView(started) };
       }
-      case 'ListImages':
-        return { json: { items: ctx.store.listImages().map(imageView) } };
-      case 'GetImage':
-        return { json: imageView(requireImage(imageNameOf(cmd.params.imageIdentifier as string))) };
-      case 'DeleteImage': {
-        const name = imageNameOf(cmd.params.imageIdentifier as string);
-        ctx.images.delete(name, ctx.store.liveVms().some((v) => v.imageName === name));
-        return { empty: true };
+      case 'UpdateMicrovmImage': {
+        const b = cmd.body;
+        const scope = `UpdateMicrovmImage:${imageNameOf(cmd.params.imageIdentifier as string)}`;
+        const prior = replayOf(ctx.store, scope, b);
+        if (prior) return { json: startedView(replayBuild(prior)) };
+        const started = ctx.store.tx(() => {
+          const r = ctx.images.update(cmd.params.imageIdentifier as string, b);
+          remember(ctx.store, scope, b, r.build.buildId);
+          return r;
+        });
+        void ctx.images.enqueue(started);
+        return { json: startedView(started) };
       }
-      case 'GetImageLogs': {
-        const img = requireImage(imageNameOf(cmd.params.imageIdentifier as string));
-        const file = ctx.images.buildLog(img.name);
-        const follow = cmd.query.follow ?? false;
+      case 'GetMicrovmImage':
+        return { json: imageView(ctx.images.require(cmd.params.imageIdentifier as string)) };
+      case 'ListMicrovmImages': {
+        const q = cmd.query;
+        const limit = q.maxResults ?? 50;
+        const after = q.nextToken === undefined ? undefined : decodeName(q.nextToken);
+        const page = ctx.store.listImages({ limit: limit + 1, ...(after ? { after } : {}) });
+        const items = page.slice(0, limit);
+        const last = items[items.length - 1];
         return {
-          stream: (res, signal) =>
-            textStream(res, (write) => tailFile(file, write, { signal, until: () => !follow || ctx.store.getImage(img.name)?.state !== 'CREATING' })),
+          json: {
+            // The contract applies nameFilter after paging: a page may come back short or empty with a nextToken.
+            items: items
+              .filter((i) => !q.nameFilter || i.name.includes(q.nameFilter))
+              .map((i) => {
+                const { updatedAt: _u, tags: _t, ...v } = imageView(i);
+                return v;
+              }),
+            ...(page.length > limit && last ? { nextToken: Buffer.from(JSON.stringify({ n: last.name })).toString('base64url') } : {}),
+          },
         };
       }
+      case 'DeleteMicrovmImage': {
+        const id = cmd.params.imageIdentifier as string;
+        const r = await ctx.images.delete(id, (name) => ctx.store.liveVms().some((v) => v.imageName === name));
+        return { json: { imageIdentifier: id, state: r.state } };
+      }
+      case 'ListMicrovmImageVersions': {
+        const img = ctx.images.require(cmd.params.imageIdentifier as string);
+        return { json: paged(ctx.store.listVersions(img.name), cmd.query, (v) => versionView(img, v)) };
+      }
+      case 'GetMicrovmImageVersion': {
+        const img = ctx.images.require(cmd.params.imageIdentifier as string);
+        return { json: versionView(img, ctx.images.requireVersion(img.name, cmd.params.imageVersion as string)) };
+      }
+      case 'UpdateMicrovmImageVersion': {
+        const img = ctx.images.require(cmd.params.imageIdentifier as string);
+        return { json: versionView(img, ctx.images.setStatus(img.name, cmd.params.imageVersion as string, cmd.body.status)) };
+      }
+      case 'DeleteMicrovmImageVersion': {
+        const id = cmd.params.imageIdentifier as string;
+        const version = cmd.params.imageVersion as string;
+        const r = await ctx.images.deleteVersion(id, version, (name, ver) => ctx.store.liveVms().some((v) => v.imageName === name && v.imageVersion === ver));
+        return { json: { imageIdentifier: id, imageVersion: version, state: r.state } };
+      }
+      case 'ListMicrovmImageBuilds': {
+        const q = cmd.query;
+        const v = ctx.images.requireVersion(cmd.params.imageIdentifier as string, cmd.params.imageVersion as string);
+        const img = ctx.images.require(v.imageName);
+        const all = ctx.store.listBuilds(v.imageName, v.version).map((b) => buildView(img, b));
+        const wanted = all.filter(
+          (b) => (!q.architecture || b.architecture === q.architecture) && (!q.chipset || b.chipset === q.chipset) && (!q.chipsetGeneration || b.chipsetGeneration === q.chipsetGeneration),
+        );
+        return { json: paged(wanted, q, (b) => b) };
+      }
+      case 'GetMicrovmImageBuild': {
+        const { imageIdentifier, imageVersion, buildId } = cmd.params as Record<string, string>;
+        const b = ctx.images.requireBuild(imageIdentifier as string, imageVersion as string, buildId as string);
+        const img = ctx.images.require(b.imageName);
+        return { json: { ...buildView(img, b), ...(b.snapshotBuild ? { snapshotBuild: b.snapshotBuild } : {}) } };
+      }
+      case 'GetMicrovmImageBuildLog': {
+        const { imageIdentifier, imageVersion, buildId } = cmd.params as Record<string, string>;
+        const b = ctx.images.requireBuild(imageIdentifier as string, imageVersion as string, buildId as string);
+        const file = ctx.images.buildLog(b.buildId);
+        const follow = cmd.query.follow ?? false;
+        return { stream: (res, signal) => textStream(res, (write) => tailFile(file, write, { signal, until: () => !follow || !ctx.images.isBuilding(b.buildId) })) };
+      }
+      case 'ListManagedMicrovmImages':
+        return {
+          json: paged(ctx.images.managed(), cmd.query, (b) => ({ imageArn: managedArn(b.name), createdAt: b.createdAt, ...(b.description ? { description: b.description } : {}) })),
+        };
+      case 'ListManagedMicrovmImageVersions': {
+        const id = cmd.params.imageIdentifier as string;
+        const name = /^arn:[a-z-]+:lambda:[^:]*:aws:microvm-image:([a-zA-Z0-9_-]+)$/.exec(id)?.[1] ?? id;
+        const base = ctx.images.managed().find((b) => b.name === name);
+        if (!base) throw new CellaError('NOT_FOUND', `managed image ${id} not found`, { details: { resourceId: id, resourceType: 'MicrovmImage' } });
+        return { json: paged([base], cmd.query, (b) => ({ imageArn: managedArn(b.name), imageVersion: MANAGED_VERSION, status: 'AVAILABLE' as const, createdAt: b.createdAt })) };
+      }
+      case 'UploadCodeArtifact':
+        return { json: cmd.upload };
       default: {
         const never: never = cmd;
         throw new CellaError('UNKNOWN_OPERATION', `unhandled operation ${(never as { op: string }).op}`);
@@ -225,17 +318,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     const name = imageNameOf(b.imageIdentifier);
     const prior = replayOf(ctx.store, 'RunMicrovm', b);
     if (prior) return view(ctx.lifecycle.require(prior));
-    const image = ctx.store.getImage(name);
-    if (!image || image.state !== 'CREATED') {
-      throw new CellaError('NOT_FOUND', `image ${b.imageIdentifier} not found${image ? ` (it is ${image.state})` : ''}`, {
-        details: { resourceId: b.imageIdentifier, resourceType: 'MicrovmImage' },
-      });
-    }
-    if (b.imageVersion !== undefined && b.imageVersion !== image.version) {
-      throw new CellaError('NOT_FOUND', `No active version found: image ${name} has no version ${b.imageVersion}`, {
-        details: { resourceId: b.imageVersion, resourceType: 'MicrovmImageVersion' },
-      });
-    }
+    const image = ctx.images.runnable(name, b.imageVersion);
     const rec = pendingVm({
       id: `mvm-${randomUUID()}`,
       image,
@@ -318,27 +401,91 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     };
   }
 
-  function requireImage(name: string): ImageRecord {
-    const img = ctx.store.getImage(name);
-    if (!img) throw new CellaError('NOT_FOUND', `image ${name} not found`, { details: { resourceId: name, resourceType: 'MicrovmImage' } });
-    return img;
+  /** A replayed create/update answers what the first one did, even if the image is gone since. */
+  function replayBuild(buildId: string): StartedVersion {
+    const build = ctx.store.getBuild(buildId);
+    const version = build && ctx.store.getVersion(build.imageName, build.version);
+    const image = build && ctx.store.getImage(build.imageName);
+    if (!build || !version || !image) throw new CellaError('NOT_FOUND', `the image this clientToken created no longer exists`, { details: { resourceType: 'MicrovmImage' } });
+    return { image, version, build };
+  }
+
+  function buildView(img: ImageRecord, b: BuildRecord): BuildSummary {
+    return {
+      imageArn: img.arn,
+      imageVersion: b.version,
+      buildId: b.buildId,
+      buildState: b.state,
+      architecture: 'X86_64',
+      chipset: ctx.info.accelerator.toUpperCase(),
+      chipsetGeneration: '1',
+      ...(b.stateReason ? { stateReason: b.stateReason } : {}),
+      ...(b.message ? { stateReasonMessage: b.message } : {}),
+      createdAt: iso(b.createdAt),
+    };
   }
 }
 
-function imageView(i: ImageRecord): Image {
+function imageView(i: ImageRecord, versions: ImageVersionRecord[] = []): MicrovmImage {
+  void versions;
   return {
     imageArn: i.arn,
     name: i.name,
     state: i.state,
-    imageVersion: i.version,
-    memoryMiB: i.config.memoryMiB,
-    vcpus: i.config.vcpus,
-    port: i.config.port,
-    ...(i.config.hooks ? { hooks: i.config.hooks } : {}),
-    ...(i.config.snapshot ? { snapshot: i.config.snapshot } : {}),
-    ...(i.stateReason ? { stateReason: i.stateReason } : {}),
     createdAt: iso(i.createdAt),
+    ...(i.updatedAt !== null ? { updatedAt: iso(i.updatedAt) } : {}),
+    ...(Object.keys(i.tags).length ? { tags: i.tags } : {}),
   };
+}
+
+function startedView(s: StartedVersion): ImageVersionStarted {
+  return {
+    ...s.version.request,
+    imageArn: s.image.arn,
+    name: s.image.name,
+    state: s.image.state,
+    imageVersion: s.version.version,
+    buildId: s.build.buildId,
+    createdAt: iso(s.image.createdAt),
+    ...(s.image.updatedAt !== null ? { updatedAt: iso(s.image.updatedAt) } : {}),
+    ...(Object.keys(s.image.tags).length ? { tags: s.image.tags } : {}),
+  };
+}
+
+function versionView(img: ImageRecord, v: ImageVersionRecord): ImageVersion {
+  return {
+    ...v.request,
+    imageArn: img.arn,
+    imageVersion: v.version,
+    state: v.state,
+    status: v.status,
+    createdAt: iso(v.createdAt),
+    ...(v.updatedAt !== null ? { updatedAt: iso(v.updatedAt) } : {}),
+    ...(v.stateReason ? { stateReason: v.stateReason } : {}),
+  };
+}
+
+/** Pages a short list held in memory; the token is the offset. */
+function paged<T, U>(all: T[], q: { maxResults?: number; nextToken?: string }, view: (t: T) => U): { items: U[]; nextToken?: string } {
+  const limit = q.maxResults ?? 50;
+  let offset = 0;
+  if (q.nextToken !== undefined) {
+    const n = Number(Buffer.from(q.nextToken, 'base64url').toString());
+    if (!Number.isInteger(n) || n < 0) throw new CellaError('INVALID_ARGUMENT', 'nextToken is not valid');
+    offset = n;
+  }
+  const items = all.slice(offset, offset + limit).map(view);
+  return { items, ...(offset + limit < all.length ? { nextToken: Buffer.from(String(offset + limit)).toString('base64url') } : {}) };
+}
+
+function decodeName(token: string): string {
+  try {
+    const t = JSON.parse(Buffer.from(token, 'base64url').toString()) as { n: unknown };
+    if (typeof t.n === 'string') return t.n;
+  } catch {
+    // fall through
+  }
+  throw new CellaError('INVALID_ARGUMENT', 'nextToken is not valid');
 }
 
 function connectors(given: string[] | undefined, allowed: string[], fallback: string, field: string): string[] {

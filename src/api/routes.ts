@@ -9,17 +9,33 @@ import {
   AuthTokenResponse,
   CreateAuthTokenRequest,
   CreateShellAuthTokenRequest,
+  CreateImageRequest,
+  DeleteImageResponse,
+  DeleteImageVersionResponse,
   ErrorBody,
-  Image,
+  ImageBuild,
+  ImageVersion,
+  ImageVersionStarted,
+  ListImageBuildsQuery,
+  ListImageBuildsResponse,
+  ListImageVersionsResponse,
+  ListImagesQuery,
   ListImagesResponse,
+  ListManagedImageVersionsResponse,
+  ListManagedImagesResponse,
   ListMicrovmsQuery,
   ListMicrovmsResponse,
+  ListQuery,
   LogsQuery,
+  MAX_ARTIFACT_BYTES,
   Microvm,
-  RegisterImageRequest,
+  MicrovmImage,
   RunMicrovmRequest,
   ServerInfo,
   Usage,
+  UpdateImageRequest,
+  UpdateImageVersionRequest,
+  UploadedArtifact,
   UsageReport,
 } from './schemas.js';
 
@@ -29,6 +45,8 @@ export interface RouteDef {
   path: string;
   summary: string;
   body?: TSchema;
+  /** The body is a raw upload of at most this many bytes (not JSON), stored before the operation runs. */
+  upload?: { maxBytes: number; contentType: string };
   query?: TSchema;
   /** Response body; undefined = empty; 'text' = a text stream. */
   response?: TSchema | 'text';
@@ -36,6 +54,7 @@ export interface RouteDef {
 
 const V = `/${API_VERSION}`;
 const Empty = undefined;
+const IMG = `${V}/microvm-images/{imageIdentifier}`;
 
 export function routes(minIdleSeconds: number) {
   return {
@@ -69,20 +88,71 @@ export function routes(minIdleSeconds: number) {
     GetServerInfo: { method: 'GET', path: '/cella/v1/info', summary: "The server's version, endpoint domain and port, accelerator and endpoint CA", response: ServerInfo },
     GetMicrovmUsage: { method: 'GET', path: '/cella/v1/microvms/{microvmIdentifier}/usage', summary: "A MicroVM's metered usage", response: Usage },
     GetUsage: { method: 'GET', path: '/cella/v1/usage', summary: 'Metered usage of every MicroVM and in total', response: UsageReport },
-    RegisterImage: {
+    CreateMicrovmImage: {
       method: 'POST',
-      path: '/cella/v1/images',
-      summary: 'Register an image from a local root filesystem folder and a start command (built in the background)',
-      body: RegisterImageRequest,
-      response: Image,
+      path: `${V}/microvm-images`,
+      summary: 'Create an image: build version 1.0 from a zip with a Dockerfile (in the background)',
+      body: CreateImageRequest,
+      response: ImageVersionStarted,
     },
-    ListImages: { method: 'GET', path: '/cella/v1/images', summary: 'List registered images', response: ListImagesResponse },
-    GetImage: { method: 'GET', path: '/cella/v1/images/{imageIdentifier}', summary: 'Describe an image', response: Image },
-    DeleteImage: { method: 'DELETE', path: '/cella/v1/images/{imageIdentifier}', summary: 'Delete an image with no live MicroVMs (idempotent)', response: Empty },
-    GetImageLogs: {
+    ListMicrovmImages: { method: 'GET', path: `${V}/microvm-images`, summary: 'List images by name', query: ListImagesQuery, response: ListImagesResponse },
+    GetMicrovmImage: { method: 'GET', path: `${IMG}`, summary: 'Describe an image', response: MicrovmImage },
+    UpdateMicrovmImage: {
+      method: 'PUT',
+      path: `${IMG}`,
+      summary: 'Build a new version of an image from a new request (in the background)',
+      body: UpdateImageRequest,
+      response: ImageVersionStarted,
+    },
+    DeleteMicrovmImage: { method: 'DELETE', path: `${IMG}`, summary: 'Delete an image and its versions (idempotent)', response: DeleteImageResponse },
+    ListMicrovmImageVersions: { method: 'GET', path: `${IMG}/versions`, summary: "List an image's versions", query: ListQuery, response: ListImageVersionsResponse },
+    GetMicrovmImageVersion: { method: 'GET', path: `${IMG}/versions/{imageVersion}`, summary: 'Describe an image version', response: ImageVersion },
+    UpdateMicrovmImageVersion: {
+      method: 'PATCH',
+      path: `${IMG}/versions/{imageVersion}`,
+      summary: 'Mark a version ACTIVE or INACTIVE (RunMicrovm takes the latest ACTIVE one)',
+      body: UpdateImageVersionRequest,
+      response: ImageVersion,
+    },
+    DeleteMicrovmImageVersion: {
+      method: 'DELETE',
+      path: `${IMG}/versions/{imageVersion}`,
+      summary: 'Delete a version that is not the last one (idempotent)',
+      response: DeleteImageVersionResponse,
+    },
+    ListMicrovmImageBuilds: {
       method: 'GET',
-      path: '/cella/v1/images/{imageIdentifier}/logs',
-      summary: "An image's build log",
+      path: `${IMG}/versions/{imageVersion}/builds`,
+      summary: "List a version's builds",
+      query: ListImageBuildsQuery,
+      response: ListImageBuildsResponse,
+    },
+    GetMicrovmImageBuild: { method: 'GET', path: `${IMG}/versions/{imageVersion}/builds/{buildId}`, summary: 'Describe a build', response: ImageBuild },
+    ListManagedMicrovmImages: {
+      method: 'GET',
+      path: `${V}/managed-microvm-images`,
+      summary: 'List the managed base images (usable in FROM)',
+      query: ListQuery,
+      response: ListManagedImagesResponse,
+    },
+    ListManagedMicrovmImageVersions: {
+      method: 'GET',
+      path: `${V}/managed-microvm-images/{imageIdentifier}/versions`,
+      summary: "List a managed base image's versions",
+      query: ListQuery,
+      response: ListManagedImageVersionsResponse,
+    },
+    UploadCodeArtifact: {
+      method: 'POST',
+      path: '/cella/v1/code-artifacts',
+      summary: 'Upload a zip (the raw request body); answers the URI to use as codeArtifact.uri',
+      upload: { maxBytes: MAX_ARTIFACT_BYTES, contentType: 'application/zip' },
+      response: UploadedArtifact,
+    },
+    GetMicrovmImageBuildLog: {
+      method: 'GET',
+      path: '/cella/v1/microvm-images/{imageIdentifier}/versions/{imageVersion}/builds/{buildId}/logs',
+      summary: "A build's log (Dockerfile steps, their output, app start, hooks); follow=true streams until the build ends",
       query: LogsQuery,
       response: 'text',
     },
@@ -114,6 +184,7 @@ export function openApiDocument(table: Record<string, RouteDef>, version: string
       summary: r.summary,
       parameters: params,
       ...(r.body ? { requestBody: { required: true, content: { 'application/json': { schema: plain(r.body) } } } } : {}),
+      ...(r.upload ? { requestBody: { required: true, content: { [r.upload.contentType]: { schema: { type: 'string', format: 'binary' } } } } } : {}),
       responses: { '200': ok, '400': errorResponse, '401': errorResponse, '404': errorResponse, '409': errorResponse, '500': errorResponse },
     };
   }

@@ -21,7 +21,7 @@ const Port = Int(1, 65535);
 const Closed = { additionalProperties: false } as const;
 
 export const RoleArn = Str(20, 2048, { pattern: '^arn:aws[a-z\\-]*:iam::[0-9]{12}:role/?[a-zA-Z_0-9+=,.@\\-_/]+$' });
-const ImageVersion = Str(1, 2048, { pattern: '^\\S+$' });
+const VersionString = Str(1, 2048, { pattern: '^\\S+$' });
 const ConnectorArn = Str(1, 2048, { pattern: '^arn:' });
 const Connectors = Type.Array(ConnectorArn, { maxItems: 10 });
 /** The ARN of a platform-managed connector (HTTP_INGRESS, SHELL_INGRESS, ALL_INGRESS, NO_INGRESS, INTERNET_EGRESS). */
@@ -63,7 +63,7 @@ export const RunMicrovmRequest = (minIdleSeconds: number) =>
   Type.Object(
     {
       imageIdentifier: Str(1, 256),
-      imageVersion: Type.Optional(ImageVersion),
+      imageVersion: Type.Optional(VersionString),
       executionRoleArn: Type.Optional(RoleArn),
       idlePolicy: Type.Optional(IdlePolicy(minIdleSeconds)),
       logging: Type.Optional(Logging),
@@ -99,7 +99,7 @@ export const ListMicrovmsQuery = Type.Object(
     maxResults: Type.Optional(Int(1, 50)),
     nextToken: Type.Optional(Str(1, 2048)),
     imageIdentifier: Type.Optional(Str(1, 256)),
-    imageVersion: Type.Optional(ImageVersion),
+    imageVersion: Type.Optional(VersionString),
   },
   Closed,
 );
@@ -138,20 +138,32 @@ export const SHELL_PATH = '/shell';
 export const AuthTokenResponse = Type.Object({ authToken: Type.Record(Type.String(), Type.String()) });
 export type AuthTokenResponse = Static<typeof AuthTokenResponse>;
 
+const Toggle = Type.Union([Type.Literal('ENABLED'), Type.Literal('DISABLED')]);
 export const HookSettings = Type.Object(
   {
     port: Port,
     microvmHooks: Type.Optional(
       Type.Object(
         {
-          run: Type.Optional(Type.Union([Type.Literal('ENABLED'), Type.Literal('DISABLED')])),
-          resume: Type.Optional(Type.Union([Type.Literal('ENABLED'), Type.Literal('DISABLED')])),
-          suspend: Type.Optional(Type.Union([Type.Literal('ENABLED'), Type.Literal('DISABLED')])),
-          terminate: Type.Optional(Type.Union([Type.Literal('ENABLED'), Type.Literal('DISABLED')])),
+          run: Type.Optional(Toggle),
+          resume: Type.Optional(Toggle),
+          suspend: Type.Optional(Toggle),
+          terminate: Type.Optional(Toggle),
           runTimeoutInSeconds: Type.Optional(Int(1, 60)),
           resumeTimeoutInSeconds: Type.Optional(Int(1, 60)),
           suspendTimeoutInSeconds: Type.Optional(Int(1, 60)),
           terminateTimeoutInSeconds: Type.Optional(Int(1, 60)),
+        },
+        Closed,
+      ),
+    ),
+    microvmImageHooks: Type.Optional(
+      Type.Object(
+        {
+          ready: Type.Optional(Toggle),
+          validate: Type.Optional(Toggle),
+          readyTimeoutInSeconds: Type.Optional(Int(1, 3600)),
+          validateTimeoutInSeconds: Type.Optional(Int(1, 3600)),
         },
         Closed,
       ),
@@ -161,41 +173,167 @@ export const HookSettings = Type.Object(
 );
 export type HookSettings = Static<typeof HookSettings>;
 
-/** Cella extension (until Dockerfile images land): an image from a local root filesystem folder and a start command. */
-export const RegisterImageRequest = Type.Object(
+export const IMAGE_NAME_PATTERN = '^[a-zA-Z0-9_-]+$';
+/** The contract's size tiers, plus 256 MiB (a Cella extension for small sandboxes and tests). */
+export const MEMORY_TIERS_MIB = [256, 512, 1024, 2048, 4096, 8192] as const;
+export const DEFAULT_MEMORY_MIB = 2048;
+export const MAX_ENV_VARS = 50;
+
+const CodeArtifact = Type.Object(
   {
-    name: Str(1, 64, { pattern: '^[a-zA-Z0-9_-]+$' }),
-    rootfsDir: Str(1, 4096, { pattern: '^/' }),
-    command: Type.Array(Str(1, 4096), { minItems: 1, maxItems: 256 }),
-    environmentVariables: Type.Optional(Type.Record(Str(1, 256, { pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String({ maxLength: 4096 }), { maxProperties: 50 })),
-    workingDirectory: Type.Optional(Str(1, 4096, { pattern: '^/' })),
-    port: Type.Optional(Port),
-    memoryMiB: Type.Optional(Type.Union([512, 1024, 2048, 4096, 8192, 256].map((n) => Type.Literal(n)))),
-    hooks: Type.Optional(HookSettings),
-    clientToken: Type.Optional(Str(1, 128)),
+    /** `s3://bucket/key.zip`, `file:///abs/app.zip`, or what UploadCodeArtifact returned. */
+    uri: Str(1, 2048),
   },
   Closed,
 );
-export type RegisterImageRequest = Static<typeof RegisterImageRequest>;
+const Tags = Type.Record(Str(1, 128), Type.String({ maxLength: 256 }), { maxProperties: 50 });
 
-export const Image = Type.Object({
+/** ImageConfig: the build and run settings a create or update request carries, echoed back as sent. */
+const imageConfigFields = {
+  baseImageArn: Str(1, 2048),
+  baseImageVersion: Type.Optional(Str(1, 2048)),
+  /** The model requires it; Cella has no IAM, so it is recorded and optional. */
+  buildRoleArn: Type.Optional(RoleArn),
+  description: Type.Optional(Str(0, 256)),
+  codeArtifact: CodeArtifact,
+  logging: Type.Optional(Logging),
+  egressNetworkConnectors: Type.Optional(Connectors),
+  cpuConfigurations: Type.Optional(
+    Type.Array(Type.Object({ architecture: Type.Union([Type.Literal('X86_64'), Type.Literal('ARM_64')]) }, Closed), { maxItems: 1 }),
+  ),
+  resources: Type.Optional(
+    Type.Array(Type.Object({ minimumMemoryInMiB: Type.Union(MEMORY_TIERS_MIB.map((n) => Type.Literal(n))) }, Closed), { maxItems: 1 }),
+  ),
+  additionalOsCapabilities: Type.Optional(Type.Array(Type.Literal('ALL'), { maxItems: 1 })),
+  hooks: Type.Optional(HookSettings),
+  environmentVariables: Type.Optional(
+    Type.Record(Str(1, 256, { pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String({ maxLength: 4096 }), { maxProperties: MAX_ENV_VARS }),
+  ),
+};
+export const ImageRequestConfig = Type.Object(imageConfigFields, Closed);
+export type ImageRequestConfig = Static<typeof ImageRequestConfig>;
+
+export const CreateImageRequest = Type.Object(
+  { name: Str(1, 64, { pattern: IMAGE_NAME_PATTERN }), ...imageConfigFields, tags: Type.Optional(Tags), clientToken: Type.Optional(Str(1, 128)) },
+  Closed,
+);
+export type CreateImageRequest = Static<typeof CreateImageRequest>;
+export const UpdateImageRequest = Type.Object({ ...imageConfigFields, clientToken: Type.Optional(Str(1, 128)) }, Closed);
+export type UpdateImageRequest = Static<typeof UpdateImageRequest>;
+
+const Time = Type.String({ format: 'date-time' });
+const ImageStateT = Type.String();
+
+/** Create/Update answer: the image, the new version's config and its number. */
+export const ImageVersionStarted = Type.Object({
   imageArn: Type.String(),
   name: Type.String(),
-  state: Type.String(),
+  state: ImageStateT,
   imageVersion: Type.String(),
-  memoryMiB: Type.Integer(),
-  vcpus: Type.Integer(),
-  port: Type.Integer(),
-  hooks: Type.Optional(HookSettings),
-  snapshot: Type.Optional(
-    Type.Object({ memorySnapshotSizeInBytes: Type.Integer(), diskSnapshotSizeInBytes: Type.Integer(), deviceStateSizeInBytes: Type.Integer() }),
-  ),
-  stateReason: Type.Optional(Type.String()),
-  createdAt: Type.String({ format: 'date-time' }),
+  createdAt: Time,
+  updatedAt: Type.Optional(Time),
+  tags: Type.Optional(Tags),
+  /** Cella extension: the build that makes the version (its log follows with GetMicrovmImageBuildLog). */
+  buildId: Type.String(),
+  ...imageConfigFields,
 });
-export type Image = Static<typeof Image>;
-export const ListImagesResponse = Type.Object({ items: Type.Array(Image), nextToken: Type.Optional(Type.String()) });
+export type ImageVersionStarted = Static<typeof ImageVersionStarted>;
+
+export const MicrovmImage = Type.Object({
+  imageArn: Type.String(),
+  name: Type.String(),
+  state: ImageStateT,
+  latestActiveImageVersion: Type.Optional(Type.String()),
+  latestFailedImageVersion: Type.Optional(Type.String()),
+  createdAt: Time,
+  updatedAt: Type.Optional(Time),
+  tags: Type.Optional(Tags),
+});
+export type MicrovmImage = Static<typeof MicrovmImage>;
+
+export const ListQuery = Type.Object({ maxResults: Type.Optional(Int(1, 50)), nextToken: Type.Optional(Str(1, 2048)) }, Closed);
+export const ListImagesQuery = Type.Object(
+  { maxResults: Type.Optional(Int(1, 50)), nextToken: Type.Optional(Str(1, 2048)), nameFilter: Type.Optional(Str(1, 64)) },
+  Closed,
+);
+export const ListImagesResponse = Type.Object({
+  items: Type.Array(Type.Omit(MicrovmImage, ['updatedAt', 'tags'])),
+  nextToken: Type.Optional(Type.String()),
+});
 export type ListImagesResponse = Static<typeof ListImagesResponse>;
+export const DeleteImageResponse = Type.Object({ imageIdentifier: Type.String(), state: ImageStateT });
+export type DeleteImageResponse = Static<typeof DeleteImageResponse>;
+
+export const ImageVersion = Type.Object({
+  imageArn: Type.String(),
+  imageVersion: Type.String(),
+  state: Type.String(),
+  status: Type.Union([Type.Literal('ACTIVE'), Type.Literal('INACTIVE')]),
+  createdAt: Time,
+  updatedAt: Type.Optional(Time),
+  stateReason: Type.Optional(Type.String()),
+  tags: Type.Optional(Tags),
+  ...imageConfigFields,
+});
+export type ImageVersion = Static<typeof ImageVersion>;
+export const ListImageVersionsResponse = Type.Object({ items: Type.Array(ImageVersion), nextToken: Type.Optional(Type.String()) });
+export type ListImageVersionsResponse = Static<typeof ListImageVersionsResponse>;
+export const UpdateImageVersionRequest = Type.Object({ status: Type.Union([Type.Literal('ACTIVE'), Type.Literal('INACTIVE')]) }, Closed);
+export const DeleteImageVersionResponse = Type.Object({ imageIdentifier: Type.String(), imageVersion: Type.String(), state: Type.String() });
+export type DeleteImageVersionResponse = Static<typeof DeleteImageVersionResponse>;
+
+export const SnapshotBuild = Type.Object({
+  memorySnapshotSizeInBytes: Type.Optional(Type.Integer()),
+  codeInstallSizeInBytes: Type.Optional(Type.Integer()),
+  diskSnapshotSizeInBytes: Type.Optional(Type.Integer()),
+});
+export const BuildSummary = Type.Object({
+  imageArn: Type.String(),
+  imageVersion: Type.String(),
+  buildId: Type.String(),
+  buildState: Type.String(),
+  architecture: Type.String(),
+  chipset: Type.String(),
+  chipsetGeneration: Type.String(),
+  stateReason: Type.Optional(Type.String()),
+  /** Cella extension: the reason in words. */
+  stateReasonMessage: Type.Optional(Type.String()),
+  createdAt: Time,
+});
+export type BuildSummary = Static<typeof BuildSummary>;
+export const ImageBuild = Type.Object({ ...BuildSummary.properties, snapshotBuild: Type.Optional(SnapshotBuild) });
+export type ImageBuild = Static<typeof ImageBuild>;
+export const ListImageBuildsQuery = Type.Object(
+  {
+    maxResults: Type.Optional(Int(1, 50)),
+    nextToken: Type.Optional(Str(1, 2048)),
+    architecture: Type.Optional(Str(1, 64)),
+    chipset: Type.Optional(Str(1, 64)),
+    chipsetGeneration: Type.Optional(Str(1, 64)),
+  },
+  Closed,
+);
+export const ListImageBuildsResponse = Type.Object({ items: Type.Array(BuildSummary), nextToken: Type.Optional(Type.String()) });
+export type ListImageBuildsResponse = Static<typeof ListImageBuildsResponse>;
+
+export const ManagedImage = Type.Object({ imageArn: Type.String(), createdAt: Time, updatedAt: Type.Optional(Time), description: Type.Optional(Type.String()) });
+export const ListManagedImagesResponse = Type.Object({ items: Type.Array(ManagedImage), nextToken: Type.Optional(Type.String()) });
+export type ListManagedImagesResponse = Static<typeof ListManagedImagesResponse>;
+export const ManagedImageVersion = Type.Object({
+  imageArn: Type.String(),
+  imageVersion: Type.String(),
+  status: Type.Union([Type.Literal('AVAILABLE'), Type.Literal('DEPRECATED')]),
+  createdAt: Time,
+  updatedAt: Type.Optional(Time),
+});
+export const ListManagedImageVersionsResponse = Type.Object({ items: Type.Array(ManagedImageVersion), nextToken: Type.Optional(Type.String()) });
+export type ListManagedImageVersionsResponse = Static<typeof ListManagedImageVersionsResponse>;
+
+/** Cella extension: a zip uploaded as the request body, kept by the server, named by the URI to put in codeArtifact. */
+export const UploadedArtifact = Type.Object({ uri: Type.String(), sizeInBytes: Type.Integer(), sha256: Type.String() });
+export type UploadedArtifact = Static<typeof UploadedArtifact>;
+/** Uploads beyond this are refused (the contract's artifacts are zips on S3; 512 MiB keeps a host's disk safe). */
+export const MAX_ARTIFACT_BYTES = 512 * 1024 * 1024;
 
 export const Usage = Type.Object({
   microvmId: Type.Optional(Type.String()),

@@ -11,7 +11,8 @@ const MKFS = '/usr/sbin/mkfs.ext4';
 const QEMU_IMG = '/usr/bin/qemu-img';
 
 /** Builds an ext4 image of `sizeMiB` holding the tree at `dir`. */
-export async function ext4FromDir(dir: string, out: string, sizeMiB: number, label = 'cella-root'): Promise<void> {
+/** `inodeRatio`: bytes per inode; large sparse disks want fewer inode tables to write. */
+export async function ext4FromDir(dir: string, out: string, sizeMiB: number, label = 'cella-root', opts: { inodeRatio?: number } = {}): Promise<void> {
   requireExecutable(MKFS, 'mkfs.ext4 (e2fsprogs)');
   try {
     statSync(dir);
@@ -19,7 +20,8 @@ export async function ext4FromDir(dir: string, out: string, sizeMiB: number, lab
     throw setupMissing('root filesystem tree', dir);
   }
   // No journal checksum tricks: defaults, but no lazy init so the guest never pays for it.
-  await run(MKFS, ['-q', '-F', '-L', label, '-E', 'lazy_itable_init=0,lazy_journal_init=0', '-d', dir, out, `${sizeMiB}M`], {
+  const ratio = opts.inodeRatio ? ['-i', String(opts.inodeRatio)] : [];
+  await run(MKFS, ['-q', '-F', '-L', label, ...ratio, '-E', 'lazy_itable_init=0,lazy_journal_init=0', '-d', dir, out, `${sizeMiB}M`], {
     code: 'DISK_SETUP_FAILED',
   });
 }

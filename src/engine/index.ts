@@ -41,8 +41,10 @@ import { loadState, saveState } from './migrate.js';
 import { dirtyPages } from './pagemap.js';
 import { SNAPSHOT_FORMAT, openSnapshot, sha256, snapshotFiles, writeManifest, type SnapshotManifest } from './snapshot.js';
 import { AppLog, RunningVm, vmFiles, type VmRef } from './vm.js';
+import { BuilderVm, type BuilderSpec } from './builder.js';
 
 export { RunningVm, AppLog, vmFiles, type VmRef } from './vm.js';
+export { BuilderVm, BUILD_MOUNT, type BuilderSpec } from './builder.js';
 export { openSnapshot, snapshotFiles, type SnapshotManifest } from './snapshot.js';
 export { filterMigrationStream, type FilterStats } from './migration-stream.js';
 export { processStartTime } from '../vmm/index.js';
@@ -96,8 +98,13 @@ export interface SnapshotSpec {
   /** Raw ext4 root filesystem; the snapshot's disk is layered on it and it must stay in place. */
   rootfs: string;
   app: ProcessSpec;
-  /** The snapshot is taken once this guest port accepts connections. */
+  /** The snapshot is taken once this guest port accepts connections (unless `ready` says otherwise). */
   port: number;
+  /**
+   * Decides when the app is ready instead of waiting for `port`: resolves when
+   * it is, throws to fail the snapshot. `check` throws if the VM or the app died.
+   */
+  ready?: (host: string, check: () => void) => Promise<void>;
   memoryMiB: number;
   vcpus?: number;
   readyTimeoutMs?: number;
@@ -265,12 +272,14 @@ export class Engine extends EventEmitter {
       let appExit: number | undefined;
       agent.on('app-exit', (status: number) => (appExit = status));
       await agent.startApp(spec.app);
-      await waitPort(net.hostAddress, spec.port, deadline, () => {
+      const check = (): void => {
         if (!q.alive) throw new CellaError('GUEST_BOOT_FAILED', `template VM died: ${q.describeExit()}`);
         if (appExit !== undefined) {
-          throw new CellaError('APP_NOT_READY', `the app exited (wait status ${appExit}) before port ${spec.port} accepted: ${tail(record.appLog)}`);
+          throw new CellaError('APP_NOT_READY', `the app exited (wait status ${appExit}) before it was ready: ${tail(record.appLog)}`);
         }
-      });
+      };
+      if (spec.ready) await spec.ready(net.hostAddress, check);
+      else await waitPort(net.hostAddress, spec.port, deadline, check);
       const captureStart = Date.now();
       await agent.sync();
       await qmp.execute('stop');
@@ -312,6 +321,56 @@ export class Engine extends EventEmitter {
       await this.pool.release(net);
       rmSync(work, { recursive: true, force: true });
       this.busy.delete(workName);
+    }
+  }
+
+  /**
+   * Boots a builder VM on `spec.top` (see BuilderVm). It has no network device
+   * and dies with this process: a build is never adopted by a restarted cellad.
+   */
+  async startBuilder(spec: BuilderSpec): Promise<BuilderVm> {
+    const workName = `.builder-${randomUUID().slice(0, 8)}`;
+    const work = this.vmDir(workName);
+    const sockets = vmFiles(work);
+    checkSocketPaths(sockets);
+    mkdirSync(work);
+    let qemu: QemuProcess | undefined;
+    let qmp: QmpClient | undefined;
+    let agent: AgentClient | undefined;
+    try {
+      qemu = QemuProcess.spawn(
+        buildQemuArgs({
+          name: workName,
+          accel: this.accel.accel,
+          memoryMiB: spec.memoryMiB ?? 1024,
+          vcpus: spec.vcpus ?? 1,
+          tcgTbSizeMiB: 64,
+          memPath: path.join(work, 'mem'),
+          memShared: false,
+          boot: {
+            kernel: this.guest.kernel,
+            initrd: this.guest.initrd,
+            cmdline: guestCmdline({ tscKhz: hostTscKhz(), guestCidr: GUEST.cidr, gateway: GUEST.gateway, buildDisk: '/dev/vdb' }),
+          },
+          disk: spec.top,
+          buildDisk: spec.buildDisk,
+          qmpSocket: sockets.qmp,
+          ctlSocket: sockets.ctl,
+          consoleLog: spec.consoleLog,
+        }),
+        { binary: this.qemuBinary },
+      );
+      const q = qemu;
+      qmp = await QmpClient.connect(sockets.qmp, 10_000, () => q.alive);
+      agent = await AgentClient.connect(sockets.ctl);
+      await this.waitGuest(agent, qemu, Date.now() + (spec.bootTimeoutMs ?? 60_000), spec.consoleLog);
+      return new BuilderVm(spec, qemu, qmp, agent, work);
+    } catch (err) {
+      agent?.close();
+      qmp?.close();
+      await qemu?.kill();
+      rmSync(work, { recursive: true, force: true });
+      throw err;
     }
   }
 
@@ -666,6 +725,15 @@ export class Engine extends EventEmitter {
     } finally {
       this.busy.delete(name);
     }
+  }
+
+  /** Stops the warm clones of `image` (its snapshot is about to be deleted) and waits for a fill in progress. */
+  async forgetImage(image: string): Promise<void> {
+    const imageDir = path.resolve(image);
+    await this.warming.get(imageDir)?.catch(() => {});
+    const pool = this.warm.get(imageDir) ?? [];
+    this.warm.delete(imageDir);
+    await Promise.all(pool.map((w) => this.discardWarm(w)));
   }
 
   private async discardWarm(w: WarmVm): Promise<void> {

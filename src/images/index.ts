@@ -1,25 +1,35 @@
 /**
- * Images that VMs launch from. Until Dockerfile builds land, an image is
- * registered from a local root filesystem folder plus a start command: the
- * folder becomes an ext4 disk, a template VM boots it and starts the app, and
- * once the app's port accepts, the snapshot is captured. Registration runs in
- * the background; its state and build log say how it went.
+ * Images, their versions and builds (the contract's sections 2–4). Create
+ * and Update record a new version and queue its build; builds run one at a
+ * time (each is CPU-bound and a builder VM is large), in the background,
+ * and write their outcome through the state tables below.
  */
-import { createHash } from 'node:crypto';
-import { appendFileSync, existsSync, lstatSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { createHash, randomUUID } from 'node:crypto';
+import { appendFileSync, createWriteStream, existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
-import type { RegisterImageRequest } from '../api/schemas.js';
-import { ext4FromDir } from '../disk/index.js';
+import { pipeline } from 'node:stream/promises';
+import { Transform } from 'node:stream';
+import { validateArtifactUri, type S3Settings } from '../archive/index.js';
+import { DEFAULT_MEMORY_MIB, type CreateImageRequest, type ImageRequestConfig, type UpdateImageRequest } from '../api/schemas.js';
 import type { Engine } from '../engine/index.js';
-import { CellaError } from '../errors/index.js';
-import { run } from '../host/index.js';
-import type { ImageConfig, ImageRecord, Store } from '../store/index.js';
+import { BuildFailure, CellaError } from '../errors/index.js';
+import type { BuildRecord, BuildState, ImageRecord, ImageState, ImageVersionRecord, RunnableImage, Store, VersionState } from '../store/index.js';
+import { buildImage, cacheDirs, managedBases, type BuildSettings, type ManagedBase } from './build.js';
 
-export const IMAGE_VERSION = '1.0';
-const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+export { managedBases, type ManagedBase } from './build.js';
+
+const ARN_PREFIX = 'arn:cella:lambda:local:000000000000:microvm-image:';
+const MANAGED_ARN_PREFIX = 'arn:cella:lambda:local:aws:microvm-image:';
+/** Managed bases have one version each: the one setup built. */
+export const MANAGED_VERSION = '1';
 
 export function imageArn(name: string): string {
-  return `arn:cella:lambda:local:000000000000:microvm-image:${name}`;
+  return ARN_PREFIX + name;
+}
+
+export function managedArn(name: string): string {
+  return MANAGED_ARN_PREFIX + name;
 }
 
 /** Accepts an image name or its ARN; returns the name. */
@@ -35,136 +45,445 @@ export function vcpusFor(memoryMiB: number): number {
   return Math.max(1, Math.floor(memoryMiB / 2048));
 }
 
-export class Images {
-  constructor(
-    private readonly store: Store,
-    private readonly engine: Pick<Engine, 'createSnapshot'>,
-    private readonly dataDir: string,
-    private readonly log: (line: string) => void = () => {},
-  ) {}
+// One table per lifecycle: which state may follow which.
+const IMAGE_NEXT: Record<ImageState, readonly ImageState[]> = {
+  CREATING: ['CREATED', 'CREATE_FAILED', 'DELETING'],
+  CREATED: ['UPDATING', 'DELETING'],
+  CREATE_FAILED: ['UPDATING', 'DELETING'],
+  UPDATING: ['UPDATED', 'UPDATE_FAILED', 'DELETING'],
+  UPDATED: ['UPDATING', 'DELETING'],
+  UPDATE_FAILED: ['UPDATING', 'DELETING'],
+  DELETING: ['DELETED', 'DELETE_FAILED'],
+  DELETED: [],
+  DELETE_FAILED: ['DELETING'],
+};
+const VERSION_NEXT: Record<VersionState, readonly VersionState[]> = {
+  PENDING: ['IN_PROGRESS', 'FAILED', 'DELETING'],
+  IN_PROGRESS: ['SUCCESSFUL', 'FAILED'],
+  SUCCESSFUL: ['DELETING'],
+  FAILED: ['DELETING'],
+  DELETING: ['DELETED', 'DELETE_FAILED'],
+  DELETED: [],
+  DELETE_FAILED: ['DELETING'],
+};
+const BUILD_NEXT: Record<BuildState, readonly BuildState[]> = {
+  PENDING: ['IN_PROGRESS', 'FAILED'],
+  IN_PROGRESS: ['SUCCESSFUL', 'FAILED'],
+  SUCCESSFUL: [],
+  FAILED: [],
+};
 
-  /** Short and fixed-length: the template's unix sockets live below it. */
+function check<S extends string>(table: Record<S, readonly S[]>, what: string, from: S, to: S): void {
+  if (!table[from].includes(to)) throw new CellaError('INTERNAL', `${what}: ${from} → ${to} is not a transition`);
+}
+
+export interface ImagesOptions {
+  store: Store;
+  engine: Engine;
+  dataDir: string;
+  s3?: S3Settings;
+  insecureRegistries?: string[];
+  log?: (line: string) => void;
+}
+
+export interface StartedVersion {
+  image: ImageRecord;
+  version: ImageVersionRecord;
+  build: BuildRecord;
+}
+
+export class Images {
+  private readonly store: Store;
+  private readonly engine: Engine;
+  private readonly dataDir: string;
+  private readonly settings: BuildSettings;
+  private readonly log: (line: string) => void;
+  /** Builds run one after another on this chain. */
+  private queue: Promise<void> = Promise.resolve();
+  private readonly building = new Set<string>();
+
+  constructor(opts: ImagesOptions) {
+    this.store = opts.store;
+    this.engine = opts.engine;
+    this.dataDir = opts.dataDir;
+    this.log = opts.log ?? (() => {});
+    this.settings = {
+      dataDir: opts.dataDir,
+      basesDir: opts.engine.guest.bases,
+      ...(opts.s3 ? { s3: opts.s3 } : {}),
+      ...(opts.insecureRegistries ? { insecureRegistries: opts.insecureRegistries } : {}),
+    };
+  }
+
+  /** Short and fixed-length: a template's unix sockets live below it. */
   private imageRoot(name: string): string {
     return path.join(this.dataDir, 'images', `i-${createHash('sha256').update(name).digest('hex').slice(0, 12)}`);
   }
 
-  buildLog(name: string): string {
-    return path.join(this.dataDir, 'logs', 'images', `${name}.log`);
+  buildLog(buildId: string): string {
+    return path.join(this.dataDir, 'logs', 'builds', `${buildId}.log`);
   }
 
-  get(name: string): ImageRecord | undefined {
-    return this.store.getImage(name);
+  /** Whether a build is queued or running (its log may still grow). */
+  isBuilding(buildId: string): boolean {
+    return this.building.has(buildId);
   }
 
-  /** Checks the request, records the image as CREATING and builds it in the background. */
-  register(req: RegisterImageRequest): { image: ImageRecord; done: Promise<ImageRecord> } {
+  // ---------- reads ----------
+
+  require(identifier: string): ImageRecord {
+    const name = imageNameOf(identifier);
+    const img = this.store.getImage(name);
+    if (!img) throw new CellaError('NOT_FOUND', `image ${identifier} not found`, { details: { resourceId: identifier, resourceType: 'MicrovmImage' } });
+    return img;
+  }
+
+  requireVersion(identifier: string, version: string): ImageVersionRecord {
+    const img = this.require(identifier);
+    const v = this.store.getVersion(img.name, version);
+    if (!v) {
+      throw new CellaError('NOT_FOUND', `image ${img.name} has no version ${version}`, { details: { resourceId: version, resourceType: 'MicrovmImageVersion' } });
+    }
+    return v;
+  }
+
+  requireBuild(identifier: string, version: string, buildId: string): BuildRecord {
+    const v = this.requireVersion(identifier, version);
+    const b = this.store.getBuild(buildId);
+    if (!b || b.imageName !== v.imageName || b.version !== v.version) {
+      throw new CellaError('NOT_FOUND', `build ${buildId} of ${v.imageName} ${version} not found`, { details: { resourceId: buildId, resourceType: 'MicrovmImageBuild' } });
+    }
+    return b;
+  }
+
+  /** The newest version with the given state (and status). */
+  latest(name: string, state: VersionState, status?: 'ACTIVE'): ImageVersionRecord | undefined {
+    return this.store
+      .listVersions(name)
+      .filter((v) => v.state === state && (!status || v.status === status))
+      .pop();
+  }
+
+  /**
+   * What RunMicrovm launches: the pinned version, or the latest SUCCESSFUL
+   * ACTIVE one. A version being built (UPDATING) does not stop runs of the
+   * versions before it.
+   */
+  runnable(identifier: string, version?: string): RunnableImage {
+    const img = this.require(identifier);
+    if (img.state === 'DELETING' || img.state === 'DELETED') {
+      throw new CellaError('NOT_FOUND', `image ${img.name} is ${img.state}`, { details: { resourceId: identifier, resourceType: 'MicrovmImage' } });
+    }
+    const v = version === undefined ? this.latest(img.name, 'SUCCESSFUL', 'ACTIVE') : this.store.getVersion(img.name, version);
+    if (!v || v.state !== 'SUCCESSFUL' || v.status !== 'ACTIVE' || !v.runtime) {
+      const why = !v ? (version === undefined ? `image ${img.name} has none` : `image ${img.name} has no version ${version}`) : `version ${v.version} is ${v.state}/${v.status}`;
+      throw new CellaError('NOT_FOUND', `No active version found: ${why}`, { details: { resourceId: version ?? img.name, resourceType: 'MicrovmImageVersion' } });
+    }
+    return this.runnableOf(img, v);
+  }
+
+  /** The lifecycle's view of a version that VMs run from, whatever its status now. */
+  lookup(name: string, version: string): RunnableImage | undefined {
+    const img = this.store.getImage(name);
+    const v = this.store.getVersion(name, version);
+    return img && v?.runtime ? this.runnableOf(img, v) : undefined;
+  }
+
+  private runnableOf(img: ImageRecord, v: ImageVersionRecord): RunnableImage {
+    return { name: img.name, arn: img.arn, version: v.version, dir: path.join(v.dir, 'snapshot'), config: v.runtime as NonNullable<typeof v.runtime> };
+  }
+
+  managed(): ManagedBase[] {
+    return managedBases(this.settings.basesDir);
+  }
+
+  // ---------- writes ----------
+
+  /** Checks the request; records the image, version 1.0 and its build; queues the build. */
+  create(req: CreateImageRequest): StartedVersion {
     if (this.store.getImage(req.name)) {
       throw new CellaError('INVALID_ARGUMENT', `image ${req.name} already exists`, { details: { resourceId: req.name, resourceType: 'MicrovmImage' } });
     }
-    const rootfsDir = path.resolve(req.rootfsDir);
-    if (!existsSync(rootfsDir) || !statSync(rootfsDir).isDirectory()) {
-      throw new CellaError('INVALID_ARGUMENT', `rootfsDir ${rootfsDir} is not a directory`);
+    const request = this.checkConfig(req);
+    const now = Date.now();
+    const image: ImageRecord = { name: req.name, arn: imageArn(req.name), state: 'CREATING', tags: req.tags ?? {}, createdAt: now, updatedAt: null };
+    return this.store.tx(() => {
+      this.store.putImage(image);
+      return this.startVersion(image, request, now);
+    });
+  }
+
+  /** A new version from a new request (PUT semantics: nothing is inherited from the last one). */
+  update(identifier: string, req: UpdateImageRequest): StartedVersion {
+    const img = this.require(identifier);
+    if (!IMAGE_NEXT[img.state].includes('UPDATING')) {
+      throw new CellaError('INVALID_STATE', `image ${img.name} is ${img.state}`, { details: { resourceId: img.name, resourceType: 'MicrovmImage' } });
     }
-    const entry = req.command[0] as string;
-    if (entry.startsWith('/')) {
-      try {
-        lstatSync(path.join(rootfsDir, entry));
-      } catch {
-        throw new CellaError('INVALID_ARGUMENT', `the command ${entry} does not exist in ${rootfsDir}`);
+    const request = this.checkConfig(req);
+    const now = Date.now();
+    return this.store.tx(() => {
+      const image = this.setImageState(img, 'UPDATING', now);
+      return this.startVersion(image, request, now);
+    });
+  }
+
+  private checkConfig(req: CreateImageRequest | UpdateImageRequest): ImageRequestConfig {
+    validateArtifactUri(req.codeArtifact.uri);
+    const base = /^arn:[a-z-]+:lambda:[^:]*:aws:microvm-image:([a-zA-Z0-9_-]+)$/.exec(req.baseImageArn)?.[1];
+    const names = this.managed().map((b) => b.name);
+    if (!base || !names.includes(base)) {
+      throw new CellaError('INVALID_ARGUMENT', `baseImageArn ${req.baseImageArn} is not a managed base image; use one of: ${names.map(managedArn).join(', ')}`);
+    }
+    if (req.baseImageVersion !== undefined && req.baseImageVersion.replace(/\.0$/, '') !== MANAGED_VERSION) {
+      throw new CellaError('INVALID_ARGUMENT', `baseImageVersion ${req.baseImageVersion} does not exist for ${base} (it has ${MANAGED_VERSION})`);
+    }
+    if (req.hooks?.microvmHooks && Object.entries(req.hooks.microvmHooks).some(([k, v]) => !k.endsWith('Seconds') && v === 'ENABLED')) {
+      if (req.hooks.microvmImageHooks?.ready !== 'ENABLED') {
+        throw new CellaError('INVALID_ARGUMENT', 'runtime hooks (run, resume, suspend, terminate) need the ready hook enabled too (hooks.microvmImageHooks.ready)');
       }
     }
-    const memoryMiB = req.memoryMiB ?? 512;
-    const config: ImageConfig = {
-      command: req.command,
-      environmentVariables: { PATH: DEFAULT_PATH, ...req.environmentVariables },
-      workingDirectory: req.workingDirectory ?? '/',
-      port: req.port ?? 8080,
-      memoryMiB,
-      vcpus: vcpusFor(memoryMiB),
-      rootfsDir,
-      ...(req.hooks ? { hooks: req.hooks } : {}),
-    };
-    const dir = path.join(this.imageRoot(req.name), 'v1', 'snapshot');
-    const image: ImageRecord = {
-      name: req.name,
-      arn: imageArn(req.name),
-      version: IMAGE_VERSION,
-      dir,
-      state: 'CREATING',
+    const { clientToken: _t, ...config } = req as CreateImageRequest;
+    const { name: _n, tags: _g, ...request } = config;
+    return request;
+  }
+
+  private startVersion(image: ImageRecord, request: ImageRequestConfig, now: number): StartedVersion {
+    const major = Math.max(0, ...this.store.listVersions(image.name).map((v) => v.major)) + 1;
+    const version: ImageVersionRecord = {
+      imageName: image.name,
+      version: `${major}.0`,
+      major,
+      state: 'PENDING',
+      status: 'ACTIVE',
       stateReason: null,
-      config,
-      createdAt: Date.now(),
+      request,
+      runtime: null,
+      dir: path.join(this.imageRoot(image.name), `v${major}`),
+      createdAt: now,
+      updatedAt: null,
     };
-    this.store.putImage(image);
-    return { image, done: this.build(image) };
+    const build: BuildRecord = {
+      buildId: randomUUID(),
+      imageName: image.name,
+      version: version.version,
+      state: 'PENDING',
+      stateReason: null,
+      message: null,
+      snapshotBuild: null,
+      createdAt: now,
+      updatedAt: null,
+    };
+    this.store.putVersion(version);
+    this.store.putBuild(build);
+    return { image, version, build };
   }
 
-  private async build(image: ImageRecord): Promise<ImageRecord> {
-    const logFile = this.buildLog(image.name);
-    mkdirSync(path.dirname(logFile), { recursive: true });
-    rmSync(logFile, { force: true });
-    const say = (line: string): void => appendFileSync(logFile, `[cella] ${line}\n`);
-    const { config } = image;
+  /** Starts a recorded build (after the transaction that recorded it committed). */
+  enqueue(started: StartedVersion): Promise<void> {
+    const { build } = started;
+    this.building.add(build.buildId);
+    mkdirSync(path.dirname(this.buildLog(build.buildId)), { recursive: true });
+    appendFileSync(this.buildLog(build.buildId), `[cella] build ${build.buildId} of ${build.imageName} ${build.version} queued\n`);
+    const job = this.queue.then(() => this.runBuild(build.buildId));
+    this.queue = job.catch(() => {});
+    return job;
+  }
+
+  private async runBuild(buildId: string): Promise<void> {
+    const file = this.buildLog(buildId);
+    const say = (line: string): void => appendFileSync(file, `${line}\n`);
     try {
-      const versionDir = path.dirname(image.dir);
-      rmSync(versionDir, { recursive: true, force: true });
-      mkdirSync(versionDir, { recursive: true });
-      const rootfs = path.join(versionDir, 'rootfs.ext4');
-      const treeMiB = Number((await run('du', ['-sm', '--apparent-size', config.rootfsDir])).split(/\s/)[0]);
-      // Room for the tree plus what the app writes at run time; the file is sparse.
-      const sizeMiB = Math.max(256, Math.ceil(treeMiB * 1.5) + 256);
-      say(`building a ${sizeMiB} MiB ext4 root filesystem from ${config.rootfsDir}`);
-      await ext4FromDir(config.rootfsDir, rootfs, sizeMiB);
-      say(`booting a template VM (${config.memoryMiB} MiB, ${config.vcpus} vCPU) and starting: ${config.command.join(' ')}`);
-      const snap = await this.engine.createSnapshot({
-        dir: image.dir,
-        rootfs,
-        app: { argv: config.command, env: config.environmentVariables, cwd: config.workingDirectory },
-        port: config.port,
-        memoryMiB: config.memoryMiB,
-        vcpus: config.vcpus,
-        readyTimeoutMs: 120_000,
-        onLog: (_stream, data) => appendFileSync(logFile, data),
+      const b0 = this.store.getBuild(buildId);
+      const v0 = b0 && this.store.getVersion(b0.imageName, b0.version);
+      const img0 = b0 && this.store.getImage(b0.imageName);
+      // Deleted while queued: nothing to do.
+      if (!b0 || !v0 || !img0 || img0.state === 'DELETING') return;
+      const t0 = Date.now();
+      this.store.tx(() => {
+        this.setBuild(b0, { state: 'IN_PROGRESS' });
+        this.setVersion(v0, { state: 'IN_PROGRESS' });
       });
-      say(`port ${config.port} accepted after ${snap.templateBootMs} ms; snapshot captured in ${snap.captureMs} ms`);
-      const done: ImageRecord = {
-        ...image,
-        state: 'CREATED',
-        config: {
-          ...config,
-          snapshot: {
-            memorySnapshotSizeInBytes: snap.memAllocatedBytes,
-            diskSnapshotSizeInBytes: snap.diskAllocatedBytes,
-            deviceStateSizeInBytes: snap.devstateBytes,
-          },
-        },
-      };
-      this.store.putImage(done);
-      return done;
-    } catch (err) {
-      const reason = (err as Error).message;
-      say(`FAILED: ${reason}`);
-      this.log(`image ${image.name}: ${reason}`);
-      const failed: ImageRecord = { ...image, state: 'CREATE_FAILED', stateReason: reason };
-      this.store.putImage(failed);
-      rmSync(path.dirname(image.dir), { recursive: true, force: true });
-      return failed;
+      const memoryMiB = v0.request.resources?.[0]?.minimumMemoryInMiB ?? DEFAULT_MEMORY_MIB;
+      let outcome;
+      try {
+        outcome = await buildImage(this.engine, this.settings, { buildId, imageArn: img0.arn, imageName: img0.name, version: v0, memoryMiB, vcpus: vcpusFor(memoryMiB) }, (l) =>
+          say(l),
+        );
+      } catch (err) {
+        const f = err instanceof BuildFailure ? err : new BuildFailure('INTERNAL_PLATFORM_ERROR', (err as Error).message);
+        say(`[cella] build FAILED: ${f.reason}: ${f.message}`);
+        this.log(`image ${img0.name} ${v0.version}: build failed: ${f.reason}: ${f.message}`);
+        this.finish(buildId, { ok: false, reason: f.reason, message: f.message, snapshotBuild: (err as { snapshotBuild?: BuildRecord['snapshotBuild'] }).snapshotBuild ?? null });
+        return;
+      }
+      say(`[cella] build SUCCESSFUL in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${img0.name} ${v0.version} is ready to run`);
+      this.finish(buildId, { ok: true, runtime: outcome.runtime, snapshotBuild: outcome.snapshotBuild });
+    } finally {
+      this.building.delete(buildId);
     }
   }
 
-  /** Images that were building when the daemon died will never finish: say so. */
-  recover(): void {
-    for (const img of this.store.listImages()) {
-      if (img.state === 'CREATING') this.store.putImage({ ...img, state: 'CREATE_FAILED', stateReason: 'cellad restarted while the image was being created' });
-    }
+  private finish(
+    buildId: string,
+    r:
+      | { ok: true; runtime: NonNullable<ImageVersionRecord['runtime']>; snapshotBuild: BuildRecord['snapshotBuild'] }
+      | { ok: false; reason: NonNullable<BuildRecord['stateReason']>; message: string; snapshotBuild: BuildRecord['snapshotBuild'] },
+  ): void {
+    const failedVersionDir = this.store.tx(() => {
+      const b = this.store.getBuild(buildId);
+      const v = b && this.store.getVersion(b.imageName, b.version);
+      const img = b && this.store.getImage(b.imageName);
+      if (!b || !v || !img) return undefined;
+      const now = Date.now();
+      if (r.ok) {
+        this.setBuild(b, { state: 'SUCCESSFUL', snapshotBuild: r.snapshotBuild }, now);
+        this.setVersion(v, { state: 'SUCCESSFUL', runtime: r.runtime }, now);
+      } else {
+        this.setBuild(b, { state: 'FAILED', stateReason: r.reason, message: r.message, snapshotBuild: r.snapshotBuild }, now);
+        this.setVersion(v, { state: 'FAILED', stateReason: r.reason }, now);
+      }
+      if (img.state === 'CREATING' || img.state === 'UPDATING') {
+        const done = img.state === 'CREATING' ? (r.ok ? 'CREATED' : 'CREATE_FAILED') : r.ok ? 'UPDATED' : 'UPDATE_FAILED';
+        this.setImageState(img, done, now);
+      }
+      return r.ok ? undefined : v.dir;
+    });
+    // A failed version keeps its record and log, not its half-written files.
+    if (failedVersionDir) rmSync(failedVersionDir, { recursive: true, force: true });
   }
 
-  delete(name: string, inUse: boolean): void {
+  setStatus(identifier: string, version: string, status: 'ACTIVE' | 'INACTIVE'): ImageVersionRecord {
+    const v = this.requireVersion(identifier, version);
+    if (v.status === status) return v;
+    if (v.state === 'DELETING' || v.state === 'DELETED') {
+      throw new CellaError('INVALID_STATE', `version ${version} is ${v.state}`, { details: { resourceId: version, resourceType: 'MicrovmImageVersion' } });
+    }
+    const next = { ...v, status, updatedAt: Date.now() };
+    this.store.putVersion(next);
+    return next;
+  }
+
+  /** Idempotent; refuses the last version, one that is building, and one that live VMs use. */
+  async deleteVersion(identifier: string, version: string, inUse: (name: string, version: string) => boolean): Promise<{ name: string; state: VersionState }> {
+    const img = this.store.getImage(imageNameOf(identifier));
+    const v = img && this.store.getVersion(img.name, version);
+    if (!img || !v) return { name: img?.name ?? identifier, state: 'DELETED' };
+    const details = { resourceId: version, resourceType: 'MicrovmImageVersion' };
+    if (this.store.listVersions(img.name).length === 1) throw new CellaError('INVALID_STATE', `version ${version} is the last version of ${img.name}; delete the image instead`, { details });
+    if (v.state === 'PENDING' || v.state === 'IN_PROGRESS') throw new CellaError('INVALID_STATE', `version ${version} is still being built`, { details });
+    if (inUse(img.name, version)) throw new CellaError('INVALID_STATE', `version ${version} has live MicroVMs`, { details });
+    await this.engine.forgetImage(path.join(v.dir, 'snapshot'));
+    this.store.deleteVersion(img.name, version);
+    rmSync(v.dir, { recursive: true, force: true });
+    return { name: img.name, state: 'DELETED' };
+  }
+
+  /** Idempotent; refuses while a build runs or live VMs use any version. */
+  async delete(identifier: string, inUse: (name: string) => boolean): Promise<{ state: ImageState }> {
+    const name = imageNameOf(identifier);
     const img = this.store.getImage(name);
-    if (!img) return;
-    if (inUse) throw new CellaError('INVALID_STATE', `image ${name} has live MicroVMs`, { details: { resourceId: name, resourceType: 'MicrovmImage' } });
-    if (img.state === 'CREATING') throw new CellaError('INVALID_STATE', `image ${name} is still being created`, { details: { resourceId: name, resourceType: 'MicrovmImage' } });
+    if (!img) return { state: 'DELETED' };
+    const details = { resourceId: name, resourceType: 'MicrovmImage' };
+    if (img.state === 'CREATING' || img.state === 'UPDATING') throw new CellaError('INVALID_STATE', `image ${name} is ${img.state}: a build is running`, { details });
+    if (inUse(name)) throw new CellaError('INVALID_STATE', `image ${name} has live MicroVMs`, { details });
+    this.setImageState(img, 'DELETING', Date.now());
+    for (const v of this.store.listVersions(name)) await this.engine.forgetImage(path.join(v.dir, 'snapshot'));
     this.store.deleteImage(name);
     rmSync(this.imageRoot(name), { recursive: true, force: true });
+    return { state: 'DELETED' };
+  }
+
+  /**
+   * Streams an uploaded zip to the server's artifact store; it is named by
+   * its content, so the same upload twice is one file.
+   */
+  async upload(req: IncomingMessage, maxBytes: number): Promise<{ uri: string; sizeInBytes: number; sha256: string }> {
+    const dir = path.join(this.dataDir, 'artifacts');
+    mkdirSync(dir, { recursive: true });
+    const tmp = path.join(dir, `.upload-${randomUUID()}`);
+    const hash = createHash('sha256');
+    let bytes = 0;
+    const meter = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        bytes += chunk.length;
+        if (bytes > maxBytes) {
+          done(new CellaError('PAYLOAD_TOO_LARGE', `the upload exceeds ${maxBytes} bytes`));
+          return;
+        }
+        hash.update(chunk);
+        done(null, chunk);
+      },
+    });
+    try {
+      await pipeline(req, meter, createWriteStream(tmp));
+    } catch (err) {
+      rmSync(tmp, { force: true });
+      throw err;
+    }
+    if (bytes === 0) {
+      rmSync(tmp, { force: true });
+      throw new CellaError('INVALID_ARGUMENT', 'the upload is empty: send the zip as the request body');
+    }
+    const sha256 = hash.digest('hex');
+    const file = path.join(dir, `${sha256}.zip`);
+    if (existsSync(file)) rmSync(tmp, { force: true });
+    else renameSync(tmp, file);
+    return { uri: `file://${file}`, sizeInBytes: bytes, sha256 };
+  }
+
+  /**
+   * After a restart: builds that were queued or running will not finish by
+   * themselves. Queued ones (PENDING) run again; a running one failed midway.
+   */
+  recover(): Promise<void>[] {
+    const jobs: Promise<void>[] = [];
+    const layers = cacheDirs(this.dataDir).layers;
+    for (const img of this.store.listImages()) {
+      for (const v of this.store.listVersions(img.name)) {
+        for (const b of this.store.listBuilds(img.name, v.version)) {
+          if (b.state === 'IN_PROGRESS') {
+            appendFileSync(this.buildLog(b.buildId), '[cella] build FAILED: INTERNAL_PLATFORM_ERROR: cellad restarted during the build\n');
+            this.finish(b.buildId, { ok: false, reason: 'INTERNAL_PLATFORM_ERROR', message: 'cellad restarted during the build', snapshotBuild: null });
+          } else if (b.state === 'PENDING') {
+            jobs.push(this.enqueue({ image: img, version: v, build: b }));
+          }
+        }
+      }
+    }
+    // Half-written layers of an interrupted build have no marker; their files go.
+    if (existsSync(layers)) {
+      for (const f of readdirSync(layers)) {
+        if (f.endsWith('.qcow2') && !existsSync(path.join(layers, f.replace(/\.qcow2$/, '.json')))) rmSync(path.join(layers, f), { force: true });
+      }
+    }
+    return jobs;
+  }
+
+  /** Resolves when every queued build has ended. */
+  async idle(): Promise<void> {
+    for (;;) {
+      const q = this.queue;
+      await q;
+      if (q === this.queue) return;
+    }
+  }
+
+  // ---------- the writers of state ----------
+
+  private setImageState(img: ImageRecord, to: ImageState, now: number): ImageRecord {
+    check(IMAGE_NEXT, `image ${img.name}`, img.state, to);
+    const next = { ...img, state: to, updatedAt: now };
+    this.store.putImage(next);
+    return next;
+  }
+
+  private setVersion(v: ImageVersionRecord, patch: Partial<Pick<ImageVersionRecord, 'state' | 'stateReason' | 'runtime'>>, now = Date.now()): void {
+    if (patch.state) check(VERSION_NEXT, `version ${v.imageName} ${v.version}`, v.state, patch.state);
+    this.store.putVersion({ ...v, ...patch, updatedAt: now });
+  }
+
+  private setBuild(b: BuildRecord, patch: Partial<Pick<BuildRecord, 'state' | 'stateReason' | 'message' | 'snapshotBuild'>>, now = Date.now()): void {
+    if (patch.state) check(BUILD_NEXT, `build ${b.buildId}`, b.state, patch.state);
+    this.store.putBuild({ ...b, ...patch, updatedAt: now });
   }
 }

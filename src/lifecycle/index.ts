@@ -14,7 +14,7 @@ import type { VmState } from '../api/schemas.js';
 import { vmFiles, type Engine, type RunningVm, type VmRef } from '../engine/index.js';
 import { CellaError, isCellaError } from '../errors/index.js';
 import type { LogHub } from '../logs/index.js';
-import type { ImageRecord, Store, VmPatch, VmRecord } from '../store/index.js';
+import type { RunnableImage, Store, VmPatch, VmRecord } from '../store/index.js';
 import { callHook, hookEnabled, hookTimeoutMs, type RuntimeHook } from './hooks.js';
 import { RUNNING_STATES, canTransition } from './states.js';
 
@@ -27,7 +27,7 @@ export interface LifecycleOptions {
   store: Store;
   driver: VmDriver;
   logs: LogHub;
-  images: (name: string) => ImageRecord | undefined;
+  images: (name: string, version: string) => RunnableImage | undefined;
   log?: (line: string) => void;
   now?: () => number;
 }
@@ -39,7 +39,7 @@ export class Lifecycle extends EventEmitter {
   private readonly store: Store;
   private readonly driver: VmDriver;
   private readonly logs: LogHub;
-  private readonly images: (name: string) => ImageRecord | undefined;
+  private readonly images: (name: string, version: string) => RunnableImage | undefined;
   private readonly log: (line: string) => void;
   private readonly now: () => number;
   private readonly timers = new Map<string, NodeJS.Timeout>();
@@ -283,7 +283,7 @@ export class Lifecycle extends EventEmitter {
 
   private async doTerminate(rec: VmRecord): Promise<void> {
     const vm = this.driver.get(rec.id);
-    const image = this.images(rec.imageName);
+    const image = this.images(rec.imageName, rec.imageVersion);
     if (vm && image && hookEnabled(image.config, 'terminate')) {
       const failed = await this.hook(vm, image, 'terminate');
       if (failed) this.log(`MicroVM ${rec.id}: ${failed}; terminating anyway`);
@@ -525,7 +525,7 @@ export class Lifecycle extends EventEmitter {
     });
   }
 
-  private async hook(vm: RunningVm, image: ImageRecord, hook: RuntimeHook, body?: unknown): Promise<string | undefined> {
+  private async hook(vm: RunningVm, image: RunnableImage, hook: RuntimeHook, body?: unknown): Promise<string | undefined> {
     const port = image.config.hooks?.port ?? image.config.port;
     return callHook(vm.address(port), hook, hookTimeoutMs(image.config, hook), body);
   }
@@ -534,8 +534,8 @@ export class Lifecycle extends EventEmitter {
     return { id: rec.id, imageDir: this.imageOf(rec).dir, slot: rec.slot ?? -1 };
   }
 
-  private imageOf(rec: VmRecord): ImageRecord {
-    const image = this.images(rec.imageName);
+  private imageOf(rec: VmRecord): RunnableImage {
+    const image = this.images(rec.imageName, rec.imageVersion);
     if (!image) throw new CellaError('NOT_FOUND', `image ${rec.imageName} of MicroVM ${rec.id} no longer exists`);
     return image;
   }

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import type { RunningVm, VmRef } from '../engine/index.js';
 import { isCellaError } from '../errors/index.js';
 import { LogHub } from '../logs/index.js';
-import { SqliteStore, pendingVm, type ImageRecord, type VmRecord } from '../store/index.js';
+import { SqliteStore, pendingVm, type RunnableImage, type VmRecord } from '../store/index.js';
 import { Lifecycle, TRANSITIONS, type VmDriver } from './index.js';
 
 /** A driver whose launches finish when the test says so; the real engine is covered by test/control.test.ts. */
@@ -40,15 +40,12 @@ function setup(): { lc: Lifecycle; store: SqliteStore; driver: FakeDriver; done:
   const dir = mkdtempSync(path.join(tmpdir(), 'cella-lc-'));
   const store = new SqliteStore(':memory:');
   const driver = new FakeDriver();
-  const image: ImageRecord = {
+  const image: RunnableImage = {
     name: 'img',
     arn: 'arn:x',
     version: '1.0',
     dir: '/img',
-    state: 'CREATED',
-    stateReason: null,
-    config: { command: ['/a'], environmentVariables: {}, workingDirectory: '/', port: 8080, memoryMiB: 256, vcpus: 1, rootfsDir: '/' },
-    createdAt: 0,
+    config: { command: ['/a'], environmentVariables: {}, workingDirectory: '/', port: 8080, memoryMiB: 256, vcpus: 1 },
   };
   const lc = new Lifecycle({ store, driver: driver as unknown as VmDriver, logs: new LogHub(dir), images: () => image });
   return {

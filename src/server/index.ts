@@ -4,7 +4,7 @@
  * engine, then recovery of every live VM from the store (re-adopting running
  * QEMUs), then reclaiming whatever no VM owns, and only then the API.
  */
-import { closeSync, cpSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { totalmem } from 'node:os';
@@ -13,10 +13,11 @@ import { createApi, CONTRACT_MIN_IDLE_SECONDS } from '../api/index.js';
 import { ApiKeys, TokenMinter, ensureApiKey } from '../auth/index.js';
 import { Engine } from '../engine/index.js';
 import { CellaError } from '../errors/index.js';
-import { Images } from '../images/index.js';
+import { Images, managedArn } from '../images/index.js';
+import { demoZip } from '../images/demo.js';
+import type { S3Settings } from '../archive/index.js';
 import { Lifecycle } from '../lifecycle/index.js';
 import { LogHub } from '../logs/index.js';
-import { baseTree, DEMO_PORT } from '../setup/index.js';
 import { SqliteStore, type Store } from '../store/index.js';
 import { startProxy } from '../proxy/index.js';
 import { shellHandler } from '../shell/index.js';
@@ -55,6 +56,10 @@ export interface ServerOptions {
   resumeWindowSeconds?: number;
   /** Accepted as an API key besides the stored ones (default: env CELLA_API_KEY). */
   apiKey?: string;
+  /** Where `s3://` code artifacts come from (an S3-compatible endpoint). */
+  s3?: S3Settings;
+  /** Registries (host:port) that image builds may pull from over plain HTTP; loopback always may. */
+  insecureRegistries?: string[];
   log?: (line: string) => void;
 }
 
@@ -96,9 +101,15 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     });
     cleanups.unshift(() => engine.close({ keepRunning: true }));
     const logs = new LogHub(dataDir);
-    const images = new Images(store, engine, dataDir, log);
-    images.recover();
-    const lifecycle = new Lifecycle({ store, driver: engine, logs, images: (n) => store.getImage(n), log });
+    const images = new Images({
+      store,
+      engine,
+      dataDir,
+      log,
+      ...(opts.s3 ? { s3: opts.s3 } : {}),
+      ...(opts.insecureRegistries ? { insecureRegistries: opts.insecureRegistries } : {}),
+    });
+    const lifecycle = new Lifecycle({ store, driver: engine, logs, images: (n, v) => images.lookup(n, v), log });
     cleanups.unshift(() => lifecycle.close());
     const keep = await lifecycle.recover();
     const reclaimed = await engine.reclaim(keep);
@@ -119,7 +130,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       domain,
       port: opts.proxyPort ?? DEFAULT_PROXY_PORT,
       host: opts.host ?? '127.0.0.1',
-      shell: shellHandler(engine, (n) => store.getImage(n), log),
+      shell: shellHandler(engine, (n, v) => images.lookup(n, v), log),
       log,
     });
     cleanups.unshift(() => proxy.close());
@@ -137,7 +148,9 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       maxMemoryMiB: opts.maxMemoryMiB ?? Math.floor((4 * totalmem()) / 1048576),
       version: readVersion(),
     });
-    if (opts.demoImage && !store.getImage(DEMO_IMAGE)) registerDemo(images, engine, dataDir, log);
+    // Builds queued or running when cellad stopped: after recovery, so a build never races the reclaim of its VMs.
+    images.recover();
+    if (opts.demoImage && !store.getImage(DEMO_IMAGE)) await createDemo(images, engine, dataDir, log);
     const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 0 }, handler);
     await listen(server, opts.port ?? DEFAULT_API_PORT, opts.host ?? '127.0.0.1');
     const port = (server.address() as AddressInfo).port;
@@ -172,15 +185,20 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
   }
 }
 
-/** The demo app (guest/demo) on the busybox base, registered like any user image. */
-function registerDemo(images: Images, engine: Engine, dataDir: string, log: (line: string) => void): void {
-  const root = path.join(dataDir, 'images', 'demo-rootfs');
-  rmSync(root, { recursive: true, force: true });
-  cpSync(baseTree(engine.guest, 'busybox'), root, { recursive: true, verbatimSymlinks: true });
-  cpSync(engine.guest.demoApp, path.join(root, 'usr/bin/cella-demo'));
-  const { done } = images.register({ name: DEMO_IMAGE, rootfsDir: root, command: ['/usr/bin/cella-demo', String(DEMO_PORT)], memoryMiB: 256 });
-  log(`registering the demo image "${DEMO_IMAGE}" (first start)`);
-  void done.then((img) => log(img.state === 'CREATED' ? `image "${DEMO_IMAGE}" is ready: cella run ${DEMO_IMAGE}` : `image "${DEMO_IMAGE}" failed: ${img.stateReason}`));
+/** The demo app (guest/demo) from its Dockerfile on the busybox base, built like any user image. */
+async function createDemo(images: Images, engine: Engine, dataDir: string, log: (line: string) => void): Promise<void> {
+  const zip = await demoZip(path.join(dataDir, 'artifacts', 'demo.zip'), engine.guest.demoApp);
+  const started = images.create({
+    name: DEMO_IMAGE,
+    baseImageArn: managedArn('busybox'),
+    codeArtifact: { uri: `file://${zip}` },
+    resources: [{ minimumMemoryInMiB: 256 }],
+  });
+  log(`building the demo image "${DEMO_IMAGE}" (first start; build ${started.build.buildId})`);
+  void images.enqueue(started).then(() => {
+    const v = images.latest(DEMO_IMAGE, 'SUCCESSFUL');
+    log(v ? `image "${DEMO_IMAGE}" is ready: cella run ${DEMO_IMAGE}` : `image "${DEMO_IMAGE}" failed: see cella image logs ${DEMO_IMAGE}`);
+  });
 }
 
 function listen(server: Server, port: number, host: string): Promise<void> {

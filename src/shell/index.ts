@@ -13,7 +13,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { PtySession } from '../agent/index.js';
 import { WS_MARKER } from '../api/schemas.js';
 import type { Engine } from '../engine/index.js';
-import type { ImageRecord, VmRecord } from '../store/index.js';
+import type { RunnableImage, VmRecord } from '../store/index.js';
 
 /** Terminal output is dropped beyond this much unsent to a slow client, rather than held in memory. */
 const MAX_BUFFERED = 8 * 1024 * 1024;
@@ -36,7 +36,7 @@ function parseResize(text: string): ResizeMessage | undefined {
 
 export function shellHandler(
   engine: Pick<Engine, 'get'>,
-  images: (name: string) => ImageRecord | undefined,
+  images: (name: string, version: string) => RunnableImage | undefined,
   log: (line: string) => void = () => {},
 ): (vm: VmRecord, req: IncomingMessage, socket: Duplex, head: Buffer) => void {
   const wss = new WebSocketServer({ noServer: true, maxPayload: 1024 * 1024, handleProtocols: (offered) => (offered.has(WS_MARKER) ? WS_MARKER : false) });
@@ -67,7 +67,7 @@ export function shellHandler(
       gone = true;
       pty?.close();
     });
-    const config = images(vm.imageName)?.config;
+    const config = images(vm.imageName, vm.imageVersion)?.config;
     const session = await running.agent.openPty({
       argv: [],
       env: { ...config?.environmentVariables, TERM: 'xterm-256color' },

@@ -7,7 +7,8 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import type { VmState } from '../api/schemas.js';
+import type { HookSettings, ImageRequestConfig, VmState } from '../api/schemas.js';
+import type { BuildFailureReason } from '../errors/index.js';
 
 /** The Microvm's settings as the caller asked for them (desired state). */
 export interface VmSpec {
@@ -54,7 +55,7 @@ export interface VmRecord {
 /** A new MicroVM's row as RunMicrovm writes it: PENDING, generation 1, nothing observed or metered yet. */
 export function pendingVm(init: {
   id: string;
-  image: Pick<ImageRecord, 'name' | 'arn' | 'version'> & { config: Pick<ImageConfig, 'memoryMiB' | 'vcpus'> };
+  image: Pick<RunnableImage, 'name' | 'arn' | 'version'> & { config: Pick<ImageConfig, 'memoryMiB' | 'vcpus'> };
   spec: VmSpec;
   now: number;
 }): VmRecord {
@@ -87,32 +88,83 @@ export function pendingVm(init: {
   };
 }
 
+export const IMAGE_STATES = ['CREATING', 'CREATED', 'CREATE_FAILED', 'UPDATING', 'UPDATED', 'UPDATE_FAILED', 'DELETING', 'DELETED', 'DELETE_FAILED'] as const;
+export type ImageState = (typeof IMAGE_STATES)[number];
+export const VERSION_STATES = ['PENDING', 'IN_PROGRESS', 'SUCCESSFUL', 'FAILED', 'DELETING', 'DELETED', 'DELETE_FAILED'] as const;
+export type VersionState = (typeof VERSION_STATES)[number];
+export const BUILD_STATES = ['PENDING', 'IN_PROGRESS', 'SUCCESSFUL', 'FAILED'] as const;
+export type BuildState = (typeof BUILD_STATES)[number];
+
+/** A MicrovmImage: a name whose versions are built from code artifacts. */
 export interface ImageRecord {
   name: string;
   arn: string;
-  version: string;
-  dir: string;
-  state: 'CREATING' | 'CREATED' | 'CREATE_FAILED';
-  stateReason: string | null;
-  /** Start command, port, memory, hooks and snapshot sizes as JSON. */
-  config: ImageConfig;
+  state: ImageState;
+  tags: Record<string, string>;
   createdAt: number;
+  updatedAt: number | null;
 }
 
+/** One build of an image from one request; what RunMicrovm launches. */
+export interface ImageVersionRecord {
+  imageName: string;
+  /** `<major>.0`; major counts up from 1 per image. */
+  version: string;
+  major: number;
+  state: VersionState;
+  status: 'ACTIVE' | 'INACTIVE';
+  stateReason: string | null;
+  /** The ImageConfig fields of the create/update request, echoed as sent. */
+  request: ImageRequestConfig;
+  /** How to start the app and call it; set once the build has resolved the Dockerfile. */
+  runtime: ImageConfig | null;
+  /** The version's folder: rootfs.ext4 and snapshot/. */
+  dir: string;
+  createdAt: number;
+  updatedAt: number | null;
+}
+
+export interface SnapshotBuild {
+  memorySnapshotSizeInBytes?: number;
+  codeInstallSizeInBytes?: number;
+  diskSnapshotSizeInBytes?: number;
+}
+
+export interface BuildRecord {
+  buildId: string;
+  imageName: string;
+  version: string;
+  state: BuildState;
+  stateReason: BuildFailureReason | null;
+  /** Why, in words (Cella extension; the log has the whole story). */
+  message: string | null;
+  snapshotBuild: SnapshotBuild | null;
+  createdAt: number;
+  updatedAt: number | null;
+}
+
+/** What the lifecycle needs of a version to launch and call a VM. */
+export interface RunnableImage {
+  name: string;
+  arn: string;
+  version: string;
+  /** The snapshot's folder. */
+  dir: string;
+  config: ImageConfig;
+}
+
+/** The app as the build resolved it from the Dockerfile and the request. */
 export interface ImageConfig {
   command: string[];
   environmentVariables: Record<string, string>;
   workingDirectory: string;
+  uid?: number;
+  gid?: number;
+  /** The endpoint's default port, and the one a build waits for without a ready hook. */
   port: number;
   memoryMiB: number;
   vcpus: number;
-  rootfsDir: string;
-  hooks?: {
-    port: number;
-    microvmHooks?: Partial<Record<'run' | 'resume' | 'suspend' | 'terminate', 'ENABLED' | 'DISABLED'>> &
-      Partial<Record<'runTimeoutInSeconds' | 'resumeTimeoutInSeconds' | 'suspendTimeoutInSeconds' | 'terminateTimeoutInSeconds', number>>;
-  };
-  snapshot?: { memorySnapshotSizeInBytes: number; diskSnapshotSizeInBytes: number; deviceStateSizeInBytes: number };
+  hooks?: HookSettings;
 }
 
 export interface TokenRecord {
@@ -146,8 +198,19 @@ export interface Store {
   deleteTokensOf(vmId: string): number;
   putImage(img: ImageRecord): void;
   getImage(name: string): ImageRecord | undefined;
-  listImages(): ImageRecord[];
+  /** By name; `after` is the last name of the previous page. */
+  listImages(opts?: { after?: string; limit?: number }): ImageRecord[];
+  /** The image with its versions and builds. */
   deleteImage(name: string): void;
+  putVersion(v: ImageVersionRecord): void;
+  getVersion(imageName: string, version: string): ImageVersionRecord | undefined;
+  /** Oldest first. */
+  listVersions(imageName: string): ImageVersionRecord[];
+  deleteVersion(imageName: string, version: string): void;
+  putBuild(b: BuildRecord): void;
+  getBuild(buildId: string): BuildRecord | undefined;
+  /** Oldest first; every version's when `version` is omitted. */
+  listBuilds(imageName: string, version?: string): BuildRecord[];
   apiKeyHashes(): string[];
   addApiKeyHash(hash: string): void;
   getSecret(name: string): Buffer | undefined;
@@ -198,6 +261,24 @@ const MIGRATIONS: string[] = [
    );
    CREATE TABLE api_keys (hash TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
    CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);`,
+  // Images get versions and builds; a registered image becomes version 1.0 of its name.
+  `CREATE TABLE microvm_images (
+     name TEXT PRIMARY KEY, arn TEXT NOT NULL, state TEXT NOT NULL, tags TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER
+   );
+   CREATE TABLE image_versions (
+     image_name TEXT NOT NULL, version TEXT NOT NULL, major INTEGER NOT NULL, state TEXT NOT NULL, status TEXT NOT NULL, state_reason TEXT,
+     request TEXT NOT NULL, runtime TEXT, dir TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER,
+     PRIMARY KEY (image_name, version)
+   );
+   CREATE TABLE image_builds (
+     build_id TEXT PRIMARY KEY, image_name TEXT NOT NULL, version TEXT NOT NULL, state TEXT NOT NULL, state_reason TEXT, message TEXT,
+     snapshot_build TEXT, created_at INTEGER NOT NULL, updated_at INTEGER
+   );
+   CREATE INDEX image_builds_version ON image_builds (image_name, version, created_at);
+   INSERT INTO microvm_images SELECT name, arn, CASE state WHEN 'CREATED' THEN 'CREATED' ELSE 'CREATE_FAILED' END, '{}', created_at, NULL FROM images;
+   INSERT INTO image_versions SELECT name, version, 1, CASE state WHEN 'CREATED' THEN 'SUCCESSFUL' ELSE 'FAILED' END, 'ACTIVE', state_reason,
+     '{}', CASE state WHEN 'CREATED' THEN config END, dir, created_at, NULL FROM images;
+   DROP TABLE images;`,
 ];
 
 const VM_COLUMNS: Record<keyof VmPatch, string> = {
@@ -255,12 +336,40 @@ function toImage(r: Row): ImageRecord {
   return {
     name: r.name as string,
     arn: r.arn as string,
-    version: r.version as string,
-    dir: r.dir as string,
-    state: r.state as ImageRecord['state'],
-    stateReason: (r.state_reason as string | null) ?? null,
-    config: JSON.parse(r.config as string) as ImageConfig,
+    state: r.state as ImageState,
+    tags: JSON.parse(r.tags as string) as Record<string, string>,
     createdAt: r.created_at as number,
+    updatedAt: (r.updated_at as number | null) ?? null,
+  };
+}
+
+function toVersion(r: Row): ImageVersionRecord {
+  return {
+    imageName: r.image_name as string,
+    version: r.version as string,
+    major: r.major as number,
+    state: r.state as VersionState,
+    status: r.status as ImageVersionRecord['status'],
+    stateReason: (r.state_reason as string | null) ?? null,
+    request: JSON.parse(r.request as string) as ImageRequestConfig,
+    runtime: r.runtime === null ? null : (JSON.parse(r.runtime as string) as ImageConfig),
+    dir: r.dir as string,
+    createdAt: r.created_at as number,
+    updatedAt: (r.updated_at as number | null) ?? null,
+  };
+}
+
+function toBuild(r: Row): BuildRecord {
+  return {
+    buildId: r.build_id as string,
+    imageName: r.image_name as string,
+    version: r.version as string,
+    state: r.state as BuildState,
+    stateReason: (r.state_reason as BuildFailureReason | null) ?? null,
+    message: (r.message as string | null) ?? null,
+    snapshotBuild: r.snapshot_build === null ? null : (JSON.parse(r.snapshot_build as string) as SnapshotBuild),
+    createdAt: r.created_at as number,
+    updatedAt: (r.updated_at as number | null) ?? null,
   };
 }
 
@@ -389,25 +498,80 @@ export class SqliteStore implements Store {
   putImage(img: ImageRecord): void {
     this.db
       .prepare(
-        `INSERT INTO images (name, arn, version, dir, state, state_reason, config, created_at)
-         VALUES (@name, @arn, @version, @dir, @state, @stateReason, @config, @createdAt)
-         ON CONFLICT (name) DO UPDATE SET arn = excluded.arn, version = excluded.version, dir = excluded.dir, state = excluded.state,
-           state_reason = excluded.state_reason, config = excluded.config`,
+        `INSERT INTO microvm_images (name, arn, state, tags, created_at, updated_at) VALUES (@name, @arn, @state, @tags, @createdAt, @updatedAt)
+         ON CONFLICT (name) DO UPDATE SET arn = excluded.arn, state = excluded.state, tags = excluded.tags, updated_at = excluded.updated_at`,
       )
-      .run({ ...img, config: JSON.stringify(img.config) });
+      .run({ ...img, tags: JSON.stringify(img.tags) });
   }
 
   getImage(name: string): ImageRecord | undefined {
-    const r = this.db.prepare('SELECT * FROM images WHERE name = ?').get(name) as Row | undefined;
+    const r = this.db.prepare('SELECT * FROM microvm_images WHERE name = ?').get(name) as Row | undefined;
     return r && toImage(r);
   }
 
-  listImages(): ImageRecord[] {
-    return (this.db.prepare('SELECT * FROM images ORDER BY created_at, name').all() as Row[]).map(toImage);
+  listImages(opts: { after?: string; limit?: number } = {}): ImageRecord[] {
+    return (
+      this.db.prepare('SELECT * FROM microvm_images WHERE name > ? ORDER BY name LIMIT ?').all(opts.after ?? '', opts.limit ?? -1) as Row[]
+    ).map(toImage);
   }
 
   deleteImage(name: string): void {
-    this.db.prepare('DELETE FROM images WHERE name = ?').run(name);
+    this.tx(() => {
+      this.db.prepare('DELETE FROM image_builds WHERE image_name = ?').run(name);
+      this.db.prepare('DELETE FROM image_versions WHERE image_name = ?').run(name);
+      this.db.prepare('DELETE FROM microvm_images WHERE name = ?').run(name);
+    });
+  }
+
+  putVersion(v: ImageVersionRecord): void {
+    this.db
+      .prepare(
+        `INSERT INTO image_versions (image_name, version, major, state, status, state_reason, request, runtime, dir, created_at, updated_at)
+         VALUES (@imageName, @version, @major, @state, @status, @stateReason, @request, @runtime, @dir, @createdAt, @updatedAt)
+         ON CONFLICT (image_name, version) DO UPDATE SET state = excluded.state, status = excluded.status, state_reason = excluded.state_reason,
+           runtime = excluded.runtime, updated_at = excluded.updated_at`,
+      )
+      .run({ ...v, request: JSON.stringify(v.request), runtime: v.runtime === null ? null : JSON.stringify(v.runtime) });
+  }
+
+  getVersion(imageName: string, version: string): ImageVersionRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM image_versions WHERE image_name = ? AND version = ?').get(imageName, version) as Row | undefined;
+    return r && toVersion(r);
+  }
+
+  listVersions(imageName: string): ImageVersionRecord[] {
+    return (this.db.prepare('SELECT * FROM image_versions WHERE image_name = ? ORDER BY major').all(imageName) as Row[]).map(toVersion);
+  }
+
+  deleteVersion(imageName: string, version: string): void {
+    this.tx(() => {
+      this.db.prepare('DELETE FROM image_builds WHERE image_name = ? AND version = ?').run(imageName, version);
+      this.db.prepare('DELETE FROM image_versions WHERE image_name = ? AND version = ?').run(imageName, version);
+    });
+  }
+
+  putBuild(b: BuildRecord): void {
+    this.db
+      .prepare(
+        `INSERT INTO image_builds (build_id, image_name, version, state, state_reason, message, snapshot_build, created_at, updated_at)
+         VALUES (@buildId, @imageName, @version, @state, @stateReason, @message, @snapshotBuild, @createdAt, @updatedAt)
+         ON CONFLICT (build_id) DO UPDATE SET state = excluded.state, state_reason = excluded.state_reason, message = excluded.message,
+           snapshot_build = excluded.snapshot_build, updated_at = excluded.updated_at`,
+      )
+      .run({ ...b, snapshotBuild: b.snapshotBuild === null ? null : JSON.stringify(b.snapshotBuild) });
+  }
+
+  getBuild(buildId: string): BuildRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM image_builds WHERE build_id = ?').get(buildId) as Row | undefined;
+    return r && toBuild(r);
+  }
+
+  listBuilds(imageName: string, version?: string): BuildRecord[] {
+    const rows =
+      version === undefined
+        ? this.db.prepare('SELECT * FROM image_builds WHERE image_name = ? ORDER BY created_at').all(imageName)
+        : this.db.prepare('SELECT * FROM image_builds WHERE image_name = ? AND version = ? ORDER BY created_at').all(imageName, version);
+    return (rows as Row[]).map(toBuild);
   }
 
   apiKeyHashes(): string[] {

@@ -18,6 +18,8 @@ export interface QemuSpec {
   boot?: { kernel: string; initrd: string; cmdline: string };
   /** Root disk (qcow2); absent only for the accelerator probe. */
   disk?: string;
+  /** Image builds: a read-only raw disk with the build context (the guest's /dev/vdb). */
+  buildDisk?: string;
   qmpSocket: string;
   /** Control and log virtio-serial ports, as unix sockets QEMU listens on. */
   ctlSocket?: string;
@@ -59,6 +61,12 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
       '-device', 'virtio-blk-device,drive=root',
     );
   }
+  if (spec.buildDisk) {
+    args.push(
+      '-drive', `id=build,file=${optValue(spec.buildDisk)},format=raw,if=none,read-only=on`,
+      '-device', 'virtio-blk-device,drive=build',
+    );
+  }
   if (spec.ctlSocket || spec.logSocket) args.push('-device', 'virtio-serial-device,max_ports=4');
   if (spec.ctlSocket) {
     args.push(
@@ -83,10 +91,11 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
 }
 
 /** Kernel command line for a Cella guest. */
-export function guestCmdline(opts: { tscKhz?: number; guestCidr: string; gateway: string; probe?: boolean }): string {
+export function guestCmdline(opts: { tscKhz?: number; guestCidr: string; gateway: string; probe?: boolean; buildDisk?: string }): string {
   const parts = ['console=ttyS0', 'quiet', 'panic=-1', 'reboot=t', `cella.ip=${opts.guestCidr}`, `cella.gw=${opts.gateway}`];
   // Without HPET/PM timer, TSC calibration under TCG hangs about 1 boot in 10 unless told the rate.
   if (opts.tscKhz) parts.push(`tsc_early_khz=${opts.tscKhz}`);
   if (opts.probe) parts.push('cella.probe=1');
+  if (opts.buildDisk) parts.push(`cella.build=${opts.buildDisk}`);
   return parts.join(' ');
 }
