@@ -4,7 +4,7 @@
  * calls this before every boot, so it only checks that files exist.
  */
 
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CellaError, SETUP_COMMAND, setupMissing } from '../errors/index.js';
 
@@ -86,6 +86,61 @@ export function loadGuestArtifacts(dir = DEFAULT_GUEST_DIR): GuestArtifacts {
   const manifest = readManifest(paths.manifest);
   if (!manifest) throw setupMissing('guest agent manifest', paths.manifest);
   return { ...paths, manifest };
+}
+
+/** bases/<name>/base.json: what an image built FROM <name> starts with. */
+export interface BaseInfo {
+  name: string;
+  description: string;
+  /** The environment of the image's process unless the image overrides it. */
+  env: Record<string, string>;
+  createdAt: string;
+  /** Debian packages installed on top of the variant's own; absent for busybox. */
+  packages?: string[];
+  /** Bytes the tree takes on the host's disk (du). */
+  sizeBytes: number;
+  /** sha256 over everything the tree was built from; setup rebuilds the base when it changes. */
+  inputsSha256: string;
+}
+
+function isBaseInfo(value: unknown): value is BaseInfo {
+  if (typeof value !== 'object' || value === null) return false;
+  const b = value as Record<string, unknown>;
+  const isStrings = (v: unknown): boolean => Array.isArray(v) && v.every((s) => typeof s === 'string');
+  return (
+    ['name', 'description', 'createdAt', 'inputsSha256'].every((k) => typeof b[k] === 'string') &&
+    typeof b.sizeBytes === 'number' &&
+    typeof b.env === 'object' &&
+    b.env !== null &&
+    Object.values(b.env).every((v) => typeof v === 'string') &&
+    (b.packages === undefined || isStrings(b.packages))
+  );
+}
+
+/** The base.json in `baseDir`; undefined when it is absent, unreadable or of another shape (setup then rebuilds the base). */
+export function readBaseInfo(baseDir: string): BaseInfo | undefined {
+  try {
+    const parsed: unknown = JSON.parse(readFileSync(join(baseDir, 'base.json'), 'utf8'));
+    return isBaseInfo(parsed) ? parsed : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The finished bases in a guest dir, by name. Setup writes base.json after the tree is in place, so a listed base is complete. */
+export function listBases(guestDir = DEFAULT_GUEST_DIR): BaseInfo[] {
+  const dir = guestPaths(guestDir).bases;
+  let entries: string[];
+  try {
+    entries = readdirSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  return entries.sort().flatMap((name) => {
+    const info = readBaseInfo(join(dir, name));
+    return info?.name === name && existsSync(join(dir, name, 'tree')) ? [info] : [];
+  });
 }
 
 export function baseTree(artifacts: GuestArtifacts, name: string): string {

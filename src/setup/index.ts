@@ -5,24 +5,22 @@
  * changed and the manifest, written last, marks a finished setup.
  */
 
-import { createHash } from 'node:crypto';
-import { constants, existsSync } from 'node:fs';
-import { access, chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
-import { delimiter, join, resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import { CellaError, setupMissing } from '../errors/index.js';
 import { run } from '../host/index.js';
 import { DEFAULT_GUEST_DIR, guestPaths, loadGuestArtifacts, readManifest, type GuestArtifacts, type GuestManifest } from './artifacts.js';
+import { setupBases } from './bases.js';
 import { writeCpio, type CpioEntry } from './cpio.js';
 import { fetchKernel, resolveKernelPackage } from './kernel.js';
+import { fileSha256, replaceDir, requireTools, sha256, writeAtomic } from './util.js';
 
-export { DEFAULT_GUEST_DIR, baseTree, loadGuestArtifacts, type GuestArtifacts, type GuestManifest } from './artifacts.js';
+export { DEFAULT_GUEST_DIR, baseTree, listBases, loadGuestArtifacts, type BaseInfo, type GuestArtifacts, type GuestManifest } from './artifacts.js';
 export { buildDemoRootfs, DEMO_APP, DEMO_PORT } from './demo.js';
 
 /** What cella-init loads before mounting the root disk and bringing up eth0 and the virtio consoles. */
 export const GUEST_MODULES = ['virtio_ring', 'virtio', 'virtio_mmio', 'virtio_blk', 'failover', 'net_failover', 'virtio_net', 'virtio_console'] as const;
-
-const BUSYBOX = '/bin/busybox';
-const BASE_PATH_ENV = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 export interface SetupOptions {
   guestDir?: string;
@@ -30,53 +28,6 @@ export interface SetupOptions {
   log?: (line: string) => void;
   /** Rebuild and re-download everything even if it looks current. */
   force?: boolean;
-}
-
-function sha256(data: Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
-async function fileSha256(path: string): Promise<string | undefined> {
-  try {
-    return sha256(await readFile(path));
-  } catch {
-    return undefined;
-  }
-}
-
-/** Write-then-rename, so a reader never sees a half-written file. */
-async function writeAtomic(path: string, data: Buffer | string, mode = 0o644): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  await writeFile(tmp, data, { mode });
-  await chmod(tmp, mode); // writeFile's mode is filtered by the umask
-  await rename(tmp, path);
-}
-
-/** Puts a freshly built directory in place of `path`, keeping the old one until the swap is done. */
-async function replaceDir(path: string, fresh: string): Promise<void> {
-  const old = `${path}.old-${process.pid}`;
-  if (existsSync(path)) await rename(path, old);
-  await rename(fresh, path);
-  await rm(old, { recursive: true, force: true });
-}
-
-async function onPath(cmd: string): Promise<boolean> {
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
-    if (!dir) continue;
-    try {
-      await access(join(dir, cmd), constants.X_OK);
-      return true;
-    } catch {
-      // not in this directory
-    }
-  }
-  return false;
-}
-
-async function requireTools(tools: readonly (readonly [cmd: string, debianPackage: string])[]): Promise<void> {
-  for (const [cmd, pkg] of tools) {
-    if (!(await onPath(cmd))) throw setupMissing(`${cmd} (Debian package ${pkg})`, `PATH=${process.env.PATH ?? ''}`);
-  }
 }
 
 /** Finds <name>.ko for each wanted module anywhere under <modulesDir>/kernel. */
@@ -130,62 +81,6 @@ async function buildInitrd(guestDir: string, agent: Buffer): Promise<Buffer> {
     entries.push({ path: `/cella/modules/${m}.ko`, mode: 0o100644, data: await readFile(moduleCachePath(guestDir, m)) });
   }
   return writeCpio(entries);
-}
-
-async function busyboxApplets(): Promise<string[]> {
-  const out = await run(BUSYBOX, ['--list']);
-  // Applet names are plain words plus '[' and '[['; anything else is not a safe file name.
-  return out.split('\n').map((l) => l.trim()).filter((l) => /^[A-Za-z0-9._[\]-]+$/.test(l) && l !== '.' && l !== '..');
-}
-
-/** Builds the busybox root tree into a fresh directory next to `tree` and swaps it in. */
-async function buildBusyboxBase(baseDir: string): Promise<number> {
-  const tree = join(baseDir, 'tree');
-  await mkdir(baseDir, { recursive: true });
-  const tmp = await mkdtemp(join(baseDir, 'tree.tmp-'));
-  try {
-    const dirs: [string, number][] = [
-      ['bin', 0o755], ['etc', 0o755], ['proc', 0o555], ['sys', 0o555], ['dev', 0o755], ['tmp', 0o1777],
-      ['var', 0o755], ['root', 0o700], ['usr', 0o755], ['usr/bin', 0o755], ['usr/sbin', 0o755], ['sbin', 0o755],
-      ['run', 0o755], ['home', 0o755],
-    ];
-    await chmod(tmp, 0o755);
-    for (const [d, mode] of dirs) {
-      await mkdir(join(tmp, d));
-      await chmod(join(tmp, d), mode); // explicit: mkdir's mode is filtered by the umask and drops the sticky bit
-    }
-    await copyFile(BUSYBOX, join(tmp, 'bin', 'busybox'));
-    await chmod(join(tmp, 'bin', 'busybox'), 0o755);
-    const taken = new Set(['busybox']);
-    let links = 0;
-    for (const applet of await busyboxApplets()) {
-      if (taken.has(applet)) continue;
-      taken.add(applet);
-      await symlink('busybox', join(tmp, 'bin', applet));
-      links++;
-    }
-    const etc: [string, string][] = [
-      ['passwd', 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n'],
-      ['group', 'root:x:0:\nnogroup:x:65534:\n'],
-      ['hostname', 'cella\n'],
-      ['hosts', '127.0.0.1\tlocalhost\n::1\tlocalhost\n'],
-    ];
-    for (const [name, text] of etc) {
-      await writeFile(join(tmp, 'etc', name), text);
-      await chmod(join(tmp, 'etc', name), 0o644);
-    }
-    await replaceDir(tree, tmp);
-    return links;
-  } catch (err) {
-    await rm(tmp, { recursive: true, force: true });
-    throw err;
-  }
-}
-
-async function busyboxBaseIsCurrent(baseDir: string): Promise<boolean> {
-  if (!existsSync(join(baseDir, 'base.json'))) return false;
-  const [have, want] = await Promise.all([fileSha256(join(baseDir, 'tree', 'bin', 'busybox')), fileSha256(BUSYBOX)]);
-  return have !== undefined && have === want;
 }
 
 export async function setupGuest(opts: SetupOptions): Promise<GuestArtifacts> {
@@ -257,17 +152,8 @@ export async function setupGuest(opts: SetupOptions): Promise<GuestArtifacts> {
     log(`demo: wrote ${paths.demoApp}`);
   }
 
-  // e. Busybox base tree.
-  const baseDir = join(paths.bases, 'busybox');
-  if (!existsSync(BUSYBOX)) throw setupMissing('busybox (Debian package busybox-static)', BUSYBOX);
-  if (!force && (await busyboxBaseIsCurrent(baseDir))) {
-    log('base busybox: up to date');
-  } else {
-    const links = await buildBusyboxBase(baseDir);
-    const base = { name: 'busybox', description: "BusyBox from Debian's busybox-static with a minimal /etc", env: { PATH: BASE_PATH_ENV } };
-    await writeAtomic(join(baseDir, 'base.json'), `${JSON.stringify(base, null, 2)}\n`);
-    log(`base busybox: built ${join(baseDir, 'tree')} (${links} applet links)`);
-  }
+  // e. Base trees: busybox and the Debian bases.
+  await setupBases(paths.bases, { force, log });
 
   // f. Manifest last: its presence says the rest is complete.
   if (kernelChanged || !initrdCurrent || previous === undefined) {
