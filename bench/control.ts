@@ -9,7 +9,7 @@
 import { rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { startServer } from '../src/server/index.js';
-import { API_KEY, V, shutdown, stageDemoRootfs, waitImage } from '../test/control-helpers.js';
+import { API_KEY, V, shutdown, createImage } from '../test/control-helpers.js';
 import { tempDataDir } from '../test/helpers.js';
 import { reporter } from './report.js';
 
@@ -36,9 +36,9 @@ const call = (method: string, p: string, body?: unknown): Promise<Record<string,
   });
 
 try {
-  const rootfs = stageDemoRootfs(dataDir);
-  await call('POST', '/cella/v1/images', { name: 'demo', rootfsDir: rootfs, command: ['/usr/bin/cella-demo', '8080'], memoryMiB: 256 });
-  if ((await waitImage(server.url, 'demo')).state !== 'CREATED') throw new Error('image build failed');
+  const { build, log } = await createImage(server.url, 'demo');
+  if (build.buildState !== 'SUCCESSFUL') throw new Error(`image build failed:\n${log}`);
+  const demoDir = server.images.runnable('demo').dir;
 
   // Time the engine's launch inside the same run, to subtract it.
   const launchMs = new Map<string, number>();

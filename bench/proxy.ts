@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { readFileSync, rmSync } from 'node:fs';
 import { startServer } from '../src/server/index.js';
-import { API_KEY, V, shutdown, api, stageDemoRootfs, waitImage, waitState } from '../test/control-helpers.js';
+import { API_KEY, V, shutdown, api, createImage, waitState } from '../test/control-helpers.js';
 import { tempDataDir } from '../test/helpers.js';
 import type { LoadSpec } from './load-worker.js';
 import { percentile, reporter } from './report.js';
@@ -36,9 +36,8 @@ async function load(spec: LoadSpec): Promise<{ rps: number; latencies: number[];
 }
 
 try {
-  const rootfs = stageDemoRootfs(dataDir);
-  await api(base, 'POST', '/cella/v1/images', { name: 'demo', rootfsDir: rootfs, command: ['/usr/bin/cella-demo', '8080'], memoryMiB: 256 });
-  if ((await waitImage(base, 'demo')).state !== 'CREATED') throw new Error('image build failed');
+  const { build, log } = await createImage(base, 'demo');
+  if (build.buildState !== 'SUCCESSFUL') throw new Error(`image build failed:\n${log}`);
   const run = await api<{ microvmId: string }>(base, 'POST', `${V}/microvms`, {
     imageIdentifier: 'demo',
     idlePolicy: { maxIdleDurationSeconds: 3600, suspendedDurationSeconds: 3600, autoResumeEnabled: true },

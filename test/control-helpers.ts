@@ -1,21 +1,80 @@
-import { cpSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { managedArn } from '../src/images/index.js';
+import { demoZip } from '../src/images/demo.js';
 import type { CellaServer } from '../src/server/index.js';
-import { baseTree, loadGuestArtifacts } from '../src/setup/index.js';
+import { loadGuestArtifacts } from '../src/setup/index.js';
 
 export const API_KEY = 'test-key-0123456789';
 
-/** A root filesystem folder holding the busybox base and the demo app, as `cella image register` takes it. */
-export function stageDemoRootfs(dir: string): string {
-  const g = loadGuestArtifacts();
-  const root = path.join(dir, 'rootfs');
-  mkdirSync(root, { recursive: true });
-  cpSync(baseTree(g, 'busybox'), root, { recursive: true, verbatimSymlinks: true });
-  cpSync(g.demoApp, path.join(root, 'usr/bin/cella-demo'));
-  return root;
+let demoZipFile: string | undefined;
+
+/** The demo app's code artifact (its Dockerfile on the busybox base), zipped once per test process. */
+export async function demoArtifact(): Promise<Buffer> {
+  if (!demoZipFile || !existsSync(demoZipFile)) {
+    demoZipFile = await demoZip(path.join(mkdtempSync(path.join(tmpdir(), 'cella-demo-zip-')), 'demo.zip'), loadGuestArtifacts().demoApp);
+  }
+  return readFileSync(demoZipFile);
 }
 
-export const ALL_HOOKS = { port: 8080, microvmHooks: { run: 'ENABLED', resume: 'ENABLED', suspend: 'ENABLED', terminate: 'ENABLED' } } as const;
+/** Uploads a zip through the API; returns the URI to put in codeArtifact. */
+export async function upload(base: string, zip: Buffer): Promise<string> {
+  const r = await fetch(`${base}/cella/v1/code-artifacts`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/zip' }, body: new Uint8Array(zip) });
+  const body = (await r.json()) as { uri: string };
+  if (r.status !== 200) throw new Error(`upload: ${r.status} ${JSON.stringify(body)}`);
+  return body.uri;
+}
+
+export interface BuildBody {
+  buildId: string;
+  buildState: string;
+  stateReason?: string;
+  stateReasonMessage?: string;
+  snapshotBuild?: Record<string, number>;
+}
+
+/**
+ * Creates image `name` from `zip` (default: the demo app) with the request's
+ * other fields from `extra`, and waits for its build to end.
+ */
+export async function createImage(
+  base: string,
+  name: string,
+  extra: Record<string, unknown> = {},
+  zip?: Buffer,
+): Promise<{ build: BuildBody; version: string; log: string }> {
+  const uri = await upload(base, zip ?? (await demoArtifact()));
+  const r = await api<{ imageVersion: string; buildId: string }>(base, 'POST', `${V}/microvm-images`, {
+    name,
+    baseImageArn: managedArn('busybox'),
+    codeArtifact: { uri },
+    resources: [{ minimumMemoryInMiB: 256 }],
+    ...extra,
+  });
+  if (r.status !== 200) throw new Error(`CreateMicrovmImage ${name}: ${r.status} ${r.text}`);
+  const build = await waitBuild(base, name, r.body.imageVersion, r.body.buildId);
+  const log = (await api(base, 'GET', `/cella/v1/microvm-images/${name}/versions/${r.body.imageVersion}/builds/${r.body.buildId}/logs`)).text;
+  return { build, version: r.body.imageVersion, log };
+}
+
+/** Polls GetMicrovmImageBuild until the build ends (a bound on waiting, not a timing assertion). */
+export async function waitBuild(base: string, name: string, version: string, buildId: string, ms = 300_000): Promise<BuildBody> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const r = await api<BuildBody>(base, 'GET', `${V}/microvm-images/${name}/versions/${version}/builds/${buildId}`);
+    if (r.status !== 200) throw new Error(`GetMicrovmImageBuild: ${r.status} ${r.text}`);
+    if (r.body.buildState === 'SUCCESSFUL' || r.body.buildState === 'FAILED') return r.body;
+    if (Date.now() > end) throw new Error(`build ${buildId} still ${r.body.buildState}`);
+    await new Promise((res) => setTimeout(res, 200));
+  }
+}
+
+export const ALL_HOOKS = {
+  port: 8080,
+  microvmHooks: { run: 'ENABLED', resume: 'ENABLED', suspend: 'ENABLED', terminate: 'ENABLED' },
+  microvmImageHooks: { ready: 'ENABLED' },
+} as const;
 
 export interface Reply<T = unknown> {
   status: number;
@@ -68,16 +127,6 @@ export async function waitState(base: string, id: string, states: string[], ms =
     if (states.includes(r.body.state)) return r.body;
     if (Date.now() > end) throw new Error(`MicroVM ${id} stayed ${r.body.state}, expected ${states.join('|')}`);
     await new Promise((res) => setTimeout(res, 50));
-  }
-}
-
-export async function waitImage(base: string, name: string, ms = 120_000): Promise<Record<string, unknown>> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const r = await api(base, 'GET', `/cella/v1/images/${name}`);
-    if (r.body.state !== 'CREATING') return r.body;
-    if (Date.now() > end) throw new Error(`image ${name} still CREATING`);
-    await new Promise((res) => setTimeout(res, 200));
   }
 }
 

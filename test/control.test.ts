@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { networkForSlot } from '../src/net/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
-import { ALL_HOOKS, API_KEY, V, api, shutdown, stageDemoRootfs, waitImage, waitState, type MicrovmBody } from './control-helpers.js';
+import { ALL_HOOKS, API_KEY, V, api, createImage, shutdown, waitState, type MicrovmBody } from './control-helpers.js';
 import { alive, eventually, getAt, processesWith, tempDataDir } from './helpers.js';
 
 /** The QEMUs of VMs under `dataDir` (their command lines name their folders in vms/). */
@@ -33,7 +33,6 @@ describe('control plane over HTTP', { concurrency: false }, () => {
   let dir: string;
   let server: CellaServer;
   let base: string;
-  let rootfs: string;
 
   const run = async (body: Record<string, unknown>): Promise<MicrovmBody> => {
     const r = await api<MicrovmBody>(base, 'POST', `${V}/microvms`, { imageIdentifier: 'demo', ...body });
@@ -49,20 +48,10 @@ describe('control plane over HTTP', { concurrency: false }, () => {
 
   before(async () => {
     dir = tempDataDir('control');
-    rootfs = stageDemoRootfs(dir);
     server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, maxMemoryMiB: QUOTA_MIB, log: () => {} });
     base = server.url;
-    const r = await api(base, 'POST', '/cella/v1/images', {
-      name: 'demo',
-      rootfsDir: rootfs,
-      command: ['/usr/bin/cella-demo', '8080'],
-      memoryMiB: 256,
-      hooks: ALL_HOOKS,
-    });
-    assert.equal(r.status, 200, r.text);
-    assert.equal(r.body.state, 'CREATING');
-    const img = await waitImage(base, 'demo');
-    assert.equal(img.state, 'CREATED', JSON.stringify(img));
+    const { build, log } = await createImage(base, 'demo', { hooks: ALL_HOOKS });
+    assert.equal(build.buildState, 'SUCCESSFUL', log);
   });
 
   after(async () => {
@@ -269,51 +258,14 @@ describe('control plane over HTTP', { concurrency: false }, () => {
   });
 
   test('a run hook that fails terminates the VM with the reason', async () => {
-    const r = await api(base, 'POST', '/cella/v1/images', {
-      name: 'demo-runfail',
-      rootfsDir: rootfs,
-      command: ['/usr/bin/cella-demo', '8080'],
-      environmentVariables: { CELLA_DEMO_HOOKS: 'run:fail' },
-      memoryMiB: 256,
-      hooks: ALL_HOOKS,
-    });
-    assert.equal(r.status, 200, r.text);
-    assert.equal((await waitImage(base, 'demo-runfail')).state, 'CREATED');
+    const { build, log } = await createImage(base, 'demo-runfail', { environmentVariables: { CELLA_DEMO_HOOKS: 'run:fail' }, hooks: ALL_HOOKS });
+    assert.equal(build.buildState, 'SUCCESSFUL', log);
     const vm = await api<MicrovmBody>(base, 'POST', `${V}/microvms`, { imageIdentifier: 'arn:cella:lambda:local:000000000000:microvm-image:demo-runfail' });
     assert.equal(vm.status, 200, vm.text);
     const done = await waitState(base, vm.body.microvmId, ['TERMINATED']);
     assert.match(done.stateReason ?? '', /the run hook answered HTTP 500/);
-    assert.equal((await api(base, 'DELETE', '/cella/v1/images/demo-runfail')).status, 200);
-    assert.equal((await api(base, 'GET', '/cella/v1/images/demo-runfail')).status, 404);
-  });
-
-  test('image registration refuses bad input and says why a build failed', async () => {
-    const bad = [
-      { name: 'x', rootfsDir: '/nonexistent', command: ['/bin/sh'] },
-      { name: 'demo', rootfsDir: rootfs, command: ['/usr/bin/cella-demo'] },
-      { name: 'bad name!', rootfsDir: rootfs, command: ['/bin/sh'] },
-      { name: 'x', rootfsDir: rootfs, command: [] },
-      { name: 'x', rootfsDir: rootfs, command: ['/no/such/binary'] },
-      { name: 'x', rootfsDir: rootfs, command: ['/bin/sh'], memoryMiB: 300 },
-    ];
-    for (const body of bad) {
-      const r = await api<{ code: string }>(base, 'POST', '/cella/v1/images', body);
-      assert.equal(r.status, 400, JSON.stringify(body));
-      assert.equal(r.body.code, 'INVALID_ARGUMENT');
-    }
-    assert.equal((await api<{ items: unknown[] }>(base, 'GET', '/cella/v1/images')).body.items.length, 1);
-    // The app exits at once: the build fails and its log says so.
-    const r = await api(base, 'POST', '/cella/v1/images', { name: 'exits', rootfsDir: rootfs, command: ['/bin/sh', '-c', 'echo bye-from-app; exit 3'], memoryMiB: 256 });
-    assert.equal(r.status, 200);
-    // Followed while it builds: the stream ends when the build does.
-    const followed = await api(base, 'GET', '/cella/v1/images/exits/logs?follow=true');
-    assert.match(followed.text, /bye-from-app[\s\S]*FAILED/);
-    const img = await waitImage(base, 'exits');
-    assert.equal(img.state, 'CREATE_FAILED');
-    assert.match(String(img.stateReason), /exited/);
-    assert.match((await api(base, 'GET', '/cella/v1/images/exits/logs')).text, /bye-from-app/);
-    const run2 = await api(base, 'POST', `${V}/microvms`, { imageIdentifier: 'exits' });
-    assert.equal(run2.status, 404);
+    assert.equal((await api(base, 'DELETE', `${V}/microvm-images/demo-runfail`)).status, 200);
+    assert.equal((await api(base, 'GET', `${V}/microvm-images/demo-runfail`)).status, 404);
   });
 
   test('every validation rule answers its error and changes nothing', async () => {
@@ -422,7 +374,6 @@ describe('control plane over HTTP', { concurrency: false }, () => {
 describe('restart safety: kill -9 of cellad at any moment', { concurrency: false }, () => {
   test('running VMs are re-adopted with their RAM, suspended ones resume, deadlines re-arm, nothing is orphaned', async () => {
     const dir = tempDataDir('restart');
-    const rootfs = stageDemoRootfs(dir);
     const start = async (): Promise<{ url: string; kill: () => Promise<void> }> => {
       const child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, 'fixtures/cellad.ts'), dir], { stdio: ['ignore', 'pipe', 'inherit'] });
       const url = await new Promise<string>((resolve, reject) => {
@@ -454,8 +405,7 @@ describe('restart safety: kill -9 of cellad at any moment', { concurrency: false
     try {
       const first = await start();
       let base = first.url;
-      assert.equal((await api(base, 'POST', '/cella/v1/images', { name: 'demo', rootfsDir: rootfs, command: ['/usr/bin/cella-demo', '8080'], memoryMiB: 256 })).status, 200);
-      assert.equal((await waitImage(base, 'demo')).state, 'CREATED');
+      assert.equal((await createImage(base, 'demo')).build.buildState, 'SUCCESSFUL');
       const mk = async (body: Record<string, unknown>): Promise<string> => {
         const r = await api<MicrovmBody>(base, 'POST', `${V}/microvms`, { imageIdentifier: 'demo', ...body });
         assert.equal(r.status, 200, r.text);

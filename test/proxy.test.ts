@@ -13,7 +13,7 @@ import { connectorArn } from '../src/api/schemas.js';
 import { TokenMinter } from '../src/auth/index.js';
 import { localhostLookup } from '../src/cli/shell.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
-import { API_KEY, V, api, shutdown, stageDemoRootfs, waitImage, waitState, type MicrovmBody } from './control-helpers.js';
+import { API_KEY, V, api, createImage, shutdown, waitState, type MicrovmBody } from './control-helpers.js';
 import { eventually, getAt, tempDataDir } from './helpers.js';
 
 interface Got {
@@ -72,13 +72,12 @@ describe('endpoint proxy', { concurrency: false }, () => {
 
   before(async () => {
     dir = tempDataDir('proxy');
-    const rootfs = stageDemoRootfs(dir);
     // No resume window: auto-resume here always restores from the checkpoint (the window is covered by the engine's tests).
     server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, resumeWindowSeconds: 0, log: () => {} });
     base = server.url;
     ca = readFileSync(server.caFile as string);
-    assert.equal((await api(base, 'POST', '/cella/v1/images', { name: 'demo', rootfsDir: rootfs, command: ['/usr/bin/cella-demo', '8080'], memoryMiB: 256 })).status, 200);
-    assert.equal((await waitImage(base, 'demo')).state, 'CREATED');
+    const { build, log } = await createImage(base, 'demo');
+    assert.equal(build.buildState, 'SUCCESSFUL', log);
   });
 
   after(async () => {

@@ -101,6 +101,7 @@ export class Images {
   /** Builds run one after another on this chain. */
   private queue: Promise<void> = Promise.resolve();
   private readonly building = new Set<string>();
+  private closed = false;
 
   constructor(opts: ImagesOptions) {
     this.store = opts.store;
@@ -296,8 +297,8 @@ export class Images {
       const b0 = this.store.getBuild(buildId);
       const v0 = b0 && this.store.getVersion(b0.imageName, b0.version);
       const img0 = b0 && this.store.getImage(b0.imageName);
-      // Deleted while queued: nothing to do.
-      if (!b0 || !v0 || !img0 || img0.state === 'DELETING') return;
+      // Deleted while queued: nothing to do. Closing: the next start runs it.
+      if (!b0 || !v0 || !img0 || img0.state === 'DELETING' || this.closed) return;
       const t0 = Date.now();
       this.store.tx(() => {
         this.setBuild(b0, { state: 'IN_PROGRESS' });
@@ -459,13 +460,13 @@ export class Images {
     return jobs;
   }
 
-  /** Resolves when every queued build has ended. */
-  async idle(): Promise<void> {
-    for (;;) {
-      const q = this.queue;
-      await q;
-      if (q === this.queue) return;
-    }
+  /**
+   * Stops starting builds: the queued ones stay PENDING and run at the next
+   * start (recover). Resolves once the running one has ended.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.queue;
   }
 
   // ---------- the writers of state ----------

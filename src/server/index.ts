@@ -76,6 +76,7 @@ export interface CellaServer {
   store: Store;
   engine: Engine;
   lifecycle: Lifecycle;
+  images: Images;
   /** Stops serving; VMs keep running and the next start re-adopts them. */
   close(): Promise<void>;
 }
@@ -167,6 +168,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       store,
       engine,
       lifecycle,
+      images,
       close: () =>
         (closing ??= (async () => {
           server.closeAllConnections();
@@ -174,6 +176,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
           await proxy.close();
           lifecycle.close();
           await lifecycle.settle();
+          await images.close();
           await engine.close({ keepRunning: true });
           store.close();
           unlock();
