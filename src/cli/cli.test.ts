@@ -2,6 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Io } from './args.js';
 import { main } from './index.js';
@@ -25,12 +27,12 @@ async function closedPort(): Promise<number> {
 }
 
 const COMMANDS = ['setup', 'doctor', 'demo', 'server', 'run', 'ls', 'get', 'suspend', 'resume', 'terminate', 'logs', 'token', 'usage'];
-const IMAGE_SUBCOMMANDS = ['register', 'ls', 'get', 'rm', 'logs'];
+const IMAGE_SUBCOMMANDS = ['create', 'update', 'ls', 'get', 'versions', 'activate', 'deactivate', 'rm', 'builds', 'logs', 'bases'];
 
 test('--help prints usage and exits 0, for cella and for every command and subcommand', async () => {
   const top = await cella(['--help']);
   assert.equal(top.code, 0);
-  for (const c of [...COMMANDS, 'image register', 'image ls']) assert.match(top.out, new RegExp(`^  ${c}\\b`, 'm'), c);
+  for (const c of [...COMMANDS, 'image create', 'image update', 'image ls', 'image builds']) assert.match(top.out, new RegExp(`^  ${c}\\b`, 'm'), c);
   for (const c of COMMANDS) {
     const r = await cella([c, '--help']);
     assert.equal(r.code, 0, c);
@@ -62,12 +64,27 @@ test('usage errors exit 2 with the concerned usage on stderr', async () => {
     [['get'], /missing VM/, /^Usage: cella get VM/m],
     [['image'], /missing the image subcommand/, /^Usage: cella image <subcommand>/m],
     [['image', 'frob'], /unknown image subcommand "frob"/, /^Usage: cella image <subcommand>/m],
-    [['image', 'register', 'demo', '--rootfs', '/x'], /missing NAME and the command/, /^Usage: cella image register/m],
-    [['image', 'register', 'demo', '--', '/bin/app'], /missing --rootfs DIR/, /^Usage: cella image register/m],
-    [['image', 'register', 'demo', '--rootfs', '/x', '--env', 'NOEQUALS', '--', '/a'], /--env takes K=V/, /Usage/],
-    [['image', 'register', 'demo', '--rootfs', '/x', '--hook', 'run', '--', '/a'], /--hook needs --hooks-port/, /Usage/],
-    [['image', 'register', 'demo', '--rootfs', '/x', '--port', '80', '--hook', 'run,boot', '--', '/a'], /--hook takes run, resume, suspend or terminate, not "boot"/, /Usage/],
-    [['image', 'register', 'demo', '--rootfs', '/x', '--memory-mib', '300', '--', '/a'], /--memory-mib must be one of 256, 512, 1024, 2048, 4096, 8192, not 300/, /Usage/],
+    [['image', 'create'], /missing NAME/, /^Usage: cella image create NAME/m],
+    [['image', 'create', 'demo'], /missing the code: --zip FILE, --dir DIR or --uri URI/, /^Usage: cella image create/m],
+    [['image', 'create', 'demo', '--zip', 'a.zip', '--dir', 'app'], /--zip and --dir exclude each other: give one/, /Usage: cella image create/],
+    [['image', 'update', 'demo', '--zip', 'a.zip', '--dir', 'app', '--uri', 's3://b/k.zip'], /--zip and --dir and --uri exclude each other/, /Usage: cella image update/],
+    [['image', 'create', 'demo', '--uri', 'https://example.com/a.zip'], /--uri takes s3:\/\/BUCKET\/KEY\.zip or file:\/\/\/PATH\.zip/, /Usage/],
+    [['image', 'create', 'demo', '--dir', 'app', '--env', 'NOEQUALS'], /--env takes K=V, not "NOEQUALS"/, /Usage/],
+    [['image', 'create', 'demo', '--dir', 'app', '--env', '=x'], /--env takes K=V/, /Usage/],
+    [['image', 'create', 'demo', '--dir', 'app', '--env', '1A=x'], /--env 1A: a variable name is letters, digits and _/, /Usage/],
+    [['image', 'create', 'demo', '--dir', 'app', '--memory', '300'], /--memory must be one of 256, 512, 1024, 2048, 4096, 8192, not 300/, /Usage/],
+    [['image', 'create', 'demo', '--dir', 'app', '--memory', 'lots'], /--memory must be a whole number/, /Usage/],
+    [['image', 'create', 'demo', '--dir', 'app', '--ready-timeout', '30'], /--ready-timeout needs --ready/, /Usage/],
+    [['image', 'create', 'demo', '--dir', 'app', '--ready', '--ready-timeout', '0'], /--ready-timeout must be between 1 and 3600/, /Usage/],
+    [['image', 'create', 'demo', '--dir', 'app', '--hooks-port', '9000'], /--hooks-port needs a hook/, /Usage/],
+    [['image', 'create', 'demo', '--dir', 'app', '--ready', '--hooks-port', '0'], /--hooks-port must be between 1 and 65535/, /Usage/],
+    [['image', 'create', 'demo', '--dir', 'app', '--tag', 'team'], /--tag takes K=V/, /Usage/],
+    [['image', 'create', 'demo', '--dir', 'app', '--hook', 'run'], /Unknown option '--hook'/, /Usage: cella image create/],
+    [['image', 'update', 'demo', '--dir', 'app', '--tag', 'a=b'], /Unknown option '--tag'/, /Usage: cella image update/],
+    [['image', 'activate', 'demo'], /missing NAME and VERSION/, /^Usage: cella image activate/m],
+    [['image', 'builds', 'demo', '1.0', 'x'], /unexpected argument "x"/, /^Usage: cella image builds/m],
+    [['image', 'logs'], /missing NAME/, /^Usage: cella image logs/m],
+    [['run', 'demo', '--version'], /argument missing/, /Usage: cella run/],
     [['run', 'demo', '--idle', 'soon'], /--idle must be a whole number, not "soon"/, /Usage: cella run/],
     [['run', 'demo', '--suspended-ttl', '5'], /give --idle SECONDS too/, /Usage: cella run/],
     [['run', 'demo', '--no-auto-resume'], /give --idle SECONDS too/, /Usage: cella run/],
@@ -117,16 +134,21 @@ test('an unreachable server exits 3, naming the URL and `cella server`', async (
 interface Seen {
   method: string;
   url: string;
+  type: string | undefined;
+  /** Parsed when JSON; the raw bytes otherwise (uploads). */
   body: unknown;
 }
 
 async function fake(answer: (method: string, path: string, res: ServerResponse) => void): Promise<{ url: string; seen: Seen[]; close: () => Promise<void> }> {
   const seen: Seen[] = [];
   const server = createServer((req, res) => {
-    let body = '';
-    req.on('data', (c: Buffer) => (body += c.toString()));
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
-      seen.push({ method: req.method ?? '', url: req.url ?? '', body: body ? JSON.parse(body) : undefined });
+      const raw = Buffer.concat(chunks);
+      const type = req.headers['content-type'];
+      const body = raw.length === 0 ? undefined : type === 'application/json' ? JSON.parse(raw.toString()) : raw;
+      seen.push({ method: req.method ?? '', url: req.url ?? '', type, body });
       answer(req.method ?? '', (req.url ?? '').split('?')[0] ?? '', res);
     });
   });
@@ -178,9 +200,9 @@ test('run sends the idle policy with its defaults, waits for RUNNING and prints 
     assert.match(r.out, /^endpoint +https:\/\/mvm-1\.cella\.localhost$/m);
 
     // Without --idle there is no idle policy; --json prints the MicroVM.
-    const j = await cella(['run', 'demo', '--json', '--no-wait', '--max-duration', '60'], { CELLA_URL: f.url, CELLA_API_KEY: 'k' });
+    const j = await cella(['run', 'demo', '--json', '--no-wait', '--max-duration', '60', '--version', '2.0'], { CELLA_URL: f.url, CELLA_API_KEY: 'k' });
     assert.equal(j.code, 0);
-    assert.deepEqual(f.seen.at(-1)?.body, { imageIdentifier: 'demo', maximumDurationInSeconds: 60 });
+    assert.deepEqual(f.seen.at(-1)?.body, { imageIdentifier: 'demo', imageVersion: '2.0', maximumDurationInSeconds: 60 });
     assert.equal(JSON.parse(j.out).microvmId, 'mvm-1');
   } finally {
     await f.close();
@@ -240,12 +262,8 @@ test('ls follows pages and hides TERMINATED MicroVMs unless --all', async () => 
   }
 });
 
-test("token defaults to the image's port and prints the header line", async () => {
+test('token defaults to port 8080 and prints the header line', async () => {
   const f = await fake((method, path, res) => {
-    if (path === '/2025-09-09/microvms/mvm-1') return send(res, 200, vm('mvm-1', 'RUNNING'));
-    if (path.startsWith('/cella/v1/images/')) {
-      return send(res, 200, { imageArn: ARN, name: 'demo', state: 'CREATED', imageVersion: '1.0', memoryMiB: 256, vcpus: 1, port: 8080, createdAt: 'x' });
-    }
     if (method === 'POST') return send(res, 200, { authToken: { 'X-aws-proxy-auth': 'tok.en' } });
     send(res, 404, { code: 'UNKNOWN_OPERATION', message: path });
   });
@@ -254,6 +272,7 @@ test("token defaults to the image's port and prints the header line", async () =
     const r = await cella(['token', 'mvm-1'], env);
     assert.equal(r.code, 0, r.err);
     assert.equal(r.out, 'X-aws-proxy-auth: tok.en\n');
+    assert.deepEqual(f.seen.map((x) => `${x.method} ${x.url}`), ['POST /2025-09-09/microvms/mvm-1/auth-token']);
     assert.deepEqual(f.seen.at(-1)?.body, { expirationInMinutes: 15, allowedPorts: [{ port: 8080 }] });
     await cella(['token', 'mvm-1', '--ports', '3000-3005', '--port', '22', '--minutes', '5'], env);
     assert.deepEqual(f.seen.at(-1)?.body, { expirationInMinutes: 5, allowedPorts: [{ port: 22 }, { range: { startPort: 3000, endPort: 3005 } }] });
@@ -265,43 +284,194 @@ test("token defaults to the image's port and prints the header line", async () =
   }
 });
 
-test('image register sends the image, waits for the build and on CREATE_FAILED shows the reason and the log tail', async () => {
-  const states = ['CREATING', 'CREATE_FAILED'];
-  const image = (state: string) => ({
-    imageArn: ARN,
-    name: 'demo',
-    state,
-    imageVersion: '1.0',
-    memoryMiB: 256,
-    vcpus: 1,
-    port: 8080,
-    createdAt: '2025-01-01T00:00:00.000Z',
-    ...(state === 'CREATE_FAILED' ? { stateReason: 'the app exited' } : {}),
+// Images, against a fake server that keeps one image with versions 1.0 and 2.0.
+
+const T = '2025-01-01T00:00:00.123Z';
+const BUSYBOX = 'arn:cella:lambda:local:aws:microvm-image:busybox';
+const IMG = '/2025-09-09/microvm-images';
+const build = (version: string, buildId: string, buildState: string, extra: Record<string, unknown> = {}) => ({
+  imageArn: ARN,
+  imageVersion: version,
+  buildId,
+  buildState,
+  architecture: 'X86_64',
+  chipset: 'KVM',
+  chipsetGeneration: '1',
+  createdAt: T,
+  ...extra,
+});
+const version = (v: string, state: string, status = 'ACTIVE', extra: Record<string, unknown> = {}) => ({
+  imageArn: ARN,
+  imageVersion: v,
+  state,
+  status,
+  createdAt: T,
+  baseImageArn: BUSYBOX,
+  codeArtifact: { uri: 'file:///a.zip' },
+  ...extra,
+});
+
+/** How the fake's builds end, by build id; the log of each is two lines, sent apart. */
+async function imageServer(outcome: Record<string, Record<string, unknown>>) {
+  const started = (v: string, buildId: string, state: string) => ({ imageArn: ARN, name: 'demo', state, imageVersion: v, buildId, createdAt: T, baseImageArn: BUSYBOX, codeArtifact: { uri: 'x' } });
+  return fake((method, path, res) => {
+    const route = `${method} ${path}`;
+    if (route === 'POST /cella/v1/code-artifacts') return send(res, 200, { uri: 'file:///data/artifacts/abc.zip', sizeInBytes: 2048, sha256: 'abcdef0123456789' });
+    if (route === `POST ${IMG}`) return send(res, 200, started('1.0', 'b-1', 'CREATING'));
+    if (route === `PUT ${IMG}/demo`) return send(res, 200, started('2.0', 'b-2', 'UPDATING'));
+    if (route === `GET ${IMG}`) return send(res, 200, { items: [{ imageArn: ARN, name: 'demo', state: 'UPDATED', latestActiveImageVersion: '1.0', latestFailedImageVersion: '2.0', createdAt: T }] });
+    if (route === `GET ${IMG}/demo`) return send(res, 200, { imageArn: ARN, name: 'demo', state: 'UPDATED', latestActiveImageVersion: '1.0', createdAt: T, tags: { team: 'a' } });
+    if (route === `GET ${IMG}/demo/versions`) {
+      return send(res, 200, { items: [version('1.0', 'SUCCESSFUL'), version('2.0', 'FAILED', 'ACTIVE', { stateReason: 'CONTAINER_BUILD_FAILED' })] });
+    }
+    if (route === `PATCH ${IMG}/demo/versions/1.0`) return send(res, 200, version('1.0', 'SUCCESSFUL', 'INACTIVE'));
+    if (route === `DELETE ${IMG}/demo/versions/1.0`) return send(res, 200, { imageIdentifier: 'demo', imageVersion: '1.0', state: 'DELETED' });
+    if (route === `GET ${IMG}/demo/versions/2.0/builds`) return send(res, 200, { items: [build('2.0', 'b-0', 'FAILED'), build('2.0', 'b-2', 'FAILED')] });
+    const b = /^GET \/2025-09-09\/microvm-images\/demo\/versions\/([\d.]+)\/builds\/([\w-]+)$/.exec(route);
+    if (b) return send(res, 200, build(b[1] as string, b[2] as string, 'FAILED', outcome[b[2] as string]));
+    const log = /^GET \/cella\/v1\/microvm-images\/demo\/versions\/[\d.]+\/builds\/([\w-]+)\/logs$/.exec(route);
+    if (log) {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write(`Step 1/2 : FROM busybox (${log[1]})\n`);
+      return void setTimeout(() => res.end('Step 2/2 : COPY . /app\n'), 10);
+    }
+    if (route === 'GET /2025-09-09/managed-microvm-images') return send(res, 200, { items: [{ imageArn: BUSYBOX, createdAt: T, description: 'BusyBox' }] });
+    send(res, 404, { code: 'UNKNOWN_OPERATION', message: route });
   });
-  const f = await fake((method, path, res) => {
-    if (method === 'POST') return send(res, 200, image('CREATING'));
-    if (path === '/cella/v1/images/demo') return send(res, 200, image(states.shift() ?? 'CREATE_FAILED'));
-    if (path === '/cella/v1/images/demo/logs') return void res.writeHead(200).end(`${Array.from({ length: 30 }, (_, i) => `line ${i}`).join('\n')}\n`);
-    send(res, 404, { code: 'UNKNOWN_OPERATION', message: path });
-  });
+}
+
+test('image create zips --dir, uploads it, creates, follows the build log, and on FAILED exits 1 with the reason last', async () => {
+  const f = await imageServer({ 'b-1': { buildState: 'FAILED', stateReason: 'CONTAINER_BUILD_FAILED', stateReasonMessage: 'step 2 (RUN make) exited with 2' } });
+  const dir = mkdtempSync(path.join(tmpdir(), 'cella-cli-'));
+  writeFileSync(path.join(dir, 'Dockerfile'), 'FROM busybox\nCOPY . /app\n');
   try {
-    const argv = ['image', 'register', 'demo', '--rootfs', 'rel/dir', '--memory-mib', '256', '--env', 'A=1=2', '--hook', 'run', '--hooks-port', '9000', '--', '/bin/app', '--flag'];
-    const r = await cella(argv, { CELLA_URL: f.url, CELLA_API_KEY: 'k' });
-    assert.equal(r.code, 1);
-    assert.deepEqual(f.seen[0]?.body, {
+    const argv = ['image', 'create', 'demo', '--dir', dir, '--memory', '256', '--env', 'A=1=2', '--ready', '--ready-timeout', '30', '--run-hook'];
+    const r = await cella([...argv, '--tag', 'team=a', '--description', 'first'], { CELLA_URL: f.url, CELLA_API_KEY: 'k' });
+    assert.equal(r.code, 1, r.err);
+    assert.deepEqual(
+      f.seen.map((s) => `${s.method} ${s.url}`),
+      ['POST /cella/v1/code-artifacts', `POST ${IMG}`, 'GET /cella/v1/microvm-images/demo/versions/1.0/builds/b-1/logs?follow=true', `GET ${IMG}/demo/versions/1.0/builds/b-1`],
+    );
+    assert.equal(f.seen[0]?.type, 'application/zip');
+    assert.equal((f.seen[0]?.body as Buffer).subarray(0, 2).toString(), 'PK');
+    assert.deepEqual(f.seen[1]?.body, {
       name: 'demo',
-      rootfsDir: path.resolve('rel/dir'),
-      command: ['/bin/app', '--flag'],
-      memoryMiB: 256,
+      baseImageArn: BUSYBOX,
+      resources: [{ minimumMemoryInMiB: 256 }],
       environmentVariables: { A: '1=2' },
-      hooks: { port: 9000, microvmHooks: { run: 'ENABLED' } },
+      hooks: { port: 8080, microvmHooks: { run: 'ENABLED' }, microvmImageHooks: { ready: 'ENABLED', readyTimeoutInSeconds: 30 } },
+      description: 'first',
+      codeArtifact: { uri: 'file:///data/artifacts/abc.zip' },
+      tags: { team: 'a' },
     });
-    assert.match(r.err, /building image demo .*\.+ CREATE_FAILED/);
-    assert.match(r.err, /cella: image demo CREATE_FAILED: the app exited/);
-    assert.match(r.err, /line 10\n/);
-    assert.match(r.err, /line 29\n/);
-    assert.doesNotMatch(r.err, /line 9\n/);
-    assert.match(r.out, /^state +CREATE_FAILED$/m);
+    assert.match(r.err, /building demo version 1\.0 \(build b-1\)\nStep 1\/2 : FROM busybox \(b-1\)\nStep 2\/2 : COPY \. \/app\n/);
+    assert.match(r.err, /cella: the build of demo version 1\.0 FAILED: CONTAINER_BUILD_FAILED: step 2 \(RUN make\) exited with 2\n$/);
+    assert.match(r.out, /^state +FAILED$/m);
+    assert.match(r.out, /^reason +CONTAINER_BUILD_FAILED: step 2/m);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await f.close();
+  }
+});
+
+test('image create --uri passes the URI through; --base takes a name or an ARN; SUCCESSFUL exits 0; --json prints the build', async () => {
+  const snapshotBuild = { memorySnapshotSizeInBytes: 64 * 1048576, diskSnapshotSizeInBytes: 1048576 };
+  const f = await imageServer({ 'b-1': { buildState: 'SUCCESSFUL', snapshotBuild } });
+  try {
+    const env = { CELLA_URL: f.url, CELLA_API_KEY: 'k' };
+    const r = await cella(['image', 'create', 'demo', '--uri', 's3://bucket/app.zip', '--base', 'debian-12-python'], env);
+    assert.equal(r.code, 0, r.err);
+    assert.deepEqual(f.seen[0]?.body, { name: 'demo', baseImageArn: 'arn:cella:lambda:local:aws:microvm-image:debian-12-python', codeArtifact: { uri: 's3://bucket/app.zip' } });
+    assert.match(r.out, /^state +SUCCESSFUL$/m);
+    assert.match(r.out, /^snapshot +memory 64\.0 MiB, disk 1\.0 MiB$/m);
+
+    const j = await cella(['image', 'create', 'demo', '--uri', 'file:///srv/app.zip', '--base', 'arn:aws:lambda:us-east-1:aws:microvm-image:al2023-1', '--json'], env);
+    assert.equal(j.code, 0, j.err);
+    assert.equal(JSON.parse(j.out).buildState, 'SUCCESSFUL');
+    // With --json the log is not followed: stderr stays quiet, stdout is JSON only.
+    assert.equal(j.err, '');
+    assert.deepEqual(f.seen.slice(3).map((s) => `${s.method} ${s.url}`), [`POST ${IMG}`, `GET ${IMG}/demo/versions/1.0/builds/b-1`]);
+    assert.deepEqual(f.seen[3]?.body, { name: 'demo', baseImageArn: 'arn:aws:lambda:us-east-1:aws:microvm-image:al2023-1', codeArtifact: { uri: 'file:///srv/app.zip' } });
+  } finally {
+    await f.close();
+  }
+});
+
+test('image update --zip streams the file and PUTs a new version; --no-wait returns at once', async () => {
+  const f = await imageServer({});
+  const dir = mkdtempSync(path.join(tmpdir(), 'cella-cli-'));
+  const zip = path.join(dir, 'app.zip');
+  writeFileSync(zip, 'PK not really a zip');
+  try {
+    const r = await cella(['image', 'update', 'demo', '--zip', zip, '--client-token', 't-1', '--no-wait'], { CELLA_URL: f.url, CELLA_API_KEY: 'k' });
+    assert.equal(r.code, 0, r.err);
+    assert.deepEqual(f.seen.map((s) => `${s.method} ${s.url}`), ['POST /cella/v1/code-artifacts', `PUT ${IMG}/demo`]);
+    assert.equal((f.seen[0]?.body as Buffer).toString(), 'PK not really a zip');
+    assert.deepEqual(f.seen[1]?.body, { baseImageArn: BUSYBOX, clientToken: 't-1', codeArtifact: { uri: 'file:///data/artifacts/abc.zip' } });
+    assert.match(r.out, /^version +2\.0$/m);
+    assert.match(r.out, /^build +b-2$/m);
+    assert.match(r.err, /cella image logs demo --version 2\.0 -f/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await f.close();
+  }
+});
+
+test('image logs defaults to the latest build of the latest version', async () => {
+  const f = await imageServer({});
+  try {
+    const r = await cella(['image', 'logs', 'demo'], { CELLA_URL: f.url, CELLA_API_KEY: 'k' });
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.out, 'Step 1/2 : FROM busybox (b-2)\nStep 2/2 : COPY . /app\n');
+    assert.deepEqual(
+      f.seen.map((s) => `${s.method} ${s.url}`),
+      [`GET ${IMG}/demo/versions`, `GET ${IMG}/demo/versions/2.0/builds`, 'GET /cella/v1/microvm-images/demo/versions/2.0/builds/b-2/logs'],
+    );
+    await cella(['image', 'logs', 'demo', '--version', '1.0', '--build', 'b-9', '-f'], { CELLA_URL: f.url, CELLA_API_KEY: 'k' });
+    assert.equal(f.seen.at(-1)?.url, '/cella/v1/microvm-images/demo/versions/1.0/builds/b-9/logs?follow=true');
+  } finally {
+    await f.close();
+  }
+});
+
+test('image ls, get, versions, builds, bases print tables; activate, deactivate and rm --version act on a version', async () => {
+  const f = await imageServer({});
+  try {
+    const env = { CELLA_URL: f.url, CELLA_API_KEY: 'k' };
+    const ls = await cella(['image', 'ls', '--name-filter', 'de'], env);
+    assert.equal(ls.code, 0, ls.err);
+    assert.match(ls.out, /^NAME +STATE +ACTIVE +FAILED +CREATED\ndemo +UPDATED +1\.0 +2\.0 +2025-01-01T00:00:00Z\n$/);
+    assert.equal(f.seen.at(-1)?.url, `${IMG}?nameFilter=de`);
+
+    const get = await cella(['image', 'get', 'demo'], env);
+    assert.equal(get.code, 0, get.err);
+    assert.match(get.out, /^latest active +1\.0$/m);
+    assert.match(get.out, /^tags +team=a$/m);
+    assert.match(get.out, /^VERSION +STATE +STATUS +CREATED +REASON$/m);
+    assert.match(get.out, /^2\.0 +FAILED +ACTIVE +2025-01-01T00:00:00Z +CONTAINER_BUILD_FAILED$/m);
+    const getJson = JSON.parse((await cella(['image', 'get', 'demo', '--json'], env)).out);
+    assert.equal(getJson.image.name, 'demo');
+    assert.equal(getJson.versions.length, 2);
+
+    assert.match((await cella(['image', 'versions', 'demo'], env)).out, /^1\.0 +SUCCESSFUL +ACTIVE/m);
+
+    const builds = await cella(['image', 'builds', 'demo'], env);
+    assert.equal(builds.code, 0, builds.err);
+    assert.match(builds.out, /^BUILD +VERSION +STATE +ARCH +CREATED +REASON\nb-0 +2\.0 +FAILED/);
+
+    const deact = await cella(['image', 'deactivate', 'demo', '1.0'], env);
+    assert.equal(deact.out, 'demo 1.0 INACTIVE\n');
+    assert.deepEqual(f.seen.at(-1)?.body, { status: 'INACTIVE' });
+    await cella(['image', 'activate', 'demo', '1.0'], env);
+    assert.deepEqual(f.seen.at(-1)?.body, { status: 'ACTIVE' });
+
+    const rm = await cella(['image', 'rm', 'demo', '--version', '1.0'], env);
+    assert.equal(rm.out, 'image demo version 1.0: DELETED\n');
+    assert.equal(f.seen.at(-1)?.method, 'DELETE');
+    assert.equal(f.seen.at(-1)?.url, `${IMG}/demo/versions/1.0`);
+
+    const b = await cella(['image', 'bases'], env);
+    assert.match(b.out, /^busybox +arn:cella:lambda:local:aws:microvm-image:busybox +2025-01-01T00:00:00Z +BusyBox$/m);
   } finally {
     await f.close();
   }

@@ -13,7 +13,8 @@ import { CellaError, isCellaError } from '../errors/index.js';
 import { tlsFiles } from '../tls/index.js';
 import { DEFAULT_GUEST_DIR, DEMO_APP, DEMO_PORT, buildDemoRootfs, loadGuestArtifacts, setupGuest } from '../setup/index.js';
 import { flag, processIo, runCommand, str, UsageError, wantsHelp, type Command, type Io, type Options, type Values } from './args.js';
-import { IMAGE_USAGE, imageCommands, vmCommands } from './remote.js';
+import { IMAGE_USAGE, imageCommands } from './images.js';
+import { vmCommands } from './remote.js';
 import { DEFAULT_DATA_DIR, server } from './server.js';
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -28,12 +29,15 @@ Host:
   ca                       print where the endpoints' certificate authority is
 
 Images:
-  image register NAME --rootfs DIR [options] -- CMD [ARGS...]
-                           register an image from a root filesystem folder; wait until CREATED
-  image ls | get NAME | rm NAME | logs NAME
+  image create NAME (--zip FILE | --dir DIR | --uri URI) [options]
+                           build an image from the Dockerfile in the code, following the build log
+  image update NAME (--zip FILE | --dir DIR | --uri URI) [options]
+                           build a new version of an image
+  image ls | get NAME | versions NAME | activate/deactivate NAME VERSION | rm NAME [--version V]
+  image builds NAME [VERSION] | logs NAME [-f] | bases
 
 MicroVMs:
-  run IMAGE                launch a MicroVM and wait until it is RUNNING
+  run IMAGE [--version V]  launch a MicroVM and wait until it is RUNNING
   ls [--image NAME] [--all]
                            list MicroVMs (TERMINATED ones only with --all)
   get VM                   describe a MicroVM

@@ -1,24 +1,21 @@
 /**
- * The commands that talk to a running `cella server` through CellaClient.
+ * The MicroVM commands, and what every command that talks to a running
+ * `cella server` through CellaClient shares (the image ones are in images.ts).
  * Tables by default; --json prints the API's response for scripts.
  * Progress goes to stderr so stdout carries only the result.
  */
-import path from 'node:path';
 import {
   AUTH_HEADER,
   CellaClient,
   DEFAULT_URL,
   type AuthTokenResponse,
-  type HookSettings,
-  type Image,
   type Microvm,
   type MicrovmSummary,
   type PortSpecification,
-  type RegisterImageRequest,
   type RunMicrovmRequest,
   type Usage,
 } from '../client/index.js';
-import { RegisterImageRequest as RegisterImageRequestSchema, connectorArn } from '../api/schemas.js';
+import { DEFAULT_ENDPOINT_PORT, connectorArn } from '../api/schemas.js';
 import { interactiveShell } from './shell.js';
 import { flag, int, keyValues, str, strs, table, toInt, UsageError, type Command, type Io, type Options, type Parsed, type Values } from './args.js';
 
@@ -33,11 +30,6 @@ const jsonOption: Options = { json: { type: 'boolean' } };
 
 const SUSPENDED_TTL_DEFAULT = 3600;
 const TOKEN_MINUTES_DEFAULT = 15;
-const BUILD_LOG_TAIL_LINES = 20;
-
-type MemoryTier = NonNullable<RegisterImageRequest['memoryMiB']>;
-/** The size tiers, read from the request schema (the server's message for a wrong one does not name them). */
-const MEMORY_TIERS: MemoryTier[] = RegisterImageRequestSchema.properties.memoryMiB.anyOf.map((t) => t.const as MemoryTier).sort((a, b) => a - b);
 
 function client(v: Values, io: Io): CellaClient {
   const apiKey = str(v, 'api-key') ?? io.env.CELLA_API_KEY;
@@ -47,12 +39,12 @@ function client(v: Values, io: Io): CellaClient {
   return new CellaClient({ url: str(v, 'url') ?? (io.env.CELLA_URL || DEFAULT_URL), apiKey });
 }
 
-function printJson(io: Io, value: unknown): void {
+export function printJson(io: Io, value: unknown): void {
   io.out(`${JSON.stringify(value, null, 2)}\n`);
 }
 
 /** A client command: connection flags (and --json unless `noJson`) come with every one. */
-function remote(
+export function remote(
   spec: { usage: string; flags?: string; options?: Options; args: Command['args']; noJson?: boolean },
   run: (p: Parsed, c: CellaClient, io: Io, json: boolean) => Promise<number>,
 ): Command {
@@ -64,14 +56,14 @@ function remote(
   };
 }
 
-const at = (p: Parsed, i: number): string => p.positionals[i] as string;
+export const at = (p: Parsed, i: number): string => p.positionals[i] as string;
 
 /** `arn:…:microvm-image:NAME` → NAME. */
-const imageName = (arn: string): string => (arn.includes(':microvm-image:') ? arn.slice(arn.lastIndexOf(':') + 1) : arn);
-const time = (iso: string | undefined): string | undefined => iso?.replace(/\.\d+Z$/, 'Z');
+export const imageName = (arn: string): string => (arn.includes(':microvm-image:') ? arn.slice(arn.lastIndexOf(':') + 1) : arn);
+export const time = (iso: string | undefined): string | undefined => iso?.replace(/\.\d+Z$/, 'Z');
 /** The connector's own name, from its ARN. */
 const connector = (arn: string): string => arn.slice(arn.lastIndexOf(':') + 1);
-const mib = (bytes: number): string => `${(bytes / 1048576).toFixed(1)} MiB`;
+export const mib = (bytes: number): string => `${(bytes / 1048576).toFixed(1)} MiB`;
 
 function describeVm(vm: Microvm): string {
   const p = vm.idlePolicy;
@@ -95,23 +87,16 @@ function describeVm(vm: Microvm): string {
   ]);
 }
 
-function describeImage(img: Image): string {
-  const hooks = img.hooks;
-  const enabled = hooks?.microvmHooks
-    ? (['run', 'resume', 'suspend', 'terminate'] as const).filter((h) => hooks.microvmHooks?.[h] === 'ENABLED')
-    : [];
-  return keyValues([
-    ['name', img.name],
-    ['arn', img.imageArn],
-    ['state', img.state],
-    ['reason', img.stateReason],
-    ['version', img.imageVersion],
-    ['memory', `${img.memoryMiB} MiB, ${img.vcpus} vCPU`],
-    ['port', String(img.port)],
-    ['hooks', hooks ? `port ${hooks.port}: ${enabled.join(', ') || 'none enabled'}` : undefined],
-    ['snapshot', img.snapshot ? `memory ${mib(img.snapshot.memorySnapshotSizeInBytes)}, disk ${mib(img.snapshot.diskSnapshotSizeInBytes)}` : undefined],
-    ['created', time(img.createdAt)],
-  ]);
+/** Runs `fn` with a signal that Ctrl-C aborts: following a stream ends quietly instead of killing the process mid-line. */
+export async function untilInterrupted(fn: (signal: AbortSignal) => Promise<void>): Promise<void> {
+  const abort = new AbortController();
+  const stop = (): void => abort.abort();
+  process.once('SIGINT', stop);
+  try {
+    await fn(abort.signal);
+  } finally {
+    process.off('SIGINT', stop);
+  }
 }
 
 /** A wait that ended at TERMINATED instead of the wanted state is a failure. */
@@ -119,148 +104,6 @@ function failedTo(vm: Microvm, what: string, io: Io): number {
   io.err(`cella: MicroVM ${vm.microvmId} TERMINATED before it ${what}${vm.stateReason ? `: ${vm.stateReason}` : ''}\n`);
   return 1;
 }
-
-// Images
-
-const register = remote(
-  {
-    usage: `Usage: cella image register NAME --rootfs DIR [options] -- CMD [ARGS...]
-
-Registers an image from a root filesystem folder and the command that starts
-its app, then waits while Cella boots it and captures its snapshot.
-`,
-    flags: `  --rootfs DIR             the root filesystem folder (required)
-  --port N                 the port the app listens on (default 8080)
-  --memory-mib N           ${MEMORY_TIERS.join(', ')} (default 512)
-  --env K=V                an environment variable (repeatable)
-  --workdir D              the app's working directory (default /)
-  --hook H[,H...]          enable runtime hooks: run, resume, suspend, terminate (repeatable)
-  --hooks-port N           the port the hooks are served on (default: --port)
-  --client-token T         idempotency token
-  --no-wait                return at once, while the image is CREATING
-`,
-    options: {
-      rootfs: { type: 'string' },
-      port: { type: 'string' },
-      'memory-mib': { type: 'string' },
-      env: { type: 'string', multiple: true },
-      workdir: { type: 'string' },
-      hook: { type: 'string', multiple: true },
-      'hooks-port': { type: 'string' },
-      'client-token': { type: 'string' },
-      'no-wait': { type: 'boolean' },
-    },
-    args: { min: 2, max: Number.MAX_SAFE_INTEGER, names: 'NAME and the command (after --)' },
-  },
-  async (p, c, io, json) => {
-    const { values: v } = p;
-    const name = at(p, 0);
-    const rootfs = str(v, 'rootfs');
-    if (!rootfs) throw new UsageError('missing --rootfs DIR');
-    const port = int(v, 'port', 1, 65535);
-    const memoryMiB = memoryTier(int(v, 'memory-mib', 1));
-    const env: Record<string, string> = {};
-    for (const kv of strs(v, 'env')) {
-      const eq = kv.indexOf('=');
-      if (eq <= 0) throw new UsageError(`--env takes K=V, not "${kv}"`);
-      env[kv.slice(0, eq)] = kv.slice(eq + 1);
-    }
-    const hooks = hookSettings(strs(v, 'hook'), int(v, 'hooks-port', 1, 65535) ?? port);
-    const workdir = str(v, 'workdir');
-    const token = str(v, 'client-token');
-    const req: RegisterImageRequest = {
-      name,
-      rootfsDir: path.resolve(rootfs),
-      command: p.positionals.slice(1),
-      ...(port !== undefined ? { port } : {}),
-      ...(memoryMiB !== undefined ? { memoryMiB } : {}),
-      ...(Object.keys(env).length > 0 ? { environmentVariables: env } : {}),
-      ...(workdir !== undefined ? { workingDirectory: workdir } : {}),
-      ...(hooks ? { hooks } : {}),
-      ...(token !== undefined ? { clientToken: token } : {}),
-    };
-    let img = await c.registerImage(req);
-    if (!flag(v, 'no-wait')) {
-      if (!json) io.err(`building image ${name} (booting its app and capturing the snapshot) `);
-      img = await c.waitForImage(name, { intervalMs: 1000, ...(json ? {} : { onPoll: () => io.err('.') }) });
-      if (!json) io.err(` ${img.state}\n`);
-    }
-    if (json) printJson(io, img);
-    else io.out(describeImage(img));
-    if (img.state !== 'CREATE_FAILED') return 0;
-    io.err(`cella: image ${name} CREATE_FAILED: ${img.stateReason ?? 'no reason given'}\n`);
-    const tail = (await c.imageLogs(name)).trimEnd().split('\n').slice(-BUILD_LOG_TAIL_LINES).join('\n');
-    if (tail) io.err(`build log (last ${BUILD_LOG_TAIL_LINES} lines; \`cella image logs ${name}\` has it all):\n${tail}\n`);
-    return 1;
-  },
-);
-
-function memoryTier(n: number | undefined): MemoryTier | undefined {
-  if (n === undefined) return undefined;
-  const tier = MEMORY_TIERS.find((t) => t === n);
-  if (tier === undefined) throw new UsageError(`--memory-mib must be one of ${MEMORY_TIERS.join(', ')}, not ${n}`);
-  return tier;
-}
-
-function hookSettings(names: string[], port: number | undefined): HookSettings | undefined {
-  const list = names.flatMap((n) => n.split(',')).map((s) => s.trim()).filter(Boolean);
-  if (list.length === 0) return undefined;
-  if (port === undefined) throw new UsageError('--hook needs --hooks-port N (or --port N)');
-  const microvmHooks: NonNullable<HookSettings['microvmHooks']> = {};
-  for (const h of list) {
-    if (h !== 'run' && h !== 'resume' && h !== 'suspend' && h !== 'terminate') {
-      throw new UsageError(`--hook takes run, resume, suspend or terminate, not "${h}"`);
-    }
-    microvmHooks[h] = 'ENABLED';
-  }
-  return { port, microvmHooks };
-}
-
-const imageLs = remote({ usage: 'Usage: cella image ls\n\nLists the registered images.\n', args: { min: 0, max: 0, names: '' } }, async (_p, c, io, json) => {
-  const res = await c.listImages();
-  if (json) printJson(io, res);
-  else io.out(table(['NAME', 'STATE', 'VERSION', 'MEMORY', 'PORT', 'CREATED'], res.items.map((i) => [i.name, i.state, i.imageVersion, `${i.memoryMiB} MiB`, String(i.port), time(i.createdAt) ?? ''])));
-  return 0;
-});
-
-const imageGet = remote({ usage: 'Usage: cella image get NAME\n\nDescribes an image (by name or ARN).\n', args: { min: 1, max: 1, names: 'NAME' } }, async (p, c, io, json) => {
-  const img = await c.getImage(at(p, 0));
-  if (json) printJson(io, img);
-  else io.out(describeImage(img));
-  return 0;
-});
-
-const imageRm = remote(
-  { usage: 'Usage: cella image rm NAME\n\nDeletes an image; refused while live MicroVMs use it. Deleting a missing image succeeds.\n', args: { min: 1, max: 1, names: 'NAME' }, noJson: true },
-  async (p, c, io) => {
-    await c.deleteImage(at(p, 0));
-    io.out(`deleted image ${at(p, 0)}\n`);
-    return 0;
-  },
-);
-
-const imageLogs = remote(
-  { usage: "Usage: cella image logs NAME\n\nPrints an image's build log.\n", args: { min: 1, max: 1, names: 'NAME' }, noJson: true },
-  async (p, c, io) => {
-    io.out(await c.imageLogs(at(p, 0)));
-    return 0;
-  },
-);
-
-export const imageCommands: Record<string, Command> = { register, ls: imageLs, get: imageGet, rm: imageRm, logs: imageLogs };
-
-export const IMAGE_USAGE = `Usage: cella image <subcommand> [options]
-
-Subcommands:
-  register NAME --rootfs DIR [options] -- CMD [ARGS...]
-                           register an image and wait until it is CREATED
-  ls                       list images
-  get NAME                 describe an image
-  rm NAME                  delete an image
-  logs NAME                print an image's build log
-
-Run \`cella image <subcommand> --help\` for its options.
-`;
 
 // MicroVMs
 
@@ -270,7 +113,8 @@ const run = remote(
 
 Launches a MicroVM from an image's snapshot and waits until it is RUNNING.
 `,
-    flags: `  --idle SECONDS           suspend after this long without traffic (sets the idle policy)
+    flags: `  --version V              this version of the image (default: its latest SUCCESSFUL, ACTIVE one)
+  --idle SECONDS           suspend after this long without traffic (sets the idle policy)
   --suspended-ttl SECONDS  with --idle: terminate after this long suspended (default ${SUSPENDED_TTL_DEFAULT}; 0 terminates at suspend)
   --no-auto-resume         with --idle: do not resume on incoming traffic
   --max-duration SECONDS   terminate after this long, running or suspended (default 28800)
@@ -281,6 +125,7 @@ Launches a MicroVM from an image's snapshot and waits until it is RUNNING.
   --no-wait                return at once, while the MicroVM is PENDING
 `,
     options: {
+      version: { type: 'string' },
       ingress: { type: 'string', multiple: true },
       idle: { type: 'string' },
       'suspended-ttl': { type: 'string' },
@@ -303,8 +148,10 @@ Launches a MicroVM from an image's snapshot and waits until it is RUNNING.
     const maxDuration = int(v, 'max-duration', 1);
     const payload = str(v, 'payload');
     const token = str(v, 'client-token');
+    const version = str(v, 'version');
     const req: RunMicrovmRequest = {
       imageIdentifier: at(p, 0),
+      ...(version !== undefined ? { imageVersion: version } : {}),
       ...(idle !== undefined
         ? { idlePolicy: { maxIdleDurationSeconds: idle, suspendedDurationSeconds: ttl ?? SUSPENDED_TTL_DEFAULT, autoResumeEnabled: !flag(v, 'no-auto-resume') } }
         : {}),
@@ -392,14 +239,9 @@ const logs = remote(
     noJson: true,
   },
   async (p, c, io) => {
-    const abort = new AbortController();
-    const stop = (): void => abort.abort();
-    process.once('SIGINT', stop);
-    try {
-      for await (const chunk of c.streamLogs(at(p, 0), { follow: flag(p.values, 'follow'), signal: abort.signal })) io.out(chunk);
-    } finally {
-      process.off('SIGINT', stop);
-    }
+    await untilInterrupted(async (signal) => {
+      for await (const chunk of c.streamLogs(at(p, 0), { follow: flag(p.values, 'follow'), signal })) io.out(chunk);
+    });
     return 0;
   },
 );
@@ -409,7 +251,7 @@ const token = remote(
     usage: `Usage: cella token VM [options]
 
 Mints a token for the MicroVM's endpoint and prints the header that carries it.
-Without a port option the token covers the image's port.
+Without a port option the token covers port ${DEFAULT_ENDPOINT_PORT} (the endpoint's default port).
 `,
     flags: `  --port N                 allow this port (repeatable)
   --ports A-B              allow this range of ports (repeatable)
@@ -440,7 +282,7 @@ Without a port option the token covers the image's port.
       if (ports.length > 0) throw new UsageError('--shell takes no port options');
       res = await c.createMicrovmShellAuthToken(id, { expirationInMinutes });
     } else {
-      if (ports.length === 0) ports.push({ port: (await c.getImage((await c.getMicrovm(id)).imageArn)).port });
+      if (ports.length === 0) ports.push({ port: DEFAULT_ENDPOINT_PORT });
       res = await c.createMicrovmAuthToken(id, { expirationInMinutes, allowedPorts: ports });
     }
     if (json) printJson(io, res);

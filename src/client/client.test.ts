@@ -1,13 +1,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { CellaClient, CellaConnectionError, isCellaError, type Microvm, type VmState } from './index.js';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { CellaClient, CellaConnectionError, isCellaError, type ImageBuild, type Microvm, type VmState } from './index.js';
 
 interface Seen {
   method: string;
   url: string;
   auth: string | undefined;
+  type: string | undefined;
+  length: string | undefined;
   body: string;
 }
 
@@ -21,10 +26,11 @@ async function fake(handlers: Record<string, Handler>): Promise<{ client: CellaC
     req.setEncoding('utf8');
     req.on('data', (c: string) => (body += c));
     req.on('end', () => {
-      seen.push({ method: req.method ?? '', url: req.url ?? '', auth: req.headers.authorization, body });
+      const h = req.headers;
+      seen.push({ method: req.method ?? '', url: req.url ?? '', auth: h.authorization, type: h['content-type'], length: h['content-length'], body });
       const path = (req.url ?? '').split('?')[0];
-      const h = handlers[`${req.method} ${path}`];
-      if (h) h(req, res, body);
+      const handler = handlers[`${req.method} ${path}`];
+      if (handler) handler(req, res, body);
       else json(res, 404, { code: 'UNKNOWN_OPERATION', message: `no fake for ${req.method} ${path}` });
     });
   });
@@ -77,10 +83,20 @@ test('sends the Bearer key, the method, the path and the JSON body', async () =>
   }
 });
 
+const ARN = 'arn:cella:lambda:local:000000000000:microvm-image:demo';
+const T = '2025-01-01T00:00:00.000Z';
+const config = { baseImageArn: 'arn:cella:lambda:local:aws:microvm-image:busybox', codeArtifact: { uri: 'file:///tmp/app.zip' } };
+const image = { imageArn: ARN, name: 'demo', state: 'CREATED', latestActiveImageVersion: '1.0', createdAt: T };
+const version = { ...config, imageArn: ARN, imageVersion: '1.0', state: 'SUCCESSFUL', status: 'ACTIVE', createdAt: T };
+const started = { ...config, imageArn: ARN, name: 'demo', state: 'CREATING', imageVersion: '1.0', buildId: 'b-1', createdAt: T };
+function build(buildState: string, extra: Partial<ImageBuild> = {}): ImageBuild {
+  return { imageArn: ARN, imageVersion: '1.0', buildId: 'b-1', buildState, architecture: 'X86_64', chipset: 'KVM', chipsetGeneration: '1', createdAt: T, ...extra };
+}
+
 test('every operation goes to its path with its method; path params are percent-encoded', async () => {
-  const img = { imageArn: 'arn:x', name: 'demo', state: 'CREATED', imageVersion: '1.0', memoryMiB: 256, vcpus: 1, port: 8080, createdAt: '2025-01-01T00:00:00.000Z' };
   const usage = { runningSeconds: 1, vcpuSeconds: 1, gibSeconds: 0.25, snapshotBytesWritten: 0, snapshotBytesRead: 0, snapshotStorageGibHours: 0 };
   const token = { authToken: { 'X-aws-proxy-auth': 'tok' } };
+  const IMG = '/2025-09-09/microvm-images';
   const f = await fake({
     'GET /2025-09-09/microvms/a%2Fb%20c': (_q, res) => json(res, 200, vm('a/b c', 'RUNNING')),
     'POST /2025-09-09/microvms/m1/suspend': empty,
@@ -90,11 +106,20 @@ test('every operation goes to its path with its method; path params are percent-
     'POST /2025-09-09/microvms/m1/shell-auth-token': (_q, res) => json(res, 200, token),
     'GET /cella/v1/microvms/m1/usage': (_q, res) => json(res, 200, { ...usage, microvmId: 'm1' }),
     'GET /cella/v1/usage': (_q, res) => json(res, 200, { total: usage, microvms: [usage] }),
-    'POST /cella/v1/images': (_q, res) => json(res, 200, { ...img, state: 'CREATING' }),
-    'GET /cella/v1/images': (_q, res) => json(res, 200, { items: [img] }),
-    'GET /cella/v1/images/arn%3Acella%3Alambda%3Alocal%3A0%3Amicrovm-image%3Ademo': (_q, res) => json(res, 200, img),
-    'DELETE /cella/v1/images/demo': empty,
-    'GET /cella/v1/images/demo/logs': (_q, res) => res.writeHead(200, { 'content-type': 'text/plain' }).end('[cella] built\n'),
+    [`POST ${IMG}`]: (_q, res) => json(res, 200, started),
+    [`PUT ${IMG}/demo`]: (_q, res) => json(res, 200, { ...started, state: 'UPDATING', imageVersion: '2.0', buildId: 'b-2' }),
+    [`GET ${IMG}`]: (_q, res) => json(res, 200, { items: [image] }),
+    [`GET ${IMG}/arn%3Acella%3Alambda%3Alocal%3A000000000000%3Amicrovm-image%3Ademo`]: (_q, res) => json(res, 200, image),
+    [`DELETE ${IMG}/demo`]: (_q, res) => json(res, 200, { imageIdentifier: 'demo', state: 'DELETED' }),
+    [`GET ${IMG}/demo/versions`]: (_q, res) => json(res, 200, { items: [version] }),
+    [`GET ${IMG}/demo/versions/1.0`]: (_q, res) => json(res, 200, version),
+    [`PATCH ${IMG}/demo/versions/1.0`]: (_q, res) => json(res, 200, { ...version, status: 'INACTIVE' }),
+    [`DELETE ${IMG}/demo/versions/1.0`]: (_q, res) => json(res, 200, { imageIdentifier: 'demo', imageVersion: '1.0', state: 'DELETED' }),
+    [`GET ${IMG}/demo/versions/1.0/builds`]: (_q, res) => json(res, 200, { items: [build('SUCCESSFUL')] }),
+    [`GET ${IMG}/demo/versions/1.0/builds/b-1`]: (_q, res) => json(res, 200, build('SUCCESSFUL')),
+    'GET /2025-09-09/managed-microvm-images': (_q, res) => json(res, 200, { items: [{ imageArn: config.baseImageArn, createdAt: T }] }),
+    'GET /2025-09-09/managed-microvm-images/busybox/versions': (_q, res) =>
+      json(res, 200, { items: [{ imageArn: config.baseImageArn, imageVersion: '1', status: 'AVAILABLE', createdAt: T }] }),
   });
   try {
     const c = f.client;
@@ -106,12 +131,20 @@ test('every operation goes to its path with its method; path params are percent-
     assert.deepEqual(await c.createMicrovmShellAuthToken('m1', { expirationInMinutes: 5 }), token);
     assert.equal((await c.getMicrovmUsage('m1')).microvmId, 'm1');
     assert.equal((await c.getUsage()).microvms.length, 1);
-    const reg = { name: 'demo', rootfsDir: '/tmp/r', command: ['/bin/app', '8080'], memoryMiB: 256 as const };
-    assert.equal((await c.registerImage(reg)).state, 'CREATING');
-    assert.equal((await c.listImages()).items[0]?.name, 'demo');
-    assert.equal((await c.getImage('arn:cella:lambda:local:0:microvm-image:demo')).name, 'demo');
-    await c.deleteImage('demo');
-    assert.equal(await c.imageLogs('demo'), '[cella] built\n');
+    const create = { name: 'demo', ...config, resources: [{ minimumMemoryInMiB: 256 as const }] };
+    assert.equal((await c.createImage(create)).buildId, 'b-1');
+    assert.equal((await c.updateImage('demo', config)).imageVersion, '2.0');
+    assert.equal((await c.listImages({ nameFilter: 'de' })).items[0]?.name, 'demo');
+    assert.equal((await c.getImage(ARN)).name, 'demo');
+    assert.equal((await c.deleteImage('demo')).state, 'DELETED');
+    assert.equal((await c.listImageVersions('demo', { maxResults: 5 })).items[0]?.imageVersion, '1.0');
+    assert.equal((await c.getImageVersion('demo', '1.0')).status, 'ACTIVE');
+    assert.equal((await c.updateImageVersion('demo', '1.0', 'INACTIVE')).status, 'INACTIVE');
+    assert.equal((await c.deleteImageVersion('demo', '1.0')).imageVersion, '1.0');
+    assert.equal((await c.listImageBuilds('demo', '1.0')).items[0]?.buildId, 'b-1');
+    assert.equal((await c.getImageBuild('demo', '1.0', 'b-1')).buildState, 'SUCCESSFUL');
+    assert.equal((await c.listManagedImages()).items[0]?.imageArn, config.baseImageArn);
+    assert.equal((await c.listManagedImageVersions('busybox')).items[0]?.status, 'AVAILABLE');
     assert.deepEqual(
       f.seen.map((s) => `${s.method} ${s.url}`),
       [
@@ -123,19 +156,63 @@ test('every operation goes to its path with its method; path params are percent-
         'POST /2025-09-09/microvms/m1/shell-auth-token',
         'GET /cella/v1/microvms/m1/usage',
         'GET /cella/v1/usage',
-        'POST /cella/v1/images',
-        'GET /cella/v1/images',
-        'GET /cella/v1/images/arn%3Acella%3Alambda%3Alocal%3A0%3Amicrovm-image%3Ademo',
-        'DELETE /cella/v1/images/demo',
-        'GET /cella/v1/images/demo/logs',
+        `POST ${IMG}`,
+        `PUT ${IMG}/demo`,
+        `GET ${IMG}?nameFilter=de`,
+        `GET ${IMG}/arn%3Acella%3Alambda%3Alocal%3A000000000000%3Amicrovm-image%3Ademo`,
+        `DELETE ${IMG}/demo`,
+        `GET ${IMG}/demo/versions?maxResults=5`,
+        `GET ${IMG}/demo/versions/1.0`,
+        `PATCH ${IMG}/demo/versions/1.0`,
+        `DELETE ${IMG}/demo/versions/1.0`,
+        `GET ${IMG}/demo/versions/1.0/builds`,
+        `GET ${IMG}/demo/versions/1.0/builds/b-1`,
+        'GET /2025-09-09/managed-microvm-images',
+        'GET /2025-09-09/managed-microvm-images/busybox/versions',
       ],
     );
     assert.deepEqual(JSON.parse(f.seen[4]?.body ?? ''), { expirationInMinutes: 5, allowedPorts: [{ port: 8080 }] });
-    assert.deepEqual(JSON.parse(f.seen[8]?.body ?? ''), reg);
+    assert.deepEqual(JSON.parse(f.seen[8]?.body ?? ''), create);
+    assert.deepEqual(JSON.parse(f.seen[9]?.body ?? ''), config);
+    assert.deepEqual(JSON.parse(f.seen[15]?.body ?? ''), { status: 'INACTIVE' });
     // Operations without a body send none.
     assert.equal(f.seen[1]?.body, '');
     assert.ok(f.seen.every((s) => s.auth === 'Bearer k-secret'));
   } finally {
+    await f.close();
+  }
+});
+
+test('uploadCodeArtifact sends the raw zip, from bytes or streamed from a file', async () => {
+  const f = await fake({
+    'POST /cella/v1/code-artifacts': (_q, res, body) => json(res, 200, { uri: 'file:///data/artifacts/x.zip', sizeInBytes: body.length, sha256: 'x' }),
+  });
+  const dir = mkdtempSync(path.join(tmpdir(), 'cella-client-'));
+  try {
+    const bytes = Buffer.from('PK\x05\x06 not really a zip');
+    assert.deepEqual(await f.client.uploadCodeArtifact(bytes), { uri: 'file:///data/artifacts/x.zip', sizeInBytes: bytes.length, sha256: 'x' });
+    const file = path.join(dir, 'app.zip');
+    const big = 'z'.repeat(300_000);
+    writeFileSync(file, big);
+    assert.equal((await f.client.uploadCodeArtifact(file)).sizeInBytes, big.length);
+    for (const [s, body] of [
+      [f.seen[0], bytes.toString()],
+      [f.seen[1], big],
+    ] as const) {
+      assert.equal(s?.url, '/cella/v1/code-artifacts');
+      assert.equal(s?.type, 'application/zip');
+      assert.equal(s?.length, String(body.length));
+      assert.equal(s?.body, body);
+    }
+    await assert.rejects(f.client.uploadCodeArtifact(path.join(dir, 'missing.zip')), { code: 'ENOENT' });
+    // Over the server's limit: refused before anything is sent (a sparse file, so nothing is written either).
+    const huge = path.join(dir, 'huge.zip');
+    writeFileSync(huge, '');
+    truncateSync(huge, 513 * 1024 * 1024);
+    await assert.rejects(f.client.uploadCodeArtifact(huge), (err: unknown) => isCellaError(err, 'PAYLOAD_TOO_LARGE'));
+    assert.equal(f.seen.length, 2);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
     await f.close();
   }
 });
@@ -146,7 +223,7 @@ test('error bodies become CellaErrors with their code, details and HTTP status',
       json(res, 404, { message: 'MicroVM gone not found', code: 'NOT_FOUND', resourceId: 'gone', resourceType: 'Microvm' }),
     'POST /2025-09-09/microvms/m1/resume': (_q, res) => json(res, 409, { message: 'not suspended', code: 'SOMETHING_NEW' }),
     'GET /cella/v1/usage': (_q, res) => res.writeHead(502, { 'content-type': 'text/html' }).end('bad gateway'),
-    'GET /cella/v1/images': (_q, res) => json(res, 401, { message: 'missing API key', code: 'UNAUTHENTICATED' }),
+    'GET /2025-09-09/microvm-images': (_q, res) => json(res, 401, { message: 'missing API key', code: 'UNAUTHENTICATED' }),
   });
   try {
     await assert.rejects(f.client.getMicrovm('gone'), (err: unknown) => {
@@ -225,17 +302,53 @@ test('waitForState polls until a wanted state, stops at TERMINATED, and times ou
   }
 });
 
-test('waitForImage polls until the build ends', async () => {
-  const states = ['CREATING', 'CREATING', 'CREATE_FAILED'];
+test('waitForBuild polls until the build ends, and times out', async () => {
+  const states = ['PENDING', 'IN_PROGRESS', 'FAILED'];
   const f = await fake({
-    'GET /cella/v1/images/demo': (_q, res) =>
-      json(res, 200, { imageArn: 'arn:x', name: 'demo', state: states.shift(), imageVersion: '1.0', memoryMiB: 256, vcpus: 1, port: 8080, createdAt: 'x' }),
+    'GET /2025-09-09/microvm-images/demo/versions/1.0/builds/b-1': (_q, res) => {
+      const state = states.shift() ?? 'FAILED';
+      json(res, 200, build(state, state === 'FAILED' ? { stateReason: 'CONTAINER_BUILD_FAILED', stateReasonMessage: 'step 2 exited 1' } : {}));
+    },
+    'GET /2025-09-09/microvm-images/demo/versions/1.0/builds/slow': (_q, res) => json(res, 200, build('IN_PROGRESS', { buildId: 'slow' })),
   });
   try {
     const seen: string[] = [];
-    const img = await f.client.waitForImage('demo', { intervalMs: 5, onPoll: (i) => seen.push(i.state) });
-    assert.equal(img.state, 'CREATE_FAILED');
-    assert.deepEqual(seen, ['CREATING', 'CREATING', 'CREATE_FAILED']);
+    const b = await f.client.waitForBuild('demo', '1.0', 'b-1', { intervalMs: 5, onPoll: (x) => seen.push(x.buildState) });
+    assert.equal(b.buildState, 'FAILED');
+    assert.equal(b.stateReason, 'CONTAINER_BUILD_FAILED');
+    assert.deepEqual(seen, ['PENDING', 'IN_PROGRESS', 'FAILED']);
+    await assert.rejects(f.client.waitForBuild('demo', '1.0', 'slow', { timeoutMs: 30, intervalMs: 5 }), (err: unknown) => {
+      assert.ok(isCellaError(err, 'INVALID_STATE'));
+      assert.equal(err.details.resourceId, 'slow');
+      return true;
+    });
+  } finally {
+    await f.close();
+  }
+});
+
+test('buildLog hands over chunks as they come and resolves with the whole log when the stream ends', async () => {
+  let finish: (() => void) | undefined;
+  const f = await fake({
+    'GET /cella/v1/microvm-images/demo/versions/1.0/builds/b-1/logs': (_q, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('Step 1/2 : FROM busybox\n');
+      // The rest comes once the caller has seen the first chunk, as from a running build.
+      finish = () => res.end('Step 2/2 : COPY . /app\n');
+    },
+  });
+  try {
+    const chunks: string[] = [];
+    const text = await f.client.buildLog('demo', '1.0', 'b-1', {
+      follow: true,
+      onChunk: (c) => {
+        chunks.push(c.toString());
+        finish?.();
+      },
+    });
+    assert.equal(text, 'Step 1/2 : FROM busybox\nStep 2/2 : COPY . /app\n');
+    assert.equal(chunks[0], 'Step 1/2 : FROM busybox\n');
+    assert.equal(f.seen[0]?.url, '/cella/v1/microvm-images/demo/versions/1.0/builds/b-1/logs?follow=true');
   } finally {
     await f.close();
   }
@@ -295,5 +408,5 @@ test('fromEnv reads CELLA_URL and CELLA_API_KEY; an injected fetch is used', asy
     },
   });
   assert.deepEqual(await c.listImages(), { items: [] });
-  assert.deepEqual(calls, ['http://nowhere.invalid/cella/v1/images']);
+  assert.deepEqual(calls, ['http://nowhere.invalid/2025-09-09/microvm-images']);
 });

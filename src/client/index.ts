@@ -7,7 +7,14 @@
  *   const cella = CellaClient.fromEnv();
  *   const vm = await cella.runMicrovm({ imageIdentifier: 'demo' });
  *   await cella.waitForState(vm.microvmId, ['RUNNING']);
+ *
+ *   const { uri } = await cella.uploadCodeArtifact('app.zip');
+ *   const v = await cella.createImage({ name: 'app', baseImageArn, codeArtifact: { uri } });
+ *   const build = await cella.waitForBuild('app', v.imageVersion, v.buildId);
  */
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { Readable } from 'node:stream';
 import type { Static, TSchema } from '@sinclair/typebox';
 import { routes, type Operation, type Routes } from '../api/routes.js';
 import {
@@ -15,15 +22,26 @@ import {
   type AuthTokenResponse,
   type CreateAuthTokenRequest,
   type CreateShellAuthTokenRequest,
+  type CreateImageRequest,
+  type DeleteImageResponse,
+  type DeleteImageVersionResponse,
   type ErrorBody,
-  type Image,
+  type ImageBuild,
+  type ImageVersion,
+  type ImageVersionStarted,
+  type ListImageBuildsResponse,
+  type ListImageVersionsResponse,
   type ListImagesResponse,
+  type ListManagedImageVersionsResponse,
+  type ListManagedImagesResponse,
   type ListMicrovmsQuery,
   type ListMicrovmsResponse,
   type Microvm,
+  type MicrovmImage,
   type MicrovmSummary,
-  type RegisterImageRequest,
   type RunMicrovmRequest,
+  type UpdateImageRequest,
+  type UploadedArtifact,
   type Usage,
   type UsageReport,
   type VmState,
@@ -35,20 +53,32 @@ export { CellaError, isCellaError, ERRORS, type ErrorCode } from '../errors/inde
 export { AUTH_HEADER, VM_STATES } from '../api/schemas.js';
 export type {
   AuthTokenResponse,
+  BuildSummary,
   CreateAuthTokenRequest,
+  CreateImageRequest,
   CreateShellAuthTokenRequest,
+  DeleteImageResponse,
+  DeleteImageVersionResponse,
   HookSettings,
   IdlePolicy,
-  Image,
+  ImageBuild,
+  ImageVersion,
+  ImageVersionStarted,
+  ListImageBuildsResponse,
+  ListImageVersionsResponse,
   ListImagesResponse,
+  ListManagedImageVersionsResponse,
+  ListManagedImagesResponse,
   ListMicrovmsQuery,
   ListMicrovmsResponse,
   Logging,
   Microvm,
+  MicrovmImage,
   MicrovmSummary,
   PortSpecification,
-  RegisterImageRequest,
   RunMicrovmRequest,
+  UpdateImageRequest,
+  UploadedArtifact,
   Usage,
   UsageReport,
   VmState,
@@ -69,8 +99,8 @@ export interface WaitOptions {
   intervalMs?: number;
 }
 
-/** Image states a build ends in. */
-export const IMAGE_BUILD_DONE = ['CREATED', 'CREATE_FAILED'] as const;
+/** Build states a build ends in. */
+export const BUILD_DONE = ['SUCCESSFUL', 'FAILED'] as const;
 
 /**
  * The server could not be reached (refused, unresolvable host, reset): no
@@ -99,11 +129,35 @@ type Body<K extends Operation> = Routes[K] extends { body: infer B extends TSche
 type Query<K extends Operation> = Routes[K] extends { query: infer Q extends TSchema } ? Static<Q> : undefined;
 type Output<K extends Operation> = Routes[K]['response'] extends infer R extends TSchema ? Static<R> : undefined;
 
+export type ListImagesQuery = Query<'ListMicrovmImages'>;
+/** Paging of the plain list operations (versions, managed images). */
+export type ListQuery = Query<'ListMicrovmImageVersions'>;
+export type ListImageBuildsQuery = Query<'ListMicrovmImageBuilds'>;
+export type ImageVersionStatus = Body<'UpdateMicrovmImageVersion'>['status'];
+
 interface Call<K extends Operation> {
   params?: Record<string, string>;
   body?: Body<K>;
   query?: Query<K>;
+  /** The raw body of an upload operation, and its length (sent as content-length so an oversized upload is refused at once). */
+  upload?: { data: Buffer | ReadableStream<Uint8Array>; size: number };
   signal?: AbortSignal;
+}
+
+/** A page of any list operation. */
+export interface Page<T> {
+  items: T[];
+  nextToken?: string;
+}
+
+/** Every item of a paged list, page after page (pages may be empty while a nextToken continues). */
+export async function* allItems<T>(page: (nextToken: string | undefined) => Promise<Page<T>>): AsyncGenerator<T> {
+  let nextToken: string | undefined;
+  do {
+    const p = await page(nextToken);
+    yield* p.items;
+    nextToken = p.nextToken;
+  } while (nextToken);
 }
 
 /** Status → code for error bodies without a code this client knows (e.g. from a proxy in front). */
@@ -151,14 +205,9 @@ export class CellaClient {
     return this.json('ListMicrovms', { query });
   }
 
-  /** Every MicroVM matching `query`, page after page (pages may be empty while a nextToken continues). */
-  async *listAllMicrovms(query: Omit<ListMicrovmsQuery, 'nextToken'> = {}): AsyncGenerator<MicrovmSummary> {
-    let nextToken: string | undefined;
-    do {
-      const page = await this.listMicrovms({ ...query, ...(nextToken ? { nextToken } : {}) });
-      yield* page.items;
-      nextToken = page.nextToken;
-    } while (nextToken);
+  /** Every MicroVM matching `query`, page after page. */
+  listAllMicrovms(query: Omit<ListMicrovmsQuery, 'nextToken'> = {}): AsyncGenerator<MicrovmSummary> {
+    return allItems((nextToken) => this.listMicrovms({ ...query, ...(nextToken ? { nextToken } : {}) }));
   }
 
   async suspendMicrovm(id: string): Promise<void> {
@@ -201,59 +250,110 @@ export class CellaClient {
    * stays open until the MicroVM terminates. Aborting `signal` ends the
    * iteration quietly: stopping is what the caller asked for.
    */
-  async *streamLogs(id: string, opts: { follow?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<Buffer> {
-    let res: Response;
-    try {
-      res = await this.send('GetMicrovmLogs', {
-        params: { microvmIdentifier: id },
-        query: opts.follow ? { follow: true } : {},
-        ...(opts.signal ? { signal: opts.signal } : {}),
-      });
-    } catch (err) {
-      if (opts.signal?.aborted) return;
-      throw err;
-    }
-    if (!res.body) return;
-    const reader = res.body.getReader();
-    try {
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) return;
-        yield Buffer.from(value);
-      }
-    } catch (err) {
-      if (opts.signal?.aborted) return;
-      throw new CellaConnectionError(this.url, err);
-    } finally {
-      reader.releaseLock();
-      await res.body.cancel().catch(() => undefined);
-    }
+  streamLogs(id: string, opts: { follow?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<Buffer> {
+    return this.stream('GetMicrovmLogs', { params: { microvmIdentifier: id }, query: opts.follow ? { follow: true } : {} }, opts.signal);
   }
 
-  // Images (Cella extension)
+  // Images
 
-  /** Starts the build in the background: the image comes back CREATING; see waitForImage. */
-  registerImage(req: RegisterImageRequest): Promise<Image> {
-    return this.json('RegisterImage', { body: req });
+  /** Starts building version 1.0 in the background; follow it with buildLog or waitForBuild. */
+  createImage(req: CreateImageRequest): Promise<ImageVersionStarted> {
+    return this.json('CreateMicrovmImage', { body: req });
+  }
+
+  /** Starts building a new version from a whole new request (PUT semantics). */
+  updateImage(id: string, req: UpdateImageRequest): Promise<ImageVersionStarted> {
+    return this.json('UpdateMicrovmImage', { params: { imageIdentifier: id }, body: req });
   }
 
   /** By name or image ARN. */
-  getImage(name: string): Promise<Image> {
-    return this.json('GetImage', { params: { imageIdentifier: name } });
+  getImage(id: string): Promise<MicrovmImage> {
+    return this.json('GetMicrovmImage', { params: { imageIdentifier: id } });
   }
 
-  listImages(): Promise<ListImagesResponse> {
-    return this.json('ListImages', {});
+  listImages(query: ListImagesQuery = {}): Promise<ListImagesResponse> {
+    return this.json('ListMicrovmImages', { query });
   }
 
   /** Idempotent; refused (INVALID_STATE) while live MicroVMs use the image. */
-  async deleteImage(name: string): Promise<void> {
-    await this.json('DeleteImage', { params: { imageIdentifier: name } });
+  deleteImage(id: string): Promise<DeleteImageResponse> {
+    return this.json('DeleteMicrovmImage', { params: { imageIdentifier: id } });
   }
 
-  /** The image's build log. */
-  async imageLogs(name: string): Promise<string> {
-    return (await this.send('GetImageLogs', { params: { imageIdentifier: name }, query: {} })).text();
+  /** Oldest first. */
+  listImageVersions(id: string, query: ListQuery = {}): Promise<ListImageVersionsResponse> {
+    return this.json('ListMicrovmImageVersions', { params: { imageIdentifier: id }, query });
+  }
+
+  getImageVersion(id: string, version: string): Promise<ImageVersion> {
+    return this.json('GetMicrovmImageVersion', { params: { imageIdentifier: id, imageVersion: version } });
+  }
+
+  /** RunMicrovm without a version takes the latest SUCCESSFUL version that is ACTIVE. */
+  updateImageVersion(id: string, version: string, status: ImageVersionStatus): Promise<ImageVersion> {
+    return this.json('UpdateMicrovmImageVersion', { params: { imageIdentifier: id, imageVersion: version }, body: { status } });
+  }
+
+  /** Idempotent; the last remaining version cannot be deleted. */
+  deleteImageVersion(id: string, version: string): Promise<DeleteImageVersionResponse> {
+    return this.json('DeleteMicrovmImageVersion', { params: { imageIdentifier: id, imageVersion: version } });
+  }
+
+  /** Oldest first. */
+  listImageBuilds(id: string, version: string, query: ListImageBuildsQuery = {}): Promise<ListImageBuildsResponse> {
+    return this.json('ListMicrovmImageBuilds', { params: { imageIdentifier: id, imageVersion: version }, query });
+  }
+
+  getImageBuild(id: string, version: string, buildId: string): Promise<ImageBuild> {
+    return this.json('GetMicrovmImageBuild', { params: { imageIdentifier: id, imageVersion: version, buildId } });
+  }
+
+  /** The bases an image can start from (baseImageArn, and FROM in its Dockerfile). */
+  listManagedImages(query: ListQuery = {}): Promise<ListManagedImagesResponse> {
+    return this.json('ListManagedMicrovmImages', { query });
+  }
+
+  listManagedImageVersions(id: string, query: ListQuery = {}): Promise<ListManagedImageVersionsResponse> {
+    return this.json('ListManagedMicrovmImageVersions', { params: { imageIdentifier: id }, query });
+  }
+
+  /**
+   * Uploads a zip (its bytes, or a file streamed from its path) and answers
+   * the URI to pass as codeArtifact.uri. Sizes over the server's limit are
+   * refused before anything is sent.
+   */
+  async uploadCodeArtifact(zip: Buffer | string): Promise<UploadedArtifact> {
+    const upload =
+      typeof zip === 'string'
+        ? { data: Readable.toWeb(createReadStream(zip)) as ReadableStream<Uint8Array>, size: (await stat(zip)).size }
+        : { data: zip, size: zip.length };
+    const max = TABLE.UploadCodeArtifact.upload.maxBytes;
+    if (upload.size > max) {
+      if (!Buffer.isBuffer(upload.data)) await upload.data.cancel();
+      throw new CellaError('PAYLOAD_TOO_LARGE', `the code artifact is ${upload.size} bytes; the server takes at most ${max}`);
+    }
+    return this.json('UploadCodeArtifact', { upload });
+  }
+
+  /**
+   * A build's log: Dockerfile steps and their output, the app's start, the
+   * hooks. With `follow` it streams until the build ends; `onChunk` sees
+   * each piece as it comes. Resolves with the whole text; aborting `signal`
+   * resolves with what came so far.
+   */
+  async buildLog(
+    id: string,
+    version: string,
+    buildId: string,
+    opts: { follow?: boolean; signal?: AbortSignal; onChunk?: (chunk: Buffer) => void } = {},
+  ): Promise<string> {
+    const chunks: Buffer[] = [];
+    const call = { params: { imageIdentifier: id, imageVersion: version, buildId }, query: opts.follow ? { follow: true } : {} };
+    for await (const chunk of this.stream('GetMicrovmImageBuildLog', call, opts.signal)) {
+      chunks.push(chunk);
+      opts.onChunk?.(chunk);
+    }
+    return Buffer.concat(chunks).toString();
   }
 
   // Waiting
@@ -278,20 +378,20 @@ export class CellaClient {
   }
 
   /**
-   * Polls GetImage until the build ends (CREATED or CREATE_FAILED; check
-   * `.state`). `onPoll` sees every answer, for progress output. Throws
-   * INVALID_STATE on timeout.
+   * Polls GetMicrovmImageBuild until the build ends (SUCCESSFUL or FAILED;
+   * check `.buildState` and `.stateReason`). `onPoll` sees every answer,
+   * for progress output. Throws INVALID_STATE on timeout.
    */
-  async waitForImage(name: string, opts: WaitOptions & { onPoll?: (image: Image) => void } = {}): Promise<Image> {
-    const timeoutMs = opts.timeoutMs ?? 600_000;
+  async waitForBuild(id: string, version: string, buildId: string, opts: WaitOptions & { onPoll?: (build: ImageBuild) => void } = {}): Promise<ImageBuild> {
+    const timeoutMs = opts.timeoutMs ?? 1_800_000;
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const image = await this.getImage(name);
-      opts.onPoll?.(image);
-      if ((IMAGE_BUILD_DONE as readonly string[]).includes(image.state)) return image;
+      const build = await this.getImageBuild(id, version, buildId);
+      opts.onPoll?.(build);
+      if ((BUILD_DONE as readonly string[]).includes(build.buildState)) return build;
       if (Date.now() >= deadline) {
-        throw new CellaError('INVALID_STATE', `image ${name} is still ${image.state} after ${timeoutMs} ms`, {
-          details: { resourceId: name, resourceType: 'MicrovmImage' },
+        throw new CellaError('INVALID_STATE', `build ${buildId} of image ${id} version ${version} is still ${build.buildState} after ${timeoutMs} ms`, {
+          details: { resourceId: buildId, resourceType: 'MicrovmImageBuild' },
         });
       }
       await sleep(opts.intervalMs ?? 500);
@@ -309,6 +409,32 @@ export class CellaClient {
     return (await res.json()) as Output<K>;
   }
 
+  /** A text operation's body as raw chunks; aborting `signal` ends the iteration quietly. */
+  private async *stream<K extends 'GetMicrovmLogs' | 'GetMicrovmImageBuildLog'>(op: K, call: Call<K>, signal: AbortSignal | undefined): AsyncGenerator<Buffer> {
+    let res: Response;
+    try {
+      res = await this.send(op, { ...call, ...(signal ? { signal } : {}) });
+    } catch (err) {
+      if (signal?.aborted) return;
+      throw err;
+    }
+    if (!res.body) return;
+    const reader = res.body.getReader();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) return;
+        yield Buffer.from(value);
+      }
+    } catch (err) {
+      if (signal?.aborted) return;
+      throw new CellaConnectionError(this.url, err);
+    } finally {
+      reader.releaseLock();
+      await res.body.cancel().catch(() => undefined);
+    }
+  }
+
   /** Sends one operation; resolves with a 2xx response, throws CellaError for an API error. */
   private async send<K extends Operation>(op: K, call: Call<K>): Promise<Response> {
     const route = TABLE[op];
@@ -324,13 +450,23 @@ export class CellaClient {
     const qs = search.toString();
     const url = `${this.url}${path}${qs ? `?${qs}` : ''}`;
     const headers: Record<string, string> = { authorization: `Bearer ${this.apiKey}`, accept: route.response === 'text' ? 'text/plain' : 'application/json' };
-    if (call.body !== undefined) headers['content-type'] = 'application/json';
+    let body: BodyInit | undefined;
+    if ('upload' in route && call.upload) {
+      headers['content-type'] = route.upload.contentType;
+      headers['content-length'] = String(call.upload.size);
+      // A Buffer is a valid body; its type only admits a SharedArrayBuffer behind it, which fetch's type does not.
+      body = call.upload.data as Uint8Array<ArrayBuffer> | ReadableStream<Uint8Array>;
+    } else if (call.body !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = JSON.stringify(call.body);
+    }
     let res: Response;
     try {
       res = await this.fetchFn(url, {
         method: route.method,
         headers,
-        ...(call.body !== undefined ? { body: JSON.stringify(call.body) } : {}),
+        // A stream body goes out as it is read; fetch wants that said.
+        ...(body !== undefined ? { body, ...(body instanceof ReadableStream ? { duplex: 'half' as const } : {}) } : {}),
         ...(call.signal ? { signal: call.signal } : {}),
       });
     } catch (err) {
