@@ -18,7 +18,7 @@ import { AgentClient, type ProcessSpec } from '../agent/index.js';
 import { allocatedBytes, copyOverlay, createOverlay } from '../disk/index.js';
 import { CellaError } from '../errors/index.js';
 import { run } from '../host/index.js';
-import { GUEST, NetworkPool, networkForSlot, reclaimNamespaces, type VmNetwork } from '../net/index.js';
+import { GUEST, NetworkPool, applyPolicy, networkForSlot, reclaimNamespaces, type NetworkPolicy, type VmNetwork } from '../net/index.js';
 import { loadGuestArtifacts, type GuestArtifacts } from '../setup/artifacts.js';
 import {
   QEMU_BINARY,
@@ -390,7 +390,7 @@ export class Engine extends EventEmitter {
    * Launches a new VM `id` from the snapshot in `image`: from the image's warm
    * pool when it has a clone ready (unless `fromPool` is false), else cold.
    */
-  async launch(image: string, id: string, opts: { fromPool?: boolean } & AppLogOption = {}): Promise<RunningVm> {
+  async launch(image: string, id: string, opts: { fromPool?: boolean; network?: NetworkPolicy } & AppLogOption = {}): Promise<RunningVm> {
     const imageDir = path.resolve(image);
     const snap = openSnapshot(imageDir, this.fingerprint);
     if (id.startsWith('.')) throw new CellaError('INVALID_ARGUMENT', `VM id ${id} must not start with a dot`);
@@ -414,10 +414,16 @@ export class Engine extends EventEmitter {
         warm.appLog.setFile(appLog);
         warm.t0 = performance.now();
         warm.phases = {};
+        // Before the guest runs under its identity: it never sees a network wider than its own.
+        if (opts.network) await applyPolicy(warm.net, opts.network);
         vm = await this.activate({ id, imageDir, slot: warm.net.slot }, { ...warm, dir }, true);
       } else {
         const r = await this.restoreClone(id, dir, imageDir, snap, appLog);
         net = r.net;
+        if (opts.network) await applyPolicy(net, opts.network).catch(async (err: unknown) => {
+          await dispose(r);
+          throw err;
+        });
         vm = await this.activate({ id, imageDir, slot: net.slot }, r, false);
       }
       this.refill(imageDir);

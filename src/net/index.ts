@@ -245,6 +245,27 @@ export class NetworkPool {
   }
 }
 
+/**
+ * What a VM's network may do, fixed for its lifetime (connectors, resolved).
+ * Whatever it says, a guest never reaches the host, other guests or the
+ * link-local range.
+ */
+export interface NetworkPolicy {
+  /** Guest TCP ports the host side (proxy, hooks) may open: every port, or these. */
+  ingress: 'all' | number[];
+  /** 'none': nothing; 'internet': any public address; or only these CIDRs and domain names (wildcards `*.example.com`). */
+  egress: 'none' | 'internet' | { cidrs: string[]; domains: string[] };
+}
+
+/** The policy of a namespace fresh from the pool: host-to-guest on any port, no egress. */
+export const DEFAULT_POLICY: NetworkPolicy = { ingress: 'all', egress: 'none' };
+
+/** Installs `policy` in the VM's namespace, replacing the one it had. */
+export async function applyPolicy(net: VmNetwork, policy: NetworkPolicy): Promise<void> {
+  if (policy.ingress === 'all' && policy.egress === 'none') return;
+  throw new CellaError('NETWORK_SETUP_FAILED', `network policy ${JSON.stringify(policy)} for ${net.netns} is not supported yet`);
+}
+
 /** Rebuilds the handle of a namespace that already exists (a suspended VM's). */
 export function networkForSlot(slot: number): VmNetwork {
   return { slot, netns: `${NETNS_PREFIX}${slot}`, hostAddress: slotAddresses(slot).ns, tap: GUEST.tap };
