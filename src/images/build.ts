@@ -19,6 +19,7 @@ import { BUILD_MOUNT, type BuilderVm, type Engine } from '../engine/index.js';
 import { BuildFailure, isCellaError } from '../errors/index.js';
 import { run } from '../host/index.js';
 import { HOOK_PATH } from '../lifecycle/hooks.js';
+import { GUEST } from '../net/index.js';
 import { pullImage } from '../oci/index.js';
 import type { ImageConfig, ImageVersionRecord, SnapshotBuild } from '../store/index.js';
 import { resolveUser } from './users.js';
@@ -141,6 +142,7 @@ export async function buildImage(engine: Engine, settings: BuildSettings, input:
     const rootfs = path.join(versionDir, 'rootfs.ext4');
     say('writing the root file system');
     await run('qemu-img', ['convert', '-q', '-O', 'raw', top, rootfs], { code: 'DISK_SETUP_FAILED' });
+    await setResolver(rootfs, work);
     snapshotBuild.codeInstallSizeInBytes = allocatedBytes(rootfs);
 
     const runtime = await runtimeConfig(config, input, rootfs);
@@ -510,6 +512,20 @@ function copyScript(step: Extract<Step, { kind: 'COPY' | 'ADD' }>, sources: stri
   if (step.chown) lines.push(`"$B" chown -R ${q(step.chown)} ${[...new Set(targets)].map(q).join(' ')}`);
   if (step.chmod) lines.push(`"$B" chmod -R ${q(step.chmod)} ${[...new Set(targets)].map(q).join(' ')}`);
   return lines.join('\n');
+}
+
+/**
+ * The guest's resolver is Cella's DNS forwarder at its gateway (the only
+ * name service a connector lets it use), as Docker manages resolv.conf.
+ * Written with debugfs: the host edits the image file without mounting it.
+ */
+async function setResolver(rootfs: string, work: string): Promise<void> {
+  const conf = path.join(work, 'resolv.conf');
+  writeFileSync(conf, `# written by Cella: DNS goes through the VM's network connectors\nnameserver ${GUEST.gateway}\n`);
+  const script = path.join(work, 'resolv.debugfs');
+  writeFileSync(script, `rm /etc/resolv.conf\nwrite ${conf} /etc/resolv.conf\n`);
+  // debugfs reports a missing /etc/resolv.conf (or /etc) on stderr and goes on; its exit code says nothing useful.
+  await run('debugfs', ['-w', '-f', script, rootfs]).catch(() => {});
 }
 
 // ---------- the app ----------
