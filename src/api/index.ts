@@ -11,11 +11,12 @@ import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { Value } from '@sinclair/typebox/value';
 import type { Static, TSchema } from '@sinclair/typebox';
 import { ApiKeys, TokenMinter } from '../auth/index.js';
+import { managedName, type Connectors } from '../connectors/index.js';
 import { CellaError, httpError } from '../errors/index.js';
 import { MANAGED_VERSION, imageNameOf, managedArn, type Images, type StartedVersion } from '../images/index.js';
 import type { Lifecycle } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
-import { pendingVm, type BuildRecord, type ImageRecord, type ImageVersionRecord, type Store, type VmRecord } from '../store/index.js';
+import { pendingVm, type BuildRecord, type ConnectorRecord, type ImageRecord, type ImageVersionRecord, type Store, type VmRecord } from '../store/index.js';
 import { usageOf, sumUsage } from '../usage/index.js';
 import { Throttle } from './throttle.js';
 import { openApiDocument, routes, type Operation, type RouteDef, type Routes } from './routes.js';
@@ -23,12 +24,12 @@ import {
   AUTH_HEADER,
   MAX_DURATION_SECONDS,
   MAX_RUN_HOOK_PAYLOAD_BYTES,
-  connectorArn,
   type BuildSummary,
   type ImageVersion,
   type ImageVersionStarted,
   type ListMicrovmsResponse,
   type MicrovmImage,
+  type NetworkConnector,
   type Microvm,
   type PortSpecification,
 } from './schemas.js';
@@ -43,6 +44,7 @@ export interface ApiContext {
   store: Store;
   lifecycle: Lifecycle;
   images: Images;
+  connectors: Connectors;
   logs: LogHub;
   keys: ApiKeys;
   tokens: TokenMinter;
@@ -58,9 +60,6 @@ export interface ApiContext {
   version: string;
 }
 
-const CONNECTOR_PREFIX = /^arn:[a-z-]+:lambda:[^:]*:aws:network-connector:aws-network-connector:([A-Z_]+)$/;
-const INGRESS = ['ALL_INGRESS', 'HTTP_INGRESS', 'SHELL_INGRESS', 'NO_INGRESS'];
-const EGRESS = ['INTERNET_EGRESS'];
 
 type Input<K extends Operation> = {
   params: Record<string, string>;
@@ -302,6 +301,15 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       }
       case 'UploadCodeArtifact':
         return { json: cmd.upload };
+      case 'CreateNetworkConnector':
+        return { json: connectorView(ctx.connectors.create(cmd.body)) };
+      case 'ListNetworkConnectors':
+        return { json: paged(ctx.store.listConnectors(), cmd.query, connectorView) };
+      case 'GetNetworkConnector':
+        return { json: connectorView(ctx.connectors.require(cmd.params.connectorIdentifier as string)) };
+      case 'DeleteNetworkConnector':
+        ctx.connectors.delete(cmd.params.connectorIdentifier as string);
+        return { empty: true };
       default: {
         const never: never = cmd;
         throw new CellaError('UNKNOWN_OPERATION', `unhandled operation ${(never as { op: string }).op}`);
@@ -313,12 +321,11 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     if (b.runHookPayload !== undefined && Buffer.byteLength(b.runHookPayload) > MAX_RUN_HOOK_PAYLOAD_BYTES) {
       throw new CellaError('INVALID_ARGUMENT', `runHookPayload is ${Buffer.byteLength(b.runHookPayload)} bytes; at most ${MAX_RUN_HOOK_PAYLOAD_BYTES} are allowed`);
     }
-    const ingress = connectors(b.ingressNetworkConnectors, INGRESS, 'HTTP_INGRESS', 'ingressNetworkConnectors');
-    const egress = connectors(b.egressNetworkConnectors, EGRESS, 'INTERNET_EGRESS', 'egressNetworkConnectors');
     const name = imageNameOf(b.imageIdentifier);
     const prior = replayOf(ctx.store, 'RunMicrovm', b);
     if (prior) return view(ctx.lifecycle.require(prior));
     const image = ctx.images.runnable(name, b.imageVersion);
+    const { ingress, egress, policy } = ctx.connectors.resolve(b.ingressNetworkConnectors, b.egressNetworkConnectors, image.config.hooks?.port);
     const rec = pendingVm({
       id: `mvm-${randomUUID()}`,
       image,
@@ -329,6 +336,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         maximumDurationInSeconds: b.maximumDurationInSeconds ?? MAX_DURATION_SECONDS,
         ingressNetworkConnectors: ingress,
         egressNetworkConnectors: egress,
+        network: policy,
         loggingDisabled: b.logging !== undefined && 'disabled' in b.logging,
       },
     });
@@ -371,7 +379,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     for (const p of ports) {
       if ('range' in p && p.range.startPort > p.range.endPort) throw new CellaError('INVALID_ARGUMENT', `port range ${p.range.startPort}-${p.range.endPort} is empty`);
     }
-    const ingress = rec.spec.ingressNetworkConnectors.map((a) => CONNECTOR_PREFIX.exec(a)?.[1]);
+    const ingress = rec.spec.ingressNetworkConnectors.map(managedName);
     if (kind === 'shell' && !ingress.includes('SHELL_INGRESS') && !ingress.includes('ALL_INGRESS')) {
       throw new CellaError('INVALID_ARGUMENT', `MicroVM ${id} was not launched with the SHELL_INGRESS connector`);
     }
@@ -488,14 +496,15 @@ function decodeName(token: string): string {
   throw new CellaError('INVALID_ARGUMENT', 'nextToken is not valid');
 }
 
-function connectors(given: string[] | undefined, allowed: string[], fallback: string, field: string): string[] {
-  if (given === undefined) return [connectorArn(fallback)];
-  for (const arn of given) {
-    const name = CONNECTOR_PREFIX.exec(arn)?.[1];
-    if (!name) throw new CellaError('INVALID_ARGUMENT', `${field}: Malformed network connector ARN ${arn}`);
-    if (!allowed.includes(name)) throw new CellaError('NOT_FOUND', `${field}: network connector ${name} does not exist`, { details: { resourceId: arn, resourceType: 'NetworkConnector' } });
-  }
-  return given;
+function connectorView(c: ConnectorRecord): NetworkConnector {
+  return {
+    networkConnectorArn: c.arn,
+    name: c.name,
+    state: 'ACTIVE',
+    ...(c.description ? { description: c.description } : {}),
+    egress: { cidrs: c.cidrs, domains: c.domains },
+    createdAt: iso(c.createdAt),
+  };
 }
 
 const iso = (ms: number): string => new Date(ms).toISOString();

@@ -110,7 +110,7 @@ export class Lifecycle extends EventEmitter {
     const image = this.imageOf(rec);
     let vm: RunningVm;
     try {
-      vm = await this.driver.launch(image.dir, rec.id, { appLog: null });
+      vm = await this.driver.launch(image.dir, rec.id, { appLog: null, ...(rec.spec.network ? { network: rec.spec.network } : {}) });
     } catch (err) {
       await this.fail(rec.id, rec.generation, `the VM could not start: ${(err as Error).message}`);
       return;

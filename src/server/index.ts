@@ -13,6 +13,7 @@ import { createApi, CONTRACT_MIN_IDLE_SECONDS } from '../api/index.js';
 import { ApiKeys, TokenMinter, ensureApiKey } from '../auth/index.js';
 import { Engine } from '../engine/index.js';
 import { CellaError } from '../errors/index.js';
+import { Connectors } from '../connectors/index.js';
 import { Images, managedArn } from '../images/index.js';
 import { demoZip } from '../images/demo.js';
 import type { S3Settings } from '../archive/index.js';
@@ -139,6 +140,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       store,
       lifecycle,
       images,
+      connectors: new Connectors(store),
       logs,
       keys,
       tokens,

@@ -9,6 +9,7 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { HookSettings, ImageRequestConfig, VmState } from '../api/schemas.js';
 import type { BuildFailureReason } from '../errors/index.js';
+import type { NetworkPolicy } from '../net/index.js';
 
 /** The Microvm's settings as the caller asked for them (desired state). */
 export interface VmSpec {
@@ -17,6 +18,8 @@ export interface VmSpec {
   maximumDurationInSeconds: number;
   ingressNetworkConnectors: string[];
   egressNetworkConnectors: string[];
+  /** What the connectors resolved to at RunMicrovm; absent on VMs from before connectors were enforced (no egress). */
+  network?: NetworkPolicy;
   loggingDisabled: boolean;
 }
 
@@ -167,6 +170,16 @@ export interface ImageConfig {
   hooks?: HookSettings;
 }
 
+/** A customer egress connector (Cella extension): what a VM given it may reach. */
+export interface ConnectorRecord {
+  name: string;
+  arn: string;
+  description: string | null;
+  cidrs: string[];
+  domains: string[];
+  createdAt: number;
+}
+
 export interface TokenRecord {
   jti: string;
   vmId: string;
@@ -211,6 +224,11 @@ export interface Store {
   getBuild(buildId: string): BuildRecord | undefined;
   /** Oldest first; every version's when `version` is omitted. */
   listBuilds(imageName: string, version?: string): BuildRecord[];
+  putConnector(c: ConnectorRecord): void;
+  getConnector(name: string): ConnectorRecord | undefined;
+  /** By name. */
+  listConnectors(): ConnectorRecord[];
+  deleteConnector(name: string): void;
   apiKeyHashes(): string[];
   addApiKeyHash(hash: string): void;
   getSecret(name: string): Buffer | undefined;
@@ -279,6 +297,9 @@ const MIGRATIONS: string[] = [
    INSERT INTO image_versions SELECT name, version, 1, CASE state WHEN 'CREATED' THEN 'SUCCESSFUL' ELSE 'FAILED' END, 'ACTIVE', state_reason,
      '{}', CASE state WHEN 'CREATED' THEN config END, dir, created_at, NULL FROM images;
    DROP TABLE images;`,
+  `CREATE TABLE network_connectors (
+     name TEXT PRIMARY KEY, arn TEXT NOT NULL, description TEXT, cidrs TEXT NOT NULL, domains TEXT NOT NULL, created_at INTEGER NOT NULL
+   );`,
 ];
 
 const VM_COLUMNS: Record<keyof VmPatch, string> = {
@@ -370,6 +391,17 @@ function toBuild(r: Row): BuildRecord {
     snapshotBuild: r.snapshot_build === null ? null : (JSON.parse(r.snapshot_build as string) as SnapshotBuild),
     createdAt: r.created_at as number,
     updatedAt: (r.updated_at as number | null) ?? null,
+  };
+}
+
+function toConnector(r: Row): ConnectorRecord {
+  return {
+    name: r.name as string,
+    arn: r.arn as string,
+    description: (r.description as string | null) ?? null,
+    cidrs: JSON.parse(r.cidrs as string) as string[],
+    domains: JSON.parse(r.domains as string) as string[],
+    createdAt: r.created_at as number,
   };
 }
 
@@ -572,6 +604,25 @@ export class SqliteStore implements Store {
         ? this.db.prepare('SELECT * FROM image_builds WHERE image_name = ? ORDER BY created_at').all(imageName)
         : this.db.prepare('SELECT * FROM image_builds WHERE image_name = ? AND version = ? ORDER BY created_at').all(imageName, version);
     return (rows as Row[]).map(toBuild);
+  }
+
+  putConnector(c: ConnectorRecord): void {
+    this.db
+      .prepare('INSERT INTO network_connectors (name, arn, description, cidrs, domains, created_at) VALUES (@name, @arn, @description, @cidrs, @domains, @createdAt)')
+      .run({ ...c, cidrs: JSON.stringify(c.cidrs), domains: JSON.stringify(c.domains) });
+  }
+
+  getConnector(name: string): ConnectorRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM network_connectors WHERE name = ?').get(name) as Row | undefined;
+    return r && toConnector(r);
+  }
+
+  listConnectors(): ConnectorRecord[] {
+    return (this.db.prepare('SELECT * FROM network_connectors ORDER BY name').all() as Row[]).map(toConnector);
+  }
+
+  deleteConnector(name: string): void {
+    this.db.prepare('DELETE FROM network_connectors WHERE name = ?').run(name);
   }
 
   apiKeyHashes(): string[] {

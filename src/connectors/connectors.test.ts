@@ -1,0 +1,46 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { connectorArn } from '../api/schemas.js';
+import { isCellaError } from '../errors/index.js';
+import { SqliteStore } from '../store/index.js';
+import { Connectors, checkCidr, checkDomain, customerArn } from './index.js';
+
+test('CIDRs and domain names are checked and normalised', () => {
+  assert.equal(checkCidr('10.1.0.0/16'), '10.1.0.0/16');
+  assert.equal(checkCidr('203.0.113.7'), '203.0.113.7/32');
+  for (const bad of ['10.1.0.1/16', '10.0.0.0/33', '::1/128', '1.2.3/8', 'x', '10.0.0.0/8/1']) {
+    assert.throws(() => checkCidr(bad), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'), bad);
+  }
+  assert.equal(checkDomain('API.Example.com.'), 'api.example.com');
+  assert.equal(checkDomain('*.example.com'), '*.example.com');
+  for (const bad of ['localhost', '*.com', 'a..b', '-a.com', 'ex ample.com', '*example.com', `${'a'.repeat(64)}.com`]) {
+    assert.throws(() => checkDomain(bad), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'), bad);
+  }
+});
+
+test('connectors resolve into the VM policy: contract defaults, managed and customer ones, errors', () => {
+  const store = new SqliteStore(':memory:');
+  const c = new Connectors(store);
+  assert.deepEqual(c.resolve(undefined, undefined, undefined).policy, { ingress: 'all', egress: 'internet' });
+  assert.deepEqual(c.resolve([connectorArn('NO_INGRESS')], [], 9000).policy, { ingress: [9000], egress: 'none' });
+  assert.deepEqual(c.resolve([connectorArn('SHELL_INGRESS')], [], undefined).policy, { ingress: [], egress: 'none' });
+  c.create({ name: 'api', egress: { cidrs: ['198.51.100.0/24'], domains: ['*.example.com'] } });
+  c.create({ name: 'pkg', egress: { domains: ['deb.debian.org', '*.example.com'] } });
+  const r = c.resolve([connectorArn('ALL_INGRESS')], [customerArn('api'), customerArn('pkg')], 8080);
+  assert.deepEqual(r.policy, { ingress: 'all', egress: { cidrs: ['198.51.100.0/24'], domains: ['*.example.com', 'deb.debian.org'] } });
+  assert.deepEqual(c.resolve(undefined, [customerArn('api'), connectorArn('INTERNET_EGRESS')], undefined).policy.egress, 'internet');
+  const fails: [string[] | undefined, string[] | undefined, string][] = [
+    [['bare-name'], undefined, 'INVALID_ARGUMENT'],
+    [[connectorArn('INTERNET_EGRESS')], undefined, 'NOT_FOUND'],
+    [undefined, [connectorArn('HTTP_INGRESS')], 'NOT_FOUND'],
+    [undefined, [customerArn('missing')], 'NOT_FOUND'],
+    [undefined, ['arn:aws:lambda:local:12:network-connector:x'], 'INVALID_ARGUMENT'],
+  ];
+  for (const [i, e, code] of fails) assert.throws(() => c.resolve(i, e, undefined), (err: unknown) => isCellaError(err, code as 'NOT_FOUND'), `${i} ${e}`);
+  assert.throws(() => c.create({ name: 'api', egress: { cidrs: ['10.0.0.0/8'] } }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
+  assert.throws(() => c.create({ name: 'empty', egress: {} }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
+  c.delete(customerArn('api'));
+  c.delete('api');
+  assert.equal(store.getConnector('api'), undefined);
+  store.close();
+});

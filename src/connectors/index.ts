@@ -1,0 +1,138 @@
+/**
+ * Network connectors: the contract's managed ones (HTTP_INGRESS,
+ * SHELL_INGRESS, ALL_INGRESS, NO_INGRESS, INTERNET_EGRESS) and, beyond AWS,
+ * customer egress connectors holding an allowlist of CIDRs and domain names.
+ * At RunMicrovm they are resolved once into the VM's network policy, which
+ * is stored with the VM: fixed for its lifetime, whatever happens to the
+ * connectors later.
+ */
+import { isIP } from 'node:net';
+import { connectorArn } from '../api/schemas.js';
+import { CellaError } from '../errors/index.js';
+import type { NetworkPolicy } from '../net/index.js';
+import type { ConnectorRecord, Store } from '../store/index.js';
+
+const MANAGED = /^arn:[a-z-]+:lambda:[^:]*:aws:network-connector:aws-network-connector:([A-Z_]+)$/;
+const CUSTOMER = /^arn:[a-z-]+:lambda:[^:]*:[0-9]{12}:network-connector:([a-zA-Z0-9_-]{1,64})$/;
+export const INGRESS = ['ALL_INGRESS', 'HTTP_INGRESS', 'SHELL_INGRESS', 'NO_INGRESS'] as const;
+export const EGRESS = ['INTERNET_EGRESS'] as const;
+export const MAX_ALLOW_ENTRIES = 64;
+
+export function customerArn(name: string): string {
+  return `arn:aws:lambda:local:000000000000:network-connector:${name}`;
+}
+
+/** The managed connector's name (HTTP_INGRESS…), or undefined for any other ARN. */
+export function managedName(arn: string): string | undefined {
+  return MANAGED.exec(arn)?.[1];
+}
+
+/** `10.0.0.0/8`, `203.0.113.7` (a /32): IPv4 only, the prefix within 0–32 and no host bits set. */
+export function checkCidr(cidr: string): string {
+  const [addr = '', bits = '32', extra] = cidr.split('/');
+  const n = Number(bits);
+  if (extra !== undefined || isIP(addr) !== 4 || !/^\d{1,2}$/.test(bits) || n > 32) {
+    throw new CellaError('INVALID_ARGUMENT', `egress.cidrs: ${cidr} is not an IPv4 CIDR`);
+  }
+  const value = addr.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
+  if (n < 32 && value % 2 ** (32 - n) !== 0) throw new CellaError('INVALID_ARGUMENT', `egress.cidrs: ${cidr} has host bits set`);
+  return `${addr}/${n}`;
+}
+
+/** `example.com` (exactly) or `*.example.com` (its sub-domains); lower-cased. */
+export function checkDomain(domain: string): string {
+  const d = domain.toLowerCase().replace(/\.$/, '');
+  const bare = d.startsWith('*.') ? d.slice(2) : d;
+  const label = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
+  if (bare.length > 253 || !bare.includes('.') || !bare.split('.').every((l) => label.test(l))) {
+    throw new CellaError('INVALID_ARGUMENT', `egress.domains: ${domain} is not a domain name (wildcards: *.example.com)`);
+  }
+  return d;
+}
+
+export interface ConnectorInput {
+  name: string;
+  description?: string;
+  egress: { cidrs?: string[]; domains?: string[] };
+}
+
+export class Connectors {
+  constructor(private readonly store: Store) {}
+
+  create(req: ConnectorInput): ConnectorRecord {
+    if (this.store.getConnector(req.name)) {
+      throw new CellaError('INVALID_ARGUMENT', `network connector ${req.name} already exists`, { details: { resourceId: req.name, resourceType: 'NetworkConnector' } });
+    }
+    const cidrs = [...new Set((req.egress.cidrs ?? []).map(checkCidr))];
+    const domains = [...new Set((req.egress.domains ?? []).map(checkDomain))];
+    if (cidrs.length + domains.length === 0) throw new CellaError('INVALID_ARGUMENT', 'egress needs at least one CIDR or domain');
+    const rec: ConnectorRecord = {
+      name: req.name,
+      arn: customerArn(req.name),
+      description: req.description ?? null,
+      cidrs,
+      domains,
+      createdAt: Date.now(),
+    };
+    this.store.putConnector(rec);
+    return rec;
+  }
+
+  require(identifier: string): ConnectorRecord {
+    const name = CUSTOMER.exec(identifier)?.[1] ?? identifier;
+    const rec = this.store.getConnector(name);
+    if (!rec) throw new CellaError('NOT_FOUND', `network connector ${identifier} not found`, { details: { resourceId: identifier, resourceType: 'NetworkConnector' } });
+    return rec;
+  }
+
+  /** Idempotent. Live VMs keep the policy they were given, so deleting one in use changes nothing for them. */
+  delete(identifier: string): void {
+    const name = CUSTOMER.exec(identifier)?.[1] ?? identifier;
+    this.store.deleteConnector(name);
+  }
+
+  /**
+   * Checks a RunMicrovm's connectors (defaults: HTTP_INGRESS, INTERNET_EGRESS,
+   * as in the contract) and resolves them into the VM's network policy.
+   * `hookPort` stays reachable whatever the ingress: cellad calls the app's hooks.
+   */
+  resolve(
+    ingressGiven: string[] | undefined,
+    egressGiven: string[] | undefined,
+    hookPort: number | undefined,
+  ): { ingress: string[]; egress: string[]; policy: NetworkPolicy } {
+    const ingress = ingressGiven ?? [connectorArn('HTTP_INGRESS')];
+    const egress = egressGiven ?? [connectorArn('INTERNET_EGRESS')];
+    const ingressNames = ingress.map((arn) => {
+      const name = managedName(arn);
+      if (!name) throw new CellaError('INVALID_ARGUMENT', `ingressNetworkConnectors: Malformed network connector ARN ${arn}`);
+      if (!(INGRESS as readonly string[]).includes(name)) {
+        throw new CellaError('NOT_FOUND', `ingressNetworkConnectors: network connector ${name} does not exist`, { details: { resourceId: arn, resourceType: 'NetworkConnector' } });
+      }
+      return name;
+    });
+    let internet = false;
+    const cidrs = new Set<string>();
+    const domains = new Set<string>();
+    for (const arn of egress) {
+      const name = managedName(arn);
+      if (name !== undefined) {
+        if (!(EGRESS as readonly string[]).includes(name)) {
+          throw new CellaError('NOT_FOUND', `egressNetworkConnectors: network connector ${name} does not exist`, { details: { resourceId: arn, resourceType: 'NetworkConnector' } });
+        }
+        internet = true;
+        continue;
+      }
+      if (!CUSTOMER.test(arn)) throw new CellaError('INVALID_ARGUMENT', `egressNetworkConnectors: Malformed network connector ARN ${arn}`);
+      const c = this.require(arn);
+      for (const x of c.cidrs) cidrs.add(x);
+      for (const x of c.domains) domains.add(x);
+    }
+    const httpIngress = ingressNames.some((n) => n === 'HTTP_INGRESS' || n === 'ALL_INGRESS');
+    const policy: NetworkPolicy = {
+      ingress: httpIngress ? 'all' : hookPort !== undefined ? [hookPort] : [],
+      egress: internet ? 'internet' : cidrs.size + domains.size > 0 ? { cidrs: [...cidrs], domains: [...domains] } : 'none',
+    };
+    return { ingress, egress, policy };
+  }
+}
