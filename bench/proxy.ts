@@ -24,7 +24,7 @@ const N = { seconds: quick ? 4 : 10, concurrency: 8, resumes: quick ? 5 : 15 };
 const dataDir = tempDataDir('bench-proxy');
 // A short resume window, so one run measures a resume within it (a continue) and one after it (a restore).
 const WINDOW_S = 2;
-const server = await startServer({ dataDir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, resumeWindowSeconds: WINDOW_S, log: () => {} });
+const server = await startServer({ dataDir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, resumeWindowSeconds: WINDOW_S, endpointRpsPerVcpu: 0, log: () => {} });
 const emit = reporter(() => ({ accel: server.engine.accel.accel }));
 const base = server.url;
 

@@ -24,19 +24,14 @@ interface Bucket {
   at: number;
 }
 
-export class Throttle {
+/** Token buckets by key: `rate` per second sustained, `rate` at once. */
+export class TokenBuckets {
   private readonly buckets = new Map<string, Bucket>();
 
-  constructor(
-    private readonly scale: number,
-    private readonly now: () => number = Date.now,
-  ) {}
+  constructor(private readonly now: () => number = Date.now) {}
 
-  /** Takes one request of `op` for `caller`, or throws THROTTLED saying when to retry. */
-  take(caller: string, op: Operation): void {
-    if (this.scale <= 0) return;
-    const rate = (CONTRACT_RATES[op] ?? DEFAULT_RATE) * this.scale;
-    const key = `${caller}\0${op}`;
+  /** Takes one token from `key`'s bucket, or throws THROTTLED saying when to retry. */
+  take(key: string, rate: number, message: string, quotaCode: string): void {
     const t = this.now();
     const b = this.buckets.get(key) ?? { tokens: rate, at: t };
     b.tokens = Math.min(rate, b.tokens + ((t - b.at) / 1000) * rate);
@@ -44,10 +39,31 @@ export class Throttle {
     this.buckets.set(key, b);
     if (b.tokens < 1) {
       const retryAfterSeconds = Math.max(1, Math.ceil((1 - b.tokens) / rate));
-      throw new CellaError('THROTTLED', `${op} is limited to ${rate} requests per second per caller`, {
-        details: { retryAfterSeconds, serviceCode: 'cella', quotaCode: `api-rate-${op}` },
-      });
+      throw new CellaError('THROTTLED', message, { details: { retryAfterSeconds, serviceCode: 'cella', quotaCode } });
     }
     b.tokens -= 1;
+  }
+
+  /** Forgets a key (its owner is gone). */
+  drop(key: string): void {
+    this.buckets.delete(key);
+  }
+}
+
+export class Throttle {
+  private readonly buckets: TokenBuckets;
+
+  constructor(
+    private readonly scale: number,
+    now: () => number = Date.now,
+  ) {
+    this.buckets = new TokenBuckets(now);
+  }
+
+  /** Takes one request of `op` for `caller`, or throws THROTTLED saying when to retry. */
+  take(caller: string, op: Operation): void {
+    if (this.scale <= 0) return;
+    const rate = (CONTRACT_RATES[op] ?? DEFAULT_RATE) * this.scale;
+    this.buckets.take(`${caller}\0${op}`, rate, `${op} is limited to ${rate} requests per second per caller`, `api-rate-${op}`);
   }
 }

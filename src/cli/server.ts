@@ -15,7 +15,7 @@ export const server: Command = {
 
 Serves the Cella API until Ctrl-C (SIGINT) or SIGTERM. Stopping leaves the
 MicroVMs running; the next start re-adopts them. The first start creates an
-API key and prints it once, and registers the demo app as the image "demo".
+API key and prints it once, and builds the demo app as the image "demo".
 
 Options:
   --port N                 port to listen on (default ${DEFAULT_API_PORT}; 0 picks a free one)
@@ -28,6 +28,11 @@ Options:
                            a suspended VM's stopped QEMU is kept this long so a resume is a continue
                            (default ${DEFAULT_RESUME_WINDOW_SECONDS}; 0 frees its RAM as soon as the checkpoint is written)
   --api-rate-scale N       multiplies the contract's per-caller API rates (default ${DEFAULT_API_RATE_SCALE}; 0: no throttling)
+  --endpoint-rps-per-vcpu N
+                           requests per second per MicroVM and vCPU at its endpoint (default 100; 0: no limit)
+  --s3-endpoint URL        S3-compatible endpoint for s3:// code artifacts (credentials from
+                           AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, region from AWS_REGION)
+  --insecure-registry H:P  a registry image builds may pull from over plain HTTP (repeatable; loopback always may)
   --min-idle-seconds N     lowest maxIdleDurationSeconds accepted (default 60, the contract's)
   --max-memory-mib N       quota on the memory of all live MicroVMs (default 4 x host RAM)
   --accel kvm|tcg          force the accelerator (default: KVM if a probe guest boots on it)
@@ -45,6 +50,9 @@ Options:
     'min-idle-seconds': { type: 'string' },
     'resume-window-seconds': { type: 'string' },
     'api-rate-scale': { type: 'string' },
+    'endpoint-rps-per-vcpu': { type: 'string' },
+    's3-endpoint': { type: 'string' },
+    'insecure-registry': { type: 'string', multiple: true },
     'max-memory-mib': { type: 'string' },
     accel: { type: 'string' },
     'data-dir': { type: 'string' },
@@ -63,6 +71,10 @@ Options:
     const resumeWindowSeconds = int(values, 'resume-window-seconds', 0, 86_400);
     const apiRateScale = int(values, 'api-rate-scale', 0, 1_000_000);
     const maxMemoryMiB = int(values, 'max-memory-mib', 1);
+    const endpointRpsPerVcpu = int(values, 'endpoint-rps-per-vcpu', 0, 1_000_000);
+    const s3Endpoint = str(values, 's3-endpoint');
+    const insecure = values['insecure-registry'];
+    const insecureRegistries = Array.isArray(insecure) ? insecure.filter((x): x is string => typeof x === 'string') : [];
     const host = str(values, 'host');
     const domain = str(values, 'domain');
     const guestDir = str(values, 'guest-dir');
@@ -79,6 +91,18 @@ Options:
       ...(resumeWindowSeconds !== undefined ? { resumeWindowSeconds } : {}),
       ...(apiRateScale !== undefined ? { apiRateScale } : {}),
       ...(maxMemoryMiB !== undefined ? { maxMemoryMiB } : {}),
+      ...(endpointRpsPerVcpu !== undefined ? { endpointRpsPerVcpu } : {}),
+      ...(s3Endpoint !== undefined
+        ? {
+            s3: {
+              endpoint: s3Endpoint,
+              ...(io.env.AWS_REGION ? { region: io.env.AWS_REGION } : {}),
+              ...(io.env.AWS_ACCESS_KEY_ID ? { accessKeyId: io.env.AWS_ACCESS_KEY_ID } : {}),
+              ...(io.env.AWS_SECRET_ACCESS_KEY ? { secretAccessKey: io.env.AWS_SECRET_ACCESS_KEY } : {}),
+            },
+          }
+        : {}),
+      ...(insecureRegistries.length ? { insecureRegistries } : {}),
       ...(accel !== undefined ? { accel } : {}),
       demoImage: true,
       log: (line) => io.err(`cellad: ${line}\n`),

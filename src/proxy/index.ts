@@ -30,6 +30,7 @@ import {
 import type { EndpointTokenClaims, TokenMinter } from '../auth/index.js';
 import type { Engine } from '../engine/index.js';
 import { CellaError, httpError, isCellaError } from '../errors/index.js';
+import { TokenBuckets } from '../api/throttle.js';
 import type { Lifecycle } from '../lifecycle/index.js';
 import type { Store, VmRecord } from '../store/index.js';
 import type { TlsMaterial } from '../tls/index.js';
@@ -39,6 +40,7 @@ const AUTH = AUTH_HEADER.toLowerCase();
 const PORT = PORT_HEADER.toLowerCase();
 const RESERVED = RESERVED_HEADER_PREFIX.toLowerCase();
 const TOKEN_CACHE = 10_000;
+const DEFAULT_RPS_PER_VCPU = 100;
 /** Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy; HTTP/2 pseudo-headers neither (checked apart). */
 const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'http2-settings', 'host']);
 
@@ -53,6 +55,12 @@ export interface ProxyOptions {
   host?: string;
   /** Requests in flight per VM per vCPU before 429 (the contract's connection quota is 8 per vCPU; held auto-resume requests count too). */
   inflightPerVcpu?: number;
+  /**
+   * Requests per second per VM per vCPU before 429 (default 100: the
+   * contract's 10 × 10, as the API's rates are scaled; 0: no limit). A flood
+   * on one endpoint is stopped here, before it costs the guest anything.
+   */
+  rpsPerVcpu?: number;
   /** Handles `wss://<endpoint>/shell` for shell tokens (the shell module). */
   shell?: (vm: VmRecord, req: IncomingMessage, socket: Duplex, head: Buffer) => void;
   log?: (line: string) => void;
@@ -73,6 +81,8 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
   const { store, lifecycle, tokens, domain } = opts;
   const log = opts.log ?? (() => {});
   const perVcpu = opts.inflightPerVcpu ?? 64;
+  const rpsPerVcpu = opts.rpsPerVcpu ?? DEFAULT_RPS_PER_VCPU;
+  const rates = new TokenBuckets();
   const agents = new Map<string, Agent>();
   const inflight = new Map<string, number>();
   const suffix = `.${domain}`;
@@ -94,6 +104,7 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
 
   // A VM that stops running takes its pooled connections with it.
   const onState = (rec: VmRecord): void => {
+    if (rec.state === 'TERMINATED') rates.drop(rec.id);
     if (rec.state === 'RUNNING') return;
     agents.get(rec.id)?.destroy();
     agents.delete(rec.id);
@@ -124,6 +135,10 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
     const port = choosePort(header(headers, PORT), subprotocols);
     // A shell token names no app port: it opens /shell only, which answers for itself.
     if (claims.kind === 'http' && !portAllowed(claims.ports, port)) throw new CellaError('ACCESS_DENIED', 'Access to port denied');
+    if (rpsPerVcpu > 0) {
+      const rate = rpsPerVcpu * vm.vcpus;
+      rates.take(id, rate, `MicroVM ${id} is limited to ${rate} requests per second`, 'endpoint-rps');
+    }
     const limit = perVcpu * vm.vcpus;
     const n = inflight.get(id) ?? 0;
     if (n >= limit) throw new CellaError('THROTTLED', `MicroVM ${id} already has ${n} requests in flight (limit ${limit})`);

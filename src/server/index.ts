@@ -44,7 +44,7 @@ export interface ServerOptions {
   maxMemoryMiB?: number;
   accel?: 'kvm' | 'tcg';
   warmClones?: number;
-  /** Registers the demo app as image `demo` at the first start, so `cella run demo` works out of the box. */
+  /** Builds the demo app as image `demo` at the first start, so `cella run demo` works out of the box. */
   demoImage?: boolean;
   /** The endpoint proxy's port (0 picks one; default 7443, or 443 for a service). */
   proxyPort?: number;
@@ -57,6 +57,8 @@ export interface ServerOptions {
   resumeWindowSeconds?: number;
   /** Accepted as an API key besides the stored ones (default: env CELLA_API_KEY). */
   apiKey?: string;
+  /** Requests per second per MicroVM and vCPU at its endpoint (default 100; 0: no limit). */
+  endpointRpsPerVcpu?: number;
   /** Where `s3://` code artifacts come from (an S3-compatible endpoint). */
   s3?: S3Settings;
   /** Registries (host:port) that image builds may pull from over plain HTTP; loopback always may. */
@@ -133,6 +135,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       port: opts.proxyPort ?? DEFAULT_PROXY_PORT,
       host: opts.host ?? '127.0.0.1',
       shell: shellHandler(engine, (n, v) => images.lookup(n, v), log),
+      ...(opts.endpointRpsPerVcpu !== undefined ? { rpsPerVcpu: opts.endpointRpsPerVcpu } : {}),
       log,
     });
     cleanups.unshift(() => proxy.close());
