@@ -17,54 +17,9 @@ import { startServer, type CellaServer } from '../src/server/index.js';
 import { loadGuestArtifacts, baseTree } from '../src/setup/index.js';
 import { API_KEY, V, api, createImage, demoArtifact, shutdown, upload, waitBuild, waitState, type MicrovmBody } from './control-helpers.js';
 import { rawZip } from './fixtures/zip-raw.js';
+import { PY_APP, PY_DOCKERFILE } from './fixtures/pyapp.js';
 import { MEDIA, digestOf, gzip, pushImage, startRegistry } from './fixtures/registry.js';
 import { getAt, tempDataDir } from './helpers.js';
-
-const PY_APP = `import http.server, json, os
-COUNT_FILE = '/data/count'
-count = 0
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def reply(self, code, body):
-        data = body.encode()
-        self.send_response(code)
-        self.send_header('content-type', 'application/json')
-        self.send_header('content-length', str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        global count
-        if self.path == '/inc':
-            count += 1
-            with open(COUNT_FILE, 'w') as f:
-                f.write(str(count))
-        disk = open(COUNT_FILE).read() if os.path.exists(COUNT_FILE) else ''
-        built = open('/app/built.txt').read().strip()
-        self.reply(200, json.dumps({'count': count, 'disk': disk, 'uid': os.getuid(), 'built': built, 'greeting': os.environ.get('GREETING', ''), 'cwd': os.getcwd()}))
-
-    def do_POST(self):
-        self.reply(200, '{}')
-
-server = http.server.ThreadingHTTPServer(('0.0.0.0', 8080), Handler)
-print('app listening on 8080', flush=True)
-server.serve_forever()
-`;
-
-const PY_DOCKERFILE = `FROM debian-12-python
-ARG GREETING_WORD=hello
-RUN useradd -m -u 1000 app && mkdir -p /data && chown app /data
-WORKDIR /app
-COPY --chown=app:app app.py ./
-RUN echo "built by $(id -un) in $(pwd)" > /app/built.txt
-ENV GREETING=$GREETING_WORD
-USER app
-EXPOSE 8080
-CMD ["python3", "/app/app.py"]
-`;
 
 describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
   let dir: string;

@@ -292,7 +292,8 @@ export class Images {
 
   private async runBuild(buildId: string): Promise<void> {
     const file = this.buildLog(buildId);
-    const say = (line: string): void => appendFileSync(file, `${line}\n`);
+    const t0 = Date.now();
+    const say = (line: string): void => appendFileSync(file, `${((Date.now() - t0) / 1000).toFixed(1).padStart(6)} ${line}\n`);
     try {
       const b0 = this.store.getBuild(buildId);
       const v0 = b0 && this.store.getVersion(b0.imageName, b0.version);
