@@ -16,6 +16,7 @@ import {
   type Usage,
 } from '../client/index.js';
 import { DEFAULT_ENDPOINT_PORT, connectorArn } from '../api/schemas.js';
+import { customerArn } from '../connectors/index.js';
 import { interactiveShell } from './shell.js';
 import { flag, int, keyValues, str, strs, table, toInt, UsageError, type Command, type Io, type Options, type Parsed, type Values } from './args.js';
 
@@ -122,11 +123,16 @@ Launches a MicroVM from an image's snapshot and waits until it is RUNNING.
   --client-token T         idempotency token: the same token and options return the same MicroVM
   --no-logs                do not keep the app's output
   --ingress NAME           an ingress connector: HTTP_INGRESS (default), SHELL_INGRESS, ALL_INGRESS, NO_INGRESS (repeatable)
+  --egress NAME|ARN        an egress connector: INTERNET_EGRESS (the default), or a customer connector's
+                           name or ARN (see /cella/v1/network-connectors) (repeatable)
+  --no-egress              no egress at all
   --no-wait                return at once, while the MicroVM is PENDING
 `,
     options: {
       version: { type: 'string' },
       ingress: { type: 'string', multiple: true },
+      egress: { type: 'string', multiple: true },
+      'no-egress': { type: 'boolean' },
       idle: { type: 'string' },
       'suspended-ttl': { type: 'string' },
       'no-auto-resume': { type: 'boolean' },
@@ -149,6 +155,8 @@ Launches a MicroVM from an image's snapshot and waits until it is RUNNING.
     const payload = str(v, 'payload');
     const token = str(v, 'client-token');
     const version = str(v, 'version');
+    const egress = strs(v, 'egress');
+    if (egress.length && flag(v, 'no-egress')) throw new UsageError('--egress and --no-egress exclude each other');
     const req: RunMicrovmRequest = {
       imageIdentifier: at(p, 0),
       ...(version !== undefined ? { imageVersion: version } : {}),
@@ -160,6 +168,8 @@ Launches a MicroVM from an image's snapshot and waits until it is RUNNING.
       ...(token !== undefined ? { clientToken: token } : {}),
       ...(flag(v, 'no-logs') ? { logging: { disabled: {} } } : {}),
       ...(strs(v, 'ingress').length ? { ingressNetworkConnectors: strs(v, 'ingress').map((n) => connectorArn(n.toUpperCase())) } : {}),
+      ...(flag(v, 'no-egress') ? { egressNetworkConnectors: [] } : {}),
+      ...(egress.length ? { egressNetworkConnectors: egress.map(egressArn) } : {}),
     };
     let vm = await c.runMicrovm(req);
     if (!flag(v, 'no-wait')) vm = await c.waitForState(vm.microvmId, ['RUNNING']);
@@ -340,6 +350,12 @@ const shell = remote(
     return interactiveShell({ host: vm.endpoint, port: info.proxyPort, token: res.authToken[AUTH_HEADER] as string, ...(info.caCertificate ? { ca: info.caCertificate } : {}) });
   },
 );
+
+/** INTERNET_EGRESS as the managed connector; an ARN as is; any other name as a customer connector. */
+function egressArn(name: string): string {
+  if (name.startsWith('arn:')) return name;
+  return name.toUpperCase() === 'INTERNET_EGRESS' ? connectorArn('INTERNET_EGRESS') : customerArn(name);
+}
 
 export const vmCommands: Record<string, Command> = { run, ls, get, suspend, resume, terminate, logs, token, usage, shell };
 
