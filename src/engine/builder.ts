@@ -5,10 +5,12 @@
  * It has no network device at all, and the build context arrives on a second,
  * read-only disk that cella-init mounts at /run/cella/build.
  */
-import { rmSync } from 'node:fs';
+import { chmodSync, chownSync, linkSync, rmSync } from 'node:fs';
+import path from 'node:path';
 import type { AgentClient, ExecOptions, ExecResult, ProcessSpec } from '../agent/index.js';
+import { createOverlay } from '../disk/index.js';
 import { CellaError } from '../errors/index.js';
-import type { QemuProcess, QmpClient } from '../vmm/index.js';
+import { jailPath, type Jail, type QemuProcess, type QmpClient } from '../vmm/index.js';
 
 /** Where the guest sees the build disk (cella-init's BUILD_DIR). */
 export const BUILD_MOUNT = '/run/cella/build';
@@ -25,8 +27,14 @@ export interface BuilderSpec {
   bootTimeoutMs?: number;
 }
 
+/**
+ * The builder's QEMU runs jailed (Engine.startBuilder): its own uid, and its
+ * folder `work` as its root when the layers are on the same file system.
+ */
 export class BuilderVm {
   private top: string;
+  /** Layers handed to the jailed QEMU's uid; back to root once it is gone. */
+  private readonly handedOver: string[] = [];
 
   constructor(
     spec: BuilderSpec,
@@ -34,6 +42,9 @@ export class BuilderVm {
     private readonly qmp: QmpClient,
     private readonly agent: AgentClient,
     private readonly work: string,
+    private readonly jail: Jail | undefined,
+    /** Frees what the engine reserved for it (its uid). */
+    private readonly onClose: () => void,
   ) {
     this.top = spec.top;
   }
@@ -51,11 +62,32 @@ export class BuilderVm {
   /**
    * Freezes what the guest wrote so far in the current top and continues on
    * `next`, a new qcow2 backed by it. The guest's caches are flushed first, so
-   * the frozen file is a consistent file system.
+   * the frozen file is a consistent file system. A jailed QEMU may create no
+   * file and sees only its folder: `next` is made here, given to its uid and
+   * linked into its folder for it to open (`mode: existing`).
    */
   async commit(next: string): Promise<void> {
     await this.agent.sync();
-    await this.qmp.execute('blockdev-snapshot-sync', { device: 'root', 'snapshot-file': next, format: 'qcow2', mode: 'absolute-paths' });
+    await createOverlay(path.resolve(this.top), 'qcow2', next);
+    let opened = next;
+    let link: string | undefined;
+    if (this.jail) {
+      chownSync(next, this.jail.uid, this.jail.gid);
+      chmodSync(next, 0o600);
+      this.handedOver.push(next);
+      if (this.jail.chroot) {
+        link = path.join(this.work, 'next-layer.qcow2');
+        rmSync(link, { force: true });
+        linkSync(next, link);
+        opened = link;
+      }
+    }
+    try {
+      await this.qmp.execute('blockdev-snapshot-sync', { device: 'root', 'snapshot-file': jailPath(this.jail, opened), format: 'qcow2', mode: 'existing' });
+    } finally {
+      // QEMU holds it open now; the name in its folder is not needed.
+      if (link) rmSync(link, { force: true });
+    }
     this.top = next;
   }
 
@@ -71,6 +103,15 @@ export class BuilderVm {
       this.qmp.close();
       await this.qemu.kill();
       rmSync(this.work, { recursive: true, force: true });
+      for (const layer of this.handedOver) {
+        try {
+          chownSync(layer, 0, 0);
+          chmodSync(layer, 0o644);
+        } catch {
+          // removed meanwhile (a failed step's layer)
+        }
+      }
+      this.onClose();
     }
   }
 }

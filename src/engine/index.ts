@@ -21,20 +21,27 @@ import { run } from '../host/index.js';
 import { GUEST, NetworkPool, applyPolicy, networkForSlot, reclaimNamespaces, type NetworkPolicy, type VmNetwork } from '../net/index.js';
 import { loadGuestArtifacts, type GuestArtifacts } from '../setup/artifacts.js';
 import {
+  BUILDER_UIDS,
+  BUILDER_UID_BASE,
+  Cgroups,
   QEMU_BINARY,
   QemuProcess,
   QmpClient,
   buildQemuArgs,
+  cgroupLimits,
   detectAccel,
   guestCmdline,
   hostTscKhz,
   listPids,
   openFiles,
   processArgs,
+  processJail,
   processStartTime,
   requireExecutable,
+  vmJail,
   type AccelInfo,
   type ExitInfo,
+  type Jail,
   type QemuSpec,
 } from '../vmm/index.js';
 import { loadState, saveState } from './migrate.js';
@@ -135,6 +142,11 @@ export class Engine extends EventEmitter {
   private readonly parked = new Map<string, { vm: RunningVm; timer: NodeJS.Timeout }>();
   private parkMs = 0;
   private closing = false;
+  /** One cgroup per QEMU, under `cella/<data directory tag>`. */
+  private readonly cgroups: Cgroups;
+  /** QEMUs drop to their own uid in a chroot (see src/vmm/jail.ts); only root can hand them one. */
+  private readonly jailed = process.getuid?.() === 0;
+  private readonly builderUids = new Set<number>();
 
   private constructor(
     readonly dataDir: string,
@@ -149,8 +161,11 @@ export class Engine extends EventEmitter {
     private readonly outliveParent: boolean,
   ) {
     super();
-    this.networkTag = `cella-owner:${sha256(Buffer.from(dataDir)).slice(0, 16)}`;
+    const tag = sha256(Buffer.from(dataDir)).slice(0, 16);
+    this.networkTag = `cella-owner:${tag}`;
     this.pool = new NetworkPool(warmNetworks, this.networkTag);
+    this.cgroups = Cgroups.open(`cella/${tag}`, log);
+    if (!this.jailed) log('not running as root: QEMU runs as this user, without its own uid or chroot');
   }
 
   /**
@@ -243,7 +258,7 @@ export class Engine extends EventEmitter {
     try {
       mkdirSync(work);
       qemu = this.spawnQemu(
-        buildQemuArgs({
+        {
           ...this.baseSpec(`template-${path.basename(spec.dir)}`, spec.memoryMiB, vcpus),
           memPath: files.mem,
           memShared: true,
@@ -257,7 +272,7 @@ export class Engine extends EventEmitter {
           ctlSocket: sockets.ctl,
           logSocket: sockets.log,
           consoleLog: record.console,
-        }),
+        },
         net,
         work,
       );
@@ -283,7 +298,7 @@ export class Engine extends EventEmitter {
       const captureStart = Date.now();
       await agent.sync();
       await qmp.execute('stop');
-      await saveState(qmp, qemu, sockets.migrate, files.devstate);
+      await saveState(qmp, qemu, processJail(qemu.pid), sockets.migrate, files.devstate);
       await qmp.execute('quit').catch(() => {});
       await withTimeout(qemu.waitExit(), 5000, () => q.kill());
       // The RAM file is the snapshot: it must be on disk before the manifest says so.
@@ -334,6 +349,9 @@ export class Engine extends EventEmitter {
     const sockets = vmFiles(work);
     checkSocketPaths(sockets);
     mkdirSync(work);
+    const jail = this.builderJail(work, path.dirname(path.resolve(spec.top)));
+    const memoryMiB = spec.memoryMiB ?? 1024;
+    const vcpus = spec.vcpus ?? 1;
     let qemu: QemuProcess | undefined;
     let qmp: QmpClient | undefined;
     let agent: AgentClient | undefined;
@@ -342,8 +360,8 @@ export class Engine extends EventEmitter {
         buildQemuArgs({
           name: workName,
           accel: this.accel.accel,
-          memoryMiB: spec.memoryMiB ?? 1024,
-          vcpus: spec.vcpus ?? 1,
+          memoryMiB,
+          vcpus,
           tcgTbSizeMiB: 64,
           memPath: path.join(work, 'mem'),
           memShared: false,
@@ -357,21 +375,41 @@ export class Engine extends EventEmitter {
           qmpSocket: sockets.qmp,
           ctlSocket: sockets.ctl,
           consoleLog: spec.consoleLog,
+          jail,
         }),
-        { binary: this.qemuBinary },
+        { binary: this.qemuBinary, cgroup: this.cgroups.create(workName, cgroupLimits({ memoryMiB, vcpus })) },
       );
       const q = qemu;
       qmp = await QmpClient.connect(sockets.qmp, 10_000, () => q.alive);
       agent = await AgentClient.connect(sockets.ctl);
       await this.waitGuest(agent, qemu, Date.now() + (spec.bootTimeoutMs ?? 60_000), spec.consoleLog);
-      return new BuilderVm(spec, qemu, qmp, agent, work);
+      const uid = jail?.uid;
+      return new BuilderVm(spec, qemu, qmp, agent, work, jail, () => uid !== undefined && this.builderUids.delete(uid));
     } catch (err) {
       agent?.close();
       qmp?.close();
       await qemu?.kill();
       rmSync(work, { recursive: true, force: true });
+      if (jail) this.builderUids.delete(jail.uid);
       throw err;
     }
+  }
+
+  /**
+   * A builder's jail: a free builder uid, and its folder as its root when its
+   * layers (in `layerDir`) are on the same file system, so each new layer can
+   * be hard-linked in for QEMU to open (BuilderVm.commit); otherwise it keeps
+   * the host's root and opens the layer by its path.
+   */
+  private builderJail(work: string, layerDir: string): Jail | undefined {
+    if (!this.jailed) return undefined;
+    const sameFs = statSync(work).dev === statSync(layerDir).dev;
+    let uid: number;
+    do uid = BUILDER_UID_BASE + Math.floor(Math.random() * BUILDER_UIDS);
+    while (this.builderUids.has(uid));
+    this.builderUids.add(uid);
+    if (!sameFs) this.log(`builder layers in ${layerDir} are on another file system than ${work}: the builder runs without a chroot`);
+    return { uid, gid: uid, chroot: sameFs ? work : undefined };
   }
 
   private async waitGuest(agent: AgentClient, qemu: QemuProcess, deadline: number, consoleLog: string): Promise<void> {
@@ -411,6 +449,12 @@ export class Engine extends EventEmitter {
         warm.detach();
         // Replaces the empty directory claimed above; open files and sockets move with it.
         renameSync(warm.dir, dir);
+        try {
+          warm.qemu.cgroup?.rename(id);
+        } catch (err) {
+          // Its limits hold all the same; only the cgroup's name is off, and reclaim() spares a cgroup in use.
+          this.log(`VM ${id}: cgroup not renamed: ${(err as Error).message}`);
+        }
         warm.appLog.setFile(appLog);
         warm.t0 = performance.now();
         warm.phases = {};
@@ -476,7 +520,7 @@ export class Engine extends EventEmitter {
     const t0 = performance.now();
     const phases: Record<string, number> = {};
     const qemu = this.spawnQemu(
-      buildQemuArgs({
+      {
         ...this.baseSpec(name, snap.memoryMiB, snap.vcpus),
         memPath: snapshotFiles(imageDir).mem,
         memShared: false,
@@ -486,7 +530,7 @@ export class Engine extends EventEmitter {
         logSocket: files.log,
         consoleLog: files.console,
         incoming: true,
-      }),
+      },
       net,
       dir,
     );
@@ -497,7 +541,7 @@ export class Engine extends EventEmitter {
       // Connect the guest's ports before its state loads: the snapshot says "host
       // connected", and a port seen closed on restore costs the agent a reconnect.
       [r.agent, r.appLog] = await Promise.all([AgentClient.connect(files.ctl), AppLog.connect(files.log, appLog)]);
-      await loadState(r.qmp, qemu, files.migrate, stateFile);
+      await loadState(r.qmp, qemu, this.vmJail(net, dir), files.incoming, stateFile);
       mark(r as Restored, 'loaded');
       return r as Restored;
     } catch (err) {
@@ -506,12 +550,18 @@ export class Engine extends EventEmitter {
     }
   }
 
-  private spawnQemu(args: string[], net: VmNetwork, dir: string): QemuProcess {
-    return QemuProcess.spawn(args, {
+  /** Starts the QEMU of the VM in folder `dir`: in `net`, jailed in `dir`, in a cgroup named after it. */
+  private spawnQemu(spec: QemuSpec, net: VmNetwork, dir: string): QemuProcess {
+    return QemuProcess.spawn(buildQemuArgs({ ...spec, jail: this.vmJail(net, dir) }), {
       netns: net.netns,
       binary: this.qemuBinary,
       outliveParent: this.outliveParent ? { stderrFile: vmFiles(dir).qemuLog } : undefined,
+      cgroup: this.cgroups.create(path.basename(dir), cgroupLimits(spec)),
     });
+  }
+
+  private vmJail(net: VmNetwork, dir: string): Jail | undefined {
+    return this.jailed ? vmJail(net.slot, dir) : undefined;
   }
 
   /** Runs a restored VM under its final identity and starts supervising it. */
@@ -564,7 +614,7 @@ export class Engine extends EventEmitter {
     if (processStartTime(pid) !== startTime || this.folderOfQemu(pid) !== ref.id) return undefined;
     const dir = this.vmDir(ref.id);
     const files = vmFiles(dir);
-    const qemu = QemuProcess.adopt(pid, startTime, files.qemuLog);
+    const qemu = QemuProcess.adopt(pid, startTime, files.qemuLog, this.cgroups.existing(ref.id));
     if (!qemu) return undefined;
     this.busy.add(ref.id);
     let qmp: QmpClient | undefined;
@@ -595,11 +645,11 @@ export class Engine extends EventEmitter {
    * except the VMs in `keep` (running ones, still to adopt, and suspended ones,
    * with their folders and namespaces): QEMUs running from another folder of
    * `vms/` (VMs, warm clones, templates) are killed, the other folders of
-   * `vms/` removed, and the namespaces this data directory made deleted, once
-   * nothing runs in them. What this engine itself holds (running VMs, warm
-   * clones, spare namespaces, operations in flight) is spared; the intended use
-   * is right after open(), before any launch, with no other engine on this
-   * data directory.
+   * `vms/` removed, the namespaces this data directory made deleted, once
+   * nothing runs in them, and its cgroups of QEMUs that ended removed. What
+   * this engine itself holds (running VMs, warm clones, spare namespaces,
+   * operations in flight) is spared; the intended use is right after open(),
+   * before any launch, with no other engine on this data directory.
    */
   async reclaim(keep: Iterable<VmRef>): Promise<ReclaimResult> {
     const ids = new Set<string>([...this.running.keys(), ...this.busy]);
@@ -617,7 +667,7 @@ export class Engine extends EventEmitter {
     // Taken over as adopted QEMUs, so they are killed and waited for the way any adopted one is.
     const killed = await Promise.all(
       strays.map(async ({ pid, startTime, folder }): Promise<boolean> => {
-        const qemu = QemuProcess.adopt(pid, startTime, vmFiles(this.vmDir(folder)).qemuLog);
+        const qemu = QemuProcess.adopt(pid, startTime, vmFiles(this.vmDir(folder)).qemuLog, this.cgroups.existing(folder));
         if (!qemu) return false;
         await qemu.kill();
         return true;
@@ -630,6 +680,8 @@ export class Engine extends EventEmitter {
       removedDirs++;
     }
     const removedNamespaces = await reclaimNamespaces(this.networkTag, slots);
+    // The killed QEMUs' cgroups went as they exited; these are those of QEMUs that ended while no cellad ran.
+    this.cgroups.reclaim(ids);
     return { killed: killed.filter(Boolean).length, removedDirs, removedNamespaces };
   }
 
@@ -764,7 +816,8 @@ export class Engine extends EventEmitter {
       mark('stopped');
       const dirty = dirtyPages(vm.qemu.pid, snapshotFiles(vm.ref.imageDir).mem, snap.memoryMiB * 1024 * 1024);
       mark('pagemap');
-      const stats = await saveState(vm.qmp, vm.qemu, files.migrate, files.checkpoint, (block, offset) => block !== RAM_BLOCK || dirty[offset / PAGE] === 1, mark);
+      const keep = (block: string, offset: number): boolean => block !== RAM_BLOCK || dirty[offset / PAGE] === 1;
+      const stats = await saveState(vm.qmp, vm.qemu, processJail(vm.qemu.pid), files.migrate, files.checkpoint, keep, mark);
       if (this.parkMs > 0 && !this.closing) {
         this.park(vm);
         mark('parked');
@@ -857,6 +910,7 @@ export class Engine extends EventEmitter {
     }
     await Promise.all([...warm.map((w) => this.discardWarm(w)), ...(opts.keepRunning ? [] : running.map((vm) => this.terminate(vm.ref)))]);
     await this.pool.close();
+    this.cgroups.close();
   }
 
   private baseSpec(name: string, memoryMiB: number, vcpus: number): Pick<QemuSpec, 'name' | 'accel' | 'memoryMiB' | 'vcpus' | 'tap' | 'tcgTbSizeMiB'> {

@@ -4,11 +4,12 @@
  * a unix socket: no shell (`exec:`) and the stream can be filtered on the way.
  */
 import { createReadStream } from 'node:fs';
-import { open, rename, rm } from 'node:fs/promises';
+import { chown, mkdir, open, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CellaError } from '../errors/index.js';
-import type { QemuProcess, QmpClient } from '../vmm/index.js';
+import { jailPath, type Jail, type QemuProcess, type QmpClient } from '../vmm/index.js';
 import { filterMigrationStream, type FilterStats, type KeepPage } from './migration-stream.js';
 
 /** Migration stays bounded by the disk, not by QEMU's 32 MiB/s default. */
@@ -38,10 +39,13 @@ async function waitMigration(qmp: QmpClient, qemu: QemuProcess, what: string): P
 /**
  * Saves the stopped VM's state into `file` (written to a temporary name, then
  * fsynced and renamed). With `keep`, RAM pages it rejects are left out.
+ * `socketPath` must be inside a jailed QEMU's chroot; the socket is handed to
+ * its uid, which may connect to it but not replace it (the folder stays root's).
  */
 export async function saveState(
   qmp: QmpClient,
   qemu: QemuProcess,
+  jail: Jail | undefined,
   socketPath: string,
   file: string,
   keep: KeepPage = () => true,
@@ -57,9 +61,10 @@ export async function saveState(
       server.once('error', reject);
     });
     await new Promise<void>((resolve, reject) => server.listen(socketPath, resolve).once('error', reject));
+    if (jail) await chown(socketPath, jail.uid, jail.gid);
     await qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH });
     await setMigrationCaps(qmp);
-    await qmp.execute('migrate', { uri: `unix:${socketPath}` });
+    await qmp.execute('migrate', { uri: `unix:${jailPath(jail, socketPath)}` });
     const socket = await Promise.race([
       connected,
       qemu.waitExit().then(() => {
@@ -99,11 +104,19 @@ export async function saveState(
   }
 }
 
-/** Feeds `file` to a QEMU started with `-incoming defer` and waits until it is loaded (VM paused). */
-export async function loadState(qmp: QmpClient, qemu: QemuProcess, socketPath: string, file: string): Promise<void> {
-  await rm(socketPath, { force: true });
+/**
+ * Feeds `file` to a QEMU started with `-incoming defer` and waits until it is
+ * loaded (VM paused). QEMU listens on `socketPath`, after it dropped to its uid:
+ * the socket's folder (inside its chroot) is its own for the time of the load
+ * only, then removed, so a QEMU that later runs guest code can create no files.
+ */
+export async function loadState(qmp: QmpClient, qemu: QemuProcess, jail: Jail | undefined, socketPath: string, file: string): Promise<void> {
+  const socketDir = path.dirname(socketPath);
+  await rm(socketDir, { recursive: true, force: true });
+  await mkdir(socketDir, { mode: 0o700 });
+  if (jail) await chown(socketDir, jail.uid, jail.gid);
   await setMigrationCaps(qmp);
-  await qmp.execute('migrate-incoming', { uri: `unix:${socketPath}` });
+  await qmp.execute('migrate-incoming', { uri: `unix:${jailPath(jail, socketPath)}` });
   const socket = net.createConnection(socketPath);
   const sent = new Promise<void>((resolve, reject) => {
     socket.once('error', reject);
@@ -126,6 +139,6 @@ export async function loadState(qmp: QmpClient, qemu: QemuProcess, socketPath: s
     const reason = qemu.alive ? (err as Error).message : qemu.describeExit();
     throw new CellaError('SNAPSHOT_CORRUPT', `cannot restore ${file}: ${reason}`, { cause: err });
   } finally {
-    await rm(socketPath, { force: true });
+    await rm(socketDir, { recursive: true, force: true });
   }
 }

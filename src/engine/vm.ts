@@ -26,7 +26,10 @@ export const vmFiles = (dir: string) => ({
   qmp: path.join(dir, 'qmp.sock'),
   ctl: path.join(dir, 'ctl.sock'),
   log: path.join(dir, 'log.sock'),
+  /** Where QEMU connects to save its state (cellad listens). */
   migrate: path.join(dir, 'migrate.sock'),
+  /** Where QEMU listens to load its state: a folder its jailed uid may write to during the load only. */
+  incoming: path.join(dir, 'incoming', 'migrate.sock'),
 });
 
 /**

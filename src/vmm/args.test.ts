@@ -57,6 +57,18 @@ test('clone: private RAM, no kernel, waits for incoming state', () => {
   assert.deepEqual(args.slice(args.indexOf('-accel'), args.indexOf('-accel') + 4), ['-accel', 'kvm', '-cpu', 'host']);
 });
 
+test('jailed: seccomp filter, own uid, chroot into the VM folder', () => {
+  const args = buildQemuArgs({ ...base, memPath: '/i/mem', memShared: false, incoming: true, jail: { uid: 200007, gid: 200007, chroot: '/d' } });
+  assert.deepEqual(args.slice(-9), [
+    '-incoming', 'defer', '-S',
+    '-sandbox', 'on,obsolete=deny,spawn=deny,resourcecontrol=deny',
+    '-runas', '200007:200007',
+    '-chroot', '/d',
+  ]);
+  const builder = buildQemuArgs({ ...base, memPath: '/i/mem', memShared: false, jail: { uid: 300001, gid: 300001 } });
+  assert.ok(!builder.includes('-chroot') && builder.includes('300001:300001'));
+});
+
 test('option values double their commas so a path cannot inject options', () => {
   assert.equal(optValue('/a,share=on/b'), '/a,,share=on/b');
   const args = buildQemuArgs({ ...base, memPath: '/x,share=on', memShared: false });

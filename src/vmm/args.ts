@@ -4,7 +4,17 @@
  * and need no kernel: RAM already holds the booted guest.
  */
 
+import type { Jail } from './jail.js';
+
 export type Accel = 'kvm' | 'tcg';
+
+/**
+ * QEMU's seccomp filter. elevateprivileges stays allowed: QEMU 7.2 installs
+ * the filter before -runas calls setgid/setuid, and denying them kills it at
+ * start (SIGSYS). After -runas it has no capabilities left, NoNewPrivs is set
+ * and spawn=deny forbids execve, so it has no way back to privileges anyway.
+ */
+export const SANDBOX = 'on,obsolete=deny,spawn=deny,resourcecontrol=deny';
 
 export interface QemuSpec {
   name: string;
@@ -30,6 +40,8 @@ export interface QemuSpec {
   incoming?: boolean;
   /** TCG translation cache size, MiB; bounds per-clone memory. */
   tcgTbSizeMiB?: number;
+  /** Runs under the seccomp filter, as this uid, in this chroot (see jail.ts). */
+  jail?: Jail;
 }
 
 /** QEMU option values escape a comma by doubling it. */
@@ -87,6 +99,10 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
     );
   }
   if (spec.incoming) args.push('-incoming', 'defer', '-S');
+  if (spec.jail) {
+    args.push('-sandbox', SANDBOX, '-runas', `${spec.jail.uid}:${spec.jail.gid}`);
+    if (spec.jail.chroot) args.push('-chroot', spec.jail.chroot);
+  }
   return args;
 }
 

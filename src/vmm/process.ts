@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { accessSync, closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { CellaError, setupMissing } from '../errors/index.js';
+import type { Cgroup } from './cgroup.js';
 import { processStartTime, startTimeOfChild } from './procfs.js';
 
 export const QEMU_BINARY = process.env.CELLA_QEMU ?? '/usr/bin/qemu-system-x86_64';
@@ -31,12 +32,35 @@ export interface SpawnOptions {
    * rather than a pipe that would break when we die.
    */
   outliveParent?: { stderrFile: string };
+  /** Joined before QEMU executes, so nothing of it runs outside; removed when it ends. */
+  cgroup?: Cgroup;
 }
+
+/**
+ * A prelude run by sh, which then becomes QEMU (same pid). It writes its pid
+ * to each file before `--` (its cgroups), so QEMU runs in them from its first
+ * instruction; the paths are arguments, never part of the script.
+ */
+const JOIN = 'for f; do shift; [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; done';
+/**
+ * PR_SET_PDEATHSIG does not survive QEMU's -runas (the kernel clears it when
+ * credentials change), so a watcher forked before QEMU starts stands in: it
+ * holds QEMU's stdin pipe from cellad, and when that reaches EOF (cellad died)
+ * it kills QEMU. It dies with QEMU (its own death signal), so it never outlives
+ * the pid it watches. QEMU itself gets /dev/null as stdin.
+ */
+const WATCH = [
+  'exec 3<&0',
+  `setpriv --pdeathsig KILL -- sh -c 'while read -r _; do :; done; kill -KILL "$1"' watch $$ <&3 &`,
+  'exec 3<&-',
+].join('\n');
+const EXEC = 'exec "$@" </dev/null';
 
 /**
  * One supervised QEMU process, running inside the VM's network namespace.
  * By default it gets SIGKILL if cellad dies (PR_SET_PDEATHSIG through
- * setpriv), so no QEMU outlives its parent, and Node reaps it. With
+ * setpriv until it drops its uid, a watcher after: see WATCH), so no QEMU
+ * outlives its parent, and Node reaps it. With
  * `outliveParent` it runs on, and a later cellad adopts it: not our child,
  * so its end is found by polling /proc. Emits 'exit' (ExitInfo).
  */
@@ -56,6 +80,8 @@ export class QemuProcess extends EventEmitter {
     private readonly child: ChildProcess | undefined,
     /** Read end of QEMU's stderr file, when it has one: it follows the VM folder when that is renamed. */
     private logFd: number | undefined,
+    /** Its cgroup, removed once it ended; `rename` it with the VM folder. */
+    readonly cgroup: Cgroup | undefined,
   ) {
     super();
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
@@ -70,13 +96,18 @@ export class QemuProcess extends EventEmitter {
   static spawn(args: string[], opts: SpawnOptions = {}): QemuProcess {
     const binary = opts.binary ?? QEMU_BINARY;
     requireExecutable(binary, 'QEMU (qemu-system-x86_64)');
-    const argv: string[] = [];
-    if (opts.netns) argv.push('nsenter', `--net=/run/netns/${opts.netns}`, '--');
-    argv.push(binary, ...args);
     const outlive = opts.outliveParent;
+    const qemu: string[] = [];
+    if (opts.netns) qemu.push('nsenter', `--net=/run/netns/${opts.netns}`, '--');
+    qemu.push(binary, ...args);
+    // The watcher is forked before the cgroups are joined: QEMU's cgroup holds QEMU alone, and is empty the moment it is reaped.
+    const script = [...(outlive ? [] : [WATCH]), JOIN, EXEC].join('\n');
+    const argv = opts.cgroup || !outlive ? ['sh', '-c', script, 'sh', ...(opts.cgroup?.procsFiles ?? []), '--', ...qemu] : qemu;
     if (!outlive) {
-      const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...argv], { stdio: ['ignore', 'ignore', 'pipe'] });
-      return QemuProcess.started(child, undefined);
+      // stdin: the pipe the watcher (WATCH) reads; the kernel closes it when we die.
+      const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...argv], { stdio: ['pipe', 'ignore', 'pipe'] });
+      child.stdin?.on('error', () => {});
+      return QemuProcess.started(child, undefined, opts.cgroup);
     }
     const stderr = openSync(outlive.stderrFile, 'a');
     let child: ChildProcess;
@@ -87,20 +118,24 @@ export class QemuProcess extends EventEmitter {
     }
     // Its exit is still reported while we run, but it must not keep a stopping cellad alive.
     child.unref();
-    return QemuProcess.started(child, outlive.stderrFile);
+    return QemuProcess.started(child, outlive.stderrFile, opts.cgroup);
   }
 
-  private static started(child: ChildProcess, stderrFile: string | undefined): QemuProcess {
+  private static started(child: ChildProcess, stderrFile: string | undefined, cgroup: Cgroup | undefined): QemuProcess {
     child.on('error', () => {});
-    if (child.pid === undefined) throw new CellaError('QEMU_FAILED', 'could not start QEMU');
-    return new QemuProcess(child.pid, startTimeOfChild(child.pid), child, stderrFile === undefined ? undefined : openSync(stderrFile, 'r'));
+    if (child.pid === undefined) {
+      void cgroup?.remove();
+      throw new CellaError('QEMU_FAILED', 'could not start QEMU');
+    }
+    return new QemuProcess(child.pid, startTimeOfChild(child.pid), child, stderrFile === undefined ? undefined : openSync(stderrFile, 'r'), cgroup);
   }
 
   /**
    * Takes over a QEMU started by an earlier cellad (with `outliveParent`),
-   * if process `pid` with that start time still runs; its stderr went to `stderrFile`.
+   * if process `pid` with that start time still runs; its stderr went to
+   * `stderrFile`, and `cgroup` is the one it runs in.
    */
-  static adopt(pid: number, startTime: string, stderrFile: string): QemuProcess | undefined {
+  static adopt(pid: number, startTime: string, stderrFile: string, cgroup?: Cgroup): QemuProcess | undefined {
     if (processStartTime(pid) !== startTime) return undefined;
     let fd: number | undefined;
     try {
@@ -108,7 +143,7 @@ export class QemuProcess extends EventEmitter {
     } catch {
       fd = undefined;
     }
-    return new QemuProcess(pid, startTime, undefined, fd);
+    return new QemuProcess(pid, startTime, undefined, fd, cgroup);
   }
 
   private finish(code: number | null, signal: NodeJS.Signals | null): void {
@@ -120,9 +155,15 @@ export class QemuProcess extends EventEmitter {
       closeSync(this.logFd);
       this.logFd = undefined;
     }
-    this.exitInfo = { code, signal, stderr: stderr.trim() };
-    this.emit('exit', this.exitInfo);
-    this.resolveExit(this.exitInfo);
+    const info = { code, signal, stderr: stderr.trim() };
+    this.exitInfo = info;
+    const report = (): void => {
+      this.emit('exit', info);
+      this.resolveExit(info);
+    };
+    // Reported once its cgroup is gone, so a QEMU started next for the same VM never finds it half-removed.
+    if (this.cgroup) void this.cgroup.remove().then(report);
+    else report();
   }
 
   /**

@@ -3,6 +3,7 @@
  * running by a cellad that died, found again by a new one.
  */
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import type { Jail } from './jail.js';
 
 /** State (field 3) and start time (field 22, clock ticks since boot) of /proc/PID/stat. */
 function readStat(pid: number): { state: string; startTime: string } | undefined {
@@ -66,4 +67,24 @@ export function listPids(): number[] {
   return readdirSync('/proc')
     .filter((n) => /^\d+$/.test(n))
     .map(Number);
+}
+
+/**
+ * The jail process `pid` runs in, as /proc shows it now: its uid and gid, and
+ * its root (which follows a renamed folder). Undefined for a process running
+ * as root with the host's root, i.e. not jailed.
+ */
+export function processJail(pid: number): Jail | undefined {
+  let status: string;
+  let root: string;
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    root = readlinkSync(`/proc/${pid}/root`);
+  } catch {
+    return undefined;
+  }
+  const id = (field: string): number => Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? 0);
+  const [uid, gid] = [id('Uid'), id('Gid')];
+  const chroot = root === '/' ? undefined : root;
+  return uid === 0 && !chroot ? undefined : { uid, gid, chroot };
 }
