@@ -70,24 +70,18 @@ export class BuilderVm {
     await this.agent.sync();
     await createOverlay(path.resolve(this.top), 'qcow2', next);
     let opened = next;
-    let link: string | undefined;
     if (this.jail) {
       chownSync(next, this.jail.uid, this.jail.gid);
       chmodSync(next, 0o600);
       this.handedOver.push(next);
       if (this.jail.chroot) {
-        link = path.join(this.work, 'next-layer.qcow2');
-        rmSync(link, { force: true });
-        linkSync(next, link);
-        opened = link;
+        // A name of its own for as long as QEMU runs: when the next commit makes
+        // this layer a read-only backing file, QEMU reopens it by that name.
+        opened = path.join(this.work, `layer-${this.handedOver.length}.qcow2`);
+        linkSync(next, opened);
       }
     }
-    try {
-      await this.qmp.execute('blockdev-snapshot-sync', { device: 'root', 'snapshot-file': jailPath(this.jail, opened), format: 'qcow2', mode: 'existing' });
-    } finally {
-      // QEMU holds it open now; the name in its folder is not needed.
-      if (link) rmSync(link, { force: true });
-    }
+    await this.qmp.execute('blockdev-snapshot-sync', { device: 'root', 'snapshot-file': jailPath(this.jail, opened), format: 'qcow2', mode: 'existing' });
     this.top = next;
   }
 

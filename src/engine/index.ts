@@ -283,6 +283,8 @@ export class Engine extends EventEmitter {
       if (spec.onLog) appLog.on('data', spec.onLog);
       const deadline = started + (spec.readyTimeoutMs ?? 60_000);
       await this.waitGuest(agent, qemu, deadline, record.console);
+      // A fresh boot has no entropy yet: getrandom() (Python's `import random`, TLS) would block until the kernel gathers some.
+      await agent.reseed();
       const templateBootMs = Date.now() - started;
       let appExit: number | undefined;
       agent.on('app-exit', (status: number) => (appExit = status));
@@ -383,6 +385,7 @@ export class Engine extends EventEmitter {
       qmp = await QmpClient.connect(sockets.qmp, 10_000, () => q.alive);
       agent = await AgentClient.connect(sockets.ctl);
       await this.waitGuest(agent, qemu, Date.now() + (spec.bootTimeoutMs ?? 60_000), spec.consoleLog);
+      await agent.reseed();
       const uid = jail?.uid;
       return new BuilderVm(spec, qemu, qmp, agent, work, jail, () => uid !== undefined && this.builderUids.delete(uid));
     } catch (err) {
