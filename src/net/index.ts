@@ -4,27 +4,25 @@
  * of a veth pair whose host end has a unique /30. The host reaches guest ports
  * by dialling the namespace's address, which is DNATed to the guest.
  *
- * Default policy is deny: only new connections from the host side to the
- * guest are forwarded. The guest can reach nothing: not the host, not other
- * guests, not the internet. Connectors (a later capability) open egress.
+ * A fresh namespace denies: only new connections from the host side to the
+ * guest are forwarded, and the guest reaches nothing. At launch, applyPolicy
+ * installs the VM's policy (rules.ts): ingress ports, and egress to the
+ * internet or to an allowlist of CIDRs and domains (dns.ts). Whatever the
+ * policy, a guest never reaches the host, other guests or link-local
+ * addresses; the host guard (guard.ts) holds that on the host's side too.
  */
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { CellaError } from '../errors/index.js';
 import { run } from '../host/index.js';
+import { dnsForwarderPort, forgetPolicy, rememberPolicy } from './dns.js';
+import { ensureHostGuard } from './guard.js';
+import { GUEST, HOST_IF_PREFIX, MAX_SLOTS, NETNS_PREFIX, checkPolicy, namespaceRules, netnsName, slotAddresses, type NetworkPolicy } from './rules.js';
 
-export const GUEST = {
-  address: '172.29.0.2',
-  cidr: '172.29.0.2/24',
-  gateway: '172.29.0.1',
-  gatewayCidr: '172.29.0.1/24',
-  mac: '52:54:00:ce:11:a0',
-  /** The gateway's MAC is fixed too: restored guests keep it in their ARP cache. */
-  gatewayMac: '52:54:00:ce:11:01',
-  tap: 'tap0',
-} as const;
-
-const NETNS_PREFIX = 'cella-';
-const MAX_SLOTS = 16384;
+export { DEFAULT_DNS_PORT, forgetPolicy, rememberPolicy, startDnsForwarder } from './dns.js';
+export type { DnsForwarder, DnsForwarderOptions, DnsUpstream } from './dns.js';
+export { ensureHostGuard } from './guard.js';
+export { DEFAULT_POLICY, GUEST, namespaceRules, slotAddresses } from './rules.js';
+export type { NetworkPolicy } from './rules.js';
 
 export interface VmNetwork {
   slot: number;
@@ -34,42 +32,9 @@ export interface VmNetwork {
   tap: string;
 }
 
-/** Slot n owns 10.213.0.0/16's n-th /30: .1 on the host, .2 in the namespace. */
-export function slotAddresses(slot: number): { host: string; ns: string } {
-  if (!Number.isInteger(slot) || slot < 0 || slot >= MAX_SLOTS) throw new RangeError(`slot ${slot} out of range`);
-  const third = slot >> 6;
-  const fourth = (slot & 63) * 4;
-  return { host: `10.213.${third}.${fourth + 1}`, ns: `10.213.${third}.${fourth + 2}` };
-}
-
-export function namespaceRules(slot: number): string {
-  const { ns } = slotAddresses(slot);
-  return `table ip cella {
-  chain prerouting {
-    type nat hook prerouting priority dstnat; policy accept;
-    iifname "eth0" ip daddr ${ns} dnat to ${GUEST.address}
-  }
-  chain forward {
-    type filter hook forward priority filter; policy drop;
-    ct state established,related accept
-    iifname "eth0" oifname "${GUEST.tap}" ip daddr ${GUEST.address} ct state new accept
-  }
-  chain input {
-    type filter hook input priority filter; policy drop;
-    iifname "lo" accept
-    ct state established,related accept
-  }
-}
-table ip6 cella {
-  chain forward { type filter hook forward priority filter; policy drop; }
-  chain input { type filter hook input priority filter; policy drop; iifname "lo" accept; }
-}
-`;
-}
-
 async function create(slot: number, owner: string | undefined): Promise<VmNetwork | undefined> {
-  const netns = `${NETNS_PREFIX}${slot}`;
-  const hostIf = `cellah${slot}`;
+  const netns = netnsName(slot);
+  const hostIf = `${HOST_IF_PREFIX}${slot}`;
   const { host, ns } = slotAddresses(slot);
   try {
     // `ip netns add` fails if the name exists: that is the slot lock between concurrent engines.
@@ -92,6 +57,8 @@ async function create(slot: number, owner: string | undefined): Promise<VmNetwor
         'link set lo up',
         `addr add ${ns}/30 dev eth0`,
         'link set eth0 up',
+        // Egress, when a policy allows it, is routed through the host.
+        `route add default via ${host} dev eth0`,
         `tuntap add dev ${GUEST.tap} mode tap`,
         `link set ${GUEST.tap} address ${GUEST.gatewayMac}`,
         `addr add ${GUEST.gatewayCidr} dev ${GUEST.tap}`,
@@ -131,7 +98,7 @@ export function listNamespaces(): string[] {
  */
 export function namespaceOwner(slot: number): string | undefined {
   try {
-    return readFileSync(`/sys/class/net/cellah${slot}/ifalias`, 'utf8').trim() || undefined;
+    return readFileSync(`/sys/class/net/${HOST_IF_PREFIX}${slot}/ifalias`, 'utf8').trim() || undefined;
   } catch {
     return undefined;
   }
@@ -230,6 +197,7 @@ export class NetworkPool {
 
   async release(net: VmNetwork): Promise<void> {
     this.made.delete(net.slot);
+    forgetPolicy(net.slot);
     await destroy(net.netns);
   }
 
@@ -246,27 +214,24 @@ export class NetworkPool {
 }
 
 /**
- * What a VM's network may do, fixed for its lifetime (connectors, resolved).
- * Whatever it says, a guest never reaches the host, other guests or the
- * link-local range.
+ * Installs `policy` in the VM's namespace, replacing the rules it had (one
+ * nft transaction), and tells the DNS forwarder. Before any egress opens, the
+ * host guard is made sure of: the namespace alone cannot keep a guest from
+ * the host's own addresses. A domain allowlist needs the DNS forwarder to run
+ * in this process; 'internet' without one has no DNS through the gateway.
  */
-export interface NetworkPolicy {
-  /** Guest TCP ports the host side (proxy, hooks) may open: every port, or these. */
-  ingress: 'all' | number[];
-  /** 'none': nothing; 'internet': any public address; or only these CIDRs and domain names (wildcards `*.example.com`). */
-  egress: 'none' | 'internet' | { cidrs: string[]; domains: string[] };
-}
-
-/** The policy of a namespace fresh from the pool: host-to-guest on any port, no egress. */
-export const DEFAULT_POLICY: NetworkPolicy = { ingress: 'all', egress: 'none' };
-
-/** Installs `policy` in the VM's namespace, replacing the one it had. */
 export async function applyPolicy(net: VmNetwork, policy: NetworkPolicy): Promise<void> {
-  if (policy.ingress === 'all' && policy.egress === 'none') return;
-  throw new CellaError('NETWORK_SETUP_FAILED', `network policy ${JSON.stringify(policy)} for ${net.netns} is not supported yet`);
+  checkPolicy(policy);
+  const dnsPort = dnsForwarderPort();
+  if (typeof policy.egress === 'object' && policy.egress.domains.length && dnsPort === undefined) {
+    throw new CellaError('NETWORK_SETUP_FAILED', `${net.netns}: a domain allowlist needs the DNS forwarder, and none runs`);
+  }
+  if (policy.egress !== 'none') await ensureHostGuard();
+  await run('nsenter', [`--net=/run/netns/${net.netns}`, 'nft', '-f', '-'], { input: namespaceRules(net.slot, policy, dnsPort), code: 'NETWORK_SETUP_FAILED' });
+  rememberPolicy(net, policy);
 }
 
 /** Rebuilds the handle of a namespace that already exists (a suspended VM's). */
 export function networkForSlot(slot: number): VmNetwork {
-  return { slot, netns: `${NETNS_PREFIX}${slot}`, hostAddress: slotAddresses(slot).ns, tap: GUEST.tap };
+  return { slot, netns: netnsName(slot), hostAddress: slotAddresses(slot).ns, tap: GUEST.tap };
 }
