@@ -17,6 +17,7 @@ import { startServer, type CellaServer } from '../src/server/index.js';
 import { loadGuestArtifacts, baseTree } from '../src/setup/index.js';
 import { API_KEY, V, api, createImage, demoArtifact, shutdown, upload, waitBuild, waitState, type MicrovmBody } from './control-helpers.js';
 import { rawZip } from './fixtures/zip-raw.js';
+import { SITE_A, SITE_PORT, startFakeInternet } from './fixtures/fake-internet.js';
 import { PY_APP, PY_DOCKERFILE } from './fixtures/pyapp.js';
 import { MEDIA, digestOf, gzip, pushImage, startRegistry } from './fixtures/registry.js';
 import { getAt, tempDataDir } from './helpers.js';
@@ -292,6 +293,30 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     for (const name of ['busybox', 'debian-12', 'debian-12-python']) assert.ok(managed.body.items.some((i) => i.imageArn === managedArn(name)), name);
     const mv = await api<{ items: { imageVersion: string; status: string }[] }>(base, 'GET', `${V}/managed-microvm-images/${managedArn('busybox')}/versions`);
     assert.deepEqual(mv.body.items.map((i) => [i.imageVersion, i.status]), [['1', 'AVAILABLE']]);
+  });
+
+  test("RUN steps reach what the image's egress connectors allow, and nothing without them", async () => {
+    const site = path.join(dir, 'site');
+    mkdirSync(site, { recursive: true });
+    writeFileSync(path.join(site, 'hello.txt'), 'hello from the internet\n');
+    const internet = startFakeInternet(site);
+    try {
+      const fetch = `printf 'GET /hello.txt HTTP/1.0\\r\\n\\r\\n' | nc -w 5 ${SITE_A} ${SITE_PORT} | tail -n 1 > /var/cella-demo.txt && grep -q internet /var/cella-demo.txt`;
+      const zip = await zipOf(demoFiles(`FROM busybox\nCOPY cella-demo /usr/bin/cella-demo\nRUN ${fetch}\nCMD ["/usr/bin/cella-demo", "8080"]\n`));
+      // The contract's default egress (INTERNET_EGRESS) holds for builds too.
+      const open = await createImage(base, 'egress-default', {}, zip);
+      assert.equal(open.build.buildState, 'SUCCESSFUL', open.log);
+      assert.match(open.log, /starting a builder VM \(egress: internet\)/);
+      const id = await run({ imageIdentifier: 'egress-default' });
+      assert.equal((await getAt(server.engine.get(id)?.address(8080) as { host: string; port: number }, '/read')).body.trim(), 'hello from the internet');
+      await terminate(id);
+      const closed = await createImage(base, 'egress-none', { egressNetworkConnectors: [] }, zip);
+      assert.equal(closed.build.buildState, 'FAILED', closed.log);
+      assert.equal(closed.build.stateReason, 'CONTAINER_BUILD_FAILED');
+      assert.match(closed.log, /line 3: RUN printf .* exited with code 1/);
+    } finally {
+      internet.stop();
+    }
   });
 
   test('FROM an OCI image pulled from a registry', async () => {

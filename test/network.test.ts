@@ -6,9 +6,8 @@
  * server the forwarder uses as upstream. No mocks.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
-import { once } from 'node:events';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
@@ -28,24 +27,16 @@ import {
   type NetworkPolicy,
 } from '../src/net/index.js';
 import { DEMO_APP, DEMO_PORT, buildDemoRootfs } from '../src/setup/index.js';
+import { INET_HOST, LINK_LOCAL, SITE_A, SITE_B, SITE_PORT, startFakeInternet, type FakeInternet } from './fixtures/fake-internet.js';
 import { getAt, tempDataDir } from './helpers.js';
 
-const INET = `cella-test-inet-${process.pid}`;
-/** Host end of the fake internet's veth (not `cellah*`: to the guard it is an ordinary interface). */
-const INET_IF = `ctinet${process.pid % 100_000}`;
-const INET_HOST = '198.51.100.254';
-const SITE_A = '198.51.100.1';
-const SITE_B = '198.51.100.2';
-/** A link-local address that really serves, routed to the fake internet (not 169.254.169.254: the host may use its own). */
-const LINK_LOCAL = '169.254.77.1';
-const SITE_PORT = 8080;
 /** A second port the guests listen on (busybox httpd), to see ingress lists close it. */
 const EXTRA_PORT = 9001;
 
 let engine: Engine;
 let dataDir: string;
 let imageDir: string;
-let httpd: ChildProcess | undefined;
+let internet: FakeInternet;
 let upstream: dgram.Socket;
 /** Names the test DNS server was asked for: what the forwarder let through. */
 const asked: string[] = [];
@@ -59,46 +50,6 @@ const hostPeers: string[] = [];
 let seq = 0;
 const nextId = (): string => `net-${process.pid}-${++seq}`;
 
-function sh(file: string, args: string[]): void {
-  const r = spawnSync(file, args, { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${file} ${args.join(' ')}: ${r.stderr}`);
-}
-
-/** The fake internet: SITE_A, SITE_B and LINK_LOCAL in one namespace, each serving "site" over HTTP. */
-function startInternet(): void {
-  const root = path.join(dataDir, 'site');
-  mkdirSync(root);
-  writeFileSync(path.join(root, 'index.html'), 'site\n');
-  sh('ip', ['netns', 'add', INET]);
-  sh('ip', ['link', 'add', INET_IF, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', INET]);
-  sh('ip', ['addr', 'add', `${INET_HOST}/24`, 'dev', INET_IF]);
-  sh('ip', ['link', 'set', INET_IF, 'up']);
-  sh('ip', ['route', 'add', `${LINK_LOCAL}/32`, 'dev', INET_IF]);
-  for (const cmd of [
-    ['link', 'set', 'lo', 'up'],
-    ['addr', 'add', `${SITE_A}/24`, 'dev', 'eth0'],
-    ['addr', 'add', `${SITE_B}/24`, 'dev', 'eth0'],
-    ['addr', 'add', `${LINK_LOCAL}/32`, 'dev', 'eth0'],
-    ['link', 'set', 'eth0', 'up'],
-    ['route', 'add', 'default', 'via', INET_HOST],
-  ]) {
-    sh('ip', ['-n', INET, ...cmd]);
-  }
-  httpd = spawn('ip', ['netns', 'exec', INET, '/bin/busybox', 'httpd', '-f', '-p', String(SITE_PORT), '-h', root], { stdio: 'ignore' });
-}
-
-function stopInternet(): void {
-  httpd?.kill();
-  // Deleting the namespace takes the veth pair, and so the route, with it.
-  spawnSync('ip', ['netns', 'del', INET]);
-}
-
-/** Fetches `url` from the fake internet's side (without blocking this process, which serves too): a control that what a guest fails to reach does answer. */
-async function fetchFromInternet(url: string): Promise<boolean> {
-  const child = spawn('ip', ['netns', 'exec', INET, 'curl', '-sf', '-m', '3', '-o', '/dev/null', url], { stdio: 'ignore' });
-  const [code] = (await once(child, 'exit')) as [number | null];
-  return code === 0;
-}
 
 /** A test DNS server: app.allowed.test → SITE_A, other.test → SITE_B (A only, TTL 60); anything else NXDOMAIN. */
 async function startUpstream(): Promise<dgram.Socket> {
@@ -194,7 +145,10 @@ before(async () => {
   dataDir = tempDataDir('net');
   engine = await Engine.open({ dataDir, log: () => {}, warmNetworks: 1, warmClones: 0 });
   await ensureHostGuard();
-  startInternet();
+  const site = path.join(dataDir, 'site');
+  mkdirSync(site);
+  writeFileSync(path.join(site, 'index.html'), 'site\n');
+  internet = startFakeInternet(site);
   upstream = await startUpstream();
   forwarder = await startDnsForwarder({
     port: 0,
@@ -212,7 +166,7 @@ before(async () => {
   await buildDemoRootfs(engine.guest, rootfs);
   await engine.createSnapshot({ dir: imageDir, rootfs, app: DEMO_APP, port: DEMO_PORT, memoryMiB: 256 });
   for (const kind of Object.keys(POLICIES) as Kind[]) vms[kind] = await engine.launch(imageDir, nextId(), { network: POLICIES[kind] });
-  for (let tries = 0; !(await fetchFromInternet(url(at(SITE_A, SITE_PORT)))); tries++) {
+  for (let tries = 0; !(await internet.fetch(url(at(SITE_A, SITE_PORT)))); tries++) {
     if (tries === 20) throw new Error('the fake internet does not serve');
     await sleep(250);
   }
@@ -225,16 +179,16 @@ after(async () => {
   await forwarder?.close();
   upstream?.close();
   hostServer?.close();
-  stopInternet();
+  internet.stop();
   rmSync(dataDir, { recursive: true, force: true });
   assert.deepEqual(listNamespaces().filter((n) => namespaceOwner(Number(n.slice('cella-'.length))) === tag), [], 'no network namespace leaked');
-  assert.ok(!spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.includes(INET), 'the fake internet is gone');
+  assert.ok(!spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.includes(internet.netns), 'the fake internet is gone');
 });
 
 describe('egress', () => {
   test('the fake internet, the host server and the metadata stand-in all answer (controls for what guests fail to reach)', async () => {
-    assert.ok(await fetchFromInternet(url(at(SITE_B, SITE_PORT))));
-    assert.ok(await fetchFromInternet(url(at(INET_HOST, hostPort))), 'the host server answers the internet side');
+    assert.ok(await internet.fetch(url(at(SITE_B, SITE_PORT))));
+    assert.ok(await internet.fetch(url(at(INET_HOST, hostPort))), 'the host server answers the internet side');
     assert.equal((await getAt({ host: LINK_LOCAL, port: SITE_PORT }, '/')).status, 200, 'the link-local stand-in answers the host');
   });
 

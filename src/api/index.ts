@@ -325,7 +325,11 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     const prior = replayOf(ctx.store, 'RunMicrovm', b);
     if (prior) return view(ctx.lifecycle.require(prior));
     const image = ctx.images.runnable(name, b.imageVersion);
-    const { ingress, egress, policy } = ctx.connectors.resolve(b.ingressNetworkConnectors, b.egressNetworkConnectors, image.config.hooks?.port);
+    const { ingress, egress, policy } = ctx.connectors.resolve(
+      b.ingressNetworkConnectors,
+      b.egressNetworkConnectors ?? image.config.egressNetworkConnectors,
+      image.config.hooks?.port,
+    );
     const rec = pendingVm({
       id: `mvm-${randomUUID()}`,
       image,

@@ -2,14 +2,16 @@
  * A builder VM: boots a root disk, runs build steps through cella-init, and
  * freezes the disk after each step into a layer file (a qcow2 whose backing
  * is the previous layer), so a later build can start from any finished step.
- * It has no network device at all, and the build context arrives on a second,
- * read-only disk that cella-init mounts at /run/cella/build.
+ * Its network is what the image's egress connectors allow (nothing without
+ * them), and the build context arrives on a second, read-only disk that
+ * cella-init mounts at /run/cella/build.
  */
 import { chmodSync, chownSync, linkSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import type { AgentClient, ExecOptions, ExecResult, ProcessSpec } from '../agent/index.js';
 import { createOverlay } from '../disk/index.js';
 import { CellaError } from '../errors/index.js';
+import type { NetworkPolicy } from '../net/index.js';
 import { jailPath, type Jail, type QemuProcess, type QmpClient } from '../vmm/index.js';
 
 /** Where the guest sees the build disk (cella-init's BUILD_DIR). */
@@ -25,6 +27,8 @@ export interface BuilderSpec {
   /** Guest console, for a boot that fails. */
   consoleLog: string;
   bootTimeoutMs?: number;
+  /** What RUN steps may reach (the image's egress connectors); absent: no network device at all. */
+  network?: NetworkPolicy;
 }
 
 /**
@@ -43,8 +47,8 @@ export class BuilderVm {
     private readonly agent: AgentClient,
     private readonly work: string,
     private readonly jail: Jail | undefined,
-    /** Frees what the engine reserved for it (its uid). */
-    private readonly onClose: () => void,
+    /** Frees what the engine reserved for it (its uid, its network). */
+    private readonly onClose: () => Promise<void>,
   ) {
     this.top = spec.top;
   }
@@ -105,7 +109,7 @@ export class BuilderVm {
           // removed meanwhile (a failed step's layer)
         }
       }
-      this.onClose();
+      await this.onClose();
     }
   }
 }

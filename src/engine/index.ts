@@ -357,7 +357,13 @@ export class Engine extends EventEmitter {
     let qemu: QemuProcess | undefined;
     let qmp: QmpClient | undefined;
     let agent: AgentClient | undefined;
+    let net: VmNetwork | undefined;
     try {
+      if (spec.network) {
+        net = await this.pool.acquire();
+        // Nothing reaches into a builder; what it may reach is its policy's egress.
+        await applyPolicy(net, { ingress: [], egress: spec.network.egress });
+      }
       qemu = QemuProcess.spawn(
         buildQemuArgs({
           name: workName,
@@ -378,8 +384,9 @@ export class Engine extends EventEmitter {
           ctlSocket: sockets.ctl,
           consoleLog: spec.consoleLog,
           jail,
+          ...(net ? { tap: { ifname: GUEST.tap, mac: GUEST.mac } } : {}),
         }),
-        { binary: this.qemuBinary, cgroup: this.cgroups.create(workName, cgroupLimits({ memoryMiB, vcpus })) },
+        { binary: this.qemuBinary, cgroup: this.cgroups.create(workName, cgroupLimits({ memoryMiB, vcpus })), ...(net ? { netns: net.netns } : {}) },
       );
       const q = qemu;
       qmp = await QmpClient.connect(sockets.qmp, 10_000, () => q.alive);
@@ -387,13 +394,18 @@ export class Engine extends EventEmitter {
       await this.waitGuest(agent, qemu, Date.now() + (spec.bootTimeoutMs ?? 60_000), spec.consoleLog);
       await agent.reseed();
       const uid = jail?.uid;
-      return new BuilderVm(spec, qemu, qmp, agent, work, jail, () => uid !== undefined && this.builderUids.delete(uid));
+      const network = net;
+      return new BuilderVm(spec, qemu, qmp, agent, work, jail, async () => {
+        if (uid !== undefined) this.builderUids.delete(uid);
+        if (network) await this.pool.release(network).catch(() => {});
+      });
     } catch (err) {
       agent?.close();
       qmp?.close();
       await qemu?.kill();
       rmSync(work, { recursive: true, force: true });
       if (jail) this.builderUids.delete(jail.uid);
+      if (net) await this.pool.release(net).catch(() => {});
       throw err;
     }
   }

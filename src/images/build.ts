@@ -19,7 +19,7 @@ import { BUILD_MOUNT, type BuilderVm, type Engine } from '../engine/index.js';
 import { BuildFailure, isCellaError } from '../errors/index.js';
 import { run } from '../host/index.js';
 import { HOOK_PATH } from '../lifecycle/hooks.js';
-import { GUEST } from '../net/index.js';
+import { GUEST, type NetworkPolicy } from '../net/index.js';
 import { pullImage } from '../oci/index.js';
 import type { ImageConfig, ImageVersionRecord, SnapshotBuild } from '../store/index.js';
 import { resolveUser } from './users.js';
@@ -35,6 +35,8 @@ const PORT_TIMEOUT_MS = 120_000;
 
 export interface BuildSettings {
   dataDir: string;
+  /** What RUN steps may reach, from the image's egress connectors. */
+  resolveEgress: (connectors: string[] | undefined) => NetworkPolicy;
   /** Managed base trees: <bases>/<name>/{tree,base.json}. */
   basesDir: string;
   s3?: S3Settings;
@@ -132,7 +134,8 @@ export async function buildImage(engine: Engine, settings: BuildSettings, input:
     const lastCached = firstMiss < 0 ? fsSteps[fsSteps.length - 1] : fsSteps[firstMiss - 1];
     if (lastCached) top = layerFile(layers, lastCached.key);
     if (toRun.length > 0) {
-      top = await runSteps(engine, { planned, sources, toRun, parent: top, parentFormat: lastCached ? 'qcow2' : 'raw', disk, work, layers, total }, say);
+      const network = settings.resolveEgress(req.egressNetworkConnectors);
+      top = await runSteps(engine, { planned, sources, toRun, parent: top, parentFormat: lastCached ? 'qcow2' : 'raw', disk, work, layers, total, network }, say);
     }
 
     const config = resolveConfig(base.config, df.steps);
@@ -377,6 +380,7 @@ interface StepRun {
   work: string;
   layers: string;
   total: number;
+  network: NetworkPolicy;
 }
 
 /** Runs the steps from the first uncached one; returns the last layer. */
@@ -394,8 +398,13 @@ async function runSteps(engine: Engine, r: StepRun, say: Say): Promise<string> {
     rmSync(path.join(r.layers, `${s.key}.json`), { force: true });
   }
   await createOverlay(r.parent, r.parentFormat, layerFile(r.layers, first.key));
-  say(' ---> starting a builder VM');
-  const vm = await engine.startBuilder({ top: layerFile(r.layers, first.key), buildDisk, consoleLog: path.join(r.work, 'builder-console.log') });
+  say(` ---> starting a builder VM (egress: ${describeEgress(r.network)})`);
+  const vm = await engine.startBuilder({
+    top: layerFile(r.layers, first.key),
+    buildDisk,
+    consoleLog: path.join(r.work, 'builder-console.log'),
+    ...(r.network.egress === 'none' ? {} : { network: r.network }),
+  });
   let prev: StepRun['toRun'][number] | undefined;
   let passwd: { passwd: string; group: string } | undefined;
   const users = async (): Promise<{ passwd: string; group: string }> => {
@@ -434,6 +443,11 @@ async function runSteps(engine: Engine, r: StepRun, say: Say): Promise<string> {
 }
 
 type Users = () => Promise<{ passwd: string; group: string }>;
+
+function describeEgress(p: NetworkPolicy): string {
+  if (typeof p.egress === 'string') return p.egress;
+  return [...p.egress.cidrs, ...p.egress.domains].join(', ');
+}
 
 async function execStep(vm: BuilderVm, p: PlannedStep, sources: string[], say: Say, users: Users): Promise<void> {
   const step = p.step;
@@ -561,6 +575,7 @@ async function runtimeConfig(config: ContainerConfig, input: BuildInput, rootfs:
     memoryMiB: input.memoryMiB,
     vcpus: input.vcpus,
     ...(req.hooks ? { hooks: req.hooks } : {}),
+    ...(req.egressNetworkConnectors ? { egressNetworkConnectors: req.egressNetworkConnectors } : {}),
   };
 }
 

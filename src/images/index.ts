@@ -12,6 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import { validateArtifactUri, type S3Settings } from '../archive/index.js';
 import { DEFAULT_MEMORY_MIB, type CreateImageRequest, type ImageRequestConfig, type UpdateImageRequest } from '../api/schemas.js';
+import type { Connectors } from '../connectors/index.js';
 import type { Engine } from '../engine/index.js';
 import { BuildFailure, CellaError } from '../errors/index.js';
 import type { BuildRecord, BuildState, ImageRecord, ImageState, ImageVersionRecord, RunnableImage, Store, VersionState } from '../store/index.js';
@@ -80,6 +81,7 @@ function check<S extends string>(table: Record<S, readonly S[]>, what: string, f
 export interface ImagesOptions {
   store: Store;
   engine: Engine;
+  connectors: Connectors;
   dataDir: string;
   s3?: S3Settings;
   insecureRegistries?: string[];
@@ -97,6 +99,7 @@ export class Images {
   private readonly engine: Engine;
   private readonly dataDir: string;
   private readonly settings: BuildSettings;
+  private readonly connectors: Connectors;
   private readonly log: (line: string) => void;
   /** Builds run one after another on this chain. */
   private queue: Promise<void> = Promise.resolve();
@@ -108,8 +111,11 @@ export class Images {
     this.engine = opts.engine;
     this.dataDir = opts.dataDir;
     this.log = opts.log ?? (() => {});
+    this.connectors = opts.connectors;
     this.settings = {
       dataDir: opts.dataDir,
+      // Resolved when the build runs: a connector deleted meanwhile fails the build, it never widens it.
+      resolveEgress: (arns) => opts.connectors.resolve([], arns, undefined).policy,
       basesDir: opts.engine.guest.bases,
       ...(opts.s3 ? { s3: opts.s3 } : {}),
       ...(opts.insecureRegistries ? { insecureRegistries: opts.insecureRegistries } : {}),
@@ -230,6 +236,7 @@ export class Images {
 
   private checkConfig(req: CreateImageRequest | UpdateImageRequest): ImageRequestConfig {
     validateArtifactUri(req.codeArtifact.uri);
+    this.connectors.resolve([], req.egressNetworkConnectors, undefined);
     const base = /^arn:[a-z-]+:lambda:[^:]*:aws:microvm-image:([a-zA-Z0-9_-]+)$/.exec(req.baseImageArn)?.[1];
     const names = this.managed().map((b) => b.name);
     if (!base || !names.includes(base)) {

@@ -14,6 +14,7 @@ import type { VmState } from '../api/schemas.js';
 import { vmFiles, type Engine, type RunningVm, type VmRef } from '../engine/index.js';
 import { CellaError, isCellaError } from '../errors/index.js';
 import type { LogHub } from '../logs/index.js';
+import { rememberPolicy } from '../net/index.js';
 import type { RunnableImage, Store, VmPatch, VmRecord } from '../store/index.js';
 import { callHook, hookEnabled, hookTimeoutMs, type RuntimeHook } from './hooks.js';
 import { RUNNING_STATES, canTransition } from './states.js';
@@ -403,7 +404,10 @@ export class Lifecycle extends EventEmitter {
         this.log(`MicroVM ${rec.id}: recovery failed: ${err.message}`);
         return undefined;
       });
-      if (kept) keep.push(kept);
+      if (!kept) continue;
+      keep.push(kept);
+      // Its namespace kept its rules; the DNS forwarder's memory of which names it may resolve went with the old cellad.
+      if (rec.spec.network) rememberPolicy({ slot: kept.slot }, rec.spec.network);
     }
     return keep;
   }

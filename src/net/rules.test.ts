@@ -23,6 +23,8 @@ test('slot addresses round-trip, and only namespace ends name a slot', () => {
   for (const a of ['10.213.0.1', '10.213.0.4', '10.214.0.2', '10.213.256.2', '172.29.0.2']) assert.equal(slotOfNamespaceAddress(a), undefined, a);
 });
 
+const DNS_REFUSED = ['iifname "tap0" ip daddr 172.29.0.1 udp dport 53 reject', 'iifname "tap0" ip daddr 172.29.0.1 tcp dport 53 reject with tcp reset'];
+
 test('the default policy: host to any guest port, nothing out, no NAT, no DNS', () => {
   const text = namespaceRules(5, undefined, 5354);
   assert.match(text, /^table ip cella \{\}\ndelete table ip cella\ntable ip cella \{/, 'replaces the table in the same transaction');
@@ -32,8 +34,9 @@ test('the default policy: host to any guest port, nothing out, no NAT, no DNS', 
     'ct state established,related accept',
     'iifname "eth0" oifname "tap0" ip daddr 172.29.0.2 ct status dnat ct state new accept',
   ]);
-  assert.deepEqual(rulesOf(text, 'input'), ['iifname "lo" accept', 'ct state established,related accept']);
-  assert.doesNotMatch(text, /postrouting|masquerade|chain egress|udp dport 53/);
+  // DNS to the gateway is refused at once (no forwarder takes it), never forwarded.
+  assert.deepEqual(rulesOf(text, 'input'), ['iifname "lo" accept', 'ct state established,related accept', ...DNS_REFUSED]);
+  assert.doesNotMatch(text, /postrouting|masquerade|chain egress|dnat to 10\.213/);
   assert.match(text, /table ip6 cella \{\n  chain forward \{ type filter hook forward priority filter; policy drop; \}/);
 });
 
@@ -57,12 +60,13 @@ test('internet: blocked ranges first, then non-public, then out masqueraded; DNS
     'accept',
   ]);
   for (const r of ['10.213.0.0/16', '169.254.0.0/16', '127.0.0.0/8']) assert.ok(ALWAYS_BLOCKED.includes(r as never), r);
-  assert.equal(rulesOf(text, 'input').length, 2, 'nothing from the guest is delivered to the namespace');
+  assert.deepEqual(rulesOf(text, 'input').slice(2), DNS_REFUSED, 'nothing from the guest is delivered to the namespace');
 });
 
 test('internet without a forwarder has no DNS path', () => {
   const text = namespaceRules(1, { ingress: 'all', egress: 'internet' });
-  assert.doesNotMatch(text, /dport 53|ct status dnat accept/);
+  assert.doesNotMatch(text, /dport 53 dnat|ct status dnat accept/);
+  assert.deepEqual(rulesOf(text, 'input').slice(2), DNS_REFUSED);
 });
 
 test('allowlist: CIDRs (private allowed, if listed), then resolved names (public only), nothing else', () => {

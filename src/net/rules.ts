@@ -158,6 +158,9 @@ export function namespaceRules(slot: number, policy: NetworkPolicy = DEFAULT_POL
     '    type filter hook input priority filter; policy drop;',
     '    iifname "lo" accept',
     '    ct state established,related accept',
+    // DNS that no forwarder takes (no egress) is refused at once: a resolver waiting out its timeouts stalls apps that look up a name at start.
+    `    iifname "${GUEST.tap}" ip daddr ${GUEST.gateway} udp dport 53 reject`,
+    `    iifname "${GUEST.tap}" ip daddr ${GUEST.gateway} tcp dport 53 reject with tcp reset`,
     '  }',
     '}',
     'table ip6 cella {}',

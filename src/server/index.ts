@@ -14,6 +14,7 @@ import { ApiKeys, TokenMinter, ensureApiKey } from '../auth/index.js';
 import { Engine } from '../engine/index.js';
 import { CellaError } from '../errors/index.js';
 import { Connectors } from '../connectors/index.js';
+import { DEFAULT_DNS_PORT, ensureHostGuard, startDnsForwarder, type DnsForwarder, type DnsUpstream } from '../net/index.js';
 import { Images, managedArn } from '../images/index.js';
 import { demoZip } from '../images/demo.js';
 import type { S3Settings } from '../archive/index.js';
@@ -61,6 +62,8 @@ export interface ServerOptions {
   endpointRpsPerVcpu?: number;
   /** Where `s3://` code artifacts come from (an S3-compatible endpoint). */
   s3?: S3Settings;
+  /** Where the guests' DNS forwarder asks (default: the first nameserver of /etc/resolv.conf). */
+  dnsUpstream?: DnsUpstream;
   /** Registries (host:port) that image builds may pull from over plain HTTP; loopback always may. */
   insecureRegistries?: string[];
   log?: (line: string) => void;
@@ -105,9 +108,11 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     });
     cleanups.unshift(() => engine.close({ keepRunning: true }));
     const logs = new LogHub(dataDir);
+    const connectors = new Connectors(store);
     const images = new Images({
       store,
       engine,
+      connectors,
       dataDir,
       log,
       ...(opts.s3 ? { s3: opts.s3 } : {}),
@@ -120,6 +125,10 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     if (reclaimed.killed + reclaimed.removedDirs + reclaimed.removedNamespaces > 0) {
       log(`reclaimed what no VM owned: ${reclaimed.killed} QEMU processes, ${reclaimed.removedDirs} folders, ${reclaimed.removedNamespaces} namespaces`);
     }
+    // Before any guest runs: guests never reach the host's services, whatever happened before this start.
+    await ensureHostGuard();
+    const dns = await startDns(store, opts.dnsUpstream, log);
+    cleanups.unshift(() => dns.close());
     const minIdleSeconds = opts.minIdleSeconds ?? CONTRACT_MIN_IDLE_SECONDS;
     if (!Number.isInteger(minIdleSeconds) || minIdleSeconds < 1) throw new CellaError('INVALID_ARGUMENT', '--min-idle-seconds must be a positive integer');
     const domain = opts.domain ?? DEFAULT_DOMAIN;
@@ -143,7 +152,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       store,
       lifecycle,
       images,
-      connectors: new Connectors(store),
+      connectors,
       logs,
       keys,
       tokens,
@@ -183,6 +192,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
           await lifecycle.settle();
           await images.close();
           await engine.close({ keepRunning: true });
+          await dns.close();
           store.close();
           unlock();
         })()),
@@ -207,6 +217,28 @@ async function createDemo(images: Images, engine: Engine, dataDir: string, log: 
     const v = images.latest(DEMO_IMAGE, 'SUCCESSFUL');
     log(v ? `image "${DEMO_IMAGE}" is ready: cella run ${DEMO_IMAGE}` : `image "${DEMO_IMAGE}" failed: see cella image logs ${DEMO_IMAGE}`);
   });
+}
+
+/**
+ * The guests' DNS forwarder. Namespaces send their DNS to its port, so the
+ * port must outlive restarts: the first start takes the default (or any free
+ * port if that one is taken, e.g. by another data directory's cellad) and
+ * keeps it in the store.
+ */
+async function startDns(store: Store, upstream: DnsUpstream | undefined, log: (line: string) => void): Promise<DnsForwarder> {
+  const saved = store.getSecret('dns-port');
+  const port = saved ? Number(saved.toString()) : DEFAULT_DNS_PORT;
+  const start = (p: number): Promise<DnsForwarder> => startDnsForwarder({ port: p, log, ...(upstream ? { upstream } : {}) });
+  let dns: DnsForwarder;
+  try {
+    dns = await start(port);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+    dns = await start(0);
+    log(`DNS forwarder: port ${port} is taken, using ${dns.port}${saved ? ': VMs that ran before this start lose DNS until relaunched' : ''}`);
+  }
+  if (!saved || dns.port !== port) store.putSecret('dns-port', Buffer.from(String(dns.port)));
+  return dns;
 }
 
 function listen(server: Server, port: number, host: string): Promise<void> {

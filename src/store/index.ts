@@ -168,6 +168,8 @@ export interface ImageConfig {
   memoryMiB: number;
   vcpus: number;
   hooks?: HookSettings;
+  /** The image's egress connectors: a RunMicrovm that names none gets these (else the contract's default). */
+  egressNetworkConnectors?: string[];
 }
 
 /** A customer egress connector (Cella extension): what a VM given it may reach. */
