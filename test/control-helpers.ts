@@ -1,4 +1,5 @@
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { managedArn } from '../src/images/index.js';
@@ -135,4 +136,25 @@ export async function shutdown(server: CellaServer): Promise<void> {
   for (const v of server.store.liveVms()) await server.lifecycle.terminate(v.id).catch(() => {});
   await server.lifecycle.settle();
   await server.close();
+}
+
+/** HTTPS to a VM's endpoint through the proxy: dialled at 127.0.0.1 with the endpoint's name for SNI and Host. */
+export function endpointRequest(
+  server: Pick<CellaServer, 'domain' | 'proxyPort'>,
+  ca: Buffer,
+  id: string,
+  p: string,
+  headers: Record<string, string>,
+): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const host = `${id}.${server.domain}`;
+    const req = httpsRequest({ host: '127.0.0.1', port: server.proxyPort, servername: host, path: p, ca, agent: false, headers: { host, ...headers } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }

@@ -8,14 +8,13 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
-import { request as httpsRequest } from 'node:https';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { zipDirectory } from '../src/archive/index.js';
 import { managedArn } from '../src/images/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { loadGuestArtifacts, baseTree } from '../src/setup/index.js';
-import { API_KEY, V, api, createImage, demoArtifact, shutdown, upload, waitBuild, waitState, type MicrovmBody } from './control-helpers.js';
+import { API_KEY, V, api, createImage, demoArtifact, endpointRequest, shutdown, upload, waitBuild, waitState, type MicrovmBody } from './control-helpers.js';
 import { rawZip } from './fixtures/zip-raw.js';
 import { SITE_A, SITE_PORT, startFakeInternet } from './fixtures/fake-internet.js';
 import { PY_APP, PY_DOCKERFILE } from './fixtures/pyapp.js';
@@ -44,20 +43,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
   const demoFiles = (dockerfile: string): Record<string, string | Buffer> => ({ Dockerfile: dockerfile, 'cella-demo': readFileSync(g.demoApp) });
 
   const endpoint = (id: string, p: string, tokenValue: string): Promise<{ status: number; body: string }> =>
-    new Promise((resolve, reject) => {
-      const host = `${id}.${server.domain}`;
-      const req = httpsRequest(
-        { host: '127.0.0.1', port: server.proxyPort, servername: host, path: p, ca, agent: false, headers: { host, 'x-aws-proxy-auth': tokenValue } },
-        (res) => {
-          let body = '';
-          res.setEncoding('utf8');
-          res.on('data', (c: string) => (body += c));
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-        },
-      );
-      req.on('error', reject);
-      req.end();
-    });
+    endpointRequest(server, ca, id, p, { 'x-aws-proxy-auth': tokenValue });
 
   const run = async (body: Record<string, unknown>): Promise<string> => {
     const r = await api<MicrovmBody>(base, 'POST', `${V}/microvms`, body);

@@ -12,7 +12,6 @@ import { readFileSync, rmSync, statSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { connect as h2connect } from 'node:http2';
-import { request as httpsRequest } from 'node:https';
 import { localhostLookup } from '../../src/cli/shell.js';
 import { after, before, describe, test } from 'node:test';
 import { connectorArn } from '../../src/api/schemas.js';
@@ -21,7 +20,7 @@ import { vmFiles } from '../../src/engine/index.js';
 import { customerArn } from '../../src/connectors/index.js';
 import { GUEST, slotAddresses } from '../../src/net/index.js';
 import { startServer, type CellaServer } from '../../src/server/index.js';
-import { API_KEY, V, api, createImage, shutdown, waitState, type MicrovmBody } from '../control-helpers.js';
+import { API_KEY, V, api, createImage, endpointRequest, shutdown, waitState, type MicrovmBody } from '../control-helpers.js';
 import { alive, processesWith, tempDataDir } from '../helpers.js';
 
 interface Outcome {
@@ -46,18 +45,7 @@ describe('security: attacks from a guest and from outside', { concurrency: false
     outcomes.push({ name, blocked, detail });
   };
 
-  const endpoint = (id: string, p: string, headers: Record<string, string>): Promise<{ status: number; body: string }> =>
-    new Promise((resolve, reject) => {
-      const host = `${id}.${server.domain}`;
-      const req = httpsRequest({ host: '127.0.0.1', port: server.proxyPort, servername: host, path: p, ca, agent: false, headers: { host, ...headers } }, (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (body += c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      });
-      req.on('error', reject);
-      req.end();
-    });
+  const endpoint = (id: string, p: string, headers: Record<string, string>): Promise<{ status: number; body: string }> => endpointRequest(server, ca, id, p, headers);
 
   const flood = async (id: string, tokenValue: string, n: number): Promise<number[]> => {
     const host = `${id}.${server.domain}`;
