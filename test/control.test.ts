@@ -91,7 +91,8 @@ describe('control plane over HTTP', { concurrency: false }, () => {
     assert.equal(vm.endpoint, `${vm.microvmId}.cella.localhost`);
     const running = await waitState(base, vm.microvmId, ['RUNNING', 'TERMINATED']);
     assert.equal(running.state, 'RUNNING', running.stateReason);
-    assert.equal(await guestGet(server, vm.microvmId, '/hooks'), `run ${JSON.stringify({ microvmId: vm.microvmId, runHookPayload: 'hello "vm"' })}\n`);
+    // The ready hook was called in the image build, before the snapshot: the clone remembers it, then gets its run hook.
+    assert.equal(await guestGet(server, vm.microvmId, '/hooks'), `ready \nrun ${JSON.stringify({ microvmId: vm.microvmId, runHookPayload: 'hello "vm"' })}\n`);
     assert.equal(await guestGet(server, vm.microvmId, '/inc'), '1');
     assert.equal(await guestGet(server, vm.microvmId, '/write/kept'), 'written');
     // Nothing touches its endpoint: the idle policy suspends it.
@@ -101,7 +102,7 @@ describe('control plane over HTTP', { concurrency: false }, () => {
     assert.equal((await waitState(base, vm.microvmId, ['RUNNING'])).state, 'RUNNING');
     assert.equal(await guestGet(server, vm.microvmId, '/inc'), '2');
     assert.equal(await guestGet(server, vm.microvmId, '/read'), 'kept');
-    assert.match(await guestGet(server, vm.microvmId, '/hooks'), /^run .*\nsuspend \nresume \n$/);
+    assert.match(await guestGet(server, vm.microvmId, '/hooks'), /^ready \nrun .*\nsuspend \nresume \n$/);
     const pid = server.engine.get(vm.microvmId)?.pid as number;
     const done = await terminate(vm.microvmId);
     assert.ok(done.terminatedAt);
