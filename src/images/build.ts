@@ -119,7 +119,8 @@ export async function buildImage(engine: Engine, settings: BuildSettings, input:
     const planned = planSteps(base.config, df);
     const layers = cacheDirs(settings.dataDir).layers;
     mkdirSync(layers, { recursive: true });
-    const { keys, sources } = stepKeys(base.key, planned, ctx);
+    const network = settings.resolveEgress(req.egressNetworkConnectors);
+    const { keys, sources } = stepKeys(base.key, planned, ctx, network);
     const total = planned.length + 1;
     say(`Step 1/${total} : FROM ${df.from.image}`);
     const fsSteps = planned.map((p, i) => ({ ...p, key: keys[i] as string, index: i })).filter((p) => changesFiles(p.step));
@@ -134,7 +135,6 @@ export async function buildImage(engine: Engine, settings: BuildSettings, input:
     const lastCached = firstMiss < 0 ? fsSteps[fsSteps.length - 1] : fsSteps[firstMiss - 1];
     if (lastCached) top = layerFile(layers, lastCached.key);
     if (toRun.length > 0) {
-      const network = settings.resolveEgress(req.egressNetworkConnectors);
       top = await runSteps(engine, { planned, sources, toRun, parent: top, parentFormat: lastCached ? 'qcow2' : 'raw', disk, work, layers, total, network }, say);
     }
 
@@ -204,7 +204,7 @@ function asBuildFailure(err: unknown, snapshotBuild: SnapshotBuild): BuildFailur
     failure = new BuildFailure('DISK_STORAGE_FULL', `the disk is full: ${(err as Error).message}`);
   } else if (isCellaError(err, 'APP_NOT_READY') || isCellaError(err, 'GUEST_BOOT_FAILED')) {
     failure = new BuildFailure('CONTAINER_BUILD_FAILED', err.message);
-  } else if (isCellaError(err, 'INVALID_ARGUMENT')) failure = new BuildFailure('CONTAINER_BUILD_FAILED', err.message);
+  } else if (isCellaError(err, 'INVALID_ARGUMENT') || isCellaError(err, 'NOT_FOUND')) failure = new BuildFailure('CONTAINER_BUILD_FAILED', err.message);
   else failure = new BuildFailure('INTERNAL_PLATFORM_ERROR', (err as Error).message ?? String(err));
   return Object.assign(failure, { snapshotBuild });
 }
@@ -288,14 +288,16 @@ function markDone(layers: string, key: string, step: PlannedStep): void {
 /**
  * Each step's key chains its parent's: the same step on a different base or
  * after a different step is a different layer. COPY/ADD keys include the
- * content of their sources; RUN keys the environment, directory and user.
+ * content of their sources; RUN keys the environment, directory, user and egress.
  */
-function stepKeys(baseKey: string, planned: PlannedStep[], ctx: string): { keys: string[]; sources: Map<number, string[]> } {
+function stepKeys(baseKey: string, planned: PlannedStep[], ctx: string, network: NetworkPolicy): { keys: string[]; sources: Map<number, string[]> } {
   let prev = baseKey;
   const sources = new Map<number, string[]>();
   const keys = planned.map((p, i) => {
     const h = createHash('sha256').update(prev).update('\0').update(cacheKeyOf(p.step)).update('\0');
     h.update(JSON.stringify({ env: p.env, cwd: p.workingDir, user: p.user }));
+    // What a RUN could reach is part of what it made: other egress, another layer.
+    if (p.step.kind === 'RUN') h.update(JSON.stringify(network.egress));
     if (p.step.kind === 'COPY' || p.step.kind === 'ADD') {
       const files = p.step.sources.flatMap((src) => expandSources(ctx, src, p.step.line));
       for (const f of files) hashTree(h, ctx, f);
