@@ -10,6 +10,8 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import S3rver from 's3rver';
 import { zipDirectory } from '../src/archive/index.js';
 import { managedArn } from '../src/images/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
@@ -26,6 +28,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
   let server: CellaServer;
   let base: string;
   let ca: Buffer;
+  let s3: S3rver;
   const g = loadGuestArtifacts();
 
   /** A zip of `files` (name → content). */
@@ -58,13 +61,32 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
 
   before(async () => {
     dir = tempDataDir('images');
-    server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, resumeWindowSeconds: 0, log: () => {} });
+    // An S3-compatible endpoint for s3:// artifacts, with s3rver's built-in account.
+    mkdirSync(path.join(dir, 's3'), { recursive: true });
+    s3 = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: path.join(dir, 's3'), configureBuckets: [{ name: 'code' }] });
+    const s3Endpoint = `http://127.0.0.1:${(await s3.run()).port}`;
+    const keys = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
+    // s3rver cannot read the SDK's default streaming checksums, so the upload sends none.
+    const client = new S3Client({ endpoint: s3Endpoint, region: 'us-east-1', forcePathStyle: true, credentials: keys, requestChecksumCalculation: 'WHEN_REQUIRED' });
+    await client.send(new PutObjectCommand({ Bucket: 'code', Key: 'apps/demo.zip', Body: await demoArtifact() }));
+    client.destroy();
+    server = await startServer({
+      dataDir: dir,
+      port: 0,
+      proxyPort: 0,
+      apiKey: API_KEY,
+      minIdleSeconds: 1,
+      resumeWindowSeconds: 0,
+      s3: { endpoint: s3Endpoint, region: 'us-east-1', ...keys },
+      log: () => {},
+    });
     base = server.url;
     ca = readFileSync(server.caFile as string);
   });
 
   after(async () => {
     await shutdown(server);
+    await s3.close();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -303,6 +325,27 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     } finally {
       internet.stop();
     }
+  });
+
+  test('code artifacts by s3:// URI from the configured endpoint; a missing key or bucket is the build reason', async () => {
+    const s3Image = async (name: string, uri: string): Promise<{ build: { buildState: string; stateReason?: string }; log: string }> => {
+      const r = await api<{ imageVersion: string; buildId: string }>(base, 'POST', `${V}/microvm-images`, {
+        name,
+        baseImageArn: managedArn('busybox'),
+        codeArtifact: { uri },
+        resources: [{ minimumMemoryInMiB: 256 }],
+      });
+      assert.equal(r.status, 200, r.text);
+      const build = await waitBuild(base, name, r.body.imageVersion, r.body.buildId);
+      const log = (await api(base, 'GET', `/cella/v1/microvm-images/${name}/versions/${r.body.imageVersion}/builds/${r.body.buildId}/logs`)).text;
+      return { build, log };
+    };
+    const ok = await s3Image('from-s3', 's3://code/apps/demo.zip');
+    assert.equal(ok.build.buildState, 'SUCCESSFUL', ok.log);
+    const noKey = await s3Image('s3-no-key', 's3://code/apps/missing.zip');
+    assert.deepEqual([noKey.build.buildState, noKey.build.stateReason], ['FAILED', 'S3_NO_SUCH_KEY'], noKey.log);
+    const noBucket = await s3Image('s3-no-bucket', 's3://nothere/app.zip');
+    assert.deepEqual([noBucket.build.buildState, noBucket.build.stateReason], ['FAILED', 'S3_NO_SUCH_BUCKET'], noBucket.log);
   });
 
   test('FROM an OCI image pulled from a registry', async () => {

@@ -157,6 +157,20 @@ describe('security: attacks from a guest and from outside', { concurrency: false
       const open = await reachable(id, targets.map(([, h, p]) => [h, p]));
       for (const [what, host, port] of targets) record(`${label} → ${what} (${host}:${port})`, !open.has(`${host}:${port}`));
     }
+    // Connectors hold for the VM's lifetime: after a suspend to disk and a resume, the same probes fail again.
+    const { label, id: again } = attackers[0] as (typeof attackers)[number];
+    assert.equal((await api(base, 'POST', `${V}/microvms/${again}/suspend`)).status, 200);
+    await waitState(base, again, ['SUSPENDED']);
+    assert.equal((await api(base, 'POST', `${V}/microvms/${again}/resume`)).status, 200);
+    await waitState(base, again, ['RUNNING']);
+    const slot = server.store.getVm(again)?.slot as number;
+    const after = await reachable(again, [
+      [slotAddresses(slot).host, server.port],
+      [GUEST.gateway, hostPort],
+      [slotAddresses(victimSlot).ns, 8080],
+      ...hostIps.map((ip): [string, number] => [ip, server.port]),
+    ]);
+    record(`${label}, after suspend and resume → the host and the other VM (${after.size} reached)`, after.size === 0);
     for (const { id } of attackers) await api(base, 'DELETE', `${V}/microvms/${id}`);
     record('the victim still answers after the network attacks', await victimHealthy());
   });
