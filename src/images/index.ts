@@ -307,7 +307,6 @@ export class Images {
       const img0 = b0 && this.store.getImage(b0.imageName);
       // Deleted while queued: nothing to do. Closing: the next start runs it.
       if (!b0 || !v0 || !img0 || img0.state === 'DELETING' || this.closed) return;
-      const t0 = Date.now();
       this.store.tx(() => {
         this.setBuild(b0, { state: 'IN_PROGRESS' });
         this.setVersion(v0, { state: 'IN_PROGRESS' });
