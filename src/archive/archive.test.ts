@@ -5,15 +5,13 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
-import { deflateRawSync } from 'node:zlib';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
 import yazl from 'yazl';
 import { BuildFailure, CellaError, type BuildFailureReason } from '../errors/index.js';
+import { S_IFLNK, S_IFREG, rawZip } from '../../test/fixtures/zip-raw.js';
 import { extractZip, fetchArtifact, findDockerfile, validateArtifactUri, zipDirectory, type ZipLimits } from './index.js';
 
-const S_IFREG = 0o100000;
-const S_IFLNK = 0o120000;
 const MiB = 1024 * 1024;
 
 const scratch: string[] = [];
@@ -25,64 +23,6 @@ async function tempDir(): Promise<string> {
   const dir = await mkdtemp(path.join(tmpdir(), 'cella-archive-'));
   scratch.push(dir);
   return dir;
-}
-
-interface RawEntry {
-  name: string;
-  data?: Buffer;
-  /** Full unix mode (type and permissions), stored in the external attributes. */
-  mode?: number;
-  /** The uncompressed size the headers claim, when it should lie. */
-  declaredSize?: number;
-}
-
-/**
- * A minimal zip writer for what yazl refuses to write: unsafe names, symlink
- * targets of any kind, duplicates and lying sizes. Deflates every entry; CRCs
- * are left zero (yauzl does not check them).
- */
-function rawZip(entries: RawEntry[]): Buffer {
-  const locals: Buffer[] = [];
-  const centrals: Buffer[] = [];
-  let offset = 0;
-  for (const entry of entries) {
-    const name = Buffer.from(entry.name, 'utf8');
-    const data = entry.data ?? Buffer.alloc(0);
-    const body = deflateRawSync(data);
-    const size = entry.declaredSize ?? data.length;
-    const local = Buffer.alloc(30);
-    local.writeUInt32LE(0x04034b50, 0);
-    local.writeUInt16LE(20, 4);
-    local.writeUInt16LE(0x0800, 6); // UTF-8 names
-    local.writeUInt16LE(8, 8);
-    local.writeUInt16LE(0x21, 12); // 1980-01-01
-    local.writeUInt32LE(body.length, 18);
-    local.writeUInt32LE(size, 22);
-    local.writeUInt16LE(name.length, 26);
-    const central = Buffer.alloc(46);
-    central.writeUInt32LE(0x02014b50, 0);
-    central.writeUInt16LE((3 << 8) | 20, 4); // made by UNIX
-    central.writeUInt16LE(20, 6);
-    central.writeUInt16LE(0x0800, 8);
-    central.writeUInt16LE(8, 10);
-    central.writeUInt16LE(0x21, 14);
-    central.writeUInt32LE(body.length, 20);
-    central.writeUInt32LE(size, 24);
-    central.writeUInt16LE(name.length, 28);
-    central.writeUInt32LE(((entry.mode ?? S_IFREG | 0o644) << 16) >>> 0, 38);
-    central.writeUInt32LE(offset, 42);
-    locals.push(local, name, body);
-    centrals.push(central, name);
-    offset += local.length + name.length + body.length;
-  }
-  const directory = Buffer.concat(centrals);
-  const end = Buffer.alloc(22);
-  end.writeUInt32LE(0x06054b50, 0);
-  end.writeUInt16LE(entries.length, 8);
-  end.writeUInt16LE(entries.length, 10);
-  end.writeUInt32LE(directory.length, 12);
-  end.writeUInt32LE(offset, 16);
-  return Buffer.concat([...locals, directory, end]);
 }
 
 type YazlEntry = { name: string; data: Buffer; mode?: number } | { dir: string; mode?: number };
