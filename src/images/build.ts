@@ -22,6 +22,7 @@ import { HOOK_PATH } from '../lifecycle/hooks.js';
 import { GUEST, type NetworkPolicy } from '../net/index.js';
 import { pullImage } from '../oci/index.js';
 import type { ImageConfig, ImageVersionRecord, SnapshotBuild } from '../store/index.js';
+import { baseTree, listBases, type GuestArtifacts } from '../setup/index.js';
 import { resolveUser } from './users.js';
 
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -37,8 +38,8 @@ export interface BuildSettings {
   dataDir: string;
   /** What RUN steps may reach, from the image's egress connectors. */
   resolveEgress: (connectors: string[] | undefined) => NetworkPolicy;
-  /** Managed base trees: <bases>/<name>/{tree,base.json}. */
-  basesDir: string;
+  /** The guest artifacts: the managed bases are theirs. */
+  guest: GuestArtifacts;
   s3?: S3Settings;
   insecureRegistries?: string[];
 }
@@ -62,37 +63,6 @@ type Say = (line: string) => void;
 export function cacheDirs(dataDir: string): { layers: string; bases: string; blobs: string } {
   const root = path.join(dataDir, 'cache');
   return { layers: path.join(root, 'layers'), bases: path.join(root, 'bases'), blobs: path.join(root, 'oci-blobs') };
-}
-
-/** A managed base: its tree and what it says about running on it. */
-export interface ManagedBase {
-  name: string;
-  description: string;
-  tree: string;
-  /** Its base.json, verbatim: the cache key of its root disk. */
-  manifest: string;
-  env: Record<string, string>;
-  createdAt: string;
-}
-
-export function managedBases(basesDir: string): ManagedBase[] {
-  if (!existsSync(basesDir)) return [];
-  const out: ManagedBase[] = [];
-  for (const name of readdirSync(basesDir).sort()) {
-    const file = path.join(basesDir, name, 'base.json');
-    if (!existsSync(file)) continue;
-    const manifest = readFileSync(file, 'utf8');
-    const info = JSON.parse(manifest) as { description?: string; env?: Record<string, string>; createdAt?: string };
-    out.push({
-      name,
-      description: info.description ?? '',
-      tree: path.join(basesDir, name, 'tree'),
-      manifest,
-      env: info.env ?? {},
-      createdAt: info.createdAt ?? new Date(lstatSync(file).mtimeMs).toISOString(),
-    });
-  }
-  return out;
 }
 
 /** Runs one build; throws BuildFailure (or anything else, which the caller reports as a platform error). */
@@ -227,13 +197,14 @@ async function resolveBase(from: string, line: number, settings: BuildSettings, 
   const bases = cacheDirs(settings.dataDir).bases;
   mkdirSync(bases, { recursive: true });
   const managedName = /^arn:[a-z-]+:lambda:[^:]*:aws:microvm-image:([a-zA-Z0-9_-]+)$/.exec(from)?.[1] ?? from;
-  const managed = managedBases(settings.basesDir).find((b) => b.name === managedName);
+  const managed = listBases(settings.guest.dir).find((b) => b.name === managedName);
   if (managed) {
-    const key = sha256(`managed\0${managed.name}\0${managed.manifest}`);
+    // A base rebuilt by setup (new inputs or --force) is a new root disk.
+    const key = sha256(`managed\0${managed.name}\0${managed.inputsSha256}\0${managed.createdAt}`);
     const disk = path.join(bases, `${managed.name}-${key.slice(0, 16)}.ext4`);
     if (!existsSync(disk)) {
       say(`  preparing the root disk of the managed base ${managed.name}`);
-      await ext4Atomic(managed.tree, disk);
+      await ext4Atomic(baseTree(settings.guest, managed.name), disk);
     }
     return { disk, key, config: { ...emptyConfig(), env: { PATH: DEFAULT_PATH, ...managed.env } } };
   }

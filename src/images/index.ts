@@ -16,9 +16,9 @@ import type { Connectors } from '../connectors/index.js';
 import type { Engine } from '../engine/index.js';
 import { BuildFailure, CellaError } from '../errors/index.js';
 import type { BuildRecord, BuildState, ImageRecord, ImageState, ImageVersionRecord, RunnableImage, Store, VersionState } from '../store/index.js';
-import { buildImage, cacheDirs, managedBases, type BuildSettings, type ManagedBase } from './build.js';
+import { listBases, type BaseInfo } from '../setup/index.js';
+import { buildImage, cacheDirs, type BuildSettings } from './build.js';
 
-export { managedBases, type ManagedBase } from './build.js';
 
 const ARN_PREFIX = 'arn:cella:lambda:local:000000000000:microvm-image:';
 const MANAGED_ARN_PREFIX = 'arn:cella:lambda:local:aws:microvm-image:';
@@ -116,7 +116,7 @@ export class Images {
       dataDir: opts.dataDir,
       // Resolved when the build runs: a connector deleted meanwhile fails the build, it never widens it.
       resolveEgress: (arns) => opts.connectors.resolve([], arns, undefined).policy,
-      basesDir: opts.engine.guest.bases,
+      guest: opts.engine.guest,
       ...(opts.s3 ? { s3: opts.s3 } : {}),
       ...(opts.insecureRegistries ? { insecureRegistries: opts.insecureRegistries } : {}),
     };
@@ -200,8 +200,8 @@ export class Images {
     return { name: img.name, arn: img.arn, version: v.version, dir: path.join(v.dir, 'snapshot'), config: v.runtime as NonNullable<typeof v.runtime> };
   }
 
-  managed(): ManagedBase[] {
-    return managedBases(this.settings.basesDir);
+  managed(): BaseInfo[] {
+    return listBases(this.settings.guest.dir);
   }
 
   // ---------- writes ----------
