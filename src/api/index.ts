@@ -13,7 +13,7 @@ import type { Static, TSchema } from '@sinclair/typebox';
 import { ApiKeys, TokenMinter } from '../auth/index.js';
 import { managedName, type Connectors } from '../connectors/index.js';
 import { CellaError, httpError } from '../errors/index.js';
-import { MANAGED_VERSION, imageNameOf, managedArn, type Images, type StartedVersion } from '../images/index.js';
+import { MANAGED_VERSION, imageNameOf, managedArn, managedNameOf, type Images, type StartedVersion } from '../images/index.js';
 import type { Lifecycle } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
 import { pendingVm, type BuildRecord, type ConnectorRecord, type ImageRecord, type ImageVersionRecord, type Store, type VmRecord } from '../store/index.js';
@@ -294,7 +294,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         };
       case 'ListManagedMicrovmImageVersions': {
         const id = cmd.params.imageIdentifier as string;
-        const name = /^arn:[a-z-]+:lambda:[^:]*:aws:microvm-image:([a-zA-Z0-9_-]+)$/.exec(id)?.[1] ?? id;
+        const name = managedNameOf(id) ?? id;
         const base = ctx.images.managed().find((b) => b.name === name);
         if (!base) throw new CellaError('NOT_FOUND', `managed image ${id} not found`, { details: { resourceId: id, resourceType: 'MicrovmImage' } });
         return { json: paged([base], cmd.query, (b) => ({ imageArn: managedArn(b.name), imageVersion: MANAGED_VERSION, status: 'AVAILABLE' as const, createdAt: b.createdAt })) };
@@ -438,8 +438,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
   }
 }
 
-function imageView(i: ImageRecord, versions: ImageVersionRecord[] = []): MicrovmImage {
-  void versions;
+function imageView(i: ImageRecord): MicrovmImage {
   return {
     imageArn: i.arn,
     name: i.name,

@@ -65,6 +65,11 @@ export function cacheDirs(dataDir: string): { layers: string; bases: string; blo
   return { layers: path.join(root, 'layers'), bases: path.join(root, 'bases'), blobs: path.join(root, 'oci-blobs') };
 }
 
+/** The name in a managed image's ARN (`arn:…:aws:microvm-image:NAME`), or undefined for anything else. */
+export function managedNameOf(identifier: string): string | undefined {
+  return /^arn:[a-z-]+:lambda:[^:]*:aws:microvm-image:([a-zA-Z0-9_-]+)$/.exec(identifier)?.[1];
+}
+
 /** Runs one build; throws BuildFailure (or anything else, which the caller reports as a platform error). */
 export async function buildImage(engine: Engine, settings: BuildSettings, input: BuildInput, say: Say): Promise<BuildOutcome> {
   const work = path.join(settings.dataDir, 'builds', input.buildId);
@@ -196,8 +201,7 @@ interface ResolvedBase {
 async function resolveBase(from: string, line: number, settings: BuildSettings, work: string, say: Say): Promise<ResolvedBase> {
   const bases = cacheDirs(settings.dataDir).bases;
   mkdirSync(bases, { recursive: true });
-  const managedName = /^arn:[a-z-]+:lambda:[^:]*:aws:microvm-image:([a-zA-Z0-9_-]+)$/.exec(from)?.[1] ?? from;
-  const managed = listBases(settings.guest.dir).find((b) => b.name === managedName);
+  const managed = listBases(settings.guest.dir).find((b) => b.name === (managedNameOf(from) ?? from));
   if (managed) {
     // A base rebuilt by setup (new inputs or --force) is a new root disk.
     const key = sha256(`managed\0${managed.name}\0${managed.inputsSha256}\0${managed.createdAt}`);

@@ -17,7 +17,9 @@ import type { Engine } from '../engine/index.js';
 import { BuildFailure, CellaError } from '../errors/index.js';
 import type { BuildRecord, BuildState, ImageRecord, ImageState, ImageVersionRecord, RunnableImage, Store, VersionState } from '../store/index.js';
 import { listBases, type BaseInfo } from '../setup/index.js';
-import { buildImage, cacheDirs, type BuildSettings } from './build.js';
+import { buildImage, cacheDirs, managedNameOf, type BuildSettings } from './build.js';
+
+export { managedNameOf } from './build.js';
 
 
 const ARN_PREFIX = 'arn:cella:lambda:local:000000000000:microvm-image:';
@@ -237,7 +239,7 @@ export class Images {
   private checkConfig(req: CreateImageRequest | UpdateImageRequest): ImageRequestConfig {
     validateArtifactUri(req.codeArtifact.uri);
     this.connectors.resolve([], req.egressNetworkConnectors, undefined);
-    const base = /^arn:[a-z-]+:lambda:[^:]*:aws:microvm-image:([a-zA-Z0-9_-]+)$/.exec(req.baseImageArn)?.[1];
+    const base = managedNameOf(req.baseImageArn);
     const names = this.managed().map((b) => b.name);
     if (!base || !names.includes(base)) {
       throw new CellaError('INVALID_ARGUMENT', `baseImageArn ${req.baseImageArn} is not a managed base image; use one of: ${names.map(managedArn).join(', ')}`);
