@@ -17,3 +17,5 @@ export function run(
     if (opts.input !== undefined) child.stdin?.end(opts.input);
   });
 }
+
+export { CRASH_POINTS, crashPoint, type CrashPoint } from './crash.js';
