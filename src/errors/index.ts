@@ -39,6 +39,8 @@ export const ERRORS = {
   ACCESS_DENIED: { status: 403, type: 'AccessDeniedException' },
   QUOTA_EXCEEDED: { status: 402, type: 'ServiceQuotaExceededException' },
   THROTTLED: { status: 429, type: 'ThrottlingException' },
+  // The host: its disk is (nearly) full. The contract's InsufficientCapacityException, 500 in the service model.
+  INSUFFICIENT_CAPACITY: { status: 500, type: 'InsufficientCapacityException' },
   // The daemon
   INTERNAL: { status: 500, type: 'InternalServerException' },
 } as const satisfies Record<string, { status: number; type: string }>;
@@ -70,11 +72,25 @@ export class CellaError extends Error {
  * `{message, code, ...details}`. Unexpected errors become INTERNAL.
  */
 export function httpError(err: unknown): { status: number; headers: Record<string, string>; body: string } {
-  const e = isCellaError(err) ? err : new CellaError('INTERNAL', (err as Error)?.message ?? String(err));
+  const mapped = fromErrno(err);
+  const e = isCellaError(mapped) ? mapped : new CellaError('INTERNAL', (err as Error)?.message ?? String(err));
   const headers: Record<string, string> = { 'content-type': 'application/json', 'x-amzn-errortype': e.type };
   if (e.code === 'UNAUTHENTICATED') headers['www-authenticate'] = 'Bearer';
   if (typeof e.details.retryAfterSeconds === 'number') headers['retry-after'] = String(e.details.retryAfterSeconds);
   return { status: e.httpStatus, headers, body: JSON.stringify({ message: e.message, code: e.code, ...e.details }) };
+}
+
+/** Error codes of a full disk: the file system's (ENOSPC, EDQUOT) and SQLite's (SQLITE_FULL). */
+const DISK_FULL = new Set(['ENOSPC', 'EDQUOT', 'SQLITE_FULL']);
+
+/**
+ * A full disk, however it surfaced (a write's errno, SQLite's "database or
+ * disk is full"), as INSUFFICIENT_CAPACITY; anything else unchanged.
+ */
+export function fromErrno(err: unknown): unknown {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string' || !DISK_FULL.has(code) || isCellaError(err)) return err;
+  return new CellaError('INSUFFICIENT_CAPACITY', `the host's disk is full: ${(err as Error).message}`, { cause: err, details: { retryAfterSeconds: 30 } });
 }
 
 export function isCellaError(err: unknown, code?: ErrorCode): err is CellaError {

@@ -7,7 +7,7 @@
  * clone of it. Everything the user needs to know goes to the build log.
  */
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -17,7 +17,7 @@ import { emptyConfig, type ContainerConfig } from '../dockerfile/config.js';
 import { cacheKeyOf, commandOf, parseDockerfile, planSteps, resolveConfig, type PlannedStep, type Step } from '../dockerfile/index.js';
 import { BUILD_MOUNT, type BuilderVm, type Engine } from '../engine/index.js';
 import { BuildFailure, isCellaError } from '../errors/index.js';
-import { run } from '../host/index.js';
+import { crashPoint, run } from '../host/index.js';
 import { HOOK_PATH } from '../lifecycle/hooks.js';
 import { GUEST, type NetworkPolicy } from '../net/index.js';
 import { pullImage } from '../oci/index.js';
@@ -109,8 +109,11 @@ export async function buildImage(engine: Engine, settings: BuildSettings, input:
     let top = base.disk;
     const lastCached = firstMiss < 0 ? fsSteps[fsSteps.length - 1] : fsSteps[firstMiss - 1];
     if (lastCached) top = layerFile(layers, lastCached.key);
+    // Layers used are the last the pruning of the cache takes.
+    for (const p of fsSteps.slice(0, firstMiss < 0 ? fsSteps.length : firstMiss)) touchLayer(layers, p.key);
     if (toRun.length > 0) {
-      top = await runSteps(engine, { planned, sources, toRun, parent: top, parentFormat: lastCached ? 'qcow2' : 'raw', disk, work, layers, total, network }, say);
+      const parentKey = lastCached?.key ?? null;
+      top = await runSteps(engine, { planned, sources, toRun, parent: top, parentKey, parentFormat: lastCached ? 'qcow2' : 'raw', disk, work, layers, total, network }, say);
     }
 
     const config = resolveConfig(base.config, df.steps);
@@ -251,13 +254,39 @@ function layerFile(layers: string, key: string): string {
   return path.join(layers, `${key}.qcow2`);
 }
 
-/** A layer is reusable once its marker exists: written only after the builder froze it. */
+/**
+ * A layer is reusable once its marker exists (written only after the builder
+ * froze it) and so is every layer below it: each is a qcow2 on its parent,
+ * and the cache's pruning (./cache.ts) may have taken a parent. A marker
+ * that does not name its parent (older cellads wrote none) is not trusted.
+ */
 function layerDone(layers: string, key: string): boolean {
-  return existsSync(path.join(layers, `${key}.json`)) && existsSync(layerFile(layers, key));
+  const marker = readMarker(layers, key);
+  if (!marker || !existsSync(layerFile(layers, key)) || marker.parent === undefined) return false;
+  return marker.parent === null || layerDone(layers, marker.parent);
 }
 
-function markDone(layers: string, key: string, step: PlannedStep): void {
-  writeFileSync(path.join(layers, `${key}.json`), JSON.stringify({ step: step.step.text, line: step.step.line, createdAt: new Date().toISOString() }));
+/** Marks a layer as just used: the cache's pruning takes the least recently used first. */
+function touchLayer(layers: string, key: string): void {
+  const now = new Date();
+  try {
+    utimesSync(path.join(layers, `${key}.json`), now, now);
+  } catch {
+    // gone meanwhile: the next build makes it again
+  }
+}
+
+function readMarker(layers: string, key: string): { parent?: string | null } | undefined {
+  try {
+    return JSON.parse(readFileSync(path.join(layers, `${key}.json`), 'utf8')) as { parent?: string | null };
+  } catch {
+    return undefined;
+  }
+}
+
+/** `parent`: the key of the layer it is a qcow2 on, null for a base disk. */
+function markDone(layers: string, key: string, step: PlannedStep, parent: string | null): void {
+  writeFileSync(path.join(layers, `${key}.json`), JSON.stringify({ step: step.step.text, line: step.step.line, parent, createdAt: new Date().toISOString() }));
 }
 
 /**
@@ -352,6 +381,8 @@ interface StepRun {
   sources: Map<number, string[]>;
   toRun: (PlannedStep & { key: string; index: number })[];
   parent: string;
+  /** The key of the layer `parent` is, null for a base disk. */
+  parentKey: string | null;
   parentFormat: 'raw' | 'qcow2';
   disk: string;
   work: string;
@@ -382,7 +413,13 @@ async function runSteps(engine: Engine, r: StepRun, say: Say): Promise<string> {
     consoleLog: path.join(r.work, 'builder-console.log'),
     ...(r.network.egress === 'none' ? {} : { network: r.network }),
   });
+  crashPoint('build:builder');
   let prev: StepRun['toRun'][number] | undefined;
+  // Each layer is a qcow2 on the one before it in toRun; the first, on the cached layer (or base disk) below.
+  const parentOf = (step: StepRun['toRun'][number]): string | null => {
+    const i = r.toRun.indexOf(step);
+    return i > 0 ? (r.toRun[i - 1] as StepRun['toRun'][number]).key : r.parentKey;
+  };
   let passwd: { passwd: string; group: string } | undefined;
   const users = async (): Promise<{ passwd: string; group: string }> => {
     if (passwd) return passwd;
@@ -399,7 +436,7 @@ async function runSteps(engine: Engine, r: StepRun, say: Say): Promise<string> {
       next++;
       if (prev) {
         await vm.commit(layerFile(r.layers, s.key));
-        markDone(r.layers, prev.key, prev);
+        markDone(r.layers, prev.key, prev, parentOf(prev));
       }
       const t0 = Date.now();
       await execStep(vm, p, r.sources.get(i) ?? [], say, users);
@@ -408,7 +445,7 @@ async function runSteps(engine: Engine, r: StepRun, say: Say): Promise<string> {
       prev = s;
     }
     await vm.close();
-    if (prev) markDone(r.layers, prev.key, prev);
+    if (prev) markDone(r.layers, prev.key, prev, parentOf(prev));
     return layerFile(r.layers, (prev ?? first).key);
   } catch (err) {
     await vm.close();

@@ -18,8 +18,10 @@ import { BuildFailure, CellaError } from '../errors/index.js';
 import type { BuildRecord, BuildState, ImageRecord, ImageState, ImageVersionRecord, RunnableImage, Store, VersionState } from '../store/index.js';
 import { listBases, type BaseInfo } from '../setup/index.js';
 import { buildImage, cacheDirs, managedNameOf, type BuildSettings } from './build.js';
+import { pruneLayers, type PruneResult } from './cache.js';
 
 export { managedNameOf } from './build.js';
+export { DEFAULT_LAYER_CACHE_BYTES, type PruneResult } from './cache.js';
 
 
 const ARN_PREFIX = 'arn:cella:lambda:local:000000000000:microvm-image:';
@@ -473,6 +475,21 @@ export class Images {
    * Stops starting builds: the queued ones stay PENDING and run at the next
    * start (recover). Resolves once the running one has ended.
    */
+  /**
+   * Prunes the layer cache down to `maxBytes` (least recently used first),
+   * between builds: a build never loses a layer it is using.
+   */
+  pruneCache(maxBytes: number): Promise<PruneResult> {
+    const job = this.queue.then(() => pruneLayers(cacheDirs(this.dataDir).layers, maxBytes));
+    this.queue = job.then(
+      (r) => {
+        if (r.removed) this.log(`build cache: pruned ${r.removed} layers (${Math.round(r.freedBytes / 1048576)} MiB); ${Math.round(r.keptBytes / 1048576)} MiB kept`);
+      },
+      () => {},
+    );
+    return job;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     await this.queue;

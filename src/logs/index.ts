@@ -5,8 +5,11 @@
  * VM terminates.
  */
 import { EventEmitter } from 'node:events';
-import { closeSync, createReadStream, existsSync, fstatSync, mkdirSync, openSync, statSync, writeSync } from 'node:fs';
+import { closeSync, createReadStream, existsSync, fstatSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
+
+/** A VM's log is rotated past this size; with the one older file kept, a VM holds at most twice this on disk. */
+export const MAX_VM_LOG_BYTES = 64 * 1024 * 1024;
 
 export interface LogSource {
   on(event: 'data', fn: (stream: 'stdout' | 'stderr', data: Buffer) => void): unknown;
@@ -19,7 +22,10 @@ export class LogHub {
   private readonly lastData = new Map<string, number>();
   readonly dir: string;
 
-  constructor(dataDir: string) {
+  constructor(
+    dataDir: string,
+    private readonly maxBytes = MAX_VM_LOG_BYTES,
+  ) {
     this.dir = path.join(dataDir, 'logs', 'vms');
     mkdirSync(this.dir, { recursive: true });
     this.live.setMaxListeners(0);
@@ -36,10 +42,18 @@ export class LogHub {
    */
   attach(vmId: string, source: LogSource): void {
     this.attached.get(vmId)?.();
-    const fd = openSync(this.file(vmId), 'a');
+    const file = this.file(vmId);
+    let fd = openSync(file, 'a');
     let offset = fstatSync(fd).size;
     const fn = (_stream: 'stdout' | 'stderr', data: Buffer): void => {
       try {
+        if (offset > 0 && offset + data.length > this.maxBytes) {
+          // Rotated, so an app that prints without end cannot fill the host's disk: the older half is kept as .1.
+          closeSync(fd);
+          renameSync(file, `${file}.1`);
+          fd = openSync(file, 'a');
+          offset = 0;
+        }
         writeSync(fd, data);
       } catch {
         return;
@@ -94,6 +108,7 @@ export class LogHub {
       this.live.once(`${vmId}:end`, onEnd);
     }
     try {
+      if (existsSync(`${file}.1`)) for await (const chunk of createReadStream(`${file}.1`)) write(chunk as Buffer);
       const size = existsSync(file) ? statSync(file).size : 0;
       if (size > 0) {
         for await (const chunk of createReadStream(file, { end: size - 1 })) write(chunk as Buffer);
@@ -113,4 +128,46 @@ export class LogHub {
       this.live.removeListener(`${vmId}:end`, onEnd);
     }
   }
+}
+
+export interface PruneLimits {
+  /** Files not written for this long go. */
+  maxAgeMs: number;
+  /** Then the oldest go until what is left holds at most this. */
+  maxTotalBytes: number;
+}
+
+/**
+ * Removes the files of `dir` that `keep` does not claim once they are older
+ * than the limit, then the oldest of them until the folder is within its
+ * bound. Returns how many went.
+ */
+export function pruneDir(dir: string, limits: PruneLimits, keep: (name: string) => boolean = () => false, now = Date.now()): number {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return 0;
+  }
+  const files = names
+    .map((name) => {
+      try {
+        const st = statSync(path.join(dir, name));
+        return st.isFile() ? { name, bytes: st.size, mtime: st.mtimeMs } : undefined;
+      } catch {
+        return undefined;
+      }
+    })
+    .filter((f): f is { name: string; bytes: number; mtime: number } => f !== undefined)
+    .sort((a, b) => a.mtime - b.mtime);
+  let total = files.reduce((sum, f) => sum + f.bytes, 0);
+  let removed = 0;
+  for (const f of files) {
+    if (keep(f.name)) continue;
+    if (now - f.mtime < limits.maxAgeMs && total <= limits.maxTotalBytes) continue;
+    rmSync(path.join(dir, f.name), { force: true });
+    total -= f.bytes;
+    removed++;
+  }
+  return removed;
 }
