@@ -10,15 +10,15 @@
  */
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, openSync, fdatasyncSync, closeSync, readdirSync, realpathSync, renameSync, rmSync, statSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, openSync, fdatasyncSync, fsyncSync, closeSync, readdirSync, realpathSync, renameSync, rmSync, statSync, readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentClient, type ProcessSpec } from '../agent/index.js';
 import { allocatedBytes, copyOverlay, createOverlay } from '../disk/index.js';
-import { CellaError } from '../errors/index.js';
-import { run } from '../host/index.js';
-import { GUEST, NetworkPool, applyPolicy, networkForSlot, reclaimNamespaces, type NetworkPolicy, type VmNetwork } from '../net/index.js';
+import { CellaError, isCellaError } from '../errors/index.js';
+import { crashPoint, run } from '../host/index.js';
+import { GUEST, NetworkPool, applyPolicy, networkForSlot, reclaimNamespaces, type NamespaceOwner, type NetworkPolicy, type VmNetwork } from '../net/index.js';
 import { loadGuestArtifacts, type GuestArtifacts } from '../setup/artifacts.js';
 import {
   BUILDER_UIDS,
@@ -47,10 +47,10 @@ import {
 import { loadState, saveState } from './migrate.js';
 import { dirtyPages } from './pagemap.js';
 import { SNAPSHOT_FORMAT, openSnapshot, sha256, snapshotFiles, writeManifest, type SnapshotManifest } from './snapshot.js';
-import { AppLog, RunningVm, vmFiles, type VmRef } from './vm.js';
+import { AppLog, RunningVm, vmFiles, type BlockIoError, type VmRef } from './vm.js';
 import { BuilderVm, type BuilderSpec } from './builder.js';
 
-export { RunningVm, AppLog, vmFiles, type VmRef } from './vm.js';
+export { RunningVm, AppLog, vmFiles, type BlockIoError, type VmRef } from './vm.js';
 export { BuilderVm, BUILD_MOUNT, type BuilderSpec } from './builder.js';
 export { openSnapshot, snapshotFiles, type SnapshotManifest } from './snapshot.js';
 export { filterMigrationStream, type FilterStats } from './migration-stream.js';
@@ -93,6 +93,16 @@ export interface AppLogOption {
   appLog?: string | null;
 }
 
+/**
+ * Options of the operations that start a QEMU for a VM (launch, resume).
+ * `onSpawn` learns its pid as soon as it exists, before anything is loaded
+ * into it, so a caller can record it durably: a restarted cellad then finds
+ * (and adopts or kills) the QEMU of an operation that was cut short.
+ */
+export interface StartOptions extends AppLogOption {
+  onSpawn?: (pid: number, startTime: string) => void;
+}
+
 export interface ReclaimResult {
   killed: number;
   removedDirs: number;
@@ -129,7 +139,7 @@ export interface SuspendResult {
   phases: Record<string, number>;
 }
 
-/** Events: 'vm-exit' (id, ExitInfo & {expected}) whenever a VM's QEMU ends. */
+/** Events: 'vm-exit' (id, ExitInfo & {expected}) whenever a VM's QEMU ends; 'vm-io-error' (id, BlockIoError). */
 export class Engine extends EventEmitter {
   private readonly running = new Map<string, RunningVm>();
   private readonly pool: NetworkPool;
@@ -163,7 +173,8 @@ export class Engine extends EventEmitter {
     super();
     const tag = sha256(Buffer.from(dataDir)).slice(0, 16);
     this.networkTag = `cella-owner:${tag}`;
-    this.pool = new NetworkPool(warmNetworks, this.networkTag);
+    this.namespaces = { tag: this.networkTag, intentDir: path.join(dataDir, 'netns') };
+    this.pool = new NetworkPool(warmNetworks, this.namespaces);
     this.cgroups = Cgroups.open(`cella/${tag}`, log);
     if (!this.jailed) log('not running as root: QEMU runs as this user, without its own uid or chroot');
   }
@@ -174,6 +185,7 @@ export class Engine extends EventEmitter {
    * data directories, which it leaves alone.
    */
   readonly networkTag: string;
+  private readonly namespaces: NamespaceOwner;
 
   static async open(opts: EngineOptions): Promise<Engine> {
     const log = opts.log ?? ((line: string) => process.stderr.write(`cella: ${line}\n`));
@@ -443,7 +455,7 @@ export class Engine extends EventEmitter {
    * Launches a new VM `id` from the snapshot in `image`: from the image's warm
    * pool when it has a clone ready (unless `fromPool` is false), else cold.
    */
-  async launch(image: string, id: string, opts: { fromPool?: boolean; network?: NetworkPolicy } & AppLogOption = {}): Promise<RunningVm> {
+  async launch(image: string, id: string, opts: { fromPool?: boolean; network?: NetworkPolicy } & StartOptions = {}): Promise<RunningVm> {
     const imageDir = path.resolve(image);
     const snap = openSnapshot(imageDir, this.fingerprint);
     if (id.startsWith('.')) throw new CellaError('INVALID_ARGUMENT', `VM id ${id} must not start with a dot`);
@@ -473,11 +485,12 @@ export class Engine extends EventEmitter {
         warm.appLog.setFile(appLog);
         warm.t0 = performance.now();
         warm.phases = {};
+        opts.onSpawn?.(warm.qemu.pid, warm.qemu.startTime);
         // Before the guest runs under its identity: it never sees a network wider than its own.
         if (opts.network) await applyPolicy(warm.net, opts.network);
         vm = await this.activate({ id, imageDir, slot: warm.net.slot }, { ...warm, dir }, true);
       } else {
-        const r = await this.restoreClone(id, dir, imageDir, snap, appLog);
+        const r = await this.restoreClone(id, dir, imageDir, snap, appLog, opts.onSpawn);
         net = r.net;
         if (opts.network) await applyPolicy(net, opts.network).catch(async (err: unknown) => {
           await dispose(r);
@@ -496,8 +509,13 @@ export class Engine extends EventEmitter {
     }
   }
 
-  /** Brings a suspended VM back from its checkpoint. */
-  async resume(ref: VmRef, opts: AppLogOption = {}): Promise<RunningVm> {
+  /**
+   * Brings a suspended VM back from its checkpoint. Crash-safe (ADR 0007):
+   * the checkpoint stays untouched while the new QEMU loads it (a half-done
+   * restore is killed and redone); it is consumed, by a rename, just before
+   * the guest runs again, because from then on its disk moves ahead of it.
+   */
+  async resume(ref: VmRef, opts: StartOptions = {}): Promise<RunningVm> {
     if (this.running.has(ref.id)) throw new CellaError('INVALID_STATE', `VM ${ref.id} is running`);
     const snap = openSnapshot(ref.imageDir, this.fingerprint);
     const dir = this.vmDir(ref.id);
@@ -508,16 +526,35 @@ export class Engine extends EventEmitter {
       throw new CellaError('INVALID_STATE', `VM ${ref.id} has no checkpoint to resume from`);
     }
     const parked = this.parked.get(ref.id);
-    if (parked) return this.unpark(ref.id, parked.vm, files.checkpoint);
+    if (parked) return this.unpark(ref.id, parked.vm, opts);
     this.busy.add(ref.id);
     try {
-      const r = await this.restore(ref.id, dir, ref.imageDir, snap, networkForSlot(ref.slot), files.checkpoint, appLogFile(dir, opts));
-      const vm = await this.activate(ref, r, false);
-      // The checkpoint is stale once the VM runs on: its disk moves ahead of it.
-      rmSync(files.checkpoint, { force: true });
+      const r = await this.restore(ref.id, dir, ref.imageDir, snap, networkForSlot(ref.slot), files.checkpoint, appLogFile(dir, opts), 'resume', opts.onSpawn);
+      crashPoint('resume:loaded');
+      await this.commitResume(r, files);
+      crashPoint('resume:committed');
+      const vm = await this.activate(ref, r, false, true);
+      crashPoint('resume:running');
+      rmSync(consumedCheckpoint(files), { force: true });
       return vm;
     } finally {
       this.busy.delete(ref.id);
+    }
+  }
+
+  /**
+   * The point of no return of a resume: the checkpoint is renamed away
+   * (durably) before the guest may run, so a restarted cellad that finds no
+   * checkpoint knows the QEMU it finds is the VM, and one that finds the
+   * checkpoint knows any QEMU it finds never ran and may be killed.
+   */
+  private async commitResume(r: Pick<Restored, 'qemu'> & Partial<Restored>, files: ReturnType<typeof vmFiles>): Promise<void> {
+    try {
+      renameSync(files.checkpoint, consumedCheckpoint(files));
+      syncDir(path.dirname(files.checkpoint));
+    } catch (err) {
+      await dispose(r);
+      throw new CellaError('QEMU_FAILED', `the checkpoint of ${path.basename(path.dirname(files.checkpoint))} could not be taken: ${(err as Error).message}`, { cause: err });
     }
   }
 
@@ -530,10 +567,14 @@ export class Engine extends EventEmitter {
     net: VmNetwork,
     stateFile: string,
     appLog: string | null,
+    kind: 'launch' | 'resume',
+    onSpawn?: StartOptions['onSpawn'],
   ): Promise<Restored> {
     const files = vmFiles(dir);
     const t0 = performance.now();
     const phases: Record<string, number> = {};
+    // A socket file left by an earlier QEMU of this folder must not answer for the new one.
+    for (const f of [files.qmp, files.ctl, files.log]) rmSync(f, { force: true });
     const qemu = this.spawnQemu(
       {
         ...this.baseSpec(name, snap.memoryMiB, snap.vcpus),
@@ -551,6 +592,8 @@ export class Engine extends EventEmitter {
     );
     const r: Partial<Restored> & Pick<Restored, 'qemu'> = { dir, net, qemu, t0, phases };
     try {
+      onSpawn?.(qemu.pid, qemu.startTime);
+      crashPoint(kind === 'launch' ? 'launch:spawned' : 'resume:spawned');
       r.qmp = await QmpClient.connect(files.qmp, 10_000, () => qemu.alive);
       mark(r as Restored, 'qmp');
       // Connect the guest's ports before its state loads: the snapshot says "host
@@ -579,10 +622,25 @@ export class Engine extends EventEmitter {
     return this.jailed ? vmJail(net.slot, dir) : undefined;
   }
 
-  /** Runs a restored VM under its final identity and starts supervising it. */
-  private async activate(ref: VmRef, r: Restored, pooled: boolean): Promise<RunningVm> {
+  /**
+   * Runs a restored VM under its final identity and starts supervising it.
+   * For a resume (`committed`: its checkpoint was consumed), a `cont` that
+   * fails gives the checkpoint back, since the guest never ran.
+   */
+  private async activate(ref: VmRef, r: Restored, pooled: boolean, committed = false): Promise<RunningVm> {
     try {
-      await wake(r, ref.id);
+      await r.qmp.execute('cont');
+    } catch (err) {
+      await dispose(r);
+      if (committed) {
+        const files = vmFiles(r.dir);
+        renameSync(consumedCheckpoint(files), files.checkpoint);
+      }
+      throw err;
+    }
+    mark(r, 'running');
+    try {
+      await identify(r, ref.id);
     } catch (err) {
       await dispose(r);
       throw err;
@@ -590,8 +648,29 @@ export class Engine extends EventEmitter {
     return this.supervise(new RunningVm(ref, r.dir, r.net, r.qemu, r.qmp, r.agent, r.appLog, r.phases, pooled));
   }
 
+  /**
+   * Makes sure a suspended VM's namespace exists, with `policy` in it when it
+   * had to be made again (after a host restart, say). True when it was made.
+   */
+  async ensureNetwork(ref: VmRef, policy: NetworkPolicy | undefined): Promise<boolean> {
+    const { net, made } = await this.pool.ensure(ref.slot);
+    if (made) await applyPolicy(net, policy ?? { ingress: [], egress: 'none' });
+    return made;
+  }
+
+  /** Continues a VM that QEMU stopped (after a disk error, say); false if it does not run here or refused. */
+  async cont(id: string): Promise<boolean> {
+    const vm = this.running.get(id);
+    if (!vm) return false;
+    return vm.qmp.execute('cont').then(
+      () => true,
+      () => false,
+    );
+  }
+
   private supervise(vm: RunningVm): RunningVm {
     this.running.set(vm.id, vm);
+    vm.on('io-error', (data: BlockIoError) => this.emit('vm-io-error', vm.id, data));
     vm.once('exit', (info: ExitInfo & { expected: boolean }) => {
       this.running.delete(vm.id);
       if (!info.expected) this.log(`VM ${vm.id}: QEMU ended unexpectedly: ${vm.qemu.describeExit()}`);
@@ -601,11 +680,13 @@ export class Engine extends EventEmitter {
   }
 
   /** A new clone of the image in `dir`: its own overlay and namespace, state loaded, paused. */
-  private async restoreClone(name: string, dir: string, imageDir: string, snap: SnapshotManifest, appLog: string | null): Promise<Restored> {
+  private async restoreClone(name: string, dir: string, imageDir: string, snap: SnapshotManifest, appLog: string | null, onSpawn?: StartOptions['onSpawn']): Promise<Restored> {
     copyOverlay(snapshotFiles(imageDir).overlay, vmFiles(dir).disk);
     const net = await this.pool.acquire();
     try {
-      return await this.restore(name, dir, imageDir, snap, net, snapshotFiles(imageDir).devstate, appLog);
+      const r = await this.restore(name, dir, imageDir, snap, net, snapshotFiles(imageDir).devstate, appLog, 'launch', onSpawn);
+      crashPoint('launch:loaded');
+      return r;
     } catch (err) {
       await this.pool.release(net).catch(() => {});
       throw err;
@@ -674,27 +755,25 @@ export class Engine extends EventEmitter {
       ids.add(ref.id);
       slots.add(ref.slot);
     }
+    // Every QEMU of this data directory that the engine does not hold goes, kept folders included: a
+    // suspended VM's folder may hold the QEMU of a restore that a crash cut short (ADR 0007).
+    const held = this.heldPids();
     const strays = listPids().flatMap((pid) => {
-      const folder = this.folderOfQemu(pid);
-      const startTime = processStartTime(pid);
-      return folder !== undefined && !ids.has(folder) && startTime !== undefined ? [{ pid, startTime, folder }] : [];
+      const folder = held.has(pid) ? undefined : this.folderOfQemu(pid);
+      return folder !== undefined && !this.busy.has(folder) ? [{ pid, folder }] : [];
     });
-    // Taken over as adopted QEMUs, so they are killed and waited for the way any adopted one is.
-    const killed = await Promise.all(
-      strays.map(async ({ pid, startTime, folder }): Promise<boolean> => {
-        const qemu = QemuProcess.adopt(pid, startTime, vmFiles(this.vmDir(folder)).qemuLog, this.cgroups.existing(folder));
-        if (!qemu) return false;
-        await qemu.kill();
-        return true;
-      }),
-    );
+    const killed = await Promise.all(strays.map(({ pid, folder }) => this.killFound(pid, folder)));
     let removedDirs = 0;
     for (const name of readdirSync(path.join(this.dataDir, 'vms'))) {
-      if (ids.has(name)) continue;
+      // A kept folder keeps its VM's files; what a suspend cut short (a half-written checkpoint) goes.
+      if (ids.has(name)) {
+        rmSync(`${vmFiles(this.vmDir(name)).checkpoint}.tmp`, { force: true });
+        continue;
+      }
       rmSync(this.vmDir(name), { recursive: true, force: true });
       removedDirs++;
     }
-    const removedNamespaces = await reclaimNamespaces(this.networkTag, slots);
+    const removedNamespaces = await reclaimNamespaces(this.namespaces, slots);
     // The killed QEMUs' cgroups went as they exited; these are those of QEMUs that ended while no cellad ran.
     this.cgroups.reclaim(ids);
     return { killed: killed.filter(Boolean).length, removedDirs, removedNamespaces };
@@ -771,7 +850,8 @@ export class Engine extends EventEmitter {
       // It never served the app: nothing to log until a launch says where.
       r = await this.restoreClone(name, dir, imageDir, snap, null);
       try {
-        await wake(r, name);
+        await r.qmp.execute('cont');
+        await identify(r, name);
         await r.agent.ping();
         // A connection to a closed port: the guest kernel's TCP path runs, the app sees nothing.
         await poke(r.net.hostAddress, 1);
@@ -829,10 +909,12 @@ export class Engine extends EventEmitter {
     try {
       await vm.qmp.execute('stop');
       mark('stopped');
+      crashPoint('suspend:stopped');
       const dirty = dirtyPages(vm.qemu.pid, snapshotFiles(vm.ref.imageDir).mem, snap.memoryMiB * 1024 * 1024);
       mark('pagemap');
       const keep = (block: string, offset: number): boolean => block !== RAM_BLOCK || dirty[offset / PAGE] === 1;
       const stats = await saveState(vm.qmp, vm.qemu, processJail(vm.qemu.pid), files.migrate, files.checkpoint, keep, mark);
+      crashPoint('suspend:written');
       if (this.parkMs > 0 && !this.closing) {
         this.park(vm);
         mark('parked');
@@ -845,10 +927,18 @@ export class Engine extends EventEmitter {
       for (const d of dirty) dirtyCount += d;
       return { ms: Date.now() - started, bytes: stats.bytesOut, dirtyPages: dirtyCount, totalPages: dirty.length, phases };
     } catch (err) {
-      // A VM that failed to suspend is not left half-stopped: it is gone, and says why.
-      await vm.qemu.kill();
+      // A VM that failed to suspend (a full disk, say) runs on as it was; one that cannot is gone, and says why.
       rmSync(files.checkpoint, { force: true });
-      throw new CellaError('QEMU_FAILED', `suspend of ${vm.id} failed: ${(err as Error).message}`, { cause: err });
+      const why = (err as Error).message;
+      if (vm.qemu.alive && (await vm.qmp.execute('cont').then(() => true, () => false))) {
+        vm.cancelStop();
+        throw new CellaError(isCellaError(err, 'INSUFFICIENT_CAPACITY') ? 'INSUFFICIENT_CAPACITY' : 'QEMU_FAILED', `suspend of ${vm.id} failed, it runs on: ${why}`, {
+          cause: err,
+          details: { stillRunning: true },
+        });
+      }
+      await vm.qemu.kill();
+      throw new CellaError('QEMU_FAILED', `suspend of ${vm.id} failed: ${why}`, { cause: err });
     }
   }
 
@@ -864,26 +954,42 @@ export class Engine extends EventEmitter {
     this.parked.set(vm.id, { vm, timer });
   }
 
-  private async unpark(id: string, vm: RunningVm, checkpoint: string): Promise<RunningVm> {
+  private async unpark(id: string, vm: RunningVm, opts: StartOptions): Promise<RunningVm> {
     const p = this.parked.get(id);
     if (p) clearTimeout(p.timer);
     this.parked.delete(id);
+    const files = vmFiles(vm.dir);
+    opts.onSpawn?.(vm.qemu.pid, vm.qemu.startTime);
+    await this.commitResume(vm, files);
+    crashPoint('resume:committed');
+    try {
+      await vm.qmp.execute('cont');
+    } catch (err) {
+      // The guest never ran: its checkpoint still holds it.
+      await vm.qemu.kill();
+      renameSync(consumedCheckpoint(files), files.checkpoint);
+      throw new CellaError('QEMU_FAILED', `resume of ${id} in place failed: ${(err as Error).message}`, { cause: err });
+    }
     try {
       // The VM never left: only its clock moved on. Its entropy is topped up as after any restore.
-      await vm.qmp.execute('cont');
       await Promise.all([vm.agent.setClock(), vm.agent.reseed()]);
     } catch (err) {
       await vm.qemu.kill();
-      throw new CellaError('QEMU_FAILED', `resume of ${id} in place failed: ${(err as Error).message}`, { cause: err });
+      throw new CellaError('QEMU_FAILED', `resume of ${id} in place failed after the guest ran: ${(err as Error).message}`, { cause: err });
     }
     vm.cancelStop();
     if (!vm.qemu.alive) throw new CellaError('QEMU_EXITED', `VM ${id} ended while it was parked: ${vm.qemu.describeExit()}`);
     this.running.set(id, vm);
-    rmSync(checkpoint, { force: true });
+    crashPoint('resume:running');
+    rmSync(consumedCheckpoint(files), { force: true });
     return vm;
   }
 
-  /** Ends a VM, running or suspended, and removes everything it had. */
+  /**
+   * Ends a VM, running or suspended, and removes everything it had: its
+   * QEMU, and any other QEMU still running from its folder (one a crashed
+   * cellad left halfway through a restore), its namespace and its folder.
+   */
   async terminate(ref: VmRef): Promise<void> {
     const parked = this.parked.get(ref.id);
     if (parked) {
@@ -896,8 +1002,33 @@ export class Engine extends EventEmitter {
       vm.beginStop();
       await vm.qemu.kill();
     }
-    await this.pool.release(networkForSlot(ref.slot));
+    await this.killQemusIn(ref.id);
+    crashPoint('terminate:killed');
+    if (ref.slot >= 0) await this.pool.release(networkForSlot(ref.slot));
     rmSync(this.vmDir(ref.id), { recursive: true, force: true });
+  }
+
+  /** Kills every QEMU running from folder `name` of `vms/` that this engine does not hold. */
+  private async killQemusIn(name: string): Promise<number> {
+    const held = this.heldPids();
+    const found = listPids().filter((pid) => !held.has(pid) && this.folderOfQemu(pid) === name);
+    const killed = await Promise.all(found.map((pid) => this.killFound(pid, name)));
+    return killed.filter(Boolean).length;
+  }
+
+  /** Takes over QEMU `pid` (of folder `name`) as adopted, so it is killed and waited for like any adopted one, its cgroup removed. */
+  private async killFound(pid: number, name: string): Promise<boolean> {
+    const startTime = processStartTime(pid);
+    if (startTime === undefined) return false;
+    const qemu = QemuProcess.adopt(pid, startTime, vmFiles(this.vmDir(name)).qemuLog, this.cgroups.existing(name));
+    if (!qemu) return false;
+    await qemu.kill();
+    return true;
+  }
+
+  /** Pids of the QEMUs this engine holds: running, parked and warm VMs. */
+  private heldPids(): Set<number> {
+    return new Set([...this.running.values(), ...[...this.parked.values()].map((p) => p.vm), ...[...this.warm.values()].flat()].map((v) => v.qemu.pid));
   }
 
   /**
@@ -966,12 +1097,25 @@ function mark(r: Restored, step: string): void {
   r.phases[step] = Math.round((performance.now() - r.t0) * 10) / 10;
 }
 
-/** Continues a restored VM and makes it itself: clones are byte-identical, so each gets its own clock, entropy and name. */
-async function wake(r: Restored, name: string): Promise<void> {
-  await r.qmp.execute('cont');
-  mark(r, 'running');
+/** Makes a restored VM that runs itself: clones are byte-identical, so each gets its own clock, entropy and name. */
+async function identify(r: Restored, name: string): Promise<void> {
   await Promise.all([r.agent.setClock(), r.agent.reseed(), r.agent.identify(name)]);
   mark(r, 'identified');
+}
+
+/** Where a resume moves the checkpoint just before the guest runs again (see Engine.commitResume). */
+function consumedCheckpoint(files: ReturnType<typeof vmFiles>): string {
+  return `${files.checkpoint}.consumed`;
+}
+
+/** Makes a rename or unlink in `dir` durable. */
+function syncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 async function dispose(r: Partial<Restored> & Pick<Restored, 'qemu'>): Promise<void> {

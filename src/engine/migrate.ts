@@ -8,7 +8,8 @@ import { chown, mkdir, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CellaError } from '../errors/index.js';
+import { CellaError, fromErrno } from '../errors/index.js';
+import { crashPoint } from '../host/index.js';
 import { jailPath, type Jail, type QemuProcess, type QmpClient } from '../vmm/index.js';
 import { filterMigrationStream, type FilterStats, type KeepPage } from './migration-stream.js';
 
@@ -80,6 +81,7 @@ export async function saveState(
       pending = [];
       pendingBytes = 0;
       await out.writev(bufs);
+      crashPoint('suspend:streaming');
     };
     const stats = await filterMigrationStream(socket, async (b) => {
       pending.push(b);
@@ -93,11 +95,14 @@ export async function saveState(
     mark('synced');
     await out.close();
     await rename(tmp, file);
+    // The rename is what says the checkpoint is complete: it must outlive a power cut too.
+    const dir = await open(path.dirname(file), 'r');
+    await dir.sync().finally(() => dir.close());
     return stats;
   } catch (err) {
     await out.close().catch(() => {});
     await rm(tmp, { force: true });
-    throw err;
+    throw fromErrno(err);
   } finally {
     server.close();
     await rm(socketPath, { force: true });

@@ -89,8 +89,17 @@ export class AppLog extends EventEmitter {
   }
 }
 
+/** QMP's BLOCK_IO_ERROR: `action` stop means QEMU paused the VM (werror=enospc: a full host disk). */
+export interface BlockIoError {
+  device?: string;
+  operation?: 'read' | 'write';
+  action?: 'ignore' | 'report' | 'stop';
+  nospace?: boolean;
+  reason?: string;
+}
+
 /**
- * A VM whose QEMU is running. Emits 'exit' (ExitInfo & { expected: boolean })
+ * A VM whose QEMU is running. Emits 'io-error' (BlockIoError) and 'exit' (ExitInfo & { expected: boolean })
  * when QEMU ends; `expected` is false when nobody in cellad asked for it.
  */
 export class RunningVm extends EventEmitter {
@@ -119,6 +128,8 @@ export class RunningVm extends EventEmitter {
     qemu.once('exit', this.onExit);
     // For an adopted QEMU this is the only sign that it may have ended.
     qmp.once('close', () => qemu.pollExit());
+    // A write the host could not do (a full disk: QEMU stops the VM rather than fail the guest's write).
+    qmp.on('BLOCK_IO_ERROR', (data: BlockIoError) => this.emit('io-error', data));
   }
 
   get id(): string {

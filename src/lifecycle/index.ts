@@ -9,12 +9,13 @@
  * write is refused and it does nothing.
  */
 import { EventEmitter } from 'node:events';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, rmSync, statSync } from 'node:fs';
 import type { VmState } from '../api/schemas.js';
-import { vmFiles, type Engine, type RunningVm, type VmRef } from '../engine/index.js';
+import type { DiskCapacity } from '../capacity/index.js';
+import { vmFiles, type BlockIoError, type Engine, type RunningVm, type VmRef } from '../engine/index.js';
 import { CellaError, isCellaError } from '../errors/index.js';
 import type { LogHub } from '../logs/index.js';
-import { rememberPolicy } from '../net/index.js';
+import { applyPolicy, networkForSlot, rememberPolicy } from '../net/index.js';
 import type { RunnableImage, Store, VmPatch, VmRecord } from '../store/index.js';
 import { callHook, hookEnabled, hookTimeoutMs, type RuntimeHook } from './hooks.js';
 import { RUNNING_STATES, canTransition } from './states.js';
@@ -22,16 +23,23 @@ import { RUNNING_STATES, canTransition } from './states.js';
 export { TRANSITIONS, canTransition } from './states.js';
 
 /** What the lifecycle needs of the engine; tests may stand in a fake. */
-export type VmDriver = Pick<Engine, 'launch' | 'resume' | 'suspend' | 'terminate' | 'adopt' | 'get' | 'vmDir' | 'on' | 'removeListener'>;
+export type VmDriver = Pick<Engine, 'launch' | 'resume' | 'suspend' | 'terminate' | 'adopt' | 'get' | 'vmDir' | 'cont' | 'ensureNetwork' | 'on' | 'removeListener'>;
+
+/** What the lifecycle needs of the disk watch (src/capacity): work that writes checkpoints is refused when the disk is low. */
+export type Capacity = Pick<DiskCapacity, 'require' | 'isLow'>;
 
 export interface LifecycleOptions {
   store: Store;
   driver: VmDriver;
   logs: LogHub;
   images: (name: string, version: string) => RunnableImage | undefined;
+  capacity?: Capacity;
   log?: (line: string) => void;
   now?: () => number;
 }
+
+/** An idle suspend refused (a full disk, say) is tried again this much later. */
+const IDLE_RETRY_MS = 60_000;
 
 /** Longest setTimeout Node accepts; longer deadlines are re-armed when it fires. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -41,7 +49,10 @@ export class Lifecycle extends EventEmitter {
   private readonly driver: VmDriver;
   private readonly logs: LogHub;
   private readonly images: (name: string, version: string) => RunnableImage | undefined;
+  private readonly capacity: Capacity | undefined;
   private readonly log: (line: string) => void;
+  /** RUNNING VMs that QEMU stopped because the host's disk was full; continued when space returns. */
+  private readonly diskPaused = new Set<string>();
   private readonly now: () => number;
   private readonly timers = new Map<string, NodeJS.Timeout>();
   /** Per-VM queue: operations on one VM never interleave. */
@@ -68,9 +79,44 @@ export class Lifecycle extends EventEmitter {
     this.driver = opts.driver;
     this.logs = opts.logs;
     this.images = opts.images;
+    this.capacity = opts.capacity;
     this.log = opts.log ?? (() => {});
     this.now = opts.now ?? Date.now;
     this.driver.on('vm-exit', this.onExit);
+    this.driver.on('vm-io-error', this.onIoError);
+  }
+
+  /**
+   * QEMU stopped a VM on a write its host could not do (werror=enospc): the
+   * guest sees nothing and keeps its data; the VM stays RUNNING, paused,
+   * with a reason, and is continued when space returns (continueDiskPaused).
+   * Errors QEMU reported to the guest (`action: report`) are the guest's own.
+   */
+  private readonly onIoError = (id: string, data: BlockIoError): void => {
+    if (data.action !== 'stop' || this.diskPaused.has(id)) return;
+    const rec = this.store.getVm(id);
+    if (!rec || rec.state !== 'RUNNING') return;
+    this.diskPaused.add(id);
+    const why = data.nospace ? "the host's disk is full" : `a write to its disk failed on the host (${data.reason ?? 'I/O error'})`;
+    const reason = `paused: ${why}; it continues by itself once there is space again`;
+    this.log(`MicroVM ${id}: ${reason}`);
+    this.store.patchVm(id, rec.generation, { stateReason: reason });
+  };
+
+  /** Continues the VMs a full disk paused, if the disk has room again; those it pauses again wait for the next call. */
+  async continueDiskPaused(): Promise<void> {
+    if (this.capacity?.isLow) return;
+    for (const id of [...this.diskPaused]) {
+      this.diskPaused.delete(id);
+      const rec = this.store.getVm(id);
+      if (rec?.state !== 'RUNNING') continue;
+      if (await this.driver.cont(id)) {
+        this.log(`MicroVM ${id}: continued, the disk has room again`);
+        this.store.patchVm(id, rec.generation, { stateReason: null });
+      } else {
+        this.diskPaused.add(id);
+      }
+    }
   }
 
   // ---------- the one writer of state ----------
@@ -93,6 +139,7 @@ export class Lifecycle extends EventEmitter {
     const ok = this.store.writeState(rec.id, rec.generation, to, rec.generation + 1, reason, { ...usage, ...patch });
     if (!ok) return undefined;
     const next = this.store.getVm(rec.id) as VmRecord;
+    if (to !== 'RUNNING') this.diskPaused.delete(rec.id);
     this.arm(next);
     this.emit('state', next);
     return next;
@@ -111,7 +158,7 @@ export class Lifecycle extends EventEmitter {
     const image = this.imageOf(rec);
     let vm: RunningVm;
     try {
-      vm = await this.driver.launch(image.dir, rec.id, { appLog: null, ...(rec.spec.network ? { network: rec.spec.network } : {}) });
+      vm = await this.driver.launch(image.dir, rec.id, { appLog: null, onSpawn: this.recordPid(rec), ...(rec.spec.network ? { network: rec.spec.network } : {}) });
     } catch (err) {
       await this.fail(rec.id, rec.generation, `the VM could not start: ${(err as Error).message}`);
       return;
@@ -132,6 +179,8 @@ export class Lifecycle extends EventEmitter {
   suspend(id: string, reason: string | null = null): VmRecord {
     const rec = this.require(id);
     if (rec.state !== 'RUNNING') throw this.conflict(rec, 'suspended');
+    // A checkpoint takes disk space: better refused now than failed halfway.
+    this.capacity?.require(`suspending MicroVM ${id}`);
     const next = this.transition(rec, 'SUSPENDING', reason, { idleDeadline: null });
     if (!next) throw this.conflict(rec, 'suspended');
     void this.enqueue(id, () => this.doSuspend(next));
@@ -163,6 +212,14 @@ export class Lifecycle extends EventEmitter {
     try {
       bytes = (await this.driver.suspend(vm)).bytes;
     } catch (err) {
+      if (isCellaError(err) && err.details.stillRunning === true) {
+        // Not suspended (its disk is full, say), but nothing was lost: it runs on and says why.
+        const cur = this.store.getVm(rec.id);
+        if (cur?.generation !== rec.generation) return;
+        this.activity.set(rec.id, this.now());
+        this.transition(cur, 'RUNNING', `not suspended: ${err.message}`, { idleDeadline: this.idleDeadline(cur) });
+        return;
+      }
       return void (await this.fail(rec.id, rec.generation, `suspend failed: ${(err as Error).message}`));
     }
     this.logs.end(rec.id);
@@ -182,6 +239,11 @@ export class Lifecycle extends EventEmitter {
     if (inflight) return inflight;
     const rec = this.require(id);
     if (rec.state !== 'SUSPENDED') return Promise.reject(this.conflict(rec, 'resumed'));
+    try {
+      this.capacity?.require(`resuming MicroVM ${id}`);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const p = this.enqueue(id, () => this.doResume(rec)).finally(() => this.resuming.delete(id));
     this.resuming.set(id, p);
     return p;
@@ -193,11 +255,11 @@ export class Lifecycle extends EventEmitter {
     if (cur0?.generation !== rec.generation) throw this.conflict(cur0 ?? rec, 'resumed');
     let vm: RunningVm;
     try {
-      vm = await this.driver.resume(this.ref(rec), { appLog: null });
+      vm = await this.driver.resume(this.ref(rec), { appLog: null, onSpawn: this.recordPid(rec) });
     } catch (err) {
       const reason = `resume failed: ${(err as Error).message}`;
       this.store.patchVm(rec.id, rec.generation, { stateReason: reason });
-      throw new CellaError('INTERNAL', reason, { cause: err });
+      throw new CellaError(isCellaError(err, 'INSUFFICIENT_CAPACITY') ? 'INSUFFICIENT_CAPACITY' : 'INTERNAL', reason, { cause: err });
     }
     this.attach(rec, vm);
     this.store.patchVm(rec.id, rec.generation, { pid: vm.pid, pidStartTime: vm.pidStartTime, bytesRead: rec.bytesRead + rec.checkpointBytes });
@@ -234,6 +296,11 @@ export class Lifecycle extends EventEmitter {
       const rec = this.require(id);
       switch (rec.state) {
         case 'RUNNING':
+          if (this.diskPaused.has(id)) {
+            throw new CellaError('INSUFFICIENT_CAPACITY', `MicroVM ${id} is paused: the host's disk is full; it continues once there is space again`, {
+              details: { resourceId: id, resourceType: 'Microvm', retryAfterSeconds: 30 },
+            });
+          }
           return rec;
         case 'SUSPENDED':
           if (!rec.spec.idlePolicy?.autoResumeEnabled) {
@@ -373,10 +440,14 @@ export class Lifecycle extends EventEmitter {
       if ((this.streams.get(id) ?? 0) === 0 && next !== null && next <= now) {
         try {
           this.suspend(id, null);
+          return;
         } catch (err) {
           this.log(`MicroVM ${id}: idle suspend refused: ${(err as Error).message}`);
+          const retry = now + IDLE_RETRY_MS;
+          this.store.patchVm(id, generation, { idleDeadline: retry });
+          this.arm({ ...rec, idleDeadline: retry });
+          return;
         }
-        return;
       }
       const later = Math.max(next ?? now, now + 1000);
       this.store.patchVm(id, generation, { idleDeadline: later });
@@ -397,30 +468,88 @@ export class Lifecycle extends EventEmitter {
    * QEMUs are re-adopted; what cannot be re-adopted ends with a reason.
    * Returns the VMs that keep host resources (for the engine's reclaim).
    */
-  async recover(): Promise<VmRef[]> {
+  async recover(opts: { reapplyNetwork?: boolean } = {}): Promise<VmRef[]> {
     const keep: VmRef[] = [];
     for (const rec of this.store.liveVms()) {
-      const kept = await this.recoverOne(rec).catch((err: Error) => {
+      const kept = await this.recoverOne(rec).catch(async (err: Error) => {
+        // A VM whose state cannot be made true again ends, saying why, rather than staying in a state nothing backs.
         this.log(`MicroVM ${rec.id}: recovery failed: ${err.message}`);
+        const cur = this.store.getVm(rec.id);
+        if (cur && cur.state !== 'TERMINATING' && cur.state !== 'TERMINATED') {
+          const t = this.transition(cur, 'TERMINATING', `cellad could not recover the VM after a restart: ${err.message}`, { idleDeadline: null, suspendedDeadline: null });
+          if (t) await this.doTerminate(t).catch(() => {});
+        }
         return undefined;
       });
       if (!kept) continue;
       keep.push(kept);
-      // Its namespace kept its rules; the DNS forwarder's memory of which names it may resolve went with the old cellad.
-      if (rec.spec.network) rememberPolicy({ slot: kept.slot }, rec.spec.network);
+      // A host restart took the namespaces with it: a suspended VM gets its own back, with its policy.
+      const made = await this.driver.ensureNetwork(kept, rec.spec.network).catch((err: Error) => {
+        this.log(`MicroVM ${rec.id}: its network namespace could not be made again: ${err.message}`);
+        return false;
+      });
+      if (made || !rec.spec.network) continue;
+      // Its namespace kept its rules, unless they point at a DNS port that is no longer the forwarder's; the
+      // forwarder's memory of which names it may resolve went with the old cellad.
+      if (opts.reapplyNetwork) {
+        await applyPolicy(networkForSlot(kept.slot), rec.spec.network).catch((err: Error) => this.log(`MicroVM ${rec.id}: its network rules could not be renewed: ${err.message}`));
+      } else {
+        rememberPolicy({ slot: kept.slot }, rec.spec.network);
+      }
     }
     return keep;
   }
 
+  /**
+   * One live VM after a restart (ADR 0007). Its QEMU is found by the pid the
+   * store recorded when that QEMU was spawned; its checkpoint file says
+   * whether a suspend finished and whether a resume passed its point of no
+   * return. A QEMU that is not adopted here is killed by the engine's reclaim.
+   */
   private async recoverOne(rec: VmRecord): Promise<VmRef | undefined> {
     const ref = rec.slot === null ? undefined : this.ref(rec);
     const vm = ref && rec.pid !== null && rec.pidStartTime !== null ? await this.driver.adopt(ref, rec.pid, rec.pidStartTime, { appLog: null }) : undefined;
-    if (vm) this.attach(rec, vm);
-    const checkpoint = existsSync(this.checkpointFile(rec.id));
+    const files = vmFiles(this.driver.vmDir(rec.id));
+    const checkpoint = existsSync(files.checkpoint);
     const end = async (reason: string): Promise<undefined> => {
+      if (vm) vm.beginStop();
       const t = this.transition(rec, 'TERMINATING', reason, { idleDeadline: null, suspendedDeadline: null });
       if (t) await this.doTerminate(t);
       return undefined;
+    };
+    /** The adopted QEMU is the VM: it runs on, whatever step it was stopped at. */
+    const runOn = async (reason: string | null): Promise<VmRef | undefined> => {
+      if (!vm || !ref) return undefined;
+      this.attach(rec, vm);
+      if (!(await vm.queryStatus()).running) {
+        // Stopped on its way in or out: it runs again, with the clock and entropy any restored guest gets.
+        await vm.qmp.execute('cont');
+        await Promise.all([vm.agent.setClock(), vm.agent.reseed()]);
+      }
+      rmSync(`${files.checkpoint}.consumed`, { force: true });
+      this.activity.set(rec.id, this.now());
+      if (rec.state === 'RUNNING') {
+        this.store.patchVm(rec.id, rec.generation, { idleDeadline: this.idleDeadline(rec) });
+        this.arm(this.store.getVm(rec.id) as VmRecord);
+      } else {
+        this.transition(rec, 'RUNNING', reason, { suspendedDeadline: null, checkpointBytes: 0, idleDeadline: this.idleDeadline(rec) });
+      }
+      return ref;
+    };
+    /** The checkpoint holds the VM: any QEMU of it goes, and it stays (or becomes) SUSPENDED. */
+    const suspended = async (): Promise<VmRef | undefined> => {
+      if (vm) {
+        vm.beginStop();
+        await vm.qemu.kill();
+      }
+      const patch = { pid: null, pidStartTime: null };
+      if (rec.state === 'SUSPENDED') {
+        this.store.patchVm(rec.id, rec.generation, patch);
+        this.arm(rec);
+      } else {
+        this.transition(rec, 'SUSPENDED', rec.stateReason, { ...patch, ...this.checkpointed(rec, 0), suspendedDeadline: this.suspendedDeadlineFor(rec) });
+      }
+      return ref;
     };
     switch (rec.state) {
       case 'PENDING':
@@ -429,42 +558,17 @@ export class Lifecycle extends EventEmitter {
         await this.doTerminate(rec);
         return undefined;
       case 'RUNNING':
-      case 'SUSPENDING': {
-        if (!vm) {
-          if (rec.state === 'SUSPENDING' && checkpoint) {
-            this.transition(rec, 'SUSPENDED', rec.stateReason, { pid: null, pidStartTime: null, suspendedDeadline: this.suspendedDeadlineFor(rec) });
-            return ref;
-          }
-          return end('the VM was lost while cellad was down: its QEMU process is gone');
-        }
-        await vm.qmp.execute('cont');
-        this.activity.set(rec.id, this.now());
-        if (rec.state === 'SUSPENDING') {
-          this.transition(rec, 'RUNNING', 'suspend interrupted by a cellad restart', { idleDeadline: this.idleDeadline(rec) });
-        } else {
-          this.store.patchVm(rec.id, rec.generation, { idleDeadline: this.idleDeadline(rec) });
-          this.arm(this.store.getVm(rec.id) as VmRecord);
-        }
-        return ref;
-      }
-      case 'SUSPENDED': {
-        if (vm && !checkpoint) {
-          // A resume had finished in the VM but not in the store.
-          await vm.qmp.execute('cont');
-          this.activity.set(rec.id, this.now());
-          this.transition(rec, 'RUNNING', null, { suspendedDeadline: null, checkpointBytes: 0, idleDeadline: this.idleDeadline(rec) });
-          return ref;
-        }
-        if (vm) {
-          // A resume was under way: its checkpoint still holds the truth, so the half-resumed QEMU goes.
-          vm.beginStop();
-          await vm.qemu.kill();
-        }
-        if (!checkpoint) return end('the VM was lost while cellad was down: its checkpoint is gone');
-        this.store.patchVm(rec.id, rec.generation, { pid: null, pidStartTime: null });
-        this.arm(rec);
-        return ref;
-      }
+        return vm ? runOn(null) : end('the VM was lost while cellad was down: its QEMU process is gone');
+      case 'SUSPENDING':
+        // A complete checkpoint finishes the suspend; without one, the VM runs on as it was.
+        if (checkpoint && ref) return suspended();
+        return vm ? runOn('suspend interrupted by a cellad restart') : end('the VM was lost while cellad was down: its QEMU process is gone');
+      case 'SUSPENDED':
+        // With its checkpoint, any QEMU found is a parked one or a restore cut short: the checkpoint wins.
+        if (checkpoint && ref) return suspended();
+        // Without it, a resume had passed its point of no return: the QEMU found is the VM.
+        if (vm) return runOn(null);
+        return end('the VM was lost while cellad was down: its checkpoint is gone');
       default:
         return undefined;
     }
@@ -491,6 +595,7 @@ export class Lifecycle extends EventEmitter {
     for (const t of this.timers.values()) clearTimeout(t);
     this.timers.clear();
     this.driver.removeListener('vm-exit', this.onExit);
+    this.driver.removeListener('vm-io-error', this.onIoError);
   }
 
   /** Waits for the background work queued so far. */
@@ -511,6 +616,15 @@ export class Lifecycle extends EventEmitter {
       if (this.queues.get(id) === tail) this.queues.delete(id);
     });
     return p;
+  }
+
+  /**
+   * Records a VM's new QEMU in the store the moment it exists, before it is
+   * loaded: a cellad that dies halfway through a launch or resume leaves a
+   * QEMU the next start finds by this pid, and adopts or kills (ADR 0007).
+   */
+  private recordPid(rec: VmRecord): (pid: number, startTime: string) => void {
+    return (pid, pidStartTime) => void this.store.patchVm(rec.id, rec.generation, { pid, pidStartTime });
   }
 
   private attach(rec: VmRecord, vm: RunningVm): void {
@@ -534,8 +648,9 @@ export class Lifecycle extends EventEmitter {
     return callHook(vm.address(port), hook, hookTimeoutMs(image.config, hook), body);
   }
 
+  /** The engine's handle of a VM; its image folder is empty when the image is gone (enough to terminate it, not to resume it). */
   private ref(rec: VmRecord): VmRef {
-    return { id: rec.id, imageDir: this.imageOf(rec).dir, slot: rec.slot ?? -1 };
+    return { id: rec.id, imageDir: this.images(rec.imageName, rec.imageVersion)?.dir ?? '', slot: rec.slot ?? -1 };
   }
 
   private imageOf(rec: VmRecord): RunnableImage {

@@ -11,9 +11,10 @@
  * policy, a guest never reaches the host, other guests or link-local
  * addresses; the host guard (guard.ts) holds that on the host's side too.
  */
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { CellaError } from '../errors/index.js';
-import { run } from '../host/index.js';
+import { crashPoint, run } from '../host/index.js';
 import { dnsForwarderPort, forgetPolicy, rememberPolicy } from './dns.js';
 import { ensureHostGuard } from './guard.js';
 import { GUEST, HOST_IF_PREFIX, MAX_SLOTS, NETNS_PREFIX, checkPolicy, namespaceRules, netnsName, slotAddresses, type NetworkPolicy } from './rules.js';
@@ -32,23 +33,41 @@ export interface VmNetwork {
   tap: string;
 }
 
-async function create(slot: number, owner: string | undefined): Promise<VmNetwork | undefined> {
+/**
+ * Who makes namespaces, and where it notes those it is making: the owner tag
+ * goes on the veth pair once it exists, and an intent file in `intentDir`
+ * (one per slot) is written before the namespace is added and removed after
+ * it is deleted, so one that a crash left untagged is still found as ours.
+ */
+export interface NamespaceOwner {
+  tag: string;
+  intentDir: string;
+}
+
+function intentFile(owner: NamespaceOwner, slot: number): string {
+  return path.join(owner.intentDir, String(slot));
+}
+
+async function create(slot: number, owner: NamespaceOwner | undefined): Promise<VmNetwork | undefined> {
   const netns = netnsName(slot);
   const hostIf = `${HOST_IF_PREFIX}${slot}`;
   const { host, ns } = slotAddresses(slot);
+  if (owner) writeFileSync(intentFile(owner, slot), owner.tag);
   try {
     // `ip netns add` fails if the name exists: that is the slot lock between concurrent engines.
     await run('ip', ['netns', 'add', netns]);
   } catch {
+    if (owner) rmSync(intentFile(owner, slot), { force: true });
     return undefined;
   }
+  crashPoint('netns:added');
   try {
     await run('ip', ['-batch', '-'], {
       input: [
         `link add ${hostIf} type veth peer name eth0 netns ${netns}`,
         `addr add ${host}/30 dev ${hostIf}`,
         `link set ${hostIf} up`,
-        ...(owner ? [`link set ${hostIf} alias ${owner}`] : []),
+        ...(owner ? [`link set ${hostIf} alias ${owner.tag}`] : []),
       ].join('\n'),
       code: 'NETWORK_SETUP_FAILED',
     });
@@ -71,15 +90,17 @@ async function create(slot: number, owner: string | undefined): Promise<VmNetwor
     await run('nsenter', [`--net=/run/netns/${netns}`, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'], { code: 'NETWORK_SETUP_FAILED' });
     await run('nsenter', [`--net=/run/netns/${netns}`, 'nft', '-f', '-'], { input: namespaceRules(slot), code: 'NETWORK_SETUP_FAILED' });
   } catch (err) {
-    await destroy(netns).catch(() => {});
+    await destroy(slot, owner).catch(() => {});
     throw err;
   }
   return { slot, netns, hostAddress: ns, tap: GUEST.tap };
 }
 
-async function destroy(netns: string): Promise<void> {
+async function destroy(slot: number, owner: NamespaceOwner | undefined): Promise<void> {
+  const netns = netnsName(slot);
   // Deleting the namespace takes the veth pair (and so the host end) and the tap with it.
   if (existsSync(`/run/netns/${netns}`)) await run('ip', ['netns', 'del', netns], { code: 'NETWORK_SETUP_FAILED' });
+  if (owner) rmSync(intentFile(owner, slot), { force: true });
 }
 
 /** Names of every Cella namespace on the host (for leak checks and recovery). */
@@ -115,27 +136,33 @@ function nsKey(file: string): string | undefined {
 }
 
 /**
- * Deletes the namespaces tagged `owner` whose slot is not in `keep` and in
- * which no process runs: those a cellad that died left behind. Namespaces of
- * other owners (another data directory on this host) are never touched.
- * Returns how many were deleted.
+ * Deletes the namespaces of `owner` whose slot is not in `keep` and in which
+ * no process runs: those a cellad that died left behind, tagged or (cut short
+ * before the tag) noted in its intent files. Namespaces of other owners
+ * (another data directory on this host) are never touched. Returns how many
+ * were deleted.
  */
-export async function reclaimNamespaces(owner: string, keep: ReadonlySet<number>): Promise<number> {
+export async function reclaimNamespaces(owner: NamespaceOwner, keep: ReadonlySet<number>): Promise<number> {
   const inUse = new Set<string>();
   for (const pid of readdirSync('/proc')) {
     if (!/^\d+$/.test(pid)) continue;
     const key = nsKey(`/proc/${pid}/ns/net`);
     if (key) inUse.add(key);
   }
+  const intended = new Set(readdirSync(owner.intentDir).map(Number).filter(Number.isInteger));
   let removed = 0;
   for (const netns of listNamespaces()) {
     const slot = Number(netns.slice(NETNS_PREFIX.length));
-    if (!Number.isInteger(slot) || keep.has(slot) || namespaceOwner(slot) !== owner) continue;
+    if (!Number.isInteger(slot) || keep.has(slot)) continue;
+    const tag = namespaceOwner(slot);
+    if (tag !== owner.tag && !(tag === undefined && intended.has(slot))) continue;
     const key = nsKey(`/run/netns/${netns}`);
     if (!key || inUse.has(key)) continue;
-    await destroy(netns);
+    await destroy(slot, owner);
     removed++;
   }
+  // Intents whose namespace never came to be (or is gone).
+  for (const slot of intended) if (!keep.has(slot) && !existsSync(`/run/netns/${netnsName(slot)}`)) rmSync(intentFile(owner, slot), { force: true });
   return removed;
 }
 
@@ -151,11 +178,13 @@ export class NetworkPool {
   private nextSlot = 0;
   private closed = false;
 
-  /** `owner` tags every namespace made (see namespaceOwner), so a restarted cellad can reclaim its own. */
+  /** `owner` tags every namespace made (see NamespaceOwner), so a restarted cellad can reclaim its own. */
   constructor(
     private readonly warm = 2,
-    private readonly owner?: string,
-  ) {}
+    private readonly owner?: NamespaceOwner,
+  ) {
+    if (owner) mkdirSync(owner.intentDir, { recursive: true });
+  }
 
   private async createNext(): Promise<VmNetwork> {
     for (let tries = 0; tries < MAX_SLOTS; tries++) {
@@ -168,6 +197,19 @@ export class NetworkPool {
       }
     }
     throw new CellaError('NETWORK_SETUP_FAILED', 'no free network slot');
+  }
+
+  /**
+   * The namespace of `slot`, made again if it is gone (a host restart empties
+   * /run/netns; a suspended VM keeps its slot and needs its namespace back).
+   * Fails if another engine holds the slot.
+   */
+  async ensure(slot: number): Promise<{ net: VmNetwork; made: boolean }> {
+    if (existsSync(`/run/netns/${netnsName(slot)}`)) return { net: networkForSlot(slot), made: false };
+    const net = await create(slot, this.owner);
+    if (!net) throw new CellaError('NETWORK_SETUP_FAILED', `the namespace of slot ${slot} could not be made again: another engine holds it`);
+    this.made.add(slot);
+    return { net, made: true };
   }
 
   private refill(): void {
@@ -198,7 +240,7 @@ export class NetworkPool {
   async release(net: VmNetwork): Promise<void> {
     this.made.delete(net.slot);
     forgetPolicy(net.slot);
-    await destroy(net.netns);
+    await destroy(net.slot, this.owner);
   }
 
   /** Slots this pool made and still holds or handed out: spares, and those of VMs starting or running. */
