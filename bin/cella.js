@@ -1,4 +1,7 @@
 #!/usr/bin/env node
 import { main } from '../dist/cli/index.js';
 
-process.exitCode = await main(process.argv.slice(2));
+const code = await main(process.argv.slice(2));
+process.exitCode = code;
+// A command is done when main returns; whatever handle a failed start left open must not keep the process up.
+setTimeout(() => process.exit(code), 2000).unref();

@@ -11,6 +11,7 @@ import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { Value } from '@sinclair/typebox/value';
 import type { Static, TSchema } from '@sinclair/typebox';
 import { ApiKeys, TokenMinter } from '../auth/index.js';
+import type { DiskCapacity } from '../capacity/index.js';
 import { managedName, type Connectors } from '../connectors/index.js';
 import { CellaError, httpError } from '../errors/index.js';
 import { MANAGED_VERSION, imageNameOf, managedArn, managedNameOf, type Images, type StartedVersion } from '../images/index.js';
@@ -57,6 +58,8 @@ export interface ApiContext {
   info: { proxyPort: number; accelerator: string; caCertificate?: string };
   /** Memory of all live MicroVMs together may not exceed this. */
   maxMemoryMiB: number;
+  /** The host's disk: work that writes much is refused while it is nearly full. */
+  capacity: Pick<DiskCapacity, 'require'>;
   version: string;
 }
 
@@ -138,6 +141,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         req.resume();
         throw new CellaError('PAYLOAD_TOO_LARGE', `the upload of ${declared} bytes exceeds ${route.def.upload.maxBytes}`);
       }
+      ctx.capacity.require('the upload');
       upload = await ctx.images.upload(req, route.def.upload.maxBytes);
     } else {
       const raw = await readBody(req);
@@ -199,6 +203,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         const b = cmd.body;
         const prior = replayOf(ctx.store, 'CreateMicrovmImage', b);
         if (prior) return { json: startedView(replayBuild(prior)) };
+        ctx.capacity.require('CreateMicrovmImage');
         const started = ctx.store.tx(() => {
           const r = ctx.images.create(b);
           remember(ctx.store, 'CreateMicrovmImage', b, r.build.buildId);
@@ -212,6 +217,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         const scope = `UpdateMicrovmImage:${imageNameOf(cmd.params.imageIdentifier as string)}`;
         const prior = replayOf(ctx.store, scope, b);
         if (prior) return { json: startedView(replayBuild(prior)) };
+        ctx.capacity.require('UpdateMicrovmImage');
         const started = ctx.store.tx(() => {
           const r = ctx.images.update(cmd.params.imageIdentifier as string, b);
           remember(ctx.store, scope, b, r.build.buildId);
@@ -325,6 +331,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     const prior = replayOf(ctx.store, 'RunMicrovm', b);
     if (prior) return view(ctx.lifecycle.require(prior));
     const image = ctx.images.runnable(name, b.imageVersion);
+    ctx.capacity.require('RunMicrovm');
     const { ingress, egress, policy } = ctx.connectors.resolve(
       b.ingressNetworkConnectors,
       b.egressNetworkConnectors ?? image.config.egressNetworkConnectors,

@@ -35,6 +35,9 @@ Options:
   --insecure-registry H:P  a registry image builds may pull from over plain HTTP (repeatable; loopback always may)
   --min-idle-seconds N     lowest maxIdleDurationSeconds accepted (default 60, the contract's)
   --max-memory-mib N       quota on the memory of all live MicroVMs (default 4 x host RAM)
+  --min-free-disk-mib N    below this much free disk, new runs, resumes, suspends and builds are refused
+                           with InsufficientCapacityException (default: 1024 or 2 % of the disk, the larger)
+  --layer-cache-mib N      bound on the image build cache (default 10240); least recently used layers go first
   --accel kvm|tcg          force the accelerator (default: KVM if a probe guest boots on it)
   --data-dir DIR           database, images, VMs, logs (default ${DEFAULT_DATA_DIR}, env CELLA_DATA_DIR)
   --guest-dir DIR          guest artifacts (default ${DEFAULT_GUEST_DIR}, env CELLA_GUEST_DIR)
@@ -54,6 +57,8 @@ Options:
     's3-endpoint': { type: 'string' },
     'insecure-registry': { type: 'string', multiple: true },
     'max-memory-mib': { type: 'string' },
+    'min-free-disk-mib': { type: 'string' },
+    'layer-cache-mib': { type: 'string' },
     accel: { type: 'string' },
     'data-dir': { type: 'string' },
     'guest-dir': { type: 'string' },
@@ -71,6 +76,8 @@ Options:
     const resumeWindowSeconds = int(values, 'resume-window-seconds', 0, 86_400);
     const apiRateScale = int(values, 'api-rate-scale', 0, 1_000_000);
     const maxMemoryMiB = int(values, 'max-memory-mib', 1);
+    const minFreeDiskMiB = int(values, 'min-free-disk-mib', 0);
+    const layerCacheMiB = int(values, 'layer-cache-mib', 0);
     const endpointRpsPerVcpu = int(values, 'endpoint-rps-per-vcpu', 0, 1_000_000);
     const s3Endpoint = str(values, 's3-endpoint');
     const insecure = values['insecure-registry'];
@@ -91,6 +98,8 @@ Options:
       ...(resumeWindowSeconds !== undefined ? { resumeWindowSeconds } : {}),
       ...(apiRateScale !== undefined ? { apiRateScale } : {}),
       ...(maxMemoryMiB !== undefined ? { maxMemoryMiB } : {}),
+      ...(minFreeDiskMiB !== undefined ? { minFreeDiskMiB } : {}),
+      ...(layerCacheMiB !== undefined ? { layerCacheMiB } : {}),
       ...(endpointRpsPerVcpu !== undefined ? { endpointRpsPerVcpu } : {}),
       ...(s3Endpoint !== undefined
         ? {

@@ -4,18 +4,19 @@
  * engine, then recovery of every live VM from the store (re-adopting running
  * QEMUs), then reclaiming whatever no VM owns, and only then the API.
  */
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from 'node:net';
 import { totalmem } from 'node:os';
 import path from 'node:path';
 import { createApi, CONTRACT_MIN_IDLE_SECONDS } from '../api/index.js';
 import { ApiKeys, TokenMinter, ensureApiKey } from '../auth/index.js';
-import { Engine } from '../engine/index.js';
+import { Engine, processStartTime } from '../engine/index.js';
+import { DiskCapacity } from '../capacity/index.js';
 import { CellaError } from '../errors/index.js';
 import { Connectors } from '../connectors/index.js';
 import { DEFAULT_DNS_PORT, ensureHostGuard, startDnsForwarder, type DnsForwarder, type DnsUpstream } from '../net/index.js';
-import { Images, managedArn } from '../images/index.js';
+import { DEFAULT_LAYER_CACHE_BYTES, Images, managedArn } from '../images/index.js';
 import { demoZip } from '../images/demo.js';
 import type { S3Settings } from '../archive/index.js';
 import { Lifecycle } from '../lifecycle/index.js';
@@ -23,6 +24,8 @@ import { LogHub } from '../logs/index.js';
 import { SqliteStore, type Store } from '../store/index.js';
 import { startProxy } from '../proxy/index.js';
 import { shellHandler } from '../shell/index.js';
+import { loadGuestArtifacts } from '../setup/index.js';
+import { HOUSEKEEPING_INTERVAL_MS, housekeep, type HousekeepingContext } from './housekeeping.js';
 import { loadTls } from '../tls/index.js';
 
 export const DEFAULT_API_PORT = 7470;
@@ -66,6 +69,10 @@ export interface ServerOptions {
   dnsUpstream?: DnsUpstream;
   /** Registries (host:port) that image builds may pull from over plain HTTP; loopback always may. */
   insecureRegistries?: string[];
+  /** Below this much free space on the data directory's file system, new work is refused (default: max(1 GiB, 2 %)). */
+  minFreeDiskMiB?: number;
+  /** Bound on the build cache's layers (default 10 GiB). */
+  layerCacheMiB?: number;
   log?: (line: string) => void;
 }
 
@@ -90,9 +97,18 @@ export interface CellaServer {
 export async function startServer(opts: ServerOptions): Promise<CellaServer> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`cellad: ${line}\n`));
   const dataDir = path.resolve(opts.dataDir);
+  const host = opts.host ?? '127.0.0.1';
+  // Start-up checks first, before anything is made or changed: the data directory, the lock, the guest, the ports.
+  prepareDataDir(dataDir);
   const unlock = lockDataDir(dataDir);
   const cleanups: Array<() => unknown> = [unlock];
   try {
+    loadGuestArtifacts(opts.guestDir);
+    await Promise.all([
+      checkPortFree(opts.port ?? DEFAULT_API_PORT, host, '--port'),
+      checkPortFree(opts.proxyPort ?? DEFAULT_PROXY_PORT, host, '--proxy-port'),
+    ]);
+    const capacity = new DiskCapacity({ dir: dataDir, log, ...(opts.minFreeDiskMiB !== undefined ? { minFreeBytes: opts.minFreeDiskMiB * 1024 * 1024 } : {}) });
     const store = new SqliteStore(path.join(dataDir, 'cella.db'));
     cleanups.unshift(() => store.close());
     const newApiKey = ensureApiKey(store);
@@ -118,17 +134,18 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       ...(opts.s3 ? { s3: opts.s3 } : {}),
       ...(opts.insecureRegistries ? { insecureRegistries: opts.insecureRegistries } : {}),
     });
-    const lifecycle = new Lifecycle({ store, driver: engine, logs, images: (n, v) => images.lookup(n, v), log });
+    const lifecycle = new Lifecycle({ store, driver: engine, logs, images: (n, v) => images.lookup(n, v), capacity, log });
     cleanups.unshift(() => lifecycle.close());
-    const keep = await lifecycle.recover();
+    // Before any guest runs on: guests never reach the host's services, whatever happened before this start.
+    await ensureHostGuard();
+    const { forwarder: dns, moved } = await startDns(store, opts.dnsUpstream, log);
+    cleanups.unshift(() => dns.close());
+    // A VM that ran before this start keeps its DNS even when the forwarder had to take another port.
+    const keep = await lifecycle.recover({ reapplyNetwork: moved });
     const reclaimed = await engine.reclaim(keep);
     if (reclaimed.killed + reclaimed.removedDirs + reclaimed.removedNamespaces > 0) {
       log(`reclaimed what no VM owned: ${reclaimed.killed} QEMU processes, ${reclaimed.removedDirs} folders, ${reclaimed.removedNamespaces} namespaces`);
     }
-    // Before any guest runs: guests never reach the host's services, whatever happened before this start.
-    await ensureHostGuard();
-    const dns = await startDns(store, opts.dnsUpstream, log);
-    cleanups.unshift(() => dns.close());
     const minIdleSeconds = opts.minIdleSeconds ?? CONTRACT_MIN_IDLE_SECONDS;
     if (!Number.isInteger(minIdleSeconds) || minIdleSeconds < 1) throw new CellaError('INVALID_ARGUMENT', '--min-idle-seconds must be a positive integer');
     const domain = opts.domain ?? DEFAULT_DOMAIN;
@@ -142,7 +159,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       tls,
       domain,
       port: opts.proxyPort ?? DEFAULT_PROXY_PORT,
-      host: opts.host ?? '127.0.0.1',
+      host,
       shell: shellHandler(engine, (n, v) => images.lookup(n, v), log),
       ...(opts.endpointRpsPerVcpu !== undefined ? { rpsPerVcpu: opts.endpointRpsPerVcpu } : {}),
       log,
@@ -161,15 +178,19 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       apiRateScale: opts.apiRateScale ?? DEFAULT_API_RATE_SCALE,
       info: { proxyPort: proxy.port, accelerator: engine.accel.accel, ...(tls.caFile ? { caCertificate: readFileSync(tls.caFile, 'utf8') } : {}) },
       maxMemoryMiB: opts.maxMemoryMiB ?? Math.floor((4 * totalmem()) / 1048576),
+      capacity,
       version: readVersion(),
     });
     // Builds queued or running when cellad stopped: after recovery, so a build never races the reclaim of its VMs.
     images.recover();
-    if (opts.demoImage && !store.getImage(DEMO_IMAGE)) await createDemo(images, engine, dataDir, log);
+    if (opts.demoImage) await ensureDemo(store, images, engine, dataDir, log);
+    const chores: HousekeepingContext = { dataDir, store, images, layerCacheBytes: (opts.layerCacheMiB ?? DEFAULT_LAYER_CACHE_BYTES / 1048576) * 1048576, log };
+    const housekeeping = schedule(chores, capacity, lifecycle, log);
+    cleanups.unshift(housekeeping);
     const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 0 }, handler);
-    await listen(server, opts.port ?? DEFAULT_API_PORT, opts.host ?? '127.0.0.1');
+    await listen(server, opts.port ?? DEFAULT_API_PORT, host);
     const port = (server.address() as AddressInfo).port;
-    const url = `http://${opts.host ?? '127.0.0.1'}:${port}`;
+    const url = `http://${host}:${port}`;
     log(`serving the API on ${url} and endpoints on https://<id>.${domain}:${proxy.port} (data ${dataDir}, accelerator ${engine.accel.accel})`);
     let closing: Promise<void> | undefined;
     return {
@@ -185,6 +206,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       images,
       close: () =>
         (closing ??= (async () => {
+          housekeeping();
           server.closeAllConnections();
           await new Promise<void>((resolve) => server.close(() => resolve()));
           await proxy.close();
@@ -203,8 +225,45 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
   }
 }
 
-/** The demo app (guest/demo) from its Dockerfile on the busybox base, built like any user image. */
-async function createDemo(images: Images, engine: Engine, dataDir: string, log: (line: string) => void): Promise<void> {
+/**
+ * Watches the disk and keeps its use bounded: housekeeping now, every ten
+ * minutes and when the disk runs low; VMs a full disk paused are continued
+ * once it has room again. Returns what stops it all.
+ */
+function schedule(ctx: HousekeepingContext, capacity: DiskCapacity, lifecycle: Lifecycle, log: (line: string) => void): () => void {
+  const run = (lowDisk: boolean): void => void housekeep(ctx, { lowDisk }).catch((err: Error) => log(`housekeeping: ${err.message}`));
+  run(capacity.isLow);
+  const every = setInterval(() => run(capacity.isLow), HOUSEKEEPING_INTERVAL_MS);
+  every.unref();
+  const continueVms = (): void => void lifecycle.continueDiskPaused().catch((err: Error) => log(`continuing paused VMs: ${err.message}`));
+  const onLow = (): void => run(true);
+  capacity.on('low', onLow);
+  capacity.on('ok', continueVms);
+  // A VM paused again right after a crossing is tried on later ticks too.
+  const retry = setInterval(continueVms, 5000);
+  retry.unref();
+  capacity.start();
+  return () => {
+    clearInterval(every);
+    clearInterval(retry);
+    capacity.off('low', onLow);
+    capacity.off('ok', continueVms);
+    capacity.close();
+  };
+}
+
+/**
+ * The demo app (guest/demo) from its Dockerfile on the busybox base, built
+ * like any user image at the first start; and again at a later start if no
+ * build of it ever succeeded (one cut short by a failed start, say).
+ */
+async function ensureDemo(store: Store, images: Images, engine: Engine, dataDir: string, log: (line: string) => void): Promise<void> {
+  if (store.getImage(DEMO_IMAGE)) {
+    const pending = store.listBuilds(DEMO_IMAGE).some((b) => b.state === 'PENDING' || b.state === 'IN_PROGRESS');
+    if (pending || images.latest(DEMO_IMAGE, 'SUCCESSFUL')) return;
+    log(`image "${DEMO_IMAGE}" has no successful build: building it again`);
+    await images.delete(DEMO_IMAGE, () => false);
+  }
   const zip = await demoZip(path.join(dataDir, 'artifacts', 'demo.zip'), engine.guest.demoApp);
   const started = images.create({
     name: DEMO_IMAGE,
@@ -225,7 +284,7 @@ async function createDemo(images: Images, engine: Engine, dataDir: string, log: 
  * port if that one is taken, e.g. by another data directory's cellad) and
  * keeps it in the store.
  */
-async function startDns(store: Store, upstream: DnsUpstream | undefined, log: (line: string) => void): Promise<DnsForwarder> {
+async function startDns(store: Store, upstream: DnsUpstream | undefined, log: (line: string) => void): Promise<{ forwarder: DnsForwarder; moved: boolean }> {
   const saved = store.getSecret('dns-port');
   const port = saved ? Number(saved.toString()) : DEFAULT_DNS_PORT;
   const start = (p: number): Promise<DnsForwarder> => startDnsForwarder({ port: p, log, ...(upstream ? { upstream } : {}) });
@@ -235,55 +294,77 @@ async function startDns(store: Store, upstream: DnsUpstream | undefined, log: (l
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
     dns = await start(0);
-    log(`DNS forwarder: port ${port} is taken, using ${dns.port}${saved ? ': VMs that ran before this start lose DNS until relaunched' : ''}`);
+    log(`DNS forwarder: port ${port} is taken (another cellad?), using ${dns.port}${saved ? '; the rules of VMs that ran before this start follow it' : ''}`);
   }
-  if (!saved || dns.port !== port) store.putSecret('dns-port', Buffer.from(String(dns.port)));
-  return dns;
+  try {
+    if (dns.port !== port || !saved) store.putSecret('dns-port', Buffer.from(String(dns.port)));
+  } catch (err) {
+    await dns.close();
+    throw err;
+  }
+  return { forwarder: dns, moved: saved !== undefined && dns.port !== port };
 }
 
-function listen(server: Server, port: number, host: string): Promise<void> {
+/** Creates the data directory if needed and makes sure it is a directory this process may write. */
+function prepareDataDir(dataDir: string): void {
+  try {
+    mkdirSync(dataDir, { recursive: true });
+    accessSync(dataDir, constants.W_OK | constants.X_OK);
+  } catch (err) {
+    throw new CellaError('INVALID_ARGUMENT', `data directory ${dataDir} cannot be used: ${(err as Error).message}`);
+  }
+}
+
+/** Fails at once, before any work, when `port` on `host` is taken (0 picks a free one later and needs no check). */
+async function checkPortFree(port: number, host: string, flag: string): Promise<void> {
+  if (port === 0) return;
+  const probe = createNetServer();
+  await listen(probe, port, host, flag);
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+}
+
+function listen(server: Server | NetServer, port: number, host: string, flag = '--port'): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(err.code === 'EADDRINUSE' ? new CellaError('INVALID_ARGUMENT', `port ${port} on ${host} is already in use`) : err),
+      reject(
+        err.code === 'EADDRINUSE'
+          ? new CellaError('INVALID_ARGUMENT', `port ${port} on ${host} is already in use (${flag}): another cellad, or another program, holds it`)
+          : new CellaError('INVALID_ARGUMENT', `cannot listen on ${host}:${port} (${flag}): ${err.message}`),
+      ),
     );
     server.listen(port, host, () => resolve());
   });
 }
 
-/** One cellad per data directory: a second would fight the first over its VMs. */
-function lockDataDir(dataDir: string): () => void {
+/**
+ * One cellad per data directory: a second would fight the first over its VMs.
+ * The lock file names its holder by pid and start time, so neither a reused
+ * pid nor a holder that died but was not reaped yet (a zombie) keeps it.
+ */
+export function lockDataDir(dataDir: string): () => void {
   const file = path.join(dataDir, 'cellad.pid');
-  for (let attempt = 0; attempt < 2; attempt++) {
+  const me = `${process.pid} ${processStartTime(process.pid) ?? ''}`;
+  for (let attempt = 0; attempt < 3; attempt++) {
     try {
       const fd = openSync(file, 'wx', 0o644);
-      writeSync(fd, String(process.pid));
+      writeSync(fd, me);
       closeSync(fd);
       return () => {
-        if (existsSync(file) && readFileSync(file, 'utf8') === String(process.pid)) rmSync(file, { force: true });
+        if (existsSync(file) && readFileSync(file, 'utf8') === me) rmSync(file, { force: true });
       };
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        mkdirSync(dataDir, { recursive: true });
-        continue;
-      }
-      const owner = Number(readFileSync(file, 'utf8'));
-      if (owner > 0 && owner !== process.pid && pidAlive(owner)) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new CellaError('INVALID_ARGUMENT', `cannot lock ${dataDir}: ${(err as Error).message}`);
+      const [pid, startTime] = readFileSync(file, 'utf8').trim().split(' ');
+      const owner = Number(pid);
+      const live = processStartTime(owner);
+      if (owner > 0 && live !== undefined && (!startTime || live === startTime)) {
         throw new CellaError('INVALID_STATE', `another cellad (pid ${owner}) already serves ${dataDir}`);
       }
-      // The previous owner died (e.g. kill -9): its lock is stale.
+      // The previous owner is gone (kill -9, a zombie not yet reaped, a reused pid): its lock is stale.
       rmSync(file, { force: true });
     }
   }
   throw new CellaError('INVALID_STATE', `could not lock ${dataDir}`);
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function readVersion(): string {

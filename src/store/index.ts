@@ -234,6 +234,7 @@ export interface Store {
   apiKeyHashes(): string[];
   addApiKeyHash(hash: string): void;
   getSecret(name: string): Buffer | undefined;
+  /** Inserts or replaces. */
   putSecret(name: string, value: Buffer): void;
 }
 
@@ -641,7 +642,7 @@ export class SqliteStore implements Store {
   }
 
   putSecret(name: string, value: Buffer): void {
-    this.db.prepare('INSERT INTO secrets (name, value) VALUES (?, ?)').run(name, value);
+    this.db.prepare('INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value').run(name, value);
   }
 }
 
