@@ -4,10 +4,12 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
+import { zipDirectory } from '../src/archive/index.js';
 import { networkForSlot } from '../src/net/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { ALL_HOOKS, API_KEY, V, api, createImage, shutdown, waitState, type MicrovmBody } from './control-helpers.js';
@@ -373,6 +375,27 @@ describe('control plane over HTTP', { concurrency: false }, () => {
 });
 
 describe('restart safety: kill -9 of cellad at any moment', { concurrency: false }, () => {
+  test('regression (issue 11): a demo image whose build never succeeded is built again at the next start', { timeout: 10 * 60_000 }, async () => {
+    const dir = tempDataDir('demo-again');
+    try {
+      let s = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, log: () => {} });
+      // A zip with no Dockerfile: the build fails at once, as one cut short by a failed first start would have.
+      const { build } = await createImage(s.url, 'demo', {}, await zipDirectory(mkdtempSync(path.join(tmpdir(), 'cella-empty-'))));
+      assert.equal(build.buildState, 'FAILED');
+      await s.close();
+      s = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, demoImage: true, log: () => {} });
+      try {
+        const img = s.store.getImage('demo');
+        assert.ok(img && img.state === 'CREATING', `the demo is building again (${img?.state})`);
+        await eventually(() => s.images.latest('demo', 'SUCCESSFUL') !== undefined, 300_000, 'the demo to be built');
+      } finally {
+        await shutdown(s);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('running VMs are re-adopted with their RAM, suspended ones resume, deadlines re-arm, nothing is orphaned', async () => {
     const dir = tempDataDir('restart');
     const start = async (): Promise<{ url: string; kill: () => Promise<void> }> => {

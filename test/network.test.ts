@@ -29,6 +29,7 @@ import {
 import { DEMO_APP, DEMO_PORT, buildDemoRootfs } from '../src/setup/index.js';
 import { INET_HOST, LINK_LOCAL, SITE_A, SITE_B, SITE_PORT, startFakeInternet, type FakeInternet } from './fixtures/fake-internet.js';
 import { getAt, tempDataDir } from './helpers.js';
+import { startDnsUpstream } from './fixtures/dns-upstream.js';
 
 /** A second port the guests listen on (busybox httpd), to see ingress lists close it. */
 const EXTRA_PORT = 9001;
@@ -50,38 +51,6 @@ const hostPeers: string[] = [];
 let seq = 0;
 const nextId = (): string => `net-${process.pid}-${++seq}`;
 
-
-/** A test DNS server: app.allowed.test → SITE_A, other.test → SITE_B (A only, TTL 60); anything else NXDOMAIN. */
-async function startUpstream(): Promise<dgram.Socket> {
-  const zone: Record<string, string> = { 'app.allowed.test': SITE_A, 'other.test': SITE_B };
-  const sock = dgram.createSocket('udp4');
-  sock.on('message', (q, from) => {
-    const labels: string[] = [];
-    let off = 12;
-    while (q[off]) {
-      labels.push(q.toString('latin1', off + 1, off + 1 + q[off]!));
-      off += 1 + q[off]!;
-    }
-    const name = labels.join('.').toLowerCase();
-    const type = q.readUInt16BE(off + 1);
-    asked.push(name);
-    const question = q.subarray(0, off + 5);
-    const header = Buffer.from(question);
-    const address = zone[name];
-    header.writeUInt16BE(0x8180 | (address ? 0 : 3), 2);
-    header.writeUInt16BE(1, 4);
-    header.writeUInt16BE(address && type === 1 ? 1 : 0, 6);
-    header.writeUInt16BE(0, 8);
-    header.writeUInt16BE(0, 10);
-    const answer =
-      address && type === 1
-        ? Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, ...address.split('.').map(Number)])
-        : Buffer.alloc(0);
-    sock.send(Buffer.concat([header, answer]), from.port, from.address);
-  });
-  await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', resolve));
-  return sock;
-}
 
 /**
  * Whether `vm`'s guest gets an HTTP answer from `host:port`: an HTTP request
@@ -149,7 +118,7 @@ before(async () => {
   mkdirSync(site);
   writeFileSync(path.join(site, 'index.html'), 'site\n');
   internet = startFakeInternet(site);
-  upstream = await startUpstream();
+  upstream = await startDnsUpstream({ 'app.allowed.test': SITE_A, 'other.test': SITE_B }, asked);
   forwarder = await startDnsForwarder({
     port: 0,
     upstream: { address: '127.0.0.1', port: (upstream.address() as AddressInfo).port },
