@@ -65,24 +65,24 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
-#include <stdint.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #define FILE_PATH "/var/cella-demo.txt"
-#define MAX_CONNS 256        /* open connections, held ones included */
-#define MAX_HELD 64          /* connections of hooks in mode hang */
-#define HOLD_SECS 120        /* a held connection is closed after this */
-#define IDLE_SECS 30         /* a request not complete by then is dropped */
-#define HEAD_MAX 16384       /* request line and headers */
-#define BODY_MAX 65536       /* request body */
-#define REC_MAX 8192         /* bytes of a body kept in the hook record */
+#define MAX_CONNS 256  /* open connections, held ones included */
+#define MAX_HELD 64    /* connections of hooks in mode hang */
+#define HOLD_SECS 120  /* a held connection is closed after this */
+#define IDLE_SECS 30   /* a request not complete by then is dropped */
+#define HEAD_MAX 16384 /* request line and headers */
+#define BODY_MAX 65536 /* request body */
+#define REC_MAX 8192   /* bytes of a body kept in the hook record */
 #define HOOK_PREFIX "/aws/lambda-microvms/runtime/v1/"
 #define MAX_STREAMS 64       /* /sse and /stream connections */
 #define STREAM_MAX 10000     /* events per stream */
@@ -104,25 +104,26 @@ static const char *const hook_names[NHOOKS] = { "ready", "validate", "run", "res
 static enum mode hook_mode[NHOOKS];
 static long ready_after, ready_calls;
 
-static struct rec {
+struct rec {
 	int hook;
 	char *body;
 	size_t len;
-} *recs;
+};
+static struct rec *recs;
 static size_t nrecs, caprecs;
 
 enum kind {
-	REQ,                 /* reading a request */
-	HELD,                /* a hook in mode hang: never answered */
-	STREAM,              /* /sse, /stream: an event every STREAM_MS */
-	SLOW,                /* /slow: answered at .next */
-	WS,                  /* /ws after the upgrade */
+	REQ,    /* reading a request */
+	HELD,   /* a hook in mode hang: never answered */
+	STREAM, /* /sse, /stream: an event every STREAM_MS */
+	SLOW,   /* /slow: answered at .next */
+	WS,     /* /ws after the upgrade */
 };
 
 static struct conn {
-	int fd;              /* -1: free slot */
+	int fd; /* -1: free slot */
 	enum kind kind;
-	char *buf;           /* REQ: the request so far, NUL-terminated; WS: unparsed input */
+	char *buf; /* REQ: the request so far, NUL-terminated; WS: unparsed input */
 	size_t len, cap;
 	size_t head;         /* 0 until the headers are complete, then where the body starts */
 	size_t need;         /* Content-Length */
@@ -130,16 +131,16 @@ static struct conn {
 	unsigned long order; /* when held: the oldest is dropped first */
 	char *out;           /* STREAM, WS: queued output, sent from .out + .ooff */
 	size_t olen, ooff, ocap;
-	int closing;         /* drop once the output is sent */
-	int rdeof;           /* STREAM: the client shut its side, not read any more */
-	long long next;      /* ms; STREAM: next event, SLOW: when to answer */
-	long sent, total;    /* STREAM: events */
-	int sse, chunked;    /* STREAM */
+	int closing;                /* drop once the output is sent */
+	int rdeof;                  /* STREAM: the client shut its side, not read any more */
+	long long next;             /* ms; STREAM: next event, SLOW: when to answer */
+	long sent, total;           /* STREAM: events */
+	int sse, chunked;           /* STREAM */
 	unsigned long long ws_left; /* WS: payload bytes of the frame being echoed still to come */
 	unsigned char ws_mask[4];
-	unsigned ws_mpos;    /* WS: offset in that payload, for the mask */
-	int ws_frag;         /* WS: inside a fragmented message */
-	int ws_closed;       /* WS: a close frame was sent */
+	unsigned ws_mpos; /* WS: offset in that payload, for the mask */
+	int ws_frag;      /* WS: inside a fragmented message */
+	int ws_closed;    /* WS: a close frame was sent */
 } conns[MAX_CONNS];
 static unsigned long held_order;
 
@@ -175,8 +176,8 @@ static void reply_x(int c, int status, const char *extra, const char *body, size
 {
 	char head[512];
 	int n = snprintf(head, sizeof head,
-			 "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\nConnection: close\r\n%s\r\n",
-			 status, status == 200 ? "OK" : "Error", len, extra);
+			 "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\nConnection: close\r\n%s\r\n", status,
+			 status == 200 ? "OK" : "Error", len, extra);
 	send_all(c, head, n);
 	send_all(c, body, len);
 }
@@ -323,7 +324,7 @@ static void queue(struct conn *k, const void *p, size_t n)
 		char *o = realloc(k->out, cap);
 		if (!o) {
 			k->olen = k->ooff = 0;
-			k->closing = 1;     /* out of memory: give up on the connection */
+			k->closing = 1; /* out of memory: give up on the connection */
 			return;
 		}
 		k->out = o;
@@ -367,7 +368,7 @@ struct hdr {
 /* The next request header line from *pos (start with 0), value trimmed; 0 at the end. */
 static int next_hdr(const struct conn *k, size_t *pos, struct hdr *h)
 {
-	size_t end = k->head ? k->head - 2 : k->len;   /* the blank line, or what came */
+	size_t end = k->head ? k->head - 2 : k->len; /* the blank line, or what came */
 	if (*pos == 0) {
 		const char *l = strstr(k->buf, "\r\n");
 		*pos = l ? (size_t)(l + 2 - k->buf) : end;
@@ -472,7 +473,7 @@ static void stream_tick(struct conn *k, long long t)
 		queue(k, k->chunked ? chunk : ev, n);
 		k->next += STREAM_MS;
 		if (k->next < t)
-			k->next = t + STREAM_MS;   /* fell behind (e.g. the VM was paused): no burst */
+			k->next = t + STREAM_MS; /* fell behind (e.g. the VM was paused): no burst */
 	}
 	if (k->sent == k->total) {
 		if (k->chunked)
@@ -494,13 +495,13 @@ static int start_stream(struct conn *k, int sse, long n, const char *version)
 		return 0;
 	}
 	k->chunked = strcmp(version, "HTTP/1.1") == 0;
-	int len = snprintf(head, sizeof head,
-			   "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nCache-Control: no-cache\r\n%sConnection: close\r\n\r\n",
-			   sse ? "text/event-stream" : "text/plain", k->chunked ? "Transfer-Encoding: chunked\r\n" : "");
+	int len =
+		snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nCache-Control: no-cache\r\n%sConnection: close\r\n\r\n",
+			 sse ? "text/event-stream" : "text/plain", k->chunked ? "Transfer-Encoding: chunked\r\n" : "");
 	k->kind = STREAM;
 	k->sse = sse;
 	k->total = n < STREAM_MAX ? n : STREAM_MAX;
-	k->next = k->since = now_ms();   /* the first event at once, from the poll loop */
+	k->next = k->since = now_ms(); /* the first event at once, from the poll loop */
 	free(k->buf);
 	k->buf = NULL;
 	k->len = k->cap = 0;
@@ -511,7 +512,7 @@ static int start_stream(struct conn *k, int sse, long n, const char *version)
 static void sha1(const unsigned char *m, size_t n, unsigned char out[20])
 {
 	uint32_t h[5] = { 0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0 }, w[80];
-	size_t blocks = (n + 72) / 64;   /* the message, 0x80, the 64-bit bit length */
+	size_t blocks = (n + 72) / 64; /* the message, 0x80, the 64-bit bit length */
 	for (size_t b = 0; b < blocks; b++) {
 		for (int i = 0; i < 64; i++) {
 			size_t at = b * 64 + i;
@@ -528,10 +529,10 @@ static void sha1(const unsigned char *m, size_t n, unsigned char out[20])
 		}
 		uint32_t a = h[0], bb = h[1], c = h[2], d = h[3], e = h[4];
 		for (int i = 0; i < 80; i++) {
-			uint32_t f = i < 20 ? ((bb & c) | (~bb & d)) + 0x5a827999
-				   : i < 40 ? (bb ^ c ^ d) + 0x6ed9eba1
-				   : i < 60 ? ((bb & c) | (bb & d) | (c & d)) + 0x8f1bbcdc
-				   : (bb ^ c ^ d) + 0xca62c1d6;
+			uint32_t f = i < 20   ? ((bb & c) | (~bb & d)) + 0x5a827999
+				     : i < 40 ? (bb ^ c ^ d) + 0x6ed9eba1
+				     : i < 60 ? ((bb & c) | (bb & d) | (c & d)) + 0x8f1bbcdc
+					      : (bb ^ c ^ d) + 0xca62c1d6;
 			uint32_t t = (a << 5 | a >> 27) + f + e + w[i];
 			e = d;
 			d = c;
@@ -628,9 +629,9 @@ static void ws_process(struct conn *k)
 		if (avail < 2)
 			break;
 		int fin = b[0] & 0x80, op = b[0] & 0x0f, len7 = b[1] & 0x7f;
-		if ((b[0] & 0x70) || !(b[1] & 0x80) || (op > 2 && op < 8) || op > 10 ||
-		    (op >= 8 && (!fin || len7 > 125)) || (op == 0 && !k->ws_frag) || ((op == 1 || op == 2) && k->ws_frag)) {
-			ws_close(k, 1002, "protocol error", 1);   /* reserved bits or opcode, unmasked, bad control frame or fragment */
+		if ((b[0] & 0x70) || !(b[1] & 0x80) || (op > 2 && op < 8) || op > 10 || (op >= 8 && (!fin || len7 > 125)) ||
+		    (op == 0 && !k->ws_frag) || ((op == 1 || op == 2) && k->ws_frag)) {
+			ws_close(k, 1002, "protocol error", 1); /* reserved bits or opcode, unmasked, bad control frame or fragment */
 			break;
 		}
 		size_t hl = len7 == 127 ? 14 : len7 == 126 ? 8 : 6;
@@ -664,7 +665,7 @@ static void ws_process(struct conn *k)
 			p[i] ^= k->ws_mask[i & 3];
 		at += hl + len;
 		if (k->ws_closed && op != 8)
-			continue;   /* after our close frame only the peer's close matters */
+			continue; /* after our close frame only the peer's close matters */
 		if (op == 1 && fin && len == 8 && memcmp(p, "close-me", 8) == 0)
 			ws_close(k, 1000, "bye", 0);
 		else if (op < 8)
@@ -675,7 +676,7 @@ static void ws_process(struct conn *k)
 			ws_close(k, 1002, "protocol error", 1);
 		else if (op == 8) {
 			if (!k->ws_closed)
-				ws_send(k, 0x88, p, len < 2 ? 0 : 2);   /* echo the status code */
+				ws_send(k, 0x88, p, len < 2 ? 0 : 2); /* echo the status code */
 			k->ws_closed = 1;
 			k->closing = 1;
 		}
@@ -938,7 +939,7 @@ static void readable(struct conn *k)
 		char junk[4096];
 		ssize_t n = read(k->fd, junk, sizeof junk);
 		if (n == 0 && k->kind == STREAM)
-			k->rdeof = 1;   /* maybe only shut its sending side: keep streaming */
+			k->rdeof = 1; /* maybe only shut its sending side: keep streaming */
 		else if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
 			drop(k);
 		return;
@@ -988,7 +989,7 @@ static void readable(struct conn *k)
 			return;
 		}
 		if (!k->head && k->len >= HEAD_MAX) {
-			dispatch(k);        /* headers too long: answer the request line */
+			dispatch(k); /* headers too long: answer the request line */
 			return;
 		}
 	}
@@ -1048,8 +1049,11 @@ int main(int argc, char **argv)
 				if (k->fd < 0)
 					continue;
 			}
-			long long idle = k->kind == HELD ? HOLD_SECS : k->kind == WS && !k->ws_closed ? WS_IDLE_SECS
-				       : k->kind == WS ? CLOSE_SECS : k->kind == SLOW ? -1 : IDLE_SECS;
+			long long idle = k->kind == HELD                  ? HOLD_SECS
+					 : k->kind == WS && !k->ws_closed ? WS_IDLE_SECS
+					 : k->kind == WS                  ? CLOSE_SECS
+					 : k->kind == SLOW                ? -1
+									  : IDLE_SECS;
 			if (idle >= 0 && t - k->since >= idle * 1000) {
 				drop(k);
 				continue;
@@ -1083,7 +1087,7 @@ int main(int argc, char **argv)
 				if (k->fd != pf[i].fd)
 					continue;
 				if (k->kind == SLOW || (k->kind == STREAM && (pf[i].revents & (POLLERR | POLLHUP)))) {
-					drop(k);   /* reset or gone */
+					drop(k); /* reset or gone */
 					continue;
 				}
 				if ((pf[i].revents & POLLOUT) && !pump(k))

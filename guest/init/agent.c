@@ -49,8 +49,7 @@ void agent_setup(void)
 		close(out);
 	struct sockaddr_un a = { .sun_family = AF_UNIX, .sun_path = AGENT_SOCK };
 	lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (lsock < 0 || bind(lsock, (struct sockaddr *)&a, sizeof a) < 0 || chmod(AGENT_SOCK, 0666) < 0 ||
-	    listen(lsock, 16) < 0) {
+	if (lsock < 0 || bind(lsock, (struct sockaddr *)&a, sizeof a) < 0 || chmod(AGENT_SOCK, 0666) < 0 || listen(lsock, 16) < 0) {
 		logmsg("%s: %s", AGENT_SOCK, strerror(errno));
 		if (lsock >= 0)
 			close(lsock);
@@ -140,7 +139,10 @@ static void client_accept(void)
 	}
 }
 
-static void listen_ready(unsigned idx, unsigned stream, const struct pollfd *pf) { client_accept(); }
+static void listen_ready(unsigned idx, unsigned stream, const struct pollfd *pf)
+{
+	client_accept();
+}
 
 static void client_ready(unsigned idx, unsigned stream, const struct pollfd *pf)
 {

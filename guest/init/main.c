@@ -31,14 +31,17 @@ typedef void request_fn(uint32_t id, const uint8_t *body, uint32_t len);
 
 /* Host requests by message type; a type without an entry is answered with ERROR. */
 static request_fn *const requests[] = {
+	/* the guest as a whole: system.c */
 	[MSG_PING] = sys_ping,
-	[MSG_START] = proc_start,
-	[MSG_EXEC] = proc_exec,
 	[MSG_SET_CLOCK] = sys_set_clock,
 	[MSG_RESEED] = sys_reseed,
 	[MSG_SYNC] = sys_sync,
 	[MSG_IDENTIFY] = sys_identify,
+	/* processes: proc.c */
+	[MSG_START] = proc_start,
+	[MSG_EXEC] = proc_exec,
 	[MSG_SIGNAL] = proc_signal,
+	/* terminals: pty.c */
 	[MSG_PTY_OPEN] = pty_open,
 	[MSG_PTY_IN] = pty_in,
 	[MSG_PTY_RESIZE] = pty_resize,

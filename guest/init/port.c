@@ -280,14 +280,20 @@ void ctl_ready(const struct pollfd *pf, frame_fn *dispatch)
 		read_ctl(dispatch);
 }
 
-int ctl_keeps_up(void) { return outq_len < OUTQ_LOW; }
+int ctl_keeps_up(void)
+{
+	return outq_len < OUTQ_LOW;
+}
 
 void ctl_send(uint8_t type, uint8_t stream, uint32_t id, const void *body, uint32_t len)
 {
 	send_frame(&ctl, type, stream, id, body, len);
 }
 
-void ctl_ok(uint32_t id) { send_frame(&ctl, MSG_OK, 0, id, NULL, 0); }
+void ctl_ok(uint32_t id)
+{
+	send_frame(&ctl, MSG_OK, 0, id, NULL, 0);
+}
 
 void ctl_error(uint32_t id, const char *fmt, ...)
 {
@@ -310,4 +316,7 @@ void ctl_status(uint8_t type, uint32_t id, int status)
 	send_frame(&ctl, type, 0, id, st, 4);
 }
 
-void log_send(uint8_t stream, const void *body, uint32_t len) { send_frame(&logp, MSG_LOG, stream, 0, body, len); }
+void log_send(uint8_t stream, const void *body, uint32_t len)
+{
+	send_frame(&logp, MSG_LOG, stream, 0, body, len);
+}

@@ -26,7 +26,10 @@ struct rand_pool_info {
 	int buf_size;
 };
 
-void sys_ping(uint32_t id, const uint8_t *body, uint32_t len) { ctl_send(MSG_PONG, 0, id, NULL, 0); }
+void sys_ping(uint32_t id, const uint8_t *body, uint32_t len)
+{
+	ctl_send(MSG_PONG, 0, id, NULL, 0);
+}
 
 void sys_set_clock(uint32_t id, const uint8_t *body, uint32_t len)
 {

@@ -24,7 +24,10 @@ static inline uint32_t get32(const uint8_t *p)
 	return p[0] | (p[1] << 8) | (p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
-static inline void now(struct timespec *t) { clock_gettime(CLOCK_MONOTONIC, t); }
+static inline void now(struct timespec *t)
+{
+	clock_gettime(CLOCK_MONOTONIC, t);
+}
 
 static inline void after_ms(struct timespec *t, long ms)
 {
