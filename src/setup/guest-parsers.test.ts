@@ -1,0 +1,45 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+// cella-init's parsers read bytes from the host and from guest users; a crash there panics PID 1.
+// guest/init/test/fuzz_parsers.c runs them on edge cases and seeded random input under ASan and UBSan.
+const GUEST = fileURLToPath(new URL('../../guest', import.meta.url));
+const hasGcc = !spawnSync('gcc', ['--version']).error;
+
+// Fixed, so a failure reproduces; CELLA_FUZZ_SEED and CELLA_FUZZ_ITERS run more for exploring.
+const SEED = process.env.CELLA_FUZZ_SEED ?? '1';
+const ITERS = Number(process.env.CELLA_FUZZ_ITERS ?? 5000);
+
+test(
+  'cella-init parsers: specs, frames, the control-port reader, agent lines and the kernel command line hold under sanitizers',
+  { timeout: 300_000, skip: !hasGcc && 'gcc is not installed (Debian package gcc): the guest parser fuzz test is built with it' },
+  () => {
+    const out = mkdtempSync(join(tmpdir(), 'cella-fuzz-'));
+    try {
+      execFileSync('make', ['-C', GUEST, '--no-print-directory', 'fuzz', `OUT=${out}`], { stdio: 'pipe' });
+      const run = spawnSync(join(out, 'fuzz-parsers'), [SEED, String(ITERS)], { encoding: 'utf8', timeout: 240_000 });
+      assert.equal(run.status, 0, `fuzz-parsers failed (seed ${SEED}):\n${run.stderr}${run.stdout}`);
+      const counts = JSON.parse(run.stdout.trim().split('\n').pop() ?? '{}') as Record<string, number>;
+      // Every parser ran at least its share of the generated inputs (each is also run mutated).
+      const minimum: Record<string, number> = {
+        spec: 4 * ITERS,
+        fixed: 2 * ITERS,
+        frames: 2 * ITERS,
+        ctl: 2 * Math.floor(ITERS / 20),
+        agent: 2 * Math.floor(ITERS / 2),
+        cmdline: 2 * ITERS,
+        cidr: 2 * ITERS,
+      };
+      for (const [name, min] of Object.entries(minimum)) {
+        assert.ok((counts[name] ?? 0) >= min, `${name}: ${counts[name]} cases, expected at least ${min}`);
+      }
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+  },
+);
