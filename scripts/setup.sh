@@ -19,6 +19,7 @@ fi
 packages=(
   qemu-system-x86 qemu-utils busybox-static nftables iproute2 e2fsprogs
   musl-tools make gcc g++ python3 mmdebstrap docker-registry libc6-dev lz4 xz-utils zstd gzip bzip2 util-linux procps cpio ca-certificates curl
+  clang-format
 )
 
 say "apt-get update"
