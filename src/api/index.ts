@@ -8,7 +8,6 @@ import { createHash, randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
-import { Value } from '@sinclair/typebox/value';
 import type { Static, TSchema } from '@sinclair/typebox';
 import { ApiKeys, TokenMinter } from '../auth/index.js';
 import type { DiskCapacity } from '../capacity/index.js';
@@ -20,6 +19,7 @@ import type { LogHub } from '../logs/index.js';
 import { pendingVm, type BuildRecord, type ConnectorRecord, type ImageRecord, type ImageVersionRecord, type Store, type VmRecord } from '../store/index.js';
 import { usageOf, sumUsage } from '../usage/index.js';
 import { Throttle } from './throttle.js';
+import { decodePathParam, queryObject, requestUrl } from './params.js';
 import { openApiDocument, routes, type Operation, type RouteDef, type Routes } from './routes.js';
 import {
   AUTH_HEADER,
@@ -113,7 +113,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
   };
 
   async function handle(req: IncomingMessage, res: ServerResponse, signal: AbortSignal): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://cella');
+    const url = requestUrl(req.url ?? '/');
     const caller = ctx.keys.check(req.headers.authorization);
     if (req.method === 'GET' && url.pathname === '/openapi.json') {
       res.writeHead(200, { 'content-type': 'application/json' }).end(openapi);
@@ -129,10 +129,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     throttle.take(caller, route.op);
     const m = route.pattern.exec(url.pathname) as RegExpExecArray;
     const params: Record<string, string> = {};
-    route.params.forEach((name, i) => {
-      params[name] = decodeURIComponent(m[i + 1] as string);
-      if (!params[name] || params[name].length > 256) throw new CellaError('INVALID_ARGUMENT', `${name} must be 1 to 256 characters`);
-    });
+    route.params.forEach((name, i) => (params[name] = decodePathParam(name, m[i + 1] as string)));
     let body: unknown;
     let upload: unknown;
     if (route.def.upload) {
@@ -150,7 +147,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         throw new CellaError('INVALID_ARGUMENT', `${route.op} takes no request body`);
       }
     }
-    const query = route.query ? validate(route.query, queryObject(url, route.def.query as TSchema), 'query') : undefined;
+    const query = route.query ? validate(route.query, queryObject(url.searchParams, route.def.query as TSchema), 'query') : undefined;
     if (!route.query && [...url.searchParams.keys()].length > 0) throw new CellaError('INVALID_ARGUMENT', `${route.op} takes no query parameters`);
     const reply = await dispatch({ op: route.op, params, body, query, upload } as Command);
     if ('json' in reply) res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(reply.json));
@@ -592,13 +589,6 @@ function parseJson(raw: Buffer): unknown {
   } catch (err) {
     throw new CellaError('MALFORMED_JSON', `request body is not valid JSON: ${(err as Error).message}`);
   }
-}
-
-/** Query strings carry text: convert to the schema's types before checking. */
-function queryObject(url: URL, schema: TSchema): unknown {
-  const obj: Record<string, string> = {};
-  for (const [k, v] of url.searchParams) obj[k] = v;
-  return Value.Convert(schema, obj);
 }
 
 function validate<T extends TSchema>(check: TypeCheck<T>, value: unknown, where: string): Static<T> {
