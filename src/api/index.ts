@@ -19,6 +19,7 @@ import type { LogHub } from '../logs/index.js';
 import { pendingVm, type BuildRecord, type ConnectorRecord, type ImageRecord, type ImageVersionRecord, type Store, type VmRecord } from '../store/index.js';
 import { usageOf, sumUsage } from '../usage/index.js';
 import { Throttle } from './throttle.js';
+import { NamePosition, OffsetPosition, VmPosition, decodeCursor, encodeCursor } from './cursor.js';
 import { decodePathParam, queryObject, requestUrl } from './params.js';
 import { openApiDocument, routes, type Operation, type RouteDef, type Routes } from './routes.js';
 import {
@@ -63,6 +64,17 @@ export interface ApiContext {
   version: string;
 }
 
+/** What each List's nextToken holds: its place in the List's order (one codec, ./cursor.ts). */
+const CURSORS = {
+  ListMicrovms: VmPosition,
+  ListMicrovmImages: NamePosition,
+  ListMicrovmImageVersions: OffsetPosition,
+  ListMicrovmImageBuilds: OffsetPosition,
+  ListManagedMicrovmImages: OffsetPosition,
+  ListManagedMicrovmImageVersions: OffsetPosition,
+  ListNetworkConnectors: OffsetPosition,
+} as const satisfies Record<Extract<Operation, `List${string}`>, TSchema>;
+type Listing = keyof typeof CURSORS;
 
 type Input<K extends Operation> = {
   params: Record<string, string>;
@@ -70,6 +82,8 @@ type Input<K extends Operation> = {
   upload: Routes[K] extends { upload: object } ? { uri: string; sizeInBytes: number; sha256: string } : undefined;
   body: Routes[K] extends { body: infer B extends TSchema } ? Static<B> : undefined;
   query: Routes[K] extends { query: infer Q extends TSchema } ? Static<Q> : undefined;
+  /** A List's starting place, from its nextToken (read with the query, before anything is looked up). */
+  after: K extends Listing ? Static<(typeof CURSORS)[K]> | undefined : undefined;
 };
 
 /** A parsed request: the discriminated union the dispatcher switches on. */
@@ -149,7 +163,10 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     }
     const query = route.query ? validate(route.query, queryObject(url.searchParams, route.def.query as TSchema), 'query') : undefined;
     if (!route.query && [...url.searchParams.keys()].length > 0) throw new CellaError('INVALID_ARGUMENT', `${route.op} takes no query parameters`);
-    const reply = await dispatch({ op: route.op, params, body, query, upload } as Command);
+    const token = (query as { nextToken?: string } | undefined)?.nextToken;
+    const shape: TSchema | undefined = (CURSORS as Partial<Record<Operation, TSchema>>)[route.op];
+    const after = shape && token !== undefined ? decodeCursor(route.op, shape, token) : undefined;
+    const reply = await dispatch({ op: route.op, params, body, query, upload, after } as Command);
     if ('json' in reply) res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(reply.json));
     else if ('empty' in reply) res.writeHead(200, { 'content-length': 0 }).end();
     else await reply.stream(res, signal);
@@ -162,7 +179,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       case 'GetMicrovm':
         return { json: view(ctx.lifecycle.require(cmd.params.microvmIdentifier as string)) };
       case 'ListMicrovms':
-        return { json: listMicrovms(cmd.query) };
+        return { json: listMicrovms(cmd.query, cmd.after) };
       case 'SuspendMicrovm':
         ctx.lifecycle.suspend(cmd.params.microvmIdentifier as string);
         return { empty: true };
@@ -228,8 +245,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       case 'ListMicrovmImages': {
         const q = cmd.query;
         const limit = q.maxResults ?? 50;
-        const after = q.nextToken === undefined ? undefined : decodeName(q.nextToken);
-        const page = ctx.store.listImages({ limit: limit + 1, ...(after ? { after } : {}) });
+        const page = ctx.store.listImages({ limit: limit + 1, ...(cmd.after ? { after: cmd.after.n } : {}) });
         const items = page.slice(0, limit);
         const last = items[items.length - 1];
         return {
@@ -241,7 +257,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
                 const { updatedAt: _u, tags: _t, ...v } = imageView(i);
                 return v;
               }),
-            ...(page.length > limit && last ? { nextToken: Buffer.from(JSON.stringify({ n: last.name })).toString('base64url') } : {}),
+            ...(page.length > limit && last ? { nextToken: encodeCursor(cmd.op, NamePosition, { n: last.name }) } : {}),
           },
         };
       }
@@ -252,7 +268,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       }
       case 'ListMicrovmImageVersions': {
         const img = ctx.images.require(cmd.params.imageIdentifier as string);
-        return { json: paged(ctx.store.listVersions(img.name), cmd.query, (v) => versionView(img, v)) };
+        return { json: paged(cmd, ctx.store.listVersions(img.name), (v) => versionView(img, v)) };
       }
       case 'GetMicrovmImageVersion': {
         const img = ctx.images.require(cmd.params.imageIdentifier as string);
@@ -276,7 +292,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         const wanted = all.filter(
           (b) => (!q.architecture || b.architecture === q.architecture) && (!q.chipset || b.chipset === q.chipset) && (!q.chipsetGeneration || b.chipsetGeneration === q.chipsetGeneration),
         );
-        return { json: paged(wanted, q, (b) => b) };
+        return { json: paged(cmd, wanted, (b) => b) };
       }
       case 'GetMicrovmImageBuild': {
         const { imageIdentifier, imageVersion, buildId } = cmd.params as Record<string, string>;
@@ -293,21 +309,21 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       }
       case 'ListManagedMicrovmImages':
         return {
-          json: paged(ctx.images.managed(), cmd.query, (b) => ({ imageArn: managedArn(b.name), createdAt: b.createdAt, ...(b.description ? { description: b.description } : {}) })),
+          json: paged(cmd, ctx.images.managed(), (b) => ({ imageArn: managedArn(b.name), createdAt: b.createdAt, ...(b.description ? { description: b.description } : {}) })),
         };
       case 'ListManagedMicrovmImageVersions': {
         const id = cmd.params.imageIdentifier as string;
         const name = managedNameOf(id) ?? id;
         const base = ctx.images.managed().find((b) => b.name === name);
         if (!base) throw new CellaError('NOT_FOUND', `managed image ${id} not found`, { details: { resourceId: id, resourceType: 'MicrovmImage' } });
-        return { json: paged([base], cmd.query, (b) => ({ imageArn: managedArn(b.name), imageVersion: MANAGED_VERSION, status: 'AVAILABLE' as const, createdAt: b.createdAt })) };
+        return { json: paged(cmd, [base], (b) => ({ imageArn: managedArn(b.name), imageVersion: MANAGED_VERSION, status: 'AVAILABLE' as const, createdAt: b.createdAt })) };
       }
       case 'UploadCodeArtifact':
         return { json: cmd.upload };
       case 'CreateNetworkConnector':
         return { json: connectorView(ctx.connectors.create(cmd.body)) };
       case 'ListNetworkConnectors':
-        return { json: paged(ctx.store.listConnectors(), cmd.query, connectorView) };
+        return { json: paged(cmd, ctx.store.listConnectors(), connectorView) };
       case 'GetNetworkConnector':
         return { json: connectorView(ctx.connectors.require(cmd.params.connectorIdentifier as string)) };
       case 'DeleteNetworkConnector':
@@ -362,12 +378,11 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     return view(rec);
   }
 
-  function listMicrovms(q: Static<Routes['ListMicrovms']['query']>): ListMicrovmsResponse {
+  function listMicrovms(q: Static<Routes['ListMicrovms']['query']>, after: Static<typeof VmPosition> | undefined): ListMicrovmsResponse {
     const limit = q.maxResults ?? 50;
-    const after = q.nextToken === undefined ? undefined : decodeToken(q.nextToken);
     const page = ctx.store.listVms({
       limit: limit + 1,
-      ...(after ? { after } : {}),
+      ...(after ? { after: { createdAt: after.c, id: after.i } } : {}),
       ...(q.imageIdentifier ? { imageName: imageNameOf(q.imageIdentifier) } : {}),
       ...(q.imageVersion ? { imageVersion: q.imageVersion } : {}),
     });
@@ -375,7 +390,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     const last = items[items.length - 1];
     return {
       items: items.map((v) => ({ microvmId: v.id, state: v.state, imageArn: v.imageArn, imageVersion: v.imageVersion, startedAt: iso(v.createdAt) })),
-      ...(page.length > limit && last ? { nextToken: Buffer.from(JSON.stringify({ c: last.createdAt, i: last.id })).toString('base64url') } : {}),
+      ...(page.length > limit && last ? { nextToken: encodeCursor('ListMicrovms', VmPosition, { c: last.createdAt, i: last.id }) } : {}),
     };
   }
 
@@ -480,27 +495,16 @@ function versionView(img: ImageRecord, v: ImageVersionRecord): ImageVersion {
   };
 }
 
-/** Pages a short list held in memory; the token is the offset. */
-function paged<T, U>(all: T[], q: { maxResults?: number; nextToken?: string }, view: (t: T) => U): { items: U[]; nextToken?: string } {
-  const limit = q.maxResults ?? 50;
-  let offset = 0;
-  if (q.nextToken !== undefined) {
-    const n = Number(Buffer.from(q.nextToken, 'base64url').toString());
-    if (!Number.isInteger(n) || n < 0) throw new CellaError('INVALID_ARGUMENT', 'nextToken is not valid');
-    offset = n;
-  }
+/** Pages a short list held in memory, in its order; the cursor holds the offset. */
+function paged<T, U>(
+  cmd: { op: Listing; query: { maxResults?: number }; after: Static<typeof OffsetPosition> | undefined },
+  all: T[],
+  view: (t: T) => U,
+): { items: U[]; nextToken?: string } {
+  const limit = cmd.query.maxResults ?? 50;
+  const offset = cmd.after?.o ?? 0;
   const items = all.slice(offset, offset + limit).map(view);
-  return { items, ...(offset + limit < all.length ? { nextToken: Buffer.from(String(offset + limit)).toString('base64url') } : {}) };
-}
-
-function decodeName(token: string): string {
-  try {
-    const t = JSON.parse(Buffer.from(token, 'base64url').toString()) as { n: unknown };
-    if (typeof t.n === 'string') return t.n;
-  } catch {
-    // fall through
-  }
-  throw new CellaError('INVALID_ARGUMENT', 'nextToken is not valid');
+  return { items, ...(offset + limit < all.length ? { nextToken: encodeCursor(cmd.op, OffsetPosition, { o: offset + limit }) } : {}) };
 }
 
 function connectorView(c: ConnectorRecord): NetworkConnector {
@@ -545,16 +549,6 @@ function requestHash(body: Record<string, unknown>): string {
         ? v.map(canon)
         : v;
   return createHash('sha256').update(JSON.stringify(canon(body))).digest('hex');
-}
-
-function decodeToken(token: string): { createdAt: number; id: string } {
-  try {
-    const t = JSON.parse(Buffer.from(token, 'base64url').toString()) as { c: unknown; i: unknown };
-    if (typeof t.c === 'number' && typeof t.i === 'string') return { createdAt: t.c, id: t.i };
-  } catch {
-    // fall through
-  }
-  throw new CellaError('INVALID_ARGUMENT', 'nextToken is not valid');
 }
 
 function readBody(req: IncomingMessage): Promise<Buffer> {
