@@ -38,6 +38,7 @@ import {
 
 export * from './schemas.js';
 export { routes, openApiDocument, type Operation, type RouteDef } from './routes.js';
+export { answerProtocolErrors } from './protocol.js';
 
 /** Bodies beyond this are refused before parsing (the largest legal request is a few KiB). */
 export const MAX_BODY_BYTES = 1024 * 1024;

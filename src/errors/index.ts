@@ -3,6 +3,7 @@
  * below is the one place that maps a code to its HTTP status and to the error
  * name of the Lambda MicroVMs contract; server and client share it.
  */
+import { STATUS_CODES } from 'node:http';
 
 export const ERRORS = {
   // Host setup
@@ -30,6 +31,9 @@ export const ERRORS = {
   INVALID_ARGUMENT: { status: 400, type: 'ValidationException' },
   MALFORMED_JSON: { status: 400, type: 'ValidationException' },
   PAYLOAD_TOO_LARGE: { status: 413, type: 'ValidationException' },
+  URI_TOO_LONG: { status: 414, type: 'ValidationException' },
+  HEADERS_TOO_LARGE: { status: 431, type: 'ValidationException' },
+  REQUEST_TIMEOUT: { status: 408, type: 'ValidationException' },
   INVALID_STATE: { status: 409, type: 'ConflictException' },
   IDEMPOTENCY_CONFLICT: { status: 409, type: 'ConflictException' },
   NOT_FOUND: { status: 404, type: 'ResourceNotFoundException' },
@@ -91,6 +95,13 @@ export function fromErrno(err: unknown): unknown {
   const code = (err as { code?: unknown } | null)?.code;
   if (typeof code !== 'string' || !DISK_FULL.has(code) || isCellaError(err)) return err;
   return new CellaError('INSUFFICIENT_CAPACITY', `the host's disk is full: ${(err as Error).message}`, { cause: err, details: { retryAfterSeconds: 30 } });
+}
+
+/** The same error as a whole HTTP/1.1 response, for a socket that has no ServerResponse (an upgrade, a request that never parsed); it closes the connection. */
+export function rawHttpError(err: unknown): string {
+  const { status, headers, body } = httpError(err);
+  const lines = Object.entries({ ...headers, 'content-length': String(Buffer.byteLength(body)), connection: 'close' }).map(([k, v]) => `${k}: ${v}\r\n`);
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n${lines.join('')}\r\n${body}`;
 }
 
 export function isCellaError(err: unknown, code?: ErrorCode): err is CellaError {

@@ -10,7 +10,7 @@
  * wake the VM (auto-resume) → forward, streaming both ways. Every request
  * and open stream holds the VM active for the idle policy.
  */
-import { Agent, STATUS_CODES, request, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
+import { Agent, request, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import { createConnection } from 'node:net';
@@ -29,7 +29,7 @@ import {
 } from '../api/schemas.js';
 import type { EndpointTokenClaims, TokenMinter } from '../auth/index.js';
 import type { Engine } from '../engine/index.js';
-import { CellaError, httpError, isCellaError } from '../errors/index.js';
+import { CellaError, httpError, isCellaError, rawHttpError } from '../errors/index.js';
 import { TokenBuckets } from '../api/throttle.js';
 import type { Lifecycle } from '../lifecycle/index.js';
 import type { Store, VmRecord } from '../store/index.js';
@@ -269,9 +269,7 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
       socket.once('close', () => upstream.destroy());
       upstream.once('close', () => socket.destroy());
     })().catch((err: unknown) => {
-      const { status, headers, body } = httpError(err);
-      const lines = Object.entries({ ...headers, 'content-length': String(Buffer.byteLength(body)), connection: 'close' }).map(([k, v]) => `${k}: ${v}\r\n`);
-      socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n${lines.join('')}\r\n${body}`);
+      socket.end(rawHttpError(err));
       log(`websocket to ${req.headers.host}: ${(err as Error).message}`);
     });
   }

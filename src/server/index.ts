@@ -9,7 +9,7 @@ import { createServer, type Server } from 'node:http';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from 'node:net';
 import { totalmem } from 'node:os';
 import path from 'node:path';
-import { createApi, CONTRACT_MIN_IDLE_SECONDS } from '../api/index.js';
+import { answerProtocolErrors, createApi, CONTRACT_MIN_IDLE_SECONDS } from '../api/index.js';
 import { ApiKeys, TokenMinter, ensureApiKey } from '../auth/index.js';
 import { Engine, processStartTime } from '../engine/index.js';
 import { DiskCapacity } from '../capacity/index.js';
@@ -188,6 +188,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     const housekeeping = schedule(chores, capacity, lifecycle, log);
     cleanups.unshift(housekeeping);
     const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 0 }, handler);
+    answerProtocolErrors(server);
     await listen(server, opts.port ?? DEFAULT_API_PORT, host);
     const port = (server.address() as AddressInfo).port;
     const url = `http://${host}:${port}`;
