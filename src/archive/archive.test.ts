@@ -10,7 +10,7 @@ import S3rver from 's3rver';
 import yazl from 'yazl';
 import { BuildFailure, CellaError, type BuildFailureReason } from '../errors/index.js';
 import { S_IFLNK, S_IFREG, rawZip } from '../../test/fixtures/zip-raw.js';
-import { extractZip, fetchArtifact, findDockerfile, validateArtifactUri, zipDirectory, type ZipLimits } from './index.js';
+import { extractZip, fetchArtifact, findDockerfile, validateArtifactUri, zipDirectory, zipEntryCount, type ZipLimits } from './index.js';
 
 const MiB = 1024 * 1024;
 
@@ -204,6 +204,14 @@ describe('findDockerfile', () => {
     const { zip, dest } = await box(await yazlZip([{ name: 'README', data: Buffer.from('hi') }]));
     await extractZip(zip, dest);
     await assert.rejects(findDockerfile(dest), isFailure('ARCHIVE_DOCKERFILE_NOT_FOUND'));
+  });
+});
+
+describe('zipEntryCount', () => {
+  test('counts the entries of a zip, 0 for an empty one, and does not judge what is not a zip', async () => {
+    assert.equal(await zipEntryCount((await box(rawZip([]))).zip), 0);
+    assert.equal(await zipEntryCount((await box(await yazlZip([DOCKERFILE, { name: 'app', data: Buffer.from('x') }]))).zip), 2);
+    assert.equal(await zipEntryCount((await box(Buffer.from('this is not a zip'))).zip), undefined);
   });
 });
 

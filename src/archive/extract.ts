@@ -80,6 +80,21 @@ export async function extractZip(
   return { entries: extraction.entries, bytes: extraction.bytes };
 }
 
+/**
+ * How many entries the zip at `zipFile` lists (read from its central directory only),
+ * or undefined when it is not a readable zip: the build reports that, as it does for any artifact.
+ */
+export async function zipEntryCount(zipFile: string): Promise<number | undefined> {
+  let zip: ZipFile;
+  try {
+    zip = await yauzl.openPromise(zipFile);
+  } catch {
+    return undefined;
+  }
+  zip.close();
+  return zip.entryCount;
+}
+
 async function emptyDestination(destDir: string): Promise<string> {
   await mkdir(destDir, { recursive: true });
   const existing = await readdir(destDir);

@@ -10,7 +10,7 @@ import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
-import { validateArtifactUri, type S3Settings } from '../archive/index.js';
+import { validateArtifactUri, zipEntryCount, type S3Settings } from '../archive/index.js';
 import { DEFAULT_MEMORY_MIB, type CreateImageRequest, type ImageRequestConfig, type UpdateImageRequest } from '../api/schemas.js';
 import type { Connectors } from '../connectors/index.js';
 import type { Engine } from '../engine/index.js';
@@ -432,9 +432,10 @@ export class Images {
       rmSync(tmp, { force: true });
       throw err;
     }
-    if (bytes === 0) {
+    const empty = bytes === 0 ? 'the upload is empty: send the zip as the request body' : (await zipEntryCount(tmp)) === 0 ? 'the uploaded zip has no files in it' : undefined;
+    if (empty) {
       rmSync(tmp, { force: true });
-      throw new CellaError('INVALID_ARGUMENT', 'the upload is empty: send the zip as the request body');
+      throw new CellaError('INVALID_ARGUMENT', empty);
     }
     const sha256 = hash.digest('hex');
     const file = path.join(dir, `${sha256}.zip`);
