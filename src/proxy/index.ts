@@ -34,6 +34,9 @@ import { TokenBuckets } from '../api/throttle.js';
 import type { Lifecycle } from '../lifecycle/index.js';
 import type { Store, VmRecord } from '../store/index.js';
 import type { TlsMaterial } from '../tls/index.js';
+import { DEFAULT_CONNECTION_LIMITS, limitConnections, type ConnectionLimits } from './connections.js';
+
+export type { ConnectionLimits } from './connections.js';
 
 // Node gives header names in lower case.
 const AUTH = AUTH_HEADER.toLowerCase();
@@ -61,6 +64,8 @@ export interface ProxyOptions {
    * on one endpoint is stopped here, before it costs the guest anything.
    */
   rpsPerVcpu?: number;
+  /** Connections per remote address, and the time a connection has to send its first request (defaults: DEFAULT_CONNECTION_LIMITS). */
+  connections?: Partial<ConnectionLimits>;
   /** Handles `wss://<endpoint>/shell` for shell tokens (the shell module). */
   shell?: (vm: VmRecord, req: IncomingMessage, socket: Duplex, head: Buffer) => void;
   log?: (line: string) => void;
@@ -278,6 +283,7 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
     void onRequest(req, res);
   });
   server.on('upgrade', onUpgrade);
+  limitConnections(server, { ...DEFAULT_CONNECTION_LIMITS, ...opts.connections });
   // Headers and body leave as separate writes: without this, Nagle holds the body until the client's delayed ACK (~40 ms).
   server.on('connection', (socket: Socket) => socket.setNoDelay(true));
   server.on('sessionError', () => {});

@@ -63,6 +63,8 @@ export interface ServerOptions {
   apiKey?: string;
   /** Requests per second per MicroVM and vCPU at its endpoint (default 100; 0: no limit). */
   endpointRpsPerVcpu?: number;
+  /** Connections open at once per client address on the endpoint port (default 64). */
+  endpointConnectionsPerClient?: number;
   /** Where `s3://` code artifacts come from (an S3-compatible endpoint). */
   s3?: S3Settings;
   /** Where the guests' DNS forwarder asks (default: the first nameserver of /etc/resolv.conf). */
@@ -162,6 +164,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       host,
       shell: shellHandler(engine, (n, v) => images.lookup(n, v), log),
       ...(opts.endpointRpsPerVcpu !== undefined ? { rpsPerVcpu: opts.endpointRpsPerVcpu } : {}),
+      ...(opts.endpointConnectionsPerClient !== undefined ? { connections: { perClient: opts.endpointConnectionsPerClient } } : {}),
       log,
     });
     cleanups.unshift(() => proxy.close());
