@@ -6,12 +6,13 @@
 import assert from 'node:assert/strict';
 import { readdirSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
-import { connect as netConnect, type Socket } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { routes } from '../src/api/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { API_KEY, V, api } from './control-helpers.js';
+import { exchange } from './fixtures/raw-http.js';
+import { closed, tcpTo } from './fixtures/sockets.js';
 import { rawZip } from './fixtures/zip-raw.js';
 import { tempDataDir } from './helpers.js';
 
@@ -52,24 +53,11 @@ describe('API edges (no VM)', { concurrency: false }, () => {
       req.on('error', reject);
       req.end(opts.body);
     });
-  /** Raw bytes to the API port; resolves with everything the server sent before it closed. */
-  const raw = (bytes: string): Promise<string> =>
-    new Promise((resolve, reject) => {
-      const s = netConnect(server.port, '127.0.0.1', () => s.write(bytes));
-      let out = '';
-      s.on('data', (d: Buffer) => (out += d.toString('latin1')));
-      s.on('end', () => resolve(out));
-      s.on('error', reject);
-    });
-  const jsonError = (answer: string): { status: number; type: string | undefined; code: string } => {
-    const [head = '', rest = ''] = answer.split('\r\n\r\n');
-    // A chunked body: its first chunk (these answers are short).
-    const body = /^transfer-encoding: chunked/im.test(head) ? (rest.split('\r\n')[1] ?? '') : rest;
-    return {
-      status: Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1]),
-      type: /^x-amzn-errortype: (.+)$/im.exec(head)?.[1],
-      code: (JSON.parse(body) as { code: string }).code,
-    };
+  /** One request written as given, on its own connection; its answer as status, error type and code. */
+  const rawError = async (method: string, target: string, headers: Array<[string, string]>, body?: string): Promise<{ status: number; type: string | undefined; code: string }> => {
+    const out = await exchange(server.port, { method, target, headers: [['host', 'x'], ...headers], ...(body === undefined ? {} : { body: Buffer.from(body) }) }, 30_000);
+    if (out.kind !== 'answer') throw new Error(`${method} ${target}: ${out.kind}`);
+    return { status: out.status, type: out.headers['x-amzn-errortype'], code: (JSON.parse(out.body.toString()) as { code: string }).code };
   };
   const concrete = (p: string, value = 'x'): string => p.replace(/\{\w+\}/g, value);
 
@@ -125,19 +113,19 @@ describe('API edges (no VM)', { concurrency: false }, () => {
   });
 
   test('unknown methods, with or without a body, and CONNECT get a 405 JSON error (was an empty 400 or a dropped connection)', { timeout: 60_000 }, async () => {
-    const auth = `authorization: Bearer ${API_KEY}\r\n`;
-    const cases = [
-      `FOO ${V}/microvms HTTP/1.1\r\nhost: x\r\n${auth}content-length: 2\r\n\r\n{}`,
-      `FOO ${V}/microvms HTTP/1.1\r\nhost: x\r\n${auth}content-length: 200000\r\n\r\n${'x'.repeat(200_000)}`,
-      `BREW /cella/v1/info HTTP/1.1\r\nhost: x\r\n\r\n`,
-      `PROPFIND ${V}/microvms HTTP/1.1\r\nhost: x\r\n${auth}content-length: 2\r\nconnection: close\r\n\r\n{}`,
-      `CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n${auth}\r\n`,
+    const auth: [string, string] = ['authorization', `Bearer ${API_KEY}`];
+    const big = 'x'.repeat(200_000);
+    const cases: Array<[string, string, Array<[string, string]>, string?]> = [
+      ['FOO', `${V}/microvms`, [auth, ['content-length', '2']], '{}'],
+      ['FOO', `${V}/microvms`, [auth, ['content-length', String(big.length)]], big],
+      ['BREW', '/cella/v1/info', []],
+      ['PROPFIND', `${V}/microvms`, [auth, ['content-length', '2']], '{}'],
+      ['CONNECT', 'example.com:443', [auth]],
     ];
-    for (const c of cases) {
-      const e = jsonError(await raw(c));
-      assert.deepEqual(e, { status: 405, type: 'UnknownOperationException', code: 'METHOD_NOT_ALLOWED' }, c.slice(0, 40));
+    for (const [method, target, headers, body] of cases) {
+      assert.deepEqual(await rawError(method, target, headers, body), { status: 405, type: 'UnknownOperationException', code: 'METHOD_NOT_ALLOWED' }, method);
     }
-    const garbled = jsonError(await raw(`GET /x HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n`));
+    const garbled = await rawError('GET', '/x', [['content-length', 'abc']]);
     assert.deepEqual(garbled, { status: 400, type: 'ValidationException', code: 'INVALID_ARGUMENT' });
     const target = await send('GET', '//[');
     assert.equal(target.status, 404);
@@ -182,20 +170,8 @@ describe('API edges (no VM)', { concurrency: false }, () => {
 
   // Regression (issue 11): 300 slowloris connections from one client were held on the endpoint port for 25 s and more.
   test('the endpoint port closes connections beyond the per-client limit, and one that sends no request', { timeout: 60_000 }, async () => {
-    const open = (): Promise<Socket> =>
-      new Promise((resolve, reject) => {
-        const s = netConnect(server.proxyPort, '127.0.0.1', () => resolve(s));
-        s.on('error', reject);
-      });
-    const closed = (s: Socket): Promise<void> =>
-      new Promise((resolve) => {
-        s.on('error', () => {});
-        s.resume();
-        if (s.destroyed) resolve();
-        else s.once('close', () => resolve());
-      });
-    const held = await Promise.all(Array.from({ length: PER_CLIENT }, open));
-    const extra = await open();
+    const held = await Promise.all(Array.from({ length: PER_CLIENT }, () => tcpTo(server.proxyPort)));
+    const extra = await tcpTo(server.proxyPort);
     await closed(extra);
     assert.ok(held.every((s) => !s.destroyed), 'the first ones are still open');
     // None of them sends a request: each is closed at the deadline for a first request.

@@ -2,12 +2,13 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect as h2connect, createSecureServer, type Http2SecureServer } from 'node:http2';
 import { request as httpsRequest } from 'node:https';
-import { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
+import { closed, tcpTo } from '../../test/fixtures/sockets.js';
 import { loadTls, type TlsMaterial } from '../tls/index.js';
 import { limitConnections, type ConnectionLimits } from './connections.js';
 
@@ -51,23 +52,10 @@ describe('endpoint connection limits (real TLS sockets)', () => {
     return (server.address() as AddressInfo).port;
   }
 
-  const tcp = (port: number): Promise<Socket> =>
-    new Promise((resolve, reject) => {
-      const s = netConnect(port, '127.0.0.1', () => resolve(s));
-      s.on('error', reject);
-    });
   const tlsTo = (port: number): Promise<TLSSocket> =>
     new Promise((resolve, reject) => {
       const s = tlsConnect({ port, host: '127.0.0.1', servername: HOST, ca, ALPNProtocols: ['http/1.1'] }, () => resolve(s));
       s.on('error', reject);
-    });
-  /** Resolves once `s` is closed; what the server sent before closing is read and dropped (an unread socket never sees its end). */
-  const closed = (s: Socket): Promise<void> =>
-    new Promise((resolve) => {
-      s.on('error', () => {});
-      s.resume();
-      if (s.destroyed) resolve();
-      else s.once('close', () => resolve());
     });
   const https1 = (port: number, p: string): Promise<string> =>
     new Promise((resolve, reject) => {
@@ -83,8 +71,8 @@ describe('endpoint connection limits (real TLS sockets)', () => {
   // Regression (issue 11): 300 slowloris connections from one client were all held for 25 s and more.
   test('connections beyond the per-client limit are closed as they arrive; a freed place is taken again', { timeout: 30_000 }, async () => {
     const port = await serve({ perClient: 4, firstRequestMs: 60_000 });
-    const held = await Promise.all([1, 2, 3, 4].map(() => tcp(port)));
-    const extra = await tcp(port);
+    const held = await Promise.all([1, 2, 3, 4].map(() => tcpTo(port)));
+    const extra = await tcpTo(port);
     await closed(extra);
     assert.ok(held.every((s) => !s.destroyed), 'the first four stay open');
     held[0]?.destroy();
@@ -103,8 +91,8 @@ describe('endpoint connection limits (real TLS sockets)', () => {
 
   test('a connection with no request by the deadline is closed: silent, mid-handshake, or with headers never finished', { timeout: 30_000 }, async () => {
     const port = await serve({ perClient: 64, firstRequestMs: 300 });
-    const silent = await tcp(port);
-    const halfHandshake = await tcp(port);
+    const silent = await tcpTo(port);
+    const halfHandshake = await tcpTo(port);
     halfHandshake.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01]));
     const idleTls = await tlsTo(port);
     const slowHeaders = await tlsTo(port);
