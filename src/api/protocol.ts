@@ -21,13 +21,13 @@ export function answerProtocolErrors(server: Server): void {
 /** The parser keeps failing on each later packet of a refused connection; it is answered once. */
 const answered = new WeakSet<Duplex>();
 
-export function handleClientError(err: Error & { code?: string; rawPacket?: Buffer }, socket: Duplex): void {
+function handleClientError(err: Error & { code?: string; rawPacket?: Buffer }, socket: Duplex): void {
   if (err.code === 'ECONNRESET' || answered.has(socket)) return;
   refuse(socket, clientErrorOf(err));
 }
 
 /** The contract's error for a parser failure. */
-export function clientErrorOf(err: Error & { code?: string; rawPacket?: Buffer }): CellaError {
+function clientErrorOf(err: Error & { code?: string; rawPacket?: Buffer }): CellaError {
   switch (err.code) {
     case 'HPE_INVALID_METHOD':
       return new CellaError('METHOD_NOT_ALLOWED', 'the request method is not one the API knows');
@@ -51,7 +51,9 @@ function requestLineUnfinished(packet: Buffer | undefined): boolean {
 
 function refuse(socket: Duplex, err: CellaError): void {
   answered.add(socket);
-  if (!socket.writable) return void socket.destroy();
+  // Node's own test before it answers a parse error: an answer now would land inside a response already under way.
+  const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true;
+  if (!socket.writable || inFlight) return void socket.destroy();
   socket.end(rawHttpError(err));
   // Reading on (and dropping) what the client still sends: closing with unread bytes would reset the connection before the client reads the answer.
   socket.on('data', () => {});
