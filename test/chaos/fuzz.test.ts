@@ -6,7 +6,7 @@
  * JSON body (`message`, `code`) and `x-amzn-errortype`; a case the API must
  * refuse must not succeed.
  *
- * CHAOS_FUZZ_CASES bounds the number of cases (default 3000); CHAOS_SEED
+ * CHAOS_FUZZ_CASES bounds the number of cases (600, or 3000 with CHAOS_FULL=1); CHAOS_SEED
  * repeats a run (the seed is printed). The last line is the summary, e.g.
  * `fuzz: 3000 cases, 0 5xx, 0 hangs, 0 non-json`, where non-json counts
  * every answer that is not the JSON error it should be: a non-JSON error,
@@ -14,16 +14,16 @@
  * without an answer.
  */
 import assert from 'node:assert/strict';
-import { randomInt } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { startServer, type CellaServer } from '../../src/server/index.js';
 import { API_KEY } from '../control-helpers.js';
 import { exchange, type RawOutcome } from '../fixtures/raw-http.js';
 import { CaseMaker, operations, type FuzzCase, type OpenApi } from './fuzz-cases.js';
+import { budget, seedFromEnv, summary } from './harness.js';
 
-const CASES = Number(process.env.CHAOS_FUZZ_CASES ?? 3000);
-const SEED = process.env.CHAOS_SEED !== undefined ? Number(process.env.CHAOS_SEED) : randomInt(2 ** 31);
+const CASES = budget('CHAOS_FUZZ_CASES', 600, 3000);
+const SEED = seedFromEnv();
 /** A bound on waiting for one answer (not a performance figure): beyond it the case counts as a hang. */
 const ANSWER_BOUND_MS = 20_000;
 
@@ -85,6 +85,6 @@ test(`API fuzz: ${CASES} hostile requests over every operation, never a 5xx, a h
   // The server still serves after all of it.
   assert.equal((await fetch(`${server.url}/cella/v1/info`, { headers: auth })).status, 200, 'GetServerInfo after the fuzz');
   for (const f of failures.slice(0, 15)) console.log(`fuzz failure ${f}`);
-  console.log(`fuzz: ${CASES} cases, ${counts['5xx']} 5xx, ${counts.hang} hangs, ${counts['non-json']} non-json`);
+  summary(`fuzz: ${CASES} cases, ${counts['5xx']} 5xx, ${counts.hang} hangs, ${counts['non-json']} non-json (seed ${SEED})`);
   assert.deepEqual(failures.slice(0, 15), [], `seed ${SEED}: ${failures.length} of ${CASES} cases failed`);
 });
