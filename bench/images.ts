@@ -6,9 +6,9 @@
  * built from scratch, then the same zip rebuilt with every step cached, and
  * the snapshot's sizes. Prints JSON lines (see ./report.ts); asserts nothing.
  */
+import { managedImageArn } from '../src/contract/index.js';
 import { rmSync } from 'node:fs';
 import { zipDirectory } from '../src/archive/index.js';
-import { managedArn } from '../src/images/index.js';
 import { startServer } from '../src/server/index.js';
 import { API_KEY, createImage, shutdown } from '../test/control-helpers.js';
 import { PY_APP, PY_DOCKERFILE } from '../test/fixtures/pyapp.js';
@@ -27,7 +27,7 @@ const dataDir = tempDataDir('bench-images');
 const server = await startServer({ dataDir, port: 0, proxyPort: 0, apiRateScale: 0, apiKey: API_KEY, log: () => {} });
 const emit = reporter(() => ({ accel: server.engine.accel.accel }));
 const request = {
-  baseImageArn: managedArn('debian-12-python'),
+  baseImageArn: managedImageArn('debian-12-python'),
   resources: [{ minimumMemoryInMiB: 512 }],
   hooks: { port: 8080, microvmImageHooks: { ready: 'ENABLED', readyTimeoutInSeconds: 120 } },
 };

@@ -8,7 +8,7 @@ import { readdirSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { routes } from '../src/api/index.js';
+import { routes } from '../src/contract/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { API_KEY, V, api } from './control-helpers.js';
 import { exchange } from './fixtures/raw-http.js';

@@ -1,8 +1,8 @@
+import { managedImageArn } from '../src/contract/index.js';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { managedArn } from '../src/images/index.js';
 import { demoZip } from '../src/images/demo.js';
 import type { CellaServer } from '../src/server/index.js';
 import { loadGuestArtifacts } from '../src/setup/index.js';
@@ -48,7 +48,7 @@ export async function createImage(
   const uri = await upload(base, zip ?? (await demoArtifact()));
   const r = await api<{ imageVersion: string; buildId: string }>(base, 'POST', `${V}/microvm-images`, {
     name,
-    baseImageArn: managedArn('busybox'),
+    baseImageArn: managedImageArn('busybox'),
     codeArtifact: { uri },
     resources: [{ minimumMemoryInMiB: 256 }],
     ...extra,

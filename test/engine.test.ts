@@ -8,7 +8,7 @@ import { cpSync, existsSync, readFileSync, rmSync, statSync, truncateSync, write
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Engine, processStartTime, snapshotFiles, vmFiles, type RunningVm, type VmRef } from '../src/engine/index.js';
-import { isCellaError, SETUP_COMMAND } from '../src/errors/index.js';
+import { isCellaError, SETUP_COMMAND } from '../src/contract/index.js';
 import { listNamespaces, namespaceOwner } from '../src/net/index.js';
 import { DEMO_APP, DEMO_PORT, buildDemoRootfs } from '../src/setup/index.js';
 import { alive, eventually, get, namespaceOf, processesWith, tempDataDir } from './helpers.js';

@@ -4,6 +4,7 @@
  * through its endpoint, suspended when idle and auto-resumed. Every bad
  * artifact ends in its build stateReason with the log saying why.
  */
+import { managedImageArn } from '../src/contract/index.js';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -13,7 +14,6 @@ import { after, before, describe, test } from 'node:test';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
 import { zipDirectory } from '../src/archive/index.js';
-import { managedArn } from '../src/images/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { loadGuestArtifacts, baseTree } from '../src/setup/index.js';
 import { API_KEY, V, api, createImage, demoArtifact, endpointRequest, shutdown, upload, waitBuild, waitState, type MicrovmBody } from './control-helpers.js';
@@ -96,7 +96,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
       base,
       'pyapp',
       {
-        baseImageArn: managedArn('debian-12-python'),
+        baseImageArn: managedImageArn('debian-12-python'),
         resources: [{ minimumMemoryInMiB: 512 }],
         hooks: { port: 8080, microvmImageHooks: { ready: 'ENABLED', readyTimeoutInSeconds: 120 } },
       },
@@ -133,7 +133,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     assert.match(first.log, /COPY cella-demo \/usr\/bin\/cella-demo\n +[\d.]+  ---> done/);
     const uri = await upload(base, await demoArtifact());
     const upd = await api<{ imageVersion: string; buildId: string; state: string }>(base, 'PUT', `${V}/microvm-images/demo`, {
-      baseImageArn: managedArn('busybox'),
+      baseImageArn: managedImageArn('busybox'),
       codeArtifact: { uri },
       resources: [{ minimumMemoryInMiB: 256 }],
       environmentVariables: { VERSION_MARK: 'two' },
@@ -249,13 +249,13 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
 
   test('bad requests are refused with stable codes and change nothing', async () => {
     const uri = await upload(base, await demoArtifact());
-    const ok = { name: 'valid', baseImageArn: managedArn('busybox'), codeArtifact: { uri } };
+    const ok = { name: 'valid', baseImageArn: managedImageArn('busybox'), codeArtifact: { uri } };
     const before = (await api<{ items: unknown[] }>(base, 'GET', `${V}/microvm-images`)).body.items.length;
     const bad: [Record<string, unknown> | string, number, string][] = [
       ['{"name": "x",', 400, 'MALFORMED_JSON'],
       [{ ...ok, name: 'bad name!' }, 400, 'INVALID_ARGUMENT'],
       [{ ...ok, name: 'x'.repeat(65) }, 400, 'INVALID_ARGUMENT'],
-      [{ ...ok, baseImageArn: managedArn('no-such-base') }, 400, 'INVALID_ARGUMENT'],
+      [{ ...ok, baseImageArn: managedImageArn('no-such-base') }, 400, 'INVALID_ARGUMENT'],
       [{ ...ok, baseImageVersion: '7' }, 400, 'INVALID_ARGUMENT'],
       [{ ...ok, codeArtifact: { uri: 'http://example.com/app.zip' } }, 400, 'INVALID_ARGUMENT'],
       [{ ...ok, codeArtifact: {} }, 400, 'INVALID_ARGUMENT'],
@@ -281,7 +281,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     assert.equal(dup.status, 400);
     assert.match(dup.body.message, /already exists/);
     // An update while the first build runs is a conflict.
-    assert.equal((await api(base, 'PUT', `${V}/microvm-images/valid`, { baseImageArn: managedArn('busybox'), codeArtifact: { uri } })).status, 409);
+    assert.equal((await api(base, 'PUT', `${V}/microvm-images/valid`, { baseImageArn: managedImageArn('busybox'), codeArtifact: { uri } })).status, 409);
     assert.equal((await waitBuild(base, 'valid', '1.0', a.body.buildId)).buildState, 'SUCCESSFUL');
     // Uploads: empty, and declared larger than the limit (refused before reading a byte).
     const empty = await fetch(`${base}/cella/v1/code-artifacts`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}` }, body: new Uint8Array(0) });
@@ -298,8 +298,8 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     assert.equal(huge, 413);
     // Managed bases are listed with their versions.
     const managed = await api<{ items: { imageArn: string }[] }>(base, 'GET', `${V}/managed-microvm-images`);
-    for (const name of ['busybox', 'debian-12', 'debian-12-python']) assert.ok(managed.body.items.some((i) => i.imageArn === managedArn(name)), name);
-    const mv = await api<{ items: { imageVersion: string; status: string }[] }>(base, 'GET', `${V}/managed-microvm-images/${managedArn('busybox')}/versions`);
+    for (const name of ['busybox', 'debian-12', 'debian-12-python']) assert.ok(managed.body.items.some((i) => i.imageArn === managedImageArn(name)), name);
+    const mv = await api<{ items: { imageVersion: string; status: string }[] }>(base, 'GET', `${V}/managed-microvm-images/${managedImageArn('busybox')}/versions`);
     assert.deepEqual(mv.body.items.map((i) => [i.imageVersion, i.status]), [['1', 'AVAILABLE']]);
   });
 
@@ -331,7 +331,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     const s3Image = async (name: string, uri: string): Promise<{ build: { buildState: string; stateReason?: string }; log: string }> => {
       const r = await api<{ imageVersion: string; buildId: string }>(base, 'POST', `${V}/microvm-images`, {
         name,
-        baseImageArn: managedArn('busybox'),
+        baseImageArn: managedImageArn('busybox'),
         codeArtifact: { uri },
         resources: [{ minimumMemoryInMiB: 256 }],
       });

@@ -3,7 +3,7 @@ import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkS
 import { createServer, request } from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { BuildFailure, isCellaError } from '../src/errors/index.js';
+import { BuildFailure, isCellaError } from '../src/contract/index.js';
 import { parseReference, pullImage } from '../src/oci/index.js';
 import {
   MEDIA,

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { randomBytes } from 'node:crypto';
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 import {
   FrameDecoder,
   Msg,

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { isCellaError } from '../errors/index.js';
+import { isCellaError } from '../contract/index.js';
 import { NamePosition, OffsetPosition, VmPosition, decodeCursor, encodeCursor } from './cursor.js';
 
 const refused = (fn: () => unknown, what: string): void => {

@@ -6,7 +6,7 @@
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 
 const Closed = { additionalProperties: false } as const;
 

@@ -11,9 +11,9 @@ import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import type { Static, TSchema } from '@sinclair/typebox';
 import { ApiKeys, TokenMinter } from '../auth/index.js';
 import type { DiskCapacity } from '../capacity/index.js';
-import { managedName, type Connectors } from '../connectors/index.js';
-import { CellaError, httpError } from '../errors/index.js';
-import { MANAGED_VERSION, imageNameOf, managedArn, managedNameOf, type Images, type StartedVersion } from '../images/index.js';
+import { type Connectors } from '../connectors/index.js';
+import { AUTH_HEADER, type BuildSummary, CellaError, httpError, imageNameOf, type ImageVersion, type ImageVersionStarted, type ListMicrovmsResponse, managedConnectorNameOf, managedImageArn, managedImageNameOf, MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD_BYTES, type Microvm, type MicrovmImage, type NetworkConnector, openApiDocument, type Operation, type PortSpecification, type RouteDef, routes, type Routes } from '../contract/index.js';
+import { MANAGED_VERSION, type Images, type StartedVersion } from '../images/index.js';
 import type { Lifecycle } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
 import { pendingVm, type BuildRecord, type ConnectorRecord, type ImageRecord, type ImageVersionRecord, type Store, type VmRecord } from '../store/index.js';
@@ -21,23 +21,7 @@ import { usageOf, sumUsage } from '../usage/index.js';
 import { Throttle } from './throttle.js';
 import { NamePosition, OffsetPosition, VmPosition, decodeCursor, encodeCursor } from './cursor.js';
 import { decodePathParam, queryObject, requestUrl } from './params.js';
-import { openApiDocument, routes, type Operation, type RouteDef, type Routes } from './routes.js';
-import {
-  AUTH_HEADER,
-  MAX_DURATION_SECONDS,
-  MAX_RUN_HOOK_PAYLOAD_BYTES,
-  type BuildSummary,
-  type ImageVersion,
-  type ImageVersionStarted,
-  type ListMicrovmsResponse,
-  type MicrovmImage,
-  type NetworkConnector,
-  type Microvm,
-  type PortSpecification,
-} from './schemas.js';
 
-export * from './schemas.js';
-export { routes, openApiDocument, type Operation, type RouteDef } from './routes.js';
 export { answerProtocolErrors } from './protocol.js';
 
 /** Bodies beyond this are refused before parsing (the largest legal request is a few KiB). */
@@ -310,14 +294,14 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       }
       case 'ListManagedMicrovmImages':
         return {
-          json: paged(cmd, ctx.images.managed(), (b) => ({ imageArn: managedArn(b.name), createdAt: b.createdAt, ...(b.description ? { description: b.description } : {}) })),
+          json: paged(cmd, ctx.images.managed(), (b) => ({ imageArn: managedImageArn(b.name), createdAt: b.createdAt, ...(b.description ? { description: b.description } : {}) })),
         };
       case 'ListManagedMicrovmImageVersions': {
         const id = cmd.params.imageIdentifier as string;
-        const name = managedNameOf(id) ?? id;
+        const name = managedImageNameOf(id) ?? id;
         const base = ctx.images.managed().find((b) => b.name === name);
         if (!base) throw new CellaError('NOT_FOUND', `managed image ${id} not found`, { details: { resourceId: id, resourceType: 'MicrovmImage' } });
-        return { json: paged(cmd, [base], (b) => ({ imageArn: managedArn(b.name), imageVersion: MANAGED_VERSION, status: 'AVAILABLE' as const, createdAt: b.createdAt })) };
+        return { json: paged(cmd, [base], (b) => ({ imageArn: managedImageArn(b.name), imageVersion: MANAGED_VERSION, status: 'AVAILABLE' as const, createdAt: b.createdAt })) };
       }
       case 'UploadCodeArtifact':
         return { json: cmd.upload };
@@ -403,7 +387,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     for (const p of ports) {
       if ('range' in p && p.range.startPort > p.range.endPort) throw new CellaError('INVALID_ARGUMENT', `port range ${p.range.startPort}-${p.range.endPort} is empty`);
     }
-    const ingress = rec.spec.ingressNetworkConnectors.map(managedName);
+    const ingress = rec.spec.ingressNetworkConnectors.map(managedConnectorNameOf);
     if (kind === 'shell' && !ingress.includes('SHELL_INGRESS') && !ingress.includes('ALL_INGRESS')) {
       throw new CellaError('INVALID_ARGUMENT', `MicroVM ${id} was not launched with the SHELL_INGRESS connector`);
     }

@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { TSchema } from '@sinclair/typebox';
-import { isCellaError } from '../errors/index.js';
-import { ListImageBuildsQuery, ListQuery, LogsQuery } from './schemas.js';
+import { isCellaError, ListImageBuildsQuery, ListQuery, LogsQuery } from '../contract/index.js';
 import { decodePathParam, queryObject, requestUrl } from './params.js';
 
 const invalid = (err: unknown): boolean => isCellaError(err, 'INVALID_ARGUMENT');

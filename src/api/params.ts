@@ -4,7 +4,7 @@
  * INVALID_ARGUMENT when malformed (never thrown as an internal error).
  */
 import type { TSchema } from '@sinclair/typebox';
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 
 /** The contract's bound on every identifier in a path. */
 export const MAX_PATH_PARAM_CHARS = 256;

@@ -7,7 +7,7 @@
  */
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { CellaError, rawHttpError } from '../errors/index.js';
+import { CellaError, rawHttpError } from '../contract/index.js';
 
 /** How long a refused client may go on sending (read and dropped) before its connection is closed. */
 const DRAIN_MS = 5_000;

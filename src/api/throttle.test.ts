@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { isCellaError } from '../errors/index.js';
+import { isCellaError } from '../contract/index.js';
 import { Throttle } from './throttle.js';
 
 test('a burst of the contract rate passes, the next request is throttled, and time refills the bucket', () => {

@@ -8,9 +8,10 @@ import { pathToFileURL } from 'node:url';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
 import yazl from 'yazl';
-import { BuildFailure, CellaError, type BuildFailureReason } from '../errors/index.js';
+import { BuildFailure, CellaError, type BuildFailureReason } from '../contract/index.js';
 import { S_IFLNK, S_IFREG, rawZip } from '../../test/fixtures/zip-raw.js';
 import { extractZip, fetchArtifact, findDockerfile, validateArtifactUri, zipDirectory, zipEntryCount, type ZipLimits } from './index.js';
+
 
 const MiB = 1024 * 1024;
 

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import yauzl, { type Entry, type ZipFile } from 'yauzl';
-import { BuildFailure, CellaError } from '../errors/index.js';
+import { BuildFailure, CellaError } from '../contract/index.js';
 import { escapingSymlink, unsafeEntryName } from './paths.js';
 
 export interface ZipLimits {

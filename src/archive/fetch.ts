@@ -5,7 +5,7 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { GetObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
-import { BuildFailure, CellaError, type BuildFailureReason } from '../errors/index.js';
+import { BuildFailure, CellaError, type BuildFailureReason } from '../contract/index.js';
 
 /** Where `s3://` artifacts are read from (`cella server --s3-endpoint ...`). */
 export interface S3Settings {

@@ -1,7 +1,7 @@
 import { lstat, readdir, readlink, stat } from 'node:fs/promises';
 import path from 'node:path';
 import yazl from 'yazl';
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 import { escapingSymlink, unsafeEntryName } from './paths.js';
 
 const S_IFREG = 0o100000;

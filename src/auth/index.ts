@@ -9,8 +9,7 @@
  */
 import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { EncryptJWT, jwtDecrypt } from 'jose';
-import type { PortSpecification } from '../api/schemas.js';
-import { CellaError } from '../errors/index.js';
+import { CellaError, type PortSpecification } from '../contract/index.js';
 import type { Store } from '../store/index.js';
 
 const KEY_PREFIX = 'cella_';

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { tmpdir } from 'node:os';
 import { test } from 'node:test';
-import { isCellaError } from '../errors/index.js';
+import { isCellaError } from '../contract/index.js';
 import { DiskCapacity, diskSpace } from './index.js';
+
 
 test('below the floor, require() refuses with INSUFFICIENT_CAPACITY and a retry hint; above it, it lets work through', () => {
   const free = diskSpace(tmpdir()).freeBytes;

@@ -9,7 +9,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { statfsSync } from 'node:fs';
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 
 /** Default floor: whichever is larger, 1 GiB or 2 % of the file system. */
 export const DEFAULT_MIN_FREE_MIB = 1024;

@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Io } from './args.js';
 import { main } from './index.js';
 
+
 /** Runs main() in-process with captured output and the given environment (no CELLA_* unless set). */
 async function cella(argv: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string; err: string }> {
   let out = '';

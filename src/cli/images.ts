@@ -4,7 +4,7 @@
  * follow its log on stderr until it ends.
  */
 import path from 'node:path';
-import { CreateImageRequest as CreateImageSchema, DEFAULT_ENDPOINT_PORT, MAX_ENV_VARS, MEMORY_TIERS_MIB } from '../api/schemas.js';
+import { CreateImageRequest as CreateImageSchema, DEFAULT_ENDPOINT_PORT, managedImageArn, MAX_ENV_VARS, MEMORY_TIERS_MIB, arnName } from '../contract/index.js';
 import { zipDirectory } from '../archive/index.js';
 import {
   allItems,
@@ -17,9 +17,8 @@ import {
   type ImageVersionStatus,
   type UpdateImageRequest,
 } from '../client/index.js';
-import { managedArn } from '../images/index.js';
 import { flag, int, keyValues, str, strs, table, UsageError, type Command, type Io, type Options, type Values } from './args.js';
-import { at, imageName, mib, printJson, remote, time, untilInterrupted } from './remote.js';
+import { at, mib, printJson, remote, time, untilInterrupted } from './remote.js';
 
 const DEFAULT_BASE = 'busybox';
 const RUNTIME_HOOKS = ['run', 'resume', 'suspend', 'terminate'] as const;
@@ -83,7 +82,7 @@ function imageConfig(v: Values): { source: Source; config: Config } {
   return {
     source: code,
     config: {
-      baseImageArn: base.startsWith('arn:') ? base : managedArn(base),
+      baseImageArn: base.startsWith('arn:') ? base : managedImageArn(base),
       ...(memory !== undefined ? { resources: [{ minimumMemoryInMiB: memory }] } : {}),
       ...(Object.keys(env).length > 0 ? { environmentVariables: env } : {}),
       ...(hookSettings ? { hooks: hookSettings } : {}),
@@ -335,7 +334,7 @@ function setStatus(status: ImageVersionStatus, usage: string): Command {
   return remote({ usage, args: { min: 2, max: 2, names: 'NAME and VERSION' } }, async (p, c, io, json) => {
     const v = await c.updateImageVersion(at(p, 0), at(p, 1), status);
     if (json) printJson(io, v);
-    else io.out(`${imageName(v.imageArn)} ${v.imageVersion} ${v.status}\n`);
+    else io.out(`${arnName(v.imageArn)} ${v.imageVersion} ${v.status}\n`);
     return 0;
   });
 }
@@ -415,7 +414,7 @@ const bases = remote(
   async (_p, c, io, json) => {
     const items = await listAll((t) => c.listManagedImages(t));
     if (json) printJson(io, { items });
-    else io.out(table(['NAME', 'ARN', 'CREATED', 'DESCRIPTION'], items.map((b) => [imageName(b.imageArn), b.imageArn, time(b.createdAt) ?? '', b.description ?? ''])));
+    else io.out(table(['NAME', 'ARN', 'CREATED', 'DESCRIPTION'], items.map((b) => [arnName(b.imageArn), b.imageArn, time(b.createdAt) ?? '', b.description ?? ''])));
     return 0;
   },
 );

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CellaConnectionError, DEFAULT_URL } from '../client/index.js';
 import { Engine } from '../engine/index.js';
-import { CellaError, isCellaError } from '../errors/index.js';
+import { CellaError, isCellaError } from '../contract/index.js';
 import { tlsFiles } from '../tls/index.js';
 import { DEFAULT_GUEST_DIR, DEMO_APP, DEMO_PORT, buildDemoRootfs, loadGuestArtifacts, setupGuest } from '../setup/index.js';
 import { flag, processIo, runCommand, str, UsageError, wantsHelp, type Command, type Io, type Options, type Values } from './args.js';

@@ -15,8 +15,7 @@ import {
   type RunMicrovmRequest,
   type Usage,
 } from '../client/index.js';
-import { DEFAULT_ENDPOINT_PORT, connectorArn } from '../api/schemas.js';
-import { customerArn } from '../connectors/index.js';
+import { customerConnectorArn, DEFAULT_ENDPOINT_PORT, managedConnectorArn, arnName } from '../contract/index.js';
 import { interactiveShell } from './shell.js';
 import { flag, int, keyValues, str, strs, table, toInt, UsageError, type Command, type Io, type Options, type Parsed, type Values } from './args.js';
 
@@ -59,11 +58,7 @@ export function remote(
 
 export const at = (p: Parsed, i: number): string => p.positionals[i] as string;
 
-/** `arn:…:microvm-image:NAME` → NAME. */
-export const imageName = (arn: string): string => (arn.includes(':microvm-image:') ? arn.slice(arn.lastIndexOf(':') + 1) : arn);
 export const time = (iso: string | undefined): string | undefined => iso?.replace(/\.\d+Z$/, 'Z');
-/** The connector's own name, from its ARN. */
-const connector = (arn: string): string => arn.slice(arn.lastIndexOf(':') + 1);
 export const mib = (bytes: number): string => `${(bytes / 1048576).toFixed(1)} MiB`;
 
 function describeVm(vm: Microvm): string {
@@ -72,7 +67,7 @@ function describeVm(vm: Microvm): string {
     ['id', vm.microvmId],
     ['state', vm.state],
     ['reason', vm.stateReason],
-    ['image', `${imageName(vm.imageArn)} (version ${vm.imageVersion})`],
+    ['image', `${arnName(vm.imageArn)} (version ${vm.imageVersion})`],
     ['endpoint', `https://${vm.endpoint}`],
     ['started', time(vm.startedAt)],
     ['terminated', time(vm.terminatedAt)],
@@ -83,8 +78,8 @@ function describeVm(vm: Microvm): string {
         : 'none (never suspended for idleness)',
     ],
     ['max duration', `${vm.maximumDurationInSeconds} s`],
-    ['ingress', vm.ingressNetworkConnectors.map(connector).join(', ') || 'none'],
-    ['egress', vm.egressNetworkConnectors.map(connector).join(', ') || 'none'],
+    ['ingress', vm.ingressNetworkConnectors.map(arnName).join(', ') || 'none'],
+    ['egress', vm.egressNetworkConnectors.map(arnName).join(', ') || 'none'],
   ]);
 }
 
@@ -167,7 +162,7 @@ Launches a MicroVM from an image's snapshot and waits until it is RUNNING.
       ...(payload !== undefined ? { runHookPayload: payload } : {}),
       ...(token !== undefined ? { clientToken: token } : {}),
       ...(flag(v, 'no-logs') ? { logging: { disabled: {} } } : {}),
-      ...(strs(v, 'ingress').length ? { ingressNetworkConnectors: strs(v, 'ingress').map((n) => connectorArn(n.toUpperCase())) } : {}),
+      ...(strs(v, 'ingress').length ? { ingressNetworkConnectors: strs(v, 'ingress').map((n) => managedConnectorArn(n.toUpperCase())) } : {}),
       ...(flag(v, 'no-egress') ? { egressNetworkConnectors: [] } : {}),
       ...(egress.length ? { egressNetworkConnectors: egress.map(egressArn) } : {}),
     };
@@ -193,7 +188,7 @@ const ls = remote(
       if (flag(p.values, 'all') || s.state !== 'TERMINATED') items.push(s);
     }
     if (json) printJson(io, { items });
-    else io.out(table(['ID', 'STATE', 'IMAGE', 'STARTED'], items.map((s) => [s.microvmId, s.state, imageName(s.imageArn), time(s.startedAt) ?? ''])));
+    else io.out(table(['ID', 'STATE', 'IMAGE', 'STARTED'], items.map((s) => [s.microvmId, s.state, arnName(s.imageArn), time(s.startedAt) ?? ''])));
     return 0;
   },
 );
@@ -354,7 +349,7 @@ const shell = remote(
 /** INTERNET_EGRESS as the managed connector; an ARN as is; any other name as a customer connector. */
 function egressArn(name: string): string {
   if (name.startsWith('arn:')) return name;
-  return name.toUpperCase() === 'INTERNET_EGRESS' ? connectorArn('INTERNET_EGRESS') : customerArn(name);
+  return name.toUpperCase() === 'INTERNET_EGRESS' ? managedConnectorArn('INTERNET_EGRESS') : customerConnectorArn(name);
 }
 
 export const vmCommands: Record<string, Command> = { run, ls, get, suspend, resume, terminate, logs, token, usage, shell };

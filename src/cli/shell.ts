@@ -5,7 +5,7 @@
  */
 import { lookup as dnsLookup } from 'node:dns';
 import WebSocket from 'ws';
-import { SHELL_PATH, WS_AUTH_PREFIX, WS_MARKER } from '../api/schemas.js';
+import { SHELL_PATH, WS_AUTH_PREFIX, WS_MARKER } from '../contract/index.js';
 
 export interface ShellTarget {
   host: string;

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { CellaClient, CellaConnectionError, isCellaError, type ImageBuild, type Microvm, type VmState } from './index.js';
 
+
 interface Seen {
   method: string;
   url: string;

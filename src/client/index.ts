@@ -16,41 +16,10 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type { Static, TSchema } from '@sinclair/typebox';
-import { routes, type Operation, type Routes } from '../api/routes.js';
-import {
-  CONTRACT_MIN_IDLE_SECONDS,
-  type AuthTokenResponse,
-  type CreateAuthTokenRequest,
-  type CreateShellAuthTokenRequest,
-  type CreateImageRequest,
-  type DeleteImageResponse,
-  type DeleteImageVersionResponse,
-  type ErrorBody,
-  type ImageBuild,
-  type ImageVersion,
-  type ImageVersionStarted,
-  type ListImageBuildsResponse,
-  type ListImageVersionsResponse,
-  type ListImagesResponse,
-  type ListManagedImageVersionsResponse,
-  type ListManagedImagesResponse,
-  type ListMicrovmsQuery,
-  type ListMicrovmsResponse,
-  type Microvm,
-  type MicrovmImage,
-  type MicrovmSummary,
-  type RunMicrovmRequest,
-  type UpdateImageRequest,
-  type UploadedArtifact,
-  type Usage,
-  type UsageReport,
-  type VmState,
-  type ServerInfo,
-} from '../api/schemas.js';
-import { CellaError, ERRORS, type ErrorCode } from '../errors/index.js';
+import { type AuthTokenResponse, CellaError, CONTRACT_MIN_IDLE_SECONDS, type CreateAuthTokenRequest, type CreateImageRequest, type CreateShellAuthTokenRequest, type DeleteImageResponse, type DeleteImageVersionResponse, type ErrorBody, type ErrorCode, ERRORS, type ImageBuild, type ImageVersion, type ImageVersionStarted, type ListImageBuildsResponse, type ListImagesResponse, type ListImageVersionsResponse, type ListManagedImagesResponse, type ListManagedImageVersionsResponse, type ListMicrovmsQuery, type ListMicrovmsResponse, type Microvm, type MicrovmImage, type MicrovmSummary, type Operation, routes, type Routes, type RunMicrovmRequest, type ServerInfo, type UpdateImageRequest, type UploadedArtifact, type Usage, type UsageReport, type VmState } from '../contract/index.js';
 
-export { CellaError, isCellaError, ERRORS, type ErrorCode } from '../errors/index.js';
-export { AUTH_HEADER, VM_STATES } from '../api/schemas.js';
+export { CellaError, isCellaError, ERRORS, type ErrorCode } from '../contract/index.js';
+export { AUTH_HEADER, VM_STATES } from '../contract/index.js';
 export type {
   AuthTokenResponse,
   BuildSummary,
@@ -82,7 +51,7 @@ export type {
   Usage,
   UsageReport,
   VmState,
-} from '../api/schemas.js';
+} from '../contract/index.js';
 
 export const DEFAULT_URL = 'http://127.0.0.1:7470';
 

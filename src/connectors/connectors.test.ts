@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { connectorArn } from '../api/schemas.js';
-import { isCellaError } from '../errors/index.js';
+import { customerConnectorArn, isCellaError, managedConnectorArn } from '../contract/index.js';
 import { SqliteStore } from '../store/index.js';
-import { Connectors, checkCidr, checkDomain, customerArn } from './index.js';
+import { Connectors, checkCidr, checkDomain } from './index.js';
 
 test('CIDRs and domain names are checked and normalised', () => {
   assert.equal(checkCidr('10.1.0.0/16'), '10.1.0.0/16');
@@ -22,24 +21,24 @@ test('connectors resolve into the VM policy: contract defaults, managed and cust
   const store = new SqliteStore(':memory:');
   const c = new Connectors(store);
   assert.deepEqual(c.resolve(undefined, undefined, undefined).policy, { ingress: 'all', egress: 'internet' });
-  assert.deepEqual(c.resolve([connectorArn('NO_INGRESS')], [], 9000).policy, { ingress: [9000], egress: 'none' });
-  assert.deepEqual(c.resolve([connectorArn('SHELL_INGRESS')], [], undefined).policy, { ingress: [], egress: 'none' });
+  assert.deepEqual(c.resolve([managedConnectorArn('NO_INGRESS')], [], 9000).policy, { ingress: [9000], egress: 'none' });
+  assert.deepEqual(c.resolve([managedConnectorArn('SHELL_INGRESS')], [], undefined).policy, { ingress: [], egress: 'none' });
   c.create({ name: 'api', egress: { cidrs: ['198.51.100.0/24'], domains: ['*.example.com'] } });
   c.create({ name: 'pkg', egress: { domains: ['deb.debian.org', '*.example.com'] } });
-  const r = c.resolve([connectorArn('ALL_INGRESS')], [customerArn('api'), customerArn('pkg')], 8080);
+  const r = c.resolve([managedConnectorArn('ALL_INGRESS')], [customerConnectorArn('api'), customerConnectorArn('pkg')], 8080);
   assert.deepEqual(r.policy, { ingress: 'all', egress: { cidrs: ['198.51.100.0/24'], domains: ['*.example.com', 'deb.debian.org'] } });
-  assert.deepEqual(c.resolve(undefined, [customerArn('api'), connectorArn('INTERNET_EGRESS')], undefined).policy.egress, 'internet');
+  assert.deepEqual(c.resolve(undefined, [customerConnectorArn('api'), managedConnectorArn('INTERNET_EGRESS')], undefined).policy.egress, 'internet');
   const fails: [string[] | undefined, string[] | undefined, string][] = [
     [['bare-name'], undefined, 'INVALID_ARGUMENT'],
-    [[connectorArn('INTERNET_EGRESS')], undefined, 'NOT_FOUND'],
-    [undefined, [connectorArn('HTTP_INGRESS')], 'NOT_FOUND'],
-    [undefined, [customerArn('missing')], 'NOT_FOUND'],
+    [[managedConnectorArn('INTERNET_EGRESS')], undefined, 'NOT_FOUND'],
+    [undefined, [managedConnectorArn('HTTP_INGRESS')], 'NOT_FOUND'],
+    [undefined, [customerConnectorArn('missing')], 'NOT_FOUND'],
     [undefined, ['arn:aws:lambda:local:12:network-connector:x'], 'INVALID_ARGUMENT'],
   ];
   for (const [i, e, code] of fails) assert.throws(() => c.resolve(i, e, undefined), (err: unknown) => isCellaError(err, code as 'NOT_FOUND'), `${i} ${e}`);
   assert.throws(() => c.create({ name: 'api', egress: { cidrs: ['10.0.0.0/8'] } }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
   assert.throws(() => c.create({ name: 'empty', egress: {} }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
-  c.delete(customerArn('api'));
+  c.delete(customerConnectorArn('api'));
   c.delete('api');
   assert.equal(store.getConnector('api'), undefined);
   store.close();

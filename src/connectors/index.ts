@@ -7,25 +7,13 @@
  * connectors later.
  */
 import { isIP } from 'node:net';
-import { connectorArn } from '../api/schemas.js';
-import { CellaError } from '../errors/index.js';
+import { CellaError, customerConnectorArn, customerConnectorNameOf, managedConnectorArn, managedConnectorNameOf } from '../contract/index.js';
 import type { NetworkPolicy } from '../net/index.js';
 import type { ConnectorRecord, Store } from '../store/index.js';
 
-const MANAGED = /^arn:[a-z-]+:lambda:[^:]*:aws:network-connector:aws-network-connector:([A-Z_]+)$/;
-const CUSTOMER = /^arn:[a-z-]+:lambda:[^:]*:[0-9]{12}:network-connector:([a-zA-Z0-9_-]{1,64})$/;
 export const INGRESS = ['ALL_INGRESS', 'HTTP_INGRESS', 'SHELL_INGRESS', 'NO_INGRESS'] as const;
 export const EGRESS = ['INTERNET_EGRESS'] as const;
 export const MAX_ALLOW_ENTRIES = 64;
-
-export function customerArn(name: string): string {
-  return `arn:aws:lambda:local:000000000000:network-connector:${name}`;
-}
-
-/** The managed connector's name (HTTP_INGRESS…), or undefined for any other ARN. */
-export function managedName(arn: string): string | undefined {
-  return MANAGED.exec(arn)?.[1];
-}
 
 /** `10.0.0.0/8`, `203.0.113.7` (a /32): IPv4 only, the prefix within 0–32 and no host bits set. */
 export function checkCidr(cidr: string): string {
@@ -68,7 +56,7 @@ export class Connectors {
     if (cidrs.length + domains.length === 0) throw new CellaError('INVALID_ARGUMENT', 'egress needs at least one CIDR or domain');
     const rec: ConnectorRecord = {
       name: req.name,
-      arn: customerArn(req.name),
+      arn: customerConnectorArn(req.name),
       description: req.description ?? null,
       cidrs,
       domains,
@@ -79,7 +67,7 @@ export class Connectors {
   }
 
   require(identifier: string): ConnectorRecord {
-    const name = CUSTOMER.exec(identifier)?.[1] ?? identifier;
+    const name = customerConnectorNameOf(identifier) ?? identifier;
     const rec = this.store.getConnector(name);
     if (!rec) throw new CellaError('NOT_FOUND', `network connector ${identifier} not found`, { details: { resourceId: identifier, resourceType: 'NetworkConnector' } });
     return rec;
@@ -87,7 +75,7 @@ export class Connectors {
 
   /** Idempotent. Live VMs keep the policy they were given, so deleting one in use changes nothing for them. */
   delete(identifier: string): void {
-    const name = CUSTOMER.exec(identifier)?.[1] ?? identifier;
+    const name = customerConnectorNameOf(identifier) ?? identifier;
     this.store.deleteConnector(name);
   }
 
@@ -101,10 +89,10 @@ export class Connectors {
     egressGiven: string[] | undefined,
     hookPort: number | undefined,
   ): { ingress: string[]; egress: string[]; policy: NetworkPolicy } {
-    const ingress = ingressGiven ?? [connectorArn('HTTP_INGRESS')];
-    const egress = egressGiven ?? [connectorArn('INTERNET_EGRESS')];
+    const ingress = ingressGiven ?? [managedConnectorArn('HTTP_INGRESS')];
+    const egress = egressGiven ?? [managedConnectorArn('INTERNET_EGRESS')];
     const ingressNames = ingress.map((arn) => {
-      const name = managedName(arn);
+      const name = managedConnectorNameOf(arn);
       if (!name) throw new CellaError('INVALID_ARGUMENT', `ingressNetworkConnectors: Malformed network connector ARN ${arn}`);
       if (!(INGRESS as readonly string[]).includes(name)) {
         throw new CellaError('NOT_FOUND', `ingressNetworkConnectors: network connector ${name} does not exist`, { details: { resourceId: arn, resourceType: 'NetworkConnector' } });
@@ -115,7 +103,7 @@ export class Connectors {
     const cidrs = new Set<string>();
     const domains = new Set<string>();
     for (const arn of egress) {
-      const name = managedName(arn);
+      const name = managedConnectorNameOf(arn);
       if (name !== undefined) {
         if (!(EGRESS as readonly string[]).includes(name)) {
           throw new CellaError('NOT_FOUND', `egressNetworkConnectors: network connector ${name} does not exist`, { details: { resourceId: arn, resourceType: 'NetworkConnector' } });
@@ -123,7 +111,7 @@ export class Connectors {
         internet = true;
         continue;
       }
-      if (!CUSTOMER.test(arn)) throw new CellaError('INVALID_ARGUMENT', `egressNetworkConnectors: Malformed network connector ARN ${arn}`);
+      if (customerConnectorNameOf(arn) === undefined) throw new CellaError('INVALID_ARGUMENT', `egressNetworkConnectors: Malformed network connector ARN ${arn}`);
       const c = this.require(arn);
       for (const x of c.cidrs) cidrs.add(x);
       for (const x of c.domains) domains.add(x);

@@ -3,7 +3,7 @@
  * tree (no mount needed); every VM writes to its own qcow2 overlay.
  */
 import { constants, copyFileSync, statSync } from 'node:fs';
-import { CellaError, setupMissing } from '../errors/index.js';
+import { CellaError, setupMissing } from '../contract/index.js';
 import { run } from '../host/index.js';
 import { requireExecutable } from '../vmm/process.js';
 

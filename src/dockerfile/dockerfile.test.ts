@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { BuildFailure } from '../errors/index.js';
+import { BuildFailure } from '../contract/index.js';
 import { expandWord } from './expand.js';
 import { applyStep, cacheKeyOf, commandOf, emptyConfig, parseDockerfile, planSteps, resolveConfig, type ContainerConfig, type Step } from './index.js';
+
 
 const FROM = 'FROM alpine:3.20\n';
 

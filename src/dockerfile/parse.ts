@@ -11,7 +11,7 @@
  */
 import { posix } from 'node:path';
 import { Copy, DockerfileParser, Keyword, ModifiableInstruction, PropertyInstruction, Run, type Instruction, type Property } from 'dockerfile-ast';
-import { BuildFailure } from '../errors/index.js';
+import { BuildFailure } from '../contract/index.js';
 import { ExpandError, expandWord, type Lookup } from './expand.js';
 import type { CommandStep, Dockerfile, FileStep, Step } from './steps.js';
 

@@ -10,7 +10,7 @@ import { chmodSync, chownSync, linkSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import type { AgentClient, ExecOptions, ExecResult, ProcessSpec } from '../agent/index.js';
 import { createOverlay } from '../disk/index.js';
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 import type { NetworkPolicy } from '../net/index.js';
 import { jailPath, type Jail, type QemuProcess, type QmpClient } from '../vmm/index.js';
 

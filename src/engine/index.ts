@@ -16,7 +16,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentClient, type ProcessSpec } from '../agent/index.js';
 import { allocatedBytes, copyOverlay, createOverlay } from '../disk/index.js';
-import { CellaError, isCellaError } from '../errors/index.js';
+import { CellaError, isCellaError } from '../contract/index.js';
 import { crashPoint, run } from '../host/index.js';
 import { GUEST, NetworkPool, applyPolicy, networkForSlot, reclaimNamespaces, type NamespaceOwner, type NetworkPolicy, type VmNetwork } from '../net/index.js';
 import { loadGuestArtifacts, type GuestArtifacts } from '../setup/artifacts.js';

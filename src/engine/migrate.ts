@@ -8,7 +8,7 @@ import { chown, mkdir, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CellaError, fromErrno } from '../errors/index.js';
+import { CellaError, fromErrno } from '../contract/index.js';
 import { crashPoint } from '../host/index.js';
 import { jailPath, type Jail, type QemuProcess, type QmpClient } from '../vmm/index.js';
 import { filterMigrationStream, type FilterStats, type KeepPage } from './migration-stream.js';

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { isCellaError } from '../errors/index.js';
+import { isCellaError } from '../contract/index.js';
 import { filterMigrationStream } from './migration-stream.js';
 
 // A synthetic QEMU 7.2 stream: header, configuration, RAM setup/part/end, device state, EOF.

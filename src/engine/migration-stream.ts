@@ -12,7 +12,7 @@
  * state) starts, everything up to the end is copied verbatim. Anything this
  * parser does not understand is refused rather than guessed at.
  */
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 
 const MAGIC = 0x5145564d; // "QEVM"
 const VERSION = 3;

@@ -5,7 +5,7 @@
  * copy. /proc/PID/pagemap tells the two apart without touching guest memory.
  */
 import { openSync, readSync, closeSync, readFileSync, realpathSync } from 'node:fs';
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 
 const PAGE = 4096;
 const PRESENT = 1n << 63n;

@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync, renameSync } from 'node:fs';
 import path from 'node:path';
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 import type { Accel } from '../vmm/index.js';
 
 export const SNAPSHOT_FORMAT = 1;

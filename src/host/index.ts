@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { CellaError, type ErrorCode } from '../errors/index.js';
+import { CellaError, type ErrorCode } from '../contract/index.js';
 
 /** Runs a host command with an argument array (never a shell); rejects with its stderr. */
 export function run(

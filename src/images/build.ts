@@ -16,9 +16,8 @@ import { allocatedBytes, createOverlay, ext4FromDir } from '../disk/index.js';
 import { emptyConfig, type ContainerConfig } from '../dockerfile/config.js';
 import { cacheKeyOf, commandOf, parseDockerfile, planSteps, resolveConfig, type PlannedStep, type Step } from '../dockerfile/index.js';
 import { BUILD_MOUNT, type BuilderVm, type Engine } from '../engine/index.js';
-import { BuildFailure, isCellaError } from '../errors/index.js';
+import { BuildFailure, HOOK_PATH, isCellaError, managedImageNameOf } from '../contract/index.js';
 import { crashPoint, run } from '../host/index.js';
-import { HOOK_PATH } from '../lifecycle/hooks.js';
 import { GUEST, type NetworkPolicy } from '../net/index.js';
 import { pullImage } from '../oci/index.js';
 import type { ImageConfig, ImageVersionRecord, SnapshotBuild } from '../store/index.js';
@@ -63,11 +62,6 @@ type Say = (line: string) => void;
 export function cacheDirs(dataDir: string): { layers: string; bases: string; blobs: string } {
   const root = path.join(dataDir, 'cache');
   return { layers: path.join(root, 'layers'), bases: path.join(root, 'bases'), blobs: path.join(root, 'oci-blobs') };
-}
-
-/** The name in a managed image's ARN (`arn:…:aws:microvm-image:NAME`), or undefined for anything else. */
-export function managedNameOf(identifier: string): string | undefined {
-  return /^arn:[a-z-]+:lambda:[^:]*:aws:microvm-image:([a-zA-Z0-9_-]+)$/.exec(identifier)?.[1];
 }
 
 /** Runs one build; throws BuildFailure (or anything else, which the caller reports as a platform error). */
@@ -204,7 +198,7 @@ interface ResolvedBase {
 async function resolveBase(from: string, line: number, settings: BuildSettings, work: string, say: Say): Promise<ResolvedBase> {
   const bases = cacheDirs(settings.dataDir).bases;
   mkdirSync(bases, { recursive: true });
-  const managed = listBases(settings.guest.dir).find((b) => b.name === (managedNameOf(from) ?? from));
+  const managed = listBases(settings.guest.dir).find((b) => b.name === (managedImageNameOf(from) ?? from));
   if (managed) {
     // A base rebuilt by setup (new inputs or --force) is a new root disk.
     const key = sha256(`managed\0${managed.name}\0${managed.inputsSha256}\0${managed.createdAt}`);

@@ -11,39 +11,19 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import { validateArtifactUri, zipEntryCount, type S3Settings } from '../archive/index.js';
-import { DEFAULT_MEMORY_MIB, type CreateImageRequest, type ImageRequestConfig, type UpdateImageRequest } from '../api/schemas.js';
+import { BuildFailure, CellaError, type CreateImageRequest, DEFAULT_MEMORY_MIB, imageArn, imageNameOf, type ImageRequestConfig, managedImageArn, managedImageNameOf, type UpdateImageRequest } from '../contract/index.js';
 import type { Connectors } from '../connectors/index.js';
 import type { Engine } from '../engine/index.js';
-import { BuildFailure, CellaError } from '../errors/index.js';
 import type { BuildRecord, BuildState, ImageRecord, ImageState, ImageVersionRecord, RunnableImage, Store, VersionState } from '../store/index.js';
 import { listBases, type BaseInfo } from '../setup/index.js';
-import { buildImage, cacheDirs, managedNameOf, type BuildSettings } from './build.js';
+import { buildImage, cacheDirs, type BuildSettings } from './build.js';
 import { pruneLayers, type PruneResult } from './cache.js';
 
-export { managedNameOf } from './build.js';
 export { DEFAULT_LAYER_CACHE_BYTES, type PruneResult } from './cache.js';
 
 
-const ARN_PREFIX = 'arn:cella:lambda:local:000000000000:microvm-image:';
-const MANAGED_ARN_PREFIX = 'arn:cella:lambda:local:aws:microvm-image:';
 /** Managed bases have one version each: the one setup built. */
 export const MANAGED_VERSION = '1';
-
-export function imageArn(name: string): string {
-  return ARN_PREFIX + name;
-}
-
-export function managedArn(name: string): string {
-  return MANAGED_ARN_PREFIX + name;
-}
-
-/** Accepts an image name or its ARN; returns the name. */
-export function imageNameOf(identifier: string): string {
-  const m = /^arn:[a-z-]+:lambda:[^:]*:[^:]*:microvm-image:([a-zA-Z0-9_-]+)$/.exec(identifier);
-  if (m) return m[1] as string;
-  if (/^[a-zA-Z0-9_-]{1,64}$/.test(identifier)) return identifier;
-  throw new CellaError('INVALID_ARGUMENT', `imageIdentifier "${identifier}" is neither an image name nor an image ARN`);
-}
 
 /** The contract's size tiers: vCPUs are GiB / 2, at least one. */
 export function vcpusFor(memoryMiB: number): number {
@@ -241,10 +221,10 @@ export class Images {
   private checkConfig(req: CreateImageRequest | UpdateImageRequest): ImageRequestConfig {
     validateArtifactUri(req.codeArtifact.uri);
     this.connectors.resolve([], req.egressNetworkConnectors, undefined);
-    const base = managedNameOf(req.baseImageArn);
+    const base = managedImageNameOf(req.baseImageArn);
     const names = this.managed().map((b) => b.name);
     if (!base || !names.includes(base)) {
-      throw new CellaError('INVALID_ARGUMENT', `baseImageArn ${req.baseImageArn} is not a managed base image; use one of: ${names.map(managedArn).join(', ')}`);
+      throw new CellaError('INVALID_ARGUMENT', `baseImageArn ${req.baseImageArn} is not a managed base image; use one of: ${names.map(managedImageArn).join(', ')}`);
     }
     if (req.baseImageVersion !== undefined && req.baseImageVersion.replace(/\.0$/, '') !== MANAGED_VERSION) {
       throw new CellaError('INVALID_ARGUMENT', `baseImageVersion ${req.baseImageVersion} does not exist for ${base} (it has ${MANAGED_VERSION})`);

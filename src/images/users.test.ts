@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { BuildFailure } from '../errors/index.js';
+import { BuildFailure } from '../contract/index.js';
 import { resolveUser } from './users.js';
 
 const passwd = 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n';

@@ -2,7 +2,7 @@
  * USER as Docker reads it: `name`, `uid`, `name:group` or `uid:gid`, looked
  * up in the image's own /etc/passwd and /etc/group (never the host's).
  */
-import { BuildFailure } from '../errors/index.js';
+import { BuildFailure } from '../contract/index.js';
 
 function lookup(table: string, name: string, field: number): number | undefined {
   for (const row of table.split('\n')) {

@@ -3,19 +3,15 @@
  * Only 200 is success; anything else, a refused connection or the timeout is a failure with a reason.
  */
 import { request } from 'node:http';
+import { DEFAULT_RUNTIME_HOOK_TIMEOUT_S, HOOK_PATH, type RuntimeHook } from '../contract/index.js';
 import type { ImageConfig } from '../store/index.js';
-
-export type RuntimeHook = 'run' | 'resume' | 'suspend' | 'terminate';
-export const HOOK_PATH = '/aws/lambda-microvms/runtime/v1/';
-/** The contract's default timeout for runtime hooks. */
-const DEFAULT_TIMEOUT_S = 1;
 
 export function hookEnabled(config: ImageConfig, hook: RuntimeHook): boolean {
   return config.hooks?.microvmHooks?.[hook] === 'ENABLED';
 }
 
 export function hookTimeoutMs(config: ImageConfig, hook: RuntimeHook): number {
-  return (config.hooks?.microvmHooks?.[`${hook}TimeoutInSeconds`] ?? DEFAULT_TIMEOUT_S) * 1000;
+  return (config.hooks?.microvmHooks?.[`${hook}TimeoutInSeconds`] ?? DEFAULT_RUNTIME_HOOK_TIMEOUT_S) * 1000;
 }
 
 /** Resolves to undefined on success, or to why the hook failed. */

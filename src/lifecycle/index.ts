@@ -10,14 +10,13 @@
  */
 import { EventEmitter } from 'node:events';
 import { existsSync, rmSync, statSync } from 'node:fs';
-import type { VmState } from '../api/schemas.js';
+import { CellaError, isCellaError, type RuntimeHook, type VmState } from '../contract/index.js';
 import type { DiskCapacity } from '../capacity/index.js';
 import { vmFiles, type BlockIoError, type Engine, type RunningVm, type VmRef } from '../engine/index.js';
-import { CellaError, isCellaError } from '../errors/index.js';
 import type { LogHub } from '../logs/index.js';
 import { applyPolicy, networkForSlot, rememberPolicy } from '../net/index.js';
 import type { RunnableImage, Store, VmPatch, VmRecord } from '../store/index.js';
-import { callHook, hookEnabled, hookTimeoutMs, type RuntimeHook } from './hooks.js';
+import { callHook, hookEnabled, hookTimeoutMs } from './hooks.js';
 import { RUNNING_STATES, canTransition } from './states.js';
 
 export { TRANSITIONS, canTransition } from './states.js';

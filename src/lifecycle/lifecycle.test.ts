@@ -5,10 +5,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { RunningVm, VmRef } from '../engine/index.js';
-import { isCellaError } from '../errors/index.js';
+import { isCellaError } from '../contract/index.js';
 import { LogHub } from '../logs/index.js';
 import { SqliteStore, pendingVm, type RunnableImage, type VmRecord } from '../store/index.js';
 import { Lifecycle, TRANSITIONS, type VmDriver } from './index.js';
+
 
 /** A driver whose launches finish when the test says so; the real engine is covered by test/control.test.ts. */
 class FakeDriver extends EventEmitter {

@@ -6,7 +6,7 @@
  *      │           │            │  └──► RUNNING (suspend hook refused)
  *      └───────────┴────────────┴────────────┴──► TERMINATING ──► TERMINATED
  */
-import type { VmState } from '../api/schemas.js';
+import type { VmState } from '../contract/index.js';
 
 export const TRANSITIONS: Readonly<Record<VmState, readonly VmState[]>> = {
   PENDING: ['RUNNING', 'TERMINATING'],

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { LogHub, pruneDir } from './index.js';
 
+
 const tmp = (): string => mkdtempSync(path.join(tmpdir(), 'cella-logs-'));
 
 test('a VM log is rotated past its bound: the newest output and the one older file are kept, a reader gets both in order', async () => {

@@ -15,7 +15,7 @@
 import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 import { run } from '../host/index.js';
 import { closeDnsPort, openDnsPort } from './guard.js';
 import { netnsName, slotOfNamespaceAddress, type NetworkPolicy } from './rules.js';

@@ -13,7 +13,7 @@
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 import { crashPoint, run } from '../host/index.js';
 import { dnsForwarderPort, forgetPolicy, rememberPolicy } from './dns.js';
 import { ensureHostGuard } from './guard.js';

@@ -10,6 +10,7 @@ import { test } from 'node:test';
 import { run } from '../host/index.js';
 import { reclaimNamespaces } from './index.js';
 
+
 const root = process.getuid?.() === 0;
 
 test('regression (issue 11): a namespace cut short before its owner tag is reclaimed by its intent file; others are left alone', { skip: !root && 'needs root', timeout: 30_000 }, async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
-import { isCellaError } from '../errors/index.js';
+import { isCellaError } from '../contract/index.js';
 import { ALWAYS_BLOCKED, NON_PUBLIC, checkPolicy, guardRules, namespaceRules, slotAddresses, slotOfNamespaceAddress, type NetworkPolicy } from './rules.js';
 
 const rulesOf = (text: string, chain: string): string[] => {

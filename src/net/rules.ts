@@ -4,7 +4,7 @@
  * (`table inet cella_guard`). Nothing here touches the host.
  */
 import { isIPv4 } from 'node:net';
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 
 export const GUEST = {
   address: '172.29.0.2',

@@ -13,7 +13,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { Decompress } from 'fzstd';
 import tar, { type ExtractEvents } from 'tar-stream';
-import { BuildFailure } from '../errors/index.js';
+import { BuildFailure } from '../contract/index.js';
 
 export type Compression = 'gzip' | 'zstd' | 'none';
 

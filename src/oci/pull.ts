@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { emptyConfig, type ContainerConfig } from '../dockerfile/config.js';
-import { BuildFailure } from '../errors/index.js';
+import { BuildFailure } from '../contract/index.js';
 import { applyLayer, type Compression } from './layer.js';
 import { formatReference, parseReference } from './reference.js';
 import { RegistryClient, type Credentials, type Descriptor } from './registry.js';

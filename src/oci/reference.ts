@@ -1,4 +1,4 @@
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 
 /** An image reference split the way Docker does: `[registry/]repository[:tag][@digest]`. */
 export interface ImageReference {

@@ -9,7 +9,7 @@ import { rename, rm } from 'node:fs/promises';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
-import { BuildFailure } from '../errors/index.js';
+import { BuildFailure } from '../contract/index.js';
 import { formatReference, type ImageReference } from './reference.js';
 
 export interface Credentials {

@@ -16,21 +16,10 @@ import type { AddressInfo, Socket } from 'node:net';
 import { createConnection } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream';
-import {
-  AUTH_HEADER,
-  DEFAULT_ENDPOINT_PORT,
-  PORT_HEADER,
-  RESERVED_HEADER_PREFIX,
-  SHELL_PATH,
-  WS_AUTH_PREFIX,
-  WS_MARKER,
-  WS_PORT_PREFIX,
-  type PortSpecification,
-} from '../api/schemas.js';
+import { AUTH_HEADER, CellaError, DEFAULT_ENDPOINT_PORT, httpError, isCellaError, PORT_HEADER, type PortSpecification, rawHttpError, RESERVED_HEADER_PREFIX, SHELL_PATH, WS_AUTH_PREFIX, WS_MARKER, WS_PORT_PREFIX } from '../contract/index.js';
 import type { EndpointTokenClaims, TokenMinter } from '../auth/index.js';
 import type { Engine } from '../engine/index.js';
-import { CellaError, httpError, isCellaError, rawHttpError } from '../errors/index.js';
-import { TokenBuckets } from '../api/throttle.js';
+import { TokenBuckets } from '../limits/index.js';
 import type { Lifecycle } from '../lifecycle/index.js';
 import type { Store, VmRecord } from '../store/index.js';
 import type { TlsMaterial } from '../tls/index.js';

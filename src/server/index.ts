@@ -9,14 +9,15 @@ import { createServer, type Server } from 'node:http';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from 'node:net';
 import { totalmem } from 'node:os';
 import path from 'node:path';
-import { answerProtocolErrors, createApi, CONTRACT_MIN_IDLE_SECONDS } from '../api/index.js';
+import { answerProtocolErrors, createApi } from '../api/index.js';
 import { ApiKeys, TokenMinter, ensureApiKey } from '../auth/index.js';
 import { Engine, processStartTime } from '../engine/index.js';
 import { DiskCapacity } from '../capacity/index.js';
-import { CellaError } from '../errors/index.js';
+import { CellaError, managedImageArn, CONTRACT_MIN_IDLE_SECONDS } from '../contract/index.js';
 import { Connectors } from '../connectors/index.js';
+
 import { DEFAULT_DNS_PORT, ensureHostGuard, startDnsForwarder, type DnsForwarder, type DnsUpstream } from '../net/index.js';
-import { DEFAULT_LAYER_CACHE_BYTES, Images, managedArn } from '../images/index.js';
+import { DEFAULT_LAYER_CACHE_BYTES, Images } from '../images/index.js';
 import { demoZip } from '../images/demo.js';
 import type { S3Settings } from '../archive/index.js';
 import { Lifecycle } from '../lifecycle/index.js';
@@ -271,7 +272,7 @@ async function ensureDemo(store: Store, images: Images, engine: Engine, dataDir:
   const zip = await demoZip(path.join(dataDir, 'artifacts', 'demo.zip'), engine.guest.demoApp);
   const started = images.create({
     name: DEMO_IMAGE,
-    baseImageArn: managedArn('busybox'),
+    baseImageArn: managedImageArn('busybox'),
     codeArtifact: { uri: `file://${zip}` },
     resources: [{ minimumMemoryInMiB: 256 }],
   });

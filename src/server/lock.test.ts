@@ -4,9 +4,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { isCellaError } from '../errors/index.js';
+import { isCellaError } from '../contract/index.js';
 import { processStartTime } from '../vmm/index.js';
 import { lockDataDir } from './index.js';
+
 
 const dir = (): string => mkdtempSync(path.join(tmpdir(), 'cella-lock-'));
 

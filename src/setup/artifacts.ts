@@ -6,7 +6,7 @@
 
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CellaError, SETUP_COMMAND, setupMissing } from '../errors/index.js';
+import { CellaError, SETUP_COMMAND, setupMissing } from '../contract/index.js';
 
 export const DEFAULT_GUEST_DIR = process.env.CELLA_GUEST_DIR ?? '/var/lib/cella/guest';
 

@@ -9,7 +9,7 @@
 import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, realpath, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CellaError, SETUP_COMMAND, setupMissing } from '../errors/index.js';
+import { CellaError, SETUP_COMMAND, setupMissing } from '../contract/index.js';
 import { run } from '../host/index.js';
 import { readBaseInfo, type BaseInfo } from './artifacts.js';
 import { fileSha256, replaceDir, requireTools, sha256, writeAtomic } from './util.js';

@@ -5,7 +5,7 @@
  * when its contents do.
  */
 
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 
 export interface CpioEntry {
   /** Path inside the archive; a leading '/' is dropped, as GNU cpio does. */

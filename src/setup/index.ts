@@ -8,7 +8,7 @@
 import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { CellaError, setupMissing } from '../errors/index.js';
+import { CellaError, setupMissing } from '../contract/index.js';
 import { run } from '../host/index.js';
 import { DEFAULT_GUEST_DIR, guestPaths, loadGuestArtifacts, readManifest, type GuestArtifacts, type GuestManifest } from './artifacts.js';
 import { setupBases } from './bases.js';

@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CellaError, SETUP_COMMAND } from '../errors/index.js';
+import { CellaError, SETUP_COMMAND } from '../contract/index.js';
 import { run } from '../host/index.js';
 
 const ELF_MAGIC = Buffer.from([0x7f, 0x45, 0x4c, 0x46]);

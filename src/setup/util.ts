@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { constants, existsSync } from 'node:fs';
 import { access, chmod, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
-import { setupMissing } from '../errors/index.js';
+import { setupMissing } from '../contract/index.js';
 
 export function sha256(data: Buffer | string): string {
   return createHash('sha256').update(data).digest('hex');

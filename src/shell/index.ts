@@ -11,7 +11,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { PtySession } from '../agent/index.js';
-import { WS_MARKER } from '../api/schemas.js';
+import { WS_MARKER } from '../contract/index.js';
 import type { Engine } from '../engine/index.js';
 import type { RunnableImage, VmRecord } from '../store/index.js';
 

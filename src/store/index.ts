@@ -7,8 +7,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import type { HookSettings, ImageRequestConfig, VmState } from '../api/schemas.js';
-import type { BuildFailureReason } from '../errors/index.js';
+import type { BuildFailureReason, BuildState, HookSettings, ImageRequestConfig, ImageState, VersionState, VmState } from '../contract/index.js';
 import type { NetworkPolicy } from '../net/index.js';
 
 /** The Microvm's settings as the caller asked for them (desired state). */
@@ -91,12 +90,6 @@ export function pendingVm(init: {
   };
 }
 
-export const IMAGE_STATES = ['CREATING', 'CREATED', 'CREATE_FAILED', 'UPDATING', 'UPDATED', 'UPDATE_FAILED', 'DELETING', 'DELETED', 'DELETE_FAILED'] as const;
-export type ImageState = (typeof IMAGE_STATES)[number];
-export const VERSION_STATES = ['PENDING', 'IN_PROGRESS', 'SUCCESSFUL', 'FAILED', 'DELETING', 'DELETED', 'DELETE_FAILED'] as const;
-export type VersionState = (typeof VERSION_STATES)[number];
-export const BUILD_STATES = ['PENDING', 'IN_PROGRESS', 'SUCCESSFUL', 'FAILED'] as const;
-export type BuildState = (typeof BUILD_STATES)[number];
 
 /** A MicrovmImage: a name whose versions are built from code artifacts. */
 export interface ImageRecord {
@@ -190,6 +183,8 @@ export interface TokenRecord {
   expiresAt: number;
   createdAt: number;
 }
+
+export type { BuildState, ImageState, VersionState };
 
 export type VmPatch = Partial<Omit<VmRecord, 'id' | 'state' | 'generation' | 'spec' | 'imageName' | 'imageArn' | 'imageVersion'>>;
 

@@ -10,7 +10,7 @@ import { webcrypto } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import * as x509 from '@peculiar/x509';
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 

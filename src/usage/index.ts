@@ -3,7 +3,7 @@
  * the store (running time, checkpoint bytes written and read, checkpoint
  * bytes × time stored), plus the interval still open in its current state.
  */
-import type { Usage } from '../api/schemas.js';
+import type { Usage } from '../contract/index.js';
 import { RUNNING_STATES } from '../lifecycle/states.js';
 import type { VmRecord } from '../store/index.js';
 

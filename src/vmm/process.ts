@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { accessSync, closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
-import { CellaError, setupMissing } from '../errors/index.js';
+import { CellaError, setupMissing } from '../contract/index.js';
 import type { Cgroup } from './cgroup.js';
 import { processStartTime, startTimeOfChild } from './procfs.js';
 

@@ -4,7 +4,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { isCellaError } from '../errors/index.js';
+import { isCellaError } from '../contract/index.js';
 import { QmpClient, QmpLineParser } from './qmp.js';
 
 test('line parser joins messages split across chunks', () => {

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CellaError } from '../errors/index.js';
+import { CellaError } from '../contract/index.js';
 
 export interface QmpEvent {
   event: string;

@@ -7,6 +7,7 @@
  * namespace, cgroup or folder. Budgets: CHAOS_CRASH_CYCLES and
  * CHAOS_RESUME_CYCLES (short by default, full with CHAOS_FULL=1).
  */
+import { managedImageArn } from '../../src/contract/index.js';
 import assert from 'node:assert/strict';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,7 +15,6 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { CRASH_POINTS, run, type CrashPoint } from '../../src/host/index.js';
 import { zipDirectory } from '../../src/archive/index.js';
-import { managedArn } from '../../src/images/index.js';
 import { demoContext } from '../../src/images/demo.js';
 import { loadGuestArtifacts } from '../../src/setup/index.js';
 import { V, api, createImage, upload, type MicrovmBody } from '../control-helpers.js';
@@ -182,7 +182,7 @@ describe('crash drill', { concurrency: false }, () => {
         const d = daemon;
         const request = (async (): Promise<void> => {
           if (op === 'run') started = await runVm();
-          else if (op === 'build') await api(d.url, 'PUT', `${V}/microvm-images/demo`, { baseImageArn: managedArn('busybox'), codeArtifact: { uri: await upload(d.url, await saltedDemo(cycle)) }, resources: [{ minimumMemoryInMiB: 256 }] });
+          else if (op === 'build') await api(d.url, 'PUT', `${V}/microvm-images/demo`, { baseImageArn: managedImageArn('busybox'), codeArtifact: { uri: await upload(d.url, await saltedDemo(cycle)) }, resources: [{ minimumMemoryInMiB: 256 }] });
           else if (target) await api(d.url, op === 'terminate' ? 'DELETE' : 'POST', `${V}/microvms/${target.id}${op === 'terminate' ? '' : `/${op}`}`);
           if (started) await settle(started).catch(() => {});
         })().catch(() => {});

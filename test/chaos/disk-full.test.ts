@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { isCellaError } from '../../src/errors/index.js';
+import { isCellaError } from '../../src/contract/index.js';
 import { startServer, type CellaServer } from '../../src/server/index.js';
 import { API_KEY, V, api, createImage, demoArtifact, shutdown, upload, waitState, type MicrovmBody } from '../control-helpers.js';
 import { eventually } from '../helpers.js';

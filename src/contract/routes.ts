@@ -4,8 +4,8 @@
  * driven by this table.
  */
 import type { TSchema } from '@sinclair/typebox';
+import { API_VERSION } from './names.js';
 import {
-  API_VERSION,
   AuthTokenResponse,
   CreateAuthTokenRequest,
   CreateShellAuthTokenRequest,

@@ -4,16 +4,14 @@
  * client uses. Ranges follow ../shared/reference/lambda-microvms-api.md.
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { VM_STATES } from './states.js';
 
-export const API_VERSION = '2025-09-09';
 /** The contract's lower bound for maxIdleDurationSeconds; `cella server --min-idle-seconds` may lower it. */
 export const CONTRACT_MIN_IDLE_SECONDS = 60;
 export const MAX_DURATION_SECONDS = 28_800;
 export const MAX_RUN_HOOK_PAYLOAD_BYTES = 4096;
 export const MAX_TOKEN_MINUTES = 60;
 
-export const VM_STATES = ['PENDING', 'RUNNING', 'SUSPENDING', 'SUSPENDED', 'TERMINATING', 'TERMINATED'] as const;
-export type VmState = (typeof VM_STATES)[number];
 
 const Str = (min: number, max: number, extra: Record<string, unknown> = {}) => Type.String({ minLength: min, maxLength: max, ...extra });
 const Int = (min: number, max?: number) => Type.Integer(max === undefined ? { minimum: min } : { minimum: min, maximum: max });
@@ -24,8 +22,6 @@ export const RoleArn = Str(20, 2048, { pattern: '^arn:aws[a-z\\-]*:iam::[0-9]{12
 const VersionString = Str(1, 2048, { pattern: '^\\S+$' });
 const ConnectorArn = Str(1, 2048, { pattern: '^arn:' });
 const Connectors = Type.Array(ConnectorArn, { maxItems: 10 });
-/** The ARN of a platform-managed connector (HTTP_INGRESS, SHELL_INGRESS, ALL_INGRESS, NO_INGRESS, INTERNET_EGRESS). */
-export const connectorArn = (name: string): string => `arn:aws:lambda:local:aws:network-connector:aws-network-connector:${name}`;
 
 export const IdlePolicy = (minIdleSeconds: number) =>
   Type.Object(
@@ -126,15 +122,6 @@ export type CreateAuthTokenRequest = Static<typeof CreateAuthTokenRequest>;
 export const CreateShellAuthTokenRequest = Type.Object({ expirationInMinutes: Int(1, MAX_TOKEN_MINUTES) }, Closed);
 export type CreateShellAuthTokenRequest = Static<typeof CreateShellAuthTokenRequest>;
 
-/** The endpoint's names (contract §6): headers, their reserved prefix, WebSocket subprotocols, the default port. */
-export const AUTH_HEADER = 'X-aws-proxy-auth';
-export const PORT_HEADER = 'X-aws-proxy-port';
-export const RESERVED_HEADER_PREFIX = 'X-aws-proxy-';
-export const WS_MARKER = 'lambda-microvms';
-export const WS_AUTH_PREFIX = 'lambda-microvms.authentication.';
-export const WS_PORT_PREFIX = 'lambda-microvms.port.';
-export const DEFAULT_ENDPOINT_PORT = 8080;
-export const SHELL_PATH = '/shell';
 export const AuthTokenResponse = Type.Object({ authToken: Type.Record(Type.String(), Type.String()) });
 export type AuthTokenResponse = Static<typeof AuthTokenResponse>;
 

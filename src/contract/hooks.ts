@@ -1,0 +1,10 @@
+/**
+ * The app's hook interface (contract section 5): `POST http://<guest>:<hooks.port>/aws/lambda-microvms/runtime/v1/<hook>`.
+ */
+export const HOOK_PATH = '/aws/lambda-microvms/runtime/v1/';
+/** Called by the lifecycle of a MicroVM. */
+export type RuntimeHook = 'run' | 'resume' | 'suspend' | 'terminate';
+/** Called by an image build. */
+export type ImageHook = 'ready' | 'validate';
+/** The contract's default timeout of a runtime hook. */
+export const DEFAULT_RUNTIME_HOOK_TIMEOUT_S = 1;

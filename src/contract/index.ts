@@ -1,0 +1,12 @@
+/**
+ * The contract: the bottom layer every other folder may import and that
+ * imports nothing of Cella's. The API's shapes and operations, error codes
+ * and their statuses, ARNs, fixed names, states and hook paths.
+ */
+export * from './arn.js';
+export * from './errors.js';
+export * from './hooks.js';
+export * from './names.js';
+export * from './routes.js';
+export * from './schemas.js';
+export * from './states.js';
