@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -377,22 +377,25 @@ describe('control plane over HTTP', { concurrency: false }, () => {
 describe('restart safety: kill -9 of cellad at any moment', { concurrency: false }, () => {
   test('regression (issue 11): a demo image whose build never succeeded is built again at the next start', { timeout: 10 * 60_000 }, async () => {
     const dir = tempDataDir('demo-again');
+    const noDockerfile = mkdtempSync(path.join(tmpdir(), 'cella-no-dockerfile-'));
+    writeFileSync(path.join(noDockerfile, 'README'), 'no Dockerfile here\n');
+    let s: CellaServer | undefined;
     try {
-      let s = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, log: () => {} });
+      s = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, log: () => {} });
       // A zip with no Dockerfile: the build fails at once, as one cut short by a failed first start would have.
-      const { build } = await createImage(s.url, 'demo', {}, await zipDirectory(mkdtempSync(path.join(tmpdir(), 'cella-empty-'))));
+      const { build } = await createImage(s.url, 'demo', {}, await zipDirectory(noDockerfile));
       assert.equal(build.buildState, 'FAILED');
       await s.close();
-      s = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, demoImage: true, log: () => {} });
-      try {
-        const img = s.store.getImage('demo');
-        assert.ok(img && img.state === 'CREATING', `the demo is building again (${img?.state})`);
-        await eventually(() => s.images.latest('demo', 'SUCCESSFUL') !== undefined, 300_000, 'the demo to be built');
-      } finally {
-        await shutdown(s);
-      }
+      s = undefined;
+      const again = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, demoImage: true, log: () => {} });
+      s = again;
+      const img = again.store.getImage('demo');
+      assert.ok(img && img.state === 'CREATING', `the demo is building again (${img?.state})`);
+      await eventually(() => again.images.latest('demo', 'SUCCESSFUL') !== undefined, 300_000, 'the demo to be built');
     } finally {
+      if (s) await shutdown(s);
       rmSync(dir, { recursive: true, force: true });
+      rmSync(noDockerfile, { recursive: true, force: true });
     }
   });
 

@@ -3,7 +3,7 @@
  * and IPv4 forwarding. Installed once per process, idempotent across
  * processes; other tables (docker, the host's firewall) are never touched.
  */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { run } from '../host/index.js';
 import { GUARD_TABLE, guardRules } from './rules.js';
 
@@ -39,4 +39,34 @@ export async function closeDnsPort(port: number): Promise<void> {
   dnsPorts.delete(port);
   // Gone already if someone deleted the table: nothing left to close.
   await nft(`delete element inet ${GUARD_TABLE} dns_ports { ${port} }\n`).catch(() => {});
+}
+
+/**
+ * Drops from the guard the DNS ports no socket on this host is bound to any
+ * more: those of cellads that were killed (their `close` never ran). A port
+ * left open there would let guests reach whatever binds it next.
+ */
+export async function pruneDnsPorts(): Promise<number[]> {
+  const out = await run('nft', ['-j', 'list', 'set', 'inet', GUARD_TABLE, 'dns_ports']).catch(() => '');
+  let listed: number[] = [];
+  try {
+    const set = (JSON.parse(out) as { nftables: { set?: { elem?: unknown[] } }[] }).nftables.find((o) => o.set)?.set;
+    listed = (set?.elem ?? []).filter((e): e is number => typeof e === 'number');
+  } catch {
+    return [];
+  }
+  const bound = udpPortsBound();
+  const stale = listed.filter((p) => !bound.has(p));
+  for (const p of stale) await closeDnsPort(p);
+  return stale;
+}
+
+/** Local ports of the host's UDP sockets (/proc/net/udp, hexadecimal). */
+export function udpPortsBound(): Set<number> {
+  const ports = new Set<number>();
+  for (const line of readFileSync('/proc/net/udp', 'utf8').split('\n').slice(1)) {
+    const local = line.trim().split(/\s+/)[1];
+    if (local) ports.add(parseInt(local.slice(local.indexOf(':') + 1), 16));
+  }
+  return ports;
 }

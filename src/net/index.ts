@@ -21,7 +21,7 @@ import { GUEST, HOST_IF_PREFIX, MAX_SLOTS, NETNS_PREFIX, checkPolicy, namespaceR
 
 export { DEFAULT_DNS_PORT, forgetPolicy, rememberPolicy, startDnsForwarder } from './dns.js';
 export type { DnsForwarder, DnsForwarderOptions, DnsUpstream } from './dns.js';
-export { ensureHostGuard } from './guard.js';
+export { ensureHostGuard, pruneDnsPorts, udpPortsBound } from './guard.js';
 export { DEFAULT_POLICY, GUEST, namespaceRules, slotAddresses } from './rules.js';
 export type { NetworkPolicy } from './rules.js';
 

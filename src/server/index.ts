@@ -16,7 +16,7 @@ import { DiskCapacity } from '../capacity/index.js';
 import { CellaError, managedImageArn, CONTRACT_MIN_IDLE_SECONDS } from '../contract/index.js';
 import { Connectors } from '../connectors/index.js';
 
-import { DEFAULT_DNS_PORT, ensureHostGuard, startDnsForwarder, type DnsForwarder, type DnsUpstream } from '../net/index.js';
+import { DEFAULT_DNS_PORT, ensureHostGuard, pruneDnsPorts, startDnsForwarder, type DnsForwarder, type DnsUpstream } from '../net/index.js';
 import { DEFAULT_LAYER_CACHE_BYTES, Images } from '../images/index.js';
 import { demoZip } from '../images/demo.js';
 import type { S3Settings } from '../archive/index.js';
@@ -303,6 +303,8 @@ async function startDns(store: Store, upstream: DnsUpstream | undefined, log: (l
   }
   try {
     if (dns.port !== port || !saved) store.putSecret('dns-port', Buffer.from(String(dns.port)));
+    const stale = await pruneDnsPorts();
+    if (stale.length) log(`host guard: closed the DNS ports of cellads that are gone: ${stale.join(', ')}`);
   } catch (err) {
     await dns.close();
     throw err;

@@ -13,7 +13,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { run } from '../../src/host/index.js';
-import { GUEST } from '../../src/net/index.js';
+import { GUEST, udpPortsBound } from '../../src/net/index.js';
 import { startServer, type CellaServer, type ServerOptions } from '../../src/server/index.js';
 import { API_KEY, V, api, createImage, shutdown, waitState, type MicrovmBody } from '../control-helpers.js';
 import { startDnsUpstream } from '../fixtures/dns-upstream.js';
@@ -133,7 +133,10 @@ describe('two servers on one host', { concurrency: false }, () => {
       }
       const h = hostState(dir);
       assert.deepEqual([h.qemus.size, h.namespaces.length, h.cgroups.length], [0, 0, 0]);
-      assert.deepEqual(await guardDnsPorts(), guardBefore, 'no port left in the guard');
+      // Other cellads on this host may open ports meanwhile; none may be left that nothing serves.
+      const added = (await guardDnsPorts()).filter((p) => !guardBefore.includes(p));
+      const bound = udpPortsBound();
+      assert.deepEqual(added.filter((p) => !bound.has(p)), [], 'no port left in the guard');
       checks += 2;
     } finally {
       taken.close();
