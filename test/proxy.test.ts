@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { managedConnectorArn } from '../src/contract/index.js';
 import { TokenMinter } from '../src/auth/index.js';
-import { localhostLookup } from '../src/cli/shell.js';
+import { localhostLookup } from '../src/cli/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { API_KEY, V, api, createImage, shutdown, waitState, type MicrovmBody } from './control-helpers.js';
 import { eventually, getAt, tempDataDir } from './helpers.js';

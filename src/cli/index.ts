@@ -17,6 +17,9 @@ import { IMAGE_USAGE, imageCommands } from './images.js';
 import { vmCommands } from './remote.js';
 import { DEFAULT_DATA_DIR, server } from './server.js';
 
+// The suites dial endpoints with the same `*.localhost` lookup as `cella shell`.
+export { localhostLookup } from './shell.js';
+
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 const USAGE = `Usage: cella <command> [options]

@@ -5,7 +5,7 @@
 import { constants, copyFileSync, statSync } from 'node:fs';
 import { CellaError, setupMissing } from '../contract/index.js';
 import { run } from '../host/index.js';
-import { requireExecutable } from '../vmm/process.js';
+import { requireExecutable } from '../vmm/index.js';
 
 const MKFS = '/usr/sbin/mkfs.ext4';
 const QEMU_IMG = '/usr/bin/qemu-img';

@@ -9,7 +9,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { emptyConfig, type ContainerConfig } from '../dockerfile/config.js';
+import { emptyConfig, type ContainerConfig } from '../dockerfile/index.js';
 import { BuildFailure } from '../contract/index.js';
 import { applyLayer, type Compression } from './layer.js';
 import { formatReference, parseReference } from './reference.js';

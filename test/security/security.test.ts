@@ -12,7 +12,7 @@ import { readFileSync, rmSync, statSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { connect as h2connect } from 'node:http2';
-import { localhostLookup } from '../../src/cli/shell.js';
+import { localhostLookup } from '../../src/cli/index.js';
 import { after, before, describe, test } from 'node:test';
 import { customerConnectorArn, managedConnectorArn } from '../../src/contract/index.js';
 import { TokenMinter } from '../../src/auth/index.js';
