@@ -1,0 +1,62 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+// The layer map lives in .dependency-cruiser.cjs (enforced by npm run lint:layers) and, in words, in
+// docs/design.md's "Map of the code". This keeps the words true: same folders, same tiers, and the
+// "Imports today" column equal to what each folder's shipped files import.
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const SRC = path.join(ROOT, 'src');
+const { TIERS } = createRequire(import.meta.url)('../.dependency-cruiser.cjs') as { TIERS: string[][] };
+
+interface Row {
+  tier: number;
+  folder: string;
+  imports: string[];
+}
+
+function mapRows(): Row[] {
+  const design = readFileSync(path.join(ROOT, 'docs/design.md'), 'utf8');
+  const section = design.split('\n## ').find((s) => s.startsWith('Map of the code'));
+  assert.ok(section, 'docs/design.md has a "## Map of the code" section');
+  return [...section.matchAll(/^\| (\d+) \| `([a-z-]+)` \| [^|]+ \| ([^|]+) \|$/gm)].map(([, tier, folder, imports]) => ({
+    tier: Number(tier),
+    folder: folder!,
+    imports: imports!.trim() === '—' ? [] : [...imports!.matchAll(/`([a-z-]+)`/g)].map((m) => m[1]!),
+  }));
+}
+
+/** The other src/ folders a folder's shipped (non-test) files import, sorted. */
+function importsOf(folder: string): string[] {
+  const found = new Set<string>();
+  for (const file of readdirSync(path.join(SRC, folder))) {
+    if (!file.endsWith('.ts') || file.endsWith('.test.ts')) continue;
+    const text = readFileSync(path.join(SRC, folder, file), 'utf8');
+    for (const m of text.matchAll(/(?:from|import)\s*\(?\s*'\.\.\/([a-z-]+)\//g)) found.add(m[1]!);
+  }
+  return [...found].sort();
+}
+
+const folders = readdirSync(SRC, { withFileTypes: true })
+  .filter((d) => d.isDirectory())
+  .map((d) => d.name)
+  .sort();
+
+test('every folder under src/ has exactly one tier, and every tier names real folders', () => {
+  const tiered = TIERS.flat();
+  assert.equal(new Set(tiered).size, tiered.length, 'a folder is in two tiers');
+  assert.deepEqual([...tiered].sort(), folders);
+});
+
+test("docs/design.md's map lists every folder once, at its tier, with what it imports today", () => {
+  const rows = mapRows();
+  assert.deepEqual(rows.map((r) => r.folder).sort(), folders);
+  for (const row of rows) {
+    const tier = TIERS.findIndex((t) => t.includes(row.folder));
+    assert.equal(row.tier, tier, `${row.folder}: tier in docs/design.md vs .dependency-cruiser.cjs`);
+    assert.deepEqual(row.imports, importsOf(row.folder), `${row.folder}: "Imports today" in docs/design.md (sorted)`);
+  }
+});
