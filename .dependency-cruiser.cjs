@@ -59,7 +59,7 @@ module.exports = {
     },
     {
       name: 'tests-and-tools-through-the-door',
-      comment: 'test/, bench/ and scripts/ use src/ the way its callers do: through each folder\'s index.ts.',
+      comment: "test/, bench/ and scripts/ use src/ the way its callers do: through each folder's index.ts.",
       severity: 'error',
       from: { path: '^(test|bench|scripts)/' },
       to: { path: '^src/', pathNot: DOOR },

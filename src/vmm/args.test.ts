@@ -24,6 +24,7 @@ test('template: boots a kernel on shared file-backed RAM', () => {
       tap: { ifname: 'tap0', mac: '52:54:00:ce:11:a0' },
       tcgTbSizeMiB: 32,
     }),
+    // prettier-ignore
     [
       '-name', 'vm-1',
       '-M', 'microvm,pit=on,pic=off,isa-serial=on,rtc=on,memory-backend=mem',
@@ -59,6 +60,7 @@ test('clone: private RAM, no kernel, waits for incoming state', () => {
 
 test('jailed: seccomp filter, own uid, chroot into the VM folder', () => {
   const args = buildQemuArgs({ ...base, memPath: '/i/mem', memShared: false, incoming: true, jail: { uid: 200007, gid: 200007, chroot: '/d' } });
+  // prettier-ignore
   assert.deepEqual(args.slice(-9), [
     '-incoming', 'defer', '-S',
     '-sandbox', 'on,obsolete=deny,spawn=deny,resourcecontrol=deny',

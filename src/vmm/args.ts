@@ -51,6 +51,8 @@ export function optValue(v: string): string {
 
 export function buildQemuArgs(spec: QemuSpec): string[] {
   const accel = spec.accel === 'kvm' ? 'kvm' : `tcg${spec.tcgTbSizeMiB ? `,tb-size=${spec.tcgTbSizeMiB}` : ''}`;
+  // Each QEMU flag stays on one line with its value, hence the prettier-ignore marks here and in args.test.ts.
+  // prettier-ignore
   const args = [
     '-name', spec.name,
     // pit on: under TCG microvm has no other calibration source (see DESIGN traps); pic off, rtc on.
@@ -68,12 +70,14 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
   if (spec.disk) {
     // auto-read-only=off: QEMU would otherwise reopen the image by path when it
     // drops write access at the end of a migration, and a pooled VM's folder is renamed.
+    // prettier-ignore
     args.push(
       '-drive', `id=root,file=${optValue(spec.disk)},format=qcow2,if=none,cache=writeback,discard=unmap,auto-read-only=off`,
       '-device', 'virtio-blk-device,drive=root',
     );
   }
   if (spec.buildDisk) {
+    // prettier-ignore
     args.push(
       '-drive', `id=build,file=${optValue(spec.buildDisk)},format=raw,if=none,read-only=on`,
       '-device', 'virtio-blk-device,drive=build',
@@ -81,18 +85,21 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
   }
   if (spec.ctlSocket || spec.logSocket) args.push('-device', 'virtio-serial-device,max_ports=4');
   if (spec.ctlSocket) {
+    // prettier-ignore
     args.push(
       '-chardev', `socket,id=ctl,path=${optValue(spec.ctlSocket)},server=on,wait=off`,
       '-device', 'virtserialport,chardev=ctl,name=cella.ctl',
     );
   }
   if (spec.logSocket) {
+    // prettier-ignore
     args.push(
       '-chardev', `socket,id=log,path=${optValue(spec.logSocket)},server=on,wait=off`,
       '-device', 'virtserialport,chardev=log,name=cella.log',
     );
   }
   if (spec.tap) {
+    // prettier-ignore
     args.push(
       '-netdev', `tap,id=net0,ifname=${spec.tap.ifname},script=no,downscript=no`,
       '-device', `virtio-net-device,netdev=net0,mac=${spec.tap.mac}`,
