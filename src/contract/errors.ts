@@ -1,53 +1,191 @@
 /**
  * Every error Cella raises is a CellaError with a stable `code`. The table
  * below is the one place that maps a code to its HTTP status and to the error
- * name of the Lambda MicroVMs contract; server and client share it.
+ * name of the Lambda MicroVMs contract; server and client share it. Each
+ * code's `doc` (what happened, what the caller should do) is published as
+ * docs/errors.md by `npm run docs:errors`.
  */
 import { STATUS_CODES } from 'node:http';
 
 export const ERRORS = {
   // Host setup
-  SETUP_MISSING: { status: 500, type: 'InternalServerException' },
-  ACCEL_UNAVAILABLE: { status: 500, type: 'InternalServerException' },
+  SETUP_MISSING: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: 'A guest artifact, base or host program Cella needs is not installed (`details.path` names it): the operator runs `npm run setup`.',
+  },
+  ACCEL_UNAVAILABLE: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: 'The host offers QEMU no usable accelerator. No code path raises it today.',
+  },
   // VMM and guest
-  QEMU_FAILED: { status: 500, type: 'InternalServerException' },
-  QEMU_EXITED: { status: 500, type: 'InternalServerException' },
-  QMP_ERROR: { status: 500, type: 'InternalServerException' },
-  AGENT_ERROR: { status: 500, type: 'InternalServerException' },
-  AGENT_TIMEOUT: { status: 500, type: 'InternalServerException' },
-  GUEST_BOOT_FAILED: { status: 500, type: 'InternalServerException' },
-  APP_NOT_READY: { status: 500, type: 'InternalServerException' },
-  HOOK_FAILED: { status: 502, type: 'InternalServerException' },
-  UPSTREAM_FAILED: { status: 502, type: 'InternalServerException' },
+  QEMU_FAILED: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: "A QEMU operation on the MicroVM (checkpoint, suspend, resume in place) failed; the message says whether the VM runs on. Retry; if it persists, read cellad's log.",
+  },
+  QEMU_EXITED: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: "The MicroVM's QEMU process ended while an operation needed it: the VM is gone. Run a new one; cellad's log says why.",
+  },
+  QMP_ERROR: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: "QEMU's control socket (QMP) did not answer in time or refused a command. Retry; if it persists, the host is overloaded or QEMU is stuck.",
+  },
+  AGENT_ERROR: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: 'The control connection to cella-init in the guest failed, or the guest refused a command. Retry; if it persists, the guest is unhealthy: terminate it.',
+  },
+  AGENT_TIMEOUT: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: 'The guest agent, or a command run through it, did not answer in time. Retry, or give the command more time.',
+  },
+  GUEST_BOOT_FAILED: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: "The guest kernel or cella-init did not come up (the message ends with the console's tail). Check the image and the guest artifacts (`npm run setup`).",
+  },
+  APP_NOT_READY: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: "The image's app exited or did not accept connections on its port before the deadline. Fix the app's command, port or ready check, then build again.",
+  },
+  HOOK_FAILED: {
+    status: 502,
+    type: 'InternalServerException',
+    doc: 'A lifecycle hook in the MicroVM failed or timed out; after a failed resume hook the VM stays SUSPENDED. Fix the hook, then retry.',
+  },
+  UPSTREAM_FAILED: {
+    status: 502,
+    type: 'InternalServerException',
+    doc: "The endpoint could not reach the app: the MicroVM is not running, could not be resumed, or its app did not answer. Check the VM's state and its app's log.",
+  },
   // Snapshots
-  SNAPSHOT_CORRUPT: { status: 500, type: 'InternalServerException' },
-  SNAPSHOT_INCOMPATIBLE: { status: 409, type: 'ConflictException' },
-  MIGRATION_STREAM_INVALID: { status: 500, type: 'InternalServerException' },
+  SNAPSHOT_CORRUPT: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: 'An image snapshot or a checkpoint on disk fails its own checks (sizes, hashes, format). Build a new image version; a corrupt checkpoint cannot be resumed.',
+  },
+  SNAPSHOT_INCOMPATIBLE: {
+    status: 409,
+    type: 'ConflictException',
+    doc: 'The snapshot was captured with another QEMU, kernel, initrd, accelerator or command line than this host has. Build the image version again on this host.',
+  },
+  MIGRATION_STREAM_INVALID: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: "QEMU's migration stream was not in the format Cella reads while writing a checkpoint: an unsupported QEMU version or a bug. Report it with cellad's log.",
+  },
   // Host resources
-  NETWORK_SETUP_FAILED: { status: 500, type: 'InternalServerException' },
-  DISK_SETUP_FAILED: { status: 500, type: 'InternalServerException' },
-  COMMAND_FAILED: { status: 500, type: 'InternalServerException' },
+  NETWORK_SETUP_FAILED: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: "Creating or removing a MicroVM's network namespace, veth, tap or nftables rules failed (the message has the command's stderr). cellad needs root, ip and nft.",
+  },
+  DISK_SETUP_FAILED: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: 'Creating a disk (qcow2 overlay, ext4 root, image conversion) failed. Check free space and that qemu-img and mkfs.ext4 work.',
+  },
+  COMMAND_FAILED: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: "A host command Cella ran failed; the message has the command and its stderr. Also the CLI's code for a failure that has no other.",
+  },
   // Caller mistakes
-  INVALID_ARGUMENT: { status: 400, type: 'ValidationException' },
-  MALFORMED_JSON: { status: 400, type: 'ValidationException' },
-  PAYLOAD_TOO_LARGE: { status: 413, type: 'ValidationException' },
-  URI_TOO_LONG: { status: 414, type: 'ValidationException' },
-  HEADERS_TOO_LARGE: { status: 431, type: 'ValidationException' },
-  REQUEST_TIMEOUT: { status: 408, type: 'ValidationException' },
-  INVALID_STATE: { status: 409, type: 'ConflictException' },
-  IDEMPOTENCY_CONFLICT: { status: 409, type: 'ConflictException' },
-  NOT_FOUND: { status: 404, type: 'ResourceNotFoundException' },
-  UNKNOWN_OPERATION: { status: 404, type: 'UnknownOperationException' },
-  METHOD_NOT_ALLOWED: { status: 405, type: 'UnknownOperationException' },
-  UNAUTHENTICATED: { status: 401, type: 'AccessDeniedException' },
-  ACCESS_DENIED: { status: 403, type: 'AccessDeniedException' },
-  QUOTA_EXCEEDED: { status: 402, type: 'ServiceQuotaExceededException' },
-  THROTTLED: { status: 429, type: 'ThrottlingException' },
+  INVALID_ARGUMENT: {
+    status: 400,
+    type: 'ValidationException',
+    doc: 'A request field is missing, malformed or out of range; the message names it. Fix the request: nothing was changed.',
+  },
+  MALFORMED_JSON: {
+    status: 400,
+    type: 'ValidationException',
+    doc: 'The request body is not valid JSON. Send a JSON object: nothing was changed.',
+  },
+  PAYLOAD_TOO_LARGE: {
+    status: 413,
+    type: 'ValidationException',
+    doc: 'The request body or code upload is larger than the server accepts. Send less (a large code archive can be given as a `file://` or `s3://` URI).',
+  },
+  URI_TOO_LONG: {
+    status: 414,
+    type: 'ValidationException',
+    doc: 'The request URL is longer than the server reads. Shorten it.',
+  },
+  HEADERS_TOO_LARGE: {
+    status: 431,
+    type: 'ValidationException',
+    doc: 'The request headers are larger than the server reads. Send fewer or smaller headers.',
+  },
+  REQUEST_TIMEOUT: {
+    status: 408,
+    type: 'ValidationException',
+    doc: "The request's headers did not arrive in time and the connection was closed. Send the request again.",
+  },
+  INVALID_STATE: {
+    status: 409,
+    type: 'ConflictException',
+    doc: 'The resource is not in a state that allows the operation (e.g. Suspend of a TERMINATED MicroVM), or another cellad already serves the data directory. Wait for the state, or act on it first.',
+  },
+  IDEMPOTENCY_CONFLICT: {
+    status: 409,
+    type: 'ConflictException',
+    doc: 'The `clientToken` was already used with different parameters. Reuse it only to retry the same request; use a new one for a new request.',
+  },
+  NOT_FOUND: {
+    status: 404,
+    type: 'ResourceNotFoundException',
+    doc: 'The MicroVM, image, version, build or connector does not exist (or was deleted). Check the identifier or ARN.',
+  },
+  UNKNOWN_OPERATION: {
+    status: 404,
+    type: 'UnknownOperationException',
+    doc: 'No operation exists at this path. Check the URL and the API version in it.',
+  },
+  METHOD_NOT_ALLOWED: {
+    status: 405,
+    type: 'UnknownOperationException',
+    doc: 'The path exists but not with this HTTP method. Use the method the operation is defined with.',
+  },
+  UNAUTHENTICATED: {
+    status: 401,
+    type: 'AccessDeniedException',
+    doc: 'The API key is missing or not valid. Send `Authorization: Bearer <key>` with a key the server knows.',
+  },
+  ACCESS_DENIED: {
+    status: 403,
+    type: 'AccessDeniedException',
+    doc: 'The endpoint or shell token is missing, not valid, expired, or not for this MicroVM or path. Get a new token.',
+  },
+  QUOTA_EXCEEDED: {
+    status: 402,
+    type: 'ServiceQuotaExceededException',
+    doc: 'Running this MicroVM would take live MicroVMs past the memory quota. Terminate some, or ask the operator to raise the quota.',
+  },
+  THROTTLED: {
+    status: 429,
+    type: 'ThrottlingException',
+    doc: "Too many requests for this caller and operation, or for this MicroVM's endpoint. Wait `retryAfterSeconds` (the Retry-After header), then retry.",
+  },
   // The host: its disk is (nearly) full. The contract's InsufficientCapacityException, 500 in the service model.
-  INSUFFICIENT_CAPACITY: { status: 500, type: 'InsufficientCapacityException' },
+  INSUFFICIENT_CAPACITY: {
+    status: 500,
+    type: 'InsufficientCapacityException',
+    doc: "The host's disk is (nearly) full, so work that would write a lot was refused before it started. Retry after `retryAfterSeconds`; the operator frees space.",
+  },
   // The daemon
-  INTERNAL: { status: 500, type: 'InternalServerException' },
-} as const satisfies Record<string, { status: number; type: string }>;
+  INTERNAL: {
+    status: 500,
+    type: 'InternalServerException',
+    doc: "An unexpected failure inside cellad (a bug); the message says what failed. Retrying may work; report it with cellad's log.",
+  },
+} as const satisfies Record<string, { status: number; type: string; doc: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;
 

@@ -5,6 +5,7 @@
  */
 export * from './arn.js';
 export * from './errors.js';
+export * from './errors-doc.js';
 export * from './hooks.js';
 export * from './names.js';
 export * from './routes.js';
