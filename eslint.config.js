@@ -37,6 +37,8 @@ export default tseslint.config(
       'no-unmodified-loop-condition': 'error',
       'no-unreachable-loop': 'error',
       'array-callback-return': 'error',
+      // A `let` that a closure reads before its one assignment cannot be a `const` (the closure would hit the TDZ).
+      'prefer-const': ['error', { ignoreReadBeforeAssign: true }],
       // Off: an async function without `await` is how a fake or a small implementation of a Promise-returning
       // interface is written, and `async` turns its throws into rejections, which callers rely on.
       '@typescript-eslint/require-await': 'off',
