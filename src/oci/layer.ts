@@ -155,6 +155,10 @@ export async function applyLayer(source: Readable, compression: Compression, roo
         ours.add(rel);
         return; // Shares the target's inode, owner and mode.
       }
+      // Device nodes and FIFOs are not made in an unprivileged build, nor is a type tar-stream does not know (untrusted input).
+      case 'block-device':
+      case 'character-device':
+      case 'fifo':
       default:
         opts.log(`${opts.label}: skipping ${h.type} ${h.name}`);
         return;

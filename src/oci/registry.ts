@@ -75,7 +75,7 @@ export class RegistryClient {
       this.origin = `https://${host}`;
     } catch (err) {
       if (!isLoopback(host) && !this.opts.insecureRegistries?.includes(host)) {
-        throw this.fail(`cannot reach https://${host}/v2/: ${(err as Error).cause ?? (err as Error).message}`, err);
+        throw this.fail(`cannot reach https://${host}/v2/: ${fetchFailure(err)}`, err);
       }
       this.origin = `http://${host}`;
     }
@@ -89,7 +89,7 @@ export class RegistryClient {
     try {
       return await fetch(url, { headers, ...(timeout && { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) }) });
     } catch (err) {
-      throw this.fail(`GET ${url}: ${(err as Error).cause ?? (err as Error).message}`, err);
+      throw this.fail(`GET ${url}: ${fetchFailure(err)}`, err);
     }
   }
 
@@ -133,7 +133,7 @@ export class RegistryClient {
     try {
       res = await fetch(url, { headers: basic ? { authorization: basic } : {}, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
     } catch (err) {
-      throw this.fail(`token request to ${url.origin}${url.pathname}: ${(err as Error).cause ?? (err as Error).message}`, err);
+      throw this.fail(`token request to ${url.origin}${url.pathname}: ${fetchFailure(err)}`, err);
     }
     if (res.status !== 200) {
       await res.body?.cancel();
@@ -202,4 +202,10 @@ export class RegistryClient {
     }
     return Buffer.concat(chunks);
   }
+}
+
+/** Why fetch() failed: "fetch failed" keeps the reason (refused, DNS, TLS) in its cause, a timeout in its own message. */
+function fetchFailure(err: unknown): string {
+  const { cause, message } = err as Error;
+  return cause instanceof Error ? `${cause.name}: ${cause.message}` : message;
 }
