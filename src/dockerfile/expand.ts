@@ -108,7 +108,7 @@ class Lexer {
     this.pos++;
     const word = this.until('}');
     const set = value !== undefined && (!colon || value !== '');
-    if (op === '-') return set ? value! : word;
+    if (op === '-') return set ? value : word;
     return set ? word : '';
   }
 

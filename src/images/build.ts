@@ -480,7 +480,14 @@ async function execStep(vm: BuilderVm, p: PlannedStep, sources: string[], say: S
     case 'ADD':
       argv = [bb, 'sh', '-c', copyScript(step, sources, p.workingDir, bb)];
       break;
-    default:
+    // These change the planned state or the image config only: nothing runs in the builder.
+    case 'ARG':
+    case 'CMD':
+    case 'ENTRYPOINT':
+    case 'ENV':
+    case 'EXPOSE':
+    case 'LABEL':
+    case 'USER':
       return;
   }
   let tail = '';

@@ -7,7 +7,7 @@ import { BuildFailure } from '../contract/index.js';
 function lookup(table: string, name: string, field: number): number | undefined {
   for (const row of table.split('\n')) {
     const cols = row.split(':');
-    if (cols[0] === name && cols[field] !== undefined && /^\d+$/.test(cols[field] as string)) return Number(cols[field]);
+    if (cols[0] === name && cols[field] !== undefined && /^\d+$/.test(cols[field])) return Number(cols[field]);
   }
   return undefined;
 }
