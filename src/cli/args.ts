@@ -58,7 +58,7 @@ export function wantsHelp(argv: string[]): boolean {
 export function parse(argv: string[], cmd: Pick<Command, 'options' | 'args'>): Parsed {
   let parsed: Parsed;
   try {
-    parsed = parseArgs({ args: argv, options: cmd.options, allowPositionals: true, strict: true }) as Parsed;
+    parsed = parseArgs({ args: argv, options: cmd.options, allowPositionals: true, strict: true });
   } catch (err) {
     // parseArgs appends advice about `--` that does not fit most mistakes; its first sentence says it all.
     throw new UsageError((err as Error).message.replace(/\. To specify a positional argument.*$/s, ''));

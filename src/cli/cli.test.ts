@@ -27,6 +27,9 @@ async function closedPort(): Promise<number> {
   return port;
 }
 
+/** The CLI's --json output, typed as the test expects it (a wrong shape fails the assertions that read it). */
+const parsed = <T>(text: string): T => JSON.parse(text) as T;
+
 const COMMANDS = ['setup', 'doctor', 'demo', 'server', 'run', 'ls', 'get', 'suspend', 'resume', 'terminate', 'logs', 'token', 'usage'];
 const IMAGE_SUBCOMMANDS = ['create', 'update', 'ls', 'get', 'versions', 'activate', 'deactivate', 'rm', 'builds', 'logs', 'bases'];
 
@@ -148,7 +151,7 @@ async function fake(answer: (method: string, path: string, res: ServerResponse) 
     req.on('end', () => {
       const raw = Buffer.concat(chunks);
       const type = req.headers['content-type'];
-      const body = raw.length === 0 ? undefined : type === 'application/json' ? JSON.parse(raw.toString()) : raw;
+      const body = raw.length === 0 ? undefined : type === 'application/json' ? (JSON.parse(raw.toString()) as unknown) : raw;
       seen.push({ method: req.method ?? '', url: req.url ?? '', type, body });
       answer(req.method ?? '', (req.url ?? '').split('?')[0] ?? '', res);
     });
@@ -204,7 +207,7 @@ test('run sends the idle policy with its defaults, waits for RUNNING and prints 
     const j = await cella(['run', 'demo', '--json', '--no-wait', '--max-duration', '60', '--version', '2.0'], { CELLA_URL: f.url, CELLA_API_KEY: 'k' });
     assert.equal(j.code, 0);
     assert.deepEqual(f.seen.at(-1)?.body, { imageIdentifier: 'demo', imageVersion: '2.0', maximumDurationInSeconds: 60 });
-    assert.equal(JSON.parse(j.out).microvmId, 'mvm-1');
+    assert.equal(parsed<{ microvmId: string }>(j.out).microvmId, 'mvm-1');
   } finally {
     await f.close();
   }
@@ -231,8 +234,8 @@ test('API errors exit 1 as "cella: CODE: message"; with --json as a JSON error',
     assert.equal(r.err, 'cella: NOT_FOUND: MicroVM nope not found\n');
     const j = await cella(['terminate', 'nope', '--json'], { CELLA_URL: f.url, CELLA_API_KEY: 'k' });
     assert.equal(j.code, 1);
-    assert.equal(JSON.parse(j.err).error.code, 'NOT_FOUND');
-    assert.equal(JSON.parse(j.err).error.resourceId, 'nope');
+    assert.equal(parsed<{ error: { code: string } }>(j.err).error.code, 'NOT_FOUND');
+    assert.equal(parsed<{ error: { resourceId: string } }>(j.err).error.resourceId, 'nope');
   } finally {
     await f.close();
   }
@@ -255,7 +258,7 @@ test('ls follows pages and hides TERMINATED MicroVMs unless --all', async () => 
     assert.equal(new URL(f.seen[0]?.url ?? '', 'http://x').searchParams.get('imageIdentifier'), 'demo');
     const all = await cella(['ls', '--all', '--json'], env);
     assert.deepEqual(
-      JSON.parse(all.out).items.map((i: { microvmId: string }) => i.microvmId),
+      parsed<{ items: { microvmId: string }[] }>(all.out).items.map((i) => i.microvmId),
       ['mvm-a', 'mvm-b', 'mvm-c'],
     );
   } finally {
@@ -388,7 +391,7 @@ test('image create --uri passes the URI through; --base takes a name or an ARN; 
 
     const j = await cella(['image', 'create', 'demo', '--uri', 'file:///srv/app.zip', '--base', 'arn:aws:lambda:us-east-1:aws:microvm-image:al2023-1', '--json'], env);
     assert.equal(j.code, 0, j.err);
-    assert.equal(JSON.parse(j.out).buildState, 'SUCCESSFUL');
+    assert.equal(parsed<{ buildState: string }>(j.out).buildState, 'SUCCESSFUL');
     // With --json the log is not followed: stderr stays quiet, stdout is JSON only.
     assert.equal(j.err, '');
     assert.deepEqual(f.seen.slice(3).map((s) => `${s.method} ${s.url}`), [`POST ${IMG}`, `GET ${IMG}/demo/versions/1.0/builds/b-1`]);
@@ -450,7 +453,7 @@ test('image ls, get, versions, builds, bases print tables; activate, deactivate 
     assert.match(get.out, /^tags +team=a$/m);
     assert.match(get.out, /^VERSION +STATE +STATUS +CREATED +REASON$/m);
     assert.match(get.out, /^2\.0 +FAILED +ACTIVE +2025-01-01T00:00:00Z +CONTAINER_BUILD_FAILED$/m);
-    const getJson = JSON.parse((await cella(['image', 'get', 'demo', '--json'], env)).out);
+    const getJson = parsed<{ image: { name: string }; versions: unknown[] }>((await cella(['image', 'get', 'demo', '--json'], env)).out);
     assert.equal(getJson.image.name, 'demo');
     assert.equal(getJson.versions.length, 2);
 

@@ -70,7 +70,7 @@ function vm(id: string, state: VmState): Microvm {
 }
 
 test('sends the Bearer key, the method, the path and the JSON body', async () => {
-  const f = await fake({ 'POST /2025-09-09/microvms': (_q, res, body) => json(res, 200, { ...vm('mvm-1', 'PENDING'), echo: JSON.parse(body) }) });
+  const f = await fake({ 'POST /2025-09-09/microvms': (_q, res, body) => json(res, 200, { ...vm('mvm-1', 'PENDING'), echo: JSON.parse(body) as unknown }) });
   try {
     const req = { imageIdentifier: 'demo', idlePolicy: { maxIdleDurationSeconds: 60, suspendedDurationSeconds: 3600, autoResumeEnabled: true } };
     const got = await f.client.runMicrovm(req);
@@ -404,7 +404,7 @@ test('fromEnv reads CELLA_URL and CELLA_API_KEY; an injected fetch is used', asy
     url: 'http://nowhere.invalid',
     apiKey: 'k',
     fetch: async (input) => {
-      calls.push(String(input));
+      calls.push(input instanceof Request ? input.url : input.toString());
       return new Response(JSON.stringify({ items: [] }), { status: 200, headers: { 'content-type': 'application/json' } });
     },
   });

@@ -413,7 +413,9 @@ export class CellaClient {
       return encodeURIComponent(value);
     });
     const search = new URLSearchParams();
-    for (const [k, v] of Object.entries((call.query ?? {}) as Record<string, unknown>)) {
+    // Query fields are scalars (a schema with any other field fails to compile here); String() writes them as the server parses them.
+    const query: Record<string, string | number | boolean | undefined> = call.query ?? {};
+    for (const [k, v] of Object.entries(query)) {
       if (v !== undefined) search.set(k, String(v));
     }
     const qs = search.toString();
