@@ -14,7 +14,7 @@ test('a VM log is rotated past its bound: the newest output and the one older fi
   try {
     const hub = new LogHub(dir, 100);
     const src = new EventEmitter();
-    hub.attach('vm1', src as never);
+    hub.attach('vm1', src);
     for (let i = 0; i < 7; i++) src.emit('data', 'stdout', Buffer.from(`line ${i} ${'x'.repeat(30)}\n`));
     hub.end('vm1');
     const file = hub.file('vm1');

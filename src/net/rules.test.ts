@@ -37,7 +37,7 @@ test('the default policy: host to any guest port, nothing out, no NAT, no DNS', 
   // DNS to the gateway is refused at once (no forwarder takes it), never forwarded.
   assert.deepEqual(rulesOf(text, 'input'), ['iifname "lo" accept', 'ct state established,related accept', ...DNS_REFUSED]);
   assert.doesNotMatch(text, /postrouting|masquerade|chain egress|dnat to 10\.213/);
-  assert.match(text, /table ip6 cella \{\n  chain forward \{ type filter hook forward priority filter; policy drop; \}/);
+  assert.match(text, /table ip6 cella \{\n {2}chain forward \{ type filter hook forward priority filter; policy drop; \}/);
 });
 
 test('ingress by port list opens only those TCP ports; an empty list none', () => {

@@ -30,13 +30,13 @@ export const tlsFiles = (dataDir: string) => {
 };
 
 async function exportKey(key: CryptoKey): Promise<string> {
-  const der = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', key as webcrypto.CryptoKey));
+  const der = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', key));
   return `-----BEGIN PRIVATE KEY-----\n${der.toString('base64').replace(/(.{64})/g, '$1\n').trimEnd()}\n-----END PRIVATE KEY-----\n`;
 }
 
 async function importKey(pem: string): Promise<CryptoKey> {
   const der = Buffer.from(pem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64');
-  return (await webcrypto.subtle.importKey('pkcs8', der, ALG, true, ['sign'])) as unknown as CryptoKey;
+  return await webcrypto.subtle.importKey('pkcs8', der, ALG, true, ['sign']);
 }
 
 const serial = (): string => Buffer.from(webcrypto.getRandomValues(new Uint8Array(16))).toString('hex').replace(/^[89a-f]/, '1');
@@ -61,7 +61,7 @@ export async function loadTls(dataDir: string, domain: string, own?: { certFile:
     caCert = new x509.X509Certificate(readFileSync(f.ca, 'utf8'));
     caKey = await importKey(readFileSync(f.caKey, 'utf8'));
   } else {
-    const keys = (await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
+    const keys = await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify']);
     caCert = await x509.X509CertificateGenerator.createSelfSigned({
       serialNumber: serial(),
       name: `CN=Cella local CA (${path.resolve(dataDir)})`,
@@ -88,7 +88,7 @@ export async function loadTls(dataDir: string, domain: string, own?: { certFile:
       return { cert: readFileSync(f.cert, 'utf8'), key: readFileSync(f.key, 'utf8'), caFile: f.ca };
     }
   }
-  const keys = (await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
+  const keys = await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify']);
   const leaf = await x509.X509CertificateGenerator.create({
     serialNumber: serial(),
     subject: `CN=*.${domain}`,

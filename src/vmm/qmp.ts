@@ -108,7 +108,7 @@ export class QmpClient extends EventEmitter {
       return;
     }
     if (typeof m.event === 'string') {
-      this.emit('event', m as QmpEvent);
+      this.emit('event', m);
       this.emit(m.event, m.data ?? {});
       return;
     }
