@@ -22,7 +22,7 @@ interface Answer {
   body: { code?: string; message?: string; nextToken?: string; items?: unknown[] };
 }
 
-const ROUTES = Object.entries(routes(60)).map(([op, r]) => ({ op, method: r.method as string, path: r.path, isList: op.startsWith('List') }));
+const ROUTES = Object.entries(routes(60)).map(([op, r]) => ({ op, method: r.method, path: r.path, isList: op.startsWith('List') }));
 const PER_CLIENT = 8;
 
 describe('API edges (no VM)', { concurrency: false }, () => {

@@ -352,7 +352,7 @@ describe('control plane over HTTP', { concurrency: false }, () => {
     const statuses = replies.map((r) => r.status);
     const throttled = replies.filter((r) => r.status === 429);
     assert.ok(throttled.length > 0, `some of 40 concurrent calls were throttled: ${statuses.join(',')}`);
-    assert.deepEqual([...new Set(statuses)].sort(), [404, 429]);
+    assert.deepEqual([...new Set(statuses)].sort((x, y) => x - y), [404, 429]);
     const first = throttled[0] as Response;
     assert.equal(first.headers.get('x-amzn-errortype'), 'ThrottlingException');
     assert.ok(Number(first.headers.get('retry-after')) >= 1);

@@ -121,7 +121,7 @@ before(async () => {
   upstream = await startDnsUpstream({ 'app.allowed.test': SITE_A, 'other.test': SITE_B }, asked);
   forwarder = await startDnsForwarder({
     port: 0,
-    upstream: { address: '127.0.0.1', port: (upstream.address() as AddressInfo).port },
+    upstream: { address: '127.0.0.1', port: upstream.address().port },
     log: (line) => dnsLog.push(line),
   });
   hostServer = createServer((req, res) => {

@@ -272,7 +272,8 @@ describe('endpoint proxy', { concurrency: false }, () => {
     assert.equal(ws.protocol, 'chat');
     const echo = (msg: string | Buffer): Promise<string | Buffer> =>
       new Promise((resolve) => {
-        ws.once('message', (data, binary) => resolve(binary ? (data as Buffer) : data.toString()));
+        // binaryType is 'nodebuffer' (the default): every message arrives as one Buffer.
+        ws.once('message', (data, binary) => resolve(binary ? (data as Buffer) : (data as Buffer).toString()));
         ws.send(msg);
       });
     assert.equal(await echo('hello'), 'hello');

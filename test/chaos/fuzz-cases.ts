@@ -326,6 +326,8 @@ export class CaseMaker {
         return this.rand() < 0.5;
       case 'string':
         return this.sample(name, schema);
+      // A schema without a type takes any value; null stands for it and for types the contract does not use.
+      case undefined:
       default:
         return null;
     }

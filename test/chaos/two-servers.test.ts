@@ -43,7 +43,7 @@ describe('two servers on one host', { concurrency: false }, () => {
     apiKey: API_KEY,
     minIdleSeconds: 1,
     resumeWindowSeconds: 0,
-    dnsUpstream: { address: '127.0.0.1', port: (upstream.address() as AddressInfo).port },
+    dnsUpstream: { address: '127.0.0.1', port: upstream.address().port },
     log: () => {},
   });
   const start = async (dataDir: string): Promise<CellaServer> => {
@@ -169,7 +169,7 @@ describe('two servers on one host', { concurrency: false }, () => {
       assert.equal(await demoGet(dirA, va, '/get'), '1', "A's VM was re-adopted with its RAM");
       const cAfter = hostState(dirC);
       assert.deepEqual(cAfter.qemus.get(vc), cBefore.qemus.get(vc), "C's VM kept its QEMU");
-      assert.deepEqual(cAfter.namespaces.sort(), cBefore.namespaces.sort(), "C's namespaces untouched");
+      assert.deepEqual(cAfter.namespaces.sort((x, y) => x - y), cBefore.namespaces.sort((x, y) => x - y), "C's namespaces untouched");
       assert.equal(await demoGet(dirC, vc, '/get'), '1');
       assert.ok(await resolves(c, vc), "C's VM still resolves through C's forwarder");
       checks += 5;
