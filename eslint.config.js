@@ -26,6 +26,8 @@ export default tseslint.config(
         'error',
         { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrorsIgnorePattern: '^_', destructuredArrayIgnorePattern: '^_' },
       ],
+      // Rejecting with a caught `unknown` passes an error on, as `throw err` does; the rule is for strings and literals.
+      '@typescript-eslint/prefer-promise-reject-errors': ['error', { allowThrowingUnknown: true }],
       // `return promise` inside try/catch skips the catch and the finally's ordering; elsewhere it is a matter of taste.
       '@typescript-eslint/return-await': ['error', 'error-handling-correctness-only'],
       // [404, 1000].sort() is [1000, 404]: numbers need a comparator; strings sort as they should.
