@@ -92,11 +92,26 @@ describe('crash drill', { concurrency: false }, () => {
     return r.body.microvmId;
   };
 
+  /** Every MicroVM the store knows, all pages of ListMicrovms. */
+  const allIds = async (): Promise<string[]> => {
+    const ids: string[] = [];
+    let token: string | undefined;
+    do {
+      const r = await api<{ items: { microvmId: string }[]; nextToken?: string }>(
+        base(),
+        'GET',
+        `${V}/microvms?maxResults=50${token ? `&nextToken=${encodeURIComponent(token)}` : ''}`,
+      );
+      ids.push(...r.body.items.map((v) => v.microvmId));
+      token = r.body.nextToken;
+    } while (token);
+    return ids;
+  };
+
   /** The live VMs as the API tells them (for checks that do not follow each VM's counter). */
   const liveNow = async (): Promise<Tracked[]> => {
-    const r = await api<{ items: { microvmId: string }[] }>(base(), 'GET', `${V}/microvms?maxResults=50`);
     const out: Tracked[] = [];
-    for (const { microvmId } of r.body.items) {
+    for (const microvmId of await allIds()) {
       const vm = await settle(microvmId);
       if (vm.state !== 'TERMINATED') out.push({ id: microvmId, counter: 0, state: vm.state as Tracked['state'] });
     }
@@ -136,9 +151,9 @@ describe('crash drill', { concurrency: false }, () => {
 
   after(async () => {
     if (daemon) {
-      const live = await api<{ items: { microvmId: string; state: string }[] }>(base(), 'GET', `${V}/microvms?maxResults=50`);
-      for (const v of live.body.items) if (v.state !== 'TERMINATED') await api(base(), 'DELETE', `${V}/microvms/${v.microvmId}`);
-      for (const v of live.body.items) await settle(v.microvmId).catch(() => {});
+      const live = await liveNow();
+      for (const v of live) await api(base(), 'DELETE', `${V}/microvms/${v.id}`);
+      for (const v of live) await settle(v.id).catch(() => {});
       daemon.child.kill('SIGTERM');
       await daemon.exited;
       daemon = undefined;
