@@ -48,6 +48,7 @@ import { loadState, saveState } from './migrate.js';
 import { dirtyPages } from './pagemap.js';
 import { SNAPSHOT_FORMAT, openSnapshot, sha256, snapshotFiles, writeManifest, type SnapshotManifest } from './snapshot.js';
 import { AppLog, RunningVm, vmFiles, type BlockIoError, type VmRef } from './vm.js';
+import { HostTable } from './host.js';
 import { BuilderVm, type BuilderSpec } from './builder.js';
 
 export { RunningVm, AppLog, vmFiles, type BlockIoError, type VmRef } from './vm.js';
@@ -141,15 +142,12 @@ export interface SuspendResult {
 
 /** Events: 'vm-exit' (id, ExitInfo & {expected}) whenever a VM's QEMU ends; 'vm-io-error' (id, BlockIoError). */
 export class Engine extends EventEmitter {
-  private readonly running = new Map<string, RunningVm>();
+  /** What this engine holds in each folder of vms/ (see host.ts). */
+  private readonly hosts = new HostTable<QemuProcess, RunningVm, WarmVm>();
   private readonly pool: NetworkPool;
-  /** Paused, pre-restored clones per image directory. */
-  private readonly warm = new Map<string, WarmVm[]>();
+  /** Warm pool fills in progress, per image directory. */
   private readonly warming = new Map<string, Promise<void>>();
-  /** Names of VM folders that operations in flight (launch, resume, adopt, warm, template) hold; reclaim() spares them. */
-  private readonly busy = new Set<string>();
-  /** Suspended VMs whose stopped QEMU is kept for a quick resume (EngineOptions.parkSeconds). */
-  private readonly parked = new Map<string, { vm: RunningVm; timer: NodeJS.Timeout }>();
+  /** How long a suspended VM's stopped QEMU is kept for a quick resume (EngineOptions.parkSeconds). */
   private parkMs = 0;
   private closing = false;
   /** One cgroup per QEMU, under `cella/<data directory tag>`. */
@@ -228,11 +226,11 @@ export class Engine extends EventEmitter {
   }
 
   get(id: string): RunningVm | undefined {
-    return this.running.get(id);
+    return this.hosts.running(id);
   }
 
   list(): RunningVm[] {
-    return [...this.running.values()];
+    return this.hosts.allRunning();
   }
 
   // ---------- image snapshots ----------
@@ -266,7 +264,7 @@ export class Engine extends EventEmitter {
     let qmp: QmpClient | undefined;
     let agent: AgentClient | undefined;
     let appLog: AppLog | undefined;
-    this.busy.add(workName);
+    this.hosts.begin(workName, 'template');
     try {
       mkdirSync(work);
       qemu = this.spawnQemu(
@@ -349,7 +347,7 @@ export class Engine extends EventEmitter {
       await qemu?.kill();
       await this.pool.release(net);
       rmSync(work, { recursive: true, force: true });
-      this.busy.delete(workName);
+      this.hosts.settle(workName);
     }
   }
 
@@ -467,12 +465,13 @@ export class Engine extends EventEmitter {
     }
     checkSocketPaths(vmFiles(dir));
     const appLog = appLogFile(dir, opts);
-    this.busy.add(id);
-    const warm = opts.fromPool === false ? undefined : this.warm.get(imageDir)?.shift();
+    this.hosts.begin(id, 'restoring');
+    const warm = opts.fromPool === false ? undefined : this.hosts.takeWarm(imageDir);
     let net: VmNetwork | undefined = warm?.net;
     try {
       let vm: RunningVm;
       if (warm) {
+        this.hosts.hold(id, warm.qemu);
         warm.detach();
         // Replaces the empty directory claimed above; open files and sockets move with it.
         renameSync(warm.dir, dir);
@@ -505,7 +504,7 @@ export class Engine extends EventEmitter {
       rmSync(dir, { recursive: true, force: true });
       throw err;
     } finally {
-      this.busy.delete(id);
+      this.hosts.settle(id);
     }
   }
 
@@ -516,7 +515,8 @@ export class Engine extends EventEmitter {
    * the guest runs again, because from then on its disk moves ahead of it.
    */
   async resume(ref: VmRef, opts: StartOptions = {}): Promise<RunningVm> {
-    if (this.running.has(ref.id)) throw new CellaError('INVALID_STATE', `VM ${ref.id} is running`);
+    const held = this.hosts.entry(ref.id);
+    if (held && held.state !== 'parked') throw new CellaError('INVALID_STATE', `VM ${ref.id} is ${held.state === 'stopping' ? 'running' : held.state}`);
     const snap = openSnapshot(ref.imageDir, this.fingerprint);
     const dir = this.vmDir(ref.id);
     const files = vmFiles(dir);
@@ -525,9 +525,9 @@ export class Engine extends EventEmitter {
     } catch {
       throw new CellaError('INVALID_STATE', `VM ${ref.id} has no checkpoint to resume from`);
     }
-    const parked = this.parked.get(ref.id);
+    const parked = this.hosts.parked(ref.id);
     if (parked) return this.unpark(ref.id, parked.vm, opts);
-    this.busy.add(ref.id);
+    this.hosts.begin(ref.id, 'restoring');
     try {
       const r = await this.restore(ref.id, dir, ref.imageDir, snap, networkForSlot(ref.slot), files.checkpoint, appLogFile(dir, opts), 'resume', opts.onSpawn);
       crashPoint('resume:loaded');
@@ -538,7 +538,7 @@ export class Engine extends EventEmitter {
       rmSync(consumedCheckpoint(files), { force: true });
       return vm;
     } finally {
-      this.busy.delete(ref.id);
+      this.hosts.settle(ref.id);
     }
   }
 
@@ -608,14 +608,24 @@ export class Engine extends EventEmitter {
     }
   }
 
-  /** Starts the QEMU of the VM in folder `dir`: in `net`, jailed in `dir`, in a cgroup named after it. */
+  /**
+   * Starts the QEMU of the VM in folder `dir`: in `net`, jailed in `dir`, in a
+   * cgroup named after it; its folder's host entry holds it from now on.
+   */
   private spawnQemu(spec: QemuSpec, net: VmNetwork, dir: string): QemuProcess {
-    return QemuProcess.spawn(buildQemuArgs({ ...spec, jail: this.vmJail(net, dir) }), {
+    const qemu = QemuProcess.spawn(buildQemuArgs({ ...spec, jail: this.vmJail(net, dir) }), {
       netns: net.netns,
       binary: this.qemuBinary,
       outliveParent: this.outliveParent ? { stderrFile: vmFiles(dir).qemuLog } : undefined,
       cgroup: this.cgroups.create(path.basename(dir), cgroupLimits(spec)),
     });
+    try {
+      this.hosts.hold(path.basename(dir), qemu);
+    } catch (err) {
+      void qemu.kill();
+      throw err;
+    }
+    return qemu;
   }
 
   private vmJail(net: VmNetwork, dir: string): Jail | undefined {
@@ -645,7 +655,7 @@ export class Engine extends EventEmitter {
       await dispose(r);
       throw err;
     }
-    return this.supervise(new RunningVm(ref, r.dir, r.net, r.qemu, r.qmp, r.agent, r.appLog, r.phases, pooled));
+    return this.supervise(new RunningVm(ref, r.dir, r.net, r.qemu, r.qmp, r.agent, r.appLog, this.hosts.handle(ref.id, r.qemu), r.phases, pooled));
   }
 
   /**
@@ -660,7 +670,7 @@ export class Engine extends EventEmitter {
 
   /** Continues a VM that QEMU stopped (after a disk error, say); false if it does not run here or refused. */
   async cont(id: string): Promise<boolean> {
-    const vm = this.running.get(id);
+    const vm = this.hosts.running(id);
     if (!vm) return false;
     return vm.qmp.execute('cont').then(
       () => true,
@@ -668,11 +678,12 @@ export class Engine extends EventEmitter {
     );
   }
 
+  /** The VM's operation is done: from now on it runs, and its exit is watched. */
   private supervise(vm: RunningVm): RunningVm {
-    this.running.set(vm.id, vm);
+    this.hosts.write(vm.id, { state: 'running', qemu: vm.qemu, vm });
     vm.on('io-error', (data: BlockIoError) => this.emit('vm-io-error', vm.id, data));
     vm.once('exit', (info: ExitInfo & { expected: boolean }) => {
-      this.running.delete(vm.id);
+      this.hosts.exited(vm.id, vm.qemu);
       if (!info.expected) this.log(`VM ${vm.id}: QEMU ended unexpectedly: ${vm.qemu.describeExit()}`);
       this.emit('vm-exit', vm.id, info);
     });
@@ -706,13 +717,14 @@ export class Engine extends EventEmitter {
    * the caller to continue or terminate; a running one has its agent checked.
    */
   async adopt(ref: VmRef, pid: number, startTime: string, opts: AppLogOption = {}): Promise<RunningVm | undefined> {
-    if (this.running.has(ref.id)) throw new CellaError('INVALID_STATE', `VM ${ref.id} is running`);
+    if (this.hosts.running(ref.id)) throw new CellaError('INVALID_STATE', `VM ${ref.id} is running`);
     if (processStartTime(pid) !== startTime || this.folderOfQemu(pid) !== ref.id) return undefined;
     const dir = this.vmDir(ref.id);
     const files = vmFiles(dir);
     const qemu = QemuProcess.adopt(pid, startTime, files.qemuLog, this.cgroups.existing(ref.id));
     if (!qemu) return undefined;
-    this.busy.add(ref.id);
+    this.hosts.begin(ref.id, 'adopting');
+    this.hosts.hold(ref.id, qemu);
     let qmp: QmpClient | undefined;
     let agent: AgentClient | undefined;
     let appLog: AppLog | undefined;
@@ -723,7 +735,7 @@ export class Engine extends EventEmitter {
       const { running } = await qmp.execute<{ running: boolean }>('query-status');
       // The guest agent reopens its port when it reads EOF, so it answers the new connection.
       if (running) await agent.ping();
-      return this.supervise(new RunningVm(ref, dir, networkForSlot(ref.slot), qemu, qmp, agent, appLog));
+      return this.supervise(new RunningVm(ref, dir, networkForSlot(ref.slot), qemu, qmp, agent, appLog, this.hosts.handle(ref.id, qemu)));
     } catch (err) {
       qemu.release();
       agent?.close();
@@ -732,7 +744,7 @@ export class Engine extends EventEmitter {
       if (processStartTime(pid) !== startTime) return undefined;
       throw err;
     } finally {
-      this.busy.delete(ref.id);
+      this.hosts.settle(ref.id);
     }
   }
 
@@ -748,19 +760,19 @@ export class Engine extends EventEmitter {
    * before any launch, with no other engine on this data directory.
    */
   async reclaim(keep: Iterable<VmRef>): Promise<ReclaimResult> {
-    const ids = new Set<string>([...this.running.keys(), ...this.busy]);
+    const ids = new Set<string>(this.hosts.names());
     const slots = new Set<number>([...this.pool.slots(), ...this.list().map((vm) => vm.ref.slot)]);
-    for (const w of [...this.warm.values()].flat()) ids.add(path.basename(w.dir));
     for (const ref of keep) {
       ids.add(ref.id);
       slots.add(ref.slot);
     }
     // Every QEMU of this data directory that the engine does not hold goes, kept folders included: a
     // suspended VM's folder may hold the QEMU of a restore that a crash cut short (ADR 0007).
-    const held = this.heldPids();
+    const held = this.hosts.heldPids();
+    const busy = this.hosts.inFlight();
     const strays = listPids().flatMap((pid) => {
       const folder = held.has(pid) ? undefined : this.folderOfQemu(pid);
-      return folder !== undefined && !this.busy.has(folder) ? [{ pid, folder }] : [];
+      return folder !== undefined && !busy.has(folder) ? [{ pid, folder }] : [];
     });
     const killed = await Promise.all(strays.map(({ pid, folder }) => this.killFound(pid, folder)));
     let removedDirs = 0;
@@ -811,7 +823,7 @@ export class Engine extends EventEmitter {
         await running.catch(() => {});
         continue;
       }
-      if (this.closing || this.poolOf(imageDir).length >= count) return;
+      if (this.closing || this.hosts.warm(imageDir).length >= count) return;
       const job = this.fill(imageDir, count);
       this.warming.set(imageDir, job);
       try {
@@ -822,15 +834,8 @@ export class Engine extends EventEmitter {
     }
   }
 
-  private poolOf(imageDir: string): WarmVm[] {
-    let pool = this.warm.get(imageDir);
-    if (!pool) this.warm.set(imageDir, (pool = []));
-    return pool;
-  }
-
   private async fill(imageDir: string, count: number): Promise<void> {
-    const pool = this.poolOf(imageDir);
-    while (!this.closing && pool.length < count) await this.makeWarm(imageDir);
+    while (!this.closing && this.hosts.warm(imageDir).length < count) await this.makeWarm(imageDir);
   }
 
   private refill(imageDir: string): void {
@@ -844,7 +849,7 @@ export class Engine extends EventEmitter {
     const name = `.warm-${randomUUID().slice(0, 8)}`;
     const dir = this.vmDir(name);
     mkdirSync(dir);
-    this.busy.add(name);
+    this.hosts.begin(name, 'restoring');
     let r: Restored | undefined;
     try {
       // It never served the app: nothing to log until a launch says where.
@@ -860,23 +865,20 @@ export class Engine extends EventEmitter {
         await dispose(r);
         throw err;
       }
-      const w: WarmVm = { ...r, imageDir, detach: () => {} };
-      const onExit = (): void => {
-        const pool = this.warm.get(imageDir);
-        const i = pool?.indexOf(w) ?? -1;
-        if (i >= 0) pool?.splice(i, 1);
-        void this.discardWarm(w);
-      };
+      const w: WarmVm = { ...r, detach: () => {} };
       const { qemu } = r;
+      const onExit = (): void => {
+        if (this.hosts.exited(name, qemu)) void this.discardWarm(w);
+      };
       qemu.once('exit', onExit);
       w.detach = () => qemu.removeListener('exit', onExit);
-      this.poolOf(imageDir).push(w);
+      this.hosts.write(name, { state: 'warm', qemu, imageDir, warm: w });
     } catch (err) {
       if (r) await this.pool.release(r.net).catch(() => {});
       rmSync(dir, { recursive: true, force: true });
       throw err;
     } finally {
-      this.busy.delete(name);
+      this.hosts.settle(name);
     }
   }
 
@@ -884,9 +886,15 @@ export class Engine extends EventEmitter {
   async forgetImage(image: string): Promise<void> {
     const imageDir = path.resolve(image);
     await this.warming.get(imageDir)?.catch(() => {});
-    const pool = this.warm.get(imageDir) ?? [];
-    this.warm.delete(imageDir);
-    await Promise.all(pool.map((w) => this.discardWarm(w)));
+    await Promise.all(this.takeAllWarm(imageDir).map((w) => this.discardWarm(w)));
+  }
+
+  /** Takes the warm clones of `imageDir` (of every image when absent) out of the pool, for discarding. */
+  private takeAllWarm(imageDir?: string): WarmVm[] {
+    return this.hosts.warm(imageDir).map(({ name, warm }) => {
+      this.hosts.write(name, undefined);
+      return warm;
+    });
   }
 
   private async discardWarm(w: WarmVm): Promise<void> {
@@ -901,7 +909,7 @@ export class Engine extends EventEmitter {
     const started = Date.now();
     const snap = openSnapshot(vm.ref.imageDir, this.fingerprint);
     const files = vmFiles(vm.dir);
-    vm.beginStop();
+    this.hosts.stop(vm.id, vm.qemu);
     const phases: Record<string, number> = {};
     const mark = (name: string): void => {
       phases[name] = Date.now() - started;
@@ -931,7 +939,7 @@ export class Engine extends EventEmitter {
       rmSync(files.checkpoint, { force: true });
       const why = (err as Error).message;
       if (vm.qemu.alive && (await vm.qmp.execute('cont').then(() => true, () => false))) {
-        vm.cancelStop();
+        this.runOn(vm);
         throw new CellaError(isCellaError(err, 'INSUFFICIENT_CAPACITY') ? 'INSUFFICIENT_CAPACITY' : 'QEMU_FAILED', `suspend of ${vm.id} failed, it runs on: ${why}`, {
           cause: err,
           details: { stillRunning: true },
@@ -942,47 +950,53 @@ export class Engine extends EventEmitter {
     }
   }
 
+  /** A suspend that failed left the VM running after all: a later exit is a crash again. */
+  private runOn(vm: RunningVm): void {
+    const held = this.hosts.entry(vm.id);
+    if (held?.state === 'stopping' && held.qemu === vm.qemu) this.hosts.write(vm.id, { ...held, state: 'running' });
+  }
+
   /** Keeps a suspended VM's stopped QEMU for a while; a resume meanwhile continues it in place. */
   private park(vm: RunningVm): void {
-    this.running.delete(vm.id);
     const timer = setTimeout(() => {
-      if (this.parked.get(vm.id)?.vm !== vm) return;
-      this.parked.delete(vm.id);
+      if (this.hosts.parked(vm.id)?.qemu !== vm.qemu) return;
+      this.hosts.write(vm.id, undefined);
       void vm.qemu.kill();
     }, this.parkMs);
     timer.unref();
-    this.parked.set(vm.id, { vm, timer });
+    this.hosts.write(vm.id, { state: 'parked', qemu: vm.qemu, vm, timer });
   }
 
   private async unpark(id: string, vm: RunningVm, opts: StartOptions): Promise<RunningVm> {
-    const p = this.parked.get(id);
-    if (p) clearTimeout(p.timer);
-    this.parked.delete(id);
-    const files = vmFiles(vm.dir);
-    opts.onSpawn?.(vm.qemu.pid, vm.qemu.startTime);
-    await this.commitResume(vm, files);
-    crashPoint('resume:committed');
+    this.hosts.write(id, { state: 'restoring', qemu: vm.qemu });
     try {
-      await vm.qmp.execute('cont');
-    } catch (err) {
-      // The guest never ran: its checkpoint still holds it.
-      await vm.qemu.kill();
-      renameSync(consumedCheckpoint(files), files.checkpoint);
-      throw new CellaError('QEMU_FAILED', `resume of ${id} in place failed: ${(err as Error).message}`, { cause: err });
+      const files = vmFiles(vm.dir);
+      opts.onSpawn?.(vm.qemu.pid, vm.qemu.startTime);
+      await this.commitResume(vm, files);
+      crashPoint('resume:committed');
+      try {
+        await vm.qmp.execute('cont');
+      } catch (err) {
+        // The guest never ran: its checkpoint still holds it.
+        await vm.qemu.kill();
+        renameSync(consumedCheckpoint(files), files.checkpoint);
+        throw new CellaError('QEMU_FAILED', `resume of ${id} in place failed: ${(err as Error).message}`, { cause: err });
+      }
+      try {
+        // The VM never left: only its clock moved on. Its entropy is topped up as after any restore.
+        await Promise.all([vm.agent.setClock(), vm.agent.reseed()]);
+      } catch (err) {
+        await vm.qemu.kill();
+        throw new CellaError('QEMU_FAILED', `resume of ${id} in place failed after the guest ran: ${(err as Error).message}`, { cause: err });
+      }
+      if (!vm.qemu.alive) throw new CellaError('QEMU_EXITED', `VM ${id} ended while it was parked: ${vm.qemu.describeExit()}`);
+      this.hosts.write(id, { state: 'running', qemu: vm.qemu, vm });
+      crashPoint('resume:running');
+      rmSync(consumedCheckpoint(files), { force: true });
+      return vm;
+    } finally {
+      this.hosts.settle(id);
     }
-    try {
-      // The VM never left: only its clock moved on. Its entropy is topped up as after any restore.
-      await Promise.all([vm.agent.setClock(), vm.agent.reseed()]);
-    } catch (err) {
-      await vm.qemu.kill();
-      throw new CellaError('QEMU_FAILED', `resume of ${id} in place failed after the guest ran: ${(err as Error).message}`, { cause: err });
-    }
-    vm.cancelStop();
-    if (!vm.qemu.alive) throw new CellaError('QEMU_EXITED', `VM ${id} ended while it was parked: ${vm.qemu.describeExit()}`);
-    this.running.set(id, vm);
-    crashPoint('resume:running');
-    rmSync(consumedCheckpoint(files), { force: true });
-    return vm;
   }
 
   /**
@@ -991,15 +1005,14 @@ export class Engine extends EventEmitter {
    * cellad left halfway through a restore), its namespace and its folder.
    */
   async terminate(ref: VmRef): Promise<void> {
-    const parked = this.parked.get(ref.id);
+    const parked = this.hosts.parked(ref.id);
     if (parked) {
-      clearTimeout(parked.timer);
-      this.parked.delete(ref.id);
-      await parked.vm.qemu.kill();
+      this.hosts.write(ref.id, undefined);
+      await parked.qemu.kill();
     }
-    const vm = this.running.get(ref.id);
+    const vm = this.hosts.running(ref.id);
     if (vm) {
-      vm.beginStop();
+      this.hosts.stop(ref.id, vm.qemu);
       await vm.qemu.kill();
     }
     await this.killQemusIn(ref.id);
@@ -1010,7 +1023,7 @@ export class Engine extends EventEmitter {
 
   /** Kills every QEMU running from folder `name` of `vms/` that this engine does not hold. */
   private async killQemusIn(name: string): Promise<number> {
-    const held = this.heldPids();
+    const held = this.hosts.heldPids();
     const found = listPids().filter((pid) => !held.has(pid) && this.folderOfQemu(pid) === name);
     const killed = await Promise.all(found.map((pid) => this.killFound(pid, name)));
     return killed.filter(Boolean).length;
@@ -1026,11 +1039,6 @@ export class Engine extends EventEmitter {
     return true;
   }
 
-  /** Pids of the QEMUs this engine holds: running, parked and warm VMs. */
-  private heldPids(): Set<number> {
-    return new Set([...this.running.values(), ...[...this.parked.values()].map((p) => p.vm), ...[...this.warm.values()].flat()].map((v) => v.qemu.pid));
-  }
-
   /**
    * Stops every warm VM and frees the spare namespaces. Running VMs are
    * stopped too (without saving), or with `keepRunning` only let go: their
@@ -1040,17 +1048,16 @@ export class Engine extends EventEmitter {
   async close(opts: { keepRunning?: boolean } = {}): Promise<void> {
     this.closing = true;
     // Parked VMs are suspended: their checkpoints hold everything, so their QEMUs can go.
-    for (const [id, p] of this.parked) {
-      clearTimeout(p.timer);
-      this.parked.delete(id);
-      await p.vm.qemu.kill();
+    for (const { name, entry } of this.hosts.allParked()) {
+      this.hosts.write(name, undefined);
+      await entry.qemu.kill();
     }
     await Promise.allSettled([...this.warming.values()]);
-    const warm = [...this.warm.values()].flatMap((pool) => pool.splice(0));
+    const warm = this.takeAllWarm();
     const running = this.list();
     if (opts.keepRunning) {
       for (const vm of running) {
-        this.running.delete(vm.id);
+        this.hosts.write(vm.id, undefined);
         vm.release();
       }
     }
@@ -1084,7 +1091,6 @@ interface Restored {
 }
 
 interface WarmVm extends Restored {
-  imageDir: string;
   /** Stops the pool's own supervision once the clone is handed out. */
   detach: () => void;
 }

@@ -98,17 +98,24 @@ export interface BlockIoError {
   reason?: string;
 }
 
+/** What a running VM asks of the engine's host state (host.ts), which alone knows whether an exit was asked for. */
+export interface VmHost {
+  /** False while the VM is running and nobody in cellad asked it to stop: an exit now is a crash. */
+  exitExpected(): boolean;
+  /** Marks the coming exit as requested (the VM's host state becomes 'stopping'). */
+  beginStop(): void;
+}
+
 /**
  * A VM whose QEMU is running. Emits 'io-error' (BlockIoError) and 'exit' (ExitInfo & { expected: boolean })
  * when QEMU ends; `expected` is false when nobody in cellad asked for it.
  */
 export class RunningVm extends EventEmitter {
-  private stopping = false;
   private readonly onExit = (info: ExitInfo): void => {
     this.agent.close();
     this.qmp.close();
     void this.appLog.close();
-    this.emit('exit', { ...info, expected: this.stopping });
+    this.emit('exit', { ...info, expected: this.host.exitExpected() });
   };
 
   constructor(
@@ -119,6 +126,7 @@ export class RunningVm extends EventEmitter {
     readonly qmp: QmpClient,
     readonly agent: AgentClient,
     readonly appLog: AppLog,
+    private readonly host: VmHost,
     /** Milliseconds from QEMU spawn to each start-up step, for benchmarks. */
     readonly phases: Readonly<Record<string, number>> = {},
     /** Whether it came from the warm pool. */
@@ -166,11 +174,6 @@ export class RunningVm extends EventEmitter {
 
   /** Marks the coming exit as requested, so it is not reported as a crash. */
   beginStop(): void {
-    this.stopping = true;
-  }
-
-  /** The VM runs on after all (a parked VM resumed in place): a later exit is a crash again. */
-  cancelStop(): void {
-    this.stopping = false;
+    this.host.beginStop();
   }
 }
