@@ -6,13 +6,28 @@
  * them), and the build context arrives on a second, read-only disk that
  * cella-init mounts at /run/cella/build.
  */
-import { chmodSync, chownSync, linkSync, rmSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { chmodSync, chownSync, linkSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
-import type { AgentClient, ExecOptions, ExecResult, ProcessSpec } from '../agent/index.js';
+import { AgentClient, type ExecOptions, type ExecResult, type ProcessSpec } from '../agent/index.js';
 import { createOverlay } from '../disk/index.js';
 import { CellaError } from '../contract/index.js';
-import type { NetworkPolicy } from '../net/index.js';
-import { jailPath, type Jail, type QemuProcess, type QmpClient } from '../vmm/index.js';
+import { GUEST, applyPolicy, type NetworkPolicy, type VmNetwork } from '../net/index.js';
+import {
+  BUILDER_UIDS,
+  BUILDER_UID_BASE,
+  QemuProcess,
+  QmpClient,
+  buildQemuArgs,
+  cgroupLimits,
+  guestCmdline,
+  hostTscKhz,
+  jailPath,
+  type Jail,
+} from '../vmm/index.js';
+import { vmDir, type EngineCore } from './core.js';
+import { checkSocketPaths, waitGuest } from './helpers.js';
+import { vmFiles } from './vm.js';
 
 /** Where the guest sees the build disk (cella-init's BUILD_DIR). */
 export const BUILD_MOUNT = '/run/cella/build';
@@ -112,4 +127,90 @@ export class BuilderVm {
       await this.onClose();
     }
   }
+}
+
+/**
+ * Boots a builder VM on `spec.top` (see BuilderVm). It has no network device
+ * and dies with this process: a build is never adopted by a restarted cellad.
+ */
+export async function startBuilder(core: EngineCore, spec: BuilderSpec): Promise<BuilderVm> {
+  const workName = `.builder-${randomUUID().slice(0, 8)}`;
+  const work = vmDir(core, workName);
+  const sockets = vmFiles(work);
+  checkSocketPaths(sockets);
+  mkdirSync(work);
+  const jail = builderJail(core, work, path.dirname(path.resolve(spec.top)));
+  const memoryMiB = spec.memoryMiB ?? 1024;
+  const vcpus = spec.vcpus ?? 1;
+  let qemu: QemuProcess | undefined;
+  let qmp: QmpClient | undefined;
+  let agent: AgentClient | undefined;
+  let net: VmNetwork | undefined;
+  try {
+    if (spec.network) {
+      net = await core.networks.acquire();
+      // Nothing reaches into a builder; what it may reach is its policy's egress.
+      await applyPolicy(net, { ingress: [], egress: spec.network.egress });
+    }
+    qemu = QemuProcess.spawn(
+      buildQemuArgs({
+        name: workName,
+        accel: core.accel.accel,
+        memoryMiB,
+        vcpus,
+        tcgTbSizeMiB: 64,
+        memPath: path.join(work, 'mem'),
+        memShared: false,
+        boot: {
+          kernel: core.guest.kernel,
+          initrd: core.guest.initrd,
+          cmdline: guestCmdline({ tscKhz: hostTscKhz(), guestCidr: GUEST.cidr, gateway: GUEST.gateway, buildDisk: '/dev/vdb' }),
+        },
+        disk: spec.top,
+        buildDisk: spec.buildDisk,
+        qmpSocket: sockets.qmp,
+        ctlSocket: sockets.ctl,
+        consoleLog: spec.consoleLog,
+        jail,
+        ...(net ? { tap: { ifname: GUEST.tap, mac: GUEST.mac } } : {}),
+      }),
+      { binary: core.qemuBinary, cgroup: core.cgroups.create(workName, cgroupLimits({ memoryMiB, vcpus })), ...(net ? { netns: net.netns } : {}) },
+    );
+    const q = qemu;
+    qmp = await QmpClient.connect(sockets.qmp, 10_000, () => q.alive);
+    agent = await AgentClient.connect(sockets.ctl);
+    await waitGuest(agent, qemu, Date.now() + (spec.bootTimeoutMs ?? 60_000), spec.consoleLog);
+    await agent.reseed();
+    const uid = jail?.uid;
+    const network = net;
+    return new BuilderVm(spec, qemu, qmp, agent, work, jail, async () => {
+      if (uid !== undefined) core.builderUids.delete(uid);
+      if (network) await core.networks.release(network).catch(() => {});
+    });
+  } catch (err) {
+    agent?.close();
+    qmp?.close();
+    await qemu?.kill();
+    rmSync(work, { recursive: true, force: true });
+    if (jail) core.builderUids.delete(jail.uid);
+    if (net) await core.networks.release(net).catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * A builder's jail: a free builder uid, and its folder as its root when its
+ * layers (in `layerDir`) are on the same file system, so each new layer can
+ * be hard-linked in for QEMU to open (BuilderVm.commit); otherwise it keeps
+ * the host's root and opens the layer by its path.
+ */
+function builderJail(core: EngineCore, work: string, layerDir: string): Jail | undefined {
+  if (!core.jailed) return undefined;
+  const sameFs = statSync(work).dev === statSync(layerDir).dev;
+  let uid: number;
+  do uid = BUILDER_UID_BASE + Math.floor(Math.random() * BUILDER_UIDS);
+  while (core.builderUids.has(uid));
+  core.builderUids.add(uid);
+  if (!sameFs) core.log(`builder layers in ${layerDir} are on another file system than ${work}: the builder runs without a chroot`);
+  return { uid, gid: uid, chroot: sameFs ? work : undefined };
 }

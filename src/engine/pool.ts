@@ -1,0 +1,128 @@
+/**
+ * The warm pool (ADR 0002): per launched image, clones restored in advance,
+ * run once through the paths a launch uses (agent, TCP), then paused. Under
+ * TCG this moves the first-execution translation cost off the launch path. A
+ * warm clone is a 'warm' entry of the host state (host.ts); a launch takes it
+ * from there (clone.ts). It has never served the app.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { restoreClone } from './clone.js';
+import { vmDir, type EngineCore, type Restored, type WarmVm } from './core.js';
+import { dispose, identify, poke } from './helpers.js';
+import { openSnapshot } from './snapshot.js';
+
+export class WarmPool {
+  /** Fills in progress, per image directory. */
+  private readonly warming = new Map<string, Promise<void>>();
+
+  constructor(
+    private readonly core: EngineCore,
+    /** Warm clones kept per launched image (EngineOptions.warmClones; 0: none). */
+    readonly target: number,
+  ) {}
+
+  /** Fills the pool of `image` to `count` and waits until it is ready. */
+  async prewarm(image: string, count = this.target): Promise<void> {
+    const imageDir = path.resolve(image);
+    for (;;) {
+      const running = this.warming.get(imageDir);
+      if (running) {
+        await running.catch(() => {});
+        continue;
+      }
+      if (this.core.closing || this.core.hosts.warm(imageDir).length >= count) return;
+      const job = this.fill(imageDir, count);
+      this.warming.set(imageDir, job);
+      try {
+        await job;
+      } finally {
+        this.warming.delete(imageDir);
+      }
+    }
+  }
+
+  /** Tops the pool of `image` up in the background (after a launch took a clone). */
+  refill(image: string): void {
+    const imageDir = path.resolve(image);
+    if (this.target === 0 || this.core.closing || this.warming.has(imageDir)) return;
+    this.prewarm(imageDir).catch((err: Error) => this.core.log(`warm pool for ${imageDir}: ${err.message}`));
+  }
+
+  /** Stops the warm clones of `image` (its snapshot is about to be deleted), after a fill in progress. */
+  async forget(image: string): Promise<void> {
+    const imageDir = path.resolve(image);
+    await this.warming.get(imageDir)?.catch(() => {});
+    await Promise.all(this.take(imageDir).map((w) => this.discard(w)));
+  }
+
+  /** Waits for the fills in progress; once the engine is closing, each stops after its current clone. */
+  async settle(): Promise<void> {
+    await Promise.allSettled([...this.warming.values()]);
+  }
+
+  /** Stops every warm clone. */
+  async discardAll(): Promise<void> {
+    await Promise.all(this.take().map((w) => this.discard(w)));
+  }
+
+  private async fill(imageDir: string, count: number): Promise<void> {
+    while (!this.core.closing && this.core.hosts.warm(imageDir).length < count) await this.makeWarm(imageDir);
+  }
+
+  /** Adds one warm clone to the pool of `imageDir`. */
+  private async makeWarm(imageDir: string): Promise<void> {
+    const { core } = this;
+    const snap = openSnapshot(imageDir, core.fingerprint);
+    const name = `.warm-${randomUUID().slice(0, 8)}`;
+    const dir = vmDir(core, name);
+    mkdirSync(dir);
+    core.hosts.begin(name, 'restoring');
+    let r: Restored | undefined;
+    try {
+      // It never served the app: nothing to log until a launch says where.
+      r = await restoreClone(core, name, dir, imageDir, snap, null);
+      try {
+        await r.qmp.execute('cont');
+        await identify(r, name);
+        await r.agent.ping();
+        // A connection to a closed port: the guest kernel's TCP path runs, the app sees nothing.
+        await poke(r.net.hostAddress, 1);
+        await r.qmp.execute('stop');
+      } catch (err) {
+        await dispose(r);
+        throw err;
+      }
+      const w: WarmVm = { ...r, detach: () => {} };
+      const { qemu } = r;
+      const onExit = (): void => {
+        if (core.hosts.exited(name, qemu)) void this.discard(w);
+      };
+      qemu.once('exit', onExit);
+      w.detach = () => qemu.removeListener('exit', onExit);
+      core.hosts.write(name, { state: 'warm', qemu, imageDir, warm: w });
+    } catch (err) {
+      if (r) await core.networks.release(r.net).catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+      throw err;
+    } finally {
+      core.hosts.settle(name);
+    }
+  }
+
+  /** Takes the warm clones of `imageDir` (of every image when absent) out of the host state, to discard them. */
+  private take(imageDir?: string): WarmVm[] {
+    return this.core.hosts.warm(imageDir).map(({ name, warm }) => {
+      this.core.hosts.write(name, undefined);
+      return warm;
+    });
+  }
+
+  private async discard(w: WarmVm): Promise<void> {
+    w.detach();
+    await dispose(w);
+    await this.core.networks.release(w.net).catch(() => {});
+    rmSync(w.dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * The one way the engine starts a QEMU, for templates, clones, warm clones,
+ * resumes and builders alike: in its network namespace (with the guest's tap)
+ * when it has one, jailed, in a cgroup named after its folder, outliving
+ * cellad when asked, and held by its folder's host entry from the moment it
+ * exists (ADR 0007: reclaim and terminate never mistake it for a stray).
+ */
+import { GUEST, type VmNetwork } from '../net/index.js';
+import { QemuProcess, buildQemuArgs, cgroupLimits, vmJail, type Jail, type QemuSpec } from '../vmm/index.js';
+import { vmDir, type EngineCore } from './core.js';
+import { vmFiles } from './vm.js';
+
+/** TCG's translation cache per VM; small keeps idle clones light. */
+const TCG_TB_MIB = 32;
+
+export interface SpawnPlace {
+  /** Its folder under `vms/`: the host entry that holds it (in flight), and its cgroup's name. */
+  name: string;
+  /** Its network namespace; absent for a builder that may reach nothing (no network device at all). */
+  net?: VmNetwork;
+  /** Undefined when the engine cannot jail (not root). */
+  jail: Jail | undefined;
+  /** It runs on when cellad dies, its stderr appended to the folder's `qemu.log`, for a restarted cellad to adopt. */
+  outliveParent: boolean;
+}
+
+/** The parts of a QEMU spec that say what a VM is spawned with; `spawnQemu` adds the jail and, in a namespace, the tap. */
+export type VmSpec = Omit<QemuSpec, 'jail' | 'tap'>;
+
+export function spawnQemu(core: EngineCore, spec: VmSpec, place: SpawnPlace): QemuProcess {
+  const { name, net, jail } = place;
+  const qemu = QemuProcess.spawn(buildQemuArgs({ ...spec, jail, ...(net ? { tap: { ifname: GUEST.tap, mac: GUEST.mac } } : {}) }), {
+    binary: core.qemuBinary,
+    ...(net ? { netns: net.netns } : {}),
+    outliveParent: place.outliveParent ? { stderrFile: vmFiles(vmDir(core, name)).qemuLog } : undefined,
+    cgroup: core.cgroups.create(name, cgroupLimits(spec)),
+  });
+  try {
+    core.hosts.hold(name, qemu);
+  } catch (err) {
+    void qemu.kill();
+    throw err;
+  }
+  return qemu;
+}
+
+/** A VM's jail: the uid of its network slot, its folder `dir` as its root. */
+export function vmJailFor(core: EngineCore, net: VmNetwork, dir: string): Jail | undefined {
+  return core.jailed ? vmJail(net.slot, dir) : undefined;
+}
+
+/** What every VM of a snapshot is spawned with, whatever its role. */
+export function baseSpec(core: EngineCore, name: string, memoryMiB: number, vcpus: number): Pick<QemuSpec, 'name' | 'accel' | 'memoryMiB' | 'vcpus' | 'tcgTbSizeMiB'> {
+  return { name, accel: core.accel.accel, memoryMiB, vcpus, tcgTbSizeMiB: TCG_TB_MIB };
+}
+
+/** The command line a fingerprint hashes: any change to the device model changes what a snapshot's state means. */
+export function canonicalSpec(accel: 'kvm' | 'tcg'): QemuSpec {
+  return {
+    name: 'x',
+    accel,
+    memoryMiB: 1,
+    vcpus: 1,
+    memPath: 'm',
+    memShared: false,
+    disk: 'd',
+    qmpSocket: 'q',
+    ctlSocket: 'c',
+    logSocket: 'l',
+    consoleLog: 'o',
+    tap: { ifname: GUEST.tap, mac: GUEST.mac },
+    tcgTbSizeMiB: TCG_TB_MIB,
+    incoming: true,
+  };
+}

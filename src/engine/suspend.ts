@@ -1,0 +1,82 @@
+/**
+ * Suspend (ADR 0001): the VM is stopped, the pages it wrote are found in
+ * `/proc/PID/pagemap` (a private page over the image's `mem` mapping), and
+ * its state is migrated to `checkpoint` with every page it never wrote left
+ * out: the image's `mem` supplies those on resume.
+ */
+import { rmSync } from 'node:fs';
+import { CellaError, isCellaError } from '../contract/index.js';
+import { crashPoint } from '../host/index.js';
+import { processJail } from '../vmm/index.js';
+import type { EngineCore } from './core.js';
+import { saveState } from './migrate.js';
+import { dirtyPages } from './pagemap.js';
+import { park } from './park.js';
+import { openSnapshot, snapshotFiles } from './snapshot.js';
+import { vmFiles, type RunningVm } from './vm.js';
+
+const PAGE = 4096;
+/** The RAM block id of the guest memory backend (`-object memory-backend-file,id=mem`). */
+const RAM_BLOCK = 'mem';
+
+export interface SuspendResult {
+  ms: number;
+  /** Bytes written for the checkpoint (device state + dirty pages). */
+  bytes: number;
+  dirtyPages: number;
+  totalPages: number;
+  /** Milliseconds from the start to each step. */
+  phases: Record<string, number>;
+}
+
+/** Saves a running VM to its folder and ends its QEMU (or parks it, with a resume window). */
+export async function suspend(core: EngineCore, vm: RunningVm): Promise<SuspendResult> {
+  const started = Date.now();
+  const snap = openSnapshot(vm.ref.imageDir, core.fingerprint);
+  const files = vmFiles(vm.dir);
+  core.hosts.stop(vm.id, vm.qemu);
+  const phases: Record<string, number> = {};
+  const mark = (name: string): void => {
+    phases[name] = Date.now() - started;
+  };
+  try {
+    await vm.qmp.execute('stop');
+    mark('stopped');
+    crashPoint('suspend:stopped');
+    const dirty = dirtyPages(vm.qemu.pid, snapshotFiles(vm.ref.imageDir).mem, snap.memoryMiB * 1024 * 1024);
+    mark('pagemap');
+    const keep = (block: string, offset: number): boolean => block !== RAM_BLOCK || dirty[offset / PAGE] === 1;
+    const stats = await saveState(vm.qmp, vm.qemu, processJail(vm.qemu.pid), files.migrate, files.checkpoint, keep, mark);
+    crashPoint('suspend:written');
+    if (core.parkMs > 0 && !core.closing) {
+      park(core, vm);
+      mark('parked');
+    } else {
+      // Nothing is left to save: QEMU can simply go.
+      await vm.qemu.kill();
+      mark('exited');
+    }
+    let dirtyCount = 0;
+    for (const d of dirty) dirtyCount += d;
+    return { ms: Date.now() - started, bytes: stats.bytesOut, dirtyPages: dirtyCount, totalPages: dirty.length, phases };
+  } catch (err) {
+    // A VM that failed to suspend (a full disk, say) runs on as it was; one that cannot is gone, and says why.
+    rmSync(files.checkpoint, { force: true });
+    const why = (err as Error).message;
+    if (vm.qemu.alive && (await vm.qmp.execute('cont').then(() => true, () => false))) {
+      runOn(core, vm);
+      throw new CellaError(isCellaError(err, 'INSUFFICIENT_CAPACITY') ? 'INSUFFICIENT_CAPACITY' : 'QEMU_FAILED', `suspend of ${vm.id} failed, it runs on: ${why}`, {
+        cause: err,
+        details: { stillRunning: true },
+      });
+    }
+    await vm.qemu.kill();
+    throw new CellaError('QEMU_FAILED', `suspend of ${vm.id} failed: ${why}`, { cause: err });
+  }
+}
+
+/** A suspend that failed left the VM running after all: a later exit is a crash again. */
+function runOn(core: EngineCore, vm: RunningVm): void {
+  const held = core.hosts.entry(vm.id);
+  if (held?.state === 'stopping' && held.qemu === vm.qemu) core.hosts.write(vm.id, { ...held, state: 'running' });
+}
