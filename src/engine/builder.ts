@@ -13,20 +13,10 @@ import { AgentClient, type ExecOptions, type ExecResult, type ProcessSpec } from
 import { createOverlay } from '../disk/index.js';
 import { CellaError } from '../contract/index.js';
 import { GUEST, applyPolicy, type NetworkPolicy, type VmNetwork } from '../net/index.js';
-import {
-  BUILDER_UIDS,
-  BUILDER_UID_BASE,
-  QemuProcess,
-  QmpClient,
-  buildQemuArgs,
-  cgroupLimits,
-  guestCmdline,
-  hostTscKhz,
-  jailPath,
-  type Jail,
-} from '../vmm/index.js';
+import { BUILDER_UIDS, BUILDER_UID_BASE, QmpClient, guestCmdline, hostTscKhz, jailPath, type Jail, type QemuProcess } from '../vmm/index.js';
 import { vmDir, type EngineCore } from './core.js';
 import { checkSocketPaths, waitGuest } from './helpers.js';
+import { spawnQemu } from './spawn.js';
 import { vmFiles } from './vm.js';
 
 /** Where the guest sees the build disk (cella-init's BUILD_DIR). */
@@ -130,8 +120,10 @@ export class BuilderVm {
 }
 
 /**
- * Boots a builder VM on `spec.top` (see BuilderVm). It has no network device
- * and dies with this process: a build is never adopted by a restarted cellad.
+ * Boots a builder VM on `spec.top` (see BuilderVm). It has a network device
+ * only when `spec.network` is given, and dies with this process: a build is
+ * never adopted by a restarted cellad. Its host entry ('builder') holds its
+ * QEMU until it is closed, so reclaim and terminate never take it for a stray.
  */
 export async function startBuilder(core: EngineCore, spec: BuilderSpec): Promise<BuilderVm> {
   const workName = `.builder-${randomUUID().slice(0, 8)}`;
@@ -139,6 +131,7 @@ export async function startBuilder(core: EngineCore, spec: BuilderSpec): Promise
   const sockets = vmFiles(work);
   checkSocketPaths(sockets);
   mkdirSync(work);
+  core.hosts.begin(workName, 'builder');
   const jail = builderJail(core, work, path.dirname(path.resolve(spec.top)));
   const memoryMiB = spec.memoryMiB ?? 1024;
   const vcpus = spec.vcpus ?? 1;
@@ -152,8 +145,9 @@ export async function startBuilder(core: EngineCore, spec: BuilderSpec): Promise
       // Nothing reaches into a builder; what it may reach is its policy's egress.
       await applyPolicy(net, { ingress: [], egress: spec.network.egress });
     }
-    qemu = QemuProcess.spawn(
-      buildQemuArgs({
+    qemu = spawnQemu(
+      core,
+      {
         name: workName,
         accel: core.accel.accel,
         memoryMiB,
@@ -171,21 +165,19 @@ export async function startBuilder(core: EngineCore, spec: BuilderSpec): Promise
         qmpSocket: sockets.qmp,
         ctlSocket: sockets.ctl,
         consoleLog: spec.consoleLog,
-        jail,
-        ...(net ? { tap: { ifname: GUEST.tap, mac: GUEST.mac } } : {}),
-      }),
-      { binary: core.qemuBinary, cgroup: core.cgroups.create(workName, cgroupLimits({ memoryMiB, vcpus })), ...(net ? { netns: net.netns } : {}) },
+      },
+      { name: workName, net, jail, outliveParent: false },
     );
     const q = qemu;
     qmp = await QmpClient.connect(sockets.qmp, 10_000, () => q.alive);
     agent = await AgentClient.connect(sockets.ctl);
     await waitGuest(agent, qemu, Date.now() + (spec.bootTimeoutMs ?? 60_000), spec.consoleLog);
     await agent.reseed();
-    const uid = jail?.uid;
     const network = net;
     return new BuilderVm(spec, qemu, qmp, agent, work, jail, async () => {
-      if (uid !== undefined) core.builderUids.delete(uid);
+      if (jail) core.builderUids.delete(jail.uid);
       if (network) await core.networks.release(network).catch(() => {});
+      core.hosts.settle(workName);
     });
   } catch (err) {
     agent?.close();
@@ -194,6 +186,7 @@ export async function startBuilder(core: EngineCore, spec: BuilderSpec): Promise
     rmSync(work, { recursive: true, force: true });
     if (jail) core.builderUids.delete(jail.uid);
     if (net) await core.networks.release(net).catch(() => {});
+    core.hosts.settle(workName);
     throw err;
   }
 }
