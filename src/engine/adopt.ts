@@ -35,9 +35,12 @@ export async function adopt(core: EngineCore, ref: VmRef, pid: number, startTime
   if (processStartTime(pid) !== startTime || folderOfQemu(core, pid) !== ref.id) return undefined;
   const dir = vmDir(core, ref.id);
   const files = vmFiles(dir);
-  const qemu = QemuProcess.adopt(pid, startTime, files.qemuLog, core.cgroups.existing(ref.id));
-  if (!qemu) return undefined;
   core.hosts.begin(ref.id, 'adopting');
+  const qemu = QemuProcess.adopt(pid, startTime, files.qemuLog, core.cgroups.existing(ref.id));
+  if (!qemu) {
+    core.hosts.settle(ref.id);
+    return undefined;
+  }
   core.hosts.hold(ref.id, qemu);
   let qmp: QmpClient | undefined;
   let agent: AgentClient | undefined;

@@ -69,7 +69,9 @@ export async function launch(core: EngineCore, image: string, id: string, opts: 
     if (opts.network) await applyPolicy(r.net, opts.network);
     return await activate(core, { id, imageDir, slot: r.net.slot }, r, warm !== undefined);
   } catch (err) {
-    if (r) await dispose(r);
+    // The QEMU it restored or took from the pool goes with it (activate may have ended it already).
+    const held = r ?? warm;
+    if (held) await dispose(held);
     if (net) await core.networks.release(net).catch(() => {});
     rmSync(dir, { recursive: true, force: true });
     throw err;
