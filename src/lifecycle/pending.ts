@@ -1,0 +1,38 @@
+import type { RunnableImage } from '../images/index.js';
+import type { VmRecord, VmSpec } from '../store/index.js';
+
+/** A new MicroVM's row as RunMicrovm writes it: PENDING, generation 1, nothing observed or metered yet. */
+export function pendingVm(init: {
+  id: string;
+  image: Pick<RunnableImage, 'name' | 'arn' | 'version'> & { config: Pick<RunnableImage['config'], 'memoryMiB' | 'vcpus'> };
+  spec: VmSpec;
+  now: number;
+}): VmRecord {
+  const { id, image, spec, now } = init;
+  return {
+    id,
+    imageName: image.name,
+    imageArn: image.arn,
+    imageVersion: image.version,
+    state: 'PENDING',
+    generation: 1,
+    stateReason: null,
+    spec,
+    memoryMiB: image.config.memoryMiB,
+    vcpus: image.config.vcpus,
+    createdAt: now,
+    terminatedAt: null,
+    slot: null,
+    pid: null,
+    pidStartTime: null,
+    idleDeadline: null,
+    suspendedDeadline: null,
+    maxDeadline: now + spec.maximumDurationInSeconds * 1000,
+    stateSince: now,
+    runningMs: 0,
+    bytesWritten: 0,
+    bytesRead: 0,
+    storageByteMs: 0,
+    checkpointBytes: 0,
+  };
+}

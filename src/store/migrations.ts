@@ -1,0 +1,83 @@
+/** The SQLite schema, as the steps that built it; existing data directories move up through them at open. */
+import type Database from 'better-sqlite3';
+
+/** Each entry moves the schema one version up; `user_version` records how far a database is. */
+const MIGRATIONS: string[] = [
+  `CREATE TABLE vms (
+     id TEXT PRIMARY KEY,
+     image_name TEXT NOT NULL,
+     image_arn TEXT NOT NULL,
+     image_version TEXT NOT NULL,
+     state TEXT NOT NULL,
+     generation INTEGER NOT NULL,
+     state_reason TEXT,
+     spec TEXT NOT NULL,
+     memory_mib INTEGER NOT NULL,
+     vcpus INTEGER NOT NULL,
+     created_at INTEGER NOT NULL,
+     terminated_at INTEGER,
+     slot INTEGER,
+     pid INTEGER,
+     pid_start_time TEXT,
+     idle_deadline INTEGER,
+     suspended_deadline INTEGER,
+     max_deadline INTEGER NOT NULL,
+     state_since INTEGER NOT NULL,
+     running_ms INTEGER NOT NULL DEFAULT 0,
+     bytes_written INTEGER NOT NULL DEFAULT 0,
+     bytes_read INTEGER NOT NULL DEFAULT 0,
+     storage_byte_ms REAL NOT NULL DEFAULT 0,
+     checkpoint_bytes INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE INDEX vms_order ON vms (created_at, id);
+   CREATE INDEX vms_live ON vms (state) WHERE state <> 'TERMINATED';
+   CREATE TABLE idempotency (
+     scope TEXT NOT NULL, client_token TEXT NOT NULL, hash TEXT NOT NULL, resource_id TEXT NOT NULL, created_at INTEGER NOT NULL,
+     PRIMARY KEY (scope, client_token)
+   );
+   CREATE TABLE tokens (
+     jti TEXT PRIMARY KEY, vm_id TEXT NOT NULL, kind TEXT NOT NULL, ports TEXT NOT NULL, expires_at INTEGER NOT NULL, created_at INTEGER NOT NULL
+   );
+   CREATE INDEX tokens_vm ON tokens (vm_id);
+   CREATE TABLE images (
+     name TEXT PRIMARY KEY, arn TEXT NOT NULL, version TEXT NOT NULL, dir TEXT NOT NULL, state TEXT NOT NULL,
+     state_reason TEXT, config TEXT NOT NULL, created_at INTEGER NOT NULL
+   );
+   CREATE TABLE api_keys (hash TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
+   CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);`,
+  // Images get versions and builds; a registered image becomes version 1.0 of its name.
+  `CREATE TABLE microvm_images (
+     name TEXT PRIMARY KEY, arn TEXT NOT NULL, state TEXT NOT NULL, tags TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER
+   );
+   CREATE TABLE image_versions (
+     image_name TEXT NOT NULL, version TEXT NOT NULL, major INTEGER NOT NULL, state TEXT NOT NULL, status TEXT NOT NULL, state_reason TEXT,
+     request TEXT NOT NULL, runtime TEXT, dir TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER,
+     PRIMARY KEY (image_name, version)
+   );
+   CREATE TABLE image_builds (
+     build_id TEXT PRIMARY KEY, image_name TEXT NOT NULL, version TEXT NOT NULL, state TEXT NOT NULL, state_reason TEXT, message TEXT,
+     snapshot_build TEXT, created_at INTEGER NOT NULL, updated_at INTEGER
+   );
+   CREATE INDEX image_builds_version ON image_builds (image_name, version, created_at);
+   INSERT INTO microvm_images SELECT name, arn, CASE state WHEN 'CREATED' THEN 'CREATED' ELSE 'CREATE_FAILED' END, '{}', created_at, NULL FROM images;
+   INSERT INTO image_versions SELECT name, version, 1, CASE state WHEN 'CREATED' THEN 'SUCCESSFUL' ELSE 'FAILED' END, 'ACTIVE', state_reason,
+     '{}', CASE state WHEN 'CREATED' THEN config END, dir, created_at, NULL FROM images;
+   DROP TABLE images;`,
+  `CREATE TABLE network_connectors (
+     name TEXT PRIMARY KEY, arn TEXT NOT NULL, description TEXT, cidrs TEXT NOT NULL, domains TEXT NOT NULL, created_at INTEGER NOT NULL
+   );`,
+];
+
+/** Moves the database up to the newest schema, one transaction per step; refuses one newer than this code. */
+export function migrate(db: Database.Database): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  if (current > MIGRATIONS.length) {
+    throw new Error(`database schema version ${current} is newer than this cellad understands (${MIGRATIONS.length})`);
+  }
+  for (let v = current; v < MIGRATIONS.length; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v] as string);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}
