@@ -38,7 +38,7 @@ const call = (method: string, p: string, body?: unknown): Promise<Record<string,
 try {
   const { build, log } = await createImage(server.url, 'demo');
   if (build.buildState !== 'SUCCESSFUL') throw new Error(`image build failed:\n${log}`);
-  const demoDir = server.images.runnable('demo').dir;
+  const demoDir = (await server.images.runnable('demo')).dir;
 
   // Time the engine's launch inside the same run, to subtract it.
   const launchMs = new Map<string, number>();

@@ -133,7 +133,7 @@ export async function waitState(base: string, id: string, states: string[], ms =
 
 /** Ends a test or benchmark server: cellad's own close() leaves VMs running for the next start, so they are terminated first. */
 export async function shutdown(server: CellaServer): Promise<void> {
-  for (const v of server.store.liveVms()) await server.lifecycle.terminate(v.id).catch(() => {});
+  for (const v of await server.store.liveVms()) await server.lifecycle.terminate(v.id).catch(() => {});
   await server.lifecycle.settle();
   await server.close();
 }

@@ -131,7 +131,7 @@ describe('control plane over HTTP', { concurrency: false }, () => {
     await waitState(base, vm.microvmId, ['RUNNING']);
     assert.equal(await guestGet(server, vm.microvmId, '/hookmode/suspend/fail'), 'ok');
     assert.equal((await api(base, 'POST', `${V}/microvms/${vm.microvmId}/suspend`)).status, 200);
-    await eventually(() => server.store.getVm(vm.microvmId)?.stateReason?.includes('suspend hook') ?? false, 30_000, 'suspend refusal');
+    await eventually(async () => (await server.store.getVm(vm.microvmId))?.stateReason?.includes('suspend hook') ?? false, 30_000, 'suspend refusal');
     const refused = await waitState(base, vm.microvmId, ['RUNNING']);
     assert.match(refused.stateReason ?? '', /not suspended: the suspend hook answered HTTP 500/);
     await guestGet(server, vm.microvmId, '/hookmode/suspend/ok');
@@ -273,7 +273,7 @@ describe('control plane over HTTP', { concurrency: false }, () => {
 
   test('every validation rule answers its error and changes nothing', async () => {
     const n = await count();
-    const live = server.store.liveVms().length;
+    const live = (await server.store.liveVms()).length;
     const cases: Array<[string, string, unknown, number, string, boolean?]> = [
       ['POST', `${V}/microvms`, '{"imageIdentifier": "demo",', 400, 'MALFORMED_JSON', true],
       ['POST', `${V}/microvms`, '[1,2]', 400, 'INVALID_ARGUMENT', true],
@@ -343,7 +343,7 @@ describe('control plane over HTTP', { concurrency: false }, () => {
     assert.equal((await api(base, 'DELETE', `${V}/microvms/${vm.microvmId}`)).status, 200, 'terminate is idempotent');
     assert.equal((await api(base, 'POST', `${V}/microvms/${vm.microvmId}/suspend`)).status, 409);
     assert.equal(await count(), n + 1, 'only the one VM this test ran was created');
-    assert.equal(server.store.liveVms().length, live);
+    assert.equal((await server.store.liveVms()).length, live);
   });
 
   test('each caller is throttled per operation with ThrottlingException and Retry-After', async () => {
@@ -363,7 +363,7 @@ describe('control plane over HTTP', { concurrency: false }, () => {
 
   test('the memory quota refuses a run beyond it with ServiceQuotaExceeded', async () => {
     const vms: MicrovmBody[] = [];
-    const live = server.store.liveVms().reduce((s, v) => s + v.memoryMiB, 0);
+    const live = (await server.store.liveVms()).reduce((s, v) => s + v.memoryMiB, 0);
     for (let used = live; used + 256 <= QUOTA_MIB; used += 256) vms.push(await run({}));
     const over = await api<{ code: string; quotaCode: string }>(base, 'POST', `${V}/microvms`, { imageIdentifier: 'demo' });
     assert.equal(over.status, 402);
@@ -389,9 +389,9 @@ describe('restart safety: kill -9 of cellad at any moment', { concurrency: false
       s = undefined;
       const again = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, demoImage: true, log: () => {} });
       s = again;
-      const img = again.store.getImage('demo');
+      const img = await again.store.getImage('demo');
       assert.ok(img && img.state === 'CREATING', `the demo is building again (${img?.state})`);
-      await eventually(() => again.images.latest('demo', 'SUCCESSFUL') !== undefined, 300_000, 'the demo to be built');
+      await eventually(async () => (await again.images.latest('demo', 'SUCCESSFUL')) !== undefined, 300_000, 'the demo to be built');
     } finally {
       if (s) await shutdown(s);
       rmSync(dir, { recursive: true, force: true });
@@ -458,7 +458,7 @@ describe('restart safety: kill -9 of cellad at any moment', { concurrency: false
       assert.equal(server.engine.get(a)?.pid, qemuPidA, 'the same QEMU, re-adopted');
       assert.equal(await guestGet(server, a, '/inc'), '2', 'its RAM is intact');
       const dState = (await waitState(base, d, ['RUNNING', 'TERMINATED'])).state;
-      const dRec = server.store.getVm(d);
+      const dRec = await server.store.getVm(d);
       if (dState === 'TERMINATED') assert.match(dRec?.stateReason ?? '', /cellad restarted/);
       assert.equal((await api<MicrovmBody>(base, 'GET', `${V}/microvms/${b}`)).body.state, 'SUSPENDED');
       assert.equal((await api(base, 'POST', `${V}/microvms/${b}/resume`)).status, 200);
@@ -467,11 +467,11 @@ describe('restart safety: kill -9 of cellad at any moment', { concurrency: false
       const cEnd = await waitState(base, c, ['TERMINATED'], 30_000);
       assert.match(cEnd.stateReason ?? '', /maximum duration of 6 s/);
       // Nothing orphaned: one QEMU per running VM (plus the warm clone this server keeps), no stray folders.
-      const running = server.store.liveVms().filter((v) => v.state === 'RUNNING');
+      const running = (await server.store.liveVms()).filter((v) => v.state === 'RUNNING');
       await eventually(() => qemusOf(dir).length <= running.length + 1, 10_000, 'stray QEMUs reclaimed');
       for (const v of running) assert.ok(server.engine.get(v.id));
       const dirs = readdirSync(path.join(dir, 'vms')).filter((n) => !n.startsWith('.warm-'));
-      assert.deepEqual(dirs.sort(), server.store.liveVms().map((v) => v.id).sort());
+      assert.deepEqual(dirs.sort(), (await server.store.liveVms()).map((v) => v.id).sort());
     } finally {
       if (server) {
         await shutdown(server);

@@ -41,9 +41,9 @@ export function alive(pid: number): boolean {
 }
 
 /** Waits for `cond` to hold, polling; fails after `ms` (a bound on waiting, not a performance assertion). */
-export async function eventually(cond: () => boolean, ms = 10_000, what = 'condition'): Promise<void> {
+export async function eventually(cond: () => boolean | Promise<boolean>, ms = 10_000, what = 'condition'): Promise<void> {
   const end = Date.now() + ms;
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }

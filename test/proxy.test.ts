@@ -99,9 +99,9 @@ describe('endpoint proxy', { concurrency: false }, () => {
     const b = await launch();
     const tb = await token(b);
     const ta = await token(a, [{ port: 9000 }]);
-    const minter = TokenMinter.open(server.store);
+    const minter = await TokenMinter.open(server.store);
     const expired = await minter.mint(a, 'http', [{ port: 8080 }], -1);
-    server.store.putToken({ jti: expired.jti, vmId: a, kind: 'http', ports: '[]', expiresAt: expired.expiresAt, createdAt: Date.now() });
+    await server.store.putToken({ jti: expired.jti, vmId: a, kind: 'http', ports: '[]', expiresAt: expired.expiresAt, createdAt: Date.now() });
     const forged = tb.slice(0, -4) + (tb.endsWith('AAAA') ? 'BBBB' : 'AAAA');
     const cases: Array<[Record<string, string>, string]> = [
       [{ 'x-aws-proxy-auth': tb }, 'token of another VM'],
@@ -221,7 +221,7 @@ describe('endpoint proxy', { concurrency: false }, () => {
     const end = Date.now() + 5000;
     while (Date.now() < end) {
       assert.equal((await get(id, '/', { 'x-aws-proxy-auth': t })).status, 200);
-      assert.equal(server.store.getVm(id)?.state, 'RUNNING');
+      assert.equal((await server.store.getVm(id))?.state, 'RUNNING');
       await new Promise((r) => setTimeout(r, 300));
     }
     await api(base, 'DELETE', `${V}/microvms/${id}`);
@@ -344,7 +344,7 @@ describe('endpoint proxy', { concurrency: false }, () => {
     startup();
     const end = Date.now() + 6000;
     while (Date.now() < end) {
-      assert.equal(server.store.getVm(id)?.state, 'RUNNING', 'no inbound traffic, yet not idle');
+      assert.equal((await server.store.getVm(id))?.state, 'RUNNING', 'no inbound traffic, yet not idle');
       await new Promise((res) => setTimeout(res, 250));
     }
     // The guest may be stopped before this command's own exit reaches the host: do not wait for it.

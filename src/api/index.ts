@@ -16,7 +16,7 @@ import { AUTH_HEADER, type BuildSummary, CellaError, httpError, imageNameOf, typ
 import { MANAGED_VERSION, type Images, type StartedVersion } from '../images/index.js';
 import { type Lifecycle, pendingVm } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
-import { type BuildRecord, type ConnectorRecord, type ImageRecord, type ImageVersionRecord, type Store, type VmRecord } from '../store/index.js';
+import type { BuildRecord, ConnectorRecord, ImageRecord, ImageVersionRecord, Store, Tx, VmRecord } from '../store/index.js';
 import { usageOf, sumUsage } from '../usage/index.js';
 import { Throttle } from './throttle.js';
 import { NamePosition, OffsetPosition, VmPosition, decodeCursor, encodeCursor } from './cursor.js';
@@ -160,13 +160,13 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
   async function dispatch(cmd: Command): Promise<Reply> {
     switch (cmd.op) {
       case 'RunMicrovm':
-        return { json: runMicrovm(cmd.body) };
+        return { json: await runMicrovm(cmd.body) };
       case 'GetMicrovm':
-        return { json: view(ctx.lifecycle.require(cmd.params.microvmIdentifier as string)) };
+        return { json: view(await ctx.lifecycle.require(cmd.params.microvmIdentifier as string)) };
       case 'ListMicrovms':
-        return { json: listMicrovms(cmd.query, cmd.after) };
+        return { json: await listMicrovms(cmd.query, cmd.after) };
       case 'SuspendMicrovm':
-        ctx.lifecycle.suspend(cmd.params.microvmIdentifier as string);
+        await ctx.lifecycle.suspend(cmd.params.microvmIdentifier as string);
         return { empty: true };
       case 'ResumeMicrovm':
         await ctx.lifecycle.resume(cmd.params.microvmIdentifier as string);
@@ -179,58 +179,47 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       case 'CreateMicrovmShellAuthToken':
         return { json: await mintToken(cmd.params.microvmIdentifier as string, 'shell', [{ port: 8022 }], cmd.body.expirationInMinutes) };
       case 'GetMicrovmLogs': {
-        const rec = ctx.lifecycle.require(cmd.params.microvmIdentifier as string);
+        const rec = await ctx.lifecycle.require(cmd.params.microvmIdentifier as string);
         if (rec.spec.loggingDisabled) throw new CellaError('INVALID_STATE', `logging is disabled for MicroVM ${rec.id}`, { details: { resourceId: rec.id, resourceType: 'Microvm' } });
         const follow = cmd.query.follow ?? false;
         return {
           stream: (res, signal) =>
             textStream(res, (write) =>
-              ctx.logs.stream(rec.id, { follow, signal, isLive: () => ctx.store.getVm(rec.id)?.state !== 'TERMINATED' }, write),
+              ctx.logs.stream(rec.id, { follow, signal, isLive: async () => (await ctx.store.getVm(rec.id))?.state !== 'TERMINATED' }, write),
             ),
         };
       }
       case 'GetServerInfo':
         return { json: { version: ctx.version, domain: ctx.domain, ...ctx.info } };
       case 'GetMicrovmUsage':
-        return { json: usageOf(ctx.lifecycle.require(cmd.params.microvmIdentifier as string), Date.now()) };
+        return { json: usageOf(await ctx.lifecycle.require(cmd.params.microvmIdentifier as string), Date.now()) };
       case 'GetUsage': {
         const now = Date.now();
-        const all = ctx.store.listVms({ limit: Number.MAX_SAFE_INTEGER }).map((v) => usageOf(v, now));
+        const all = (await ctx.store.listVms({ limit: Number.MAX_SAFE_INTEGER })).map((v) => usageOf(v, now));
         return { json: { total: sumUsage(all), microvms: all } };
       }
       case 'CreateMicrovmImage': {
         const b = cmd.body;
-        const prior = replayOf(ctx.store, 'CreateMicrovmImage', b);
-        if (prior) return { json: startedView(replayBuild(prior)) };
-        ctx.capacity.require('CreateMicrovmImage');
-        const started = ctx.store.tx(() => {
-          const r = ctx.images.create(b);
-          remember(ctx.store, 'CreateMicrovmImage', b, r.build.buildId);
-          return r;
-        });
-        void ctx.images.enqueue(started);
-        return { json: startedView(started) };
+        const r = await once('CreateMicrovmImage', b, () => ctx.capacity.require('CreateMicrovmImage'), (tx) => ctx.images.create(b, tx), (s) => s.build.buildId);
+        if ('replay' in r) return { json: startedView(await replayBuild(r.replay)) };
+        void ctx.images.enqueue(r.made);
+        return { json: startedView(r.made) };
       }
       case 'UpdateMicrovmImage': {
         const b = cmd.body;
-        const scope = `UpdateMicrovmImage:${imageNameOf(cmd.params.imageIdentifier as string)}`;
-        const prior = replayOf(ctx.store, scope, b);
-        if (prior) return { json: startedView(replayBuild(prior)) };
-        ctx.capacity.require('UpdateMicrovmImage');
-        const started = ctx.store.tx(() => {
-          const r = ctx.images.update(cmd.params.imageIdentifier as string, b);
-          remember(ctx.store, scope, b, r.build.buildId);
-          return r;
-        });
-        void ctx.images.enqueue(started);
-        return { json: startedView(started) };
+        const id = cmd.params.imageIdentifier as string;
+        const scope = `UpdateMicrovmImage:${imageNameOf(id)}`;
+        const r = await once(scope, b, () => ctx.capacity.require('UpdateMicrovmImage'), (tx) => ctx.images.update(id, b, tx), (s) => s.build.buildId);
+        if ('replay' in r) return { json: startedView(await replayBuild(r.replay)) };
+        void ctx.images.enqueue(r.made);
+        return { json: startedView(r.made) };
       }
       case 'GetMicrovmImage':
-        return { json: imageView(ctx.images.require(cmd.params.imageIdentifier as string)) };
+        return { json: imageView(await ctx.images.require(cmd.params.imageIdentifier as string)) };
       case 'ListMicrovmImages': {
         const q = cmd.query;
         const limit = q.maxResults ?? 50;
-        const page = ctx.store.listImages({ limit: limit + 1, ...(cmd.after ? { after: cmd.after.n } : {}) });
+        const page = await ctx.store.listImages({ limit: limit + 1, ...(cmd.after ? { after: cmd.after.n } : {}) });
         const items = page.slice(0, limit);
         const last = items[items.length - 1];
         return {
@@ -248,32 +237,32 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       }
       case 'DeleteMicrovmImage': {
         const id = cmd.params.imageIdentifier as string;
-        const r = await ctx.images.delete(id, (name) => ctx.store.liveVms().some((v) => v.imageName === name));
+        const r = await ctx.images.delete(id, async (tx, name) => (await tx.liveVms()).some((v) => v.imageName === name));
         return { json: { imageIdentifier: id, state: r.state } };
       }
       case 'ListMicrovmImageVersions': {
-        const img = ctx.images.require(cmd.params.imageIdentifier as string);
-        return { json: paged(cmd, ctx.store.listVersions(img.name), (v) => versionView(img, v)) };
+        const img = await ctx.images.require(cmd.params.imageIdentifier as string);
+        return { json: paged(cmd, await ctx.store.listVersions(img.name), (v) => versionView(img, v)) };
       }
       case 'GetMicrovmImageVersion': {
-        const img = ctx.images.require(cmd.params.imageIdentifier as string);
-        return { json: versionView(img, ctx.images.requireVersion(img.name, cmd.params.imageVersion as string)) };
+        const img = await ctx.images.require(cmd.params.imageIdentifier as string);
+        return { json: versionView(img, await ctx.images.requireVersion(img.name, cmd.params.imageVersion as string)) };
       }
       case 'UpdateMicrovmImageVersion': {
-        const img = ctx.images.require(cmd.params.imageIdentifier as string);
-        return { json: versionView(img, ctx.images.setStatus(img.name, cmd.params.imageVersion as string, cmd.body.status)) };
+        const img = await ctx.images.require(cmd.params.imageIdentifier as string);
+        return { json: versionView(img, await ctx.images.setStatus(img.name, cmd.params.imageVersion as string, cmd.body.status)) };
       }
       case 'DeleteMicrovmImageVersion': {
         const id = cmd.params.imageIdentifier as string;
         const version = cmd.params.imageVersion as string;
-        const r = await ctx.images.deleteVersion(id, version, (name, ver) => ctx.store.liveVms().some((v) => v.imageName === name && v.imageVersion === ver));
+        const r = await ctx.images.deleteVersion(id, version, async (name, ver) => (await ctx.store.liveVms()).some((v) => v.imageName === name && v.imageVersion === ver));
         return { json: { imageIdentifier: id, imageVersion: version, state: r.state } };
       }
       case 'ListMicrovmImageBuilds': {
         const q = cmd.query;
-        const v = ctx.images.requireVersion(cmd.params.imageIdentifier as string, cmd.params.imageVersion as string);
-        const img = ctx.images.require(v.imageName);
-        const all = ctx.store.listBuilds(v.imageName, v.version).map((b) => buildView(img, b));
+        const v = await ctx.images.requireVersion(cmd.params.imageIdentifier as string, cmd.params.imageVersion as string);
+        const img = await ctx.images.require(v.imageName);
+        const all = (await ctx.store.listBuilds(v.imageName, v.version)).map((b) => buildView(img, b));
         const wanted = all.filter(
           (b) => (!q.architecture || b.architecture === q.architecture) && (!q.chipset || b.chipset === q.chipset) && (!q.chipsetGeneration || b.chipsetGeneration === q.chipsetGeneration),
         );
@@ -281,13 +270,13 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       }
       case 'GetMicrovmImageBuild': {
         const { imageIdentifier, imageVersion, buildId } = cmd.params as Record<string, string>;
-        const b = ctx.images.requireBuild(imageIdentifier as string, imageVersion as string, buildId as string);
-        const img = ctx.images.require(b.imageName);
+        const b = await ctx.images.requireBuild(imageIdentifier as string, imageVersion as string, buildId as string);
+        const img = await ctx.images.require(b.imageName);
         return { json: { ...buildView(img, b), ...(b.snapshotBuild ? { snapshotBuild: b.snapshotBuild } : {}) } };
       }
       case 'GetMicrovmImageBuildLog': {
         const { imageIdentifier, imageVersion, buildId } = cmd.params as Record<string, string>;
-        const b = ctx.images.requireBuild(imageIdentifier as string, imageVersion as string, buildId as string);
+        const b = await ctx.images.requireBuild(imageIdentifier as string, imageVersion as string, buildId as string);
         const file = ctx.images.buildLog(b.buildId);
         const follow = cmd.query.follow ?? false;
         return { stream: (res, signal) => textStream(res, (write) => tailFile(file, write, { signal, until: () => !follow || !ctx.images.isBuilding(b.buildId) })) };
@@ -306,13 +295,13 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       case 'UploadCodeArtifact':
         return { json: cmd.upload };
       case 'CreateNetworkConnector':
-        return { json: connectorView(ctx.connectors.create(cmd.body)) };
+        return { json: connectorView(await ctx.connectors.create(cmd.body)) };
       case 'ListNetworkConnectors':
-        return { json: paged(cmd, ctx.store.listConnectors(), connectorView) };
+        return { json: paged(cmd, await ctx.store.listConnectors(), connectorView) };
       case 'GetNetworkConnector':
-        return { json: connectorView(ctx.connectors.require(cmd.params.connectorIdentifier as string)) };
+        return { json: connectorView(await ctx.connectors.require(cmd.params.connectorIdentifier as string)) };
       case 'DeleteNetworkConnector':
-        ctx.connectors.delete(cmd.params.connectorIdentifier as string);
+        await ctx.connectors.delete(cmd.params.connectorIdentifier as string);
         return { empty: true };
       default: {
         const never: never = cmd;
@@ -321,51 +310,81 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     }
   }
 
-  function runMicrovm(b: Static<Routes['RunMicrovm']['body']>): Microvm {
+  async function runMicrovm(b: Static<Routes['RunMicrovm']['body']>): Promise<Microvm> {
     if (b.runHookPayload !== undefined && Buffer.byteLength(b.runHookPayload) > MAX_RUN_HOOK_PAYLOAD_BYTES) {
       throw new CellaError('INVALID_ARGUMENT', `runHookPayload is ${Buffer.byteLength(b.runHookPayload)} bytes; at most ${MAX_RUN_HOOK_PAYLOAD_BYTES} are allowed`);
     }
     const name = imageNameOf(b.imageIdentifier);
-    const prior = replayOf(ctx.store, 'RunMicrovm', b);
-    if (prior) return view(ctx.lifecycle.require(prior));
-    const image = ctx.images.runnable(name, b.imageVersion);
-    ctx.capacity.require('RunMicrovm');
-    const { ingress, egress, policy } = ctx.connectors.resolve(
-      b.ingressNetworkConnectors,
-      b.egressNetworkConnectors ?? image.config.egressNetworkConnectors,
-      image.config.hooks?.port,
-    );
-    const rec = pendingVm({
-      id: `mvm-${randomUUID()}`,
-      image,
-      now: Date.now(),
-      spec: {
-        ...(b.executionRoleArn ? { executionRoleArn: b.executionRoleArn } : {}),
-        ...(b.idlePolicy ? { idlePolicy: b.idlePolicy } : {}),
-        maximumDurationInSeconds: b.maximumDurationInSeconds ?? MAX_DURATION_SECONDS,
-        ingressNetworkConnectors: ingress,
-        egressNetworkConnectors: egress,
-        network: policy,
-        loggingDisabled: b.logging !== undefined && 'disabled' in b.logging,
-      },
-    });
-    ctx.store.tx(() => {
-      const used = ctx.store.liveVms().reduce((sum, v) => sum + v.memoryMiB, 0);
+    const prepare = async (): Promise<VmRecord> => {
+      const image = await ctx.images.runnable(name, b.imageVersion);
+      ctx.capacity.require('RunMicrovm');
+      const { ingress, egress, policy } = await ctx.connectors.resolve(
+        b.ingressNetworkConnectors,
+        b.egressNetworkConnectors ?? image.config.egressNetworkConnectors,
+        image.config.hooks?.port,
+      );
+      return pendingVm({
+        id: `mvm-${randomUUID()}`,
+        image,
+        now: Date.now(),
+        spec: {
+          ...(b.executionRoleArn ? { executionRoleArn: b.executionRoleArn } : {}),
+          ...(b.idlePolicy ? { idlePolicy: b.idlePolicy } : {}),
+          maximumDurationInSeconds: b.maximumDurationInSeconds ?? MAX_DURATION_SECONDS,
+          ingressNetworkConnectors: ingress,
+          egressNetworkConnectors: egress,
+          network: policy,
+          loggingDisabled: b.logging !== undefined && 'disabled' in b.logging,
+        },
+      });
+    };
+    const insert = async (tx: Tx, rec: VmRecord): Promise<VmRecord> => {
+      // Again in the transaction: an image deleted since `prepare` read it has no VM made from it (its delete checks for live VMs in one).
+      await ctx.images.runnable(name, b.imageVersion, tx);
+      const used = (await tx.liveVms()).reduce((sum, v) => sum + v.memoryMiB, 0);
       if (used + rec.memoryMiB > ctx.maxMemoryMiB) {
         throw new CellaError('QUOTA_EXCEEDED', `live MicroVMs would hold ${used + rec.memoryMiB} MiB; the quota is ${ctx.maxMemoryMiB} MiB`, {
           details: { resourceId: name, resourceType: 'MicrovmImage', serviceCode: 'cella', quotaCode: 'microvm-memory-mib' },
         });
       }
-      ctx.store.insertVm(rec);
-      remember(ctx.store, 'RunMicrovm', b, rec.id);
-    });
-    ctx.lifecycle.start(rec, b.runHookPayload);
-    return view(rec);
+      await tx.insertVm(rec);
+      return rec;
+    };
+    const r = await once('RunMicrovm', b, prepare, insert, (rec) => rec.id);
+    if ('replay' in r) return view(await ctx.lifecycle.require(r.replay));
+    ctx.lifecycle.start(r.made, b.runHookPayload);
+    return view(r.made);
   }
 
-  function listMicrovms(q: Static<Routes['ListMicrovms']['query']>, after: Static<typeof VmPosition> | undefined): ListMicrovmsResponse {
+  /**
+   * A request with a clientToken makes its resource once: a repeat answers
+   * what the first made (`replay`). `prepare` runs outside the transaction
+   * (checks, reads); `make` runs in it, with the token's record, after the
+   * token is looked up again there: of two requests with one token at once,
+   * the second replays the first.
+   */
+  async function once<P, T>(
+    scope: string,
+    body: Idempotent,
+    prepare: () => P | Promise<P>,
+    make: (tx: Tx, prepared: P) => Promise<T>,
+    idOf: (made: T) => string,
+  ): Promise<{ made: T } | { replay: string }> {
+    const prior = await replayOf(ctx.store, scope, body);
+    if (prior) return { replay: prior };
+    const prepared = await prepare();
+    return ctx.store.tx(async (tx) => {
+      const again = await replayOf(tx, scope, body);
+      if (again) return { replay: again };
+      const made = await make(tx, prepared);
+      await remember(tx, scope, body, idOf(made));
+      return { made };
+    });
+  }
+
+  async function listMicrovms(q: Static<Routes['ListMicrovms']['query']>, after: Static<typeof VmPosition> | undefined): Promise<ListMicrovmsResponse> {
     const limit = q.maxResults ?? 50;
-    const page = ctx.store.listVms({
+    const page = await ctx.store.listVms({
       limit: limit + 1,
       ...(after ? { after: { createdAt: after.c, id: after.i } } : {}),
       ...(q.imageIdentifier ? { imageName: imageNameOf(q.imageIdentifier) } : {}),
@@ -380,7 +399,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
   }
 
   async function mintToken(id: string, kind: 'http' | 'shell', ports: PortSpecification[], minutes: number): Promise<{ authToken: Record<string, string> }> {
-    const rec = ctx.lifecycle.require(id);
+    const rec = await ctx.lifecycle.require(id);
     if (rec.state === 'TERMINATING' || rec.state === 'TERMINATED') {
       throw new CellaError('INVALID_STATE', `MicroVM ${id} is ${rec.state}`, { details: { resourceId: id, resourceType: 'Microvm' } });
     }
@@ -395,7 +414,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       throw new CellaError('INVALID_ARGUMENT', `MicroVM ${id} was launched with NO_INGRESS: it has no endpoint`);
     }
     const t = await ctx.tokens.mint(id, kind, ports, minutes);
-    ctx.store.putToken({ jti: t.jti, vmId: id, kind, ports: JSON.stringify(ports), expiresAt: t.expiresAt, createdAt: Date.now() });
+    await ctx.store.putToken({ jti: t.jti, vmId: id, kind, ports: JSON.stringify(ports), expiresAt: t.expiresAt, createdAt: Date.now() });
     return { authToken: { [AUTH_HEADER]: t.token } };
   }
 
@@ -418,10 +437,10 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
   }
 
   /** A replayed create/update answers what the first one did, even if the image is gone since. */
-  function replayBuild(buildId: string): StartedVersion {
-    const build = ctx.store.getBuild(buildId);
-    const version = build && ctx.store.getVersion(build.imageName, build.version);
-    const image = build && ctx.store.getImage(build.imageName);
+  async function replayBuild(buildId: string): Promise<StartedVersion> {
+    const build = await ctx.store.getBuild(buildId);
+    const version = build && (await ctx.store.getVersion(build.imageName, build.version));
+    const image = build && (await ctx.store.getImage(build.imageName));
     if (!build || !version || !image) throw new CellaError('NOT_FOUND', `the image this clientToken created no longer exists`, { details: { resourceType: 'MicrovmImage' } });
     return { image, version, build };
   }
@@ -508,9 +527,9 @@ const iso = (ms: number): string => new Date(ms).toISOString();
 type Idempotent = { clientToken?: string } & Record<string, unknown>;
 
 /** The resource an earlier request with this clientToken made, if any; the token with other parameters is a conflict. */
-function replayOf(store: Store, scope: string, body: Idempotent): string | undefined {
+async function replayOf(db: Tx, scope: string, body: Idempotent): Promise<string | undefined> {
   if (!body.clientToken) return undefined;
-  const prior = store.findIdempotent(scope, body.clientToken);
+  const prior = await db.findIdempotent(scope, body.clientToken);
   if (!prior) return undefined;
   if (prior.hash !== requestHash(body)) {
     throw new CellaError('IDEMPOTENCY_CONFLICT', `clientToken ${body.clientToken} was already used with different parameters`, {
@@ -521,8 +540,8 @@ function replayOf(store: Store, scope: string, body: Idempotent): string | undef
 }
 
 /** Records which resource a request with a clientToken made (inside the transaction that made it). */
-function remember(store: Store, scope: string, body: Idempotent, resourceId: string): void {
-  if (body.clientToken) store.putIdempotent(scope, body.clientToken, requestHash(body), resourceId);
+async function remember(tx: Tx, scope: string, body: Idempotent, resourceId: string): Promise<void> {
+  if (body.clientToken) await tx.putIdempotent(scope, body.clientToken, requestHash(body), resourceId);
 }
 
 /** Stable over key order, so the same request always hashes the same. */

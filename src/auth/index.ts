@@ -17,19 +17,21 @@ const KEY_PREFIX = 'cella_';
 const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
 
 /** Creates the first API key if there is none; returns it (to be shown once) or undefined. */
-export function ensureApiKey(store: Store): string | undefined {
-  if (store.apiKeyHashes().length > 0) return undefined;
+export async function ensureApiKey(store: Store): Promise<string | undefined> {
+  if ((await store.apiKeyHashes()).length > 0) return undefined;
   const key = KEY_PREFIX + randomBytes(32).toString('base64url');
-  store.addApiKeyHash(sha256(key).toString('hex'));
+  await store.addApiKeyHash(sha256(key).toString('hex'));
   return key;
 }
 
 export class ApiKeys {
-  private readonly hashes: Buffer[];
+  private constructor(private readonly hashes: Buffer[]) {}
 
-  constructor(store: Store, envKey = process.env.CELLA_API_KEY) {
-    this.hashes = store.apiKeyHashes().map((h) => Buffer.from(h, 'hex'));
-    if (envKey) this.hashes.push(sha256(envKey));
+  /** The stored keys, and `envKey` besides them. */
+  static async open(store: Store, envKey = process.env.CELLA_API_KEY): Promise<ApiKeys> {
+    const hashes: Buffer[] = (await store.apiKeyHashes()).map((h) => Buffer.from(h, 'hex'));
+    if (envKey) hashes.push(sha256(envKey));
+    return new ApiKeys(hashes);
   }
 
   /** Checks an Authorization header; throws UNAUTHENTICATED unless it carries a known key. Returns who called (the key's hash). */
@@ -56,12 +58,15 @@ export interface EndpointTokenClaims {
 export class TokenMinter {
   private constructor(private readonly key: Uint8Array) {}
 
-  static open(store: Store): TokenMinter {
-    let key = store.getSecret('endpoint-token-key');
-    if (!key) {
-      key = randomBytes(32);
-      store.putSecret('endpoint-token-key', key);
-    }
+  static async open(store: Store): Promise<TokenMinter> {
+    // One transaction: two that open at once end with the same key, never one each.
+    const key = await store.tx(async (tx) => {
+      const kept = await tx.getSecret('endpoint-token-key');
+      if (kept) return kept;
+      const made = randomBytes(32);
+      await tx.putSecret('endpoint-token-key', made);
+      return made;
+    });
     return new TokenMinter(new Uint8Array(key));
   }
 

@@ -17,17 +17,17 @@ test('CIDRs and domain names are checked and normalised', () => {
   }
 });
 
-test('connectors resolve into the VM policy: contract defaults, managed and customer ones, errors', () => {
+test('connectors resolve into the VM policy: contract defaults, managed and customer ones, errors', async () => {
   const store = new SqliteStore(':memory:');
   const c = new Connectors(store);
-  assert.deepEqual(c.resolve(undefined, undefined, undefined).policy, { ingress: 'all', egress: 'internet' });
-  assert.deepEqual(c.resolve([managedConnectorArn('NO_INGRESS')], [], 9000).policy, { ingress: [9000], egress: 'none' });
-  assert.deepEqual(c.resolve([managedConnectorArn('SHELL_INGRESS')], [], undefined).policy, { ingress: [], egress: 'none' });
-  c.create({ name: 'api', egress: { cidrs: ['198.51.100.0/24'], domains: ['*.example.com'] } });
-  c.create({ name: 'pkg', egress: { domains: ['deb.debian.org', '*.example.com'] } });
-  const r = c.resolve([managedConnectorArn('ALL_INGRESS')], [customerConnectorArn('api'), customerConnectorArn('pkg')], 8080);
+  assert.deepEqual((await c.resolve(undefined, undefined, undefined)).policy, { ingress: 'all', egress: 'internet' });
+  assert.deepEqual((await c.resolve([managedConnectorArn('NO_INGRESS')], [], 9000)).policy, { ingress: [9000], egress: 'none' });
+  assert.deepEqual((await c.resolve([managedConnectorArn('SHELL_INGRESS')], [], undefined)).policy, { ingress: [], egress: 'none' });
+  await c.create({ name: 'api', egress: { cidrs: ['198.51.100.0/24'], domains: ['*.example.com'] } });
+  await c.create({ name: 'pkg', egress: { domains: ['deb.debian.org', '*.example.com'] } });
+  const r = await c.resolve([managedConnectorArn('ALL_INGRESS')], [customerConnectorArn('api'), customerConnectorArn('pkg')], 8080);
   assert.deepEqual(r.policy, { ingress: 'all', egress: { cidrs: ['198.51.100.0/24'], domains: ['*.example.com', 'deb.debian.org'] } });
-  assert.deepEqual(c.resolve(undefined, [customerConnectorArn('api'), managedConnectorArn('INTERNET_EGRESS')], undefined).policy.egress, 'internet');
+  assert.deepEqual((await c.resolve(undefined, [customerConnectorArn('api'), managedConnectorArn('INTERNET_EGRESS')], undefined)).policy.egress, 'internet');
   const fails: [string[] | undefined, string[] | undefined, string][] = [
     [['bare-name'], undefined, 'INVALID_ARGUMENT'],
     [[managedConnectorArn('INTERNET_EGRESS')], undefined, 'NOT_FOUND'],
@@ -35,11 +35,23 @@ test('connectors resolve into the VM policy: contract defaults, managed and cust
     [undefined, [customerConnectorArn('missing')], 'NOT_FOUND'],
     [undefined, ['arn:aws:lambda:local:12:network-connector:x'], 'INVALID_ARGUMENT'],
   ];
-  for (const [i, e, code] of fails) assert.throws(() => c.resolve(i, e, undefined), (err: unknown) => isCellaError(err, code as 'NOT_FOUND'), `${i} ${e}`);
-  assert.throws(() => c.create({ name: 'api', egress: { cidrs: ['10.0.0.0/8'] } }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
-  assert.throws(() => c.create({ name: 'empty', egress: {} }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
-  c.delete(customerConnectorArn('api'));
-  c.delete('api');
-  assert.equal(store.getConnector('api'), undefined);
-  store.close();
+  for (const [i, e, code] of fails) await assert.rejects(c.resolve(i, e, undefined), (err: unknown) => isCellaError(err, code as 'NOT_FOUND'), `${i} ${e}`);
+  await assert.rejects(c.create({ name: 'api', egress: { cidrs: ['10.0.0.0/8'] } }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
+  await assert.rejects(c.create({ name: 'empty', egress: {} }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
+  assert.equal(await store.getConnector('empty'), undefined, 'a refused create writes nothing');
+  await c.delete(customerConnectorArn('api'));
+  await c.delete('api');
+  assert.equal(await store.getConnector('api'), undefined);
+  await store.close();
+});
+
+test('two creates of one name at once: one is made, the other refused as taken', async () => {
+  const store = new SqliteStore(':memory:');
+  const c = new Connectors(store);
+  const both = await Promise.allSettled([c.create({ name: 'x', egress: { cidrs: ['10.0.0.0/8'] } }), c.create({ name: 'x', egress: { cidrs: ['10.1.0.0/16'] } })]);
+  assert.equal(both.filter((r) => r.status === 'fulfilled').length, 1);
+  const refused = both.find((r) => r.status === 'rejected');
+  assert.ok(refused && isCellaError(refused.reason, 'INVALID_ARGUMENT'), 'taken, not an internal duplicate-key error');
+  assert.deepEqual((await store.getConnector('x'))?.cidrs, ['10.0.0.0/8']);
+  await store.close();
 });

@@ -9,7 +9,7 @@
 import { isIP } from 'node:net';
 import { CellaError, customerConnectorArn, customerConnectorNameOf, managedConnectorArn, managedConnectorNameOf } from '../contract/index.js';
 import type { NetworkPolicy } from '../net/index.js';
-import type { ConnectorRecord, Store } from '../store/index.js';
+import type { ConnectorRecord, Store, Tx } from '../store/index.js';
 
 export const INGRESS = ['ALL_INGRESS', 'HTTP_INGRESS', 'SHELL_INGRESS', 'NO_INGRESS'] as const;
 export const EGRESS = ['INTERNET_EGRESS'] as const;
@@ -47,48 +47,54 @@ export interface ConnectorInput {
 export class Connectors {
   constructor(private readonly store: Store) {}
 
-  create(req: ConnectorInput): ConnectorRecord {
-    if (this.store.getConnector(req.name)) {
-      throw new CellaError('INVALID_ARGUMENT', `network connector ${req.name} already exists`, { details: { resourceId: req.name, resourceType: 'NetworkConnector' } });
-    }
-    const cidrs = [...new Set((req.egress.cidrs ?? []).map(checkCidr))];
-    const domains = [...new Set((req.egress.domains ?? []).map(checkDomain))];
-    if (cidrs.length + domains.length === 0) throw new CellaError('INVALID_ARGUMENT', 'egress needs at least one CIDR or domain');
-    const rec: ConnectorRecord = {
-      name: req.name,
-      arn: customerConnectorArn(req.name),
-      description: req.description ?? null,
-      cidrs,
-      domains,
-      createdAt: Date.now(),
-    };
-    this.store.putConnector(rec);
-    return rec;
+  /** One transaction from the check of the name to the write: two creates of one name never both pass. */
+  create(req: ConnectorInput): Promise<ConnectorRecord> {
+    return this.store.tx(async (tx) => {
+      if (await tx.getConnector(req.name)) {
+        throw new CellaError('INVALID_ARGUMENT', `network connector ${req.name} already exists`, { details: { resourceId: req.name, resourceType: 'NetworkConnector' } });
+      }
+      const cidrs = [...new Set((req.egress.cidrs ?? []).map(checkCidr))];
+      const domains = [...new Set((req.egress.domains ?? []).map(checkDomain))];
+      if (cidrs.length + domains.length === 0) throw new CellaError('INVALID_ARGUMENT', 'egress needs at least one CIDR or domain');
+      const rec: ConnectorRecord = {
+        name: req.name,
+        arn: customerConnectorArn(req.name),
+        description: req.description ?? null,
+        cidrs,
+        domains,
+        createdAt: Date.now(),
+      };
+      await tx.putConnector(rec);
+      return rec;
+    });
   }
 
-  require(identifier: string): ConnectorRecord {
+  /** `db`: the transaction the read belongs to, if any. */
+  async require(identifier: string, db: Tx = this.store): Promise<ConnectorRecord> {
     const name = customerConnectorNameOf(identifier) ?? identifier;
-    const rec = this.store.getConnector(name);
+    const rec = await db.getConnector(name);
     if (!rec) throw new CellaError('NOT_FOUND', `network connector ${identifier} not found`, { details: { resourceId: identifier, resourceType: 'NetworkConnector' } });
     return rec;
   }
 
   /** Idempotent. Live VMs keep the policy they were given, so deleting one in use changes nothing for them. */
-  delete(identifier: string): void {
+  async delete(identifier: string): Promise<void> {
     const name = customerConnectorNameOf(identifier) ?? identifier;
-    this.store.deleteConnector(name);
+    await this.store.deleteConnector(name);
   }
 
   /**
    * Checks a RunMicrovm's connectors (defaults: HTTP_INGRESS, INTERNET_EGRESS,
    * as in the contract) and resolves them into the VM's network policy.
    * `hookPort` stays reachable whatever the ingress: cellad calls the app's hooks.
+   * `db`: the transaction the reads belong to, if any.
    */
-  resolve(
+  async resolve(
     ingressGiven: string[] | undefined,
     egressGiven: string[] | undefined,
     hookPort: number | undefined,
-  ): { ingress: string[]; egress: string[]; policy: NetworkPolicy } {
+    db: Tx = this.store,
+  ): Promise<{ ingress: string[]; egress: string[]; policy: NetworkPolicy }> {
     const ingress = ingressGiven ?? [managedConnectorArn('HTTP_INGRESS')];
     const egress = egressGiven ?? [managedConnectorArn('INTERNET_EGRESS')];
     const ingressNames = ingress.map((arn) => {
@@ -112,7 +118,7 @@ export class Connectors {
         continue;
       }
       if (customerConnectorNameOf(arn) === undefined) throw new CellaError('INVALID_ARGUMENT', `egressNetworkConnectors: Malformed network connector ARN ${arn}`);
-      const c = this.require(arn);
+      const c = await this.require(arn, db);
       for (const x of c.cidrs) cidrs.add(x);
       for (const x of c.domains) domains.add(x);
     }

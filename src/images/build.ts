@@ -35,7 +35,7 @@ const PORT_TIMEOUT_MS = 120_000;
 export interface BuildSettings {
   dataDir: string;
   /** What RUN steps may reach, from the image's egress connectors. */
-  resolveEgress: (connectors: string[] | undefined) => NetworkPolicy;
+  resolveEgress: (connectors: string[] | undefined) => Promise<NetworkPolicy>;
   /** The guest artifacts: the managed bases are theirs. */
   guest: GuestArtifacts;
   s3?: S3Settings;
@@ -87,7 +87,7 @@ export async function buildImage(engine: Engine, settings: BuildSettings, input:
     const planned = planSteps(base.config, df);
     const layers = cacheDirs(settings.dataDir).layers;
     mkdirSync(layers, { recursive: true });
-    const network = settings.resolveEgress(req.egressNetworkConnectors);
+    const network = await settings.resolveEgress(req.egressNetworkConnectors);
     const { keys, sources } = stepKeys(base.key, planned, ctx, network);
     const total = planned.length + 1;
     say(`Step 1/${total} : FROM ${df.from.image}`);

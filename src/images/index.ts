@@ -14,7 +14,7 @@ import { validateArtifactUri, zipEntryCount, type S3Settings } from '../archive/
 import { BuildFailure, type BuildState, CellaError, type CreateImageRequest, DEFAULT_MEMORY_MIB, imageArn, imageNameOf, type ImageRequestConfig, type ImageState, managedImageArn, managedImageNameOf, type UpdateImageRequest, type VersionState } from '../contract/index.js';
 import type { Connectors } from '../connectors/index.js';
 import type { Engine } from '../engine/index.js';
-import type { BuildRecord, ImageConfig, ImageRecord, ImageVersionRecord, Store } from '../store/index.js';
+import type { BuildRecord, ImageConfig, ImageRecord, ImageVersionRecord, Store, Tx } from '../store/index.js';
 import { listBases, type BaseInfo } from '../setup/index.js';
 import { buildImage, cacheDirs, type BuildSettings } from './build.js';
 import { pruneLayers, type PruneResult } from './cache.js';
@@ -108,7 +108,7 @@ export class Images {
     this.settings = {
       dataDir: opts.dataDir,
       // Resolved when the build runs: a connector deleted meanwhile fails the build, it never widens it.
-      resolveEgress: (arns) => opts.connectors.resolve([], arns, undefined).policy,
+      resolveEgress: async (arns) => (await opts.connectors.resolve([], arns, undefined)).policy,
       guest: opts.engine.guest,
       ...(opts.s3 ? { s3: opts.s3 } : {}),
       ...(opts.insecureRegistries ? { insecureRegistries: opts.insecureRegistries } : {}),
@@ -131,25 +131,27 @@ export class Images {
 
   // ---------- reads ----------
 
-  require(identifier: string): ImageRecord {
+  // Reads take the transaction they belong to, if any (`db`).
+
+  async require(identifier: string, db: Tx = this.store): Promise<ImageRecord> {
     const name = imageNameOf(identifier);
-    const img = this.store.getImage(name);
+    const img = await db.getImage(name);
     if (!img) throw new CellaError('NOT_FOUND', `image ${identifier} not found`, { details: { resourceId: identifier, resourceType: 'MicrovmImage' } });
     return img;
   }
 
-  requireVersion(identifier: string, version: string): ImageVersionRecord {
-    const img = this.require(identifier);
-    const v = this.store.getVersion(img.name, version);
+  async requireVersion(identifier: string, version: string, db: Tx = this.store): Promise<ImageVersionRecord> {
+    const img = await this.require(identifier, db);
+    const v = await db.getVersion(img.name, version);
     if (!v) {
       throw new CellaError('NOT_FOUND', `image ${img.name} has no version ${version}`, { details: { resourceId: version, resourceType: 'MicrovmImageVersion' } });
     }
     return v;
   }
 
-  requireBuild(identifier: string, version: string, buildId: string): BuildRecord {
-    const v = this.requireVersion(identifier, version);
-    const b = this.store.getBuild(buildId);
+  async requireBuild(identifier: string, version: string, buildId: string): Promise<BuildRecord> {
+    const v = await this.requireVersion(identifier, version);
+    const b = await this.store.getBuild(buildId);
     if (!b || b.imageName !== v.imageName || b.version !== v.version) {
       throw new CellaError('NOT_FOUND', `build ${buildId} of ${v.imageName} ${version} not found`, { details: { resourceId: buildId, resourceType: 'MicrovmImageBuild' } });
     }
@@ -157,9 +159,8 @@ export class Images {
   }
 
   /** The newest version with the given state (and status). */
-  latest(name: string, state: VersionState, status?: 'ACTIVE'): ImageVersionRecord | undefined {
-    return this.store
-      .listVersions(name)
+  async latest(name: string, state: VersionState, status?: 'ACTIVE', db: Tx = this.store): Promise<ImageVersionRecord | undefined> {
+    return (await db.listVersions(name))
       .filter((v) => v.state === state && (!status || v.status === status))
       .pop();
   }
@@ -169,12 +170,12 @@ export class Images {
    * ACTIVE one. A version being built (UPDATING) does not stop runs of the
    * versions before it.
    */
-  runnable(identifier: string, version?: string): RunnableImage {
-    const img = this.require(identifier);
+  async runnable(identifier: string, version?: string, db: Tx = this.store): Promise<RunnableImage> {
+    const img = await this.require(identifier, db);
     if (img.state === 'DELETING' || img.state === 'DELETED') {
       throw new CellaError('NOT_FOUND', `image ${img.name} is ${img.state}`, { details: { resourceId: identifier, resourceType: 'MicrovmImage' } });
     }
-    const v = version === undefined ? this.latest(img.name, 'SUCCESSFUL', 'ACTIVE') : this.store.getVersion(img.name, version);
+    const v = version === undefined ? await this.latest(img.name, 'SUCCESSFUL', 'ACTIVE', db) : await db.getVersion(img.name, version);
     if (!v || v.state !== 'SUCCESSFUL' || v.status !== 'ACTIVE' || !v.runtime) {
       const why = !v ? (version === undefined ? `image ${img.name} has none` : `image ${img.name} has no version ${version}`) : `version ${v.version} is ${v.state}/${v.status}`;
       throw new CellaError('NOT_FOUND', `No active version found: ${why}`, { details: { resourceId: version ?? img.name, resourceType: 'MicrovmImageVersion' } });
@@ -183,9 +184,9 @@ export class Images {
   }
 
   /** The lifecycle's view of a version that VMs run from, whatever its status now. */
-  lookup(name: string, version: string): RunnableImage | undefined {
-    const img = this.store.getImage(name);
-    const v = this.store.getVersion(name, version);
+  async lookup(name: string, version: string): Promise<RunnableImage | undefined> {
+    const img = await this.store.getImage(name);
+    const v = await this.store.getVersion(name, version);
     return img && v?.runtime ? this.runnableOf(img, v) : undefined;
   }
 
@@ -199,37 +200,41 @@ export class Images {
 
   // ---------- writes ----------
 
-  /** Checks the request; records the image, version 1.0 and its build; queues the build. */
-  create(req: CreateImageRequest): StartedVersion {
-    if (this.store.getImage(req.name)) {
-      throw new CellaError('INVALID_ARGUMENT', `image ${req.name} already exists`, { details: { resourceId: req.name, resourceType: 'MicrovmImage' } });
-    }
-    const request = this.checkConfig(req);
-    const now = Date.now();
-    const image: ImageRecord = { name: req.name, arn: imageArn(req.name), state: 'CREATING', tags: req.tags ?? {}, createdAt: now, updatedAt: null };
-    return this.store.tx(() => {
-      this.store.putImage(image);
-      return this.startVersion(image, request, now);
+  /**
+   * Checks the request; records the image, version 1.0 and its build, in
+   * one transaction (nested in `db` if that is one); the caller queues the
+   * build once it has committed (enqueue).
+   */
+  create(req: CreateImageRequest, db: Tx = this.store): Promise<StartedVersion> {
+    return db.tx(async (tx) => {
+      if (await tx.getImage(req.name)) {
+        throw new CellaError('INVALID_ARGUMENT', `image ${req.name} already exists`, { details: { resourceId: req.name, resourceType: 'MicrovmImage' } });
+      }
+      const request = await this.checkConfig(req, tx);
+      const now = Date.now();
+      const image: ImageRecord = { name: req.name, arn: imageArn(req.name), state: 'CREATING', tags: req.tags ?? {}, createdAt: now, updatedAt: null };
+      await tx.putImage(image);
+      return this.startVersion(tx, image, request, now);
     });
   }
 
-  /** A new version from a new request (PUT semantics: nothing is inherited from the last one). */
-  update(identifier: string, req: UpdateImageRequest): StartedVersion {
-    const img = this.require(identifier);
-    if (!IMAGE_NEXT[img.state].includes('UPDATING')) {
-      throw new CellaError('INVALID_STATE', `image ${img.name} is ${img.state}`, { details: { resourceId: img.name, resourceType: 'MicrovmImage' } });
-    }
-    const request = this.checkConfig(req);
-    const now = Date.now();
-    return this.store.tx(() => {
-      const image = this.setImageState(img, 'UPDATING', now);
-      return this.startVersion(image, request, now);
+  /** A new version from a new request (PUT semantics: nothing is inherited from the last one); one transaction, as create. */
+  update(identifier: string, req: UpdateImageRequest, db: Tx = this.store): Promise<StartedVersion> {
+    return db.tx(async (tx) => {
+      const img = await this.require(identifier, tx);
+      if (!IMAGE_NEXT[img.state].includes('UPDATING')) {
+        throw new CellaError('INVALID_STATE', `image ${img.name} is ${img.state}`, { details: { resourceId: img.name, resourceType: 'MicrovmImage' } });
+      }
+      const request = await this.checkConfig(req, tx);
+      const now = Date.now();
+      const image = await this.setImageState(tx, img, 'UPDATING', now);
+      return this.startVersion(tx, image, request, now);
     });
   }
 
-  private checkConfig(req: CreateImageRequest | UpdateImageRequest): ImageRequestConfig {
+  private async checkConfig(req: CreateImageRequest | UpdateImageRequest, db: Tx): Promise<ImageRequestConfig> {
     validateArtifactUri(req.codeArtifact.uri);
-    this.connectors.resolve([], req.egressNetworkConnectors, undefined);
+    await this.connectors.resolve([], req.egressNetworkConnectors, undefined, db);
     const base = managedImageNameOf(req.baseImageArn);
     const names = this.managed().map((b) => b.name);
     if (!base || !names.includes(base)) {
@@ -248,8 +253,8 @@ export class Images {
     return request;
   }
 
-  private startVersion(image: ImageRecord, request: ImageRequestConfig, now: number): StartedVersion {
-    const major = Math.max(0, ...this.store.listVersions(image.name).map((v) => v.major)) + 1;
+  private async startVersion(tx: Tx, image: ImageRecord, request: ImageRequestConfig, now: number): Promise<StartedVersion> {
+    const major = Math.max(0, ...(await tx.listVersions(image.name)).map((v) => v.major)) + 1;
     const version: ImageVersionRecord = {
       imageName: image.name,
       version: `${major}.0`,
@@ -274,8 +279,8 @@ export class Images {
       createdAt: now,
       updatedAt: null,
     };
-    this.store.putVersion(version);
-    this.store.putBuild(build);
+    await tx.putVersion(version);
+    await tx.putBuild(build);
     return { image, version, build };
   }
 
@@ -295,15 +300,18 @@ export class Images {
     const t0 = Date.now();
     const say = (line: string): void => appendFileSync(file, `${((Date.now() - t0) / 1000).toFixed(1).padStart(6)} ${line}\n`);
     try {
-      const b0 = this.store.getBuild(buildId);
-      const v0 = b0 && this.store.getVersion(b0.imageName, b0.version);
-      const img0 = b0 && this.store.getImage(b0.imageName);
-      // Deleted while queued: nothing to do. Closing: the next start runs it.
-      if (!b0 || !v0 || !img0 || img0.state === 'DELETING' || this.closed) return;
-      this.store.tx(() => {
-        this.setBuild(b0, { state: 'IN_PROGRESS' });
-        this.setVersion(v0, { state: 'IN_PROGRESS' });
+      const claimed = await this.store.tx(async (tx) => {
+        const b0 = await tx.getBuild(buildId);
+        const v0 = b0 && (await tx.getVersion(b0.imageName, b0.version));
+        const img0 = b0 && (await tx.getImage(b0.imageName));
+        // Deleted while queued: nothing to do. Closing: the next start runs it.
+        if (!b0 || !v0 || !img0 || img0.state === 'DELETING' || this.closed) return undefined;
+        await this.setBuild(tx, b0, { state: 'IN_PROGRESS' });
+        await this.setVersion(tx, v0, { state: 'IN_PROGRESS' });
+        return { v0, img0 };
       });
+      if (!claimed) return;
+      const { v0, img0 } = claimed;
       const memoryMiB = v0.request.resources?.[0]?.minimumMemoryInMiB ?? DEFAULT_MEMORY_MIB;
       let outcome;
       try {
@@ -314,38 +322,38 @@ export class Images {
         const f = err instanceof BuildFailure ? err : new BuildFailure('INTERNAL_PLATFORM_ERROR', (err as Error).message);
         say(`[cella] build FAILED: ${f.reason}: ${f.message}`);
         this.log(`image ${img0.name} ${v0.version}: build failed: ${f.reason}: ${f.message}`);
-        this.finish(buildId, { ok: false, reason: f.reason, message: f.message, snapshotBuild: (err as { snapshotBuild?: BuildRecord['snapshotBuild'] }).snapshotBuild ?? null });
+        await this.finish(buildId, { ok: false, reason: f.reason, message: f.message, snapshotBuild: (err as { snapshotBuild?: BuildRecord['snapshotBuild'] }).snapshotBuild ?? null });
         return;
       }
       say(`[cella] build SUCCESSFUL in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${img0.name} ${v0.version} is ready to run`);
-      this.finish(buildId, { ok: true, runtime: outcome.runtime, snapshotBuild: outcome.snapshotBuild });
+      await this.finish(buildId, { ok: true, runtime: outcome.runtime, snapshotBuild: outcome.snapshotBuild });
     } finally {
       this.building.delete(buildId);
     }
   }
 
-  private finish(
+  private async finish(
     buildId: string,
     r:
       | { ok: true; runtime: NonNullable<ImageVersionRecord['runtime']>; snapshotBuild: BuildRecord['snapshotBuild'] }
       | { ok: false; reason: NonNullable<BuildRecord['stateReason']>; message: string; snapshotBuild: BuildRecord['snapshotBuild'] },
-  ): void {
-    const failedVersionDir = this.store.tx(() => {
-      const b = this.store.getBuild(buildId);
-      const v = b && this.store.getVersion(b.imageName, b.version);
-      const img = b && this.store.getImage(b.imageName);
+  ): Promise<void> {
+    const failedVersionDir = await this.store.tx(async (tx) => {
+      const b = await tx.getBuild(buildId);
+      const v = b && (await tx.getVersion(b.imageName, b.version));
+      const img = b && (await tx.getImage(b.imageName));
       if (!b || !v || !img) return undefined;
       const now = Date.now();
       if (r.ok) {
-        this.setBuild(b, { state: 'SUCCESSFUL', snapshotBuild: r.snapshotBuild }, now);
-        this.setVersion(v, { state: 'SUCCESSFUL', runtime: r.runtime }, now);
+        await this.setBuild(tx, b, { state: 'SUCCESSFUL', snapshotBuild: r.snapshotBuild }, now);
+        await this.setVersion(tx, v, { state: 'SUCCESSFUL', runtime: r.runtime }, now);
       } else {
-        this.setBuild(b, { state: 'FAILED', stateReason: r.reason, message: r.message, snapshotBuild: r.snapshotBuild }, now);
-        this.setVersion(v, { state: 'FAILED', stateReason: r.reason }, now);
+        await this.setBuild(tx, b, { state: 'FAILED', stateReason: r.reason, message: r.message, snapshotBuild: r.snapshotBuild }, now);
+        await this.setVersion(tx, v, { state: 'FAILED', stateReason: r.reason }, now);
       }
       if (img.state === 'CREATING' || img.state === 'UPDATING') {
         const done = img.state === 'CREATING' ? (r.ok ? 'CREATED' : 'CREATE_FAILED') : r.ok ? 'UPDATED' : 'UPDATE_FAILED';
-        this.setImageState(img, done, now);
+        await this.setImageState(tx, img, done, now);
       }
       return r.ok ? undefined : v.dir;
     });
@@ -353,43 +361,54 @@ export class Images {
     if (failedVersionDir) rmSync(failedVersionDir, { recursive: true, force: true });
   }
 
-  setStatus(identifier: string, version: string, status: 'ACTIVE' | 'INACTIVE'): ImageVersionRecord {
-    const v = this.requireVersion(identifier, version);
-    if (v.status === status) return v;
-    if (v.state === 'DELETING' || v.state === 'DELETED') {
-      throw new CellaError('INVALID_STATE', `version ${version} is ${v.state}`, { details: { resourceId: version, resourceType: 'MicrovmImageVersion' } });
-    }
-    const next = { ...v, status, updatedAt: Date.now() };
-    this.store.putVersion(next);
-    return next;
+  /** One transaction: the version is written back as it was read, so nothing written between is lost. */
+  setStatus(identifier: string, version: string, status: 'ACTIVE' | 'INACTIVE'): Promise<ImageVersionRecord> {
+    return this.store.tx(async (tx) => {
+      const v = await this.requireVersion(identifier, version, tx);
+      if (v.status === status) return v;
+      if (v.state === 'DELETING' || v.state === 'DELETED') {
+        throw new CellaError('INVALID_STATE', `version ${version} is ${v.state}`, { details: { resourceId: version, resourceType: 'MicrovmImageVersion' } });
+      }
+      const next = { ...v, status, updatedAt: Date.now() };
+      await tx.putVersion(next);
+      return next;
+    });
   }
 
   /** Idempotent; refuses the last version, one that is building, and one that live VMs use. */
-  async deleteVersion(identifier: string, version: string, inUse: (name: string, version: string) => boolean): Promise<{ name: string; state: VersionState }> {
-    const img = this.store.getImage(imageNameOf(identifier));
-    const v = img && this.store.getVersion(img.name, version);
+  async deleteVersion(identifier: string, version: string, inUse: (name: string, version: string) => Promise<boolean>): Promise<{ name: string; state: VersionState }> {
+    const img = await this.store.getImage(imageNameOf(identifier));
+    const v = img && (await this.store.getVersion(img.name, version));
     if (!img || !v) return { name: img?.name ?? identifier, state: 'DELETED' };
     const details = { resourceId: version, resourceType: 'MicrovmImageVersion' };
-    if (this.store.listVersions(img.name).length === 1) throw new CellaError('INVALID_STATE', `version ${version} is the last version of ${img.name}; delete the image instead`, { details });
+    if ((await this.store.listVersions(img.name)).length === 1) throw new CellaError('INVALID_STATE', `version ${version} is the last version of ${img.name}; delete the image instead`, { details });
     if (v.state === 'PENDING' || v.state === 'IN_PROGRESS') throw new CellaError('INVALID_STATE', `version ${version} is still being built`, { details });
-    if (inUse(img.name, version)) throw new CellaError('INVALID_STATE', `version ${version} has live MicroVMs`, { details });
+    if (await inUse(img.name, version)) throw new CellaError('INVALID_STATE', `version ${version} has live MicroVMs`, { details });
     await this.engine.forgetImage(path.join(v.dir, 'snapshot'));
-    this.store.deleteVersion(img.name, version);
+    await this.store.deleteVersion(img.name, version);
     rmSync(v.dir, { recursive: true, force: true });
     return { name: img.name, state: 'DELETED' };
   }
 
-  /** Idempotent; refuses while a build runs or live VMs use any version. */
-  async delete(identifier: string, inUse: (name: string) => boolean): Promise<{ state: ImageState }> {
+  /**
+   * Idempotent; refuses while a build runs or live VMs use any version. The
+   * checks and DELETING are one transaction (`inUse` reads in it): a
+   * RunMicrovm either committed its VM before them or finds the image DELETING.
+   */
+  async delete(identifier: string, inUse: (db: Tx, name: string) => Promise<boolean>): Promise<{ state: ImageState }> {
     const name = imageNameOf(identifier);
-    const img = this.store.getImage(name);
-    if (!img) return { state: 'DELETED' };
-    const details = { resourceId: name, resourceType: 'MicrovmImage' };
-    if (img.state === 'CREATING' || img.state === 'UPDATING') throw new CellaError('INVALID_STATE', `image ${name} is ${img.state}: a build is running`, { details });
-    if (inUse(name)) throw new CellaError('INVALID_STATE', `image ${name} has live MicroVMs`, { details });
-    this.setImageState(img, 'DELETING', Date.now());
-    for (const v of this.store.listVersions(name)) await this.engine.forgetImage(path.join(v.dir, 'snapshot'));
-    this.store.deleteImage(name);
+    const deleting = await this.store.tx(async (tx) => {
+      const img = await tx.getImage(name);
+      if (!img) return false;
+      const details = { resourceId: name, resourceType: 'MicrovmImage' };
+      if (img.state === 'CREATING' || img.state === 'UPDATING') throw new CellaError('INVALID_STATE', `image ${name} is ${img.state}: a build is running`, { details });
+      if (await inUse(tx, name)) throw new CellaError('INVALID_STATE', `image ${name} has live MicroVMs`, { details });
+      await this.setImageState(tx, img, 'DELETING', Date.now());
+      return true;
+    });
+    if (!deleting) return { state: 'DELETED' };
+    for (const v of await this.store.listVersions(name)) await this.engine.forgetImage(path.join(v.dir, 'snapshot'));
+    await this.store.deleteImage(name);
     rmSync(this.imageRoot(name), { recursive: true, force: true });
     return { state: 'DELETED' };
   }
@@ -437,17 +456,16 @@ export class Images {
    * After a restart: builds that were queued or running will not finish by
    * themselves. Queued ones (PENDING) run again; a running one failed midway.
    */
-  recover(): Promise<void>[] {
-    const jobs: Promise<void>[] = [];
+  async recover(): Promise<void> {
     const layers = cacheDirs(this.dataDir).layers;
-    for (const img of this.store.listImages()) {
-      for (const v of this.store.listVersions(img.name)) {
-        for (const b of this.store.listBuilds(img.name, v.version)) {
+    for (const img of await this.store.listImages()) {
+      for (const v of await this.store.listVersions(img.name)) {
+        for (const b of await this.store.listBuilds(img.name, v.version)) {
           if (b.state === 'IN_PROGRESS') {
             appendFileSync(this.buildLog(b.buildId), '[cella] build FAILED: INTERNAL_PLATFORM_ERROR: cellad restarted during the build\n');
-            this.finish(b.buildId, { ok: false, reason: 'INTERNAL_PLATFORM_ERROR', message: 'cellad restarted during the build', snapshotBuild: null });
+            await this.finish(b.buildId, { ok: false, reason: 'INTERNAL_PLATFORM_ERROR', message: 'cellad restarted during the build', snapshotBuild: null });
           } else if (b.state === 'PENDING') {
-            jobs.push(this.enqueue({ image: img, version: v, build: b }));
+            void this.enqueue({ image: img, version: v, build: b });
           }
         }
       }
@@ -458,7 +476,6 @@ export class Images {
         if (f.endsWith('.qcow2') && !existsSync(path.join(layers, f.replace(/\.qcow2$/, '.json')))) rmSync(path.join(layers, f), { force: true });
       }
     }
-    return jobs;
   }
 
   /**
@@ -487,20 +504,22 @@ export class Images {
 
   // ---------- the writers of state ----------
 
-  private setImageState(img: ImageRecord, to: ImageState, now: number): ImageRecord {
+  // Each writes back a record read in the same transaction `tx`: what it does not change stays as it is.
+
+  private async setImageState(tx: Tx, img: ImageRecord, to: ImageState, now: number): Promise<ImageRecord> {
     check(IMAGE_NEXT, `image ${img.name}`, img.state, to);
     const next = { ...img, state: to, updatedAt: now };
-    this.store.putImage(next);
+    await tx.putImage(next);
     return next;
   }
 
-  private setVersion(v: ImageVersionRecord, patch: Partial<Pick<ImageVersionRecord, 'state' | 'stateReason' | 'runtime'>>, now = Date.now()): void {
+  private async setVersion(tx: Tx, v: ImageVersionRecord, patch: Partial<Pick<ImageVersionRecord, 'state' | 'stateReason' | 'runtime'>>, now = Date.now()): Promise<void> {
     if (patch.state) check(VERSION_NEXT, `version ${v.imageName} ${v.version}`, v.state, patch.state);
-    this.store.putVersion({ ...v, ...patch, updatedAt: now });
+    await tx.putVersion({ ...v, ...patch, updatedAt: now });
   }
 
-  private setBuild(b: BuildRecord, patch: Partial<Pick<BuildRecord, 'state' | 'stateReason' | 'message' | 'snapshotBuild'>>, now = Date.now()): void {
+  private async setBuild(tx: Tx, b: BuildRecord, patch: Partial<Pick<BuildRecord, 'state' | 'stateReason' | 'message' | 'snapshotBuild'>>, now = Date.now()): Promise<void> {
     if (patch.state) check(BUILD_NEXT, `build ${b.buildId}`, b.state, patch.state);
-    this.store.putBuild({ ...b, ...patch, updatedAt: now });
+    await tx.putBuild({ ...b, ...patch, updatedAt: now });
   }
 }

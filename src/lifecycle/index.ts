@@ -33,7 +33,7 @@ export interface LifecycleOptions {
   store: Store;
   driver: VmDriver;
   logs: LogHub;
-  images: (name: string, version: string) => RunnableImage | undefined;
+  images: (name: string, version: string) => Promise<RunnableImage | undefined>;
   capacity?: Capacity;
   log?: (line: string) => void;
   now?: () => number;
@@ -49,13 +49,14 @@ export class Lifecycle extends EventEmitter {
   private readonly store: Store;
   private readonly driver: VmDriver;
   private readonly logs: LogHub;
-  private readonly images: (name: string, version: string) => RunnableImage | undefined;
+  private readonly images: (name: string, version: string) => Promise<RunnableImage | undefined>;
   private readonly capacity: Capacity | undefined;
   private readonly log: (line: string) => void;
-  /** RUNNING VMs that QEMU stopped because the host's disk was full; continued when space returns. */
-  private readonly diskPaused = new Set<string>();
+  /** RUNNING VMs that QEMU stopped because the host's disk was full, each with the write of its reason; continued when space returns. */
+  private readonly diskPaused = new Map<string, Promise<void>>();
   private readonly now: () => number;
-  private readonly timers = new Map<string, NodeJS.Timeout>();
+  /** Each VM's timer, and the generation it was armed for: a record older than that never re-arms it. */
+  private readonly timers = new Map<string, { timer?: NodeJS.Timeout; generation: number }>();
   /** Per-VM queue: operations on one VM never interleave. */
   private readonly queues = new Map<string, Promise<unknown>>();
   /** Resumes in flight, shared by every caller that needs the VM running. */
@@ -68,10 +69,12 @@ export class Lifecycle extends EventEmitter {
   private closed = false;
   private readonly onExit = (id: string, info: { expected: boolean; stderr?: string; code?: number | null; signal?: string | null }): void => {
     if (info.expected) return;
-    const rec = this.store.getVm(id);
-    if (!rec || !RUNNING_STATES.has(rec.state)) return;
     const why = info.signal ? `killed by ${info.signal}` : info.code != null ? `exited with code ${info.code}` : 'exited';
-    this.terminate(id, `the VM stopped unexpectedly: QEMU ${why}${info.stderr ? `: ${info.stderr.slice(-300)}` : ''}`).catch(() => {});
+    void (async () => {
+      const rec = await this.store.getVm(id);
+      if (!rec || !RUNNING_STATES.has(rec.state)) return;
+      await this.terminate(id, `the VM stopped unexpectedly: QEMU ${why}${info.stderr ? `: ${info.stderr.slice(-300)}` : ''}`).catch(() => {});
+    })().catch((err: Error) => this.log(`MicroVM ${id}: its exit could not be recorded: ${err.message}`));
   };
 
   constructor(opts: LifecycleOptions) {
@@ -95,27 +98,35 @@ export class Lifecycle extends EventEmitter {
    */
   private readonly onIoError = (id: string, data: BlockIoError): void => {
     if (data.action !== 'stop' || this.diskPaused.has(id)) return;
-    const rec = this.store.getVm(id);
-    if (!rec || rec.state !== 'RUNNING') return;
-    this.diskPaused.add(id);
+    // Marked at once: a second report while the reason is being written is the same pause.
+    const recorded = this.recordDiskPause(id, data).catch((err: Error) => this.log(`MicroVM ${id}: its pause could not be recorded: ${err.message}`));
+    this.diskPaused.set(id, recorded);
+  };
+
+  private async recordDiskPause(id: string, data: BlockIoError): Promise<void> {
+    const rec = await this.store.getVm(id);
+    if (!rec || rec.state !== 'RUNNING') return void this.diskPaused.delete(id);
     const why = data.nospace ? "the host's disk is full" : `a write to its disk failed on the host (${data.reason ?? 'I/O error'})`;
     const reason = `paused: ${why}; it continues by itself once there is space again`;
     this.log(`MicroVM ${id}: ${reason}`);
-    this.store.patchVm(id, rec.generation, { stateReason: reason });
-  };
+    await this.store.patchVm(id, rec.generation, { stateReason: reason });
+  }
 
   /** Continues the VMs a full disk paused, if the disk has room again; those it pauses again wait for the next call. */
   async continueDiskPaused(): Promise<void> {
     if (this.capacity?.isLow) return;
-    for (const id of [...this.diskPaused]) {
+    for (const [id, recorded] of [...this.diskPaused]) {
+      // The pause's reason is written before it is cleared, never after.
+      await recorded;
+      if (this.diskPaused.get(id) !== recorded) continue;
       this.diskPaused.delete(id);
-      const rec = this.store.getVm(id);
+      const rec = await this.store.getVm(id);
       if (rec?.state !== 'RUNNING') continue;
       if (await this.driver.cont(id)) {
         this.log(`MicroVM ${id}: continued, the disk has room again`);
-        this.store.patchVm(id, rec.generation, { stateReason: null });
+        await this.store.patchVm(id, rec.generation, { stateReason: null });
       } else {
-        this.diskPaused.add(id);
+        this.diskPaused.set(id, Promise.resolve());
       }
     }
   }
@@ -127,7 +138,7 @@ export class Lifecycle extends EventEmitter {
    * `rec` was read. Accounts usage for the state being left and re-arms the
    * VM's timer. Returns the new record, or undefined if the VM had moved on.
    */
-  private transition(rec: VmRecord, to: VmState, reason: string | null, patch: VmPatch = {}): VmRecord | undefined {
+  private async transition(rec: VmRecord, to: VmState, reason: string | null, patch: VmPatch = {}): Promise<VmRecord | undefined> {
     if (!canTransition(rec.state, to)) {
       throw new CellaError('INVALID_STATE', `MicroVM ${rec.id} is ${rec.state}; it cannot become ${to}`, {
         details: { resourceId: rec.id, resourceType: 'Microvm' },
@@ -137,9 +148,9 @@ export class Lifecycle extends EventEmitter {
     const usage: VmPatch = { stateSince: now };
     if (RUNNING_STATES.has(rec.state)) usage.runningMs = rec.runningMs + (now - rec.stateSince);
     if (rec.state === 'SUSPENDED') usage.storageByteMs = rec.storageByteMs + rec.checkpointBytes * (now - rec.stateSince);
-    const ok = this.store.writeState(rec.id, rec.generation, to, rec.generation + 1, reason, { ...usage, ...patch });
-    if (!ok) return undefined;
-    const next = this.store.getVm(rec.id) as VmRecord;
+    // The row as this write left it: a read after it could already see a later write.
+    const next = await this.store.writeState(rec.id, rec.generation, to, rec.generation + 1, reason, { ...usage, ...patch });
+    if (!next) return undefined;
     if (to !== 'RUNNING') this.diskPaused.delete(rec.id);
     this.arm(next);
     this.emit('state', next);
@@ -156,7 +167,9 @@ export class Lifecycle extends EventEmitter {
   }
 
   private async doStart(rec: VmRecord, runHookPayload: string | undefined): Promise<void> {
-    const image = this.imageOf(rec);
+    // Terminated before this job ran (its terminate may have run already): launching it now would leave a QEMU nobody ends.
+    if ((await this.store.getVm(rec.id))?.generation !== rec.generation) return;
+    const image = await this.imageOf(rec);
     let vm: RunningVm;
     try {
       vm = await this.driver.launch(image.dir, rec.id, { appLog: null, onSpawn: this.recordPid(rec), ...(rec.spec.network ? { network: rec.spec.network } : {}) });
@@ -165,47 +178,54 @@ export class Lifecycle extends EventEmitter {
       return;
     }
     this.attach(rec, vm);
-    if (!this.store.patchVm(rec.id, rec.generation, { slot: vm.ref.slot, pid: vm.pid, pidStartTime: vm.pidStartTime })) return;
+    if (!(await this.store.patchVm(rec.id, rec.generation, { slot: vm.ref.slot, pid: vm.pid, pidStartTime: vm.pidStartTime }))) return;
     if (hookEnabled(image.config, 'run')) {
       const failed = await this.hook(vm, image, 'run', { microvmId: rec.id, runHookPayload: runHookPayload ?? '' });
       if (failed) return void (await this.fail(rec.id, rec.generation, failed));
     }
-    const cur = this.store.getVm(rec.id);
+    const cur = await this.store.getVm(rec.id);
     if (cur?.generation !== rec.generation) return;
     this.activity.set(rec.id, this.now());
-    this.transition(cur, 'RUNNING', null, { idleDeadline: this.idleDeadline(cur) });
+    await this.transition(cur, 'RUNNING', null, { idleDeadline: this.idleDeadline(cur) });
   }
 
   /** SuspendMicrovm: RUNNING → SUSPENDING now, the checkpoint in the background. */
-  suspend(id: string, reason: string | null = null): VmRecord {
-    const rec = this.require(id);
+  async suspend(id: string, reason: string | null = null): Promise<VmRecord> {
+    for (;;) {
+      const next = await this.suspendFrom(await this.require(id), reason);
+      if (next) return next;
+      // It moved on between the read and the write: read it again.
+    }
+  }
+
+  /** Suspends `rec` if it is still at its generation; undefined if it moved on. */
+  private async suspendFrom(rec: VmRecord, reason: string | null): Promise<VmRecord | undefined> {
     if (rec.state !== 'RUNNING') throw this.conflict(rec, 'suspended');
     // A checkpoint takes disk space: better refused now than failed halfway.
-    this.capacity?.require(`suspending MicroVM ${id}`);
-    const next = this.transition(rec, 'SUSPENDING', reason, { idleDeadline: null });
-    if (!next) throw this.conflict(rec, 'suspended');
-    void this.enqueue(id, () => this.doSuspend(next));
+    this.capacity?.require(`suspending MicroVM ${rec.id}`);
+    const next = await this.transition(rec, 'SUSPENDING', reason, { idleDeadline: null });
+    if (next) void this.enqueue(rec.id, () => this.doSuspend(next));
     return next;
   }
 
   private async doSuspend(rec: VmRecord): Promise<void> {
-    const image = this.imageOf(rec);
+    const image = await this.imageOf(rec);
     const vm = this.driver.get(rec.id);
     if (!vm) return void (await this.fail(rec.id, rec.generation, 'the VM was gone when it was to be suspended'));
     if (hookEnabled(image.config, 'suspend')) {
       const failed = await this.hook(vm, image, 'suspend');
       if (failed) {
-        const cur = this.store.getVm(rec.id);
+        const cur = await this.store.getVm(rec.id);
         if (cur?.generation !== rec.generation) return;
         this.activity.set(rec.id, this.now());
-        this.transition(cur, 'RUNNING', `not suspended: ${failed}`, { idleDeadline: this.idleDeadline(cur) });
+        await this.transition(cur, 'RUNNING', `not suspended: ${failed}`, { idleDeadline: this.idleDeadline(cur) });
         return;
       }
     }
     if (rec.spec.idlePolicy?.suspendedDurationSeconds === 0) {
-      const cur = this.store.getVm(rec.id);
+      const cur = await this.store.getVm(rec.id);
       if (cur?.generation !== rec.generation) return;
-      const t = this.transition(cur, 'TERMINATING', 'terminated at suspend: suspendedDurationSeconds is 0');
+      const t = await this.transition(cur, 'TERMINATING', 'terminated at suspend: suspendedDurationSeconds is 0');
       if (t) await this.doTerminate(t);
       return;
     }
@@ -215,19 +235,19 @@ export class Lifecycle extends EventEmitter {
     } catch (err) {
       if (isCellaError(err) && err.details.stillRunning === true) {
         // Not suspended (its disk is full, say), but nothing was lost: it runs on and says why.
-        const cur = this.store.getVm(rec.id);
+        const cur = await this.store.getVm(rec.id);
         if (cur?.generation !== rec.generation) return;
         this.activity.set(rec.id, this.now());
-        this.transition(cur, 'RUNNING', `not suspended: ${err.message}`, { idleDeadline: this.idleDeadline(cur) });
+        await this.transition(cur, 'RUNNING', `not suspended: ${err.message}`, { idleDeadline: this.idleDeadline(cur) });
         return;
       }
       return void (await this.fail(rec.id, rec.generation, `suspend failed: ${(err as Error).message}`));
     }
     this.logs.end(rec.id);
-    const cur = this.store.getVm(rec.id);
+    const cur = await this.store.getVm(rec.id);
     if (cur?.generation !== rec.generation) return;
     // pid stays: a parked QEMU (engine parkSeconds) must still be found, and ended, after a restart.
-    this.transition(cur, 'SUSPENDED', rec.stateReason, { ...this.checkpointed(cur, bytes), suspendedDeadline: this.suspendedDeadlineFor(cur) });
+    await this.transition(cur, 'SUSPENDED', rec.stateReason, { ...this.checkpointed(cur, bytes), suspendedDeadline: this.suspendedDeadlineFor(cur) });
   }
 
   /**
@@ -238,32 +258,33 @@ export class Lifecycle extends EventEmitter {
   resume(id: string): Promise<VmRecord> {
     const inflight = this.resuming.get(id);
     if (inflight) return inflight;
-    const rec = this.require(id);
-    if (rec.state !== 'SUSPENDED') return Promise.reject(this.conflict(rec, 'resumed'));
-    try {
-      this.capacity?.require(`resuming MicroVM ${id}`);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    const p = this.enqueue(id, () => this.doResume(rec)).finally(() => this.resuming.delete(id));
+    // Shared from the first read on: a caller that comes while it is under way joins it, never starts a second.
+    const p = this.startResume(id).finally(() => this.resuming.delete(id));
     this.resuming.set(id, p);
     return p;
   }
 
+  private async startResume(id: string): Promise<VmRecord> {
+    const rec = await this.require(id);
+    if (rec.state !== 'SUSPENDED') throw this.conflict(rec, 'resumed');
+    this.capacity?.require(`resuming MicroVM ${id}`);
+    return this.enqueue(id, () => this.doResume(rec));
+  }
+
   private async doResume(rec: VmRecord): Promise<VmRecord> {
-    const image = this.imageOf(rec);
-    const cur0 = this.store.getVm(rec.id);
+    const image = await this.imageOf(rec);
+    const cur0 = await this.store.getVm(rec.id);
     if (cur0?.generation !== rec.generation) throw this.conflict(cur0 ?? rec, 'resumed');
     let vm: RunningVm;
     try {
-      vm = await this.driver.resume(this.ref(rec), { appLog: null, onSpawn: this.recordPid(rec) });
+      vm = await this.driver.resume(await this.ref(rec), { appLog: null, onSpawn: this.recordPid(rec) });
     } catch (err) {
       const reason = `resume failed: ${(err as Error).message}`;
-      this.store.patchVm(rec.id, rec.generation, { stateReason: reason });
+      await this.store.patchVm(rec.id, rec.generation, { stateReason: reason });
       throw new CellaError(isCellaError(err, 'INSUFFICIENT_CAPACITY') ? 'INSUFFICIENT_CAPACITY' : 'INTERNAL', reason, { cause: err });
     }
     this.attach(rec, vm);
-    this.store.patchVm(rec.id, rec.generation, { pid: vm.pid, pidStartTime: vm.pidStartTime, bytesRead: rec.bytesRead + rec.checkpointBytes });
+    await this.store.patchVm(rec.id, rec.generation, { pid: vm.pid, pidStartTime: vm.pidStartTime, bytesRead: rec.bytesRead + rec.checkpointBytes });
     if (hookEnabled(image.config, 'resume')) {
       const failed = await this.hook(vm, image, 'resume');
       if (failed) {
@@ -273,15 +294,15 @@ export class Lifecycle extends EventEmitter {
         if (back instanceof Error) {
           await this.fail(rec.id, rec.generation, `${failed}, and suspending it again failed: ${back.message}`);
         } else {
-          this.store.patchVm(rec.id, rec.generation, { stateReason: `not resumed: ${failed}`, ...this.checkpointed(rec, back.bytes) });
+          await this.store.patchVm(rec.id, rec.generation, { stateReason: `not resumed: ${failed}`, ...this.checkpointed(rec, back.bytes) });
         }
         throw new CellaError('HOOK_FAILED', `MicroVM ${rec.id} was not resumed: ${failed}`, { details: { resourceId: rec.id, resourceType: 'Microvm' } });
       }
     }
-    const cur = this.store.getVm(rec.id);
+    const cur = await this.store.getVm(rec.id);
     if (cur?.generation !== rec.generation) throw this.conflict(cur ?? rec, 'resumed');
     this.activity.set(rec.id, this.now());
-    const next = this.transition(cur, 'RUNNING', null, { suspendedDeadline: null, checkpointBytes: 0, idleDeadline: this.idleDeadline(cur) });
+    const next = await this.transition(cur, 'RUNNING', null, { suspendedDeadline: null, checkpointBytes: 0, idleDeadline: this.idleDeadline(cur) });
     if (!next) throw this.conflict(cur, 'resumed');
     return next;
   }
@@ -294,7 +315,7 @@ export class Lifecycle extends EventEmitter {
   async wake(id: string, timeoutMs = 60_000): Promise<VmRecord> {
     const deadline = this.now() + timeoutMs;
     for (;;) {
-      const rec = this.require(id);
+      const rec = await this.require(id);
       switch (rec.state) {
         case 'RUNNING':
           if (this.diskPaused.has(id)) {
@@ -334,17 +355,19 @@ export class Lifecycle extends EventEmitter {
         reject(new CellaError('INVALID_STATE', `MicroVM ${id} did not leave its state in time`, { details: { resourceId: id, resourceType: 'Microvm' } }));
       }, Math.max(0, deadline - this.now()));
       this.on('state', onState);
-      // It may have moved on before the listener was in place.
-      const now = this.store.getVm(id);
-      if (now) onState(now);
+      // It may have moved on before the listener was in place (a failed read leaves it to the timer).
+      void this.store.getVm(id).then(
+        (now) => now && onState(now),
+        () => {},
+      );
     });
   }
 
   /** TerminateMicrovm: idempotent; TERMINATING now, resources released in the background. */
   async terminate(id: string, reason: string | null = null): Promise<VmRecord> {
-    const rec = this.require(id);
+    const rec = await this.require(id);
     if (rec.state === 'TERMINATED' || rec.state === 'TERMINATING') return rec;
-    const next = this.transition(rec, 'TERMINATING', reason, { idleDeadline: null, suspendedDeadline: null });
+    const next = await this.transition(rec, 'TERMINATING', reason, { idleDeadline: null, suspendedDeadline: null });
     if (!next) return this.terminate(id, reason);
     void this.enqueue(id, () => this.doTerminate(next));
     return next;
@@ -352,7 +375,7 @@ export class Lifecycle extends EventEmitter {
 
   private async doTerminate(rec: VmRecord): Promise<void> {
     const vm = this.driver.get(rec.id);
-    const image = this.images(rec.imageName, rec.imageVersion);
+    const image = await this.images(rec.imageName, rec.imageVersion);
     if (vm && image && hookEnabled(image.config, 'terminate')) {
       const failed = await this.hook(vm, image, 'terminate');
       if (failed) this.log(`MicroVM ${rec.id}: ${failed}; terminating anyway`);
@@ -360,27 +383,27 @@ export class Lifecycle extends EventEmitter {
     }
     // What runs is released by its own reference (its slot may not be stored if it was terminated while
     // starting); a VM that never got a slot has nothing on the host (its launch failed and cleaned up).
-    const placed = this.store.getVm(rec.id) ?? rec;
-    const ref = vm?.ref ?? (placed.slot !== null ? this.ref(placed) : undefined);
+    const placed = (await this.store.getVm(rec.id)) ?? rec;
+    const ref = vm?.ref ?? (placed.slot !== null ? await this.ref(placed) : undefined);
     try {
       if (ref) await this.driver.terminate(ref);
     } catch (err) {
       this.log(`MicroVM ${rec.id}: releasing its resources failed: ${(err as Error).message}`);
     }
     this.logs.end(rec.id);
-    this.store.deleteTokensOf(rec.id);
+    await this.store.deleteTokensOf(rec.id);
     this.activity.delete(rec.id);
-    const cur = this.store.getVm(rec.id);
+    const cur = await this.store.getVm(rec.id);
     if (cur?.state !== 'TERMINATING') return;
-    this.transition(cur, 'TERMINATED', cur.stateReason, { terminatedAt: this.now(), pid: null, pidStartTime: null, checkpointBytes: 0 });
+    await this.transition(cur, 'TERMINATED', cur.stateReason, { terminatedAt: this.now(), pid: null, pidStartTime: null, checkpointBytes: 0 });
   }
 
   /** A failure on the way: the VM goes, with the reason, unless it moved on meanwhile. */
   private async fail(id: string, generation: number, reason: string): Promise<void> {
-    const cur = this.store.getVm(id);
+    const cur = await this.store.getVm(id);
     if (!cur || cur.generation !== generation) return;
     this.log(`MicroVM ${id}: ${reason}`);
-    const next = this.transition(cur, 'TERMINATING', reason, { idleDeadline: null, suspendedDeadline: null });
+    const next = await this.transition(cur, 'TERMINATING', reason, { idleDeadline: null, suspendedDeadline: null });
     if (next) await this.doTerminate(next);
   }
 
@@ -413,23 +436,32 @@ export class Lifecycle extends EventEmitter {
     return idle === undefined ? null : (this.activity.get(rec.id) ?? this.now()) + idle * 1000;
   }
 
-  /** One timer per VM, for the nearest of its stored deadlines. */
+  /**
+   * One timer per VM, for the nearest of its stored deadlines. A record
+   * older than the one the timer was armed for leaves it alone: a job that
+   * read the VM before a transition must not put back a timer it replaced.
+   */
   private arm(rec: VmRecord): void {
-    clearTimeout(this.timers.get(rec.id));
+    const armed = this.timers.get(rec.id);
+    if (armed && armed.generation > rec.generation) return;
+    clearTimeout(armed?.timer);
     this.timers.delete(rec.id);
-    if (this.closed || rec.state === 'TERMINATED' || rec.state === 'TERMINATING') return;
+    if (this.closed || rec.state === 'TERMINATED') return;
+    if (rec.state === 'TERMINATING') return void this.timers.set(rec.id, { generation: rec.generation });
     const due = [rec.maxDeadline, rec.state === 'RUNNING' ? rec.idleDeadline : null, rec.state === 'SUSPENDED' ? rec.suspendedDeadline : null].filter(
       (d): d is number => d !== null,
     );
     const at = Math.min(...due);
-    const t = setTimeout(() => this.fire(rec.id, rec.generation), Math.min(Math.max(at - this.now(), 0), MAX_TIMER_MS));
-    t.unref();
-    this.timers.set(rec.id, t);
+    const timer = setTimeout(
+      () => void this.fire(rec.id, rec.generation).catch((err: Error) => this.log(`MicroVM ${rec.id}: its timer failed: ${err.message}`)),
+      Math.min(Math.max(at - this.now(), 0), MAX_TIMER_MS),
+    );
+    timer.unref();
+    this.timers.set(rec.id, { timer, generation: rec.generation });
   }
 
-  private fire(id: string, generation: number): void {
-    this.timers.delete(id);
-    const rec = this.store.getVm(id);
+  private async fire(id: string, generation: number): Promise<void> {
+    const rec = await this.store.getVm(id);
     if (!rec || rec.generation !== generation || this.closed) return;
     const now = this.now();
     if (now >= rec.maxDeadline) {
@@ -440,26 +472,27 @@ export class Lifecycle extends EventEmitter {
       const next = this.idleDeadline(rec);
       if ((this.streams.get(id) ?? 0) === 0 && next !== null && next <= now) {
         try {
-          this.suspend(id, null);
+          // From the record this timer read: a VM that moved on since (resumed, say) is not suspended by it.
+          await this.suspendFrom(rec, null);
           return;
         } catch (err) {
           this.log(`MicroVM ${id}: idle suspend refused: ${(err as Error).message}`);
-          const retry = now + IDLE_RETRY_MS;
-          this.store.patchVm(id, generation, { idleDeadline: retry });
-          this.arm({ ...rec, idleDeadline: retry });
-          return;
+          return this.postponeIdle(id, generation, now + IDLE_RETRY_MS);
         }
       }
-      const later = Math.max(next ?? now, now + 1000);
-      this.store.patchVm(id, generation, { idleDeadline: later });
-      this.arm({ ...rec, idleDeadline: later });
-      return;
+      return this.postponeIdle(id, generation, Math.max(next ?? now, now + 1000));
     }
     if (rec.state === 'SUSPENDED' && rec.suspendedDeadline !== null && now >= rec.suspendedDeadline) {
       void this.terminate(id, `suspended for longer than suspendedDurationSeconds (${rec.spec.idlePolicy?.suspendedDurationSeconds} s)`).catch(() => {});
       return;
     }
     this.arm(rec);
+  }
+
+  /** Moves the idle deadline, and the timer with it, unless the VM moved on (its own timer is armed then). */
+  private async postponeIdle(id: string, generation: number, at: number): Promise<void> {
+    const next = await this.store.patchVm(id, generation, { idleDeadline: at });
+    if (next) this.arm(next);
   }
 
   // ---------- restart ----------
@@ -471,13 +504,13 @@ export class Lifecycle extends EventEmitter {
    */
   async recover(opts: { reapplyNetwork?: boolean } = {}): Promise<VmRef[]> {
     const keep: VmRef[] = [];
-    for (const rec of this.store.liveVms()) {
+    for (const rec of await this.store.liveVms()) {
       const kept = await this.recoverOne(rec).catch(async (err: Error) => {
         // A VM whose state cannot be made true again ends, saying why, rather than staying in a state nothing backs.
         this.log(`MicroVM ${rec.id}: recovery failed: ${err.message}`);
-        const cur = this.store.getVm(rec.id);
+        const cur = await this.store.getVm(rec.id);
         if (cur && cur.state !== 'TERMINATING' && cur.state !== 'TERMINATED') {
-          const t = this.transition(cur, 'TERMINATING', `cellad could not recover the VM after a restart: ${err.message}`, { idleDeadline: null, suspendedDeadline: null });
+          const t = await this.transition(cur, 'TERMINATING', `cellad could not recover the VM after a restart: ${err.message}`, { idleDeadline: null, suspendedDeadline: null });
           if (t) await this.doTerminate(t).catch(() => {});
         }
         return undefined;
@@ -508,13 +541,13 @@ export class Lifecycle extends EventEmitter {
    * return. A QEMU that is not adopted here is killed by the engine's reclaim.
    */
   private async recoverOne(rec: VmRecord): Promise<VmRef | undefined> {
-    const ref = rec.slot === null ? undefined : this.ref(rec);
+    const ref = rec.slot === null ? undefined : await this.ref(rec);
     const vm = ref && rec.pid !== null && rec.pidStartTime !== null ? await this.driver.adopt(ref, rec.pid, rec.pidStartTime, { appLog: null }) : undefined;
     const files = vmFiles(this.driver.vmDir(rec.id));
     const checkpoint = existsSync(files.checkpoint);
     const end = async (reason: string): Promise<undefined> => {
       if (vm) vm.beginStop();
-      const t = this.transition(rec, 'TERMINATING', reason, { idleDeadline: null, suspendedDeadline: null });
+      const t = await this.transition(rec, 'TERMINATING', reason, { idleDeadline: null, suspendedDeadline: null });
       if (t) await this.doTerminate(t);
       return undefined;
     };
@@ -530,10 +563,10 @@ export class Lifecycle extends EventEmitter {
       rmSync(`${files.checkpoint}.consumed`, { force: true });
       this.activity.set(rec.id, this.now());
       if (rec.state === 'RUNNING') {
-        this.store.patchVm(rec.id, rec.generation, { idleDeadline: this.idleDeadline(rec) });
-        this.arm(this.store.getVm(rec.id) as VmRecord);
+        const next = await this.store.patchVm(rec.id, rec.generation, { idleDeadline: this.idleDeadline(rec) });
+        if (next) this.arm(next);
       } else {
-        this.transition(rec, 'RUNNING', reason, { suspendedDeadline: null, checkpointBytes: 0, idleDeadline: this.idleDeadline(rec) });
+        await this.transition(rec, 'RUNNING', reason, { suspendedDeadline: null, checkpointBytes: 0, idleDeadline: this.idleDeadline(rec) });
       }
       return ref;
     };
@@ -545,10 +578,10 @@ export class Lifecycle extends EventEmitter {
       }
       const patch = { pid: null, pidStartTime: null };
       if (rec.state === 'SUSPENDED') {
-        this.store.patchVm(rec.id, rec.generation, patch);
-        this.arm(rec);
+        const next = await this.store.patchVm(rec.id, rec.generation, patch);
+        if (next) this.arm(next);
       } else {
-        this.transition(rec, 'SUSPENDED', rec.stateReason, { ...patch, ...this.checkpointed(rec, 0), suspendedDeadline: this.suspendedDeadlineFor(rec) });
+        await this.transition(rec, 'SUSPENDED', rec.stateReason, { ...patch, ...this.checkpointed(rec, 0), suspendedDeadline: this.suspendedDeadlineFor(rec) });
       }
       return ref;
     };
@@ -593,7 +626,7 @@ export class Lifecycle extends EventEmitter {
   /** Stops timers; VMs keep running (a restarted daemon re-adopts them). */
   close(): void {
     this.closed = true;
-    for (const t of this.timers.values()) clearTimeout(t);
+    for (const { timer } of this.timers.values()) clearTimeout(timer);
     this.timers.clear();
     this.driver.removeListener('vm-exit', this.onExit);
     this.driver.removeListener('vm-io-error', this.onIoError);
@@ -625,7 +658,8 @@ export class Lifecycle extends EventEmitter {
    * QEMU the next start finds by this pid, and adopts or kills (ADR 0007).
    */
   private recordPid(rec: VmRecord): (pid: number, startTime: string) => void {
-    return (pid, pidStartTime) => void this.store.patchVm(rec.id, rec.generation, { pid, pidStartTime });
+    return (pid, pidStartTime) =>
+      void this.store.patchVm(rec.id, rec.generation, { pid, pidStartTime }).catch((err: Error) => this.log(`MicroVM ${rec.id}: its pid could not be recorded: ${err.message}`));
   }
 
   private attach(rec: VmRecord, vm: RunningVm): void {
@@ -635,12 +669,10 @@ export class Lifecycle extends EventEmitter {
     this.signalled.add(vm.agent);
     vm.agent.on('activity', () => this.touch(rec.id));
     vm.agent.on('suspend-request', () => {
-      if (this.store.getVm(rec.id)?.state !== 'RUNNING') return;
-      try {
-        this.suspend(rec.id, 'suspended at the request of the guest');
-      } catch (err) {
-        this.log(`MicroVM ${rec.id}: the guest's suspend request was refused: ${(err as Error).message}`);
-      }
+      void (async () => {
+        const cur = await this.store.getVm(rec.id);
+        if (cur?.state === 'RUNNING') await this.suspendFrom(cur, 'suspended at the request of the guest');
+      })().catch((err: Error) => this.log(`MicroVM ${rec.id}: the guest's suspend request was refused: ${err.message}`));
     });
   }
 
@@ -650,18 +682,18 @@ export class Lifecycle extends EventEmitter {
   }
 
   /** The engine's handle of a VM; its image folder is empty when the image is gone (enough to terminate it, not to resume it). */
-  private ref(rec: VmRecord): VmRef {
-    return { id: rec.id, imageDir: this.images(rec.imageName, rec.imageVersion)?.dir ?? '', slot: rec.slot ?? -1 };
+  private async ref(rec: VmRecord): Promise<VmRef> {
+    return { id: rec.id, imageDir: (await this.images(rec.imageName, rec.imageVersion))?.dir ?? '', slot: rec.slot ?? -1 };
   }
 
-  private imageOf(rec: VmRecord): RunnableImage {
-    const image = this.images(rec.imageName, rec.imageVersion);
+  private async imageOf(rec: VmRecord): Promise<RunnableImage> {
+    const image = await this.images(rec.imageName, rec.imageVersion);
     if (!image) throw new CellaError('NOT_FOUND', `image ${rec.imageName} of MicroVM ${rec.id} no longer exists`);
     return image;
   }
 
-  require(id: string): VmRecord {
-    const rec = this.store.getVm(id);
+  async require(id: string): Promise<VmRecord> {
+    const rec = await this.store.getVm(id);
     if (!rec) throw new CellaError('NOT_FOUND', `MicroVM ${id} not found`, { details: { resourceId: id, resourceType: 'Microvm' } });
     return rec;
   }

@@ -38,7 +38,7 @@ class FakeDriver extends EventEmitter {
   }
 }
 
-function setup(): { lc: Lifecycle; store: SqliteStore; driver: FakeDriver; done: () => void } {
+function setup(): { lc: Lifecycle; store: SqliteStore; driver: FakeDriver; done: () => Promise<void> } {
   const dir = mkdtempSync(path.join(tmpdir(), 'cella-lc-'));
   const store = new SqliteStore(':memory:');
   const driver = new FakeDriver();
@@ -49,14 +49,14 @@ function setup(): { lc: Lifecycle; store: SqliteStore; driver: FakeDriver; done:
     dir: '/img',
     config: { command: ['/a'], environmentVariables: {}, workingDirectory: '/', port: 8080, memoryMiB: 256, vcpus: 1 },
   };
-  const lc = new Lifecycle({ store, driver: driver as unknown as VmDriver, logs: new LogHub(dir), images: () => image });
+  const lc = new Lifecycle({ store, driver: driver as unknown as VmDriver, logs: new LogHub(dir), images: async () => image });
   return {
     lc,
     store,
     driver,
-    done: () => {
+    done: async () => {
       lc.close();
-      store.close();
+      await store.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };
@@ -75,7 +75,7 @@ test('a VM terminated while it starts never becomes RUNNING: the late launch is 
   const { lc, store, driver, done } = setup();
   try {
     const rec = pending('vm-1');
-    store.insertVm(rec);
+    await store.insertVm(rec);
     lc.start(rec, undefined);
     await new Promise((r) => setImmediate(r));
     const t = await lc.terminate('vm-1', 'asked');
@@ -83,13 +83,13 @@ test('a VM terminated while it starts never becomes RUNNING: the late launch is 
     assert.equal(t.generation, 2);
     driver.release?.();
     await lc.settle();
-    const end = store.getVm('vm-1') as VmRecord;
+    const end = (await store.getVm('vm-1')) as VmRecord;
     assert.equal(end.state, 'TERMINATED');
     assert.equal(end.stateReason, 'asked');
     assert.deepEqual(driver.terminated, ['vm-1']);
     assert.equal(driver.running.size, 0);
   } finally {
-    done();
+    await done();
   }
 });
 
@@ -97,20 +97,20 @@ test('operations outside the table are conflicts that change nothing', async () 
   const { lc, store, driver, done } = setup();
   try {
     const rec = pending('vm-2');
-    store.insertVm(rec);
+    await store.insertVm(rec);
     lc.start(rec, undefined);
-    assert.throws(() => lc.suspend('vm-2'), (e) => isCellaError(e, 'INVALID_STATE'));
+    await assert.rejects(lc.suspend('vm-2'), (e) => isCellaError(e, 'INVALID_STATE'));
     await assert.rejects(lc.resume('vm-2'), (e) => isCellaError(e, 'INVALID_STATE'));
-    assert.equal(store.getVm('vm-2')?.generation, 1);
+    assert.equal((await store.getVm('vm-2'))?.generation, 1);
     driver.release?.();
     await lc.settle();
-    assert.equal(store.getVm('vm-2')?.state, 'RUNNING');
+    assert.equal((await store.getVm('vm-2'))?.state, 'RUNNING');
     assert.deepEqual(TRANSITIONS.TERMINATED, []);
     await lc.terminate('vm-2');
     await lc.settle();
     assert.equal((await lc.terminate('vm-2')).state, 'TERMINATED', 'terminate is idempotent');
   } finally {
-    done();
+    await done();
   }
 });
 
@@ -119,16 +119,16 @@ test('a launch that fails ends TERMINATED with the reason, with nothing to relea
   try {
     driver.failLaunch = true;
     const rec = pending('vm-3');
-    store.insertVm(rec);
+    await store.insertVm(rec);
     lc.start(rec, undefined);
     await new Promise((r) => setImmediate(r));
     driver.release?.();
     await lc.settle();
-    const end = store.getVm('vm-3') as VmRecord;
+    const end = (await store.getVm('vm-3')) as VmRecord;
     assert.equal(end.state, 'TERMINATED');
     assert.match(end.stateReason ?? '', /could not start: no room/);
     assert.deepEqual(driver.terminated, []);
   } finally {
-    done();
+    await done();
   }
 });

@@ -92,7 +92,7 @@ export class LogHub {
   }
 
   /** Writes the log so far to `write`, then (if `follow`) live output until the VM ends or `signal` aborts. */
-  async stream(vmId: string, opts: { follow: boolean; isLive: () => boolean; signal: AbortSignal }, write: (chunk: Buffer) => void): Promise<void> {
+  async stream(vmId: string, opts: { follow: boolean; isLive: () => Promise<boolean>; signal: AbortSignal }, write: (chunk: Buffer) => void): Promise<void> {
     const file = this.file(vmId);
     const pending: Array<[Buffer, number]> = [];
     let relay: (b: Buffer, end: number) => void = (b, end) => pending.push([b, end]);
@@ -117,7 +117,9 @@ export class LogHub {
       // Live chunks that ended within what the file already gave are not sent twice.
       for (const [b, end] of pending.splice(0)) if (end > size) write(b.subarray(Math.max(0, b.length - (end - size))));
       relay = (b) => write(b);
-      if (ended || !opts.isLive()) return;
+      // Asked before `ended` is read: the VM may end while the answer comes.
+      const live = await opts.isLive();
+      if (ended || !live) return;
       await new Promise<void>((resolve) => {
         wake = resolve;
         opts.signal.addEventListener('abort', () => resolve(), { once: true });

@@ -21,7 +21,7 @@ test('a VM log is rotated past its bound: the newest output and the one older fi
     assert.ok(readFileSync(file).length <= 100);
     assert.ok(existsSync(`${file}.1`));
     let all = '';
-    await hub.stream('vm1', { follow: false, isLive: () => false, signal: new AbortController().signal }, (c) => (all += c.toString()));
+    await hub.stream('vm1', { follow: false, isLive: async () => false, signal: new AbortController().signal }, (c) => (all += c.toString()));
     const lines = all.trim().split('\n').map((l) => Number(l.split(' ')[1]));
     assert.deepEqual(lines, [...lines].sort((a, b) => a - b), 'in order');
     assert.equal(lines.at(-1), 6, 'the newest line is there');

@@ -120,8 +120,8 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
     if (!token) throw new CellaError('ACCESS_DENIED', `missing token: send it in the ${AUTH_HEADER} header`);
     const claims = await openToken(token);
     if (claims.vmId !== id) throw new CellaError('ACCESS_DENIED', 'the token is for another MicroVM');
-    if (!store.getToken(claims.jti)) throw new CellaError('ACCESS_DENIED', 'the token was revoked (its MicroVM terminated)');
-    const vm = store.getVm(id);
+    if (!(await store.getToken(claims.jti))) throw new CellaError('ACCESS_DENIED', 'the token was revoked (its MicroVM terminated)');
+    const vm = await store.getVm(id);
     if (!vm || vm.state === 'TERMINATED' || vm.state === 'TERMINATING') throw new CellaError('ACCESS_DENIED', 'the MicroVM is terminated');
     if (!ingressAllows(vm.spec.ingressNetworkConnectors, claims.kind)) {
       throw new CellaError('ACCESS_DENIED', `the MicroVM's ingress connectors do not allow ${claims.kind === 'shell' ? 'a shell' : 'HTTP'}`);

@@ -28,7 +28,7 @@ export interface HousekeepingContext {
 }
 
 export async function housekeep(ctx: HousekeepingContext, opts: { lowDisk?: boolean } = {}): Promise<void> {
-  const live = new Set(ctx.store.liveVms().map((v) => v.id));
+  const live = new Set((await ctx.store.liveVms()).map((v) => v.id));
   const shrink = (l: PruneLimits): PruneLimits => (opts.lowDisk ? { maxAgeMs: l.maxAgeMs, maxTotalBytes: l.maxTotalBytes / 4 } : l);
   const logs = path.join(ctx.dataDir, 'logs');
   const vmLogs = pruneDir(path.join(logs, 'vms'), shrink(VM_LOG_LIMITS), (name) => live.has(name.replace(/\.log(\.1)?$/, '')));

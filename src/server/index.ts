@@ -114,8 +114,8 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     const capacity = new DiskCapacity({ dir: dataDir, log, ...(opts.minFreeDiskMiB !== undefined ? { minFreeBytes: opts.minFreeDiskMiB * 1024 * 1024 } : {}) });
     const store = new SqliteStore(path.join(dataDir, 'cella.db'));
     cleanups.unshift(() => store.close());
-    const newApiKey = ensureApiKey(store);
-    const keys = new ApiKeys(store, opts.apiKey ?? process.env.CELLA_API_KEY);
+    const newApiKey = await ensureApiKey(store);
+    const keys = await ApiKeys.open(store, opts.apiKey ?? process.env.CELLA_API_KEY);
     const engine = await Engine.open({
       dataDir,
       log,
@@ -152,7 +152,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     const minIdleSeconds = opts.minIdleSeconds ?? CONTRACT_MIN_IDLE_SECONDS;
     if (!Number.isInteger(minIdleSeconds) || minIdleSeconds < 1) throw new CellaError('INVALID_ARGUMENT', '--min-idle-seconds must be a positive integer');
     const domain = opts.domain ?? DEFAULT_DOMAIN;
-    const tokens = TokenMinter.open(store);
+    const tokens = await TokenMinter.open(store);
     const tls = await loadTls(dataDir, domain, opts.tlsCertFile && opts.tlsKeyFile ? { certFile: opts.tlsCertFile, keyFile: opts.tlsKeyFile } : undefined);
     const proxy = await startProxy({
       store,
@@ -186,7 +186,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       version: readVersion(),
     });
     // Builds queued or running when cellad stopped: after recovery, so a build never races the reclaim of its VMs.
-    images.recover();
+    await images.recover();
     if (opts.demoImage) await ensureDemo(store, images, engine, dataDir, log);
     const chores: HousekeepingContext = { dataDir, store, images, layerCacheBytes: (opts.layerCacheMiB ?? DEFAULT_LAYER_CACHE_BYTES / 1048576) * 1048576, log };
     const housekeeping = schedule(chores, capacity, lifecycle, log);
@@ -220,7 +220,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
           await images.close();
           await engine.close({ keepRunning: true });
           await dns.close();
-          store.close();
+          await store.close();
           unlock();
         })()),
     };
@@ -263,24 +263,24 @@ function schedule(ctx: HousekeepingContext, capacity: DiskCapacity, lifecycle: L
  * build of it ever succeeded (one cut short by a failed start, say).
  */
 async function ensureDemo(store: Store, images: Images, engine: Engine, dataDir: string, log: (line: string) => void): Promise<void> {
-  if (store.getImage(DEMO_IMAGE)) {
-    const pending = store.listBuilds(DEMO_IMAGE).some((b) => b.state === 'PENDING' || b.state === 'IN_PROGRESS');
-    if (pending || images.latest(DEMO_IMAGE, 'SUCCESSFUL')) return;
+  if (await store.getImage(DEMO_IMAGE)) {
+    const pending = (await store.listBuilds(DEMO_IMAGE)).some((b) => b.state === 'PENDING' || b.state === 'IN_PROGRESS');
+    if (pending || (await images.latest(DEMO_IMAGE, 'SUCCESSFUL'))) return;
     log(`image "${DEMO_IMAGE}" has no successful build: building it again`);
-    await images.delete(DEMO_IMAGE, () => false);
+    await images.delete(DEMO_IMAGE, async () => false);
   }
   const zip = await demoZip(path.join(dataDir, 'artifacts', 'demo.zip'), engine.guest.demoApp);
-  const started = images.create({
+  const started = await images.create({
     name: DEMO_IMAGE,
     baseImageArn: managedImageArn('busybox'),
     codeArtifact: { uri: `file://${zip}` },
     resources: [{ minimumMemoryInMiB: 256 }],
   });
   log(`building the demo image "${DEMO_IMAGE}" (first start; build ${started.build.buildId})`);
-  void images.enqueue(started).then(() => {
-    const v = images.latest(DEMO_IMAGE, 'SUCCESSFUL');
+  void images.enqueue(started).then(async () => {
+    const v = await images.latest(DEMO_IMAGE, 'SUCCESSFUL');
     log(v ? `image "${DEMO_IMAGE}" is ready: cella run ${DEMO_IMAGE}` : `image "${DEMO_IMAGE}" failed: see cella image logs ${DEMO_IMAGE}`);
-  });
+  }).catch((err: Error) => log(`image "${DEMO_IMAGE}": ${err.message}`));
 }
 
 /**
@@ -290,7 +290,7 @@ async function ensureDemo(store: Store, images: Images, engine: Engine, dataDir:
  * keeps it in the store.
  */
 async function startDns(store: Store, upstream: DnsUpstream | undefined, log: (line: string) => void): Promise<{ forwarder: DnsForwarder; moved: boolean }> {
-  const saved = store.getSecret('dns-port');
+  const saved = await store.getSecret('dns-port');
   const port = saved ? Number(saved.toString()) : DEFAULT_DNS_PORT;
   const start = (p: number): Promise<DnsForwarder> => startDnsForwarder({ port: p, log, ...(upstream ? { upstream } : {}) });
   let dns: DnsForwarder;
@@ -302,7 +302,7 @@ async function startDns(store: Store, upstream: DnsUpstream | undefined, log: (l
     log(`DNS forwarder: port ${port} is taken (another cellad?), using ${dns.port}${saved ? '; the rules of VMs that ran before this start follow it' : ''}`);
   }
   try {
-    if (dns.port !== port || !saved) store.putSecret('dns-port', Buffer.from(String(dns.port)));
+    if (dns.port !== port || !saved) await store.putSecret('dns-port', Buffer.from(String(dns.port)));
     const stale = await pruneDnsPorts();
     if (stale.length) log(`host guard: closed the DNS ports of cellads that are gone: ${stale.join(', ')}`);
   } catch (err) {

@@ -37,7 +37,7 @@ function parseResize(text: string): ResizeMessage | undefined {
 
 export function shellHandler(
   engine: Pick<Engine, 'get'>,
-  images: (name: string, version: string) => RunnableImage | undefined,
+  images: (name: string, version: string) => Promise<RunnableImage | undefined>,
   log: (line: string) => void = () => {},
 ): (vm: VmRecord, req: IncomingMessage, socket: Duplex, head: Buffer) => void {
   const wss = new WebSocketServer({ noServer: true, maxPayload: 1024 * 1024, handleProtocols: (offered) => (offered.has(WS_MARKER) ? WS_MARKER : false) });
@@ -68,7 +68,7 @@ export function shellHandler(
       gone = true;
       pty?.close();
     });
-    const config = images(vm.imageName, vm.imageVersion)?.config;
+    const config = (await images(vm.imageName, vm.imageVersion))?.config;
     const session = await running.agent.openPty({
       argv: [],
       env: { ...config?.environmentVariables, TERM: 'xterm-256color' },

@@ -1,7 +1,9 @@
 /**
  * Durable state: VMs (desired and observed), deadlines, idempotency tokens,
  * auth tokens, images, API keys, usage. SQLite by default (./sqlite.ts);
- * `Store` (./store.ts) is the interface another database can fill.
+ * `Store` (./store.ts) is the asynchronous interface another database
+ * (Postgres) can fill; ./session.ts gives the embedded backends
+ * transactions that may await.
  *
  * One file per table family (./vms.ts, ./images.ts, ./connectors.ts,
  * ./access.ts), each with its row types and one column map per table
@@ -18,5 +20,5 @@ export type { TokenRecord } from './access.js';
 export type { ConnectorRecord } from './connectors.js';
 export type { BuildRecord, ImageConfig, ImageRecord, ImageVersionRecord, SnapshotBuild } from './images.js';
 export { SqliteStore } from './sqlite.js';
-export type { Store } from './store.js';
+export type { Store, Tx } from './store.js';
 export type { VmPage, VmPatch, VmRecord, VmSpec } from './vms.js';

@@ -1,7 +1,8 @@
 /**
  * The embedded default: SQLite through better-sqlite3, in WAL mode with
- * synchronous=FULL, so a write is on disk before it returns. Rows are
- * written and read through the tables' column maps.
+ * synchronous=FULL, so a write is on disk before its promise resolves. Rows
+ * are written and read through the tables' column maps; ./session.ts makes
+ * the synchronous statements an asynchronous Store.
  */
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
@@ -12,13 +13,13 @@ import { decodeRow, encodePatch, encodeRow, type Row, type Table } from './colum
 import { CONNECTORS, type ConnectorRecord } from './connectors.js';
 import { BUILDS, IMAGES, VERSIONS, type BuildRecord, type ImageRecord, type ImageVersionRecord } from './images.js';
 import { migrate } from './migrations.js';
-import { duplicateKey, type Store } from './store.js';
+import { type Backend, Session } from './session.js';
+import { duplicateKey } from './store.js';
 import { VMS, type VmPage, type VmPatch, type VmRecord } from './vms.js';
 
 const DUPLICATE = new Set(['SQLITE_CONSTRAINT_PRIMARYKEY', 'SQLITE_CONSTRAINT_UNIQUE']);
 
-/** The store in one SQLite file (`:memory:` for a throwaway one). */
-export class SqliteStore implements Store {
+class SqliteBackend implements Backend {
   private readonly db: Database.Database;
   /** Prepared once per SQL text: the set is small (the patches' column sets included). */
   private readonly statements = new Map<string, Database.Statement>();
@@ -64,8 +65,19 @@ export class SqliteStore implements Store {
     }
   }
 
-  tx<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
+  begin(depth: number): void {
+    // IMMEDIATE: the write lock is taken at BEGIN, so no statement of the transaction waits for it halfway.
+    this.db.exec(depth === 0 ? 'BEGIN IMMEDIATE' : `SAVEPOINT s${depth}`);
+  }
+
+  commit(depth: number): void {
+    this.db.exec(depth === 0 ? 'COMMIT' : `RELEASE s${depth}`);
+  }
+
+  rollback(depth: number): void {
+    if (depth > 0) this.db.exec(`ROLLBACK TO s${depth}; RELEASE s${depth}`);
+    // A COMMIT that failed may have ended the transaction already.
+    else if (this.db.inTransaction) this.db.exec('ROLLBACK');
   }
 
   close(): void {
@@ -230,5 +242,12 @@ export class SqliteStore implements Store {
 
   putSecret(name: string, value: Buffer): void {
     this.put(SECRETS, { name, value });
+  }
+}
+
+/** The store in one SQLite file (`:memory:` for a throwaway one). */
+export class SqliteStore extends Session {
+  constructor(file: string) {
+    super(new SqliteBackend(file));
   }
 }

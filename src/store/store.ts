@@ -1,6 +1,7 @@
 /**
- * The Store: every read and write of durable state. A write is durable
- * before it returns.
+ * The Store: every read and write of durable state, asynchronous so that a
+ * network database (Postgres) can stand behind it without touching its
+ * callers. A write is durable before its promise resolves.
  */
 import { CellaError, type VmState } from '../contract/index.js';
 import type { TokenRecord } from './access.js';
@@ -8,67 +9,83 @@ import type { ConnectorRecord } from './connectors.js';
 import type { BuildRecord, ImageRecord, ImageVersionRecord } from './images.js';
 import type { VmPage, VmPatch, VmRecord } from './vms.js';
 
-export interface Store {
-  close(): void;
-  /** Runs `fn` atomically. */
-  tx<T>(fn: () => T): T;
+/** What a transaction may do: every read and write, and transactions nested in it. */
+export interface Tx {
+  /**
+   * Runs `fn` as one transaction: all of its writes or none (a throw rolls
+   * them back), and no other caller's statement runs between its first and
+   * its last. Inside `fn`, use only the `tx` it is given: a call on the
+   * store it came from waits for the transaction to end, which waits for
+   * `fn`. Keep `fn` to store calls and computation; it holds every other
+   * caller back while it awaits. Nested in a transaction, `tx` is a
+   * savepoint: its throw undoes only what it wrote.
+   */
+  tx<T>(fn: (tx: Tx) => Promise<T>): Promise<T>;
 
-  insertVm(vm: VmRecord): void;
-  getVm(id: string): VmRecord | undefined;
+  insertVm(vm: VmRecord): Promise<void>;
+  getVm(id: string): Promise<VmRecord | undefined>;
   /** Ordered by creation, oldest first. */
-  listVms(page: VmPage): VmRecord[];
+  listVms(page: VmPage): Promise<VmRecord[]>;
   /** Every VM not TERMINATED, oldest first. */
-  liveVms(): VmRecord[];
+  liveVms(): Promise<VmRecord[]>;
   /**
    * Writes state and generation (and the patch) if the row is still at
    * `fromGeneration`; returns the row as written, or undefined if the VM
    * moved on (or is gone). Only the lifecycle's transition() calls this.
    */
-  writeState(id: string, fromGeneration: number, state: VmState, generation: number, reason: string | null, patch: VmPatch): VmRecord | undefined;
+  writeState(id: string, fromGeneration: number, state: VmState, generation: number, reason: string | null, patch: VmPatch): Promise<VmRecord | undefined>;
   /** Writes fields that are not state (deadlines, pid) if the generation still matches; returns the row as written, or undefined. */
-  patchVm(id: string, generation: number, patch: VmPatch): VmRecord | undefined;
+  patchVm(id: string, generation: number, patch: VmPatch): Promise<VmRecord | undefined>;
 
-  findIdempotent(scope: string, clientToken: string): { hash: string; resourceId: string } | undefined;
+  findIdempotent(scope: string, clientToken: string): Promise<{ hash: string; resourceId: string } | undefined>;
   /** Rejects if the (scope, clientToken) pair is already taken. */
-  putIdempotent(scope: string, clientToken: string, hash: string, resourceId: string): void;
-  putToken(t: TokenRecord): void;
-  getToken(jti: string): TokenRecord | undefined;
+  putIdempotent(scope: string, clientToken: string, hash: string, resourceId: string): Promise<void>;
+  putToken(t: TokenRecord): Promise<void>;
+  getToken(jti: string): Promise<TokenRecord | undefined>;
   /** Returns how many were deleted. */
-  deleteTokensOf(vmId: string): number;
+  deleteTokensOf(vmId: string): Promise<number>;
 
   /** Inserts, or replaces an image's arn, state, tags and updatedAt. */
-  putImage(img: ImageRecord): void;
-  getImage(name: string): ImageRecord | undefined;
+  putImage(img: ImageRecord): Promise<void>;
+  getImage(name: string): Promise<ImageRecord | undefined>;
   /** By name; `after` is the last name of the previous page. */
-  listImages(opts?: { after?: string; limit?: number }): ImageRecord[];
+  listImages(opts?: { after?: string; limit?: number }): Promise<ImageRecord[]>;
   /** The image with its versions and builds. */
-  deleteImage(name: string): void;
+  deleteImage(name: string): Promise<void>;
   /** Inserts, or replaces a version's state, status, stateReason, runtime and updatedAt. */
-  putVersion(v: ImageVersionRecord): void;
-  getVersion(imageName: string, version: string): ImageVersionRecord | undefined;
+  putVersion(v: ImageVersionRecord): Promise<void>;
+  getVersion(imageName: string, version: string): Promise<ImageVersionRecord | undefined>;
   /** Oldest (lowest major) first. */
-  listVersions(imageName: string): ImageVersionRecord[];
+  listVersions(imageName: string): Promise<ImageVersionRecord[]>;
   /** The version with its builds. */
-  deleteVersion(imageName: string, version: string): void;
+  deleteVersion(imageName: string, version: string): Promise<void>;
   /** Inserts, or replaces a build's state, stateReason, message, snapshotBuild and updatedAt. */
-  putBuild(b: BuildRecord): void;
-  getBuild(buildId: string): BuildRecord | undefined;
+  putBuild(b: BuildRecord): Promise<void>;
+  getBuild(buildId: string): Promise<BuildRecord | undefined>;
   /** Oldest first; every version's when `version` is omitted. */
-  listBuilds(imageName: string, version?: string): BuildRecord[];
+  listBuilds(imageName: string, version?: string): Promise<BuildRecord[]>;
 
   /** Rejects if the name is taken. */
-  putConnector(c: ConnectorRecord): void;
-  getConnector(name: string): ConnectorRecord | undefined;
+  putConnector(c: ConnectorRecord): Promise<void>;
+  getConnector(name: string): Promise<ConnectorRecord | undefined>;
   /** By name. */
-  listConnectors(): ConnectorRecord[];
-  deleteConnector(name: string): void;
+  listConnectors(): Promise<ConnectorRecord[]>;
+  deleteConnector(name: string): Promise<void>;
 
-  apiKeyHashes(): string[];
-  addApiKeyHash(hash: string): void;
-  getSecret(name: string): Buffer | undefined;
+  apiKeyHashes(): Promise<string[]>;
+  addApiKeyHash(hash: string): Promise<void>;
+  getSecret(name: string): Promise<Buffer | undefined>;
   /** Inserts or replaces. */
-  putSecret(name: string, value: Buffer): void;
+  putSecret(name: string, value: Buffer): Promise<void>;
 }
+
+export interface Store extends Tx {
+  /** Waits for the transaction under way, if any, then closes. */
+  close(): Promise<void>;
+}
+
+/** The operations of a Tx as a backend runs them: synchronously, one at a time (./session.ts makes them a Store). */
+export type Ops = { [K in Exclude<keyof Tx, 'tx'>]: (...args: Parameters<Tx[K]>) => Awaited<ReturnType<Tx[K]>> };
 
 /** What every Store rejects an insert of a taken key with (a write race the caller did not guard). */
 export function duplicateKey(table: string): CellaError {

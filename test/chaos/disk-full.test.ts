@@ -91,22 +91,22 @@ describe('disk-full drill', { concurrency: false }, () => {
 
     const filler = fillTo('filler', FLOOR_MIB / 2);
     await eventually(() => free() < FLOOR_MIB * MIB, 10_000, 'the disk to be low');
-    const vmsBefore = s.store.liveVms().length;
+    const vmsBefore = (await s.store.liveVms()).length;
     refused(await api(base, 'POST', `${V}/microvms`, { imageIdentifier: 'demo' }), 'RunMicrovm');
     refused(await api(base, 'POST', `${V}/microvms/${b}/suspend`), 'SuspendMicrovm');
     refused(await api(base, 'POST', `${V}/microvm-images`, { name: 'other', baseImageArn: 'arn:aws:lambda:us-east-1:aws:microvm-image:busybox', codeArtifact: { uri } }), 'CreateMicrovmImage');
     refused(await api(base, 'PUT', `${V}/microvm-images/demo`, { baseImageArn: 'arn:aws:lambda:us-east-1:aws:microvm-image:busybox', codeArtifact: { uri } }), 'UpdateMicrovmImage');
     const up = await fetch(`${base}/cella/v1/code-artifacts`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/zip' }, body: new Uint8Array(await demoArtifact()) });
     refused({ status: up.status, type: up.headers.get('x-amzn-errortype'), body: await up.json(), text: '' }, 'UploadCodeArtifact');
-    assert.equal(s.store.liveVms().length, vmsBefore, 'nothing was created');
+    assert.equal((await s.store.liveVms()).length, vmsBefore, 'nothing was created');
     assert.equal((await api<MicrovmBody>(base, 'GET', `${V}/microvms/${b}`)).body.state, 'RUNNING', 'the refused suspend changed nothing');
-    assert.equal(s.store.getImage('other'), undefined);
+    assert.equal(await s.store.getImage('other'), undefined);
 
     // The guest writes more than the host has left: QEMU stops it, cellad says so.
     const vm = s.engine.get(a);
     assert.ok(vm);
     const dd = vm.agent.exec({ argv: ['/bin/sh', '-c', 'dd if=/dev/zero of=/big bs=1M count=400 && sync && echo written'] });
-    await eventually(() => /disk is full/.test(s.store.getVm(a)?.stateReason ?? ''), 120_000, 'the VM to be paused with a reason');
+    await eventually(async () => /disk is full/.test((await s.store.getVm(a))?.stateReason ?? ''), 120_000, 'the VM to be paused with a reason');
     assert.equal((await api<MicrovmBody>(base, 'GET', `${V}/microvms/${a}`)).body.state, 'RUNNING');
     await assert.rejects(s.lifecycle.wake(a), (e) => isCellaError(e, 'INSUFFICIENT_CAPACITY'), 'endpoint traffic is refused at once, not held');
 
@@ -123,7 +123,7 @@ describe('disk-full drill', { concurrency: false }, () => {
     if (!done) frozen++;
     assert.ok(done, 'the paused VM continued once space returned');
     assert.match(done.stdout.toString(), /written/);
-    await eventually(() => (s.store.getVm(a)?.stateReason ?? null) === null, 10_000, 'the reason to be cleared');
+    await eventually(async () => ((await s.store.getVm(a))?.stateReason ?? null) === null, 10_000, 'the reason to be cleared');
     assert.equal(await demoGet(mnt, a, '/get'), '1', 'its RAM is as it was');
     // And new work is taken again.
     const c = await run();

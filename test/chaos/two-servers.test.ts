@@ -85,14 +85,14 @@ describe('two servers on one host', { concurrency: false }, () => {
     assert.equal((await createImage(b.url, 'demo')).build.buildState, 'SUCCESSFUL');
     const id = await runVm(b);
     assert.ok(await resolves(b, id), 'DNS works before the restart');
-    const port = Number(b.store.getSecret('dns-port')?.toString());
+    const port = Number((await b.store.getSecret('dns-port'))?.toString());
     await stop(b);
     // Another process (another cellad's forwarder, say) takes the port meanwhile.
     const squatter = dgram.createSocket('udp4');
     await new Promise<void>((resolve) => squatter.bind(port, '0.0.0.0', resolve));
     try {
       b = await start(dir);
-      const moved = Number(b.store.getSecret('dns-port')?.toString());
+      const moved = Number((await b.store.getSecret('dns-port'))?.toString());
       assert.notEqual(moved, port, 'the saved port was updated');
       assert.equal((await api<MicrovmBody>(b.url, 'GET', `${V}/microvms/${id}`)).body.state, 'RUNNING');
       assert.equal(await demoGet(dir, id, '/get'), '0');

@@ -122,7 +122,7 @@ describe('security: attacks from a guest and from outside', { concurrency: false
       .flat()
       .filter((a) => a && a.family === 'IPv4')
       .map((a) => a?.address as string);
-    const victimSlot = server.store.getVm(victim)?.slot as number;
+    const victimSlot = (await server.store.getVm(victim))?.slot as number;
     // The most a customer can ask for: internet egress plus an allowlist naming the host and the other guests.
     const greedy = await api(base, 'POST', '/cella/v1/network-connectors', {
       name: 'greedy',
@@ -137,7 +137,7 @@ describe('security: attacks from a guest and from outside', { concurrency: false
     for (const { label, id } of attackers) {
       // The probe works: the guest reaches its own app.
       assert.equal(await connects(id, '127.0.0.1', 8080), true, `${label}: the probe reaches the guest's own app`);
-      const slot = server.store.getVm(id)?.slot as number;
+      const slot = (await server.store.getVm(id))?.slot as number;
       const own = slotAddresses(slot);
       const targets: [string, string, number][] = [
         ...hostIps.flatMap((ip): [string, string, number][] => [
@@ -162,7 +162,7 @@ describe('security: attacks from a guest and from outside', { concurrency: false
     await waitState(base, again, ['SUSPENDED']);
     assert.equal((await api(base, 'POST', `${V}/microvms/${again}/resume`)).status, 200);
     await waitState(base, again, ['RUNNING']);
-    const slot = server.store.getVm(again)?.slot as number;
+    const slot = (await server.store.getVm(again))?.slot as number;
     const after = await reachable(again, [
       [slotAddresses(slot).host, server.port],
       [GUEST.gateway, hostPort],
@@ -193,7 +193,7 @@ describe('security: attacks from a guest and from outside', { concurrency: false
     await inGuest(id, 'f() { f | f & }; f', 10_000);
     await new Promise((r) => setTimeout(r, 5000));
     record('fork bomb', await victimHealthy());
-    const pid = server.store.getVm(id)?.pid as number;
+    const pid = (await server.store.getVm(id))?.pid as number;
     assert.equal((await api(base, 'DELETE', `${V}/microvms/${id}`)).status, 200);
     await waitState(base, id, ['TERMINATED']);
     record('the exhausted VM is terminated and its QEMU is gone', !processesWith(id).length && !alive(pid));
@@ -206,9 +206,9 @@ describe('security: attacks from a guest and from outside', { concurrency: false
     const statuses = await flood(a, ta, 400);
     const throttled = statuses.filter((s) => s === 429).length;
     record(`endpoint flood (${throttled} of 400 answered 429)`, throttled > 0 && (await victimHealthy()));
-    const minter = TokenMinter.open(server.store);
+    const minter = await TokenMinter.open(server.store);
     const expired = await minter.mint(a, 'http', [{ port: 8080 }], -1);
-    server.store.putToken({ jti: expired.jti, vmId: a, kind: 'http', ports: '[]', expiresAt: expired.expiresAt, createdAt: Date.now() });
+    await server.store.putToken({ jti: expired.jti, vmId: a, kind: 'http', ports: '[]', expiresAt: expired.expiresAt, createdAt: Date.now() });
     const shell = await api<{ authToken: Record<string, string> }>(base, 'POST', `${V}/microvms/${a}/shell-auth-token`, { expirationInMinutes: 5 });
     const forged = victimToken.slice(0, -4) + (victimToken.endsWith('AAAA') ? 'BBBB' : 'AAAA');
     const cases: [string, Record<string, string>][] = [
