@@ -14,22 +14,14 @@ import { validateArtifactUri, zipEntryCount, type S3Settings } from '../archive/
 import { BuildFailure, type BuildState, CellaError, type CreateImageRequest, DEFAULT_MEMORY_MIB, imageArn, imageNameOf, type ImageRequestConfig, type ImageState, managedImageArn, managedImageNameOf, type UpdateImageRequest, type VersionState } from '../contract/index.js';
 import type { Connectors } from '../connectors/index.js';
 import type { Engine } from '../engine/index.js';
-import type { BuildRecord, ImageConfig, ImageRecord, ImageVersionRecord, Store, Tx } from '../store/index.js';
+import type { RunnableImage } from '../lifecycle/index.js';
+import type { BuildRecord, ImageRecord, ImageVersionRecord, Store, Tx } from '../store/index.js';
 import { listBases, type BaseInfo } from '../setup/index.js';
 import { buildImage, cacheDirs, type BuildSettings } from './build.js';
 import { pruneLayers, type PruneResult } from './cache.js';
 
 export { DEFAULT_LAYER_CACHE_BYTES, type PruneResult } from './cache.js';
 
-/** What the lifecycle needs of a version to launch and call a VM. */
-export interface RunnableImage {
-  name: string;
-  arn: string;
-  version: string;
-  /** The snapshot's folder. */
-  dir: string;
-  config: ImageConfig;
-}
 
 /** Managed bases have one version each: the one setup built. */
 export const MANAGED_VERSION = '1';

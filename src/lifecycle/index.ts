@@ -15,12 +15,12 @@ import type { DiskCapacity } from '../capacity/index.js';
 import { vmFiles, type BlockIoError, type Engine, type RunningVm, type VmRef } from '../engine/index.js';
 import type { LogHub } from '../logs/index.js';
 import { applyPolicy, networkForSlot, rememberPolicy } from '../net/index.js';
-import type { RunnableImage } from '../images/index.js';
 import type { Store, VmPatch, VmRecord } from '../store/index.js';
 import { callHook, hookEnabled, hookTimeoutMs } from './hooks.js';
+import type { RunnableImage } from './pending.js';
 import { RUNNING_STATES, canTransition } from './states.js';
 
-export { pendingVm } from './pending.js';
+export { pendingVm, type RunnableImage } from './pending.js';
 export { TRANSITIONS, canTransition } from './states.js';
 
 /** What the lifecycle needs of the engine; tests may stand in a fake. */

@@ -7,9 +7,8 @@ import { test } from 'node:test';
 import type { RunningVm, VmRef } from '../engine/index.js';
 import { isCellaError } from '../contract/index.js';
 import { LogHub } from '../logs/index.js';
-import type { RunnableImage } from '../images/index.js';
 import { SqliteStore, type VmRecord } from '../store/index.js';
-import { Lifecycle, TRANSITIONS, pendingVm, type VmDriver } from './index.js';
+import { Lifecycle, TRANSITIONS, pendingVm, type RunnableImage, type VmDriver } from './index.js';
 
 
 /** A driver whose launches finish when the test says so; the real engine is covered by test/control.test.ts. */

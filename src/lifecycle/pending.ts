@@ -1,5 +1,15 @@
-import type { RunnableImage } from '../images/index.js';
-import type { VmRecord, VmSpec } from '../store/index.js';
+/** What a VM is made from (an image version, as src/images resolves it) and the row it starts as. */
+import type { ImageConfig, VmRecord, VmSpec } from '../store/index.js';
+
+/** What the lifecycle needs of an image version to launch and call a VM; src/images provides it. */
+export interface RunnableImage {
+  name: string;
+  arn: string;
+  version: string;
+  /** The snapshot's folder. */
+  dir: string;
+  config: ImageConfig;
+}
 
 /** A new MicroVM's row as RunMicrovm writes it: PENDING, generation 1, nothing observed or metered yet. */
 export function pendingVm(init: {

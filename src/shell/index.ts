@@ -13,7 +13,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { PtySession } from '../agent/index.js';
 import { WS_MARKER } from '../contract/index.js';
 import type { Engine } from '../engine/index.js';
-import type { RunnableImage } from '../images/index.js';
+import type { RunnableImage } from '../lifecycle/index.js';
 import type { VmRecord } from '../store/index.js';
 
 /** Terminal output is dropped beyond this much unsent to a slow client, rather than held in memory. */

@@ -13,8 +13,8 @@
  * inside them as JSON (`VmSpec` in `vms.spec`, `ImageConfig` in
  * `image_versions.runtime`): moving those to their domains would make the
  * store import upward. What is not persisted lives with its domain:
- * `RunnableImage` in src/images, `pendingVm` (a new VM's first row) in
- * src/lifecycle.
+ * `RunnableImage` (what a VM is launched from) and `pendingVm` (a new
+ * VM's first row) in src/lifecycle, which src/images sits above.
  */
 export type { TokenRecord } from './access.js';
 export type { ConnectorRecord } from './connectors.js';
