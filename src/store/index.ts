@@ -19,6 +19,7 @@
 export type { TokenRecord } from './access.js';
 export type { ConnectorRecord } from './connectors.js';
 export type { BuildRecord, ImageConfig, ImageRecord, ImageVersionRecord, SnapshotBuild } from './images.js';
+export { MemoryStore } from './memory.js';
 export { SqliteStore } from './sqlite.js';
 export type { Store, Tx } from './store.js';
 export type { VmPage, VmPatch, VmRecord, VmSpec } from './vms.js';

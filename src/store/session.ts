@@ -97,16 +97,20 @@ export class Session implements Store {
   private run<T>(f: () => T): Promise<T> {
     // Checked when the call runs, not when it was made: a call queued in a transaction that ended never runs outside it.
     return this.gate.run(() => {
-      if (!this.open) throw new CellaError('INTERNAL', 'a store call was made on a transaction that has ended');
+      this.mustBeOpen();
       return f();
     });
+  }
+
+  private mustBeOpen(): void {
+    if (!this.open) throw new CellaError('INTERNAL', this.depth === 0 ? 'the store is closed' : 'a store call was made on a transaction that has ended');
   }
 
   async tx<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
     const release = await this.gate.hold();
     const inner = new Session(this.backend, this.depth + 1);
     try {
-      if (!this.open) throw new CellaError('INTERNAL', 'a transaction was begun on a store that is closed or a transaction that has ended');
+      this.mustBeOpen();
       this.backend.begin(this.depth);
       try {
         const result = await fn(inner);
@@ -124,8 +128,10 @@ export class Session implements Store {
     }
   }
 
+  /** Idempotent. */
   close(): Promise<void> {
-    return this.run(() => {
+    return this.gate.run(() => {
+      if (!this.open) return;
       this.open = false;
       this.backend.close();
     });

@@ -1,0 +1,356 @@
+/**
+ * One conformance suite for every Store: SQLite (in memory and in a file)
+ * and the in-memory store must answer alike, call for call.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { isCellaError } from '../contract/index.js';
+import { MemoryStore, SqliteStore, type BuildRecord, type ImageRecord, type ImageVersionRecord, type Store, type Tx, type VmRecord } from './index.js';
+
+const vm = (id: string, createdAt: number, more: Partial<VmRecord> = {}): VmRecord => ({
+  id,
+  imageName: 'img',
+  imageArn: 'arn:img',
+  imageVersion: '1.0',
+  state: 'PENDING',
+  generation: 1,
+  stateReason: null,
+  spec: { maximumDurationInSeconds: 60, ingressNetworkConnectors: ['in'], egressNetworkConnectors: [], loggingDisabled: false, network: { ingress: [8080], egress: 'none' } },
+  memoryMiB: 256,
+  vcpus: 1,
+  createdAt,
+  terminatedAt: null,
+  slot: null,
+  pid: null,
+  pidStartTime: null,
+  idleDeadline: null,
+  suspendedDeadline: null,
+  maxDeadline: createdAt + 60_000,
+  stateSince: createdAt,
+  runningMs: 0,
+  bytesWritten: 0,
+  bytesRead: 0,
+  storageByteMs: 0,
+  checkpointBytes: 0,
+  ...more,
+});
+const image = (name: string, more: Partial<ImageRecord> = {}): ImageRecord => ({ name, arn: `arn:${name}`, state: 'CREATING', tags: { team: 'a' }, createdAt: 1, updatedAt: null, ...more });
+const version = (imageName: string, major: number, more: Partial<ImageVersionRecord> = {}): ImageVersionRecord => ({
+  imageName,
+  version: `${major}.0`,
+  major,
+  state: 'PENDING',
+  status: 'ACTIVE',
+  stateReason: null,
+  request: { baseImageArn: 'arn:base', codeArtifact: { uri: 'file:///a.zip' } },
+  runtime: null,
+  dir: `/data/${imageName}/v${major}`,
+  createdAt: major,
+  updatedAt: null,
+  ...more,
+});
+const build = (buildId: string, imageName: string, v: string, createdAt: number): BuildRecord => ({
+  buildId,
+  imageName,
+  version: v,
+  state: 'PENDING',
+  stateReason: null,
+  message: null,
+  snapshotBuild: null,
+  createdAt,
+  updatedAt: null,
+});
+const internal = (e: unknown): boolean => isCellaError(e, 'INTERNAL');
+const ids = (vms: VmRecord[]): string[] => vms.map((v) => v.id);
+
+/** Resolves when `release` is called: a transaction held open across an await. */
+function gate(): { wait: Promise<void>; release: () => void } {
+  let release = (): void => {};
+  const wait = new Promise<void>((r) => (release = r));
+  return { wait, release };
+}
+
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+const STORES: Array<[string, () => Store]> = [
+  ['SqliteStore(:memory:)', () => new SqliteStore(':memory:')],
+  [
+    'SqliteStore(file)',
+    () => {
+      const dir = mkdtempSync(path.join(tmpdir(), 'cella-store-'));
+      dirs.push(dir);
+      return new SqliteStore(path.join(dir, 'cella.db'));
+    },
+  ],
+  ['MemoryStore', () => new MemoryStore()],
+];
+
+for (const [name, open] of STORES) {
+  describe(name, () => {
+    const each = (title: string, body: (s: Store) => Promise<void>): void => {
+      test(title, { timeout: 10_000 }, async () => {
+        const s = open();
+        try {
+          await body(s);
+        } finally {
+          await s.close();
+        }
+      });
+    };
+
+    each('a VM reads back as written, as a copy; a taken id is refused and changes nothing', async (s) => {
+      const a = vm('a', 10);
+      await s.insertVm(a);
+      const got = await s.getVm('a');
+      assert.deepEqual(got, a);
+      got?.spec.ingressNetworkConnectors.push('changed');
+      assert.deepEqual((await s.getVm('a'))?.spec, a.spec, 'a record read is a copy, not the stored row');
+      await assert.rejects(s.insertVm({ ...a, imageName: 'other' }), internal);
+      assert.equal((await s.getVm('a'))?.imageName, 'img');
+      assert.equal(await s.getVm('nope'), undefined);
+    });
+
+    each('VMs list in creation order (id breaks ties), page by (createdAt, id), filter by image; live ones leave out TERMINATED', async (s) => {
+      for (const [id, at] of [['c', 20], ['b', 10], ['a', 20], ['d', 30]] as const) await s.insertVm(vm(id, at, id === 'd' ? { imageVersion: '2.0' } : {}));
+      assert.deepEqual(ids(await s.listVms({ limit: 10 })), ['b', 'a', 'c', 'd']);
+      assert.deepEqual(ids(await s.listVms({ limit: 2 })), ['b', 'a']);
+      assert.deepEqual(ids(await s.listVms({ limit: 2, after: { createdAt: 20, id: 'a' } })), ['c', 'd']);
+      assert.deepEqual(ids(await s.listVms({ limit: 2, after: { createdAt: 30, id: 'd' } })), []);
+      assert.deepEqual(ids(await s.listVms({ limit: 10, imageName: 'img', imageVersion: '2.0' })), ['d']);
+      assert.deepEqual(ids(await s.listVms({ limit: 10, imageName: 'other' })), []);
+      await s.writeState('a', 1, 'TERMINATED', 2, null, {});
+      assert.deepEqual(ids(await s.liveVms()), ['b', 'c', 'd']);
+    });
+
+    each('writeState writes only from the generation it names, and returns the row as written', async (s) => {
+      await s.insertVm(vm('a', 10, { idleDeadline: 5 }));
+      const next = await s.writeState('a', 1, 'RUNNING', 2, 'why', { runningMs: 7, storageByteMs: 1.5, idleDeadline: undefined });
+      assert.deepEqual(next, { ...vm('a', 10, { idleDeadline: 5 }), state: 'RUNNING', generation: 2, stateReason: 'why', runningMs: 7, storageByteMs: 1.5 });
+      assert.deepEqual(await s.getVm('a'), next);
+      assert.equal(await s.writeState('a', 1, 'SUSPENDING', 2, null, {}), undefined, 'a stale generation writes nothing');
+      assert.equal(await s.writeState('nope', 1, 'RUNNING', 2, null, {}), undefined);
+      assert.deepEqual(await s.getVm('a'), next);
+      const own = await s.writeState('a', 2, 'SUSPENDING', 3, 'reason', { stateReason: 'from the patch' });
+      assert.equal(own?.stateReason, 'from the patch', "the patch's stateReason is written after the reason");
+    });
+
+    each('patchVm writes only at the generation it names; an empty patch reads', async (s) => {
+      await s.insertVm(vm('a', 10));
+      const next = await s.patchVm('a', 1, { pid: 42, pidStartTime: '99', slot: 3, stateReason: null });
+      assert.deepEqual(next, vm('a', 10, { pid: 42, pidStartTime: '99', slot: 3 }));
+      assert.equal(await s.patchVm('a', 2, { pid: 1 }), undefined);
+      assert.equal((await s.getVm('a'))?.pid, 42);
+      assert.deepEqual(await s.patchVm('a', 1, {}), next);
+      assert.equal(await s.patchVm('a', 2, {}), undefined);
+    });
+
+    each('a clientToken is taken once per scope', async (s) => {
+      await s.putIdempotent('RunMicrovm', 't1', 'h1', 'mvm-1');
+      assert.deepEqual(await s.findIdempotent('RunMicrovm', 't1'), { hash: 'h1', resourceId: 'mvm-1' });
+      await assert.rejects(s.putIdempotent('RunMicrovm', 't1', 'h2', 'mvm-2'), internal);
+      assert.deepEqual(await s.findIdempotent('RunMicrovm', 't1'), { hash: 'h1', resourceId: 'mvm-1' });
+      await s.putIdempotent('CreateMicrovmImage', 't1', 'h3', 'b-1');
+      assert.equal(await s.findIdempotent('RunMicrovm', 't2'), undefined);
+    });
+
+    each('tokens: put, get, revoked by VM with a count', async (s) => {
+      const t = { jti: 'j1', vmId: 'a', kind: 'http' as const, ports: '[]', expiresAt: 9, createdAt: 8 };
+      await s.putToken(t);
+      await s.putToken({ ...t, jti: 'j2', kind: 'shell' });
+      await s.putToken({ ...t, jti: 'j3', vmId: 'b' });
+      await assert.rejects(s.putToken(t), internal);
+      assert.deepEqual(await s.getToken('j1'), t);
+      assert.equal(await s.deleteTokensOf('a'), 2);
+      assert.equal(await s.getToken('j2'), undefined);
+      assert.equal((await s.getToken('j3'))?.vmId, 'b');
+      assert.equal(await s.deleteTokensOf('a'), 0);
+    });
+
+    each('images, versions and builds: upserts change only what may change; order, paging; deletes cascade', async (s) => {
+      for (const n of ['b', 'a', 'c']) await s.putImage(image(n));
+      await s.putImage(image('a', { arn: 'arn:new', state: 'CREATED', tags: {}, createdAt: 999, updatedAt: 5 }));
+      assert.deepEqual(await s.getImage('a'), image('a', { arn: 'arn:new', state: 'CREATED', tags: {}, updatedAt: 5 }), 'createdAt is kept');
+      assert.deepEqual((await s.listImages()).map((i) => i.name), ['a', 'b', 'c']);
+      assert.deepEqual((await s.listImages({ after: 'a', limit: 1 })).map((i) => i.name), ['b']);
+      assert.deepEqual((await s.listImages({ after: 'c' })).map((i) => i.name), []);
+      for (const major of [2, 1]) await s.putVersion(version('a', major));
+      await s.putVersion(version('b', 1));
+      const runtime = { command: ['/app'], environmentVariables: { A: '1' }, workingDirectory: '/', port: 8080, memoryMiB: 256, vcpus: 1 };
+      await s.putVersion(version('a', 1, { state: 'SUCCESSFUL', status: 'INACTIVE', runtime, stateReason: 'r', updatedAt: 3, dir: '/moved', major: 7, request: { baseImageArn: 'x', codeArtifact: { uri: 'y' } } }));
+      assert.deepEqual(await s.getVersion('a', '1.0'), version('a', 1, { state: 'SUCCESSFUL', status: 'INACTIVE', runtime, stateReason: 'r', updatedAt: 3 }), 'dir, major, request are kept');
+      assert.deepEqual((await s.listVersions('a')).map((v) => v.version), ['1.0', '2.0']);
+      await s.putBuild(build('x2', 'a', '2.0', 30));
+      await s.putBuild(build('x1', 'a', '1.0', 10));
+      await s.putBuild(build('y1', 'b', '1.0', 20));
+      await s.putBuild({ ...build('x1', 'a', '1.0', 999), state: 'FAILED', stateReason: 'ARCHIVE_INVALID', message: 'm', snapshotBuild: { codeInstallSizeInBytes: 5 }, updatedAt: 4 });
+      assert.deepEqual(await s.getBuild('x1'), { ...build('x1', 'a', '1.0', 10), state: 'FAILED', stateReason: 'ARCHIVE_INVALID', message: 'm', snapshotBuild: { codeInstallSizeInBytes: 5 }, updatedAt: 4 });
+      assert.deepEqual((await s.listBuilds('a')).map((b) => b.buildId), ['x1', 'x2']);
+      assert.deepEqual((await s.listBuilds('a', '2.0')).map((b) => b.buildId), ['x2']);
+      await s.deleteVersion('a', '2.0');
+      assert.deepEqual((await s.listVersions('a')).map((v) => v.version), ['1.0']);
+      assert.deepEqual((await s.listBuilds('a')).map((b) => b.buildId), ['x1']);
+      await s.deleteImage('a');
+      assert.equal(await s.getImage('a'), undefined);
+      assert.deepEqual(await s.listVersions('a'), []);
+      assert.equal(await s.getBuild('x1'), undefined);
+      assert.equal((await s.getBuild('y1'))?.imageName, 'b', "another image's builds stay");
+    });
+
+    each('connectors by name; a taken name is refused; delete', async (s) => {
+      const c = (n: string): { name: string; arn: string; description: string | null; cidrs: string[]; domains: string[]; createdAt: number } => ({
+        name: n,
+        arn: `arn:${n}`,
+        description: n === 'b' ? 'B' : null,
+        cidrs: ['10.0.0.0/8'],
+        domains: ['*.example.com'],
+        createdAt: 1,
+      });
+      await s.putConnector(c('b'));
+      await s.putConnector(c('a'));
+      await assert.rejects(s.putConnector(c('a')), internal);
+      assert.deepEqual(await s.getConnector('b'), c('b'));
+      assert.deepEqual((await s.listConnectors()).map((x) => x.name), ['a', 'b']);
+      await s.deleteConnector('a');
+      await s.deleteConnector('a');
+      assert.deepEqual((await s.listConnectors()).map((x) => x.name), ['b']);
+    });
+
+    each('API key hashes and secrets (an upsert, a copy each way)', async (s) => {
+      assert.deepEqual(await s.apiKeyHashes(), []);
+      await s.addApiKeyHash('h2');
+      await s.addApiKeyHash('h1');
+      await assert.rejects(s.addApiKeyHash('h1'), internal);
+      assert.deepEqual((await s.apiKeyHashes()).sort(), ['h1', 'h2']);
+      const v = Buffer.from('one');
+      await s.putSecret('k', v);
+      v.write('two');
+      assert.equal((await s.getSecret('k'))?.toString(), 'one');
+      await s.putSecret('k', Buffer.from('three'));
+      assert.equal((await s.getSecret('k'))?.toString(), 'three');
+      assert.equal(await s.getSecret('none'), undefined);
+    });
+
+    each('a transaction commits all of its writes, or on a throw none, and passes the throw on', async (s) => {
+      assert.equal(
+        await s.tx(async (tx) => {
+          await tx.insertVm(vm('a', 1));
+          await tx.putIdempotent('RunMicrovm', 't', 'h', 'a');
+          return 'done';
+        }),
+        'done',
+      );
+      const boom = new Error('boom');
+      await assert.rejects(
+        s.tx(async (tx) => {
+          await tx.insertVm(vm('b', 2));
+          await tx.putImage(image('i'));
+          await tx.writeState('a', 1, 'RUNNING', 2, null, {});
+          throw boom;
+        }),
+        (e) => e === boom,
+      );
+      assert.equal(await s.getVm('b'), undefined);
+      assert.equal(await s.getImage('i'), undefined);
+      assert.equal((await s.getVm('a'))?.state, 'PENDING');
+      assert.deepEqual(await s.findIdempotent('RunMicrovm', 't'), { hash: 'h', resourceId: 'a' });
+      // A duplicate inside rolls the whole transaction back too.
+      await assert.rejects(
+        s.tx(async (tx) => {
+          await tx.insertVm(vm('c', 3));
+          await tx.putIdempotent('RunMicrovm', 't', 'h', 'c');
+        }),
+        internal,
+      );
+      assert.equal(await s.getVm('c'), undefined);
+    });
+
+    each('a nested transaction is a savepoint: its throw undoes only its writes', async (s) => {
+      await s.tx(async (tx) => {
+        await tx.insertVm(vm('outer', 1));
+        await assert.rejects(
+          tx.tx(async (inner) => {
+            await inner.insertVm(vm('inner', 2));
+            throw new Error('inner');
+          }),
+        );
+        assert.equal(await tx.getVm('inner'), undefined);
+        await tx.tx(async (inner) => inner.insertVm(vm('kept', 3)));
+      });
+      assert.deepEqual(ids(await s.liveVms()), ['outer', 'kept']);
+    });
+
+    each('a call from outside never sees or joins a transaction under way: it waits for its end', async (s) => {
+      await s.insertVm(vm('a', 1));
+      const held = gate();
+      const entered = gate();
+      const txDone = s.tx(async (tx) => {
+        await tx.writeState('a', 1, 'RUNNING', 2, null, {});
+        await tx.insertVm(vm('b', 2));
+        entered.release();
+        await held.wait;
+        throw new Error('rolled back');
+      });
+      await entered.wait;
+      const order: string[] = [];
+      const read = s.getVm('a').then((r) => (order.push('read'), r));
+      const write = s.insertVm(vm('c', 3)).then(() => order.push('write'));
+      const second = s.tx(async (tx) => (await tx.getVm('b')) ?? 'no b').then((r) => (order.push('tx'), r));
+      await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(order, [], 'nothing from outside ran while the transaction was open');
+      held.release();
+      await assert.rejects(txDone);
+      assert.equal((await read)?.state, 'PENDING', 'the read saw the row as committed, not half-way');
+      await write;
+      assert.equal(await second, 'no b');
+      assert.deepEqual(order, ['read', 'write', 'tx'], 'the waiting calls ran in the order they were made');
+      assert.deepEqual(ids(await s.liveVms()), ['a', 'c'], 'the write from outside was not rolled back with the transaction');
+    });
+
+    each('a transaction handle is refused once its transaction has ended', async (s) => {
+      let kept: Tx | undefined;
+      await s.tx(async (tx) => {
+        kept = tx;
+      });
+      assert.ok(kept);
+      await assert.rejects(kept.getVm('a'), internal);
+      await assert.rejects(kept.tx(async () => {}), internal);
+    });
+
+    each('a closed store refuses calls', async (s) => {
+      await s.close();
+      await assert.rejects(s.getVm('a'));
+    });
+  });
+}
+
+test('SQLite: each write is committed, for another connection too, before its promise resolves; a transaction not before its end', { timeout: 10_000 }, async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'cella-store-'));
+  const file = path.join(dir, 'cella.db');
+  const s = new SqliteStore(file);
+  const other = new SqliteStore(file);
+  try {
+    await s.insertVm(vm('a', 1));
+    assert.equal((await other.getVm('a'))?.id, 'a');
+    const held = gate();
+    const entered = gate();
+    const done = s.tx(async (tx) => {
+      await tx.insertVm(vm('b', 2));
+      entered.release();
+      await held.wait;
+    });
+    await entered.wait;
+    assert.equal(await other.getVm('b'), undefined, 'not visible before COMMIT');
+    held.release();
+    await done;
+    assert.equal((await other.getVm('b'))?.id, 'b');
+  } finally {
+    await s.close();
+    await other.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
