@@ -17,10 +17,20 @@ class FakeDriver extends EventEmitter {
   readonly terminated: string[] = [];
   release: (() => void) | undefined;
   failLaunch = false;
+  launches = 0;
+  resumes = 0;
 
   async launch(_image: string, id: string): Promise<RunningVm> {
+    this.launches++;
     await new Promise<void>((resolve) => (this.release = resolve));
     if (this.failLaunch) throw new Error('no room');
+    return this.run(id);
+  }
+  async resume(ref: VmRef): Promise<RunningVm> {
+    this.resumes++;
+    return this.run(ref.id);
+  }
+  private run(id: string): RunningVm {
     const vm = { ref: { id, imageDir: '/img', slot: 1 }, pid: 1, pidStartTime: '1', appLog: new EventEmitter(), agent: new EventEmitter(), address: () => ({ host: '127.0.0.1', port: 1 }) };
     this.running.set(id, vm as unknown as RunningVm);
     return vm as unknown as RunningVm;
@@ -70,7 +80,7 @@ function pending(id: string): VmRecord {
   });
 }
 
-test('a VM terminated while it starts never becomes RUNNING: the late launch is refused by its generation', async () => {
+test('a VM terminated while it starts never becomes RUNNING: the late launch is refused by its generation', { timeout: 10_000 }, async () => {
   const { lc, store, driver, done } = setup();
   try {
     const rec = pending('vm-1');
@@ -92,7 +102,7 @@ test('a VM terminated while it starts never becomes RUNNING: the late launch is 
   }
 });
 
-test('operations outside the table are conflicts that change nothing', async () => {
+test('operations outside the table are conflicts that change nothing', { timeout: 10_000 }, async () => {
   const { lc, store, driver, done } = setup();
   try {
     const rec = pending('vm-2');
@@ -113,7 +123,7 @@ test('operations outside the table are conflicts that change nothing', async () 
   }
 });
 
-test('a launch that fails ends TERMINATED with the reason, with nothing to release', async () => {
+test('a launch that fails ends TERMINATED with the reason, with nothing to release', { timeout: 10_000 }, async () => {
   const { lc, store, driver, done } = setup();
   try {
     driver.failLaunch = true;
@@ -127,6 +137,51 @@ test('a launch that fails ends TERMINATED with the reason, with nothing to relea
     assert.equal(end.state, 'TERMINATED');
     assert.match(end.stateReason ?? '', /could not start: no room/);
     assert.deepEqual(driver.terminated, []);
+  } finally {
+    await done();
+  }
+});
+
+test('two resumes at once are one: the second caller joins the first from its first read on', { timeout: 10_000 }, async () => {
+  const { lc, store, driver, done } = setup();
+  try {
+    await store.insertVm({ ...pending('vm-4'), state: 'SUSPENDED' });
+    const [a, b] = await Promise.all([lc.resume('vm-4'), lc.resume('vm-4')]);
+    assert.equal(driver.resumes, 1);
+    assert.equal(a.state, 'RUNNING');
+    assert.deepEqual(b, a);
+  } finally {
+    await done();
+  }
+});
+
+test('a VM terminated before its start job ran is never launched (no QEMU left that nobody ends)', { timeout: 10_000 }, async () => {
+  const { lc, store, driver, done } = setup();
+  try {
+    const rec = pending('vm-5');
+    await store.insertVm(rec);
+    // As when a TerminateMicrovm lands between RunMicrovm's commit and its call to start.
+    await lc.terminate('vm-5', 'asked');
+    lc.start(rec, undefined);
+    await lc.settle();
+    assert.equal(driver.launches, 0);
+    assert.equal((await store.getVm('vm-5'))?.state, 'TERMINATED');
+  } finally {
+    await done();
+  }
+});
+
+test('a suspend that loses the race to a terminate reports the state it lost to', { timeout: 10_000 }, async () => {
+  const { lc, store, done } = setup();
+  try {
+    await store.insertVm({ ...pending('vm-6'), state: 'RUNNING' });
+    // Both read RUNNING; the terminate writes first, so the suspend's write is refused by the generation.
+    await Promise.all([
+      assert.doesNotReject(lc.terminate('vm-6')),
+      assert.rejects(lc.suspend('vm-6'), (e) => isCellaError(e, 'INVALID_STATE') && /is TERMINATING and cannot be suspended/.test(e.message)),
+    ]);
+    await lc.settle();
+    assert.equal((await store.getVm('vm-6'))?.state, 'TERMINATED');
   } finally {
     await done();
   }
