@@ -2,16 +2,14 @@
  * Images, their versions and builds (the contract's sections 2–4). Create
  * and Update record a new version and queue its build; builds run one at a
  * time (each is CPU-bound and a builder VM is large), in the background,
- * and write their outcome through the state tables below.
+ * and write their outcome through the state tables (./states.ts).
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { appendFileSync, createWriteStream, existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
-import { pipeline } from 'node:stream/promises';
-import { Transform } from 'node:stream';
-import { validateArtifactUri, zipEntryCount, type S3Settings } from '../archive/index.js';
-import { BuildFailure, type BuildState, CellaError, type CreateImageRequest, DEFAULT_MEMORY_MIB, imageArn, imageNameOf, type ImageRequestConfig, type ImageState, managedImageArn, managedImageNameOf, type UpdateImageRequest, type VersionState } from '../contract/index.js';
+import { validateArtifactUri, type S3Settings } from '../archive/index.js';
+import { BuildFailure, CellaError, type CreateImageRequest, DEFAULT_MEMORY_MIB, imageArn, imageNameOf, type ImageRequestConfig, type ImageState, managedImageArn, managedImageNameOf, type UpdateImageRequest, type VersionState } from '../contract/index.js';
 import type { Connectors } from '../connectors/index.js';
 import type { Engine } from '../engine/index.js';
 import type { RunnableImage } from '../lifecycle/index.js';
@@ -19,6 +17,8 @@ import type { BuildRecord, ImageRecord, ImageVersionRecord, Store, Tx } from '..
 import { listBases, type BaseInfo } from '../setup/index.js';
 import { buildImage, cacheDirs, type BuildSettings } from './build.js';
 import { pruneLayers, type PruneResult } from './cache.js';
+import { BUILD_NEXT, check, IMAGE_NEXT, VERSION_NEXT } from './states.js';
+import { storeUpload, type Upload } from './upload.js';
 
 export { DEFAULT_LAYER_CACHE_BYTES, type PruneResult } from './cache.js';
 
@@ -29,38 +29,6 @@ export const MANAGED_VERSION = '1';
 /** The contract's size tiers: vCPUs are GiB / 2, at least one. */
 export function vcpusFor(memoryMiB: number): number {
   return Math.max(1, Math.floor(memoryMiB / 2048));
-}
-
-// One table per lifecycle: which state may follow which.
-const IMAGE_NEXT: Record<ImageState, readonly ImageState[]> = {
-  CREATING: ['CREATED', 'CREATE_FAILED', 'DELETING'],
-  CREATED: ['UPDATING', 'DELETING'],
-  CREATE_FAILED: ['UPDATING', 'DELETING'],
-  UPDATING: ['UPDATED', 'UPDATE_FAILED', 'DELETING'],
-  UPDATED: ['UPDATING', 'DELETING'],
-  UPDATE_FAILED: ['UPDATING', 'DELETING'],
-  DELETING: ['DELETED', 'DELETE_FAILED'],
-  DELETED: [],
-  DELETE_FAILED: ['DELETING'],
-};
-const VERSION_NEXT: Record<VersionState, readonly VersionState[]> = {
-  PENDING: ['IN_PROGRESS', 'FAILED', 'DELETING'],
-  IN_PROGRESS: ['SUCCESSFUL', 'FAILED'],
-  SUCCESSFUL: ['DELETING'],
-  FAILED: ['DELETING'],
-  DELETING: ['DELETED', 'DELETE_FAILED'],
-  DELETED: [],
-  DELETE_FAILED: ['DELETING'],
-};
-const BUILD_NEXT: Record<BuildState, readonly BuildState[]> = {
-  PENDING: ['IN_PROGRESS', 'FAILED'],
-  IN_PROGRESS: ['SUCCESSFUL', 'FAILED'],
-  SUCCESSFUL: [],
-  FAILED: [],
-};
-
-function check<S extends string>(table: Record<S, readonly S[]>, what: string, from: S, to: S): void {
-  if (!table[from].includes(to)) throw new CellaError('INTERNAL', `${what}: ${from} → ${to} is not a transition`);
 }
 
 export interface ImagesOptions {
@@ -405,43 +373,9 @@ export class Images {
     return { state: 'DELETED' };
   }
 
-  /**
-   * Streams an uploaded zip to the server's artifact store; it is named by
-   * its content, so the same upload twice is one file.
-   */
-  async upload(req: IncomingMessage, maxBytes: number): Promise<{ uri: string; sizeInBytes: number; sha256: string }> {
-    const dir = path.join(this.dataDir, 'artifacts');
-    mkdirSync(dir, { recursive: true });
-    const tmp = path.join(dir, `.upload-${randomUUID()}`);
-    const hash = createHash('sha256');
-    let bytes = 0;
-    const meter = new Transform({
-      transform(chunk: Buffer, _enc, done) {
-        bytes += chunk.length;
-        if (bytes > maxBytes) {
-          done(new CellaError('PAYLOAD_TOO_LARGE', `the upload exceeds ${maxBytes} bytes`));
-          return;
-        }
-        hash.update(chunk);
-        done(null, chunk);
-      },
-    });
-    try {
-      await pipeline(req, meter, createWriteStream(tmp));
-    } catch (err) {
-      rmSync(tmp, { force: true });
-      throw err;
-    }
-    const empty = bytes === 0 ? 'the upload is empty: send the zip as the request body' : (await zipEntryCount(tmp)) === 0 ? 'the uploaded zip has no files in it' : undefined;
-    if (empty) {
-      rmSync(tmp, { force: true });
-      throw new CellaError('INVALID_ARGUMENT', empty);
-    }
-    const sha256 = hash.digest('hex');
-    const file = path.join(dir, `${sha256}.zip`);
-    if (existsSync(file)) rmSync(tmp, { force: true });
-    else renameSync(tmp, file);
-    return { uri: `file://${file}`, sizeInBytes: bytes, sha256 };
+  /** Streams an uploaded zip to the server's artifact store (./upload.ts). */
+  upload(req: IncomingMessage, maxBytes: number): Promise<Upload> {
+    return storeUpload(path.join(this.dataDir, 'artifacts'), req, maxBytes);
   }
 
   /**
@@ -471,10 +405,6 @@ export class Images {
   }
 
   /**
-   * Stops starting builds: the queued ones stay PENDING and run at the next
-   * start (recover). Resolves once the running one has ended.
-   */
-  /**
    * Prunes the layer cache down to `maxBytes` (least recently used first),
    * between builds: a build never loses a layer it is using.
    */
@@ -489,6 +419,10 @@ export class Images {
     return job;
   }
 
+  /**
+   * Stops starting builds: the queued ones stay PENDING and run at the next
+   * start (recover). Resolves once the running one has ended.
+   */
   async close(): Promise<void> {
     this.closed = true;
     await this.queue;
