@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "conn.h"
 #include "log.h"
 #include "loop.h"
 #include "port.h"
@@ -22,9 +23,8 @@
 #define LINE_MAX_LEN 64
 
 struct client {
-	int fd; /* -1 when free */
+	struct conn conn; /* first: the table is conn_accept()'s */
 	unsigned len;
-	unsigned long since; /* accept order: when all are taken the oldest goes */
 	char line[LINE_MAX_LEN];
 };
 
@@ -34,7 +34,7 @@ static struct client clients[MAX_CLIENTS];
 void agent_setup(void)
 {
 	for (int i = 0; i < MAX_CLIENTS; i++)
-		clients[i].fd = -1;
+		clients[i].conn.fd = -1;
 	mkdir("/run", 0755);
 	mkdir(RUN_DIR, 0755);
 	if (mount("cella", RUN_DIR, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m") < 0)
@@ -70,14 +70,14 @@ static void signal_host(int suspend)
 
 static void client_close(struct client *c)
 {
-	close(c->fd);
-	c->fd = -1;
+	close(c->conn.fd);
+	c->conn.fd = -1;
 	c->len = 0;
 }
 
 static void client_reply(struct client *c, const char *text)
 {
-	(void)!send(c->fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT);
+	(void)!send(c->conn.fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 static void client_line(struct client *c, const char *line, size_t len)
@@ -98,7 +98,7 @@ static void client_line(struct client *c, const char *line, size_t len)
 
 static void client_read(struct client *c)
 {
-	ssize_t n = read(c->fd, c->line + c->len, sizeof c->line - c->len);
+	ssize_t n = read(c->conn.fd, c->line + c->len, sizeof c->line - c->len);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
 	if (n <= 0) {
@@ -121,32 +121,19 @@ static void client_read(struct client *c)
 	}
 }
 
-static void client_accept(void)
+static void client_drop(struct conn *c)
 {
-	static unsigned long accepted;
-	for (int k = 0; k < MAX_CLIENTS; k++) {
-		int fd = accept4(lsock, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd < 0)
-			return;
-		struct client *c = &clients[0];
-		for (int i = 0; i < MAX_CLIENTS; i++)
-			if (clients[i].fd < 0 || (c->fd >= 0 && clients[i].since < c->since))
-				c = &clients[i];
-		if (c->fd >= 0)
-			client_close(c);
-		c->fd = fd;
-		c->since = ++accepted;
-	}
+	client_close((struct client *)c);
 }
 
 static void listen_ready(unsigned idx, unsigned stream, const struct pollfd *pf)
 {
-	client_accept();
+	conn_accept(lsock, clients, sizeof *clients, MAX_CLIENTS, client_drop);
 }
 
 static void client_ready(unsigned idx, unsigned stream, const struct pollfd *pf)
 {
-	if (clients[idx].fd == pf->fd)
+	if (clients[idx].conn.fd == pf->fd)
 		client_read(&clients[idx]);
 }
 
@@ -155,8 +142,8 @@ void agent_poll(void)
 	if (lsock >= 0)
 		loop_watch(lsock, POLLIN, listen_ready, 0, 0);
 	for (int i = 0; i < MAX_CLIENTS; i++)
-		if (clients[i].fd >= 0)
-			loop_watch(clients[i].fd, POLLIN, client_ready, i, 0);
+		if (clients[i].conn.fd >= 0)
+			loop_watch(clients[i].conn.fd, POLLIN, client_ready, i, 0);
 }
 
 int client_main(int argc, char **argv)

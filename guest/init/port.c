@@ -21,6 +21,9 @@
 #define OUTQ_LOW (32 * 1024)
 #define OUTQ_DATA_MAX (256 * 1024)
 #define OUTQ_MAX (512 * 1024)
+/* Control-port input read ahead of the dispatcher: reading pauses once this much is buffered and a whole frame is there. */
+#define IN_BATCH (256 * 1024)
+#define IN_READ (64 * 1024)
 
 struct port {
 	const char *name;
@@ -39,7 +42,8 @@ static struct port *const ports[2] = { &ctl, &logp };
 /* Control-port bytes the port has not taken yet (whole frames, in order). */
 static uint8_t outq[OUTQ_MAX + CELLA_HEADER_LEN + CELLA_MAX_OUT];
 static size_t outq_len;
-static int ctl_lost; /* the host side went away: its terminals are hung up from the main loop */
+static int ctl_lost;  /* the host side went away: what it opened is detached from the main loop */
+static int ctl_fresh; /* no frame read since the port was opened */
 
 static int find_port(struct port *p)
 {
@@ -146,6 +150,7 @@ static void port_open(struct port *p)
 		return;
 	}
 	if (p == &ctl) {
+		ctl_fresh = 1;
 		uint8_t v[4];
 		put32(v, CELLA_PROTOCOL_VERSION);
 		send_frame(p, MSG_HELLO, 0, 0, v, 4);
@@ -207,6 +212,11 @@ int port_lost(void)
 	return lost;
 }
 
+int port_host_present(void)
+{
+	return ctl.fd >= 0 && !ctl_fresh;
+}
+
 int frame_next(const uint8_t *buf, size_t len, struct frame *f)
 {
 	if (len < CELLA_HEADER_LEN)
@@ -223,10 +233,20 @@ int frame_next(const uint8_t *buf, size_t len, struct frame *f)
 	return 1;
 }
 
+/*
+ * Reads what the host sent, then hands each whole frame to `dispatch`. Reading
+ * stops once IN_BATCH bytes holding a whole frame are buffered (the rest waits
+ * in the port, and the host's writes block): a host streaming file data can
+ * never make PID 1 buffer more than about a frame and a batch.
+ */
 static void read_ctl(frame_fn *dispatch)
 {
+	struct frame f;
+	int eof = 0;
 	for (;;) {
-		if (ctl.in_cap - ctl.in_len < 65536) {
+		if (ctl.in_len >= IN_BATCH && frame_next(ctl.in, ctl.in_len, &f) != 0)
+			break;
+		if (ctl.in_cap - ctl.in_len < IN_READ) {
 			size_t cap = ctl.in_cap ? ctl.in_cap * 2 : 131072;
 			uint8_t *n = realloc(ctl.in, cap);
 			if (!n) {
@@ -236,31 +256,32 @@ static void read_ctl(frame_fn *dispatch)
 			ctl.in = n;
 			ctl.in_cap = cap;
 		}
-		ssize_t n = read(ctl.fd, ctl.in + ctl.in_len, ctl.in_cap - ctl.in_len);
+		ssize_t n = read(ctl.fd, ctl.in + ctl.in_len, IN_READ);
 		if (n < 0 && errno == EAGAIN)
 			break;
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0) {
-			/* EOF: the host side is not connected (or just restored). Retry later. */
-			port_close(&ctl);
-			return;
+			/* EOF: the host side is not connected (or just restored). What it sent first is still handled. */
+			eof = 1;
+			break;
 		}
 		ctl.retry_ms = 0;
 		ctl.in_len += n;
 	}
 	size_t off = 0;
-	struct frame f;
 	int r;
 	while ((r = frame_next(ctl.in + off, ctl.in_len - off, &f)) > 0) {
+		ctl_fresh = 0;
 		dispatch(&f);
 		if (ctl.fd < 0)
 			return;
 		off += CELLA_HEADER_LEN + f.len;
 	}
-	if (r < 0) {
+	if (r < 0)
 		logmsg("oversized frame, resetting control port");
-		port_close(&ctl);
+	if (r < 0 || eof) {
+		port_close(&ctl); /* retried later */
 		return;
 	}
 	memmove(ctl.in, ctl.in + off, ctl.in_len - off);
@@ -295,18 +316,36 @@ void ctl_ok(uint32_t id)
 	send_frame(&ctl, MSG_OK, 0, id, NULL, 0);
 }
 
-void ctl_error(uint32_t id, const char *fmt, ...)
+void ctl_reply(uint32_t id, const void *body, uint32_t len)
+{
+	send_frame(&ctl, MSG_OK, 0, id, body, len);
+}
+
+static void send_error(uint32_t id, int err, const char *fmt, va_list ap)
 {
 	char buf[512];
-	va_list ap;
-	va_start(ap, fmt);
 	int n = vsnprintf(buf, sizeof buf, fmt, ap);
-	va_end(ap);
 	if (n < 0)
 		n = 0;
 	if (n >= (int)sizeof buf)
 		n = sizeof buf - 1;
-	send_frame(&ctl, MSG_ERROR, 0, id, buf, n);
+	send_frame(&ctl, MSG_ERROR, err > 0 && err < 256 ? err : 0, id, buf, n);
+}
+
+void ctl_error(uint32_t id, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	send_error(id, 0, fmt, ap);
+	va_end(ap);
+}
+
+void ctl_errno(uint32_t id, int err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	send_error(id, err, fmt, ap);
+	va_end(ap);
 }
 
 void ctl_status(uint8_t type, uint32_t id, int status)

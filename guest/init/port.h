@@ -32,6 +32,8 @@ long port_retry_ms(void);
 void port_flush(void);
 /* 1 once after the control port was lost: whatever its host opened is orphaned. */
 int port_lost(void);
+/* 1 while a host is known to be there: a frame arrived since the control port was (re)opened. */
+int port_host_present(void);
 
 /* The control port's poll entry, and its service: flushes the queue, hands each whole frame to `dispatch`. */
 void ctl_poll(struct pollfd *pf);
@@ -42,7 +44,10 @@ int ctl_keeps_up(void);
 /* Frames to the host; a body over CELLA_MAX_OUT is not sent. */
 void ctl_send(uint8_t type, uint8_t stream, uint32_t id, const void *body, uint32_t len);
 void ctl_ok(uint32_t id);
+void ctl_reply(uint32_t id, const void *body, uint32_t len); /* OK with a body */
 void ctl_error(uint32_t id, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* ERROR carrying an errno in its stream byte (v3), so the host can tell ENOENT from EACCES without reading words. */
+void ctl_errno(uint32_t id, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void ctl_status(uint8_t type, uint32_t id, int status); /* body: i32 wait status */
 void log_send(uint8_t stream, const void *body, uint32_t len);
 

@@ -1,4 +1,4 @@
-/* The terminal table: open, input, resize, output batching, hangup with a grace period, exit. */
+/* The terminal table: open, input, resize, output batching, hangup with a grace period, exit, re-attaching. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -22,12 +22,8 @@
 
 struct pty {
 	int used;
-	uint32_t id;
-	pid_t pid;
-	int fd; /* master; -1 once closed */
-	int exited;
-	int status;
-	int silent;                  /* its host connection is gone: nothing more is sent */
+	struct proc_rec r;
+	int fd;                      /* master; -1 once closed */
 	int hanging;                 /* hung up: SIGKILL at kill_at if still alive */
 	int reads_left;              /* after the process exited: reads before the terminal is closed anyway */
 	struct timespec quiet_until; /* not read before, so that a program writing line by line is sent in batches */
@@ -39,24 +35,37 @@ struct pty {
 
 static struct pty ptys[MAX_PTYS];
 
+static const char *const pty_defaults[] = { "TERM=xterm-256color", "PATH=" DEFAULT_PATH, NULL };
+
+/* The live session with this id (not ended). */
 static struct pty *pty_find(uint32_t id)
 {
 	for (int i = 0; i < MAX_PTYS; i++)
-		if (ptys[i].used && !ptys[i].silent && ptys[i].id == id)
+		if (ptys[i].used && !ptys[i].r.done && ptys[i].r.id == id)
 			return &ptys[i];
 	return NULL;
 }
 
-/* Reports the end once the process is gone and the terminal closed, and frees the slot. */
-static void pty_finish(struct pty *t)
+static void pty_free(struct pty *t)
 {
-	if (!t->used || !t->exited || t->fd >= 0)
-		return;
-	if (!t->silent)
-		ctl_status(MSG_PTY_EXIT, t->id, t->status);
+	rec_free(&t->r);
 	free(t->in);
 	memset(t, 0, sizeof *t);
 	t->fd = -1;
+}
+
+/* Reports the end once the process is gone and the terminal closed; the slot is kept for EXEC_LIST and ATTACH. */
+static void pty_finish(struct pty *t)
+{
+	if (!t->used || t->r.done || !t->r.exited || t->fd >= 0)
+		return;
+	t->r.done = 1;
+	now(&t->r.done_at);
+	free(t->in);
+	t->in = NULL;
+	t->in_len = 0;
+	if (t->r.attached)
+		ctl_status(MSG_PTY_EXIT, t->r.id, t->r.status);
 }
 
 /*
@@ -72,8 +81,8 @@ static int pty_read(struct pty *t)
 	while (got < sizeof buf && (n = read(t->fd, buf + got, sizeof buf - got)) > 0)
 		got += n;
 	if (got) {
-		if (!t->silent)
-			ctl_send(MSG_PTY_OUT, 1, t->id, buf, got);
+		if (t->r.attached)
+			ctl_send(MSG_PTY_OUT, 1, t->r.id, buf, got);
 		if (got < sizeof buf)
 			after_ms(&t->quiet_until, PTY_BATCH_MS);
 		return 1; /* an error after data is seen again on the next read */
@@ -82,7 +91,7 @@ static int pty_read(struct pty *t)
 		return 0;
 	close(t->fd);
 	t->fd = -1;
-	pty_finish(t); /* may free t */
+	pty_finish(t);
 	return -1;
 }
 
@@ -122,7 +131,7 @@ static void pty_hangup(struct pty *t)
 {
 	if (t->fd >= 0) {
 		pid_t fg = tcgetpgrp(t->fd);
-		if (fg > 0 && fg != t->pid) {
+		if (fg > 0 && fg != t->r.pid) {
 			t->fg = fg;
 			kill(-fg, SIGHUP);
 			kill(-fg, SIGCONT);
@@ -131,9 +140,9 @@ static void pty_hangup(struct pty *t)
 		t->fd = -1;
 	}
 	t->in_len = 0;
-	if (!t->exited) {
-		kill(-t->pid, SIGHUP);
-		kill(-t->pid, SIGCONT);
+	if (!t->r.exited) {
+		kill(-t->r.pid, SIGHUP);
+		kill(-t->r.pid, SIGCONT);
 		if (!t->hanging) {
 			t->hanging = 1;
 			now(&t->kill_at);
@@ -143,76 +152,81 @@ static void pty_hangup(struct pty *t)
 	pty_finish(t);
 }
 
-/* Sends the SIGKILLs that are due; returns the milliseconds to the next one, or -1. */
-static long pty_timers(void)
+/* Sends the SIGKILLs that are due and runs the detached and ended sessions' timers. */
+static void pty_timers(void)
 {
-	long next = -1;
 	for (int i = 0; i < MAX_PTYS; i++) {
 		struct pty *t = &ptys[i];
-		if (!t->used || !t->hanging || t->exited)
+		if (!t->used)
+			continue;
+		if (rec_retention_due(&t->r)) {
+			pty_free(t);
+			continue;
+		}
+		if (rec_orphan_due(&t->r))
+			pty_hangup(t);
+		if (!t->hanging || t->r.exited)
 			continue;
 		long ms = ms_until(&t->kill_at);
 		if (ms <= 0) {
-			kill(-t->pid, SIGKILL);
-			kill(t->pid, SIGKILL);
+			kill(-t->r.pid, SIGKILL);
+			kill(t->r.pid, SIGKILL);
 			if (t->fg > 0)
 				kill(-t->fg, SIGKILL);
 			t->hanging = 0;
-		} else if (next < 0 || ms < next)
-			next = ms;
+		} else
+			loop_wake_within(ms);
 	}
-	return next;
 }
 
-static void env_default(struct spec *s, const char *kv)
+/* A free slot, else the one that ended longest ago. */
+static struct pty *pty_slot(void)
 {
-	size_t k = strchr(kv, '=') - kv + 1;
-	for (int i = 0; i < s->envc; i++)
-		if (strncmp(s->envp[i], kv, k) == 0)
-			return;
-	s->envp[s->envc++] = (char *)kv;
-	s->envp[s->envc] = NULL;
+	struct pty *old = NULL;
+	for (int i = 0; i < MAX_PTYS; i++) {
+		struct pty *t = &ptys[i];
+		if (!t->used)
+			return t;
+		if (rec_ended_before(&t->r, old ? &old->r : NULL))
+			old = t;
+	}
+	if (old)
+		pty_free(old);
+	return old;
 }
 
 void pty_open(uint32_t id, const uint8_t *body, uint32_t len)
 {
 	struct spec s;
 	if (id == 0 || parse_spec(body, len, &s, 1) < 0) {
-		ctl_error(id, "malformed terminal request");
+		ctl_errno(id, EINVAL, "malformed terminal request");
 		return;
 	}
-	/* A live session with this id belongs to an earlier host connection (the host never reuses a live id). */
-	struct pty *t = pty_find(id);
-	if (t) {
-		t->silent = 1;
-		pty_hangup(t);
-	}
-	t = NULL;
-	for (int i = 0; i < MAX_PTYS && !t; i++)
-		if (!ptys[i].used)
-			t = &ptys[i];
+	if (proc_claim_id(id) < 0)
+		return;
+	struct pty *t = pty_slot();
 	if (!t) {
-		ctl_error(id, "too many terminals (%d)", MAX_PTYS);
+		ctl_errno(id, EAGAIN, "too many terminals (%d)", MAX_PTYS);
 		return;
 	}
 	if (s.argc == 0) {
 		s.argv[s.argc++] = "/bin/sh";
 		s.argv[1] = NULL;
 	}
-	env_default(&s, "TERM=xterm-256color");
-	env_default(&s, "PATH=" DEFAULT_PATH);
+	proc_groups(&s);
+	char **envp = proc_env(&s, pty_defaults);
 	struct winsize ws = { .ws_row = s.rows ? s.rows : 24, .ws_col = s.cols ? s.cols : 80 };
 	int unlock = 0, slave = -1;
 	int m = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
 	if (m < 0 || ioctl(m, TIOCSPTLCK, &unlock) < 0 || ioctl(m, TIOCSWINSZ, &ws) < 0 ||
 	    (slave = ioctl(m, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) {
-		ctl_error(id, "openpty: %s", strerror(errno));
+		ctl_errno(id, errno, "openpty: %s", strerror(errno));
 		if (m >= 0)
 			close(m);
 		return;
 	}
 	char pathbuf[4096];
-	const char *exe = lookup_path(&s, s.argv[0], pathbuf, sizeof pathbuf);
+	const char *exe = lookup_path(envp, s.argv[0], pathbuf, sizeof pathbuf);
 	pid_t pid = fork();
 	if (pid == 0) {
 		/* Its own session with the terminal as controlling tty: job control works. */
@@ -224,21 +238,25 @@ void pty_open(uint32_t id, const uint8_t *body, uint32_t len)
 		dup2(slave, 2);
 		if (s.uid)
 			(void)!fchown(0, s.uid, -1);
-		child_exec(&s, exe);
+		child_exec(&s, exe, envp);
 	}
 	int e = errno;
 	close(slave);
 	if (pid < 0) {
 		close(m);
-		ctl_error(id, "fork: %s", strerror(e));
+		ctl_errno(id, e, "fork: %s", strerror(e));
 		return;
 	}
 	memset(t, 0, sizeof *t);
 	t->used = 1;
-	t->id = id;
-	t->pid = pid;
+	t->r.id = id;
+	t->r.pid = pid;
+	t->r.attached = 1;
 	t->fd = m;
-	ctl_ok(id);
+	rec_keep(&t->r, body, len);
+	uint8_t p[4];
+	put32(p, pid);
+	ctl_reply(id, p, 4);
 	if (s.stdin_len)
 		pty_input(t, s.stdin_data, s.stdin_len);
 }
@@ -262,27 +280,69 @@ void pty_resize(uint32_t id, const uint8_t *body, uint32_t len)
 void pty_close(uint32_t id, const uint8_t *body, uint32_t len)
 {
 	for (int i = 0; i < MAX_PTYS; i++)
-		if (ptys[i].used && !ptys[i].silent && (id == 0 || ptys[i].id == id))
+		if (ptys[i].used && !ptys[i].r.done && (id == 0 || ptys[i].r.id == id))
 			pty_hangup(&ptys[i]);
 }
 
-void pty_orphan_all(void)
+void pty_detach_all(void)
+{
+	for (int i = 0; i < MAX_PTYS; i++) {
+		ptys[i].r.attached = 0;
+		ptys[i].r.orphan_armed = 0;
+	}
+}
+
+int pty_attach(uint32_t id)
+{
+	for (int i = 0; i < MAX_PTYS; i++) {
+		struct pty *t = &ptys[i];
+		if (!t->used || t->r.id != id)
+			continue;
+		t->r.attached = 1;
+		t->r.orphan_armed = 0;
+		ctl_ok(id);
+		if (t->r.done)
+			ctl_status(MSG_PTY_EXIT, id, t->r.status);
+		return 0;
+	}
+	return -1;
+}
+
+int pty_signal(uint32_t id, int sig)
+{
+	struct pty *t = pty_find(id);
+	if (!t || t->r.exited)
+		return -1;
+	kill(-t->r.pid, sig);
+	return 0;
+}
+
+int pty_id_live(uint32_t id)
+{
+	return pty_find(id) != NULL;
+}
+
+void pty_forget(uint32_t id)
 {
 	for (int i = 0; i < MAX_PTYS; i++)
-		if (ptys[i].used) {
-			ptys[i].silent = 1;
-			pty_hangup(&ptys[i]);
-		}
+		if (ptys[i].used && ptys[i].r.done && ptys[i].r.id == id)
+			pty_free(&ptys[i]);
+}
+
+const struct proc_rec *pty_rec(int idx)
+{
+	return idx >= 0 && idx < MAX_PTYS && ptys[idx].used ? &ptys[idx].r : NULL;
 }
 
 /*
  * The process is gone: forwards what it wrote that is still buffered (at the
  * pace the host takes it; the main loop calls again), then closes the
  * terminal, which hangs up whatever it left behind, and reports the exit.
+ * A detached session keeps it all until a host attaches or gives it up.
  */
 static void pty_drain(struct pty *t)
 {
-	while (t->used && t->exited && t->fd >= 0 && ctl_keeps_up()) {
+	while (t->used && t->r.attached && t->r.exited && t->fd >= 0 && ctl_keeps_up()) {
 		int r = pty_read(t);
 		if (r < 0)
 			return; /* closed and finished */
@@ -315,17 +375,16 @@ static void pty_ready(unsigned idx, unsigned stream, const struct pollfd *pf)
 
 void pty_poll(int produce)
 {
-	long next = pty_timers();
-	if (next >= 0)
-		loop_wake_within(next);
+	pty_timers();
 	for (int i = 0; i < MAX_PTYS; i++) {
 		struct pty *t = &ptys[i];
-		if (!t->used || t->exited || t->fd < 0)
+		if (!t->used || t->r.exited || t->fd < 0)
 			continue;
+		int read = produce && t->r.attached;
 		long quiet = ms_until(&t->quiet_until);
-		if (produce && quiet > 0)
+		if (read && quiet > 0)
 			loop_wake_within(quiet);
-		short ev = (produce && quiet <= 0 ? POLLIN : 0) | (t->in_len ? POLLOUT : 0);
+		short ev = (read && quiet <= 0 ? POLLIN : 0) | (t->in_len ? POLLOUT : 0);
 		if (ev)
 			loop_watch(t->fd, ev, pty_ready, i, 0);
 	}
@@ -335,9 +394,9 @@ void pty_reaped(pid_t pid, int status)
 {
 	for (int i = 0; i < MAX_PTYS; i++) {
 		struct pty *t = &ptys[i];
-		if (t->used && !t->exited && t->pid == pid) {
-			t->exited = 1;
-			t->status = status;
+		if (t->used && !t->r.exited && t->r.pid == pid) {
+			t->r.exited = 1;
+			t->r.status = status;
 			t->hanging = 0;
 			t->reads_left = 256;
 			pty_drain(t);

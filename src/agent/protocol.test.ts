@@ -1,20 +1,25 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { decodeWaitStatus } from './client.js';
+import { decodeWaitStatus } from './process.js';
 import {
   FrameDecoder,
+  FsOp,
   HEADER_LEN,
   MAX_BODY,
   MAX_GUEST_BODY,
   Msg,
   PROTOCOL_VERSION,
   Tag,
+  decodeRecords,
   encodeClock,
+  encodeEnv,
   encodeFrame,
   encodePtyOpen,
+  encodeRequest,
   encodeSpec,
   encodeWinsize,
+  tlv,
 } from './protocol.js';
 
 /** [tag, value] of every TLV record of a spec body. */
@@ -85,6 +90,7 @@ test('message types, tags and limits are those of guest/init/protocol.h', () => 
     Object.fromEntries([...h.matchAll(new RegExp(`^\\s*${prefix}_(\\w+) = (\\d+),`, 'gm'))].map((m) => [m[1] as string, Number(m[2])]));
   assert.deepEqual(enumOf('MSG'), { ...Msg });
   assert.deepEqual(enumOf('TAG'), { ...Tag });
+  assert.deepEqual(enumOf('FS_OP'), { ...FsOp });
   const define = (name: string): string => new RegExp(`#define ${name} (.+)`).exec(h)?.[1]?.trim() ?? '';
   assert.equal(Number(define('CELLA_PROTOCOL_VERSION')), PROTOCOL_VERSION);
   assert.equal(Number(define('CELLA_HEADER_LEN')), HEADER_LEN);
@@ -141,4 +147,44 @@ test('terminal and signal frames round-trip through the decoder', () => {
     ],
   );
   assert.deepEqual(decodeWaitStatus(frames[4]?.body.readInt32LE(0) ?? -1), { exitCode: 3, signal: null });
+});
+
+test('protocol-3 spec records: groups as u32s, a label, the stdin pipe flag; ids out of range are refused', () => {
+  const b = encodeSpec({ argv: ['/bin/sh'], uid: 1000, groups: [1000, 27], label: 'job', stdinPipe: true });
+  assert.deepEqual(
+    records(b).map(([t, v]) => [t, t === Tag.GROUPS ? [v.readUInt32LE(0), v.readUInt32LE(4)] : t === Tag.UID ? v.readUInt32LE(0) : v.toString()]),
+    [[Tag.ARG, '/bin/sh'], [Tag.UID, 1000], [Tag.GROUPS, [1000, 27]], [Tag.LABEL, 'job'], [Tag.STDIN_PIPE, '']],
+  );
+  assert.deepEqual(records(encodeSpec({ argv: ['x'], groups: [] })), [[Tag.ARG, Buffer.from('x')], [Tag.GROUPS, Buffer.alloc(0)]]);
+  for (const bad of [-1, 2 ** 32, 1.5, Number.NaN]) {
+    assert.throws(() => encodeSpec({ argv: ['x'], uid: bad }), RangeError);
+    assert.throws(() => encodeSpec({ argv: ['x'], groups: [bad] }), RangeError);
+  }
+});
+
+test('file requests: paths as bytes, numbers as u32, flags empty, attributes as name NUL value; bad input refused', () => {
+  const b = encodeRequest({ path: '/a b/é', dest: '/d', uid: 1, gid: 2, mode: 0o755, depth: 3, credit: 4, recursive: true, xattrs: { 'user.e2b.k': 'v' } });
+  assert.deepEqual(
+    records(b).map(([t, v]) => [t, [Tag.PATH, Tag.DEST, Tag.XATTR].includes(t as never) ? v.toString() : v.length ? v.readUInt32LE(0) : '']),
+    [[Tag.PATH, '/a b/é'], [Tag.DEST, '/d'], [Tag.UID, 1], [Tag.GID, 2], [Tag.MODE, 0o755], [Tag.DEPTH, 3], [Tag.CREDIT, 4], [Tag.RECURSIVE, ''], [Tag.XATTR, 'user.e2b.k\0v']],
+  );
+  assert.equal(encodeRequest({ recursive: false }).length, 0);
+  assert.throws(() => encodeRequest({ path: '' }), RangeError);
+  assert.throws(() => encodeRequest({ path: 'a\0b' }), RangeError);
+  assert.throws(() => encodeRequest({ mode: -1 }), RangeError);
+  assert.throws(() => encodeRequest({ xattrs: Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`user.e2b.${i}`, ''])) }), RangeError);
+  assert.deepEqual(records(encodeEnv({ A: '1', B: 'x=y', C: '' })).map(([, v]) => v.toString()), ['A=1', 'B=x=y', 'C=']);
+  for (const bad of [{ '': 'x' }, { 'A=B': 'x' }, { A: 'x\0' }] as Record<string, string>[]) assert.throws(() => encodeEnv(bad), RangeError);
+});
+
+test('decodeRecords takes whole records only: any cut or overlong length is undefined, never a throw', () => {
+  const body = Buffer.concat([tlv(Tag.PATH, Buffer.from('/x')), tlv(Tag.UID, Buffer.alloc(4)), tlv(Tag.RECURSIVE)]);
+  assert.equal(decodeRecords(body)?.length, 3);
+  for (let cut = 0; cut < body.length; cut++) {
+    const r = decodeRecords(body.subarray(0, cut));
+    assert.ok(cut === 0 || cut === 7 || cut === 16 ? r !== undefined : r === undefined, `cut at ${cut}`);
+  }
+  const long = Buffer.from(body);
+  long.writeUInt32LE(0xffffffff, 1);
+  assert.equal(decodeRecords(long), undefined);
 });

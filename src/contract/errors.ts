@@ -45,6 +45,11 @@ export const ERRORS = {
     type: 'InternalServerException',
     doc: 'The guest agent, or a command run through it, did not answer in time. Retry, or give the command more time.',
   },
+  AGENT_UNSUPPORTED: {
+    status: 501,
+    type: 'InternalServerException',
+    doc: "The guest's cella-init speaks an older protocol than the operation needs (its image was snapshotted by an older Cella): rebuild the image.",
+  },
   GUEST_BOOT_FAILED: {
     status: 500,
     type: 'InternalServerException',
@@ -138,6 +143,11 @@ export const ERRORS = {
     type: 'ConflictException',
     doc: 'The `clientToken` was already used with different parameters. Reuse it only to retry the same request; use a new one for a new request.',
   },
+  ALREADY_EXISTS: {
+    status: 409,
+    type: 'ConflictException',
+    doc: 'What the request would create already exists (a directory in the guest, say); nothing changed.',
+  },
   NOT_FOUND: {
     status: 404,
     type: 'ResourceNotFoundException',
@@ -178,6 +188,11 @@ export const ERRORS = {
     status: 500,
     type: 'InsufficientCapacityException',
     doc: "The host's disk is (nearly) full, so work that would write a lot was refused before it started. Retry after `retryAfterSeconds`; the operator frees space.",
+  },
+  GUEST_DISK_FULL: {
+    status: 507,
+    type: 'InsufficientCapacityException',
+    doc: "A file system inside the guest is full (ENOSPC, EDQUOT): the VM's own disk, not the host's. Free space in the guest or use a larger disk.",
   },
   // The daemon
   INTERNAL: {

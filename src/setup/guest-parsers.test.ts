@@ -16,7 +16,7 @@ const SEED = process.env.CELLA_FUZZ_SEED ?? '1';
 const ITERS = Number(process.env.CELLA_FUZZ_ITERS ?? 5000);
 
 test(
-  'cella-init parsers: specs, frames, the control-port reader, agent lines and the kernel command line hold under sanitizers',
+  'cella-init parsers: specs, requests, frames, the control-port reader, agent lines, the kernel command line, passwd/group, /proc, HTTP heads, JSON and inotify records hold under sanitizers',
   { timeout: 300_000, skip: !hasGcc && 'gcc is not installed (Debian package gcc): the guest parser fuzz test is built with it' },
   () => {
     const out = mkdtempSync(join(tmpdir(), 'cella-fuzz-'));
@@ -34,6 +34,13 @@ test(
         agent: 2 * Math.floor(ITERS / 2),
         cmdline: 2 * ITERS,
         cidr: 2 * ITERS,
+        req: 4 * ITERS,
+        env: 2 * ITERS,
+        files: 4 * ITERS,
+        proc: 3 * ITERS,
+        http: 2 * ITERS,
+        json: 4 * ITERS,
+        inotify: 2 * ITERS,
       };
       for (const [name, min] of Object.entries(minimum)) {
         assert.ok((counts[name] ?? 0) >= min, `${name}: ${counts[name]} cases, expected at least ${min}`);

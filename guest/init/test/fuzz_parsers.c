@@ -12,6 +12,7 @@
  * Prints one JSON line of case counts per parser when everything passed.
  */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -25,6 +26,7 @@
 #include "../agent.c"
 #include "../boot.c"
 #include "../decode.c"
+#include "../parse.c"
 #include "../port.c"
 
 /* ---------- stand-ins for what the included files use from the rest ---------- */
@@ -128,6 +130,26 @@ static void buf_random(struct buf *b, size_t n)
 		p[i] = rnd();
 }
 
+/*
+ * `parts` pieces: one of `words`, or one time in `rand_one_in` fewer than
+ * `rand_max` random bytes; each followed by `sep` (if any) but one time in
+ * `sep_skip_one_in`.
+ */
+static void put_words(struct buf *b, const char *const *words, size_t nwords, int parts, uint32_t rand_one_in, uint32_t rand_max,
+		      const char *sep, uint32_t sep_skip_one_in)
+{
+	for (int i = 0; i < parts; i++) {
+		if (below(rand_one_in) == 0)
+			buf_random(b, below(rand_max));
+		else {
+			const char *w = words[below(nwords)];
+			buf_put(b, w, strlen(w));
+		}
+		if (sep && below(sep_skip_one_in))
+			buf_put(b, sep, strlen(sep));
+	}
+}
+
 static uint64_t fnv(const uint8_t *d, size_t n)
 {
 	uint64_t h = 0xcbf29ce484222325ull;
@@ -177,6 +199,8 @@ static void tlv(struct buf *b, uint8_t tag, const void *v, uint32_t len)
 	buf_put(b, v, len);
 }
 
+#define INFO_CAP_BIG 8192
+
 /* The spec's rules, walked independently: 1 if parse_spec must accept. */
 static int spec_model_ok(const uint8_t *d, uint32_t n, int empty_ok)
 {
@@ -196,7 +220,9 @@ static int spec_model_ok(const uint8_t *d, uint32_t n, int empty_ok)
 			return 0;
 		if ((tag == TAG_UID || tag == TAG_GID || tag == TAG_WINSIZE) && l != 4)
 			return 0;
-		if (tag < TAG_ARG || tag > TAG_WINSIZE)
+		if ((tag == TAG_STDIN_PIPE && l != 0) || (tag == TAG_GROUPS && (l % 4 || l / 4 > MAX_GROUPS)))
+			return 0;
+		if (tag < TAG_ARG || tag > TAG_LABEL)
 			return 0;
 	}
 	return argc > 0 || empty_ok;
@@ -205,6 +231,37 @@ static int spec_model_ok(const uint8_t *d, uint32_t n, int empty_ok)
 static int same(const char *got, const uint8_t *want, uint32_t l)
 {
 	return memcmp(got, want, l) == 0 && got[l] == 0;
+}
+
+/* spec_info: a prefix of the ARG, ENV, CWD and LABEL records, byte for byte, up to the first that does not fit. */
+static void check_spec_info(const uint8_t *d, uint32_t n)
+{
+	uint32_t caps[] = { 0, 4, 5, 6, below(64), below(4096), INFO_CAP_BIG };
+	for (size_t c = 0; c < sizeof caps / sizeof *caps; c++) {
+		uint32_t cap = caps[c];
+		uint8_t *out = malloc(cap ? cap : 1);
+		int truncated = -1;
+		uint32_t got = spec_info(d, n, out, cap, &truncated);
+		uint32_t off = 0, w = 0;
+		int cut = 0;
+		while (off < n && !cut) {
+			uint8_t tag = d[off];
+			uint32_t l = get32(d + off + 1);
+			if (tag == TAG_ARG || tag == TAG_ENV || tag == TAG_CWD || tag == TAG_LABEL) {
+				if ((uint64_t)w + 5 + l > cap)
+					cut = 1;
+				else {
+					CHECK(w + 5 + l <= got && memcmp(out + w, d + off, 5 + l) == 0, "spec_info record at %u differs",
+					      w);
+					w += 5 + l;
+				}
+			}
+			off += 5 + l;
+		}
+		CHECK(got == w && truncated == cut, "spec_info wrote %u (truncated %d), want %u (%d) with cap %u", got, truncated, w, cut,
+		      cap);
+		free(out);
+	}
 }
 
 static void check_spec_once(const uint8_t *data, uint32_t n, int empty_ok)
@@ -219,8 +276,9 @@ static void check_spec_once(const uint8_t *data, uint32_t n, int empty_ok)
 		/* The same walk again: each value must have come through whole, NUL-terminated. */
 		uint32_t off = 0;
 		int argc = 0, envc = 0;
-		const uint8_t *cwd = NULL;
-		uint32_t cwd_len = 0, uid = 0, gid = 0, stdin_len = 0, rows = 0, cols = 0;
+		const uint8_t *cwd = NULL, *label = NULL, *groups = NULL;
+		uint32_t cwd_len = 0, uid = 0, gid = 0, stdin_len = 0, rows = 0, cols = 0, label_len = 0, ngroups = 0;
+		int gid_given = 0, pipe = 0, groups_given = 0;
 		const uint8_t *stdin_want = NULL;
 		while (off < n) {
 			uint8_t tag = d[off];
@@ -245,6 +303,19 @@ static void check_spec_once(const uint8_t *data, uint32_t n, int empty_ok)
 				break;
 			case TAG_GID:
 				gid = get32(v);
+				gid_given = 1;
+				break;
+			case TAG_STDIN_PIPE:
+				pipe = 1;
+				break;
+			case TAG_GROUPS:
+				groups = v;
+				ngroups = l / 4;
+				groups_given = 1;
+				break;
+			case TAG_LABEL:
+				label = v;
+				label_len = l;
 				break;
 			case TAG_STDIN:
 				stdin_want = v;
@@ -263,6 +334,12 @@ static void check_spec_once(const uint8_t *data, uint32_t n, int empty_ok)
 		CHECK(s.stdin_len == stdin_len, "stdin length %u, want %u", s.stdin_len, stdin_len);
 		CHECK(!stdin_want || (memcmp(s.stdin_data, stdin_want, stdin_len) == 0 && s.stdin_data[stdin_len] == 0), "stdin differs");
 		CHECK(cwd ? same(s.cwd, cwd, cwd_len) : strcmp(s.cwd, "/") == 0, "cwd differs (the last CWD wins)");
+		CHECK(s.gid_given == gid_given && s.stdin_pipe == pipe && s.groups_given == groups_given, "flags differ");
+		CHECK(s.ngroups == (int)ngroups, "%d groups, want %u", s.ngroups, ngroups);
+		for (uint32_t i = 0; i < ngroups; i++)
+			CHECK(s.groups[i] == get32(groups + 4 * i), "group %u differs", i);
+		CHECK(label ? s.label && same(s.label, label, label_len) : s.label == NULL, "label differs (the last LABEL wins)");
+		check_spec_info(d, n);
 	}
 	free(d);
 }
@@ -278,10 +355,14 @@ static void gen_spec(struct buf *b)
 {
 	int records = below(4) == 0 ? below(300) : below(12);
 	for (int i = 0; i < records; i++) {
-		uint8_t tag = TAG_ARG + below(TAG_WINSIZE);
+		uint8_t tag = TAG_ARG + below(TAG_LABEL);
 		uint32_t l = below(8) == 0 ? below(4096) : below(40);
 		if (tag == TAG_UID || tag == TAG_GID || tag == TAG_WINSIZE)
 			l = below(16) == 0 ? below(8) : 4;
+		if (tag == TAG_STDIN_PIPE)
+			l = below(16) == 0 ? below(4) : 0;
+		if (tag == TAG_GROUPS)
+			l = below(16) == 0 ? below(4 * MAX_GROUPS + 8) : 4 * below(MAX_GROUPS + 1);
 		uint8_t v[4096];
 		for (uint32_t k = 0; k < l; k++)
 			v[k] = below(4) == 0 ? 0 : 'a' + below(26);
@@ -317,7 +398,18 @@ static void spec_edges(int *cases)
 	CASE(tlv(&b, TAG_ARG, "a", 1); tlv(&b, TAG_GID, "12345", 5));
 	CASE(tlv(&b, TAG_ARG, "a", 1); tlv(&b, TAG_WINSIZE, four, 0));
 	CASE(tlv(&b, TAG_ARG, "a", 1); tlv(&b, TAG_UID, four, 4); tlv(&b, TAG_GID, four, 4); tlv(&b, TAG_WINSIZE, four, 4));
+	CASE(tlv(&b, TAG_ARG, "a", 1); tlv(&b, TAG_STDIN_PIPE, NULL, 0)); /* v3 tags: a flag, groups, a label */
+	CASE(tlv(&b, TAG_ARG, "a", 1); tlv(&b, TAG_STDIN_PIPE, "x", 1));
+	CASE(tlv(&b, TAG_ARG, "a", 1); tlv(&b, TAG_GROUPS, NULL, 0));
+	CASE(tlv(&b, TAG_ARG, "a", 1); tlv(&b, TAG_GROUPS, four, 3));
+	CASE(tlv(&b, TAG_ARG, "a", 1); tlv(&b, TAG_GROUPS, four, 4); tlv(&b, TAG_GROUPS, "12345678", 8));
+	CASE(tlv(&b, TAG_ARG, "a", 1); tlv(&b, TAG_LABEL, "one", 3); tlv(&b, TAG_LABEL, "", 0));
+	uint8_t *groups = calloc(4, MAX_GROUPS + 1);
+	CASE(tlv(&b, TAG_ARG, "a", 1); tlv(&b, TAG_GROUPS, groups, 4 * MAX_GROUPS));
+	CASE(tlv(&b, TAG_ARG, "a", 1); tlv(&b, TAG_GROUPS, groups, 4 * MAX_GROUPS + 4));
+	free(groups);
 	CASE(tlv(&b, 0, "a", 1)); /* unknown tags */
+	CASE(tlv(&b, TAG_LABEL + 1, "a", 1));
 	CASE(tlv(&b, TAG_WINSIZE + 1, "a", 1));
 	CASE(tlv(&b, 0xff, "a", 1));
 	/* Counts at and over MAX_ARGS. */
@@ -653,7 +745,7 @@ static void check_agent(const uint8_t *data, size_t n)
 		fail("socketpair: %m");
 	fcntl(sv[0], F_SETFL, O_NONBLOCK);
 	struct client *c = &clients[below(MAX_CLIENTS)];
-	*c = (struct client){ .fd = sv[0] };
+	*c = (struct client){ .conn.fd = sv[0] };
 	int user = sv[1];
 	ctl.fd = -1;
 	struct buf rx = { 0 };
@@ -661,7 +753,7 @@ static void check_agent(const uint8_t *data, size_t n)
 	ssize_t k;
 	size_t w = 0;
 	int done = 0;
-	while (c->fd >= 0) {
+	while (c->conn.fd >= 0) {
 		if (w < n) {
 			size_t piece = 1 + below(below(2) ? 8 : 300);
 			if (piece > n - w)
@@ -673,7 +765,7 @@ static void check_agent(const uint8_t *data, size_t n)
 			done = 1;
 		}
 		int avail = 0;
-		if (ioctl(c->fd, FIONREAD, &avail) < 0 || avail > 0 || done)
+		if (ioctl(c->conn.fd, FIONREAD, &avail) < 0 || avail > 0 || done)
 			client_read(c); /* one read, as for one POLLIN */
 		while ((k = recv(user, tmp, sizeof tmp, MSG_DONTWAIT)) > 0)
 			buf_put(&rx, tmp, k);
@@ -758,21 +850,11 @@ static void check_cmdline(const uint8_t *data, size_t n)
 
 static void gen_cmdline(struct buf *b)
 {
-	static const char *words[] = {
+	static const char *const words[] = {
 		"console=ttyS0", "cella.ip=172.29.0.9/24", "cella.ip=",          "xcella.ip=1",          "cella.ipx=2",   "cella.ip", "=",
 		"a=b",           "cella.root=/dev/vdb",    "cella.gw=1.2.3.4\n", "cella.build=/dev/vdc", "cella.probe=1", "  ",       "\n"
 	};
-	int parts = below(12);
-	for (int i = 0; i < parts; i++) {
-		if (below(6) == 0)
-			buf_random(b, below(20));
-		else {
-			const char *w = words[below(sizeof words / sizeof *words)];
-			buf_put(b, w, strlen(w));
-		}
-		if (below(4))
-			buf_put(b, " ", 1);
-	}
+	put_words(b, words, sizeof words / sizeof *words, below(12), 6, 20, " ", 4);
 }
 
 static void check_cidr(const uint8_t *data, size_t n)
@@ -813,6 +895,556 @@ static void cidr_edges(int *cases)
 	}
 }
 
+/* ---------- file and user requests (parse_req) and the sandbox's environment (parse_env) ---------- */
+
+static int is_str_tag(uint8_t t)
+{
+	return t == TAG_PATH || t == TAG_DEST || t == TAG_NAME;
+}
+
+static int is_u32_tag(uint8_t t)
+{
+	return t == TAG_UID || t == TAG_GID || t == TAG_MODE || t == TAG_DEPTH || t == TAG_CREDIT;
+}
+
+/* The request rules: 1 if parse_req must accept. */
+static int req_model_ok(const uint8_t *d, uint32_t n)
+{
+	uint32_t off = 0;
+	int xattrs = 0;
+	while (off < n) {
+		if (n - off < 5)
+			return 0;
+		uint8_t tag = d[off];
+		uint32_t l = get32(d + off + 1);
+		if (l > n - off - 5)
+			return 0;
+		const uint8_t *v = d + off + 5;
+		off += 5 + l;
+		int nul = -1;
+		for (uint32_t i = 0; i < l && nul < 0; i++)
+			if (v[i] == 0)
+				nul = i;
+		if (is_str_tag(tag)        ? nul >= 0
+		    : is_u32_tag(tag)      ? l != 4
+		    : tag == TAG_RECURSIVE ? l != 0
+		    : tag == TAG_XATTR     ? nul < 1 || ++xattrs > MAX_XATTRS
+					   : 1)
+			return 0;
+	}
+	return 1;
+}
+
+static void check_req(const uint8_t *data, size_t n)
+{
+	uint8_t *d = exact(data, n);
+	struct req q;
+	int r = parse_req(d, n, &q);
+	int ok = req_model_ok(d, n);
+	CHECK((r == 0) == ok, "parse_req returned %d for a %zu-byte body the model %s", r, n, ok ? "accepts" : "rejects");
+	if (r == 0) {
+		const uint8_t *str[3] = { 0 };
+		uint32_t slen[3] = { 0 }, num[5] = { 0 }, off = 0;
+		int has[5] = { 0 }, rec = 0, nx = 0;
+		static const uint8_t strs[3] = { TAG_PATH, TAG_DEST, TAG_NAME },
+				     nums[5] = { TAG_UID, TAG_GID, TAG_MODE, TAG_DEPTH, TAG_CREDIT };
+		while (off < n) {
+			uint8_t tag = d[off];
+			uint32_t l = get32(d + off + 1);
+			const uint8_t *v = d + off + 5;
+			off += 5 + l;
+			for (int i = 0; i < 3; i++)
+				if (tag == strs[i])
+					str[i] = v, slen[i] = l;
+			for (int i = 0; i < 5; i++)
+				if (tag == nums[i])
+					num[i] = get32(v), has[i] = 1;
+			rec |= tag == TAG_RECURSIVE;
+			if (tag == TAG_XATTR) {
+				CHECK(q.xattr[nx] == v && q.xattr_len[nx] == l, "xattr %d differs", nx);
+				nx++;
+			}
+		}
+		const char *got[3] = { q.path, q.dest, q.name };
+		for (int i = 0; i < 3; i++)
+			CHECK(str[i] ? got[i] && same(got[i], str[i], slen[i]) : got[i] == NULL, "string %d differs (the last wins)", i);
+		uint32_t gnum[5] = { q.uid, q.gid, q.mode, q.depth, q.credit };
+		int ghas[5] = { q.has_uid, q.has_gid, q.has_mode, q.has_depth, q.has_credit };
+		for (int i = 0; i < 5; i++)
+			CHECK(ghas[i] == has[i] && (!has[i] || gnum[i] == num[i]), "number %d differs", i);
+		CHECK(q.recursive == rec && q.nxattr == nx, "recursive %d/%d, xattrs %d/%d", q.recursive, rec, q.nxattr, nx);
+	}
+	free(d);
+}
+
+static void gen_req(struct buf *b)
+{
+	static const uint8_t tags[] = { TAG_PATH,   TAG_DEST,      TAG_NAME,  TAG_UID, TAG_GID, TAG_MODE, TAG_DEPTH,
+					TAG_CREDIT, TAG_RECURSIVE, TAG_XATTR, TAG_ARG, 0,       0xff };
+	int records = below(4) == 0 ? below(60) : below(8);
+	for (int i = 0; i < records; i++) {
+		uint8_t tag = tags[below(sizeof tags)], v[300];
+		uint32_t l = below(8) == 0 ? below(300) : below(24);
+		for (uint32_t k = 0; k < l; k++)
+			v[k] = below(6) == 0 ? 0 : 'a' + below(26);
+		if (is_u32_tag(tag) && below(8))
+			l = 4;
+		if (tag == TAG_RECURSIVE && below(8))
+			l = 0;
+		if (tag == TAG_XATTR && l > 2 && below(4))
+			v[1 + below(l - 1)] = 0;
+		if (is_str_tag(tag) && below(2))
+			for (uint32_t k = 0; k < l; k++)
+				v[k] = v[k] ? v[k] : '/';
+		tlv(b, tag, v, l);
+	}
+}
+
+static void check_env(const uint8_t *data, size_t n)
+{
+	uint8_t *d = exact(data, n);
+	static struct tlv vals[MAX_ARGS];
+	int max = below(4) == 0 ? below(8) : MAX_ARGS;
+	int r = parse_env(d, n, vals, max);
+	/* The model: ENV records only, each with '=' after a non-empty key and no NUL, at most max. */
+	uint32_t off = 0;
+	int want = 0;
+	while (want >= 0 && off < n) {
+		if (n - off < 5 || get32(d + off + 1) > n - off - 5) {
+			want = -1;
+			break;
+		}
+		uint32_t l = get32(d + off + 1);
+		const uint8_t *v = d + off + 5;
+		int eq = -1, nul = 0;
+		for (uint32_t i = 0; i < l; i++) {
+			if (v[i] == '=' && eq < 0)
+				eq = i;
+			nul |= v[i] == 0;
+		}
+		if (d[off] != TAG_ENV || eq < 1 || nul || want == max)
+			want = -1;
+		else {
+			if (r > want)
+				CHECK(vals[want].val == v && vals[want].len == l, "env %d differs", want);
+			want++;
+		}
+		off += 5 + l;
+	}
+	CHECK(r == want, "parse_env returned %d, want %d", r, want);
+	free(d);
+}
+
+static void gen_env(struct buf *b)
+{
+	static const char *kvs[] = { "A=1", "PATH=/bin", "=x", "K=", "noeq", "X=a=b", "E2B_SANDBOX=true" };
+	int records = below(12);
+	for (int i = 0; i < records; i++) {
+		const char *kv = kvs[below(sizeof kvs / sizeof *kvs)];
+		tlv(b, below(20) ? TAG_ENV : TAG_ARG, kv, strlen(kv));
+		if (below(30) == 0)
+			tlv(b, TAG_ENV, "K=a\0b", 5);
+	}
+}
+
+/* ---------- /etc/passwd and /etc/group (pw_next, gr_next, gr_has) ---------- */
+
+/* A field that is a u32 in decimal, read one digit at a time: -1 when it is not. */
+static int64_t model_num(const char *p, size_t n)
+{
+	if (n == 0 || n > 10)
+		return -1;
+	int64_t v = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (!isdigit((unsigned char)p[i]))
+			return -1;
+		v = v * 10 + (p[i] - '0');
+	}
+	return v > 0xffffffffll ? -1 : v;
+}
+
+/* Fields of each line, by index; the model of both files. */
+static void check_files(const uint8_t *data, size_t n)
+{
+	char *d = (char *)exact(data, n);
+	size_t pw_off = 0, gr_off = 0;
+	struct pwent pe;
+	struct grent ge;
+	size_t start = 0;
+	for (size_t i = 0; i <= n; i++) {
+		if (i < n && d[i] != '\n')
+			continue;
+		/* The line [start, i): split at every ':'. */
+		size_t at[16], nf = 1;
+		at[0] = start;
+		for (size_t k = start; k < i && nf < 16; k++)
+			if (d[k] == ':')
+				at[nf++] = k + 1;
+		size_t fl[16];
+		for (size_t f = 0; f < nf; f++)
+			fl[f] = (f + 1 < nf ? at[f + 1] - 1 : i) - at[f];
+		int many = 0;
+		for (size_t k = start; k < i; k++)
+			many += d[k] == ':';
+		if (start < n || i < n) {
+			int64_t uid = many == 6 ? model_num(d + at[2], fl[2]) : -1, gid = many == 6 ? model_num(d + at[3], fl[3]) : -1;
+			if (many == 6 && fl[0] && uid >= 0 && gid >= 0) {
+				CHECK(pw_next(d, n, &pw_off, &pe) == 1, "pw_next missed the line at %zu", start);
+				CHECK(pe.name.p == d + at[0] && pe.name.len == fl[0] && pe.uid == uid && pe.gid == gid &&
+					      pe.home.p == d + at[5] && pe.home.len == fl[5] && pe.shell.p == d + at[6] &&
+					      pe.shell.len == fl[6],
+				      "passwd entry at %zu differs", start);
+			}
+			int64_t ggid = many == 3 ? model_num(d + at[2], fl[2]) : -1;
+			if (many == 3 && fl[0] && ggid >= 0) {
+				CHECK(gr_next(d, n, &gr_off, &ge) == 1, "gr_next missed the line at %zu", start);
+				CHECK(ge.name.p == d + at[0] && ge.name.len == fl[0] && ge.gid == ggid && ge.members.p == d + at[3] &&
+					      ge.members.len == fl[3],
+				      "group entry at %zu differs", start);
+				/* gr_has against a walk of the members, comma by comma. */
+				static const char *names[] = { "user", "root", "a", "" };
+				for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
+					size_t nl = strlen(names[k]);
+					int want = 0;
+					for (size_t s0 = 0, c = 0; c <= fl[3]; c++)
+						if (c == fl[3] || d[at[3] + c] == ',') {
+							want |= nl && c - s0 == nl && memcmp(d + at[3] + s0, names[k], nl) == 0;
+							s0 = c + 1;
+						}
+					CHECK(gr_has(ge.members, names[k], nl) == want, "gr_has(%s) differs", names[k]);
+				}
+			}
+		}
+		start = i + 1;
+	}
+	CHECK(pw_next(d, n, &pw_off, &pe) == 0 && gr_next(d, n, &gr_off, &ge) == 0, "entries after the last line");
+	free(d);
+}
+
+static void gen_files(struct buf *b)
+{
+	static const char *const lines[] = { "root:x:0:0:root:/root:/bin/bash",
+					     "user:x:1000:1000::/home/user:/bin/bash",
+					     "sudo:x:27:user",
+					     "users:x:100:user,root,a",
+					     "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin",
+					     "big:x:4294967295:4294967296:::",
+					     "neg:x:-1:0:::",
+					     ":x:1:1:::",
+					     "a:b:c",
+					     "g::7:",
+					     "x:x:01234567890:1::/:/",
+					     "#comment",
+					     "",
+					     "w:x:1:2:3:4:5:6" };
+	put_words(b, lines, sizeof lines / sizeof *lines, below(12), 8, 30, "\n", 6);
+}
+
+/* ---------- /proc/meminfo and /proc/stat (meminfo_parse, cpustat_parse) ---------- */
+
+struct proc_sample {
+	uint64_t v[8];
+};
+
+/* A well-formed file from known numbers: the parsers must read back exactly those. */
+static void check_proc_exact(void)
+{
+	char text[1024];
+	struct meminfo m;
+	uint64_t kb[5];
+	for (int i = 0; i < 5; i++)
+		kb[i] = below(4) == 0 ? rnd() >> below(64) : below(1 << 24);
+	int n = snprintf(
+		text, sizeof text,
+		"MemTotal:       %llu kB\nMemFree:  %llu kB\nMemAvailable: 1 kB\nBuffers: %llu kB\nSwapCached: 99 kB\nCached:\t%llu kB\n"
+		"SReclaimable:   %llu kB\n",
+		(unsigned long long)kb[0], (unsigned long long)kb[1], (unsigned long long)kb[2], (unsigned long long)kb[3],
+		(unsigned long long)kb[4]);
+	char *d = (char *)exact((const uint8_t *)text, n);
+	CHECK(meminfo_parse(d, n, &m) == 0, "meminfo_parse refused a well-formed file");
+	uint64_t got[5] = { m.total, m.free, m.buffers, m.cached, m.sreclaimable };
+	for (int i = 0; i < 5; i++)
+		CHECK(got[i] == (kb[i] > UINT64_MAX / 1024 ? UINT64_MAX : kb[i] * 1024), "meminfo field %d", i);
+	free(d);
+	struct proc_sample s;
+	uint64_t total = 0, idle = 0;
+	for (int i = 0; i < 8; i++) {
+		s.v[i] = rnd() >> (8 + below(56));
+		total += s.v[i];
+	}
+	idle = s.v[3] + s.v[4];
+	n = snprintf(text, sizeof text, "cpu  %llu %llu %llu %llu %llu %llu %llu %llu 5 6\ncpu0 1 2 3 4 5 6 7 8 9 10\nintr 1\n",
+		     (unsigned long long)s.v[0], (unsigned long long)s.v[1], (unsigned long long)s.v[2], (unsigned long long)s.v[3],
+		     (unsigned long long)s.v[4], (unsigned long long)s.v[5], (unsigned long long)s.v[6], (unsigned long long)s.v[7]);
+	d = (char *)exact((const uint8_t *)text, n);
+	uint64_t t, i;
+	CHECK(cpustat_parse(d, n, &t, &i) == 0 && t == total && i == idle, "cpustat_parse: %llu/%llu, want %llu/%llu",
+	      (unsigned long long)t, (unsigned long long)i, (unsigned long long)total, (unsigned long long)idle);
+	free(d);
+}
+
+/* Anything else: no read out of bounds, and what comes back is consistent. */
+static void check_proc(const uint8_t *data, size_t n)
+{
+	char *d = (char *)exact(data, n);
+	struct meminfo m;
+	int found = 0;
+	for (size_t i = 0; i + 9 <= n && !found; i++)
+		found = (i == 0 || d[i - 1] == '\n') && memcmp(d + i, "MemTotal:", 9) == 0;
+	CHECK((meminfo_parse(d, n, &m) == 0) == found, "meminfo_parse: MemTotal %s", found ? "missed" : "invented");
+	uint64_t t = 0, i = 0;
+	int cpu = n >= 4 && memcmp(d, "cpu ", 4) == 0;
+	CHECK((cpustat_parse(d, n, &t, &i) == 0) == cpu, "cpustat_parse on a %s line", cpu ? "cpu" : "non-cpu");
+	CHECK(!cpu || i <= t, "idle %llu over total %llu", (unsigned long long)i, (unsigned long long)t);
+	free(d);
+}
+
+static void gen_proc(struct buf *b)
+{
+	static const char *const words[] = { "cpu ", "cpu  1 2 3 4 5 6 7 8",    "MemTotal:",     "Cached:", " 123 kB", "\t",
+					     "\n",   "99999999999999999999999", "SReclaimable:", "x",       " " };
+	put_words(b, words, sizeof words / sizeof *words, below(16), 8, 12, NULL, 0);
+}
+
+/* ---------- HTTP request heads (http_parse) ---------- */
+
+/* The model: the route of a head, found by scanning for its end and then reading the request line token by token. */
+static int model_http(const char *d, size_t n)
+{
+	size_t end = 0;
+	for (size_t i = 0; i < n && !end; i++)
+		if (d[i] == '\n' && ((i + 1 < n && d[i + 1] == '\n') || (i + 2 < n && d[i + 1] == '\r' && d[i + 2] == '\n')))
+			end = i + 1;
+	if (!end)
+		return 0;
+	size_t line = 0;
+	while (d[line] != '\n')
+		line++;
+	if (line > 0 && d[line - 1] == '\r')
+		line--;
+	/* Exactly three space-separated tokens. */
+	size_t tok[3], tl[3], k = 0, i = 0;
+	while (k < 3) {
+		tok[k] = i;
+		while (i < line && d[i] != ' ')
+			i++;
+		tl[k] = i - tok[k];
+		k++;
+		if (i == line)
+			break;
+		i++;
+	}
+	if (k < 3 || tok[2] + tl[2] != line || tl[0] == 0 || tl[1] == 0)
+		return -1;
+	for (size_t c = 0; c < tl[0]; c++)
+		if (!isupper((unsigned char)d[tok[0] + c]))
+			return -1;
+	if (d[tok[1]] != '/')
+		return -1;
+	for (size_t c = 0; c < tl[1]; c++)
+		if ((unsigned char)d[tok[1] + c] <= 32 || d[tok[1] + c] == 127)
+			return -1;
+	if (!(tl[2] == 8 && (memcmp(d + tok[2], "HTTP/1.0", 8) == 0 || memcmp(d + tok[2], "HTTP/1.1", 8) == 0)))
+		return -1;
+	if (!(tl[0] == 3 && memcmp(d + tok[0], "GET", 3) == 0))
+		return HTTP_BAD_METHOD;
+	size_t p = 0;
+	while (p < tl[1] && d[tok[1] + p] != '?')
+		p++;
+	if (p == 5 && memcmp(d + tok[1], "/envs", 5) == 0)
+		return HTTP_ENVS;
+	if (p == 7 && memcmp(d + tok[1], "/health", 7) == 0)
+		return HTTP_HEALTH;
+	return HTTP_NOT_FOUND;
+}
+
+static void check_http(const uint8_t *data, size_t n)
+{
+	char *d = (char *)exact(data, n);
+	int r = http_parse(d, n), want = model_http(d, n);
+	CHECK(r == want, "http_parse returned %d, want %d (%zu bytes)", r, want, n);
+	free(d);
+}
+
+static void gen_http(struct buf *b)
+{
+	static const char *methods[] = { "GET", "POST", "HEAD", "get", "", "G ET" };
+	static const char *targets[] = { "/envs", "/health", "/envs?x=1", "/", "/healthz", "envs", "/a b", "", "/envs\t", "/e\x7f" };
+	static const char *versions[] = { "HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1 ", "http/1.1", "" };
+	static const char *ends[] = { "\r\n\r\n", "\n\n", "\r\nHost: x\r\n\r\n", "\r\n", "\n\r\n", "", "\r\n\r" };
+	if (below(6) == 0) {
+		buf_random(b, below(64));
+		return;
+	}
+	int good = below(2); /* half of them well-formed, so every route is reached often */
+	const char *parts[] = { methods[good ? below(2) : below(6)],  " ",
+				targets[good ? below(5) : below(10)], " ",
+				versions[good ? below(2) : below(6)], ends[good ? below(3) : below(7)] };
+	for (size_t i = 0; i < 6; i++)
+		if (below(40))
+			buf_put(b, parts[i], strlen(parts[i]));
+	if (below(5) == 0)
+		buf_random(b, below(16));
+}
+
+/* ---------- JSON strings (json_string) ---------- */
+
+/* An independent UTF-8 check: code points decoded, then overlongs, surrogates and the range refused. */
+static int valid_utf8(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n;) {
+		uint32_t cp, min;
+		int k;
+		if (p[i] < 0x80) {
+			i++;
+			continue;
+		} else if ((p[i] & 0xe0) == 0xc0)
+			k = 2, cp = p[i] & 0x1f, min = 0x80;
+		else if ((p[i] & 0xf0) == 0xe0)
+			k = 3, cp = p[i] & 0x0f, min = 0x800;
+		else if ((p[i] & 0xf8) == 0xf0)
+			k = 4, cp = p[i] & 0x07, min = 0x10000;
+		else
+			return 0;
+		if (n - i < (size_t)k)
+			return 0;
+		for (int j = 1; j < k; j++) {
+			if ((p[i + j] & 0xc0) != 0x80)
+				return 0;
+			cp = cp << 6 | (p[i + j] & 0x3f);
+		}
+		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+			return 0;
+		i += k;
+	}
+	return 1;
+}
+
+/* Decodes a JSON string (quotes included) as a strict reader would; its bytes in out, or -1 when it is not one. */
+static long json_decode(const char *s, size_t n, uint8_t *out)
+{
+	if (n < 2 || s[0] != '"' || s[n - 1] != '"')
+		return -1;
+	size_t w = 0;
+	for (size_t i = 1; i < n - 1; i++) {
+		unsigned char c = s[i];
+		if (c < 0x20 || c == '"')
+			return -1;
+		if (c != '\\') {
+			out[w++] = c;
+			continue;
+		}
+		if (++i >= n - 1)
+			return -1;
+		if (s[i] == '"' || s[i] == '\\' || s[i] == '/')
+			out[w++] = s[i];
+		else if (s[i] == 'u' && i + 4 < n - 1) {
+			unsigned v = 0;
+			for (int k = 1; k <= 4; k++) {
+				char h = s[i + k];
+				v = v << 4 | (unsigned)(isdigit((unsigned char)h) ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : 99);
+			}
+			if (v > 0xffff || (v >= 0xd800 && v <= 0xdfff))
+				return -1;
+			if (v < 0x80)
+				out[w++] = v;
+			else if (v < 0x800)
+				out[w++] = 0xc0 | v >> 6, out[w++] = 0x80 | (v & 0x3f);
+			else
+				out[w++] = 0xe0 | v >> 12, out[w++] = 0x80 | ((v >> 6) & 0x3f), out[w++] = 0x80 | (v & 0x3f);
+			i += 4;
+		} else
+			return -1;
+	}
+	return (long)w;
+}
+
+static void check_json(const uint8_t *data, size_t n)
+{
+	uint8_t *d = exact(data, n);
+	size_t cap = 6 * n + 2;
+	char *out = malloc(cap);
+	uint8_t *back = malloc(3 * n + 1);
+	long r = json_string(out, cap, d, n);
+	CHECK(r >= 2, "json_string failed with room for the worst case");
+	long m = json_decode(out, r, back);
+	CHECK(m >= 0, "json_string wrote something that is not a JSON string");
+	CHECK(valid_utf8(back, m), "the string holds invalid UTF-8");
+	if (valid_utf8(d, n))
+		CHECK((size_t)m == n && memcmp(back, d, n) == 0, "valid UTF-8 did not come through unchanged");
+	/* One byte short of what it needs: refused, nothing written past the end. */
+	char *tight = malloc(r - 1);
+	CHECK(json_string(tight, r - 1, d, n) == -1, "json_string wrote into too small a buffer");
+	CHECK(json_string(tight, 1, d, n) == -1 && json_string(tight, 0, d, n) == -1, "json_string on a tiny buffer");
+	free(tight);
+	free(out);
+	free(back);
+	free(d);
+}
+
+static void gen_json(struct buf *b)
+{
+	static const char *const pieces[] = { "plain",        "\"",       "\\",           "\n\t\r\b\f",
+					      "\x01\x1f\x7f", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80",
+					      "\xed\xa0\x80", "\xc0\xaf", "\xe0\x80\xaf", "\xf4\x90\x80\x80",
+					      "\xff",         "\xc3",     "\xe2\x82",     "\xf0\x9f\x98" };
+	put_words(b, pieces, sizeof pieces / sizeof *pieces, below(10), 6, 8, NULL, 0);
+}
+
+/* ---------- inotify records (inotify_next) ---------- */
+
+static void check_inotify(const uint8_t *data, size_t n)
+{
+	uint8_t *d = exact(data, n);
+	size_t off = 0, moff = 0;
+	struct inev e;
+	for (;;) {
+		int r = inotify_next(d, n, &off, &e);
+		/* The model: a 16-byte header, then its length field's worth of name. */
+		int want;
+		uint32_t h[4];
+		if (moff == n)
+			want = 0;
+		else if (n - moff < 16)
+			want = -1;
+		else {
+			memcpy(h, d + moff, 16);
+			want = h[3] > n - moff - 16 ? -1 : 1;
+		}
+		CHECK(r == want, "inotify_next returned %d at %zu, want %d", r, moff, want);
+		if (r != 1)
+			break;
+		size_t nl = 0;
+		while (nl < h[3] && d[moff + 16 + nl])
+			nl++;
+		CHECK(e.wd == (int32_t)h[0] && e.mask == h[1] && e.cookie == h[2] && e.name == (const char *)d + moff + 16 &&
+			      e.name_len == nl,
+		      "record at %zu differs", moff);
+		moff += 16 + h[3];
+		CHECK(off == moff, "offset %zu, want %zu", off, moff);
+	}
+	free(d);
+}
+
+static void gen_inotify(struct buf *b)
+{
+	int records = below(10);
+	for (int i = 0; i < records; i++) {
+		uint32_t h[4] = { (uint32_t)rnd(), (uint32_t)rnd(), (uint32_t)rnd(), 0 };
+		char name[64] = { 0 };
+		size_t nl = below(20);
+		for (size_t k = 0; k < nl; k++)
+			name[k] = 'a' + below(26);
+		h[3] = below(10) == 0 ? (uint32_t)rnd() : (uint32_t)((nl + (below(2) ? 1 : 0) + 15) & ~15u);
+		if (h[3] > sizeof name && below(2))
+			h[3] = nl;
+		buf_put(b, h, 16);
+		buf_put(b, name, h[3] < sizeof name ? h[3] : sizeof name);
+	}
+	if (below(6) == 0)
+		b->len -= below(b->len + 1);
+}
+
 /* ---------- driver ---------- */
 
 typedef void check_fn(const uint8_t *d, size_t n);
@@ -846,7 +1478,10 @@ static void gen_bytes(struct buf *b)
 /* Coverage-guided (make -C guest fuzz-libfuzzer, clang): the first byte picks the parser, the rest is its input. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static check_fn *const checks[] = { check_spec, check_fixed, check_frame_next, check_ctl, check_agent, check_cmdline, check_cidr };
+	static check_fn *const checks[] = {
+		check_spec, check_fixed, check_frame_next, check_ctl,  check_agent, check_cmdline, check_cidr,
+		check_req,  check_env,   check_files,      check_proc, check_http,  check_json,    check_inotify
+	};
 	if (size == 0)
 		return 0;
 	signal(SIGPIPE, SIG_IGN);
@@ -862,7 +1497,8 @@ int main(int argc, char **argv)
 	int iters = argc > 2 ? atoi(argv[2]) : 2000;
 	rng_state = seed;
 	signal(SIGPIPE, SIG_IGN);
-	int spec = 0, fixed = 0, frames = 0, ctl_cases = 0, agent = 0, cmdline = 0, cidr = 0;
+	int spec = 0, fixed = 0, frames = 0, ctl_cases = 0, agent = 0, cmdline = 0, cidr = 0, req = 0, env = 0, files = 0, proc = 0,
+	    http = 0, json = 0, inotify = 0;
 
 	current = "spec edges";
 	spec_edges(&spec);
@@ -888,9 +1524,23 @@ int main(int argc, char **argv)
 	agent += run_random("agent lines", check_agent, gen_lines, iters / 2);
 	cmdline += run_random("kernel command line", check_cmdline, gen_cmdline, iters);
 	cidr += run_random("addresses", check_cidr, gen_bytes, iters);
+	req += run_random("requests, generated", check_req, gen_req, iters);
+	req += run_random("requests, random bytes", check_req, gen_bytes, iters);
+	env += run_random("environments", check_env, gen_env, iters);
+	files += run_random("passwd and group", check_files, gen_files, iters);
+	files += run_random("passwd and group, random bytes", check_files, gen_bytes, iters);
+	current = "proc files, well-formed";
+	for (int i = 0; i < iters; i++, proc++)
+		check_proc_exact();
+	proc += run_random("proc files", check_proc, gen_proc, iters);
+	http += run_random("http heads", check_http, gen_http, iters);
+	json += run_random("json strings", check_json, gen_json, iters);
+	json += run_random("json strings, random bytes", check_json, gen_bytes, iters);
+	inotify += run_random("inotify records", check_inotify, gen_inotify, iters);
 
-	printf("{\"seed\":%llu,\"spec\":%d,\"fixed\":%d,\"frames\":%d,\"ctl\":%d,\"agent\":%d,\"cmdline\":%d,\"cidr\":%d}\n",
-	       (unsigned long long)seed, spec, fixed, frames, ctl_cases, agent, cmdline, cidr);
+	printf("{\"seed\":%llu,\"spec\":%d,\"fixed\":%d,\"frames\":%d,\"ctl\":%d,\"agent\":%d,\"cmdline\":%d,\"cidr\":%d,\"req\":%d,"
+	       "\"env\":%d,\"files\":%d,\"proc\":%d,\"http\":%d,\"json\":%d,\"inotify\":%d}\n",
+	       (unsigned long long)seed, spec, fixed, frames, ctl_cases, agent, cmdline, cidr, req, env, files, proc, http, json, inotify);
 	return 0;
 }
 #endif
