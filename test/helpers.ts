@@ -1,8 +1,10 @@
-import { mkdtempSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { request } from 'node:http';
 import path from 'node:path';
-import { processStartTime, type RunningVm } from '../src/engine/index.js';
-import { DEMO_PORT } from '../src/setup/index.js';
+import { Engine, processStartTime, type RunningVm } from '../src/engine/index.js';
+import { listNamespaces, namespaceOwner } from '../src/net/index.js';
+import { DEMO_APP, DEMO_PORT, buildDemoRootfs } from '../src/setup/index.js';
 
 /** Short paths: unix sockets live under the data dir. */
 export function tempDataDir(tag: string): string {
@@ -67,4 +69,47 @@ export function processesWith(text: string): number[] {
 export function namespaceOf(pid: number): string | undefined {
   const ino = statSync(`/proc/${pid}/ns/net`).ino;
   return readdirSync('/run/netns').find((n) => statSync(`/run/netns/${n}`).ino === ino);
+}
+
+export interface DemoEngine {
+  engine: Engine;
+  imageDir: string;
+  /** A fresh VM id. */
+  nextId: () => string;
+  /** Runs `fn` on a new clone, terminated after. */
+  withVm: (fn: (vm: RunningVm) => Promise<void>) => Promise<void>;
+  /** Ends the engine, removes its directory, checks that none of its namespaces leaked. */
+  close: () => Promise<void>;
+}
+
+/** An engine on a fresh data directory with the demo image snapshotted in it (256 MiB, no warm clones), for suites that launch clones of it. */
+export async function demoEngine(tag: string): Promise<DemoEngine> {
+  const dataDir = tempDataDir(tag);
+  const engine = await Engine.open({ dataDir, log: () => {}, warmNetworks: 1, warmClones: 0 });
+  const imageDir = path.join(dataDir, 'images', 'demo');
+  const rootfs = path.join(dataDir, 'demo.ext4');
+  await buildDemoRootfs(engine.guest, rootfs);
+  await engine.createSnapshot({ dir: imageDir, rootfs, app: DEMO_APP, port: DEMO_PORT, memoryMiB: 256 });
+  let seq = 0;
+  const nextId = (): string => `${tag}-${process.pid}-${++seq}`;
+  return {
+    engine,
+    imageDir,
+    nextId,
+    withVm: async (fn) => {
+      const vm = await engine.launch(imageDir, nextId());
+      try {
+        await fn(vm);
+      } finally {
+        await engine.terminate(vm.ref);
+      }
+    },
+    close: async () => {
+      const netTag = engine.networkTag;
+      await engine.close();
+      rmSync(dataDir, { recursive: true, force: true });
+      const ours = listNamespaces().filter((n) => namespaceOwner(Number(n.slice('cella-'.length))) === netTag);
+      assert.deepEqual(ours, [], 'no network namespace leaked');
+    },
+  };
 }
