@@ -682,3 +682,23 @@ test('a hostile guest: frames of every type, for live and unknown ids, with bodi
   guest.send(encodeFrame(Msg.OK, (await guest.next(Msg.FS_STAT)).id, entry()));
   assert.equal((await stat).size, 3);
 });
+
+test('listings wait their turn: one process listing at a time, four file listings', async () => {
+  const a = guest.client.listProcesses();
+  const b = guest.client.listProcesses();
+  const first = await guest.next(Msg.EXEC_LIST);
+  await roundTrip();
+  assert.equal(guest.frames.filter((f) => f.type === Msg.EXEC_LIST).length, 1);
+  guest.send(encodeFrame(Msg.OK, first.id));
+  guest.send(encodeFrame(Msg.OK, (await guest.next(Msg.EXEC_LIST)).id));
+  assert.deepEqual([await a, await b], [[], []]);
+
+  const lists = [1, 2, 3, 4, 5].map((i) => guest.client.fs.list(`/d${i}`));
+  const sent = await Promise.all([1, 2, 3, 4].map(() => guest.next(Msg.FS_LIST)));
+  await roundTrip();
+  assert.equal(guest.frames.filter((f) => f.type === Msg.FS_LIST).length, 4, 'the fifth waits');
+  guest.send(encodeFrame(Msg.OK, (sent[0] as Frame).id));
+  const fifth = await guest.next(Msg.FS_LIST);
+  guest.send(...[...sent.slice(1), fifth].map((f) => encodeFrame(Msg.OK, f.id)));
+  assert.deepEqual(await Promise.all(lists), [[], [], [], [], []]);
+});

@@ -80,6 +80,7 @@ export class AgentClient extends EventEmitter implements Channel {
   private version: number | undefined;
   private versionAsked: Promise<number> | undefined;
   private isClosed = false;
+  private listing: Promise<unknown> = Promise.resolve();
 
   private constructor(private readonly socket: net.Socket) {
     super();
@@ -395,6 +396,13 @@ export class AgentClient extends EventEmitter implements Channel {
    */
   async listProcesses(): Promise<GuestProcessInfo[]> {
     await this.requireV3('listing processes');
+    // The guest walks one listing at a time: calls wait their turn.
+    const turn = this.listing.then(() => this.listNow());
+    this.listing = turn.catch(() => {});
+    return turn;
+  }
+
+  private async listNow(): Promise<GuestProcessInfo[]> {
     const list: GuestProcessInfo[] = [];
     await this.request(Msg.EXEC_LIST, undefined, {
       what: 'listing processes',

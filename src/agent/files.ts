@@ -125,9 +125,26 @@ export class Watcher extends EventEmitter implements AsyncIterable<WatchEvent> {
   }
 }
 
+/** Listings the guest walks at once (MAX_WALKS in guest/init/fs.h): more wait here for a turn. */
+const GUEST_WALKS = 4;
+
 export class GuestFiles {
+  private walking = 0;
+  private readonly waiting: (() => void)[] = [];
+
   /** @internal Made by AgentClient. */
   constructor(private readonly ch: Channel) {}
+
+  private async walkTurn<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.walking >= GUEST_WALKS) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.walking++;
+    try {
+      return await fn();
+    } finally {
+      this.walking--;
+      this.waiting.shift()?.();
+    }
+  }
 
   private async ask(type: number, what: string, body: Buffer, opts: Omit<RequestOptions, 'what'> = {}): Promise<Frame> {
     await this.ch.requireV3(what);
@@ -162,7 +179,7 @@ export class GuestFiles {
     const max = opts.maxEntries ?? LIST_MAX_ENTRIES;
     const entries: FileEntry[] = [];
     const id = this.ch.allocId();
-    await this.ask(Msg.FS_LIST, what, encodeRequest({ path: p, depth: opts.depth ?? 1 }), {
+    await this.walkTurn(() => this.ask(Msg.FS_LIST, what, encodeRequest({ path: p, depth: opts.depth ?? 1 }), {
       id,
       timeoutMs: opts.timeoutMs ?? 120_000,
       collect: (f) => {
@@ -175,7 +192,7 @@ export class GuestFiles {
         this.ch.send(Msg.FS_CLOSE, id); // the guest stops the walk; its OK never comes
         return e ? new CellaError('PAYLOAD_TOO_LARGE', `${p} holds more than ${max} entries`) : malformed(what);
       },
-    });
+    }));
     return entries;
   }
 
