@@ -28,7 +28,9 @@ static void rec_xattrs(const char *path, struct rec *out)
 {
 	static char names[65536];
 	static uint8_t item[CELLA_MAX_OUT];
-	ssize_t n = llistxattr(path, names, sizeof names);
+	ssize_t n = llistxattr(path, names, sizeof names - 1);
+	if (n > 0)
+		names[n] = 0; /* the kernel ends each name with a NUL; this ends the list for strlen even if not */
 	for (ssize_t off = 0; off < n; off += strlen(names + off) + 1) {
 		const char *name = names + off;
 		size_t nl = strlen(name);
