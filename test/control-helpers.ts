@@ -1,9 +1,9 @@
+import { demoZip } from '../src/images/index.js';
 import { managedImageArn } from '../src/contract/index.js';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { demoZip } from '../src/images/demo.js';
 import type { CellaServer } from '../src/server/index.js';
 import { loadGuestArtifacts } from '../src/setup/index.js';
 

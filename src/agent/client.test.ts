@@ -511,7 +511,9 @@ test('fs.read grants credit as the consumer reads; data beyond it or an errno en
   assert.equal(got, size);
   let total = 0;
   stream.on('data', (d: Buffer) => (total += d.length));
-  while (sent < size) {
+  // `sent` moves in sendUpTo: the loop ends when the guest has sent everything.
+  for (;;) {
+    if (sent >= size) break;
     const credit = await guest.next(Msg.FS_CREDIT);
     assert.equal(credit.id, req.id);
     const more = credit.body.readUInt32LE(0);

@@ -321,6 +321,8 @@ export class GuestFiles {
     const xattrs = Object.fromEntries(Object.entries(opts.metadata ?? {}).map(([k, v]) => [`user.e2b.${k}`, v]));
     const id = this.ch.allocId();
     let failed: Error | undefined;
+    // Set by the guest's FS_END while the data is on its way: read through a function, not a loop condition.
+    const refused = (): boolean => failed !== undefined;
     this.ch.register(id, {
       frame: (f) => {
         if (f.type === Msg.FS_END && f.body.length === 4) failed ??= errnoError(f.body.readUInt32LE(0) || constants.errno.EIO, what);
@@ -333,8 +335,8 @@ export class GuestFiles {
       try {
         for await (const piece of source) {
           const buf = typeof piece === 'string' ? Buffer.from(piece) : Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
-          for (let off = 0; off < buf.length && !failed; off += WRITE_CHUNK) await this.ch.sendDrained(Msg.FS_WRITE_DATA, id, buf.subarray(off, off + WRITE_CHUNK));
-          if (failed) break;
+          for (let off = 0; off < buf.length && !refused(); off += WRITE_CHUNK) await this.ch.sendDrained(Msg.FS_WRITE_DATA, id, buf.subarray(off, off + WRITE_CHUNK));
+          if (refused()) break;
         }
       } catch (err) {
         this.ch.send(Msg.FS_CLOSE, id); // the source failed: the file is left as far as it got

@@ -39,5 +39,5 @@ export function decodeCursor<T extends TSchema>(list: string, shape: T, token: s
     throw refuse();
   }
   if (!Array.isArray(parsed) || parsed.length !== 2 || parsed[0] !== list || !Value.Check(shape, parsed[1])) throw refuse();
-  return parsed[1] as Static<T>;
+  return parsed[1];
 }

@@ -269,13 +269,13 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         return { json: paged(cmd, wanted, (b) => b) };
       }
       case 'GetMicrovmImageBuild': {
-        const { imageIdentifier, imageVersion, buildId } = cmd.params as Record<string, string>;
+        const { imageIdentifier, imageVersion, buildId } = cmd.params;
         const b = await ctx.images.requireBuild(imageIdentifier as string, imageVersion as string, buildId as string);
         const img = await ctx.images.require(b.imageName);
         return { json: { ...buildView(img, b), ...(b.snapshotBuild ? { snapshotBuild: b.snapshotBuild } : {}) } };
       }
       case 'GetMicrovmImageBuildLog': {
-        const { imageIdentifier, imageVersion, buildId } = cmd.params as Record<string, string>;
+        const { imageIdentifier, imageVersion, buildId } = cmd.params;
         const b = await ctx.images.requireBuild(imageIdentifier as string, imageVersion as string, buildId as string);
         const file = ctx.images.buildLog(b.buildId);
         const follow = cmd.query.follow ?? false;
@@ -548,7 +548,7 @@ async function remember(tx: Tx, scope: string, body: Idempotent, resourceId: str
 function requestHash(body: Record<string, unknown>): string {
   const canon = (v: unknown): unknown =>
     v && typeof v === 'object' && !Array.isArray(v)
-      ? Object.fromEntries(Object.keys(v as object).sort().filter((k) => k !== 'clientToken').map((k) => [k, canon((v as Record<string, unknown>)[k])]))
+      ? Object.fromEntries(Object.keys(v).sort().filter((k) => k !== 'clientToken').map((k) => [k, canon((v as Record<string, unknown>)[k])]))
       : Array.isArray(v)
         ? v.map(canon)
         : v;

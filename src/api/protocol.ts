@@ -39,6 +39,7 @@ function clientErrorOf(err: Error & { code?: string; rawPacket?: Buffer }): Cell
       return new CellaError('PAYLOAD_TOO_LARGE', 'the chunk extensions are larger than the server reads');
     case 'ERR_HTTP_REQUEST_TIMEOUT':
       return new CellaError('REQUEST_TIMEOUT', 'the request headers did not arrive in time');
+    case undefined:
     default:
       return new CellaError('INVALID_ARGUMENT', `the request is not valid HTTP/1.1: ${(err as { reason?: string }).reason ?? err.message}`);
   }

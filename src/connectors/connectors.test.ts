@@ -35,7 +35,7 @@ test('connectors resolve into the VM policy: contract defaults, managed and cust
     [undefined, [customerConnectorArn('missing')], 'NOT_FOUND'],
     [undefined, ['arn:aws:lambda:local:12:network-connector:x'], 'INVALID_ARGUMENT'],
   ];
-  for (const [i, e, code] of fails) await assert.rejects(c.resolve(i, e, undefined), (err: unknown) => isCellaError(err, code as 'NOT_FOUND'), `${i} ${e}`);
+  for (const [i, e, code] of fails) await assert.rejects(c.resolve(i, e, undefined), (err: unknown) => isCellaError(err, code as 'NOT_FOUND'), JSON.stringify([i, e]));
   await assert.rejects(c.create({ name: 'api', egress: { cidrs: ['10.0.0.0/8'] } }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
   await assert.rejects(c.create({ name: 'empty', egress: {} }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
   assert.equal(await store.getConnector('empty'), undefined, 'a refused create writes nothing');

@@ -7,7 +7,7 @@ import type { EventEmitter } from 'node:events';
 import path from 'node:path';
 import type { AgentClient } from '../agent/index.js';
 import type { NamespaceOwner, NetworkPool, VmNetwork } from '../net/index.js';
-import type { GuestArtifacts } from '../setup/artifacts.js';
+import type { GuestArtifacts } from '../setup/index.js';
 import type { AccelInfo, Cgroups, QemuProcess, QmpClient } from '../vmm/index.js';
 import type { HostTable } from './host.js';
 import type { AppLog, RunningVm } from './vm.js';

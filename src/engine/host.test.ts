@@ -171,7 +171,7 @@ test('views: warm clones per image oldest first, held pids, folders in flight', 
   t.begin('vm', 'restoring');
   t.hold('vm', { pid: 14 });
   assert.deepEqual(t.warm('/a').map((w) => w.warm), ['.warm-1', '.warm-3']);
-  assert.deepEqual([...t.heldPids()].sort(), [11, 12, 13, 14]);
+  assert.deepEqual([...t.heldPids()].sort((a, b) => a - b), [11, 12, 13, 14]);
   assert.deepEqual([...t.inFlight()].sort(), ['.template-x', 'vm']);
   assert.equal(t.takeWarm('/a'), '.warm-1');
   assert.equal(t.entry('.warm-1'), undefined);

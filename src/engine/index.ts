@@ -18,7 +18,7 @@ import { mkdirSync, realpathSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { crashPoint, run } from '../host/index.js';
 import { NetworkPool, applyPolicy, networkForSlot, type NetworkPolicy } from '../net/index.js';
-import { loadGuestArtifacts, type GuestArtifacts } from '../setup/artifacts.js';
+import { loadGuestArtifacts, type GuestArtifacts } from '../setup/index.js';
 import { Cgroups, QEMU_BINARY, buildQemuArgs, detectAccel, requireExecutable, type AccelInfo, type QemuProcess } from '../vmm/index.js';
 import { adopt, killQemusIn, reclaim, type ReclaimResult } from './adopt.js';
 import { startBuilder, type BuilderSpec, type BuilderVm } from './builder.js';

@@ -21,6 +21,7 @@ import { BUILD_NEXT, check, IMAGE_NEXT, VERSION_NEXT } from './states.js';
 import { storeUpload, type Upload } from './upload.js';
 
 export { DEFAULT_LAYER_CACHE_BYTES, type PruneResult } from './cache.js';
+export { demoContext, demoZip } from './demo.js';
 
 
 /** Managed bases have one version each: the one setup built. */

@@ -21,7 +21,7 @@ import type { RunnableImage } from './pending.js';
 import { RUNNING_STATES, canTransition } from './states.js';
 
 export { pendingVm, type RunnableImage } from './pending.js';
-export { TRANSITIONS, canTransition } from './states.js';
+export { RUNNING_STATES, TRANSITIONS, canTransition } from './states.js';
 
 /** What the lifecycle needs of the engine; tests may stand in a fake. */
 export type VmDriver = Pick<Engine, 'launch' | 'resume' | 'suspend' | 'terminate' | 'adopt' | 'get' | 'vmDir' | 'cont' | 'ensureNetwork' | 'on' | 'removeListener'>;
@@ -335,7 +335,8 @@ export class Lifecycle extends EventEmitter {
         case 'SUSPENDING':
           await this.stateChange(id, rec.generation, deadline);
           break;
-        default:
+        case 'TERMINATING':
+        case 'TERMINATED':
           throw this.conflict(rec, 'reached');
       }
     }
@@ -603,7 +604,7 @@ export class Lifecycle extends EventEmitter {
         // Without it, a resume had passed its point of no return: the QEMU found is the VM.
         if (vm) return runOn(null);
         return end('the VM was lost while cellad was down: its checkpoint is gone');
-      default:
+      case 'TERMINATED':
         return undefined;
     }
   }

@@ -17,8 +17,7 @@ import { CellaError, managedImageArn, CONTRACT_MIN_IDLE_SECONDS } from '../contr
 import { Connectors } from '../connectors/index.js';
 
 import { DEFAULT_DNS_PORT, ensureHostGuard, pruneDnsPorts, startDnsForwarder, type DnsForwarder, type DnsUpstream } from '../net/index.js';
-import { DEFAULT_LAYER_CACHE_BYTES, Images } from '../images/index.js';
-import { demoZip } from '../images/demo.js';
+import { DEFAULT_LAYER_CACHE_BYTES, demoZip, Images } from '../images/index.js';
 import type { S3Settings } from '../archive/index.js';
 import { Lifecycle } from '../lifecycle/index.js';
 import { LogHub } from '../logs/index.js';

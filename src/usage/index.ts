@@ -4,7 +4,7 @@
  * bytes × time stored), plus the interval still open in its current state.
  */
 import type { Usage } from '../contract/index.js';
-import { RUNNING_STATES } from '../lifecycle/states.js';
+import { RUNNING_STATES } from '../lifecycle/index.js';
 import type { VmRecord } from '../store/index.js';
 
 const GIB = 1024 ** 3;

@@ -8,6 +8,7 @@
  * CHAOS_RESUME_CYCLES (short by default, full with CHAOS_FULL=1).
  */
 import { managedImageArn } from '../../src/contract/index.js';
+import { demoContext } from '../../src/images/index.js';
 import assert from 'node:assert/strict';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,7 +16,6 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { CRASH_POINTS, run, type CrashPoint } from '../../src/host/index.js';
 import { zipDirectory } from '../../src/archive/index.js';
-import { demoContext } from '../../src/images/demo.js';
 import { loadGuestArtifacts } from '../../src/setup/index.js';
 import { V, api, createImage, upload, type MicrovmBody } from '../control-helpers.js';
 import { eventually, tempDataDir } from '../helpers.js';
