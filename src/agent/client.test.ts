@@ -93,6 +93,25 @@ async function roundTrip(): Promise<void> {
   await pinging;
 }
 
+test('a ping the guest dropped is sent again, and the answer to either one is enough', async () => {
+  const pinging = guest.client.ping(5000);
+  const first = await guest.next(Msg.PING); // dropped, as a guest closing its port does
+  const second = await guest.next(Msg.PING);
+  assert.notEqual(second.id, first.id);
+  guest.send(encodeFrame(Msg.PONG, second.id, u32(3)));
+  await pinging;
+  // A late answer to the first one is ignored, and nothing is left waiting.
+  guest.send(encodeFrame(Msg.PONG, first.id, u32(3)));
+  await roundTrip();
+});
+
+test('a guest that never answers makes ping fail at its deadline, not before', async () => {
+  const started = performance.now();
+  await assert.rejects(guest.client.ping(1200), (err) => isCellaError(err) && err.code === 'AGENT_TIMEOUT');
+  assert.ok(performance.now() - started >= 1150);
+  assert.ok(guest.frames.filter((f) => f.type === Msg.PING).length >= 2, 'the ping was sent again');
+});
+
 const status = (n: number): Buffer => {
   const b = Buffer.alloc(4);
   b.writeInt32LE(n, 0);

@@ -262,9 +262,40 @@ export class AgentClient extends EventEmitter implements Channel {
 
   // ---------- protocol 2 ----------
 
-  async ping(timeoutMs?: number): Promise<void> {
-    const f = await this.request(Msg.PING, undefined, { timeoutMs, what: 'ping', legacy: true });
-    if (f.body.length >= 4) this.version ??= f.body.readUInt32LE(0);
+  /**
+   * Resolves once the guest answers a PING. A PING is sent again after
+   * 0.5, 1, 2, 4... s, each kept waiting until the deadline: the guest's
+   * driver drops what arrives while it closes its port after a host went
+   * away (an adopted or resumed VM), and a slow guest (TCG under load)
+   * still gets the whole deadline to answer the first one.
+   */
+  async ping(timeoutMs = 10_000): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    const ids: number[] = [];
+    let again: NodeJS.Timeout | undefined;
+    try {
+      const f = await new Promise<Frame>((resolve, reject) => {
+        const attempt = (gap: number): void => {
+          const left = deadline - performance.now();
+          if (left <= 0) return;
+          const id = this.allocId();
+          ids.push(id);
+          this.requestNow(Msg.PING, undefined, id, { timeoutMs: left, what: 'ping', legacy: true }).then(resolve, reject);
+          again = setTimeout(() => attempt(gap * 2), gap);
+        };
+        attempt(500);
+      });
+      if (f.body.length >= 4) this.version ??= f.body.readUInt32LE(0);
+    } finally {
+      clearTimeout(again);
+      for (const id of ids) {
+        const p = this.pending.get(id);
+        if (p?.type === Msg.PING) {
+          this.pending.delete(id);
+          clearTimeout(p.timer);
+        }
+      }
+    }
   }
 
   async startApp(spec: ProcessSpec): Promise<void> {
