@@ -12,7 +12,7 @@ import type { Static, TSchema } from '@sinclair/typebox';
 import { ApiKeys, TokenMinter } from '../auth/index.js';
 import type { DiskCapacity } from '../capacity/index.js';
 import { type Connectors } from '../connectors/index.js';
-import { AUTH_HEADER, type BuildSummary, CellaError, httpError, imageNameOf, type ImageVersion, type ImageVersionStarted, type ListMicrovmsResponse, managedConnectorNameOf, managedImageArn, managedImageNameOf, MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD_BYTES, type Microvm, type MicrovmImage, type NetworkConnector, openApiDocument, type Operation, type PortSpecification, type RouteDef, routes, type Routes } from '../contract/index.js';
+import { AUTH_HEADER, type BuildSummary, CellaError, hookPort, httpError, imageNameOf, type ImageVersion, type ImageVersionStarted, type ListMicrovmsResponse, managedConnectorNameOf, managedImageArn, managedImageNameOf, MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD_BYTES, type Microvm, type MicrovmImage, type NetworkConnector, openApiDocument, type Operation, type PortSpecification, type RouteDef, routes, type Routes } from '../contract/index.js';
 import { MANAGED_VERSION, type Images, type StartedVersion } from '../images/index.js';
 import { type Lifecycle, pendingVm } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
@@ -321,7 +321,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       const { ingress, egress, policy } = await ctx.connectors.resolve(
         b.ingressNetworkConnectors,
         b.egressNetworkConnectors ?? image.config.egressNetworkConnectors,
-        image.config.hooks?.port,
+        hookPort(image.config.hooks),
       );
       return pendingVm({
         id: `mvm-${randomUUID()}`,

@@ -363,7 +363,7 @@ test('image create zips --dir, uploads it, creates, follows the build log, and o
       baseImageArn: BUSYBOX,
       resources: [{ minimumMemoryInMiB: 256 }],
       environmentVariables: { A: '1=2' },
-      hooks: { port: 8080, microvmHooks: { run: 'ENABLED' }, microvmImageHooks: { ready: 'ENABLED', readyTimeoutInSeconds: 30 } },
+      hooks: { port: 9000, microvmHooks: { run: 'ENABLED' }, microvmImageHooks: { ready: 'ENABLED', readyTimeoutInSeconds: 30 } },
       description: 'first',
       codeArtifact: { uri: 'file:///data/artifacts/abc.zip' },
       tags: { team: 'a' },

@@ -4,7 +4,7 @@
  * follow its log on stderr until it ends.
  */
 import path from 'node:path';
-import { CreateImageRequest as CreateImageSchema, DEFAULT_ENDPOINT_PORT, managedImageArn, MAX_ENV_VARS, MEMORY_TIERS_MIB, arnName } from '../contract/index.js';
+import { CreateImageRequest as CreateImageSchema, DEFAULT_HOOK_PORT, managedImageArn, MAX_ENV_VARS, MEMORY_TIERS_MIB, arnName } from '../contract/index.js';
 import { zipDirectory } from '../archive/index.js';
 import {
   allItems,
@@ -39,7 +39,7 @@ const CONFIG_FLAGS = `  --zip FILE               the code: a zip with a Dockerfi
   --base NAME|ARN          the managed base image (default ${DEFAULT_BASE}; \`cella image bases\` lists them)
   --memory MIB             ${MEMORY_TIERS_MIB.join(', ')} (default 2048)
   --env K=V                an environment variable baked into the snapshot (repeatable)
-  --hooks-port N           the port the app serves its hooks on (default ${DEFAULT_ENDPOINT_PORT})
+  --hooks-port N           the port the app serves its hooks on (default ${DEFAULT_HOOK_PORT}, the contract's convention)
   --ready                  enable the ready hook: the snapshot is taken once the app answers it
   --ready-timeout S        with --ready: how long to wait for it, 1 to 3600
   --validate               enable the validate hook, called on a restored snapshot before it is used
@@ -137,7 +137,7 @@ function hooks(v: Values): HookSettings | undefined {
   for (const h of image) microvmImageHooks[h] = 'ENABLED';
   if (readyTimeout !== undefined) microvmImageHooks.readyTimeoutInSeconds = readyTimeout;
   return {
-    port: port ?? DEFAULT_ENDPOINT_PORT,
+    port: port ?? DEFAULT_HOOK_PORT,
     ...(runtime.length > 0 ? { microvmHooks } : {}),
     ...(image.length > 0 ? { microvmImageHooks } : {}),
   };

@@ -128,7 +128,8 @@ export type AuthTokenResponse = Static<typeof AuthTokenResponse>;
 const Toggle = Type.Union([Type.Literal('ENABLED'), Type.Literal('DISABLED')]);
 export const HookSettings = Type.Object(
   {
-    port: Port,
+    // Optional in the SDK's model; DEFAULT_HOOK_PORT when left out.
+    port: Type.Optional(Port),
     microvmHooks: Type.Optional(
       Type.Object(
         {

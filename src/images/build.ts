@@ -15,7 +15,7 @@ import { extractZip, fetchArtifact, findDockerfile, type S3Settings } from '../a
 import { allocatedBytes, createOverlay, ext4FromDir } from '../disk/index.js';
 import { cacheKeyOf, commandOf, emptyConfig, parseDockerfile, planSteps, resolveConfig, type ContainerConfig, type PlannedStep, type Step } from '../dockerfile/index.js';
 import { BUILD_MOUNT, type BuilderVm, type Engine } from '../engine/index.js';
-import { BuildFailure, HOOK_PATH, isCellaError, managedImageNameOf } from '../contract/index.js';
+import { BuildFailure, DEFAULT_HOOK_PORT, HOOK_PATH, isCellaError, managedImageNameOf } from '../contract/index.js';
 import { crashPoint, run } from '../host/index.js';
 import { GUEST, type NetworkPolicy } from '../net/index.js';
 import { pullImage } from '../oci/index.js';
@@ -121,10 +121,11 @@ export async function buildImage(engine: Engine, settings: BuildSettings, input:
 
     const runtime = await runtimeConfig(config, input, rootfs);
     const hooks = runtime.hooks;
+    const hooksPort = hooks?.port ?? DEFAULT_HOOK_PORT;
     const ready = hooks?.microvmImageHooks?.ready === 'ENABLED';
     say(
       `booting the image (${runtime.memoryMiB} MiB, ${runtime.vcpus} vCPU) and starting ${JSON.stringify(runtime.command)}; ` +
-        (ready ? `polling the ready hook on port ${hooks?.port}` : `waiting for port ${runtime.port} to accept`),
+        (ready ? `polling the ready hook on port ${hooksPort}` : `waiting for port ${runtime.port} to accept`),
     );
     const readyTimeoutS = hooks?.microvmImageHooks?.readyTimeoutInSeconds ?? DEFAULT_IMAGE_HOOK_TIMEOUT_S;
     const snapshotDir = path.join(versionDir, 'snapshot');
@@ -143,7 +144,7 @@ export async function buildImage(engine: Engine, settings: BuildSettings, input:
       vcpus: runtime.vcpus,
       readyTimeoutMs: 60_000 + (ready ? readyTimeoutS * 1000 : PORT_TIMEOUT_MS),
       onLog: (_stream, data) => say(data.toString('utf8').replace(/\n$/, '')),
-      ...(ready && hooks ? { ready: (host, check) => pollImageHook({ host, port: hooks.port }, 'ready', readyTimeoutS, check, say) } : {}),
+      ...(ready && hooks ? { ready: (host, check) => pollImageHook({ host, port: hooksPort }, 'ready', readyTimeoutS, check, say) } : {}),
     });
     snapshotBuild.memorySnapshotSizeInBytes = snap.memAllocatedBytes;
     snapshotBuild.diskSnapshotSizeInBytes = snap.diskAllocatedBytes;
@@ -153,7 +154,7 @@ export async function buildImage(engine: Engine, settings: BuildSettings, input:
       say('validating: restoring a clone of the snapshot and calling the validate hook');
       const vm = await engine.launch(snapshotDir, `build-${input.buildId.slice(0, 8)}-validate`, { fromPool: false, appLog: null });
       try {
-        await pollImageHook(vm.address(hooks.port), 'validate', hooks.microvmImageHooks.validateTimeoutInSeconds ?? DEFAULT_IMAGE_HOOK_TIMEOUT_S, () => {}, say);
+        await pollImageHook(vm.address(hooksPort), 'validate', hooks.microvmImageHooks.validateTimeoutInSeconds ?? DEFAULT_IMAGE_HOOK_TIMEOUT_S, () => {}, say);
       } finally {
         await engine.terminate(vm.ref);
       }

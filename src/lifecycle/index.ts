@@ -10,7 +10,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { existsSync, rmSync, statSync } from 'node:fs';
-import { CellaError, isCellaError, type RuntimeHook, type VmState } from '../contract/index.js';
+import { CellaError, hookPort, isCellaError, type RuntimeHook, type VmState } from '../contract/index.js';
 import type { DiskCapacity } from '../capacity/index.js';
 import { vmFiles, type BlockIoError, type Engine, type RunningVm, type VmRef } from '../engine/index.js';
 import type { LogHub } from '../logs/index.js';
@@ -678,7 +678,7 @@ export class Lifecycle extends EventEmitter {
   }
 
   private async hook(vm: RunningVm, image: RunnableImage, hook: RuntimeHook, body?: unknown): Promise<string | undefined> {
-    const port = image.config.hooks?.port ?? image.config.port;
+    const port = hookPort(image.config.hooks) ?? image.config.port;
     return callHook(vm.address(port), hook, hookTimeoutMs(image.config, hook), body);
   }
 
