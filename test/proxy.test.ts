@@ -350,7 +350,7 @@ describe('endpoint proxy', { concurrency: false }, () => {
     // The guest may be stopped before this command's own exit reaches the host: do not wait for it.
     void agent.exec({ argv: ['/run/cella/cella', 'suspend'] }, { timeoutMs: 15_000 }).catch(() => {});
     const s = await waitState(base, id, ['SUSPENDED']);
-    assert.match(s.stateReason ?? '', /at the request of the guest/);
+    assert.equal(s.stateReason, undefined, 'a VM asleep at its own request is healthy');
     await api(base, 'DELETE', `${V}/microvms/${id}`);
   });
 });

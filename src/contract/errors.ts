@@ -60,10 +60,11 @@ export const ERRORS = {
     type: 'InternalServerException',
     doc: "The image's app exited or did not accept connections on its port before the deadline. Fix the app's command, port or ready check, then build again.",
   },
+  // 500: ResumeMicrovm's model knows InternalServerException (500); 502 is the endpoint proxy's.
   HOOK_FAILED: {
-    status: 502,
+    status: 500,
     type: 'InternalServerException',
-    doc: 'A lifecycle hook in the MicroVM failed or timed out; after a failed resume hook the VM stays SUSPENDED. Fix the hook, then retry.',
+    doc: 'A lifecycle hook in the MicroVM failed or timed out; after a failed resume hook the VM stays SUSPENDED, as it was. Fix the hook, then retry.',
   },
   UPSTREAM_FAILED: {
     status: 502,

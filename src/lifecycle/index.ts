@@ -18,7 +18,7 @@ import { applyPolicy, networkForSlot, rememberPolicy } from '../net/index.js';
 import type { Store, VmPatch, VmRecord } from '../store/index.js';
 import { callHook, hookEnabled, hookTimeoutMs } from './hooks.js';
 import type { RunnableImage } from './pending.js';
-import { RUNNING_STATES, canTransition } from './states.js';
+import { REASON_STATES, RUNNING_STATES, canTransition } from './states.js';
 
 export { pendingVm, type RunnableImage } from './pending.js';
 export { RUNNING_STATES, TRANSITIONS, canTransition } from './states.js';
@@ -136,7 +136,9 @@ export class Lifecycle extends EventEmitter {
   /**
    * Moves `rec` to `to` if the table allows it and nobody moved it since
    * `rec` was read. Accounts usage for the state being left and re-arms the
-   * VM's timer. Returns the new record, or undefined if the VM had moved on.
+   * VM's timer. `reason` is stored only where the state keeps one
+   * (REASON_STATES), else logged: every other state starts without one.
+   * Returns the new record, or undefined if the VM had moved on.
    */
   private async transition(rec: VmRecord, to: VmState, reason: string | null, patch: VmPatch = {}): Promise<VmRecord | undefined> {
     if (!canTransition(rec.state, to)) {
@@ -148,9 +150,11 @@ export class Lifecycle extends EventEmitter {
     const usage: VmPatch = { stateSince: now };
     if (RUNNING_STATES.has(rec.state)) usage.runningMs = rec.runningMs + (now - rec.stateSince);
     if (rec.state === 'SUSPENDED') usage.storageByteMs = rec.storageByteMs + rec.checkpointBytes * (now - rec.stateSince);
+    const kept = REASON_STATES.has(to) ? reason : null;
     // The row as this write left it: a read after it could already see a later write.
-    const next = await this.store.writeState(rec.id, rec.generation, to, rec.generation + 1, reason, { ...usage, ...patch });
+    const next = await this.store.writeState(rec.id, rec.generation, to, rec.generation + 1, kept, { ...usage, ...patch });
     if (!next) return undefined;
+    if (reason !== null && kept === null) this.log(`MicroVM ${rec.id}: ${to}: ${reason}`);
     if (to !== 'RUNNING') this.diskPaused.delete(rec.id);
     this.arm(next);
     this.emit('state', next);
@@ -247,7 +251,7 @@ export class Lifecycle extends EventEmitter {
     const cur = await this.store.getVm(rec.id);
     if (cur?.generation !== rec.generation) return;
     // pid stays: a parked QEMU (engine parkSeconds) must still be found, and ended, after a restart.
-    await this.transition(cur, 'SUSPENDED', rec.stateReason, { ...this.checkpointed(cur, bytes), suspendedDeadline: this.suspendedDeadlineFor(cur) });
+    await this.transition(cur, 'SUSPENDED', null, { ...this.checkpointed(cur, bytes), suspendedDeadline: this.suspendedDeadlineFor(cur) });
   }
 
   /**
@@ -294,7 +298,9 @@ export class Lifecycle extends EventEmitter {
         if (back instanceof Error) {
           await this.fail(rec.id, rec.generation, `${failed}, and suspending it again failed: ${back.message}`);
         } else {
-          await this.store.patchVm(rec.id, rec.generation, { stateReason: `not resumed: ${failed}`, ...this.checkpointed(rec, back.bytes) });
+          // Asleep with all it had: healthy, so no stateReason; the caller gets the error, the log the reason.
+          this.log(`MicroVM ${rec.id}: not resumed: ${failed}`);
+          await this.store.patchVm(rec.id, rec.generation, this.checkpointed(rec, back.bytes));
         }
         throw new CellaError('HOOK_FAILED', `MicroVM ${rec.id} was not resumed: ${failed}`, { details: { resourceId: rec.id, resourceType: 'Microvm' } });
       }
@@ -582,7 +588,7 @@ export class Lifecycle extends EventEmitter {
         const next = await this.store.patchVm(rec.id, rec.generation, patch);
         if (next) this.arm(next);
       } else {
-        await this.transition(rec, 'SUSPENDED', rec.stateReason, { ...patch, ...this.checkpointed(rec, 0), suspendedDeadline: this.suspendedDeadlineFor(rec) });
+        await this.transition(rec, 'SUSPENDED', null, { ...patch, ...this.checkpointed(rec, 0), suspendedDeadline: this.suspendedDeadlineFor(rec) });
       }
       return ref;
     };

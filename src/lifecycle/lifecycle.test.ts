@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { RunningVm, VmRef } from '../engine/index.js';
-import { isCellaError } from '../contract/index.js';
+import { type HookSettings, isCellaError } from '../contract/index.js';
 import { LogHub } from '../logs/index.js';
 import { SqliteStore, type VmRecord } from '../store/index.js';
 import { Lifecycle, TRANSITIONS, pendingVm, type RunnableImage, type VmDriver } from './index.js';
@@ -17,8 +17,11 @@ class FakeDriver extends EventEmitter {
   readonly terminated: string[] = [];
   release: (() => void) | undefined;
   failLaunch = false;
+  failResume = false;
   launches = 0;
   resumes = 0;
+  /** The guest ports cellad called (hooks): none of them answers, so every hook fails. */
+  readonly called: number[] = [];
 
   async launch(_image: string, id: string): Promise<RunningVm> {
     this.launches++;
@@ -28,10 +31,18 @@ class FakeDriver extends EventEmitter {
   }
   async resume(ref: VmRef): Promise<RunningVm> {
     this.resumes++;
+    if (this.failResume) throw new Error('checkpoint unreadable');
     return this.run(ref.id);
   }
+  async suspend(): Promise<{ bytes: number }> {
+    return { bytes: 4096 };
+  }
   private run(id: string): RunningVm {
-    const vm = { ref: { id, imageDir: '/img', slot: 1 }, pid: 1, pidStartTime: '1', appLog: new EventEmitter(), agent: new EventEmitter(), address: () => ({ host: '127.0.0.1', port: 1 }) };
+    const address = (port: number): { host: string; port: number } => {
+      this.called.push(port);
+      return { host: '127.0.0.1', port: 1 };
+    };
+    const vm = { ref: { id, imageDir: '/img', slot: 1 }, pid: 1, pidStartTime: '1', appLog: new EventEmitter(), agent: new EventEmitter(), address };
     this.running.set(id, vm as unknown as RunningVm);
     return vm as unknown as RunningVm;
   }
@@ -47,7 +58,7 @@ class FakeDriver extends EventEmitter {
   }
 }
 
-function setup(): { lc: Lifecycle; store: SqliteStore; driver: FakeDriver; done: () => Promise<void> } {
+function setup(hooks?: HookSettings): { lc: Lifecycle; store: SqliteStore; driver: FakeDriver; logged: string[]; done: () => Promise<void> } {
   const dir = mkdtempSync(path.join(tmpdir(), 'cella-lc-'));
   const store = new SqliteStore(':memory:');
   const driver = new FakeDriver();
@@ -56,13 +67,15 @@ function setup(): { lc: Lifecycle; store: SqliteStore; driver: FakeDriver; done:
     arn: 'arn:x',
     version: '1.0',
     dir: '/img',
-    config: { command: ['/a'], environmentVariables: {}, workingDirectory: '/', port: 8080, memoryMiB: 256, vcpus: 1 },
+    config: { command: ['/a'], environmentVariables: {}, workingDirectory: '/', port: 8080, memoryMiB: 256, vcpus: 1, ...(hooks ? { hooks } : {}) },
   };
-  const lc = new Lifecycle({ store, driver: driver as unknown as VmDriver, logs: new LogHub(dir), images: async () => image });
+  const logged: string[] = [];
+  const lc = new Lifecycle({ store, driver: driver as unknown as VmDriver, logs: new LogHub(dir), images: async () => image, log: (l) => logged.push(l) });
   return {
     lc,
     store,
     driver,
+    logged,
     done: async () => {
       lc.close();
       await store.close();
@@ -182,6 +195,61 @@ test('a suspend that loses the race to a terminate reports the state it lost to'
     ]);
     await lc.settle();
     assert.equal((await store.getVm('vm-6'))?.state, 'TERMINATED');
+  } finally {
+    await done();
+  }
+});
+
+/** Suspend and resume hooks that fail (nothing answers them); no hooks.port: the contract's 9000. */
+const FAILING_HOOKS: HookSettings = { microvmHooks: { suspend: 'ENABLED', resume: 'ENABLED' }, microvmImageHooks: { ready: 'ENABLED' } };
+
+test('a refused suspend leaves a healthy RUNNING VM without a stateReason; the reason is logged', { timeout: 10_000 }, async () => {
+  const { lc, store, driver, logged, done } = setup(FAILING_HOOKS);
+  try {
+    const rec = pending('vm-7');
+    await store.insertVm(rec);
+    lc.start(rec, undefined);
+    await new Promise((r) => setImmediate(r));
+    driver.release?.();
+    await lc.settle();
+    await lc.suspend('vm-7');
+    await lc.settle();
+    const after = (await store.getVm('vm-7')) as VmRecord;
+    assert.equal(after.state, 'RUNNING');
+    assert.equal(after.generation, 4, 'PENDING → RUNNING → SUSPENDING → RUNNING');
+    assert.equal(after.stateReason, null);
+    assert.ok(logged.some((l) => /vm-7: RUNNING: not suspended: the suspend hook could not be reached/.test(l)), logged.join('\n'));
+    assert.deepEqual(driver.called, [9000], 'the hook was called on the default hooks.port');
+  } finally {
+    await done();
+  }
+});
+
+test('a failed resume hook is an InternalServerException (500); the VM stays SUSPENDED without a stateReason', { timeout: 10_000 }, async () => {
+  const { lc, store, logged, done } = setup(FAILING_HOOKS);
+  try {
+    await store.insertVm({ ...pending('vm-8'), state: 'SUSPENDED' });
+    await assert.rejects(lc.resume('vm-8'), (e) => isCellaError(e, 'HOOK_FAILED') && e.httpStatus === 500 && e.type === 'InternalServerException');
+    const after = (await store.getVm('vm-8')) as VmRecord;
+    assert.equal(after.state, 'SUSPENDED');
+    assert.equal(after.stateReason, null);
+    assert.ok(logged.some((l) => /vm-8: not resumed: the resume hook could not be reached/.test(l)));
+  } finally {
+    await done();
+  }
+});
+
+test('a resume that cannot restore keeps its reason until the VM is healthy again', { timeout: 10_000 }, async () => {
+  const { lc, store, driver, done } = setup();
+  try {
+    await store.insertVm({ ...pending('vm-9'), state: 'SUSPENDED' });
+    driver.failResume = true;
+    await assert.rejects(lc.resume('vm-9'), (e) => isCellaError(e, 'INTERNAL'));
+    assert.match((await store.getVm('vm-9'))?.stateReason ?? '', /resume failed: checkpoint unreadable/);
+    driver.failResume = false;
+    const running = await lc.resume('vm-9');
+    assert.equal(running.state, 'RUNNING');
+    assert.equal(running.stateReason, null);
   } finally {
     await done();
   }

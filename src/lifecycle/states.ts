@@ -23,3 +23,12 @@ export function canTransition(from: VmState, to: VmState): boolean {
 
 /** States in which the VM's QEMU is (or may be) running and billed as running time. */
 export const RUNNING_STATES: ReadonlySet<VmState> = new Set(['RUNNING', 'SUSPENDING']);
+
+/**
+ * The states that keep the reason they were entered with: why a VM ended. The
+ * contract has no stateReason on a healthy VM, so a VM that runs on or sleeps
+ * (a refused suspend, an interrupted one, a guest's own request) has none; the
+ * reason goes to cellad's log. A condition inside a state (a disk-full pause, a
+ * checkpoint that would not restore) is a patch the next transition clears.
+ */
+export const REASON_STATES: ReadonlySet<VmState> = new Set(['TERMINATING', 'TERMINATED']);
