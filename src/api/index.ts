@@ -13,7 +13,7 @@ import { ApiKeys, TokenMinter } from '../auth/index.js';
 import type { DiskCapacity } from '../capacity/index.js';
 import { type Connectors } from '../connectors/index.js';
 import { AUTH_HEADER, type BuildSummary, CellaError, hookPort, httpError, imageNameOf, type ImageVersion, type ImageVersionStarted, type ListMicrovmsResponse, managedConnectorNameOf, managedImageArn, managedImageNameOf, MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD_BYTES, type Microvm, type MicrovmImage, type NetworkConnector, openApiDocument, type Operation, type PortSpecification, type RouteDef, routes, type Routes } from '../contract/index.js';
-import { MANAGED_VERSION, type Images, type StartedVersion } from '../images/index.js';
+import { MANAGED_VERSION, type Images, type LatestVersions, type StartedVersion } from '../images/index.js';
 import { type Lifecycle, pendingVm } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
 import type { BuildRecord, ConnectorRecord, ImageRecord, ImageVersionRecord, Store, Tx, VmRecord } from '../store/index.js';
@@ -201,21 +201,23 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       case 'CreateMicrovmImage': {
         const b = cmd.body;
         const r = await once('CreateMicrovmImage', b, () => ctx.capacity.require('CreateMicrovmImage'), (tx) => ctx.images.create(b, tx), (s) => s.build.buildId);
-        if ('replay' in r) return { json: startedView(await replayBuild(r.replay)) };
+        if ('replay' in r) return { json: await started(await replayBuild(r.replay)) };
         void ctx.images.enqueue(r.made);
-        return { json: startedView(r.made) };
+        return { json: await started(r.made) };
       }
       case 'UpdateMicrovmImage': {
         const b = cmd.body;
         const id = cmd.params.imageIdentifier as string;
         const scope = `UpdateMicrovmImage:${imageNameOf(id)}`;
         const r = await once(scope, b, () => ctx.capacity.require('UpdateMicrovmImage'), (tx) => ctx.images.update(id, b, tx), (s) => s.build.buildId);
-        if ('replay' in r) return { json: startedView(await replayBuild(r.replay)) };
+        if ('replay' in r) return { json: await started(await replayBuild(r.replay)) };
         void ctx.images.enqueue(r.made);
-        return { json: startedView(r.made) };
+        return { json: await started(r.made) };
       }
-      case 'GetMicrovmImage':
-        return { json: imageView(await ctx.images.require(cmd.params.imageIdentifier as string)) };
+      case 'GetMicrovmImage': {
+        const img = await ctx.images.require(cmd.params.imageIdentifier as string);
+        return { json: imageView(img, await ctx.images.latestVersions(img.name)) };
+      }
       case 'ListMicrovmImages': {
         const q = cmd.query;
         const limit = q.maxResults ?? 50;
@@ -225,12 +227,14 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         return {
           json: {
             // The contract applies nameFilter after paging: a page may come back short or empty with a nextToken.
-            items: items
-              .filter((i) => !q.nameFilter || i.name.includes(q.nameFilter))
-              .map((i) => {
-                const { updatedAt: _u, tags: _t, ...v } = imageView(i);
-                return v;
-              }),
+            items: await Promise.all(
+              items
+                .filter((i) => !q.nameFilter || i.name.includes(q.nameFilter))
+                .map(async (i) => {
+                  const { updatedAt: _u, tags: _t, ...v } = imageView(i, await ctx.images.latestVersions(i.name));
+                  return v;
+                }),
+            ),
             ...(page.length > limit && last ? { nextToken: encodeCursor(cmd.op, NamePosition, { n: last.name }) } : {}),
           },
         };
@@ -436,6 +440,10 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     };
   }
 
+  async function started(s: StartedVersion): Promise<ImageVersionStarted> {
+    return startedView(s, await ctx.images.latestVersions(s.image.name));
+  }
+
   /** A replayed create/update answers what the first one did, even if the image is gone since. */
   async function replayBuild(buildId: string): Promise<StartedVersion> {
     const build = await ctx.store.getBuild(buildId);
@@ -461,23 +469,25 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
   }
 }
 
-function imageView(i: ImageRecord): MicrovmImage {
+function imageView(i: ImageRecord, latest: LatestVersions): MicrovmImage {
   return {
     imageArn: i.arn,
     name: i.name,
     state: i.state,
+    ...latest,
     createdAt: iso(i.createdAt),
     ...(i.updatedAt !== null ? { updatedAt: iso(i.updatedAt) } : {}),
     ...(Object.keys(i.tags).length ? { tags: i.tags } : {}),
   };
 }
 
-function startedView(s: StartedVersion): ImageVersionStarted {
+function startedView(s: StartedVersion, latest: LatestVersions): ImageVersionStarted {
   return {
     ...s.version.request,
     imageArn: s.image.arn,
     name: s.image.name,
     state: s.image.state,
+    ...latest,
     imageVersion: s.version.version,
     buildId: s.build.buildId,
     createdAt: iso(s.image.createdAt),

@@ -177,7 +177,7 @@ export const ERRORS = {
   QUOTA_EXCEEDED: {
     status: 402,
     type: 'ServiceQuotaExceededException',
-    doc: 'Running this MicroVM would take live MicroVMs past the memory quota. Terminate some, or ask the operator to raise the quota.',
+    doc: 'A quota would be exceeded; `quotaCode` says which: `microvm-memory-mib` (memory of live MicroVMs), `microvm-images` (images, 100), `microvm-image-versions` (versions per image, 50), `concurrent-image-builds` (builds queued or running, 5). Terminate VMs, delete images or versions, or wait for builds; the operator can raise the quotas.',
   },
   THROTTLED: {
     status: 429,

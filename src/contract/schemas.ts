@@ -218,6 +218,8 @@ export const ImageVersionStarted = Type.Object({
   name: Type.String(),
   state: ImageStateT,
   imageVersion: Type.String(),
+  latestActiveImageVersion: Type.Optional(Type.String()),
+  latestFailedImageVersion: Type.Optional(Type.String()),
   createdAt: Time,
   updatedAt: Type.Optional(Time),
   tags: Type.Optional(Tags),

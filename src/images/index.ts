@@ -17,7 +17,7 @@ import type { BuildRecord, ImageRecord, ImageVersionRecord, Store, Tx } from '..
 import { listBases, type BaseInfo } from '../setup/index.js';
 import { buildImage, cacheDirs, type BuildSettings } from './build.js';
 import { pruneLayers, type PruneResult } from './cache.js';
-import { BUILD_NEXT, check, IMAGE_NEXT, VERSION_NEXT } from './states.js';
+import { BUILD_NEXT, check, IMAGE_NEXT, RUNNABLE_IMAGE_STATES, VERSION_NEXT } from './states.js';
 import { storeUpload, type Upload } from './upload.js';
 
 export { DEFAULT_LAYER_CACHE_BYTES, type PruneResult } from './cache.js';
@@ -32,8 +32,25 @@ export function vcpusFor(memoryMiB: number): number {
   return Math.max(1, Math.floor(memoryMiB / 2048));
 }
 
+/** The contract's image quotas (per account; Cella has one). */
+export interface ImageQuotas {
+  images: number;
+  versionsPerImage: number;
+  /** Builds queued or running at once. */
+  concurrentBuilds: number;
+}
+export const DEFAULT_IMAGE_QUOTAS: ImageQuotas = { images: 100, versionsPerImage: 50, concurrentBuilds: 5 };
+
+/** The image's latest versions, as GetMicrovmImage and ListMicrovmImages show them. */
+export interface LatestVersions {
+  latestActiveImageVersion?: string;
+  latestFailedImageVersion?: string;
+}
+
 export interface ImagesOptions {
   store: Store;
+  /** Defaults: DEFAULT_IMAGE_QUOTAS. */
+  quotas?: Partial<ImageQuotas>;
   engine: Engine;
   connectors: Connectors;
   dataDir: string;
@@ -55,6 +72,7 @@ export class Images {
   private readonly settings: BuildSettings;
   private readonly connectors: Connectors;
   private readonly log: (line: string) => void;
+  private readonly quotas: ImageQuotas;
   /** Builds run one after another on this chain. */
   private queue: Promise<void> = Promise.resolve();
   private readonly building = new Set<string>();
@@ -66,6 +84,7 @@ export class Images {
     this.dataDir = opts.dataDir;
     this.log = opts.log ?? (() => {});
     this.connectors = opts.connectors;
+    this.quotas = { ...DEFAULT_IMAGE_QUOTAS, ...opts.quotas };
     this.settings = {
       dataDir: opts.dataDir,
       // Resolved when the build runs: a connector deleted meanwhile fails the build, it never widens it.
@@ -127,14 +146,29 @@ export class Images {
   }
 
   /**
+   * The contract's latestActiveImageVersion (the version a RunMicrovm
+   * without imageVersion launches) and latestFailedImageVersion (the newest
+   * whose build failed). Derived from the versions when read, so a version
+   * made INACTIVE or deleted since is never shown.
+   */
+  async latestVersions(name: string, db: Tx = this.store): Promise<LatestVersions> {
+    const all = await db.listVersions(name);
+    const active = all.filter((v) => v.state === 'SUCCESSFUL' && v.status === 'ACTIVE').pop();
+    const failed = all.filter((v) => v.state === 'FAILED').pop();
+    return { ...(active ? { latestActiveImageVersion: active.version } : {}), ...(failed ? { latestFailedImageVersion: failed.version } : {}) };
+  }
+
+  /**
    * What RunMicrovm launches: the pinned version, or the latest SUCCESSFUL
-   * ACTIVE one. A version being built (UPDATING) does not stop runs of the
-   * versions before it.
+   * ACTIVE one, of an image the contract lets run (CREATED or UPDATED; a
+   * build under way or a failed last build stops runs, as in the contract).
    */
   async runnable(identifier: string, version?: string, db: Tx = this.store): Promise<RunnableImage> {
     const img = await this.require(identifier, db);
-    if (img.state === 'DELETING' || img.state === 'DELETED') {
-      throw new CellaError('NOT_FOUND', `image ${img.name} is ${img.state}`, { details: { resourceId: identifier, resourceType: 'MicrovmImage' } });
+    if (!RUNNABLE_IMAGE_STATES.includes(img.state)) {
+      throw new CellaError('NOT_FOUND', `image ${img.name} is ${img.state}; only a ${RUNNABLE_IMAGE_STATES.join(' or ')} image runs`, {
+        details: { resourceId: identifier, resourceType: 'MicrovmImage' },
+      });
     }
     const v = version === undefined ? await this.latest(img.name, 'SUCCESSFUL', 'ACTIVE', db) : await db.getVersion(img.name, version);
     if (!v || v.state !== 'SUCCESSFUL' || v.status !== 'ACTIVE' || !v.runtime) {
@@ -172,6 +206,8 @@ export class Images {
         throw new CellaError('INVALID_ARGUMENT', `image ${req.name} already exists`, { details: { resourceId: req.name, resourceType: 'MicrovmImage' } });
       }
       const request = await this.checkConfig(req, tx);
+      const count = (await tx.listImages()).length;
+      if (count >= this.quotas.images) throw quotaExceeded('microvm-images', `there are ${count} images; the quota is ${this.quotas.images}`, req.name, 'MicrovmImage');
       const now = Date.now();
       const image: ImageRecord = { name: req.name, arn: imageArn(req.name), state: 'CREATING', tags: req.tags ?? {}, createdAt: now, updatedAt: null };
       await tx.putImage(image);
@@ -214,8 +250,18 @@ export class Images {
     return request;
   }
 
+  /** Records a new version and its build, within the quotas on versions and builds. */
   private async startVersion(tx: Tx, image: ImageRecord, request: ImageRequestConfig, now: number): Promise<StartedVersion> {
-    const major = Math.max(0, ...(await tx.listVersions(image.name)).map((v) => v.major)) + 1;
+    const versions = await tx.listVersions(image.name);
+    if (versions.length >= this.quotas.versionsPerImage) {
+      throw quotaExceeded('microvm-image-versions', `image ${image.name} has ${versions.length} versions; the quota is ${this.quotas.versionsPerImage}`, image.name, 'MicrovmImage');
+    }
+    let building = 0;
+    for (const img of await tx.listImages()) building += (await tx.listVersions(img.name)).filter((v) => v.state === 'PENDING' || v.state === 'IN_PROGRESS').length;
+    if (building >= this.quotas.concurrentBuilds) {
+      throw quotaExceeded('concurrent-image-builds', `${building} builds are queued or running; the quota is ${this.quotas.concurrentBuilds}`, image.name, 'MicrovmImage');
+    }
+    const major = Math.max(0, ...versions.map((v) => v.major)) + 1;
     const version: ImageVersionRecord = {
       imageName: image.name,
       version: `${major}.0`,
@@ -449,4 +495,9 @@ export class Images {
     if (patch.state) check(BUILD_NEXT, `build ${b.buildId}`, b.state, patch.state);
     await tx.putBuild({ ...b, ...patch, updatedAt: now });
   }
+}
+
+/** ServiceQuotaExceededException with the contract's fields; `quotaCode` says which quota. */
+function quotaExceeded(quotaCode: string, message: string, resourceId: string, resourceType: string): CellaError {
+  return new CellaError('QUOTA_EXCEEDED', message, { details: { resourceId, resourceType, serviceCode: 'cella', quotaCode } });
 }

@@ -32,6 +32,9 @@ export const BUILD_NEXT: Record<BuildState, readonly BuildState[]> = {
   FAILED: [],
 };
 
+/** The image states whose versions RunMicrovm may launch (contract §4: image CREATED|UPDATED ∧ version SUCCESSFUL ∧ ACTIVE). */
+export const RUNNABLE_IMAGE_STATES: readonly ImageState[] = ['CREATED', 'UPDATED'];
+
 export function check<S extends string>(table: Record<S, readonly S[]>, what: string, from: S, to: S): void {
   if (!table[from].includes(to)) throw new CellaError('INTERNAL', `${what}: ${from} → ${to} is not a transition`);
 }

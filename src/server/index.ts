@@ -17,7 +17,7 @@ import { CellaError, managedImageArn, CONTRACT_MIN_IDLE_SECONDS } from '../contr
 import { Connectors } from '../connectors/index.js';
 
 import { DEFAULT_DNS_PORT, ensureHostGuard, pruneDnsPorts, startDnsForwarder, type DnsForwarder, type DnsUpstream } from '../net/index.js';
-import { DEFAULT_LAYER_CACHE_BYTES, demoZip, Images } from '../images/index.js';
+import { DEFAULT_LAYER_CACHE_BYTES, demoZip, type ImageQuotas, Images } from '../images/index.js';
 import type { S3Settings } from '../archive/index.js';
 import { Lifecycle } from '../lifecycle/index.js';
 import { LogHub } from '../logs/index.js';
@@ -46,6 +46,8 @@ export interface ServerOptions {
   minIdleSeconds?: number;
   /** Quota on the memory of all live MicroVMs together (default: 4 × host RAM; clones share their image's pages). */
   maxMemoryMiB?: number;
+  /** The contract's image quotas: images, versions per image, builds at once (defaults 100, 50, 5). */
+  imageQuotas?: Partial<ImageQuotas>;
   accel?: 'kvm' | 'tcg';
   warmClones?: number;
   /** Builds the demo app as image `demo` at the first start, so `cella run demo` works out of the box. */
@@ -133,6 +135,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       connectors,
       dataDir,
       log,
+      ...(opts.imageQuotas ? { quotas: opts.imageQuotas } : {}),
       ...(opts.s3 ? { s3: opts.s3 } : {}),
       ...(opts.insecureRegistries ? { insecureRegistries: opts.insecureRegistries } : {}),
     });
