@@ -14,6 +14,7 @@ import { after, before, describe, test } from 'node:test';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
 import { zipDirectory } from '../src/archive/index.js';
+import { main } from '../src/cli/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { loadGuestArtifacts, baseTree } from '../src/setup/index.js';
 import { API_KEY, V, api, createImage, demoArtifact, endpointRequest, shutdown, upload, waitBuild, waitState, type MicrovmBody } from './control-helpers.js';
@@ -169,6 +170,22 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     const pinned = await api<{ code: string; message: string }>(base, 'POST', `${V}/microvms`, { imageIdentifier: 'demo', imageVersion: '2.0' });
     assert.equal(pinned.status, 404);
     assert.match(pinned.body.message, /No active version found/);
+    // The image shows its latest versions: 2.0 is INACTIVE, so 1.0 is the active one.
+    type Latest = { state: string; latestActiveImageVersion?: string; latestFailedImageVersion?: string };
+    const shown = (await api<Latest>(base, 'GET', `${V}/microvm-images/demo`)).body;
+    assert.deepEqual([shown.latestActiveImageVersion, shown.latestFailedImageVersion], ['1.0', undefined]);
+    // A failed update (no Dockerfile: no VM needed) leaves the image UPDATE_FAILED, which the contract does not let run.
+    const bad = await api<{ buildId: string }>(base, 'PUT', `${V}/microvm-images/demo`, { baseImageArn: managedImageArn('busybox'), codeArtifact: { uri: await upload(base, await zipOf({ README: 'x' })) } });
+    assert.equal((await waitBuild(base, 'demo', '3.0', bad.body.buildId)).buildState, 'FAILED');
+    const failed = (await api<Latest>(base, 'GET', `${V}/microvm-images/demo`)).body;
+    assert.deepEqual([failed.state, failed.latestActiveImageVersion, failed.latestFailedImageVersion], ['UPDATE_FAILED', '1.0', '3.0']);
+    const refused = await api<{ code: string }>(base, 'POST', `${V}/microvms`, { imageIdentifier: 'demo' });
+    assert.deepEqual([refused.status, refused.type, refused.body.code], [404, 'ResourceNotFoundException', 'NOT_FOUND']);
+    let out = '';
+    const io: Parameters<typeof main>[1] = { out: (t) => (out += typeof t === 'string' ? t : Buffer.from(t).toString()), err: () => {}, env: { CELLA_URL: base, CELLA_API_KEY: API_KEY } };
+    assert.equal(await main(['image', 'ls'], io), 0);
+    assert.match(out, /^demo +UPDATE_FAILED +1\.0 +3\.0 /m, 'cella image ls shows both columns');
+    assert.equal((await api(base, 'DELETE', `${V}/microvm-images/demo/versions/3.0`)).status, 200);
     // A version that live VMs use, and the last version, cannot be deleted.
     assert.equal((await api(base, 'DELETE', `${V}/microvm-images/demo/versions/1.0`)).status, 409);
     await terminate(older);
