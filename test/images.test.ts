@@ -161,6 +161,9 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     assert.deepEqual(builds.body.items.map((b) => b.buildId), [upd.body.buildId]);
 
     const latest = await run({ imageIdentifier: 'demo' });
+    // The 256 MiB tier's guest is given its peak, 4x: 1 GiB (contract §3).
+    const argv = readFileSync(`/proc/${server.engine.get(latest)?.pid}/cmdline`, 'utf8').split('\0');
+    assert.equal(argv[argv.indexOf('-m') + 1], '1024M');
     assert.equal((await api<{ imageVersion: string }>(base, 'GET', `${V}/microvms/${latest}`)).body.imageVersion, '2.0');
     assert.match((await getAt(server.engine.get(latest)?.address(8080) as { host: string; port: number }, '/echo-env/VERSION_MARK')).body, /two/);
     // 2.0 INACTIVE: runs fall back to 1.0; pinning 2.0 is refused.

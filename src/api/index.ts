@@ -42,7 +42,7 @@ export interface ApiContext {
   apiRateScale: number;
   /** What GetServerInfo reports: where the endpoints are and how to trust them. */
   info: { proxyPort: number; accelerator: string; caCertificate?: string };
-  /** Memory of all live MicroVMs together may not exceed this. */
+  /** The baseline memory (the tiers) of all live MicroVMs together may not exceed this. */
   maxMemoryMiB: number;
   /** The host's disk: work that writes much is refused while it is nearly full. */
   capacity: Pick<DiskCapacity, 'require'>;

@@ -34,7 +34,8 @@ Options:
                            AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, region from AWS_REGION)
   --insecure-registry H:P  a registry image builds may pull from over plain HTTP (repeatable; loopback always may)
   --min-idle-seconds N     lowest maxIdleDurationSeconds accepted (default 60, the contract's)
-  --max-memory-mib N       quota on the memory of all live MicroVMs (default 4 x host RAM)
+  --max-memory-mib N       quota on the baseline memory of all live MicroVMs (default host RAM;
+                           guests get 4x their baseline, the contract's peak)
   --min-free-disk-mib N    below this much free disk, new runs, resumes, suspends and builds are refused
                            with InsufficientCapacityException (default: 1024 or 2 % of the disk, the larger)
   --layer-cache-mib N      bound on the image build cache (default 10240); least recently used layers go first

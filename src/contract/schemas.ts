@@ -165,6 +165,20 @@ export const IMAGE_NAME_PATTERN = '^[a-zA-Z0-9_-]+$';
 /** The contract's size tiers, plus 256 MiB (a Cella extension for small sandboxes and tests). */
 export const MEMORY_TIERS_MIB = [256, 512, 1024, 2048, 4096, 8192] as const;
 export const DEFAULT_MEMORY_MIB = 2048;
+/**
+ * The contract's sizing: a tier (`minimumMemoryInMiB`) is the baseline; the
+ * guest is given its peak, 4× the baseline, with a vCPU per 2 GiB of that
+ * peak (0.5 GB → 2 GB and 1 vCPU, ..., 8 GB → 32 GB and 16 vCPUs), at least one.
+ */
+export const PEAK_MEMORY_FACTOR = 4;
+export function guestSize(baselineMiB: number): { memoryMiB: number; vcpus: number } {
+  const memoryMiB = baselineMiB * PEAK_MEMORY_FACTOR;
+  return { memoryMiB, vcpus: Math.max(1, Math.floor(memoryMiB / 2048)) };
+}
+/** A tier's baseline vCPUs (vCPU = GiB / 2, as a fraction): compute is metered at the baseline. */
+export function baselineVcpus(baselineMiB: number): number {
+  return baselineMiB / 2048;
+}
 export const MAX_ENV_VARS = 50;
 
 const CodeArtifact = Type.Object(

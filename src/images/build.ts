@@ -15,7 +15,7 @@ import { extractZip, fetchArtifact, findDockerfile, type S3Settings } from '../a
 import { allocatedBytes, createOverlay, ext4FromDir } from '../disk/index.js';
 import { cacheKeyOf, commandOf, emptyConfig, parseDockerfile, planSteps, resolveConfig, type ContainerConfig, type PlannedStep, type Step } from '../dockerfile/index.js';
 import { BUILD_MOUNT, type BuilderVm, type Engine } from '../engine/index.js';
-import { BuildFailure, DEFAULT_HOOK_PORT, HOOK_PATH, isCellaError, managedImageNameOf } from '../contract/index.js';
+import { BuildFailure, DEFAULT_HOOK_PORT, guestSize, HOOK_PATH, isCellaError, managedImageNameOf } from '../contract/index.js';
 import { crashPoint, run } from '../host/index.js';
 import { GUEST, type NetworkPolicy } from '../net/index.js';
 import { pullImage } from '../oci/index.js';
@@ -47,8 +47,8 @@ export interface BuildInput {
   imageArn: string;
   imageName: string;
   version: ImageVersionRecord;
+  /** The image's tier: its baseline. The snapshot is captured at the tier's peak (guestSize). */
   memoryMiB: number;
-  vcpus: number;
 }
 
 export interface BuildOutcome {
@@ -123,8 +123,9 @@ export async function buildImage(engine: Engine, settings: BuildSettings, input:
     const hooks = runtime.hooks;
     const hooksPort = hooks?.port ?? DEFAULT_HOOK_PORT;
     const ready = hooks?.microvmImageHooks?.ready === 'ENABLED';
+    const guest = guestSize(runtime.memoryMiB);
     say(
-      `booting the image (${runtime.memoryMiB} MiB, ${runtime.vcpus} vCPU) and starting ${JSON.stringify(runtime.command)}; ` +
+      `booting the image (${guest.memoryMiB} MiB, the peak of its ${runtime.memoryMiB} MiB tier; ${guest.vcpus} vCPU) and starting ${JSON.stringify(runtime.command)}; ` +
         (ready ? `polling the ready hook on port ${hooksPort}` : `waiting for port ${runtime.port} to accept`),
     );
     const readyTimeoutS = hooks?.microvmImageHooks?.readyTimeoutInSeconds ?? DEFAULT_IMAGE_HOOK_TIMEOUT_S;
@@ -140,8 +141,9 @@ export async function buildImage(engine: Engine, settings: BuildSettings, input:
         ...(runtime.gid !== undefined ? { gid: runtime.gid } : {}),
       },
       port: runtime.port,
-      memoryMiB: runtime.memoryMiB,
-      vcpus: runtime.vcpus,
+      // Every clone and resume of this version restores at the size captured here (snapshot.json).
+      memoryMiB: guest.memoryMiB,
+      vcpus: guest.vcpus,
       readyTimeoutMs: 60_000 + (ready ? readyTimeoutS * 1000 : PORT_TIMEOUT_MS),
       onLog: (_stream, data) => say(data.toString('utf8').replace(/\n$/, '')),
       ...(ready && hooks ? { ready: (host, check) => pollImageHook({ host, port: hooksPort }, 'ready', readyTimeoutS, check, say) } : {}),
@@ -588,7 +590,7 @@ async function runtimeConfig(config: ContainerConfig, input: BuildInput, rootfs:
     ...(ids ? { uid: ids.uid, gid: ids.gid } : {}),
     port: config.exposedPorts[0] ?? 8080,
     memoryMiB: input.memoryMiB,
-    vcpus: input.vcpus,
+    vcpus: guestSize(input.memoryMiB).vcpus,
     ...(req.hooks ? { hooks: req.hooks } : {}),
     ...(req.egressNetworkConnectors ? { egressNetworkConnectors: req.egressNetworkConnectors } : {}),
   };

@@ -27,11 +27,6 @@ export { demoContext, demoZip } from './demo.js';
 /** Managed bases have one version each: the one setup built. */
 export const MANAGED_VERSION = '1';
 
-/** The contract's size tiers: vCPUs are GiB / 2, at least one. */
-export function vcpusFor(memoryMiB: number): number {
-  return Math.max(1, Math.floor(memoryMiB / 2048));
-}
-
 /** The contract's image quotas (per account; Cella has one). */
 export interface ImageQuotas {
   images: number;
@@ -322,9 +317,7 @@ export class Images {
       const memoryMiB = v0.request.resources?.[0]?.minimumMemoryInMiB ?? DEFAULT_MEMORY_MIB;
       let outcome;
       try {
-        outcome = await buildImage(this.engine, this.settings, { buildId, imageArn: img0.arn, imageName: img0.name, version: v0, memoryMiB, vcpus: vcpusFor(memoryMiB) }, (l) =>
-          say(l),
-        );
+        outcome = await buildImage(this.engine, this.settings, { buildId, imageArn: img0.arn, imageName: img0.name, version: v0, memoryMiB }, (l) => say(l));
       } catch (err) {
         const f = err instanceof BuildFailure ? err : new BuildFailure('INTERNAL_PLATFORM_ERROR', (err as Error).message);
         say(`[cella] build FAILED: ${f.reason}: ${f.message}`);

@@ -44,7 +44,11 @@ export interface ServerOptions {
   domain?: string;
   /** Lowers the contract's 60 s minimum for maxIdleDurationSeconds (tests, demos). */
   minIdleSeconds?: number;
-  /** Quota on the memory of all live MicroVMs together (default: 4 × host RAM; clones share their image's pages). */
+  /**
+   * Quota on the baseline memory of all live MicroVMs together (default: host RAM). Guests are given
+   * 4× their baseline (the contract's peak), so by default their peaks add up to at most 4× host RAM:
+   * clones share their image's pages and touch little of the rest (docs/design.md, "Sizing").
+   */
   maxMemoryMiB?: number;
   /** The contract's image quotas: images, versions per image, builds at once (defaults 100, 50, 5). */
   imageQuotas?: Partial<ImageQuotas>;
@@ -183,7 +187,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       minIdleSeconds,
       apiRateScale: opts.apiRateScale ?? DEFAULT_API_RATE_SCALE,
       info: { proxyPort: proxy.port, accelerator: engine.accel.accel, ...(tls.caFile ? { caCertificate: readFileSync(tls.caFile, 'utf8') } : {}) },
-      maxMemoryMiB: opts.maxMemoryMiB ?? Math.floor((4 * totalmem()) / 1048576),
+      maxMemoryMiB: opts.maxMemoryMiB ?? Math.floor(totalmem() / 1048576),
       capacity,
       version: readVersion(),
     });

@@ -44,7 +44,9 @@ export interface ImageConfig {
   gid?: number;
   /** The endpoint's default port, and the one a build waits for without a ready hook. */
   port: number;
+  /** The tier, the baseline: what the memory quota and metering count. The guest has the snapshot's size, the tier's peak. */
   memoryMiB: number;
+  /** The guest's vCPUs (at its peak): its cgroup, its endpoint limits. */
   vcpus: number;
   hooks?: HookSettings;
   /** The image's egress connectors: a RunMicrovm that names none gets these (else the contract's default). */

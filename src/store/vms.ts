@@ -25,7 +25,9 @@ export interface VmRecord {
   generation: number;
   stateReason: string | null;
   spec: VmSpec;
+  /** The image's tier, the baseline (ImageConfig.memoryMiB): what the memory quota and metering count. */
   memoryMiB: number;
+  /** The guest's vCPUs, at its peak. */
   vcpus: number;
   createdAt: number;
   terminatedAt: number | null;

@@ -3,7 +3,7 @@
  * the store (running time, checkpoint bytes written and read, checkpoint
  * bytes × time stored), plus the interval still open in its current state.
  */
-import type { Usage } from '../contract/index.js';
+import { baselineVcpus, type Usage } from '../contract/index.js';
 import { RUNNING_STATES } from '../lifecycle/index.js';
 import type { VmRecord } from '../store/index.js';
 
@@ -18,7 +18,8 @@ export function usageOf(v: VmRecord, now: number): Usage {
   return {
     microvmId: v.id,
     runningSeconds: round(runningSeconds),
-    vcpuSeconds: round(runningSeconds * v.vcpus),
+    // At the baseline, as the contract prices compute; the guest may use up to its peak.
+    vcpuSeconds: round(runningSeconds * baselineVcpus(v.memoryMiB)),
     gibSeconds: round((runningSeconds * v.memoryMiB) / 1024),
     snapshotBytesWritten: v.bytesWritten,
     snapshotBytesRead: v.bytesRead,
