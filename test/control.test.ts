@@ -12,7 +12,9 @@ import Database from 'better-sqlite3';
 import { zipDirectory } from '../src/archive/index.js';
 import { networkForSlot } from '../src/net/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
-import { ALL_HOOKS, API_KEY, V, api, createImage, shutdown, waitState, type MicrovmBody } from './control-helpers.js';
+import { ALL_HOOKS, API_KEY, V, api, createImage, shutdown, upload, waitState, type MicrovmBody } from './control-helpers.js';
+import { main } from '../src/cli/index.js';
+import { managedImageArn } from '../src/contract/index.js';
 import { alive, eventually, getAt, processesWith, tempDataDir } from './helpers.js';
 
 /** The QEMUs of VMs under `dataDir` (their command lines name their folders in vms/). */
@@ -50,7 +52,7 @@ describe('control plane over HTTP', { concurrency: false }, () => {
 
   before(async () => {
     dir = tempDataDir('control');
-    server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, maxMemoryMiB: QUOTA_MIB, log: () => {} });
+    server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, maxMemoryMiB: QUOTA_MIB, imageQuotas: { images: 2 }, log: () => {} });
     base = server.url;
     const { build, log } = await createImage(base, 'demo', { hooks: ALL_HOOKS });
     assert.equal(build.buildState, 'SUCCESSFUL', log);
@@ -178,6 +180,40 @@ describe('control plane over HTTP', { concurrency: false }, () => {
     assert.equal(end.state, 'TERMINATED');
     assert.equal(seen.has('SUSPENDED'), false);
     assert.match(end.stateReason ?? '', /suspendedDurationSeconds is 0/);
+  });
+
+  test("the README's run-microvm example runs as written with cella run in front", async () => {
+    const readme = readFileSync(path.join(import.meta.dirname, '..', 'README.md'), 'utf8');
+    const block = /# aws lambda-microvms run-microvm \\\n([\s\S]*?)\n```/.exec(readme)?.[1];
+    assert.ok(block, 'the README shows the example');
+    // The shell's job: joined lines, words, single quotes.
+    const argv = [...block.replace(/\\\n/g, ' ').matchAll(/'([^']*)'|(\S+)/g)].map((m) => (m[1] ?? m[2]) as string);
+    assert.deepEqual(argv.slice(0, 3), ['node', 'bin/cella.js', 'run']);
+    let out = '';
+    const io: Parameters<typeof main>[1] = { out: (t) => (out += typeof t === 'string' ? t : Buffer.from(t).toString()), err: () => {}, env: { CELLA_URL: base, CELLA_API_KEY: API_KEY } };
+    assert.equal(await main([...argv.slice(2), '--json'], io), 0, out);
+    const vm = JSON.parse(out) as MicrovmBody & { idlePolicy: unknown; maximumDurationInSeconds: number; ingressNetworkConnectors: string[] };
+    assert.equal(vm.state, 'RUNNING');
+    assert.deepEqual(vm.idlePolicy, { maxIdleDurationSeconds: 300, suspendedDurationSeconds: 3600, autoResumeEnabled: true });
+    assert.equal(vm.maximumDurationInSeconds, 3600);
+    assert.deepEqual(vm.ingressNetworkConnectors.map((a) => a.split(':').pop()), ['HTTP_INGRESS']);
+    await terminate(vm.microvmId);
+  });
+
+  test('the image quota (lowered to 2 for this server) refuses a third image with ServiceQuotaExceeded and creates nothing', async () => {
+    const noDockerfile = mkdtempSync(path.join(tmpdir(), 'cella-quota-'));
+    writeFileSync(path.join(noDockerfile, 'README'), 'no Dockerfile: the build fails at once, without a VM\n');
+    try {
+      const zip = await zipDirectory(noDockerfile);
+      assert.equal((await createImage(base, 'quota-1', {}, zip)).build.buildState, 'FAILED');
+      const uri = await upload(base, zip);
+      const over = await api<{ code: string; quotaCode: string; serviceCode: string; resourceId: string }>(base, 'POST', `${V}/microvm-images`, { name: 'quota-2', baseImageArn: managedImageArn('busybox'), codeArtifact: { uri } });
+      assert.deepEqual([over.status, over.type, over.body.code, over.body.quotaCode, over.body.resourceId], [402, 'ServiceQuotaExceededException', 'QUOTA_EXCEEDED', 'microvm-images', 'quota-2']);
+      assert.equal((await api(base, 'GET', `${V}/microvm-images/quota-2`)).status, 404);
+      assert.equal((await api(base, 'DELETE', `${V}/microvm-images/quota-1`)).status, 200);
+    } finally {
+      rmSync(noDockerfile, { recursive: true, force: true });
+    }
   });
 
   test('clientToken: the same request returns the same VM; different parameters are a conflict and create nothing', async () => {

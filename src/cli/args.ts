@@ -46,6 +46,8 @@ export interface Command {
   options: Options;
   /** How many positional arguments the command takes. */
   args: { min: number; max: number; names: string };
+  /** `multiple` options that, as in the AWS CLI, take every value up to the next option (`--x a b`). */
+  lists?: readonly string[];
   run(p: Parsed, io: Io): Promise<number>;
 }
 
@@ -55,10 +57,10 @@ export function wantsHelp(argv: string[]): boolean {
   return (end < 0 ? argv : argv.slice(0, end)).some((a) => a === '--help' || a === '-h');
 }
 
-export function parse(argv: string[], cmd: Pick<Command, 'options' | 'args'>): Parsed {
+export function parse(argv: string[], cmd: Pick<Command, 'options' | 'args' | 'lists'>): Parsed {
   let parsed: Parsed;
   try {
-    parsed = parseArgs({ args: argv, options: cmd.options, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args: spreadLists(argv, cmd.lists ?? []), options: cmd.options, allowPositionals: true, strict: true });
   } catch (err) {
     // parseArgs appends advice about `--` that does not fit most mistakes; its first sentence says it all.
     throw new UsageError((err as Error).message.replace(/\. To specify a positional argument.*$/s, ''));
@@ -67,6 +69,19 @@ export function parse(argv: string[], cmd: Pick<Command, 'options' | 'args'>): P
   if (n < cmd.args.min) throw new UsageError(`missing ${cmd.args.names}`);
   if (n > cmd.args.max) throw new UsageError(`unexpected argument "${parsed.positionals[cmd.args.max]}"`);
   return parsed;
+}
+
+/** `--x a b --y` → `--x a --x b --y` for the list options, so parseArgs sees one value per flag. */
+function spreadLists(argv: string[], lists: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === '--') return [...out, ...argv.slice(i)];
+    out.push(a);
+    if (!a.startsWith('--') || !lists.includes(a.slice(2))) continue;
+    for (let n = 0; i + 1 < argv.length && !(argv[i + 1] as string).startsWith('-'); n++) out.push(...(n > 0 ? [a] : []), argv[++i] as string);
+  }
+  return out;
 }
 
 /** Runs one command: its help, its parsing, then its action. */

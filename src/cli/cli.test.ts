@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Io } from './args.js';
 import { main } from './index.js';
+import { managedConnectorArn } from '../contract/index.js';
 
 
 /** Runs main() in-process with captured output and the given environment (no CELLA_* unless set). */
@@ -92,6 +93,17 @@ test('usage errors exit 2 with the concerned usage on stderr', async () => {
     [['run', 'demo', '--idle', 'soon'], /--idle must be a whole number, not "soon"/, /Usage: cella run/],
     [['run', 'demo', '--suspended-ttl', '5'], /give --idle SECONDS too/, /Usage: cella run/],
     [['run', 'demo', '--no-auto-resume'], /give --idle SECONDS too/, /Usage: cella run/],
+    [['run', '--image-identifier', 'x', 'y'], /IMAGE and --image-identifier say the same thing: give one/, /Usage: cella run/],
+    [['run', 'demo', '--idle', '60', '--idle-policy', '{}'], /--idle and --idle-policy say the same thing/, /Usage: cella run/],
+    [['run', 'demo', '--max-duration', '9', '--maximum-duration-in-seconds', '9'], /--max-duration and --maximum-duration-in-seconds/, /Usage: cella run/],
+    [['run', 'demo', '--idle-policy', '{"maxIdle'], /--idle-policy is not valid JSON/, /Usage: cella run/],
+    [['run', 'demo', '--idle-policy', 'maxIdleDurationSeconds'], /--idle-policy: "maxIdleDurationSeconds" is not key=value/, /Usage: cella run/],
+    [['run', 'demo', '--logging', '[]'], /--logging must be a JSON object/, /Usage: cella run/],
+    [['run', '--cli-input-json', '[1]'], /--cli-input-json must be a JSON object/, /Usage: cella run/],
+    [['run', '--cli-input-json', 'file:///nonexistent/run.json'], /--cli-input-json: ENOENT/, /Usage: cella run/],
+    [['run', '--cli-input-json', '{}'], /missing IMAGE \(or --image-identifier\)/, /Usage: cella run/],
+    [['run', 'demo', '--ingress-network-connectors', '["a",1]'], /--ingress-network-connectors must be a list of ARNs/, /Usage: cella run/],
+    [['run', 'demo', '--egress-network-connectors', 'a', '--no-egress'], /--egress and --no-egress exclude each other/, /Usage: cella run/],
     [['token', 'vm', '--ports', '90-80'], /--ports 90-80 is empty/, /Usage: cella token/],
     [['token', 'vm', '--ports', '80'], /--ports takes A-B/, /Usage: cella token/],
     [['token', 'vm', '--port', '99999'], /--port must be between 1 and 65535/, /Usage: cella token/],
@@ -209,6 +221,62 @@ test('run sends the idle policy with its defaults, waits for RUNNING and prints 
     assert.deepEqual(f.seen.at(-1)?.body, { imageIdentifier: 'demo', imageVersion: '2.0', maximumDurationInSeconds: 60 });
     assert.equal(parsed<{ microvmId: string }>(j.out).microvmId, 'mvm-1');
   } finally {
+    await f.close();
+  }
+});
+
+test("run takes the AWS CLI's run-microvm flags and shapes, lists up to the next option, and --cli-input-json under the flags", async () => {
+  const f = await fake((method, path, res) => {
+    if (method === 'POST' && path === '/2025-09-09/microvms') return send(res, 200, vm('mvm-1', 'RUNNING'));
+    send(res, 404, { code: 'UNKNOWN_OPERATION', message: path });
+  });
+  const env = { CELLA_URL: f.url, CELLA_API_KEY: 'k' };
+  const IMAGE = 'arn:aws:lambda:us-east-1:000000000000:microvm-image:demo';
+  const HTTP = 'arn:aws:lambda:us-east-1:aws:network-connector:aws-network-connector:HTTP_INGRESS';
+  const SHELL = 'arn:aws:lambda:us-east-1:aws:network-connector:aws-network-connector:SHELL_INGRESS';
+  const EGRESS = 'arn:aws:lambda:us-east-1:aws:network-connector:aws-network-connector:INTERNET_EGRESS';
+  const ROLE = 'arn:aws:iam::123456789012:role/app';
+  const dir = mkdtempSync(path.join(tmpdir(), 'cella-cli-input-'));
+  try {
+    const aws = [
+      'run', '--image-identifier', IMAGE, '--image-version', '1.0',
+      '--idle-policy', '{"maxIdleDurationSeconds":300,"suspendedDurationSeconds":0,"autoResumeEnabled":false}',
+      '--ingress-network-connectors', HTTP, SHELL, '--egress-network-connectors', EGRESS,
+      '--maximum-duration-in-seconds', '3600', '--execution-role-arn', ROLE, '--run-hook-payload', '{"job":1}',
+      '--logging', '{"disabled":{}}', '--no-wait',
+    ];
+    assert.equal((await cella(aws, env)).code, 0);
+    assert.deepEqual(f.seen.at(-1)?.body, {
+      imageIdentifier: IMAGE,
+      imageVersion: '1.0',
+      idlePolicy: { maxIdleDurationSeconds: 300, suspendedDurationSeconds: 0, autoResumeEnabled: false },
+      maximumDurationInSeconds: 3600,
+      runHookPayload: '{"job":1}',
+      executionRoleArn: ROLE,
+      logging: { disabled: {} },
+      ingressNetworkConnectors: [HTTP, SHELL],
+      egressNetworkConnectors: [EGRESS],
+    });
+
+    // The shorthand idle policy, a JSON list, and --ingress with a full ARN beside a name.
+    const mixed = ['run', 'demo', '--idle-policy', 'maxIdleDurationSeconds=60,suspendedDurationSeconds=600,autoResumeEnabled=true', '--ingress', SHELL, '--ingress', 'http_ingress', '--egress-network-connectors', `["${EGRESS}"]`, '--no-wait'];
+    assert.equal((await cella(mixed, env)).code, 0);
+    assert.deepEqual(f.seen.at(-1)?.body, {
+      imageIdentifier: 'demo',
+      idlePolicy: { maxIdleDurationSeconds: 60, suspendedDurationSeconds: 600, autoResumeEnabled: true },
+      ingressNetworkConnectors: [SHELL, managedConnectorArn('HTTP_INGRESS')],
+      egressNetworkConnectors: [EGRESS],
+    });
+
+    // --cli-input-json from a file: the flags given win over it, the rest of it is sent as it is.
+    const input = path.join(dir, 'run.json');
+    writeFileSync(input, JSON.stringify({ imageIdentifier: IMAGE, maximumDurationInSeconds: 60, clientToken: 'from-file', ingressNetworkConnectors: [HTTP] }));
+    assert.equal((await cella(['run', '--cli-input-json', `file://${input}`, '--maximum-duration-in-seconds', '120', '--no-wait'], env)).code, 0);
+    assert.deepEqual(f.seen.at(-1)?.body, { imageIdentifier: IMAGE, maximumDurationInSeconds: 120, clientToken: 'from-file', ingressNetworkConnectors: [HTTP] });
+    assert.equal((await cella(['run', '--cli-input-json', JSON.stringify({ imageIdentifier: 'demo' }), '--no-wait'], env)).code, 0);
+    assert.deepEqual(f.seen.at(-1)?.body, { imageIdentifier: 'demo' });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
     await f.close();
   }
 });

@@ -12,11 +12,11 @@ import {
   type Microvm,
   type MicrovmSummary,
   type PortSpecification,
-  type RunMicrovmRequest,
   type Usage,
 } from '../client/index.js';
-import { customerConnectorArn, DEFAULT_ENDPOINT_PORT, managedConnectorArn, arnName } from '../contract/index.js';
+import { DEFAULT_ENDPOINT_PORT, arnName } from '../contract/index.js';
 import { interactiveShell } from './shell.js';
+import { RUN_HELP, RUN_LISTS, RUN_OPTIONS, runRequest } from './run-request.js';
 import { flag, int, keyValues, str, strs, table, toInt, UsageError, type Command, type Io, type Options, type Parsed, type Values } from './args.js';
 
 const CONNECTION = `  --url URL                the Cella server (default ${DEFAULT_URL}, env CELLA_URL)
@@ -28,7 +28,6 @@ const HELP = '  -h, --help               this help\n';
 const connectionOptions: Options = { url: { type: 'string' }, 'api-key': { type: 'string' } };
 const jsonOption: Options = { json: { type: 'boolean' } };
 
-const SUSPENDED_TTL_DEFAULT = 3600;
 const TOKEN_MINUTES_DEFAULT = 15;
 
 function client(v: Values, io: Io): CellaClient {
@@ -45,13 +44,14 @@ export function printJson(io: Io, value: unknown): void {
 
 /** A client command: connection flags (and --json unless `noJson`) come with every one. */
 export function remote(
-  spec: { usage: string; flags?: string; options?: Options; args: Command['args']; noJson?: boolean },
+  spec: { usage: string; flags?: string; options?: Options; lists?: string[]; args: Command['args']; noJson?: boolean },
   run: (p: Parsed, c: CellaClient, io: Io, json: boolean) => Promise<number>,
 ): Command {
   return {
     usage: `${spec.usage}\nOptions:\n${spec.flags ?? ''}${spec.noJson ? '' : JSON_HELP}${CONNECTION}${HELP}`,
     options: { ...spec.options, ...connectionOptions, ...(spec.noJson ? {} : jsonOption) },
     args: spec.args,
+    ...(spec.lists ? { lists: spec.lists } : {}),
     run: (p, io) => run(p, client(p.values, io), io, flag(p.values, 'json')),
   };
 }
@@ -109,65 +109,14 @@ const run = remote(
 
 Launches a MicroVM from an image's snapshot and waits until it is RUNNING.
 `,
-    flags: `  --version V              this version of the image (default: its latest SUCCESSFUL, ACTIVE one)
-  --idle SECONDS           suspend after this long without traffic (sets the idle policy)
-  --suspended-ttl SECONDS  with --idle: terminate after this long suspended (default ${SUSPENDED_TTL_DEFAULT}; 0 terminates at suspend)
-  --no-auto-resume         with --idle: do not resume on incoming traffic
-  --max-duration SECONDS   terminate after this long, running or suspended (default 28800)
-  --payload STRING         body of the app's run hook
-  --client-token T         idempotency token: the same token and options return the same MicroVM
-  --no-logs                do not keep the app's output
-  --ingress NAME           an ingress connector: HTTP_INGRESS (default), SHELL_INGRESS, ALL_INGRESS, NO_INGRESS (repeatable)
-  --egress NAME|ARN        an egress connector: INTERNET_EGRESS (the default), or a customer connector's
-                           name or ARN (see /cella/v1/network-connectors) (repeatable)
-  --no-egress              no egress at all
-  --no-wait                return at once, while the MicroVM is PENDING
-`,
-    options: {
-      version: { type: 'string' },
-      ingress: { type: 'string', multiple: true },
-      egress: { type: 'string', multiple: true },
-      'no-egress': { type: 'boolean' },
-      idle: { type: 'string' },
-      'suspended-ttl': { type: 'string' },
-      'no-auto-resume': { type: 'boolean' },
-      'max-duration': { type: 'string' },
-      payload: { type: 'string' },
-      'client-token': { type: 'string' },
-      'no-logs': { type: 'boolean' },
-      'no-wait': { type: 'boolean' },
-    },
-    args: { min: 1, max: 1, names: 'IMAGE' },
+    flags: RUN_HELP,
+    options: RUN_OPTIONS,
+    lists: RUN_LISTS,
+    args: { min: 0, max: 1, names: 'IMAGE' },
   },
   async (p, c, io, json) => {
-    const v = p.values;
-    const idle = int(v, 'idle', 1);
-    const ttl = int(v, 'suspended-ttl', 0);
-    if (idle === undefined && (ttl !== undefined || flag(v, 'no-auto-resume'))) {
-      throw new UsageError('--suspended-ttl and --no-auto-resume are part of the idle policy: give --idle SECONDS too');
-    }
-    const maxDuration = int(v, 'max-duration', 1);
-    const payload = str(v, 'payload');
-    const token = str(v, 'client-token');
-    const version = str(v, 'version');
-    const egress = strs(v, 'egress');
-    if (egress.length && flag(v, 'no-egress')) throw new UsageError('--egress and --no-egress exclude each other');
-    const req: RunMicrovmRequest = {
-      imageIdentifier: at(p, 0),
-      ...(version !== undefined ? { imageVersion: version } : {}),
-      ...(idle !== undefined
-        ? { idlePolicy: { maxIdleDurationSeconds: idle, suspendedDurationSeconds: ttl ?? SUSPENDED_TTL_DEFAULT, autoResumeEnabled: !flag(v, 'no-auto-resume') } }
-        : {}),
-      ...(maxDuration !== undefined ? { maximumDurationInSeconds: maxDuration } : {}),
-      ...(payload !== undefined ? { runHookPayload: payload } : {}),
-      ...(token !== undefined ? { clientToken: token } : {}),
-      ...(flag(v, 'no-logs') ? { logging: { disabled: {} } } : {}),
-      ...(strs(v, 'ingress').length ? { ingressNetworkConnectors: strs(v, 'ingress').map((n) => managedConnectorArn(n.toUpperCase())) } : {}),
-      ...(flag(v, 'no-egress') ? { egressNetworkConnectors: [] } : {}),
-      ...(egress.length ? { egressNetworkConnectors: egress.map(egressArn) } : {}),
-    };
-    let vm = await c.runMicrovm(req);
-    if (!flag(v, 'no-wait')) vm = await c.waitForState(vm.microvmId, ['RUNNING']);
+    let vm = await c.runMicrovm(runRequest(p));
+    if (!flag(p.values, 'no-wait')) vm = await c.waitForState(vm.microvmId, ['RUNNING']);
     if (json) printJson(io, vm);
     else io.out(keyValues([['id', vm.microvmId], ['state', vm.state], ['endpoint', `https://${vm.endpoint}`]]));
     return vm.state === 'TERMINATED' ? failedTo(vm, 'ran', io) : 0;
@@ -347,10 +296,5 @@ const shell = remote(
 );
 
 /** INTERNET_EGRESS as the managed connector; an ARN as is; any other name as a customer connector. */
-function egressArn(name: string): string {
-  if (name.startsWith('arn:')) return name;
-  return name.toUpperCase() === 'INTERNET_EGRESS' ? managedConnectorArn('INTERNET_EGRESS') : customerConnectorArn(name);
-}
-
 export const vmCommands: Record<string, Command> = { run, ls, get, suspend, resume, terminate, logs, token, usage, shell };
 
