@@ -1,7 +1,8 @@
 /**
  * Who may do what, and what was already done: endpoint tokens, API key
- * hashes, secrets (key material, settings that must outlive restarts) and
- * the idempotency records of requests that carried a clientToken.
+ * hashes, SigV4 access keys, secrets (key material, settings that must
+ * outlive restarts) and the idempotency records of requests that carried a
+ * clientToken.
  */
 import { blob, int, text, type Table } from './columns.js';
 
@@ -25,6 +26,17 @@ export interface IdempotencyRecord {
 
 export interface ApiKeyRecord {
   hash: string;
+  createdAt: number;
+}
+
+/**
+ * A SigV4 access key. Verifying a signature needs the secret itself (not a
+ * hash), so `sealedSecret` is the secret encrypted by src/auth under a key
+ * kept in `secrets`; the store never sees it in the clear.
+ */
+export interface AccessKeyRecord {
+  id: string;
+  sealedSecret: Buffer;
   createdAt: number;
 }
 
@@ -62,6 +74,12 @@ export const API_KEYS: Table<ApiKeyRecord> = {
   name: 'api_keys',
   key: ['hash'],
   columns: { hash: text('hash'), createdAt: int('created_at') },
+};
+
+export const ACCESS_KEYS: Table<AccessKeyRecord> = {
+  name: 'access_keys',
+  key: ['id'],
+  columns: { id: text('id'), sealedSecret: blob('sealed_secret'), createdAt: int('created_at') },
 };
 
 export const SECRETS: Table<SecretRecord> = {

@@ -1,6 +1,6 @@
 /**
  * Durable state: VMs (desired and observed), deadlines, idempotency tokens,
- * auth tokens, images, API keys, usage. SQLite by default (./sqlite.ts);
+ * auth tokens, images, API keys, SigV4 access keys, usage. SQLite by default (./sqlite.ts);
  * `Store` (./store.ts) is the asynchronous interface another database
  * (Postgres) can fill; ./session.ts gives the embedded backends
  * transactions that may await.
@@ -16,7 +16,7 @@
  * `RunnableImage` (what a VM is launched from) and `pendingVm` (a new
  * VM's first row) in src/lifecycle, which src/images sits above.
  */
-export type { TokenRecord } from './access.js';
+export type { AccessKeyRecord, TokenRecord } from './access.js';
 export type { ConnectorRecord } from './connectors.js';
 export type { BuildRecord, ImageConfig, ImageRecord, ImageVersionRecord, SnapshotBuild } from './images.js';
 export { MemoryStore } from './memory.js';

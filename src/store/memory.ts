@@ -7,7 +7,7 @@
  * a throw. For tests of the control plane that boot no VM.
  */
 import type { VmState } from '../contract/index.js';
-import { API_KEYS, IDEMPOTENCY, SECRETS, TOKENS, type TokenRecord } from './access.js';
+import { ACCESS_KEYS, API_KEYS, IDEMPOTENCY, SECRETS, TOKENS, type AccessKeyRecord, type TokenRecord } from './access.js';
 import { decodeRow, encodeRow, type SqlValue, type Table } from './columns.js';
 import { CONNECTORS, type ConnectorRecord } from './connectors.js';
 import { BUILDS, IMAGES, VERSIONS, type BuildRecord, type ImageRecord, type ImageVersionRecord } from './images.js';
@@ -84,8 +84,9 @@ class MemoryBackend implements Backend {
   private readonly tokens = new Rows(TOKENS);
   private readonly idempotency = new Rows(IDEMPOTENCY);
   private readonly apiKeys = new Rows(API_KEYS);
+  private readonly accessKeys = new Rows(ACCESS_KEYS);
   private readonly secrets = new Rows(SECRETS);
-  private readonly tables = [this.vms, this.images, this.versions, this.builds, this.connectors, this.tokens, this.idempotency, this.apiKeys, this.secrets];
+  private readonly tables = [this.vms, this.images, this.versions, this.builds, this.connectors, this.tokens, this.idempotency, this.apiKeys, this.accessKeys, this.secrets];
   /** One snapshot of every table per open transaction or savepoint, innermost last. */
   private readonly snapshots: Map<string, EncodedRow>[][] = [];
 
@@ -236,6 +237,22 @@ class MemoryBackend implements Backend {
 
   deleteConnector(name: string): void {
     this.connectors.delete((c) => c.name === name);
+  }
+
+  putAccessKey(k: AccessKeyRecord): void {
+    this.accessKeys.put(k);
+  }
+
+  getAccessKey(id: string): AccessKeyRecord | undefined {
+    return this.accessKeys.get({ id });
+  }
+
+  listAccessKeys(): AccessKeyRecord[] {
+    return this.accessKeys.all().sort((a, b) => a.createdAt - b.createdAt || compare(a.id, b.id));
+  }
+
+  deleteAccessKey(id: string): boolean {
+    return this.accessKeys.delete((k) => k.id === id) > 0;
   }
 
   apiKeyHashes(): string[] {

@@ -66,6 +66,8 @@ const MIGRATIONS: string[] = [
   `CREATE TABLE network_connectors (
      name TEXT PRIMARY KEY, arn TEXT NOT NULL, description TEXT, cidrs TEXT NOT NULL, domains TEXT NOT NULL, created_at INTEGER NOT NULL
    );`,
+  // SigV4 access keys: the secret sealed under a key in `secrets` (src/auth/access-keys.ts).
+  `CREATE TABLE access_keys (id TEXT PRIMARY KEY, sealed_secret BLOB NOT NULL, created_at INTEGER NOT NULL);`,
 ];
 
 /** Moves the database up to the newest schema, one transaction per step; refuses one newer than this code. */

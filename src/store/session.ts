@@ -16,7 +16,7 @@
  * connection of their own.
  */
 import { CellaError, type VmState } from '../contract/index.js';
-import type { TokenRecord } from './access.js';
+import type { AccessKeyRecord, TokenRecord } from './access.js';
 import type { ConnectorRecord } from './connectors.js';
 import type { BuildRecord, ImageRecord, ImageVersionRecord } from './images.js';
 import type { Ops, Store, Tx } from './store.js';
@@ -214,6 +214,18 @@ export class Session implements Store {
   }
   deleteConnector(name: string): Promise<void> {
     return this.run(() => this.backend.deleteConnector(name));
+  }
+  putAccessKey(k: AccessKeyRecord): Promise<void> {
+    return this.run(() => this.backend.putAccessKey(k));
+  }
+  getAccessKey(id: string): Promise<AccessKeyRecord | undefined> {
+    return this.run(() => this.backend.getAccessKey(id));
+  }
+  listAccessKeys(): Promise<AccessKeyRecord[]> {
+    return this.run(() => this.backend.listAccessKeys());
+  }
+  deleteAccessKey(id: string): Promise<boolean> {
+    return this.run(() => this.backend.deleteAccessKey(id));
   }
   apiKeyHashes(): Promise<string[]> {
     return this.run(() => this.backend.apiKeyHashes());

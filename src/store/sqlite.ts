@@ -8,7 +8,7 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { VmState } from '../contract/index.js';
-import { API_KEYS, IDEMPOTENCY, SECRETS, TOKENS, type TokenRecord } from './access.js';
+import { ACCESS_KEYS, API_KEYS, IDEMPOTENCY, SECRETS, TOKENS, type AccessKeyRecord, type TokenRecord } from './access.js';
 import { decodeRow, encodePatch, encodeRow, type Row, type Table } from './columns.js';
 import { CONNECTORS, type ConnectorRecord } from './connectors.js';
 import { BUILDS, IMAGES, VERSIONS, type BuildRecord, type ImageRecord, type ImageVersionRecord } from './images.js';
@@ -226,6 +226,22 @@ class SqliteBackend implements Backend {
 
   deleteConnector(name: string): void {
     this.sql('DELETE FROM network_connectors WHERE name = ?').run(name);
+  }
+
+  putAccessKey(k: AccessKeyRecord): void {
+    this.put(ACCESS_KEYS, k);
+  }
+
+  getAccessKey(id: string): AccessKeyRecord | undefined {
+    return this.one(ACCESS_KEYS, 'id = ?', id);
+  }
+
+  listAccessKeys(): AccessKeyRecord[] {
+    return this.many(ACCESS_KEYS, 'ORDER BY created_at, id');
+  }
+
+  deleteAccessKey(id: string): boolean {
+    return this.sql('DELETE FROM access_keys WHERE id = ?').run(id).changes > 0;
   }
 
   apiKeyHashes(): string[] {

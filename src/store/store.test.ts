@@ -235,6 +235,20 @@ for (const [name, open] of STORES) {
       assert.equal(await s.getSecret('none'), undefined);
     });
 
+    each('access keys: a taken id is refused, oldest first, delete says whether there was one', async (s) => {
+      const k = (id: string, createdAt: number): { id: string; sealedSecret: Buffer; createdAt: number } => ({ id, sealedSecret: Buffer.from(`sealed-${id}`), createdAt });
+      await s.putAccessKey(k('B', 2));
+      await s.putAccessKey(k('C', 1));
+      await s.putAccessKey(k('A', 2));
+      await assert.rejects(s.putAccessKey(k('A', 3)), internal);
+      assert.deepEqual(await s.getAccessKey('A'), k('A', 2));
+      assert.equal(await s.getAccessKey('Z'), undefined);
+      assert.deepEqual((await s.listAccessKeys()).map((x) => x.id), ['C', 'A', 'B']);
+      assert.equal(await s.deleteAccessKey('A'), true);
+      assert.equal(await s.deleteAccessKey('A'), false);
+      assert.deepEqual((await s.listAccessKeys()).map((x) => x.id), ['C', 'B']);
+    });
+
     each('a transaction commits all of its writes, or on a throw none, and passes the throw on', async (s) => {
       assert.equal(
         await s.tx(async (tx) => {

@@ -4,7 +4,7 @@
  * callers. A write is durable before its promise resolves.
  */
 import { CellaError, type VmState } from '../contract/index.js';
-import type { TokenRecord } from './access.js';
+import type { AccessKeyRecord, TokenRecord } from './access.js';
 import type { ConnectorRecord } from './connectors.js';
 import type { BuildRecord, ImageRecord, ImageVersionRecord } from './images.js';
 import type { VmPage, VmPatch, VmRecord } from './vms.js';
@@ -72,6 +72,13 @@ export interface Tx {
   listConnectors(): Promise<ConnectorRecord[]>;
   deleteConnector(name: string): Promise<void>;
 
+  /** Rejects if the id is taken. */
+  putAccessKey(k: AccessKeyRecord): Promise<void>;
+  getAccessKey(id: string): Promise<AccessKeyRecord | undefined>;
+  /** Oldest first. */
+  listAccessKeys(): Promise<AccessKeyRecord[]>;
+  /** Returns whether there was one to delete. */
+  deleteAccessKey(id: string): Promise<boolean>;
   apiKeyHashes(): Promise<string[]>;
   addApiKeyHash(hash: string): Promise<void>;
   getSecret(name: string): Promise<Buffer | undefined>;
