@@ -1,16 +1,24 @@
 /**
- * Who may call the API (API keys) and who may reach a VM's endpoint (tokens).
+ * Who may call the API (API keys, SigV4 access keys) and who may reach a
+ * VM's endpoint (tokens).
  *
  * API keys: one is generated at first start and shown once; only its SHA-256
  * is stored. `CELLA_API_KEY` in the server's environment is accepted too.
+ * Access keys sign requests with SigV4, as the AWS SDK does: ./access-keys.ts
+ * keeps them, ./sigv4.ts verifies the signatures.
  * Endpoint tokens: JWEs (dir + A256GCM, `jose`) under a key kept in the store,
  * bound to one VM, its allowed ports and an expiry; their ids are stored so a
  * terminated VM's tokens can be revoked.
  */
 import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { EncryptJWT, jwtDecrypt } from 'jose';
+import type { IncomingHttpHeaders } from 'node:http';
 import { CellaError, type PortSpecification } from '../contract/index.js';
 import type { Store } from '../store/index.js';
+import { isSigV4, type SigV4Verifier } from './sigv4.js';
+
+export { AccessKeys, type AccessKeyInfo, type AccessKeyPair } from './access-keys.js';
+export { MAX_SKEW_MS, SIGNING_SERVICE, SigV4Verifier, type SigV4Options } from './sigv4.js';
 
 const KEY_PREFIX = 'cella_';
 
@@ -37,13 +45,34 @@ export class ApiKeys {
   /** Checks an Authorization header; throws UNAUTHENTICATED unless it carries a known key. Returns who called (the key's hash). */
   check(authorization: string | undefined): string {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
-    if (!m) throw new CellaError('UNAUTHENTICATED', 'missing API key: send "Authorization: Bearer <key>"');
+    if (!m) throw new CellaError('UNAUTHENTICATED', 'missing credentials: send "Authorization: Bearer <key>", or sign the request with SigV4 (an access key)');
     const h = sha256(m[1] as string);
     // Compare against every key so the time taken does not tell which one matched.
     let ok = false;
     for (const k of this.hashes) ok = timingSafeEqual(k, h) || ok;
     if (!ok) throw new CellaError('UNAUTHENTICATED', 'the API key is not valid');
     return h.toString('hex');
+  }
+}
+
+/** Who may call the API: a Bearer API key, or a request signed with SigV4 by an access key. */
+export class Authenticator {
+  constructor(
+    private readonly apiKeys: ApiKeys,
+    private readonly sigv4: SigV4Verifier,
+  ) {}
+
+  /**
+   * Checks a request's credentials; returns who called (a key's hash, or
+   * `sigv4:<access key id>`). A SigV4 signature covers the body, so the
+   * caller reads it first (bounded) and passes it; `body` is undefined for an
+   * upload, whose body is streamed afterwards: uploads take Bearer.
+   */
+  async check(req: { method: string; target: string; headers: IncomingHttpHeaders }, body: Buffer | undefined): Promise<string> {
+    const authorization = req.headers.authorization;
+    if (!isSigV4(authorization, req.target)) return this.apiKeys.check(authorization);
+    if (body === undefined) throw new CellaError('SIGNATURE_MALFORMED', 'uploads take "Authorization: Bearer <key>"; with SigV4, give the code as an s3:// or file:// codeArtifact uri');
+    return `sigv4:${await this.sigv4.verify({ ...req, body })}`;
   }
 }
 

@@ -167,7 +167,33 @@ export const ERRORS = {
   UNAUTHENTICATED: {
     status: 401,
     type: 'AccessDeniedException',
-    doc: 'The API key is missing or not valid. Send `Authorization: Bearer <key>` with a key the server knows.',
+    doc: 'The request carries no credentials, or its API key is not valid. Send `Authorization: Bearer <key>` with a key the server knows, or sign it with SigV4 (an access key).',
+  },
+  // SigV4 (the AWS SDK's signing): AWS's own error types, which the SDK raises as exceptions of that name.
+  SIGNATURE_MALFORMED: {
+    status: 400,
+    type: 'IncompleteSignatureException',
+    doc: 'The `Authorization: AWS4-HMAC-SHA256 ...` header or `x-amz-date` is malformed or incomplete, the request is presigned (query-string SigV4, not supported), or an upload is signed with SigV4 (uploads take Bearer). Sign the request as the AWS SDK does.',
+  },
+  UNKNOWN_ACCESS_KEY: {
+    status: 403,
+    type: 'UnrecognizedClientException',
+    doc: 'The access key id the request is signed with is not known to this server (never created, or revoked). Use a key from `cella keys create`, or the one printed at first start.',
+  },
+  SIGNATURE_INVALID: {
+    status: 403,
+    type: 'InvalidSignatureException',
+    doc: "The SigV4 signature does not match the request: wrong secret, a header, path, query or body changed after signing, or a credential scope of another region or service than the server's (`lambda`, `cella server --region`).",
+  },
+  REQUEST_EXPIRED: {
+    status: 403,
+    type: 'InvalidSignatureException',
+    doc: "`x-amz-date` is more than 15 minutes from the server's clock (\"Signature expired\"; the AWS SDK corrects its clock from the `Date` header and retries). Fix the client's clock, or sign again.",
+  },
+  SIGNATURE_REPLAYED: {
+    status: 403,
+    type: 'InvalidSignatureException',
+    doc: 'This exact signed request was already served: a signature is accepted once. Sign each request anew (the AWS SDK does).',
   },
   ACCESS_DENIED: {
     status: 403,
