@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import type { Static, TSchema } from '@sinclair/typebox';
-import { ApiKeys, TokenMinter } from '../auth/index.js';
+import type { AccessKeys, Authenticator, TokenMinter } from '../auth/index.js';
 import type { DiskCapacity } from '../capacity/index.js';
 import { type Connectors } from '../connectors/index.js';
 import { AUTH_HEADER, type BuildSummary, CellaError, hookPort, httpError, imageNameOf, type ImageVersion, type ImageVersionStarted, type ListMicrovmsResponse, managedConnectorNameOf, managedImageArn, managedImageNameOf, MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD_BYTES, type Microvm, type MicrovmImage, type NetworkConnector, openApiDocument, type Operation, type PortSpecification, type RouteDef, routes, type Routes } from '../contract/index.js';
@@ -33,7 +33,9 @@ export interface ApiContext {
   images: Images;
   connectors: Connectors;
   logs: LogHub;
-  keys: ApiKeys;
+  /** Who may call: Bearer API keys and SigV4 access keys. */
+  auth: Authenticator;
+  accessKeys: AccessKeys;
   tokens: TokenMinter;
   /** Endpoints are `<id>.<domain>`. */
   domain: string;
@@ -41,7 +43,7 @@ export interface ApiContext {
   /** Multiplies the contract's API rates per caller (0: no throttling). */
   apiRateScale: number;
   /** What GetServerInfo reports: where the endpoints are and how to trust them. */
-  info: { proxyPort: number; accelerator: string; caCertificate?: string };
+  info: { proxyPort: number; accelerator: string; region: string; caCertificate?: string };
   /** The baseline memory (the tiers) of all live MicroVMs together may not exceed this. */
   maxMemoryMiB: number;
   /** The host's disk: work that writes much is refused while it is nearly full. */
@@ -58,6 +60,7 @@ const CURSORS = {
   ListManagedMicrovmImages: OffsetPosition,
   ListManagedMicrovmImageVersions: OffsetPosition,
   ListNetworkConnectors: OffsetPosition,
+  ListAccessKeys: OffsetPosition,
 } as const satisfies Record<Extract<Operation, `List${string}`>, TSchema>;
 type Listing = keyof typeof CURSORS;
 
@@ -113,14 +116,16 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
 
   async function handle(req: IncomingMessage, res: ServerResponse, signal: AbortSignal): Promise<void> {
     const url = requestUrl(req.url ?? '/');
-    const caller = ctx.keys.check(req.headers.authorization);
+    const candidates = compiled.filter((r) => r.pattern.test(url.pathname));
+    const route = candidates.find((r) => r.method === req.method);
+    // A SigV4 signature covers the body, so it is read (within MAX_BODY_BYTES) before the caller is known; an upload's is streamed after.
+    const raw = route?.def.upload ? undefined : await readBody(req);
+    const caller = await ctx.auth.check({ method: req.method ?? '', target: req.url ?? '/', headers: req.headers }, raw);
     if (req.method === 'GET' && url.pathname === '/openapi.json') {
       res.writeHead(200, { 'content-type': 'application/json' }).end(openapi);
       return;
     }
-    const candidates = compiled.filter((r) => r.pattern.test(url.pathname));
     if (candidates.length === 0) throw new CellaError('UNKNOWN_OPERATION', `no operation at ${url.pathname}`);
-    const route = candidates.find((r) => r.method === req.method);
     if (!route) {
       res.setHeader('allow', candidates.map((r) => r.method).join(', '));
       throw new CellaError('METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${url.pathname}`);
@@ -139,8 +144,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       }
       ctx.capacity.require('the upload');
       upload = await ctx.images.upload(req, route.def.upload.maxBytes);
-    } else {
-      const raw = await readBody(req);
+    } else if (raw) {
       body = route.body ? validate(route.body, parseJson(raw), 'body') : undefined;
       if (!route.body && raw.length > 0 && raw.toString().trim() !== '' && raw.toString().trim() !== '{}') {
         throw new CellaError('INVALID_ARGUMENT', `${route.op} takes no request body`);
@@ -306,6 +310,15 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         return { json: connectorView(await ctx.connectors.require(cmd.params.connectorIdentifier as string)) };
       case 'DeleteNetworkConnector':
         await ctx.connectors.delete(cmd.params.connectorIdentifier as string);
+        return { empty: true };
+      case 'CreateAccessKey': {
+        const k = await ctx.accessKeys.create();
+        return { json: { accessKeyId: k.accessKeyId, secretAccessKey: k.secretAccessKey, createdAt: iso(k.createdAt) } };
+      }
+      case 'ListAccessKeys':
+        return { json: paged(cmd, await ctx.accessKeys.list(), (k) => ({ accessKeyId: k.accessKeyId, createdAt: iso(k.createdAt) })) };
+      case 'DeleteAccessKey':
+        await ctx.accessKeys.revoke(cmd.params.accessKeyId as string);
         return { empty: true };
       default: {
         const never: never = cmd;

@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { ApiKeys, TokenMinter } from '../auth/index.js';
+import { AccessKeys, ApiKeys, Authenticator, SigV4Verifier, TokenMinter } from '../auth/index.js';
 import { Connectors } from '../connectors/index.js';
 import type { Engine } from '../engine/index.js';
 import { Images } from '../images/index.js';
@@ -53,12 +53,13 @@ test('two RunMicrovm requests with one clientToken at once make one VM, and both
       images,
       connectors,
       logs: new LogHub(dir),
-      keys: await ApiKeys.open(store, 'key'),
+      auth: new Authenticator(await ApiKeys.open(store, 'key'), new SigV4Verifier({ secretOf: async () => undefined, region: 'us-east-1' })),
+      accessKeys: await AccessKeys.open(store),
       tokens: await TokenMinter.open(store),
       domain: 'cella.test',
       minIdleSeconds: 60,
       apiRateScale: 0,
-      info: { proxyPort: 0, accelerator: 'tcg' },
+      info: { proxyPort: 0, accelerator: 'tcg', region: 'us-east-1' },
       maxMemoryMiB: 4096,
       capacity: { require: () => {} },
       version: 'test',

@@ -14,6 +14,7 @@ import { tlsFiles } from '../tls/index.js';
 import { DEFAULT_GUEST_DIR, DEMO_APP, DEMO_PORT, buildDemoRootfs, loadGuestArtifacts, setupGuest } from '../setup/index.js';
 import { flag, processIo, runCommand, str, UsageError, wantsHelp, type Command, type Io, type Options, type Values } from './args.js';
 import { IMAGE_USAGE, imageCommands } from './images.js';
+import { KEYS_USAGE, keysCommands } from './keys.js';
 import { vmCommands } from './remote.js';
 import { DEFAULT_DATA_DIR, server } from './server.js';
 
@@ -51,6 +52,9 @@ MicroVMs:
   token VM                 mint an endpoint token; prints the header line to send
   shell VM                 an interactive shell in the MicroVM through its endpoint (SHELL_INGRESS)
   usage [VM]               metered usage
+
+Access keys (SigV4, for the AWS SDK):
+  keys create | ls | revoke ACCESS_KEY_ID
 
 Common options:
   --data-dir DIR           setup, doctor, demo, server: where images and VMs live (default ${DEFAULT_DATA_DIR}, env CELLA_DATA_DIR)
@@ -200,6 +204,12 @@ const ca = hostCommand(
 
 const COMMANDS: Record<string, Command> = { setup, doctor, demo, server, ca, ...vmCommands };
 
+/** Commands with subcommands: `cella image ls`, `cella keys create`. */
+const GROUPS: Record<string, { usage: string; commands: Record<string, Command> }> = {
+  image: { usage: IMAGE_USAGE, commands: imageCommands },
+  keys: { usage: KEYS_USAGE, commands: keysCommands },
+};
+
 /** Flags that take a value, so the command can be found after them (`cella --url U ls`). */
 const VALUE_FLAGS = new Set(['--data-dir', '--guest-dir', '--url', '--api-key']);
 
@@ -223,16 +233,17 @@ async function dispatch(argv: string[], io: Io): Promise<number> {
     }
     throw new UsageError('no command given');
   }
-  if (command === 'image') {
+  const group = GROUPS[command];
+  if (group) {
     const sub = splitCommand(rest);
     if (sub.command === undefined && wantsHelp(rest)) {
-      io.out(IMAGE_USAGE);
+      io.out(group.usage);
       return 0;
     }
-    return withUsage(IMAGE_USAGE, async () => {
-      if (sub.command === undefined) throw new UsageError('missing the image subcommand');
-      const cmd = imageCommands[sub.command];
-      if (!cmd) throw new UsageError(`unknown image subcommand "${sub.command}"`);
+    return withUsage(group.usage, async () => {
+      if (sub.command === undefined) throw new UsageError(`missing the ${command} subcommand`);
+      const cmd = group.commands[sub.command];
+      if (!cmd) throw new UsageError(`unknown ${command} subcommand "${sub.command}"`);
       return withUsage(cmd.usage, () => runCommand(cmd, sub.rest, io));
     });
   }

@@ -4,7 +4,7 @@
  */
 import path from 'node:path';
 import { DEFAULT_URL } from '../client/index.js';
-import { DEFAULT_API_PORT, DEFAULT_DOMAIN, DEFAULT_PROXY_PORT, DEFAULT_RESUME_WINDOW_SECONDS, DEFAULT_API_RATE_SCALE, startServer } from '../server/index.js';
+import { DEFAULT_API_PORT, DEFAULT_DOMAIN, DEFAULT_PROXY_PORT, DEFAULT_REGION, DEFAULT_RESUME_WINDOW_SECONDS, DEFAULT_API_RATE_SCALE, startServer } from '../server/index.js';
 import { DEFAULT_GUEST_DIR } from '../setup/index.js';
 import { int, str, UsageError, type Command } from './args.js';
 
@@ -15,13 +15,16 @@ export const server: Command = {
 
 Serves the Cella API until Ctrl-C (SIGINT) or SIGTERM. Stopping leaves the
 MicroVMs running; the next start re-adopts them. The first start creates an
-API key and prints it once, and builds the demo app as the image "demo".
+API key and an access key (SigV4, for the AWS SDK) and prints them once, and
+builds the demo app as the image "demo". CELLA_API_KEY, and CELLA_ACCESS_KEY_ID
+with CELLA_SECRET_ACCESS_KEY, in the environment are accepted too.
 
 Options:
   --port N                 port to listen on (default ${DEFAULT_API_PORT}; 0 picks a free one)
   --host H                 address to listen on (default 127.0.0.1)
   --domain D               endpoints are <id>.D (default ${DEFAULT_DOMAIN}, which resolves to loopback)
   --proxy-port N           the endpoints' HTTPS port (default ${DEFAULT_PROXY_PORT}; 443 for a service; 0 picks one)
+  --region R               the region SigV4 requests are signed for (default ${DEFAULT_REGION})
   --tls-cert FILE          certificate (PEM, with chain) for *.D instead of the CA Cella generates
   --tls-key FILE           its private key (PEM)
   --resume-window-seconds N
@@ -48,6 +51,7 @@ Options:
     port: { type: 'string' },
     host: { type: 'string' },
     domain: { type: 'string' },
+    region: { type: 'string' },
     'proxy-port': { type: 'string' },
     'tls-cert': { type: 'string' },
     'tls-key': { type: 'string' },
@@ -85,6 +89,7 @@ Options:
     const insecureRegistries = Array.isArray(insecure) ? insecure.filter((x): x is string => typeof x === 'string') : [];
     const host = str(values, 'host');
     const domain = str(values, 'domain');
+    const region = str(values, 'region');
     const guestDir = str(values, 'guest-dir');
     const dataDir = path.resolve(str(values, 'data-dir') ?? io.env.CELLA_DATA_DIR ?? DEFAULT_DATA_DIR);
     const srv = await startServer({
@@ -95,6 +100,7 @@ Options:
       ...(tlsCertFile !== undefined && tlsKeyFile !== undefined ? { tlsCertFile: path.resolve(tlsCertFile), tlsKeyFile: path.resolve(tlsKeyFile) } : {}),
       ...(host !== undefined ? { host } : {}),
       ...(domain !== undefined ? { domain } : {}),
+      ...(region !== undefined ? { region } : {}),
       ...(minIdleSeconds !== undefined ? { minIdleSeconds } : {}),
       ...(resumeWindowSeconds !== undefined ? { resumeWindowSeconds } : {}),
       ...(apiRateScale !== undefined ? { apiRateScale } : {}),
@@ -124,6 +130,13 @@ Options:
       io.out(
         `\nA new API key was created. Save it: it is shown once.\n  export CELLA_API_KEY=${srv.newApiKey}\n` +
           `(The key in CELLA_API_KEY when the server starts is accepted too.)\n\n`,
+      );
+    }
+    if (srv.newAccessKey) {
+      io.out(
+        `A new access key (SigV4, for the AWS SDK; region ${srv.region}) was created. Save it: it is shown once.\n` +
+          `  export AWS_ACCESS_KEY_ID=${srv.newAccessKey.accessKeyId}\n  export AWS_SECRET_ACCESS_KEY=${srv.newAccessKey.secretAccessKey}\n` +
+          `(\`cella keys create\` makes more; CELLA_ACCESS_KEY_ID and CELLA_SECRET_ACCESS_KEY when the server starts are accepted too.)\n\n`,
       );
     }
     const signal = await new Promise<NodeJS.Signals>((resolve) => {

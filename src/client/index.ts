@@ -16,12 +16,14 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type { Static, TSchema } from '@sinclair/typebox';
-import { type AuthTokenResponse, CellaError, CONTRACT_MIN_IDLE_SECONDS, type CreateAuthTokenRequest, type CreateImageRequest, type CreateShellAuthTokenRequest, type DeleteImageResponse, type DeleteImageVersionResponse, type ErrorBody, type ErrorCode, ERRORS, type ImageBuild, type ImageVersion, type ImageVersionStarted, type ListImageBuildsResponse, type ListImagesResponse, type ListImageVersionsResponse, type ListManagedImagesResponse, type ListManagedImageVersionsResponse, type ListMicrovmsQuery, type ListMicrovmsResponse, type Microvm, type MicrovmImage, type MicrovmSummary, type Operation, routes, type Routes, type RunMicrovmRequest, type ServerInfo, type UpdateImageRequest, type UploadedArtifact, type Usage, type UsageReport, type VmState } from '../contract/index.js';
+import { type AccessKey, type AuthTokenResponse, CellaError, type CreatedAccessKey, CONTRACT_MIN_IDLE_SECONDS, type CreateAuthTokenRequest, type CreateImageRequest, type CreateShellAuthTokenRequest, type DeleteImageResponse, type DeleteImageVersionResponse, type ErrorBody, type ErrorCode, ERRORS, type ImageBuild, type ImageVersion, type ImageVersionStarted, type ListImageBuildsResponse, type ListImagesResponse, type ListImageVersionsResponse, type ListManagedImagesResponse, type ListAccessKeysResponse, type ListManagedImageVersionsResponse, type ListMicrovmsQuery, type ListMicrovmsResponse, type Microvm, type MicrovmImage, type MicrovmSummary, type Operation, routes, type Routes, type RunMicrovmRequest, type ServerInfo, type UpdateImageRequest, type UploadedArtifact, type Usage, type UsageReport, type VmState } from '../contract/index.js';
 
 export { CellaError, isCellaError, ERRORS, type ErrorCode } from '../contract/index.js';
 export { AUTH_HEADER, VM_STATES } from '../contract/index.js';
 export type {
+  AccessKey,
   AuthTokenResponse,
+  CreatedAccessKey,
   BuildSummary,
   CreateAuthTokenRequest,
   CreateImageRequest,
@@ -36,6 +38,7 @@ export type {
   ListImageBuildsResponse,
   ListImageVersionsResponse,
   ListImagesResponse,
+  ListAccessKeysResponse,
   ListManagedImageVersionsResponse,
   ListManagedImagesResponse,
   ListMicrovmsQuery,
@@ -323,6 +326,28 @@ export class CellaClient {
       opts.onChunk?.(chunk);
     }
     return Buffer.concat(chunks).toString();
+  }
+
+  // SigV4 access keys (for the AWS SDK)
+
+  /** A new access key; its secret is in this answer only. */
+  createAccessKey(): Promise<CreatedAccessKey> {
+    return this.json('CreateAccessKey', {});
+  }
+
+  /** Oldest first; never the secrets. */
+  listAccessKeys(query: ListQuery = {}): Promise<ListAccessKeysResponse> {
+    return this.json('ListAccessKeys', { query });
+  }
+
+  /** Every stored access key, page after page. */
+  listAllAccessKeys(): AsyncGenerator<AccessKey> {
+    return allItems((nextToken) => this.listAccessKeys(nextToken ? { nextToken } : {}));
+  }
+
+  /** Requests signed with it are refused from then on; an unknown id is NOT_FOUND. */
+  async deleteAccessKey(accessKeyId: string): Promise<void> {
+    await this.json('DeleteAccessKey', { params: { accessKeyId } });
   }
 
   // Waiting

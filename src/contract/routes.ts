@@ -7,6 +7,7 @@ import type { TSchema } from '@sinclair/typebox';
 import { API_VERSION } from './names.js';
 import {
   AuthTokenResponse,
+  CreatedAccessKey,
   CreateAuthTokenRequest,
   CreateShellAuthTokenRequest,
   CreateConnectorRequest,
@@ -17,6 +18,7 @@ import {
   ImageBuild,
   ImageVersion,
   ImageVersionStarted,
+  ListAccessKeysResponse,
   ListConnectorsResponse,
   ListImageBuildsQuery,
   ListImageBuildsResponse,
@@ -166,6 +168,19 @@ export function routes(minIdleSeconds: number) {
       summary: 'Upload a zip (the raw request body); answers the URI to use as codeArtifact.uri',
       upload: { maxBytes: MAX_ARTIFACT_BYTES, contentType: 'application/zip' },
       response: UploadedArtifact,
+    },
+    CreateAccessKey: {
+      method: 'POST',
+      path: '/cella/v1/access-keys',
+      summary: 'Create a SigV4 access key (for the AWS SDK); its secret is in this answer only',
+      response: CreatedAccessKey,
+    },
+    ListAccessKeys: { method: 'GET', path: '/cella/v1/access-keys', summary: 'List the stored access keys, oldest first (never their secrets)', query: ListQuery, response: ListAccessKeysResponse },
+    DeleteAccessKey: {
+      method: 'DELETE',
+      path: '/cella/v1/access-keys/{accessKeyId}',
+      summary: 'Revoke an access key: requests signed with it are refused from then on',
+      response: Empty,
     },
     GetMicrovmImageBuildLog: {
       method: 'GET',

@@ -363,6 +363,14 @@ export const ListConnectorsResponse = Type.Object({ items: Type.Array(NetworkCon
 /** Cella extension: a zip uploaded as the request body, kept by the server, named by the URI to put in codeArtifact. */
 export const UploadedArtifact = Type.Object({ uri: Type.String(), sizeInBytes: Type.Integer(), sha256: Type.String() });
 export type UploadedArtifact = Static<typeof UploadedArtifact>;
+
+/** Cella extension: SigV4 access keys (what the AWS SDK signs with). The secret is answered once, at creation. */
+export const AccessKey = Type.Object({ accessKeyId: Type.String(), createdAt: Time });
+export type AccessKey = Static<typeof AccessKey>;
+export const CreatedAccessKey = Type.Object({ accessKeyId: Type.String(), secretAccessKey: Type.String(), createdAt: Time });
+export type CreatedAccessKey = Static<typeof CreatedAccessKey>;
+export const ListAccessKeysResponse = Type.Object({ items: Type.Array(AccessKey), nextToken: Type.Optional(Type.String()) });
+export type ListAccessKeysResponse = Static<typeof ListAccessKeysResponse>;
 /** Uploads beyond this are refused (the contract's artifacts are zips on S3; 512 MiB keeps a host's disk safe). */
 export const MAX_ARTIFACT_BYTES = 512 * 1024 * 1024;
 
@@ -384,6 +392,8 @@ export const ServerInfo = Type.Object({
   domain: Type.String(),
   proxyPort: Type.Integer(),
   accelerator: Type.String(),
+  /** The region SigV4 requests are signed for (and ARNs name). */
+  region: Type.String(),
   /** PEM of the CA that signs the endpoints' certificate, when Cella made it. */
   caCertificate: Type.Optional(Type.String()),
 });

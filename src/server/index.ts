@@ -10,7 +10,7 @@ import { createServer as createNetServer, type AddressInfo, type Server as NetSe
 import { totalmem } from 'node:os';
 import path from 'node:path';
 import { answerProtocolErrors, createApi } from '../api/index.js';
-import { ApiKeys, TokenMinter, ensureApiKey } from '../auth/index.js';
+import { AccessKeys, ApiKeys, Authenticator, SigV4Verifier, TokenMinter, ensureApiKey, type AccessKeyPair } from '../auth/index.js';
 import { Engine, processStartTime } from '../engine/index.js';
 import { DiskCapacity } from '../capacity/index.js';
 import { CellaError, managedImageArn, CONTRACT_MIN_IDLE_SECONDS } from '../contract/index.js';
@@ -33,6 +33,8 @@ export const DEFAULT_DOMAIN = 'cella.localhost';
 export const DEFAULT_PROXY_PORT = 7443;
 export const DEFAULT_RESUME_WINDOW_SECONDS = 30;
 export const DEFAULT_API_RATE_SCALE = 10;
+/** As MinIO's: the AWS documentation's examples run as written. */
+export const DEFAULT_REGION = 'us-east-1';
 export const DEMO_IMAGE = 'demo';
 
 export interface ServerOptions {
@@ -67,6 +69,10 @@ export interface ServerOptions {
   resumeWindowSeconds?: number;
   /** Accepted as an API key besides the stored ones (default: env CELLA_API_KEY). */
   apiKey?: string;
+  /** Accepted as a SigV4 access key besides the stored ones (default: env CELLA_ACCESS_KEY_ID and CELLA_SECRET_ACCESS_KEY). */
+  accessKey?: AccessKeyPair;
+  /** The region SigV4 requests must be signed for (default us-east-1). */
+  region?: string;
   /** Requests per second per MicroVM and vCPU at its endpoint (default 100; 0: no limit). */
   endpointRpsPerVcpu?: number;
   /** Connections open at once per client address on the endpoint port (default 64). */
@@ -89,6 +95,9 @@ export interface CellaServer {
   port: number;
   /** The API key generated at this start, if it was the first one; shown once. */
   newApiKey: string | undefined;
+  /** The access key generated at this start, if it was the first one; shown once. */
+  newAccessKey: AccessKeyPair | undefined;
+  region: string;
   /** The endpoint proxy: https://<id>.<domain>:<proxyPort>. */
   proxyPort: number;
   domain: string;
@@ -121,6 +130,10 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     cleanups.unshift(() => store.close());
     const newApiKey = await ensureApiKey(store);
     const keys = await ApiKeys.open(store, opts.apiKey ?? process.env.CELLA_API_KEY);
+    const region = opts.region ?? DEFAULT_REGION;
+    if (!/^[a-z0-9-]{1,32}$/.test(region)) throw new CellaError('INVALID_ARGUMENT', `--region ${region}: lowercase letters, digits and dashes, like us-east-1`);
+    const accessKeys = await AccessKeys.open(store, opts.accessKey ?? { accessKeyId: process.env.CELLA_ACCESS_KEY_ID, secretAccessKey: process.env.CELLA_SECRET_ACCESS_KEY });
+    const auth = new Authenticator(keys, new SigV4Verifier({ secretOf: (id) => accessKeys.secretOf(id), region }));
     const engine = await Engine.open({
       dataDir,
       log,
@@ -181,12 +194,13 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       images,
       connectors,
       logs,
-      keys,
+      auth,
+      accessKeys,
       tokens,
       domain,
       minIdleSeconds,
       apiRateScale: opts.apiRateScale ?? DEFAULT_API_RATE_SCALE,
-      info: { proxyPort: proxy.port, accelerator: engine.accel.accel, ...(tls.caFile ? { caCertificate: readFileSync(tls.caFile, 'utf8') } : {}) },
+      info: { proxyPort: proxy.port, accelerator: engine.accel.accel, region, ...(tls.caFile ? { caCertificate: readFileSync(tls.caFile, 'utf8') } : {}) },
       maxMemoryMiB: opts.maxMemoryMiB ?? Math.floor(totalmem() / 1048576),
       capacity,
       version: readVersion(),
@@ -208,6 +222,8 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       url,
       port,
       newApiKey,
+      newAccessKey: accessKeys.created,
+      region,
       proxyPort: proxy.port,
       domain,
       caFile: tls.caFile,
