@@ -548,3 +548,37 @@ test('image ls, get, versions, builds, bases print tables; activate, deactivate 
     await f.close();
   }
 });
+
+test('keys create prints the pair once as exports; ls follows pages; revoke DELETEs the id; help for each', async () => {
+  const f = await fake((method, p, res) => {
+    if (method === 'POST' && p === '/cella/v1/access-keys') return send(res, 200, { accessKeyId: 'CELLANEWKEY000000001', secretAccessKey: 's3cr3t', createdAt: '2025-01-01T00:00:00.123Z' });
+    if (method === 'GET' && p === '/cella/v1/access-keys') {
+      const second = f.seen.at(-1)?.url.includes('nextToken=t');
+      return send(res, 200, second ? { items: [{ accessKeyId: 'CELLAKEYB', createdAt: '2025-01-02T00:00:00.000Z' }] } : { items: [{ accessKeyId: 'CELLAKEYA', createdAt: '2025-01-01T00:00:00.000Z' }], nextToken: 't' });
+    }
+    if (method === 'DELETE' && p === '/cella/v1/access-keys/CELLAGONE') return void res.writeHead(200, { 'content-length': 0 }).end();
+    send(res, 404, { code: 'NOT_FOUND', message: `access key ${p.split('/').at(-1)} not found` });
+  });
+  try {
+    const env = { CELLA_URL: f.url, CELLA_API_KEY: 'k' };
+    const made = await cella(['keys', 'create'], env);
+    assert.equal(made.code, 0, made.err);
+    assert.match(made.out, /^  export AWS_ACCESS_KEY_ID=CELLANEWKEY000000001$/m);
+    assert.match(made.out, /^  export AWS_SECRET_ACCESS_KEY=s3cr3t$/m);
+    const ls = await cella(['keys', 'ls'], env);
+    assert.equal(ls.code, 0, ls.err);
+    assert.match(ls.out, /^ACCESS KEY ID +CREATED\nCELLAKEYA +2025-01-01T00:00:00Z\nCELLAKEYB +2025-01-02T00:00:00Z\n$/);
+    const revoked = await cella(['keys', 'revoke', 'CELLAGONE'], env);
+    assert.equal(revoked.code, 0, revoked.err);
+    assert.equal(f.seen.at(-1)?.method, 'DELETE');
+    const unknown = await cella(['keys', 'revoke', 'CELLANOPE'], env);
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.err, /NOT_FOUND/);
+    assert.equal((await cella(['keys', 'revoke'], env)).code, 2);
+    assert.equal((await cella(['keys', 'bogus'], env)).code, 2);
+    for (const s of ['create', 'ls', 'revoke']) assert.match((await cella(['keys', s, '--help'])).out, new RegExp(`^Usage: cella keys ${s}\\b`));
+    assert.match((await cella(['keys', '--help'])).out, /^Usage: cella keys <subcommand>/);
+  } finally {
+    await f.close();
+  }
+});
