@@ -563,8 +563,8 @@ test('keys create prints the pair once as exports; ls follows pages; revoke DELE
     const env = { CELLA_URL: f.url, CELLA_API_KEY: 'k' };
     const made = await cella(['keys', 'create'], env);
     assert.equal(made.code, 0, made.err);
-    assert.match(made.out, /^  export AWS_ACCESS_KEY_ID=CELLANEWKEY000000001$/m);
-    assert.match(made.out, /^  export AWS_SECRET_ACCESS_KEY=s3cr3t$/m);
+    assert.match(made.out, /^ {2}export AWS_ACCESS_KEY_ID=CELLANEWKEY000000001$/m);
+    assert.match(made.out, /^ {2}export AWS_SECRET_ACCESS_KEY=s3cr3t$/m);
     const ls = await cella(['keys', 'ls'], env);
     assert.equal(ls.code, 0, ls.err);
     assert.match(ls.out, /^ACCESS KEY ID +CREATED\nCELLAKEYA +2025-01-01T00:00:00Z\nCELLAKEYB +2025-01-02T00:00:00Z\n$/);
