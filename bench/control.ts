@@ -2,12 +2,17 @@
  * npm run bench:control [-- --quick]
  *
  * The control plane's own cost on top of the engine, through a real cellad
- * on port 0: GetMicrovm latency, and RunMicrovm → RUNNING minus the engine's
- * launch time (validation, store writes, scheduling, state fan-out). Prints
- * JSON lines (see ./report.ts); asserts nothing.
+ * on port 0: GetMicrovm latency with a Bearer key and signed with SigV4 (as
+ * the AWS SDK signs: the client's signing and the server's verification
+ * included), and RunMicrovm → RUNNING minus the engine's launch time
+ * (validation, store writes, scheduling, state fan-out). Prints JSON lines
+ * (see ./report.ts); asserts nothing.
  */
 import { rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
+import { HttpRequest } from '@smithy/core/protocols';
+import { Hash } from '@smithy/core/serde';
+import { SignatureV4 } from '@smithy/signature-v4';
 import { startServer } from '../src/server/index.js';
 import { API_KEY, V, shutdown, createImage } from '../test/control-helpers.js';
 import { tempDataDir } from '../test/helpers.js';
@@ -18,14 +23,25 @@ const N = { runs: quick ? 10 : 30, gets: quick ? 300 : 2000 };
 
 const dataDir = tempDataDir('bench-control');
 const server = await startServer({ dataDir, port: 0, proxyPort: 0, apiRateScale: 0, apiKey: API_KEY, log: () => {} });
+const accessKey = server.newAccessKey;
+if (!accessKey) throw new Error('a fresh data directory has a first access key');
+const signer = new SignatureV4({ credentials: accessKey, region: server.region, service: 'lambda', sha256: Hash.bind(null, 'sha256') });
 const emit = reporter(() => ({ accel: server.engine.accel.accel }));
 // One kept-alive connection, as a client SDK would use.
 const agent = new Agent({ keepAlive: true, maxSockets: 1 });
 const { hostname, port } = new URL(server.url);
-const call = (method: string, p: string, body?: unknown): Promise<Record<string, unknown>> =>
-  new Promise((resolve, reject) => {
+/** The headers of a GET signed anew, as the AWS SDK signs each call (a unique invocation id, so no two signatures are alike). */
+let invocation = 0;
+const sigv4 = async (p: string): Promise<Record<string, string>> => {
+  const headers = { host: `${hostname}:${port}`, 'amz-sdk-invocation-id': String(++invocation) };
+  const signed = await signer.sign(new HttpRequest({ method: 'GET', protocol: 'http:', hostname, port: Number(port), path: p, headers }));
+  return signed.headers;
+};
+const call = async (method: string, p: string, body?: unknown, auth: 'bearer' | 'sigv4' = 'bearer'): Promise<Record<string, unknown>> => {
+  const headers = auth === 'sigv4' ? await sigv4(p) : { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' };
+  return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : JSON.stringify(body);
-    const req = request({ host: hostname, port, method, path: p, agent, headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' } }, (res) => {
+    const req = request({ host: hostname, port, method, path: p, agent, headers }, (res) => {
       let text = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (text += c));
@@ -34,6 +50,7 @@ const call = (method: string, p: string, body?: unknown): Promise<Record<string,
     req.on('error', reject);
     req.end(payload);
   });
+};
 
 try {
   const { build, log } = await createImage(server.url, 'demo');
@@ -85,6 +102,14 @@ try {
     gets.push(performance.now() - t);
   }
   emit('get_microvm_ms', 'ms', gets, 2, 'lower', { p99: Math.round([...gets].sort((a, b) => a - b)[Math.floor(gets.length * 0.99)] as number * 100) / 100 });
+  for (let i = 0; i < 50; i++) await call('GET', `${V}/microvms/${lastId}`, undefined, 'sigv4');
+  const signedGets: number[] = [];
+  for (let i = 0; i < N.gets; i++) {
+    const t = performance.now();
+    await call('GET', `${V}/microvms/${lastId}`, undefined, 'sigv4');
+    signedGets.push(performance.now() - t);
+  }
+  emit('get_microvm_sigv4_ms', 'ms', signedGets, 2, 'lower', { p99: Math.round([...signedGets].sort((a, b) => a - b)[Math.floor(signedGets.length * 0.99)] as number * 100) / 100 });
   await call('DELETE', `${V}/microvms/${lastId}`);
   await server.lifecycle.settle();
 } finally {
