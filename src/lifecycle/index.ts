@@ -12,19 +12,18 @@ import { EventEmitter } from 'node:events';
 import { existsSync, rmSync, statSync } from 'node:fs';
 import { CellaError, hookPort, isCellaError, type RuntimeHook, type VmState } from '../contract/index.js';
 import type { DiskCapacity } from '../capacity/index.js';
-import { vmFiles, type BlockIoError, type Engine, type RunningVm, type VmRef } from '../engine/index.js';
+import { vmFiles, type BlockIoError, type VmRef } from '../engine/index.js';
 import type { LogHub } from '../logs/index.js';
 import { applyPolicy, networkForSlot, rememberPolicy } from '../net/index.js';
 import type { Store, VmPatch, VmRecord } from '../store/index.js';
+import type { DriverVm, VmDriver, VmExit } from './driver.js';
 import { callHook, hookEnabled, hookTimeoutMs } from './hooks.js';
 import type { RunnableImage } from './pending.js';
 import { REASON_STATES, RUNNING_STATES, canTransition } from './states.js';
 
+export type { DriverVm, VmDriver, VmExit } from './driver.js';
 export { pendingVm, type RunnableImage } from './pending.js';
 export { RUNNING_STATES, TRANSITIONS, canTransition } from './states.js';
-
-/** What the lifecycle needs of the engine; tests may stand in a fake. */
-export type VmDriver = Pick<Engine, 'launch' | 'resume' | 'suspend' | 'terminate' | 'adopt' | 'get' | 'vmDir' | 'cont' | 'ensureNetwork' | 'on' | 'removeListener'>;
 
 /** What the lifecycle needs of the disk watch (src/capacity): work that writes checkpoints is refused when the disk is low. */
 export type Capacity = Pick<DiskCapacity, 'require' | 'isLow'>;
@@ -67,7 +66,7 @@ export class Lifecycle extends EventEmitter {
   /** Agents whose guest signals are already wired (a VM resumed in place keeps its agent). */
   private readonly signalled = new WeakSet<object>();
   private closed = false;
-  private readonly onExit = (id: string, info: { expected: boolean; stderr?: string; code?: number | null; signal?: string | null }): void => {
+  private readonly onExit = (id: string, info: VmExit): void => {
     if (info.expected) return;
     const why = info.signal ? `killed by ${info.signal}` : info.code != null ? `exited with code ${info.code}` : 'exited';
     void (async () => {
@@ -174,7 +173,7 @@ export class Lifecycle extends EventEmitter {
     // Terminated before this job ran (its terminate may have run already): launching it now would leave a QEMU nobody ends.
     if ((await this.store.getVm(rec.id))?.generation !== rec.generation) return;
     const image = await this.imageOf(rec);
-    let vm: RunningVm;
+    let vm: DriverVm;
     try {
       vm = await this.driver.launch(image.dir, rec.id, { appLog: null, onSpawn: this.recordPid(rec), ...(rec.spec.network ? { network: rec.spec.network } : {}) });
     } catch (err) {
@@ -279,7 +278,7 @@ export class Lifecycle extends EventEmitter {
     const image = await this.imageOf(rec);
     const cur0 = await this.store.getVm(rec.id);
     if (cur0?.generation !== rec.generation) throw this.conflict(cur0 ?? rec, 'resumed');
-    let vm: RunningVm;
+    let vm: DriverVm;
     try {
       vm = await this.driver.resume(await this.ref(rec), { appLog: null, onSpawn: this.recordPid(rec) });
     } catch (err) {
@@ -669,7 +668,7 @@ export class Lifecycle extends EventEmitter {
       void this.store.patchVm(rec.id, rec.generation, { pid, pidStartTime }).catch((err: Error) => this.log(`MicroVM ${rec.id}: its pid could not be recorded: ${err.message}`));
   }
 
-  private attach(rec: VmRecord, vm: RunningVm): void {
+  private attach(rec: VmRecord, vm: DriverVm): void {
     if (!rec.spec.loggingDisabled) this.logs.attach(rec.id, vm.appLog);
     // Beyond AWS: the guest may say it is busy, or ask to be suspended (docs/design.md, "Guest → host signals").
     if (this.signalled.has(vm.agent)) return;
@@ -683,7 +682,7 @@ export class Lifecycle extends EventEmitter {
     });
   }
 
-  private async hook(vm: RunningVm, image: RunnableImage, hook: RuntimeHook, body?: unknown): Promise<string | undefined> {
+  private async hook(vm: DriverVm, image: RunnableImage, hook: RuntimeHook, body?: unknown): Promise<string | undefined> {
     const port = hookPort(image.config.hooks) ?? image.config.port;
     return callHook(vm.address(port), hook, hookTimeoutMs(image.config, hook), body);
   }
