@@ -58,13 +58,16 @@ export interface BuildOutcome {
 
 type Say = (line: string) => void;
 
+/** What a build needs of the engine: a builder VM, a snapshot, and a clone to validate it. */
+export type BuildEngine = Pick<Engine, 'startBuilder' | 'createSnapshot' | 'launch' | 'terminate'>;
+
 export function cacheDirs(dataDir: string): { layers: string; bases: string; blobs: string } {
   const root = path.join(dataDir, 'cache');
   return { layers: path.join(root, 'layers'), bases: path.join(root, 'bases'), blobs: path.join(root, 'oci-blobs') };
 }
 
 /** Runs one build; throws BuildFailure (or anything else, which the caller reports as a platform error). */
-export async function buildImage(engine: Engine, settings: BuildSettings, input: BuildInput, say: Say): Promise<BuildOutcome> {
+export async function buildImage(engine: BuildEngine, settings: BuildSettings, input: BuildInput, say: Say): Promise<BuildOutcome> {
   const work = path.join(settings.dataDir, 'builds', input.buildId);
   rmSync(work, { recursive: true, force: true });
   mkdirSync(work, { recursive: true });
@@ -388,7 +391,7 @@ interface StepRun {
 }
 
 /** Runs the steps from the first uncached one; returns the last layer. */
-async function runSteps(engine: Engine, r: StepRun, say: Say): Promise<string> {
+async function runSteps(engine: BuildEngine, r: StepRun, say: Say): Promise<string> {
   // The build disk: the context plus a static busybox that COPY and user lookups use whatever the image holds.
   mkdirSync(path.join(r.disk, 'bin'), { recursive: true });
   copyFileSync(BUSYBOX, path.join(r.disk, 'bin', 'busybox'));

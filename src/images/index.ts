@@ -15,7 +15,7 @@ import type { Engine } from '../engine/index.js';
 import type { RunnableImage } from '../lifecycle/index.js';
 import type { BuildRecord, ImageRecord, ImageVersionRecord, Store, Tx } from '../store/index.js';
 import { listBases, type BaseInfo } from '../setup/index.js';
-import { buildImage, cacheDirs, type BuildSettings } from './build.js';
+import { buildImage, cacheDirs, type BuildEngine, type BuildSettings } from './build.js';
 import { pruneLayers, type PruneResult } from './cache.js';
 import { BUILD_NEXT, check, IMAGE_NEXT, RUNNABLE_IMAGE_STATES, VERSION_NEXT } from './states.js';
 import { storeUpload, type Upload } from './upload.js';
@@ -42,11 +42,14 @@ export interface LatestVersions {
   latestFailedImageVersion?: string;
 }
 
+/** What Images needs of the engine: builds, the guest's bases, and letting go of a deleted snapshot's warm clones. */
+export type ImagesEngine = BuildEngine & Pick<Engine, 'guest' | 'forgetImage'>;
+
 export interface ImagesOptions {
   store: Store;
   /** Defaults: DEFAULT_IMAGE_QUOTAS. */
   quotas?: Partial<ImageQuotas>;
-  engine: Engine;
+  engine: ImagesEngine;
   connectors: Connectors;
   dataDir: string;
   s3?: S3Settings;
@@ -62,7 +65,7 @@ export interface StartedVersion {
 
 export class Images {
   private readonly store: Store;
-  private readonly engine: Engine;
+  private readonly engine: ImagesEngine;
   private readonly dataDir: string;
   private readonly settings: BuildSettings;
   private readonly connectors: Connectors;
