@@ -1,67 +1,20 @@
 import assert from 'node:assert/strict';
-import { EventEmitter } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import type { RunningVm, VmRef } from '../engine/index.js';
+import { FakeDriver } from '../../test/fixtures/fake-driver.js';
 import { type HookSettings, isCellaError } from '../contract/index.js';
 import { LogHub } from '../logs/index.js';
 import { SqliteStore, type VmRecord } from '../store/index.js';
-import { Lifecycle, TRANSITIONS, pendingVm, type RunnableImage, type VmDriver } from './index.js';
+import { Lifecycle, pendingVm, type RunnableImage } from './index.js';
 
-
-/** A driver whose launches finish when the test says so; the real engine is covered by test/control.test.ts. */
-class FakeDriver extends EventEmitter {
-  readonly running = new Map<string, RunningVm>();
-  readonly terminated: string[] = [];
-  release: (() => void) | undefined;
-  failLaunch = false;
-  failResume = false;
-  launches = 0;
-  resumes = 0;
-  /** The guest ports cellad called (hooks): none of them answers, so every hook fails. */
-  readonly called: number[] = [];
-
-  async launch(_image: string, id: string): Promise<RunningVm> {
-    this.launches++;
-    await new Promise<void>((resolve) => (this.release = resolve));
-    if (this.failLaunch) throw new Error('no room');
-    return this.run(id);
-  }
-  async resume(ref: VmRef): Promise<RunningVm> {
-    this.resumes++;
-    if (this.failResume) throw new Error('checkpoint unreadable');
-    return this.run(ref.id);
-  }
-  async suspend(): Promise<{ bytes: number }> {
-    return { bytes: 4096 };
-  }
-  private run(id: string): RunningVm {
-    const address = (port: number): { host: string; port: number } => {
-      this.called.push(port);
-      return { host: '127.0.0.1', port: 1 };
-    };
-    const vm = { ref: { id, imageDir: '/img', slot: 1 }, pid: 1, pidStartTime: '1', appLog: new EventEmitter(), agent: new EventEmitter(), address };
-    this.running.set(id, vm as unknown as RunningVm);
-    return vm as unknown as RunningVm;
-  }
-  async terminate(ref: VmRef): Promise<void> {
-    this.running.delete(ref.id);
-    this.terminated.push(ref.id);
-  }
-  get(id: string): RunningVm | undefined {
-    return this.running.get(id);
-  }
-  vmDir(id: string): string {
-    return `/nonexistent/${id}`;
-  }
-}
+// The real engine is covered by test/control.test.ts; the API over this lifecycle by test/control-plane/.
 
 function setup(hooks?: HookSettings): { lc: Lifecycle; store: SqliteStore; driver: FakeDriver; logged: string[]; done: () => Promise<void> } {
   const dir = mkdtempSync(path.join(tmpdir(), 'cella-lc-'));
   const store = new SqliteStore(':memory:');
-  const driver = new FakeDriver();
+  const driver = new FakeDriver(dir);
   const image: RunnableImage = {
     name: 'img',
     arn: 'arn:x',
@@ -70,7 +23,7 @@ function setup(hooks?: HookSettings): { lc: Lifecycle; store: SqliteStore; drive
     config: { command: ['/a'], environmentVariables: {}, workingDirectory: '/', port: 8080, memoryMiB: 256, vcpus: 1, ...(hooks ? { hooks } : {}) },
   };
   const logged: string[] = [];
-  const lc = new Lifecycle({ store, driver: driver as unknown as VmDriver, logs: new LogHub(dir), images: async () => image, log: (l) => logged.push(l) });
+  const lc = new Lifecycle({ store, driver, logs: new LogHub(dir), images: async () => image, log: (l) => logged.push(l) });
   return {
     lc,
     store,
@@ -82,6 +35,11 @@ function setup(hooks?: HookSettings): { lc: Lifecycle; store: SqliteStore; drive
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Polls `ok` until it holds (the test's timeout bounds the wait). */
+async function waitFor(ok: () => boolean | Promise<boolean>): Promise<void> {
+  while (!(await ok())) await new Promise((r) => setTimeout(r, 5));
 }
 
 function pending(id: string): VmRecord {
@@ -96,14 +54,15 @@ function pending(id: string): VmRecord {
 test('a VM terminated while it starts never becomes RUNNING: the late launch is refused by its generation', { timeout: 10_000 }, async () => {
   const { lc, store, driver, done } = setup();
   try {
+    driver.hold('launch');
     const rec = pending('vm-1');
     await store.insertVm(rec);
     lc.start(rec, undefined);
-    await new Promise((r) => setImmediate(r));
+    await waitFor(() => driver.waiting('launch') === 1);
     const t = await lc.terminate('vm-1', 'asked');
     assert.equal(t.state, 'TERMINATING');
     assert.equal(t.generation, 2);
-    driver.release?.();
+    driver.release('launch');
     await lc.settle();
     const end = (await store.getVm('vm-1')) as VmRecord;
     assert.equal(end.state, 'TERMINATED');
@@ -118,19 +77,24 @@ test('a VM terminated while it starts never becomes RUNNING: the late launch is 
 test('operations outside the table are conflicts that change nothing', { timeout: 10_000 }, async () => {
   const { lc, store, driver, done } = setup();
   try {
+    driver.hold('launch');
     const rec = pending('vm-2');
     await store.insertVm(rec);
     lc.start(rec, undefined);
     await assert.rejects(lc.suspend('vm-2'), (e) => isCellaError(e, 'INVALID_STATE'));
     await assert.rejects(lc.resume('vm-2'), (e) => isCellaError(e, 'INVALID_STATE'));
     assert.equal((await store.getVm('vm-2'))?.generation, 1);
-    driver.release?.();
+    driver.release('launch');
     await lc.settle();
     assert.equal((await store.getVm('vm-2'))?.state, 'RUNNING');
-    assert.deepEqual(TRANSITIONS.TERMINATED, []);
+    await assert.rejects(lc.resume('vm-2'), (e) => isCellaError(e, 'INVALID_STATE'));
     await lc.terminate('vm-2');
     await lc.settle();
-    assert.equal((await lc.terminate('vm-2')).state, 'TERMINATED', 'terminate is idempotent');
+    const end = await lc.terminate('vm-2');
+    assert.equal(end.state, 'TERMINATED', 'terminate is idempotent');
+    await assert.rejects(lc.suspend('vm-2'), (e) => isCellaError(e, 'INVALID_STATE'));
+    await assert.rejects(lc.resume('vm-2'), (e) => isCellaError(e, 'INVALID_STATE'));
+    assert.equal((await store.getVm('vm-2'))?.generation, end.generation, 'the refused calls wrote nothing');
   } finally {
     await done();
   }
@@ -139,12 +103,10 @@ test('operations outside the table are conflicts that change nothing', { timeout
 test('a launch that fails ends TERMINATED with the reason, with nothing to release', { timeout: 10_000 }, async () => {
   const { lc, store, driver, done } = setup();
   try {
-    driver.failLaunch = true;
+    driver.failNext('launch', new Error('no room'));
     const rec = pending('vm-3');
     await store.insertVm(rec);
     lc.start(rec, undefined);
-    await new Promise((r) => setImmediate(r));
-    driver.release?.();
     await lc.settle();
     const end = (await store.getVm('vm-3')) as VmRecord;
     assert.equal(end.state, 'TERMINATED');
@@ -158,7 +120,8 @@ test('a launch that fails ends TERMINATED with the reason, with nothing to relea
 test('two resumes at once are one: the second caller joins the first from its first read on', { timeout: 10_000 }, async () => {
   const { lc, store, driver, done } = setup();
   try {
-    await store.insertVm({ ...pending('vm-4'), state: 'SUSPENDED' });
+    await store.insertVm({ ...pending('vm-4'), state: 'SUSPENDED', slot: 1 });
+    driver.writeCheckpoint('vm-4');
     const [a, b] = await Promise.all([lc.resume('vm-4'), lc.resume('vm-4')]);
     assert.equal(driver.resumes, 1);
     assert.equal(a.state, 'RUNNING');
@@ -209,8 +172,6 @@ test('a refused suspend leaves a healthy RUNNING VM without a stateReason; the r
     const rec = pending('vm-7');
     await store.insertVm(rec);
     lc.start(rec, undefined);
-    await new Promise((r) => setImmediate(r));
-    driver.release?.();
     await lc.settle();
     await lc.suspend('vm-7');
     await lc.settle();
@@ -219,16 +180,17 @@ test('a refused suspend leaves a healthy RUNNING VM without a stateReason; the r
     assert.equal(after.generation, 4, 'PENDING → RUNNING → SUSPENDING → RUNNING');
     assert.equal(after.stateReason, null);
     assert.ok(logged.some((l) => /vm-7: RUNNING: not suspended: the suspend hook could not be reached/.test(l)), logged.join('\n'));
-    assert.deepEqual(driver.called, [9000], 'the hook was called on the default hooks.port');
+    assert.deepEqual(driver.addressed, [9000], 'the hook was called on the default hooks.port');
   } finally {
     await done();
   }
 });
 
 test('a failed resume hook is an InternalServerException (500); the VM stays SUSPENDED without a stateReason', { timeout: 10_000 }, async () => {
-  const { lc, store, logged, done } = setup(FAILING_HOOKS);
+  const { lc, store, driver, logged, done } = setup(FAILING_HOOKS);
   try {
     await store.insertVm({ ...pending('vm-8'), state: 'SUSPENDED' });
+    driver.writeCheckpoint('vm-8');
     await assert.rejects(lc.resume('vm-8'), (e) => isCellaError(e, 'HOOK_FAILED') && e.httpStatus === 500 && e.type === 'InternalServerException');
     const after = (await store.getVm('vm-8')) as VmRecord;
     assert.equal(after.state, 'SUSPENDED');
@@ -243,10 +205,10 @@ test('a resume that cannot restore keeps its reason until the VM is healthy agai
   const { lc, store, driver, done } = setup();
   try {
     await store.insertVm({ ...pending('vm-9'), state: 'SUSPENDED' });
-    driver.failResume = true;
+    driver.writeCheckpoint('vm-9');
+    driver.failNext('resume', new Error('checkpoint unreadable'));
     await assert.rejects(lc.resume('vm-9'), (e) => isCellaError(e, 'INTERNAL'));
     assert.match((await store.getVm('vm-9'))?.stateReason ?? '', /resume failed: checkpoint unreadable/);
-    driver.failResume = false;
     const running = await lc.resume('vm-9');
     assert.equal(running.state, 'RUNNING');
     assert.equal(running.stateReason, null);
