@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { CellaServer } from '../src/server/index.js';
 import { loadGuestArtifacts } from '../src/setup/index.js';
+import { callApi, pollState, type MicrovmBody, type Reply } from './fixtures/api.js';
 
 export const API_KEY = 'test-key-0123456789';
 
@@ -77,58 +78,26 @@ export const ALL_HOOKS = {
   microvmImageHooks: { ready: 'ENABLED' },
 } as const;
 
-export interface Reply<T = unknown> {
-  status: number;
-  type: string | null;
-  body: T;
-  text: string;
-}
+export type { Reply };
 
-/** One API call; `raw` sends a string body as is. */
-export async function api<T = Record<string, unknown>>(
+/** One API call with the suites' key (`key: null` sends none); `raw` sends a string body as is. */
+export function api<T = Record<string, unknown>>(
   base: string,
   method: string,
   p: string,
   body?: unknown,
   opts: { raw?: boolean; key?: string | null } = {},
 ): Promise<Reply<T>> {
-  const headers: Record<string, string> = { 'content-type': 'application/json' };
-  if (opts.key !== null) headers.authorization = `Bearer ${opts.key ?? API_KEY}`;
-  const r = await fetch(base + p, {
-    method,
-    headers,
-    ...(body === undefined ? {} : { body: opts.raw ? (body as string) : JSON.stringify(body) }),
-  });
-  const text = await r.text();
-  let parsed: unknown = text;
-  try {
-    parsed = text ? JSON.parse(text) : undefined;
-  } catch {
-    // a text body
-  }
-  return { status: r.status, type: r.headers.get('x-amzn-errortype'), body: parsed as T, text };
+  return callApi<T>(base, method, p, body, { ...opts, key: opts.key === undefined ? API_KEY : opts.key });
 }
 
 export const V = '/2025-09-09';
 
-export interface MicrovmBody {
-  microvmId: string;
-  state: string;
-  stateReason?: string;
-  terminatedAt?: string;
-  endpoint: string;
-}
+export type { MicrovmBody };
 
 /** Polls GetMicrovm until the state is one of `states` (a bound on waiting, not a timing assertion). */
-export async function waitState(base: string, id: string, states: string[], ms = 60_000): Promise<MicrovmBody> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const r = await api<MicrovmBody>(base, 'GET', `${V}/microvms/${id}`);
-    if (r.status !== 200) throw new Error(`GetMicrovm ${id}: ${r.status} ${r.text}`);
-    if (states.includes(r.body.state)) return r.body;
-    if (Date.now() > end) throw new Error(`MicroVM ${id} stayed ${r.body.state}, expected ${states.join('|')}`);
-    await new Promise((res) => setTimeout(res, 50));
-  }
+export function waitState(base: string, id: string, states: string[], ms = 60_000): Promise<MicrovmBody> {
+  return pollState((method, p) => api<MicrovmBody>(base, method, p), id, states, ms);
 }
 
 /** Ends a test or benchmark server: cellad's own close() leaves VMs running for the next start, so they are terminated first. */
