@@ -36,21 +36,33 @@ describe('API edges (no VM)', { concurrency: false }, () => {
   /** One request with the path sent byte for byte as given (fetch would normalise it). */
   const send = (method: string, p: string, opts: { body?: Buffer | string; headers?: Record<string, string> } = {}): Promise<Answer> =>
     new Promise((resolve, reject) => {
-      const req = request({ host: '127.0.0.1', port, method, path: p, agent: false, headers: { authorization: `Bearer ${h.apiKey}`, ...opts.headers } }, (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () => {
-          const type = res.headers['x-amzn-errortype'];
-          resolve({ status: res.statusCode ?? 0, type: Array.isArray(type) ? type[0] : type, body: text ? (JSON.parse(text) as Answer['body']) : {} });
-        });
-      });
+      const req = request(
+        { host: '127.0.0.1', port, method, path: p, agent: false, headers: { authorization: `Bearer ${h.apiKey}`, ...opts.headers } },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (text += c));
+          res.on('end', () => {
+            const type = res.headers['x-amzn-errortype'];
+            resolve({ status: res.statusCode ?? 0, type: Array.isArray(type) ? type[0] : type, body: text ? (JSON.parse(text) as Answer['body']) : {} });
+          });
+        },
+      );
       req.on('error', reject);
       req.end(opts.body);
     });
   /** One request written as given, on its own connection; its answer as status, error type and code. */
-  const rawError = async (method: string, target: string, headers: Array<[string, string]>, body?: string): Promise<{ status: number; type: string | undefined; code: string }> => {
-    const out = await exchange(port, { method, target, headers: [['host', 'x'], ...headers], ...(body === undefined ? {} : { body: Buffer.from(body) }) }, 30_000);
+  const rawError = async (
+    method: string,
+    target: string,
+    headers: Array<[string, string]>,
+    body?: string,
+  ): Promise<{ status: number; type: string | undefined; code: string }> => {
+    const out = await exchange(
+      port,
+      { method, target, headers: [['host', 'x'], ...headers], ...(body === undefined ? {} : { body: Buffer.from(body) }) },
+      30_000,
+    );
     if (out.kind !== 'answer') throw new Error(`${method} ${target}: ${out.kind}`);
     return { status: out.status, type: out.headers['x-amzn-errortype'], code: (JSON.parse(out.body.toString()) as { code: string }).code };
   };
@@ -71,18 +83,26 @@ describe('API edges (no VM)', { concurrency: false }, () => {
     }
   };
 
-  test('malformed percent-encoding in a path parameter is 400 INVALID_ARGUMENT on every route that has one (was a 500 "URI malformed")', { timeout: 30_000 }, async () => {
-    const withParams = ROUTES.filter((r) => r.path.includes('{'));
-    assert.ok(withParams.length >= 15, 'routes with path parameters');
-    for (const r of withParams) {
-      for (const bad of ['%', '%ZZ', '%C0%AF', '%FF%FE', '%E0%80%AF', 'ok%']) {
-        const a = await send(r.method, concrete(r.path, bad), r.method === 'GET' || r.method === 'DELETE' ? {} : { body: '{}', headers: { 'content-type': 'application/json' } });
-        assert.equal(a.status, 400, `${r.op} ${bad}: ${JSON.stringify(a.body)}`);
-        assert.equal(a.body.code, 'INVALID_ARGUMENT', `${r.op} ${bad}`);
-        assert.equal(a.type, 'ValidationException');
+  test(
+    'malformed percent-encoding in a path parameter is 400 INVALID_ARGUMENT on every route that has one (was a 500 "URI malformed")',
+    { timeout: 30_000 },
+    async () => {
+      const withParams = ROUTES.filter((r) => r.path.includes('{'));
+      assert.ok(withParams.length >= 15, 'routes with path parameters');
+      for (const r of withParams) {
+        for (const bad of ['%', '%ZZ', '%C0%AF', '%FF%FE', '%E0%80%AF', 'ok%']) {
+          const a = await send(
+            r.method,
+            concrete(r.path, bad),
+            r.method === 'GET' || r.method === 'DELETE' ? {} : { body: '{}', headers: { 'content-type': 'application/json' } },
+          );
+          assert.equal(a.status, 400, `${r.op} ${bad}: ${JSON.stringify(a.body)}`);
+          assert.equal(a.body.code, 'INVALID_ARGUMENT', `${r.op} ${bad}`);
+          assert.equal(a.type, 'ValidationException');
+        }
       }
-    }
-  });
+    },
+  );
 
   test('maxResults=1.5 and maxResults=true are refused on every List (were read as 1)', { timeout: 30_000 }, async () => {
     const lists = ROUTES.filter((r) => r.isList);
@@ -110,23 +130,46 @@ describe('API edges (no VM)', { concurrency: false }, () => {
   test('every List pages through all of its items, in its order, with the tokens it issues', { timeout: 30_000 }, async () => {
     // Connectors and images are listed by name.
     const connectors = ['c-a', 'c-b', 'c-c'];
-    for (const name of connectors) assert.equal((await h.api('POST', '/cella/v1/network-connectors', { name, egress: { domains: ['example.com'] } })).status, 200);
-    assert.deepEqual(((await pageAll('/cella/v1/network-connectors')) as Array<{ name: string }>).map((i) => i.name), connectors);
+    for (const name of connectors)
+      assert.equal((await h.api('POST', '/cella/v1/network-connectors', { name, egress: { domains: ['example.com'] } })).status, 200);
+    assert.deepEqual(
+      ((await pageAll('/cella/v1/network-connectors')) as Array<{ name: string }>).map((i) => i.name),
+      connectors,
+    );
 
     for (const name of ['img-b', 'img-a']) await seedImage(h.store, name, { dir: h.dataDir });
-    assert.deepEqual(((await pageAll(`${V}/microvm-images`)) as Array<{ name: string }>).map((i) => i.name), ['demo', 'img-a', 'img-b']);
+    assert.deepEqual(
+      ((await pageAll(`${V}/microvm-images`)) as Array<{ name: string }>).map((i) => i.name),
+      ['demo', 'img-a', 'img-b'],
+    );
 
     // Versions, oldest first; builds of one version, oldest first.
     const v1 = await h.store.getVersion('img-a', '1.0');
     assert.ok(v1);
     await h.store.putVersion({ ...v1, version: '2.0', major: 2 });
     await h.store.putVersion({ ...v1, version: '3.0', major: 3 });
-    assert.deepEqual(((await pageAll(`${V}/microvm-images/img-a/versions`)) as Array<{ imageVersion: string }>).map((i) => i.imageVersion), ['1.0', '2.0', '3.0']);
+    assert.deepEqual(
+      ((await pageAll(`${V}/microvm-images/img-a/versions`)) as Array<{ imageVersion: string }>).map((i) => i.imageVersion),
+      ['1.0', '2.0', '3.0'],
+    );
     const builds = ['b-1', 'b-2', 'b-3'];
     for (const [i, buildId] of builds.entries()) {
-      await h.store.putBuild({ buildId, imageName: 'img-a', version: '1.0', state: 'SUCCESSFUL', stateReason: null, message: null, snapshotBuild: null, createdAt: i + 1, updatedAt: null });
+      await h.store.putBuild({
+        buildId,
+        imageName: 'img-a',
+        version: '1.0',
+        state: 'SUCCESSFUL',
+        stateReason: null,
+        message: null,
+        snapshotBuild: null,
+        createdAt: i + 1,
+        updatedAt: null,
+      });
     }
-    assert.deepEqual(((await pageAll(`${V}/microvm-images/img-a/versions/1.0/builds`)) as Array<{ buildId: string }>).map((i) => i.buildId), builds);
+    assert.deepEqual(
+      ((await pageAll(`${V}/microvm-images/img-a/versions/1.0/builds`)) as Array<{ buildId: string }>).map((i) => i.buildId),
+      builds,
+    );
 
     // MicroVMs, oldest first.
     const vms: string[] = [];
@@ -135,7 +178,10 @@ describe('API edges (no VM)', { concurrency: false }, () => {
       assert.equal(r.status, 200, r.text);
       vms.push(r.body.microvmId);
     }
-    assert.deepEqual(((await pageAll(`${V}/microvms`)) as Array<{ microvmId: string }>).map((i) => i.microvmId), vms);
+    assert.deepEqual(
+      ((await pageAll(`${V}/microvms`)) as Array<{ microvmId: string }>).map((i) => i.microvmId),
+      vms,
+    );
     assert.deepEqual(await pageAll(`${V}/microvms?imageIdentifier=nothing`), []);
 
     // Managed bases, as setup leaves them in the guest folder; each has its one version.
@@ -143,30 +189,40 @@ describe('API edges (no VM)', { concurrency: false }, () => {
     for (const name of bases) {
       const dir = path.join(h.dataDir, 'guest', 'bases', name);
       mkdirSync(path.join(dir, 'tree'), { recursive: true });
-      writeFileSync(path.join(dir, 'base.json'), JSON.stringify({ name, description: name, env: {}, createdAt: new Date(0).toISOString(), sizeBytes: 1, inputsSha256: 'x' }));
+      writeFileSync(
+        path.join(dir, 'base.json'),
+        JSON.stringify({ name, description: name, env: {}, createdAt: new Date(0).toISOString(), sizeBytes: 1, inputsSha256: 'x' }),
+      );
     }
-    assert.deepEqual(((await pageAll(`${V}/managed-microvm-images`)) as Array<{ imageArn: string }>).map((i) => i.imageArn), bases.map(managedImageArn));
+    assert.deepEqual(
+      ((await pageAll(`${V}/managed-microvm-images`)) as Array<{ imageArn: string }>).map((i) => i.imageArn),
+      bases.map(managedImageArn),
+    );
     assert.equal((await pageAll(`${V}/managed-microvm-images/base-a/versions`)).length, 1);
   });
 
-  test('unknown methods, with or without a body, and CONNECT get a 405 JSON error (was an empty 400 or a dropped connection)', { timeout: 30_000 }, async () => {
-    const auth: [string, string] = ['authorization', `Bearer ${h.apiKey}`];
-    const big = 'x'.repeat(200_000);
-    const cases: Array<[string, string, Array<[string, string]>, string?]> = [
-      ['FOO', `${V}/microvms`, [auth, ['content-length', '2']], '{}'],
-      ['FOO', `${V}/microvms`, [auth, ['content-length', String(big.length)]], big],
-      ['BREW', '/cella/v1/info', []],
-      ['PROPFIND', `${V}/microvms`, [auth, ['content-length', '2']], '{}'],
-      ['CONNECT', 'example.com:443', [auth]],
-    ];
-    for (const [method, target, headers, body] of cases) {
-      assert.deepEqual(await rawError(method, target, headers, body), { status: 405, type: 'UnknownOperationException', code: 'METHOD_NOT_ALLOWED' }, method);
-    }
-    const garbled = await rawError('GET', '/x', [['content-length', 'abc']]);
-    assert.deepEqual(garbled, { status: 400, type: 'ValidationException', code: 'INVALID_ARGUMENT' });
-    const target = await send('GET', '//[');
-    assert.equal(target.status, 404);
-  });
+  test(
+    'unknown methods, with or without a body, and CONNECT get a 405 JSON error (was an empty 400 or a dropped connection)',
+    { timeout: 30_000 },
+    async () => {
+      const auth: [string, string] = ['authorization', `Bearer ${h.apiKey}`];
+      const big = 'x'.repeat(200_000);
+      const cases: Array<[string, string, Array<[string, string]>, string?]> = [
+        ['FOO', `${V}/microvms`, [auth, ['content-length', '2']], '{}'],
+        ['FOO', `${V}/microvms`, [auth, ['content-length', String(big.length)]], big],
+        ['BREW', '/cella/v1/info', []],
+        ['PROPFIND', `${V}/microvms`, [auth, ['content-length', '2']], '{}'],
+        ['CONNECT', 'example.com:443', [auth]],
+      ];
+      for (const [method, target, headers, body] of cases) {
+        assert.deepEqual(await rawError(method, target, headers, body), { status: 405, type: 'UnknownOperationException', code: 'METHOD_NOT_ALLOWED' }, method);
+      }
+      const garbled = await rawError('GET', '/x', [['content-length', 'abc']]);
+      assert.deepEqual(garbled, { status: 400, type: 'ValidationException', code: 'INVALID_ARGUMENT' });
+      const target = await send('GET', '//[');
+      assert.equal(target.status, 404);
+    },
+  );
 
   test('a 100 KB URL is a 414 and a 64 KB header a 431, both JSON (the connection was reset)', { timeout: 30_000 }, async () => {
     const long = await fetch(`${h.url}${V}/microvms/${'a'.repeat(100_000)}`, { headers: { authorization: `Bearer ${h.apiKey}` } });
