@@ -182,6 +182,10 @@ describe('the lifecycle over HTTP (no VM)', { concurrency: true }, () => {
       assert.match((await h.waitState(starting, ['TERMINATED'])).stateReason ?? '', /cellad restarted before the VM finished starting/);
       assert.match((await h.waitState(lost, ['TERMINATED'])).stateReason ?? '', /its QEMU process is gone/);
       for (const id of [adopted, suspending]) assert.ok(h.driver.adopted.includes(id), id);
+      // The interrupted suspend had stopped its guest: it runs again, with the clock set as after any restore.
+      assert.equal(h.driver.get(suspending)?.paused, false);
+      assert.equal(h.driver.get(suspending)?.agent.clockSets, 1);
+      assert.equal(h.driver.get(adopted)?.agent.clockSets, 0, 'a VM that ran on needs no new clock');
     }),
   );
 });
