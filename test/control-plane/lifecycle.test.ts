@@ -138,7 +138,7 @@ describe('the lifecycle over HTTP (no VM)', { concurrency: true }, () => {
       const sleepy = await running(h);
       h.driver.get(sleepy)?.agent.emit('suspend-request');
       const asleep = await h.waitState(sleepy, ['SUSPENDED']);
-      assert.match(asleep.stateReason ?? '', /at the request of the guest/);
+      assert.equal(asleep.stateReason, undefined, 'a suspend the guest asked for is healthy: no reason');
     }),
   );
 
@@ -178,7 +178,7 @@ describe('the lifecycle over HTTP (no VM)', { concurrency: true }, () => {
       assert.ok(h.driver.get(adopted));
       assert.equal((await h.api<MicrovmBody>('GET', `${V}/microvms/${suspended}`)).body.state, 'SUSPENDED');
       assert.equal((await h.api('POST', `${V}/microvms/${suspended}/resume`)).status, 200, 'a suspended VM resumes from its checkpoint');
-      assert.match((await h.waitState(suspending, ['RUNNING'])).stateReason ?? '', /suspend interrupted by a cellad restart/);
+      assert.equal((await h.waitState(suspending, ['RUNNING'])).stateReason, undefined, 'an interrupted suspend runs on, healthy');
       assert.match((await h.waitState(starting, ['TERMINATED'])).stateReason ?? '', /cellad restarted before the VM finished starting/);
       assert.match((await h.waitState(lost, ['TERMINATED'])).stateReason ?? '', /its QEMU process is gone/);
       for (const id of [adopted, suspending]) assert.ok(h.driver.adopted.includes(id), id);
