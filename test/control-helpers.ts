@@ -54,7 +54,7 @@ export async function createImage(
     resources: [{ minimumMemoryInMiB: 256 }],
     ...extra,
   });
-  if (r.status !== 200) throw new Error(`CreateMicrovmImage ${name}: ${r.status} ${r.text}`);
+  if (r.status !== 201) throw new Error(`CreateMicrovmImage ${name}: ${r.status} ${r.text}`);
   const build = await waitBuild(base, name, r.body.imageVersion, r.body.buildId);
   const log = (await api(base, 'GET', `/cella/v1/microvm-images/${name}/versions/${r.body.imageVersion}/builds/${r.body.buildId}/logs`)).text;
   return { build, version: r.body.imageVersion, log };

@@ -294,7 +294,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     // Idempotency: the same clientToken answers the same build; other parameters conflict.
     const a = await api<{ buildId: string }>(base, 'POST', `${V}/microvm-images`, { ...ok, clientToken: 'tok-1' });
     const b = await api<{ buildId: string }>(base, 'POST', `${V}/microvm-images`, { ...ok, clientToken: 'tok-1' });
-    assert.equal(a.status, 200, a.text);
+    assert.equal(a.status, 201, a.text);
     assert.equal(b.body.buildId, a.body.buildId);
     assert.equal((await api(base, 'POST', `${V}/microvm-images`, { ...ok, description: 'other', clientToken: 'tok-1' })).status, 409);
     const dup = await api<{ code: string; message: string }>(base, 'POST', `${V}/microvm-images`, ok);

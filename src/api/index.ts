@@ -12,15 +12,16 @@ import type { Static, TSchema } from '@sinclair/typebox';
 import type { AccessKeys, Authenticator, TokenMinter } from '../auth/index.js';
 import type { DiskCapacity } from '../capacity/index.js';
 import { type Connectors } from '../connectors/index.js';
-import { AUTH_HEADER, type BuildSummary, CellaError, hookPort, httpError, imageNameOf, type ImageVersion, type ImageVersionStarted, type ListMicrovmsResponse, managedConnectorNameOf, managedImageArn, managedImageNameOf, MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD_BYTES, type Microvm, type MicrovmImage, type NetworkConnector, openApiDocument, type Operation, type PortSpecification, type RouteDef, routes, type Routes } from '../contract/index.js';
-import { MANAGED_VERSION, type Images, type LatestVersions, type StartedVersion } from '../images/index.js';
+import { AUTH_HEADER, CellaError, hookPort, httpError, imageNameOf, type ImageVersionStarted, type ListMicrovmsResponse, managedConnectorNameOf, managedImageArn, managedImageNameOf, MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD_BYTES, type Microvm, openApiDocument, type Operation, type PortSpecification, type RouteDef, routes, type Routes } from '../contract/index.js';
+import { MANAGED_VERSION, type Images, type StartedVersion } from '../images/index.js';
 import { type Lifecycle, pendingVm } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
-import type { BuildRecord, ConnectorRecord, ImageRecord, ImageVersionRecord, Store, Tx, VmRecord } from '../store/index.js';
+import type { Store, Tx, VmRecord } from '../store/index.js';
 import { usageOf, sumUsage } from '../usage/index.js';
 import { Throttle } from './throttle.js';
 import { NamePosition, OffsetPosition, VmPosition, decodeCursor, encodeCursor } from './cursor.js';
 import { decodePathParam, queryObject, requestUrl } from './params.js';
+import { buildView, connectorView, imageSummary, imageView, managedImageView, managedVersionView, microvmSummary, microvmView, startedView, versionView } from './views.js';
 
 export { answerProtocolErrors } from './protocol.js';
 
@@ -106,6 +107,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     };
   });
   const openapi = JSON.stringify(openApiDocument(table, ctx.version));
+  const chipset = ctx.info.accelerator.toUpperCase();
   const throttle = new Throttle(ctx.apiRateScale);
 
   return (req, res) => {
@@ -156,8 +158,9 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     const shape: TSchema | undefined = (CURSORS as Partial<Record<Operation, TSchema>>)[route.op];
     const after = shape && token !== undefined ? decodeCursor(route.op, shape, token) : undefined;
     const reply = await dispatch({ op: route.op, params, body, query, upload, after } as Command);
-    if ('json' in reply) res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(reply.json));
-    else if ('empty' in reply) res.writeHead(200, { 'content-length': 0 }).end();
+    const status = route.def.status ?? 200;
+    if ('json' in reply) res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(reply.json));
+    else if ('empty' in reply) res.writeHead(status, status === 204 ? {} : { 'content-length': 0 }).end();
     else await reply.stream(res, signal);
   }
 
@@ -166,7 +169,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       case 'RunMicrovm':
         return { json: await runMicrovm(cmd.body) };
       case 'GetMicrovm':
-        return { json: view(await ctx.lifecycle.require(cmd.params.microvmIdentifier as string)) };
+        return { json: microvmView(await ctx.lifecycle.require(cmd.params.microvmIdentifier as string), ctx.domain) };
       case 'ListMicrovms':
         return { json: await listMicrovms(cmd.query, cmd.after) };
       case 'SuspendMicrovm':
@@ -232,12 +235,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
           json: {
             // The contract applies nameFilter after paging: a page may come back short or empty with a nextToken.
             items: await Promise.all(
-              items
-                .filter((i) => !q.nameFilter || i.name.includes(q.nameFilter))
-                .map(async (i) => {
-                  const { updatedAt: _u, tags: _t, ...v } = imageView(i, await ctx.images.latestVersions(i.name));
-                  return v;
-                }),
+              items.filter((i) => !q.nameFilter || i.name.includes(q.nameFilter)).map(async (i) => imageSummary(i, await ctx.images.latestVersions(i.name))),
             ),
             ...(page.length > limit && last ? { nextToken: encodeCursor(cmd.op, NamePosition, { n: last.name }) } : {}),
           },
@@ -270,7 +268,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         const q = cmd.query;
         const v = await ctx.images.requireVersion(cmd.params.imageIdentifier as string, cmd.params.imageVersion as string);
         const img = await ctx.images.require(v.imageName);
-        const all = (await ctx.store.listBuilds(v.imageName, v.version)).map((b) => buildView(img, b));
+        const all = (await ctx.store.listBuilds(v.imageName, v.version)).map((b) => buildView(img, b, chipset));
         const wanted = all.filter(
           (b) => (!q.architecture || b.architecture === q.architecture) && (!q.chipset || b.chipset === q.chipset) && (!q.chipsetGeneration || b.chipsetGeneration === q.chipsetGeneration),
         );
@@ -280,7 +278,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         const { imageIdentifier, imageVersion, buildId } = cmd.params;
         const b = await ctx.images.requireBuild(imageIdentifier as string, imageVersion as string, buildId as string);
         const img = await ctx.images.require(b.imageName);
-        return { json: { ...buildView(img, b), ...(b.snapshotBuild ? { snapshotBuild: b.snapshotBuild } : {}) } };
+        return { json: { ...buildView(img, b, chipset), ...(b.snapshotBuild ? { snapshotBuild: b.snapshotBuild } : {}) } };
       }
       case 'GetMicrovmImageBuildLog': {
         const { imageIdentifier, imageVersion, buildId } = cmd.params;
@@ -291,14 +289,14 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       }
       case 'ListManagedMicrovmImages':
         return {
-          json: paged(cmd, ctx.images.managed(), (b) => ({ imageArn: managedImageArn(b.name), createdAt: b.createdAt, ...(b.description ? { description: b.description } : {}) })),
+          json: paged(cmd, ctx.images.managed(), (b) => managedImageView(managedImageArn(b.name), b)),
         };
       case 'ListManagedMicrovmImageVersions': {
         const id = cmd.params.imageIdentifier as string;
         const name = managedImageNameOf(id) ?? id;
         const base = ctx.images.managed().find((b) => b.name === name);
         if (!base) throw new CellaError('NOT_FOUND', `managed image ${id} not found`, { details: { resourceId: id, resourceType: 'MicrovmImage' } });
-        return { json: paged(cmd, [base], (b) => ({ imageArn: managedImageArn(b.name), imageVersion: MANAGED_VERSION, status: 'AVAILABLE' as const, createdAt: b.createdAt })) };
+        return { json: paged(cmd, [base], (b) => managedVersionView(managedImageArn(b.name), MANAGED_VERSION, b)) };
       }
       case 'UploadCodeArtifact':
         return { json: cmd.upload };
@@ -368,9 +366,9 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       return rec;
     };
     const r = await once('RunMicrovm', b, prepare, insert, (rec) => rec.id);
-    if ('replay' in r) return view(await ctx.lifecycle.require(r.replay));
+    if ('replay' in r) return microvmView(await ctx.lifecycle.require(r.replay), ctx.domain);
     ctx.lifecycle.start(r.made, b.runHookPayload);
-    return view(r.made);
+    return microvmView(r.made, ctx.domain);
   }
 
   /**
@@ -410,7 +408,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     const items = page.slice(0, limit);
     const last = items[items.length - 1];
     return {
-      items: items.map((v) => ({ microvmId: v.id, state: v.state, imageArn: v.imageArn, imageVersion: v.imageVersion, startedAt: iso(v.createdAt) })),
+      items: items.map(microvmSummary),
       ...(page.length > limit && last ? { nextToken: encodeCursor('ListMicrovms', VmPosition, { c: last.createdAt, i: last.id }) } : {}),
     };
   }
@@ -435,24 +433,6 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     return { authToken: { [AUTH_HEADER]: t.token } };
   }
 
-  function view(v: VmRecord): Microvm {
-    return {
-      microvmId: v.id,
-      state: v.state,
-      endpoint: `${v.id}.${ctx.domain}`,
-      imageArn: v.imageArn,
-      imageVersion: v.imageVersion,
-      ...(v.spec.executionRoleArn ? { executionRoleArn: v.spec.executionRoleArn } : {}),
-      ...(v.spec.idlePolicy ? { idlePolicy: v.spec.idlePolicy } : {}),
-      maximumDurationInSeconds: v.spec.maximumDurationInSeconds,
-      startedAt: iso(v.createdAt),
-      ...(v.terminatedAt !== null ? { terminatedAt: iso(v.terminatedAt) } : {}),
-      ...(v.stateReason ? { stateReason: v.stateReason } : {}),
-      ingressNetworkConnectors: v.spec.ingressNetworkConnectors,
-      egressNetworkConnectors: v.spec.egressNetworkConnectors,
-    };
-  }
-
   async function started(s: StartedVersion): Promise<ImageVersionStarted> {
     return startedView(s, await ctx.images.latestVersions(s.image.name));
   }
@@ -466,60 +446,6 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     return { image, version, build };
   }
 
-  function buildView(img: ImageRecord, b: BuildRecord): BuildSummary {
-    return {
-      imageArn: img.arn,
-      imageVersion: b.version,
-      buildId: b.buildId,
-      buildState: b.state,
-      architecture: 'X86_64',
-      chipset: ctx.info.accelerator.toUpperCase(),
-      chipsetGeneration: '1',
-      ...(b.stateReason ? { stateReason: b.stateReason } : {}),
-      ...(b.message ? { stateReasonMessage: b.message } : {}),
-      createdAt: iso(b.createdAt),
-    };
-  }
-}
-
-function imageView(i: ImageRecord, latest: LatestVersions): MicrovmImage {
-  return {
-    imageArn: i.arn,
-    name: i.name,
-    state: i.state,
-    ...latest,
-    createdAt: iso(i.createdAt),
-    ...(i.updatedAt !== null ? { updatedAt: iso(i.updatedAt) } : {}),
-    ...(Object.keys(i.tags).length ? { tags: i.tags } : {}),
-  };
-}
-
-function startedView(s: StartedVersion, latest: LatestVersions): ImageVersionStarted {
-  return {
-    ...s.version.request,
-    imageArn: s.image.arn,
-    name: s.image.name,
-    state: s.image.state,
-    ...latest,
-    imageVersion: s.version.version,
-    buildId: s.build.buildId,
-    createdAt: iso(s.image.createdAt),
-    ...(s.image.updatedAt !== null ? { updatedAt: iso(s.image.updatedAt) } : {}),
-    ...(Object.keys(s.image.tags).length ? { tags: s.image.tags } : {}),
-  };
-}
-
-function versionView(img: ImageRecord, v: ImageVersionRecord): ImageVersion {
-  return {
-    ...v.request,
-    imageArn: img.arn,
-    imageVersion: v.version,
-    state: v.state,
-    status: v.status,
-    createdAt: iso(v.createdAt),
-    ...(v.updatedAt !== null ? { updatedAt: iso(v.updatedAt) } : {}),
-    ...(v.stateReason ? { stateReason: v.stateReason } : {}),
-  };
 }
 
 /** Pages a short list held in memory, in its order; the cursor holds the offset. */
@@ -533,19 +459,6 @@ function paged<T, U>(
   const items = all.slice(offset, offset + limit).map(view);
   return { items, ...(offset + limit < all.length ? { nextToken: encodeCursor(cmd.op, OffsetPosition, { o: offset + limit }) } : {}) };
 }
-
-function connectorView(c: ConnectorRecord): NetworkConnector {
-  return {
-    networkConnectorArn: c.arn,
-    name: c.name,
-    state: 'ACTIVE',
-    ...(c.description ? { description: c.description } : {}),
-    egress: { cidrs: c.cidrs, domains: c.domains },
-    createdAt: iso(c.createdAt),
-  };
-}
-
-const iso = (ms: number): string => new Date(ms).toISOString();
 
 type Idempotent = { clientToken?: string } & Record<string, unknown>;
 

@@ -189,7 +189,7 @@ const vm = (id: string, state: string, extra: Record<string, unknown> = {}) => (
   imageArn: ARN,
   imageVersion: '1.0',
   maximumDurationInSeconds: 28800,
-  startedAt: '2025-01-01T00:00:00.123Z',
+  startedAt: 1735689600.123,
   ingressNetworkConnectors: [],
   egressNetworkConnectors: [],
   ...extra,
@@ -358,7 +358,7 @@ test('token defaults to port 8080 and prints the header line', async () => {
 
 // Images, against a fake server that keeps one image with versions 1.0 and 2.0.
 
-const T = '2025-01-01T00:00:00.123Z';
+const T = 1735689600.123;
 const BUSYBOX = 'arn:cella:lambda:local:aws:microvm-image:busybox';
 const IMG = '/2025-09-09/microvm-images';
 const build = (version: string, buildId: string, buildState: string, extra: Record<string, unknown> = {}) => ({

@@ -58,7 +58,9 @@ export function remote(
 
 export const at = (p: Parsed, i: number): string => p.positionals[i] as string;
 
-export const time = (iso: string | undefined): string | undefined => iso?.replace(/\.\d+Z$/, 'Z');
+/** The wire's epoch seconds as ISO-8601 to the second, for tables. */
+export const time = (epochSeconds: number | undefined): string | undefined =>
+  epochSeconds === undefined ? undefined : new Date(epochSeconds * 1000).toISOString().replace(/\.\d+Z$/, 'Z');
 export const mib = (bytes: number): string => `${(bytes / 1048576).toFixed(1)} MiB`;
 
 function describeVm(vm: Microvm): string {

@@ -63,7 +63,7 @@ function vm(id: string, state: VmState): Microvm {
     imageArn: 'arn:cella:lambda:local:000000000000:microvm-image:demo',
     imageVersion: '1.0',
     maximumDurationInSeconds: 28800,
-    startedAt: '2025-01-01T00:00:00.000Z',
+    startedAt: 1735689600,
     ingressNetworkConnectors: [],
     egressNetworkConnectors: [],
   };
@@ -85,7 +85,7 @@ test('sends the Bearer key, the method, the path and the JSON body', async () =>
 });
 
 const ARN = 'arn:cella:lambda:local:000000000000:microvm-image:demo';
-const T = '2025-01-01T00:00:00.000Z';
+const T = 1735689600;
 const config = { baseImageArn: 'arn:cella:lambda:local:aws:microvm-image:busybox', codeArtifact: { uri: 'file:///tmp/app.zip' } };
 const image = { imageArn: ARN, name: 'demo', state: 'CREATED', latestActiveImageVersion: '1.0', createdAt: T };
 const version = { ...config, imageArn: ARN, imageVersion: '1.0', state: 'SUCCESSFUL', status: 'ACTIVE', createdAt: T };

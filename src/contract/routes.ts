@@ -53,6 +53,8 @@ export interface RouteDef {
   /** The body is a raw upload of at most this many bytes (not JSON), stored before the operation runs. */
   upload?: { maxBytes: number; contentType: string };
   query?: TSchema;
+  /** The success status, the SDK model's (200 unless given). */
+  status?: 201 | 204;
   /** Response body; undefined = empty; 'text' = a text stream. */
   response?: TSchema | 'text';
 }
@@ -98,6 +100,7 @@ export function routes(minIdleSeconds: number) {
       path: `${V}/microvm-images`,
       summary: 'Create an image: build version 1.0 from a zip with a Dockerfile (in the background)',
       body: CreateImageRequest,
+      status: 201,
       response: ImageVersionStarted,
     },
     ListMicrovmImages: { method: 'GET', path: `${V}/microvm-images`, summary: 'List images by name', query: ListImagesQuery, response: ListImagesResponse },
@@ -207,7 +210,9 @@ export function openApiDocument(table: Record<string, RouteDef>, version: string
       params.push({ name, in: 'query', required: query?.required?.includes(name) ?? false, schema: plain(schema) as never });
     }
     const ok =
-      r.response === undefined
+      r.status === 204
+        ? { description: 'Done (no content)' }
+        : r.response === undefined
         ? { description: 'Done (empty body)' }
         : r.response === 'text'
           ? { description: 'Text stream', content: { 'text/plain': { schema: { type: 'string' } } } }
@@ -218,7 +223,7 @@ export function openApiDocument(table: Record<string, RouteDef>, version: string
       parameters: params,
       ...(r.body ? { requestBody: { required: true, content: { 'application/json': { schema: plain(r.body) } } } } : {}),
       ...(r.upload ? { requestBody: { required: true, content: { [r.upload.contentType]: { schema: { type: 'string', format: 'binary' } } } } } : {}),
-      responses: { '200': ok, '400': errorResponse, '401': errorResponse, '404': errorResponse, '409': errorResponse, '500': errorResponse },
+      responses: { [String(r.status ?? 200)]: ok, '400': errorResponse, '401': errorResponse, '404': errorResponse, '409': errorResponse, '500': errorResponse },
     };
   }
   return {

@@ -73,6 +73,12 @@ export const RunMicrovmRequest = (minIdleSeconds: number) =>
   );
 export type RunMicrovmRequest = Static<ReturnType<typeof RunMicrovmRequest>>;
 
+/**
+ * A point in time as the restJson1 protocol sends it by default: seconds
+ * since the epoch, a JSON number (with milliseconds as its fraction).
+ */
+export const Time = Type.Number({ description: 'seconds since 1970-01-01T00:00:00Z' });
+
 export const Microvm = Type.Object({
   microvmId: Type.String(),
   state: Type.Union(VM_STATES.map((s) => Type.Literal(s))),
@@ -82,8 +88,8 @@ export const Microvm = Type.Object({
   executionRoleArn: Type.Optional(Type.String()),
   idlePolicy: Type.Optional(IdlePolicy(1)),
   maximumDurationInSeconds: Type.Integer(),
-  startedAt: Type.String({ format: 'date-time' }),
-  terminatedAt: Type.Optional(Type.String({ format: 'date-time' })),
+  startedAt: Time,
+  terminatedAt: Type.Optional(Time),
   stateReason: Type.Optional(Type.String()),
   ingressNetworkConnectors: Type.Array(Type.String()),
   egressNetworkConnectors: Type.Array(Type.String()),
@@ -106,7 +112,7 @@ export const MicrovmSummary = Type.Object({
   state: Type.Union(VM_STATES.map((s) => Type.Literal(s))),
   imageArn: Type.String(),
   imageVersion: Type.String(),
-  startedAt: Type.String({ format: 'date-time' }),
+  startedAt: Time,
 });
 export type MicrovmSummary = Static<typeof MicrovmSummary>;
 
@@ -223,7 +229,6 @@ export type CreateImageRequest = Static<typeof CreateImageRequest>;
 export const UpdateImageRequest = Type.Object({ ...imageConfigFields, clientToken: Type.Optional(Str(1, 128)) }, Closed);
 export type UpdateImageRequest = Static<typeof UpdateImageRequest>;
 
-const Time = Type.String({ format: 'date-time' });
 const ImageStateT = Type.String();
 
 /** Create/Update answer: the image, the new version's config and its number. */
@@ -260,8 +265,10 @@ export const ListImagesQuery = Type.Object(
   { maxResults: Type.Optional(Int(1, 50)), nextToken: Type.Optional(Str(1, 2048)), nameFilter: Type.Optional(Str(1, 64)) },
   Closed,
 );
+export const MicrovmImageSummary = Type.Omit(MicrovmImage, ['updatedAt', 'tags']);
+export type MicrovmImageSummary = Static<typeof MicrovmImageSummary>;
 export const ListImagesResponse = Type.Object({
-  items: Type.Array(Type.Omit(MicrovmImage, ['updatedAt', 'tags'])),
+  items: Type.Array(MicrovmImageSummary),
   nextToken: Type.Optional(Type.String()),
 });
 export type ListImagesResponse = Static<typeof ListImagesResponse>;
@@ -321,6 +328,7 @@ export const ListImageBuildsResponse = Type.Object({ items: Type.Array(BuildSumm
 export type ListImageBuildsResponse = Static<typeof ListImageBuildsResponse>;
 
 export const ManagedImage = Type.Object({ imageArn: Type.String(), createdAt: Time, updatedAt: Type.Optional(Time), description: Type.Optional(Type.String()) });
+export type ManagedImage = Static<typeof ManagedImage>;
 export const ListManagedImagesResponse = Type.Object({ items: Type.Array(ManagedImage), nextToken: Type.Optional(Type.String()) });
 export type ListManagedImagesResponse = Static<typeof ListManagedImagesResponse>;
 export const ManagedImageVersion = Type.Object({
@@ -330,6 +338,7 @@ export const ManagedImageVersion = Type.Object({
   createdAt: Time,
   updatedAt: Type.Optional(Time),
 });
+export type ManagedImageVersion = Static<typeof ManagedImageVersion>;
 export const ListManagedImageVersionsResponse = Type.Object({ items: Type.Array(ManagedImageVersion), nextToken: Type.Optional(Type.String()) });
 export type ListManagedImageVersionsResponse = Static<typeof ListManagedImageVersionsResponse>;
 
