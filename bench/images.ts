@@ -6,7 +6,7 @@
  * built from scratch, then the same zip rebuilt with every step cached, and
  * the snapshot's sizes. Prints JSON lines (see ./report.ts); asserts nothing.
  */
-import { managedImageArn } from '../src/contract/index.js';
+import { Arns } from '../src/contract/index.js';
 import { rmSync } from 'node:fs';
 import { zipDirectory } from '../src/archive/index.js';
 import { startServer } from '../src/server/index.js';
@@ -16,6 +16,9 @@ import { tempDataDir } from '../test/helpers.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { reporter } from './report.js';
+
+/** The ARNs of a server started with the default region and account. */
+const ARNS = new Arns();
 
 const quick = process.argv.includes('--quick');
 const N = quick ? 1 : 3;
@@ -27,7 +30,7 @@ const dataDir = tempDataDir('bench-images');
 const server = await startServer({ dataDir, port: 0, proxyPort: 0, apiRateScale: 0, apiKey: API_KEY, log: () => {} });
 const emit = reporter(() => ({ accel: server.engine.accel.accel }));
 const request = {
-  baseImageArn: managedImageArn('debian-12-python'),
+  baseImageArn: ARNS.managedImage('debian-12-python'),
   resources: [{ minimumMemoryInMiB: 512 }],
   hooks: { port: 8080, microvmImageHooks: { ready: 'ENABLED', readyTimeoutInSeconds: 120 } },
 };

@@ -1,5 +1,5 @@
 import { demoZip } from '../src/images/index.js';
-import { managedImageArn } from '../src/contract/index.js';
+import { Arns } from '../src/contract/index.js';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
@@ -7,6 +7,9 @@ import path from 'node:path';
 import type { CellaServer } from '../src/server/index.js';
 import { loadGuestArtifacts } from '../src/setup/index.js';
 import { callApi, pollState, type MicrovmBody, type Reply } from './fixtures/api.js';
+
+/** The ARNs of a server started with the default region and account. */
+const ARNS = new Arns();
 
 export const API_KEY = 'test-key-0123456789';
 
@@ -49,7 +52,7 @@ export async function createImage(
   const uri = await upload(base, zip ?? (await demoArtifact()));
   const r = await api<{ imageVersion: string; buildId: string }>(base, 'POST', `${V}/microvm-images`, {
     name,
-    baseImageArn: managedImageArn('busybox'),
+    baseImageArn: ARNS.managedImage('busybox'),
     codeArtifact: { uri },
     resources: [{ minimumMemoryInMiB: 256 }],
     ...extra,

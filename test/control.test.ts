@@ -14,7 +14,7 @@ import { networkForSlot } from '../src/net/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { ALL_HOOKS, API_KEY, V, api, createImage, shutdown, upload, waitState, type MicrovmBody } from './control-helpers.js';
 import { main } from '../src/cli/index.js';
-import { managedImageArn } from '../src/contract/index.js';
+import { Arns } from '../src/contract/index.js';
 import { alive, eventually, getAt, processesWith, tempDataDir } from './helpers.js';
 
 /** The QEMUs of VMs under `dataDir` (their command lines name their folders in vms/). */
@@ -177,7 +177,7 @@ describe('control plane over HTTP', { concurrency: false }, () => {
       const zip = await zipDirectory(noDockerfile);
       assert.equal((await createImage(base, 'quota-1', {}, zip)).build.buildState, 'FAILED');
       const uri = await upload(base, zip);
-      const over = await api<{ code: string; quotaCode: string; serviceCode: string; resourceId: string }>(base, 'POST', `${V}/microvm-images`, { name: 'quota-2', baseImageArn: managedImageArn('busybox'), codeArtifact: { uri } });
+      const over = await api<{ code: string; quotaCode: string; serviceCode: string; resourceId: string }>(base, 'POST', `${V}/microvm-images`, { name: 'quota-2', baseImageArn: new Arns().managedImage('busybox'), codeArtifact: { uri } });
       assert.deepEqual([over.status, over.type, over.body.code, over.body.quotaCode, over.body.resourceId], [402, 'ServiceQuotaExceededException', 'QUOTA_EXCEEDED', 'microvm-images', 'quota-2']);
       assert.equal((await api(base, 'GET', `${V}/microvm-images/quota-2`)).status, 404);
       assert.equal((await api(base, 'DELETE', `${V}/microvm-images/quota-1`)).status, 200);
@@ -220,7 +220,7 @@ describe('control plane over HTTP', { concurrency: false }, () => {
   test('a run hook that fails terminates the VM with the reason', { timeout: 5 * 60_000 }, async () => {
     const { build, log } = await createImage(base, 'demo-runfail', { environmentVariables: { CELLA_DEMO_HOOKS: 'run:fail' }, hooks: ALL_HOOKS });
     assert.equal(build.buildState, 'SUCCESSFUL', log);
-    const vm = await api<MicrovmBody>(base, 'POST', `${V}/microvms`, { imageIdentifier: 'arn:cella:lambda:local:000000000000:microvm-image:demo-runfail' });
+    const vm = await api<MicrovmBody>(base, 'POST', `${V}/microvms`, { imageIdentifier: 'arn:aws:lambda:us-east-1:000000000000:microvm-image:demo-runfail' });
     assert.equal(vm.status, 200, vm.text);
     const done = await waitState(base, vm.body.microvmId, ['TERMINATED']);
     assert.match(done.stateReason ?? '', /the run hook answered HTTP 500/);

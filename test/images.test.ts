@@ -4,7 +4,7 @@
  * through its endpoint, suspended when idle and auto-resumed. Every bad
  * artifact ends in its build stateReason with the log saying why.
  */
-import { managedImageArn } from '../src/contract/index.js';
+import { Arns } from '../src/contract/index.js';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -23,6 +23,9 @@ import { SITE_A, SITE_PORT, startFakeInternet } from './fixtures/fake-internet.j
 import { PY_APP, PY_DOCKERFILE } from './fixtures/pyapp.js';
 import { MEDIA, digestOf, gzip, pushImage, startRegistry } from './fixtures/registry.js';
 import { getAt, tempDataDir } from './helpers.js';
+
+/** The ARNs of a server started with the default region and account. */
+const ARNS = new Arns();
 
 describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
   let dir: string;
@@ -97,7 +100,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
       base,
       'pyapp',
       {
-        baseImageArn: managedImageArn('debian-12-python'),
+        baseImageArn: ARNS.managedImage('debian-12-python'),
         resources: [{ minimumMemoryInMiB: 512 }],
         hooks: { port: 8080, microvmImageHooks: { ready: 'ENABLED', readyTimeoutInSeconds: 120 } },
       },
@@ -134,7 +137,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     assert.match(first.log, /COPY cella-demo \/usr\/bin\/cella-demo\n +[\d.]+ {2}---> done/);
     const uri = await upload(base, await demoArtifact());
     const upd = await api<{ imageVersion: string; buildId: string; state: string }>(base, 'PUT', `${V}/microvm-images/demo`, {
-      baseImageArn: managedImageArn('busybox'),
+      baseImageArn: ARNS.managedImage('busybox'),
       codeArtifact: { uri },
       resources: [{ minimumMemoryInMiB: 256 }],
       environmentVariables: { VERSION_MARK: 'two' },
@@ -147,7 +150,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     // The same Dockerfile and files: the COPY layer comes from the cache.
     assert.match(log2, /COPY cella-demo \/usr\/bin\/cella-demo\n +[\d.]+ {2}---> using cache/);
     assert.doesNotMatch(log2, /starting a builder VM/);
-    const img = await api<Record<string, unknown>>(base, 'GET', `${V}/microvm-images/arn:cella:lambda:local:000000000000:microvm-image:demo`);
+    const img = await api<Record<string, unknown>>(base, 'GET', `${V}/microvm-images/arn:aws:lambda:us-east-1:000000000000:microvm-image:demo`);
     assert.equal(img.body.state, 'UPDATED');
     const versions = await api<{ items: { imageVersion: string; state: string; status: string }[] }>(base, 'GET', `${V}/microvm-images/demo/versions`);
     assert.deepEqual(
@@ -178,7 +181,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     const shown = (await api<Latest>(base, 'GET', `${V}/microvm-images/demo`)).body;
     assert.deepEqual([shown.latestActiveImageVersion, shown.latestFailedImageVersion], ['1.0', undefined]);
     // A failed update (no Dockerfile: no VM needed) leaves the image UPDATE_FAILED, which the contract does not let run.
-    const bad = await api<{ buildId: string }>(base, 'PUT', `${V}/microvm-images/demo`, { baseImageArn: managedImageArn('busybox'), codeArtifact: { uri: await upload(base, await zipOf({ README: 'x' })) } });
+    const bad = await api<{ buildId: string }>(base, 'PUT', `${V}/microvm-images/demo`, { baseImageArn: ARNS.managedImage('busybox'), codeArtifact: { uri: await upload(base, await zipOf({ README: 'x' })) } });
     assert.equal((await waitBuild(base, 'demo', '3.0', bad.body.buildId)).buildState, 'FAILED');
     const failed = (await api<Latest>(base, 'GET', `${V}/microvm-images/demo`)).body;
     assert.deepEqual([failed.state, failed.latestActiveImageVersion, failed.latestFailedImageVersion], ['UPDATE_FAILED', '1.0', '3.0']);
@@ -269,13 +272,13 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
 
   test('bad requests are refused with stable codes and change nothing', async () => {
     const uri = await upload(base, await demoArtifact());
-    const ok = { name: 'valid', baseImageArn: managedImageArn('busybox'), codeArtifact: { uri } };
+    const ok = { name: 'valid', baseImageArn: ARNS.managedImage('busybox'), codeArtifact: { uri } };
     const before = (await api<{ items: unknown[] }>(base, 'GET', `${V}/microvm-images`)).body.items.length;
     const bad: [Record<string, unknown> | string, number, string][] = [
       ['{"name": "x",', 400, 'MALFORMED_JSON'],
       [{ ...ok, name: 'bad name!' }, 400, 'INVALID_ARGUMENT'],
       [{ ...ok, name: 'x'.repeat(65) }, 400, 'INVALID_ARGUMENT'],
-      [{ ...ok, baseImageArn: managedImageArn('no-such-base') }, 400, 'INVALID_ARGUMENT'],
+      [{ ...ok, baseImageArn: ARNS.managedImage('no-such-base') }, 400, 'INVALID_ARGUMENT'],
       [{ ...ok, baseImageVersion: '7' }, 400, 'INVALID_ARGUMENT'],
       [{ ...ok, codeArtifact: { uri: 'http://example.com/app.zip' } }, 400, 'INVALID_ARGUMENT'],
       [{ ...ok, codeArtifact: {} }, 400, 'INVALID_ARGUMENT'],
@@ -301,7 +304,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     assert.equal(dup.status, 400);
     assert.match(dup.body.message, /already exists/);
     // An update while the first build runs is a conflict.
-    assert.equal((await api(base, 'PUT', `${V}/microvm-images/valid`, { baseImageArn: managedImageArn('busybox'), codeArtifact: { uri } })).status, 409);
+    assert.equal((await api(base, 'PUT', `${V}/microvm-images/valid`, { baseImageArn: ARNS.managedImage('busybox'), codeArtifact: { uri } })).status, 409);
     assert.equal((await waitBuild(base, 'valid', '1.0', a.body.buildId)).buildState, 'SUCCESSFUL');
     // Uploads: empty, and declared larger than the limit (refused before reading a byte).
     const empty = await fetch(`${base}/cella/v1/code-artifacts`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}` }, body: new Uint8Array(0) });
@@ -318,8 +321,8 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     assert.equal(huge, 413);
     // Managed bases are listed with their versions.
     const managed = await api<{ items: { imageArn: string }[] }>(base, 'GET', `${V}/managed-microvm-images`);
-    for (const name of ['busybox', 'debian-12', 'debian-12-python']) assert.ok(managed.body.items.some((i) => i.imageArn === managedImageArn(name)), name);
-    const mv = await api<{ items: { imageVersion: string; status: string }[] }>(base, 'GET', `${V}/managed-microvm-images/${managedImageArn('busybox')}/versions`);
+    for (const name of ['busybox', 'debian-12', 'debian-12-python']) assert.ok(managed.body.items.some((i) => i.imageArn === ARNS.managedImage(name)), name);
+    const mv = await api<{ items: { imageVersion: string; status: string }[] }>(base, 'GET', `${V}/managed-microvm-images/${ARNS.managedImage('busybox')}/versions`);
     assert.deepEqual(mv.body.items.map((i) => [i.imageVersion, i.status]), [['1', 'AVAILABLE']]);
   });
 
@@ -351,7 +354,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     const s3Image = async (name: string, uri: string): Promise<{ build: { buildState: string; stateReason?: string }; log: string }> => {
       const r = await api<{ imageVersion: string; buildId: string }>(base, 'POST', `${V}/microvm-images`, {
         name,
-        baseImageArn: managedImageArn('busybox'),
+        baseImageArn: ARNS.managedImage('busybox'),
         codeArtifact: { uri },
         resources: [{ minimumMemoryInMiB: 256 }],
       });

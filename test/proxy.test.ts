@@ -9,12 +9,15 @@ import { connect as h2connect } from 'node:http2';
 import { request as httpsRequest } from 'node:https';
 import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
-import { managedConnectorArn } from '../src/contract/index.js';
+import { Arns } from '../src/contract/index.js';
 import { TokenMinter } from '../src/auth/index.js';
 import { localhostLookup } from '../src/cli/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { API_KEY, V, api, createImage, shutdown, waitState, type MicrovmBody } from './control-helpers.js';
 import { eventually, getAt, tempDataDir } from './helpers.js';
+
+/** The ARNs of a server started with the default region and account. */
+const ARNS = new Arns();
 
 interface Got {
   status: number;
@@ -296,7 +299,7 @@ describe('endpoint proxy', { concurrency: false }, () => {
     await api(base, 'DELETE', `${V}/microvms/${id}`);
   });
   test('shell: a PTY round trip with a resize through wss://<endpoint>/shell; HTTPS with a shell token is 502', async () => {
-    const id = await launch({ ingressNetworkConnectors: [managedConnectorArn('HTTP_INGRESS'), managedConnectorArn('SHELL_INGRESS')] });
+    const id = await launch({ ingressNetworkConnectors: [ARNS.managedConnector('HTTP_INGRESS'), ARNS.managedConnector('SHELL_INGRESS')] });
     const r = await api<{ authToken: Record<string, string> }>(base, 'POST', `${V}/microvms/${id}/shell-auth-token`, { expirationInMinutes: 5 });
     assert.equal(r.status, 200, r.text);
     const shellToken = r.body.authToken['X-aws-proxy-auth'] as string;
@@ -325,7 +328,7 @@ describe('endpoint proxy', { concurrency: false }, () => {
     // A VM without SHELL_INGRESS gets no shell token, and HTTP_INGRESS-less VMs no HTTP.
     const plain = await launch();
     assert.equal((await api(base, 'POST', `${V}/microvms/${plain}/shell-auth-token`, { expirationInMinutes: 5 })).status, 400);
-    const shellOnly = await launch({ ingressNetworkConnectors: [managedConnectorArn('SHELL_INGRESS')] });
+    const shellOnly = await launch({ ingressNetworkConnectors: [ARNS.managedConnector('SHELL_INGRESS')] });
     const t = await token(shellOnly);
     assert.equal((await get(shellOnly, '/', { 'x-aws-proxy-auth': t })).status, 403);
     for (const vm of [id, plain, shellOnly]) await api(base, 'DELETE', `${V}/microvms/${vm}`);

@@ -12,7 +12,7 @@ import type { Static, TSchema } from '@sinclair/typebox';
 import type { AccessKeys, Authenticator, TokenMinter } from '../auth/index.js';
 import type { DiskCapacity } from '../capacity/index.js';
 import { type Connectors } from '../connectors/index.js';
-import { AUTH_HEADER, CellaError, hookPort, httpError, imageNameOf, type ImageVersionStarted, type ListMicrovmsResponse, managedConnectorNameOf, managedImageArn, managedImageNameOf, MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD_BYTES, type Microvm, openApiDocument, type Operation, type PortSpecification, type RouteDef, routes, type Routes } from '../contract/index.js';
+import { type Arns, AUTH_HEADER, CellaError, hookPort, httpError, type ImageVersionStarted, type ListMicrovmsResponse, MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD_BYTES, type Microvm, openApiDocument, type Operation, type PortSpecification, type RouteDef, routes, type Routes } from '../contract/index.js';
 import { MANAGED_VERSION, type Images, type StartedVersion } from '../images/index.js';
 import { type Lifecycle, pendingVm } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
@@ -21,7 +21,7 @@ import { usageOf, sumUsage } from '../usage/index.js';
 import { Throttle } from './throttle.js';
 import { NamePosition, OffsetPosition, VmPosition, decodeCursor, encodeCursor } from './cursor.js';
 import { decodePathParam, queryObject, requestUrl } from './params.js';
-import { buildView, connectorView, imageSummary, imageView, managedImageView, managedVersionView, microvmSummary, microvmView, startedView, versionView } from './views.js';
+import { buildView, connectorView, epochSeconds, imageSummary, imageView, managedImageView, managedVersionView, microvmSummary, microvmView, startedView, versionView } from './views.js';
 
 export { answerProtocolErrors } from './protocol.js';
 
@@ -40,6 +40,8 @@ export interface ApiContext {
   tokens: TokenMinter;
   /** Endpoints are `<id>.<domain>`. */
   domain: string;
+  /** The server's region and account: every ARN it issues and accepts. */
+  arns: Arns;
   minIdleSeconds: number;
   /** Multiplies the contract's API rates per caller (0: no throttling). */
   apiRateScale: number;
@@ -197,7 +199,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         };
       }
       case 'GetServerInfo':
-        return { json: { version: ctx.version, domain: ctx.domain, ...ctx.info } };
+        return { json: { version: ctx.version, domain: ctx.domain, accountId: ctx.arns.accountId, ...ctx.info } };
       case 'GetMicrovmUsage':
         return { json: usageOf(await ctx.lifecycle.require(cmd.params.microvmIdentifier as string), Date.now()) };
       case 'GetUsage': {
@@ -215,7 +217,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       case 'UpdateMicrovmImage': {
         const b = cmd.body;
         const id = cmd.params.imageIdentifier as string;
-        const scope = `UpdateMicrovmImage:${imageNameOf(id)}`;
+        const scope = `UpdateMicrovmImage:${ctx.arns.imageName(id)}`;
         const r = await once(scope, b, () => ctx.capacity.require('UpdateMicrovmImage'), (tx) => ctx.images.update(id, b, tx), (s) => s.build.buildId);
         if ('replay' in r) return { json: await started(await replayBuild(r.replay)) };
         void ctx.images.enqueue(r.made);
@@ -289,14 +291,14 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       }
       case 'ListManagedMicrovmImages':
         return {
-          json: paged(cmd, ctx.images.managed(), (b) => managedImageView(managedImageArn(b.name), b)),
+          json: paged(cmd, ctx.images.managed(), (b) => managedImageView(ctx.arns.managedImage(b.name), b)),
         };
       case 'ListManagedMicrovmImageVersions': {
         const id = cmd.params.imageIdentifier as string;
-        const name = managedImageNameOf(id) ?? id;
+        const name = ctx.arns.managedImageName(id) ?? id;
         const base = ctx.images.managed().find((b) => b.name === name);
         if (!base) throw new CellaError('NOT_FOUND', `managed image ${id} not found`, { details: { resourceId: id, resourceType: 'MicrovmImage' } });
-        return { json: paged(cmd, [base], (b) => managedVersionView(managedImageArn(b.name), MANAGED_VERSION, b)) };
+        return { json: paged(cmd, [base], (b) => managedVersionView(ctx.arns.managedImage(b.name), MANAGED_VERSION, b)) };
       }
       case 'UploadCodeArtifact':
         return { json: cmd.upload };
@@ -311,10 +313,10 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
         return { empty: true };
       case 'CreateAccessKey': {
         const k = await ctx.accessKeys.create();
-        return { json: { accessKeyId: k.accessKeyId, secretAccessKey: k.secretAccessKey, createdAt: iso(k.createdAt) } };
+        return { json: { accessKeyId: k.accessKeyId, secretAccessKey: k.secretAccessKey, createdAt: epochSeconds(k.createdAt) } };
       }
       case 'ListAccessKeys':
-        return { json: paged(cmd, await ctx.accessKeys.list(), (k) => ({ accessKeyId: k.accessKeyId, createdAt: iso(k.createdAt) })) };
+        return { json: paged(cmd, await ctx.accessKeys.list(), (k) => ({ accessKeyId: k.accessKeyId, createdAt: epochSeconds(k.createdAt) })) };
       case 'DeleteAccessKey':
         await ctx.accessKeys.revoke(cmd.params.accessKeyId as string);
         return { empty: true };
@@ -329,7 +331,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     if (b.runHookPayload !== undefined && Buffer.byteLength(b.runHookPayload) > MAX_RUN_HOOK_PAYLOAD_BYTES) {
       throw new CellaError('INVALID_ARGUMENT', `runHookPayload is ${Buffer.byteLength(b.runHookPayload)} bytes; at most ${MAX_RUN_HOOK_PAYLOAD_BYTES} are allowed`);
     }
-    const name = imageNameOf(b.imageIdentifier);
+    const name = ctx.arns.imageName(b.imageIdentifier);
     const prepare = async (): Promise<VmRecord> => {
       const image = await ctx.images.runnable(name, b.imageVersion);
       ctx.capacity.require('RunMicrovm');
@@ -402,7 +404,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     const page = await ctx.store.listVms({
       limit: limit + 1,
       ...(after ? { after: { createdAt: after.c, id: after.i } } : {}),
-      ...(q.imageIdentifier ? { imageName: imageNameOf(q.imageIdentifier) } : {}),
+      ...(q.imageIdentifier ? { imageName: ctx.arns.imageName(q.imageIdentifier) } : {}),
       ...(q.imageVersion ? { imageVersion: q.imageVersion } : {}),
     });
     const items = page.slice(0, limit);
@@ -421,7 +423,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     for (const p of ports) {
       if ('range' in p && p.range.startPort > p.range.endPort) throw new CellaError('INVALID_ARGUMENT', `port range ${p.range.startPort}-${p.range.endPort} is empty`);
     }
-    const ingress = rec.spec.ingressNetworkConnectors.map(managedConnectorNameOf);
+    const ingress = rec.spec.ingressNetworkConnectors.map((arn) => ctx.arns.managedConnectorName(arn));
     if (kind === 'shell' && !ingress.includes('SHELL_INGRESS') && !ingress.includes('ALL_INGRESS')) {
       throw new CellaError('INVALID_ARGUMENT', `MicroVM ${id} was not launched with the SHELL_INGRESS connector`);
     }

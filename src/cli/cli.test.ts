@@ -7,7 +7,6 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Io } from './args.js';
 import { main } from './index.js';
-import { managedConnectorArn } from '../contract/index.js';
 
 
 /** Runs main() in-process with captured output and the given environment (no CELLA_* unless set). */
@@ -164,6 +163,8 @@ async function fake(answer: (method: string, path: string, res: ServerResponse) 
       const raw = Buffer.concat(chunks);
       const type = req.headers['content-type'];
       const body = raw.length === 0 ? undefined : type === 'application/json' ? (JSON.parse(raw.toString()) as unknown) : raw;
+      // The server's region and account, which the CLI asks for when it makes an ARN from a name: not one of the calls a test follows.
+      if (req.method === 'GET' && req.url === '/cella/v1/info') return send(res, 200, INFO);
       seen.push({ method: req.method ?? '', url: req.url ?? '', type, body });
       answer(req.method ?? '', (req.url ?? '').split('?')[0] ?? '', res);
     });
@@ -180,8 +181,9 @@ async function fake(answer: (method: string, path: string, res: ServerResponse) 
   };
 }
 
+const INFO = { version: 't', domain: 'cella.localhost', region: 'eu-west-1', accountId: '123456789012', proxyPort: 7443, accelerator: 'tcg' };
 const send = (res: ServerResponse, status: number, body: unknown): void => void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
-const ARN = 'arn:cella:lambda:local:000000000000:microvm-image:demo';
+const ARN = 'arn:aws:lambda:eu-west-1:123456789012:microvm-image:demo';
 const vm = (id: string, state: string, extra: Record<string, unknown> = {}) => ({
   microvmId: id,
   state,
@@ -220,6 +222,16 @@ test('run sends the idle policy with its defaults, waits for RUNNING and prints 
     assert.equal(j.code, 0);
     assert.deepEqual(f.seen.at(-1)?.body, { imageIdentifier: 'demo', imageVersion: '2.0', maximumDurationInSeconds: 60 });
     assert.equal(parsed<{ microvmId: string }>(j.out).microvmId, 'mvm-1');
+
+    // Connector names become ARNs of the server's region and account (GetServerInfo); ARNs pass as they are.
+    const other = 'arn:aws:lambda:eu-west-1:123456789012:network-connector:given';
+    const n = await cella(['run', 'demo', '--no-wait', '--ingress', 'http_ingress', '--egress', 'pypi', '--egress', 'INTERNET_EGRESS', '--egress', other], { CELLA_URL: f.url, CELLA_API_KEY: 'k' });
+    assert.equal(n.code, 0, n.err);
+    assert.deepEqual(f.seen.at(-1)?.body, {
+      imageIdentifier: 'demo',
+      ingressNetworkConnectors: ['arn:aws:lambda:eu-west-1:aws:network-connector:aws-network-connector:HTTP_INGRESS'],
+      egressNetworkConnectors: ['arn:aws:lambda:eu-west-1:123456789012:network-connector:pypi', 'arn:aws:lambda:eu-west-1:aws:network-connector:aws-network-connector:INTERNET_EGRESS', other],
+    });
   } finally {
     await f.close();
   }
@@ -264,7 +276,7 @@ test("run takes the AWS CLI's run-microvm flags and shapes, lists up to the next
     assert.deepEqual(f.seen.at(-1)?.body, {
       imageIdentifier: 'demo',
       idlePolicy: { maxIdleDurationSeconds: 60, suspendedDurationSeconds: 600, autoResumeEnabled: true },
-      ingressNetworkConnectors: [SHELL, managedConnectorArn('HTTP_INGRESS')],
+      ingressNetworkConnectors: [SHELL, 'arn:aws:lambda:eu-west-1:aws:network-connector:aws-network-connector:HTTP_INGRESS'],
       egressNetworkConnectors: [EGRESS],
     });
 
@@ -359,7 +371,7 @@ test('token defaults to port 8080 and prints the header line', async () => {
 // Images, against a fake server that keeps one image with versions 1.0 and 2.0.
 
 const T = 1735689600.123;
-const BUSYBOX = 'arn:cella:lambda:local:aws:microvm-image:busybox';
+const BUSYBOX = 'arn:aws:lambda:eu-west-1:aws:microvm-image:busybox';
 const IMG = '/2025-09-09/microvm-images';
 const build = (version: string, buildId: string, buildState: string, extra: Record<string, unknown> = {}) => ({
   imageArn: ARN,
@@ -453,7 +465,7 @@ test('image create --uri passes the URI through; --base takes a name or an ARN; 
     const env = { CELLA_URL: f.url, CELLA_API_KEY: 'k' };
     const r = await cella(['image', 'create', 'demo', '--uri', 's3://bucket/app.zip', '--base', 'debian-12-python'], env);
     assert.equal(r.code, 0, r.err);
-    assert.deepEqual(f.seen[0]?.body, { name: 'demo', baseImageArn: 'arn:cella:lambda:local:aws:microvm-image:debian-12-python', codeArtifact: { uri: 's3://bucket/app.zip' } });
+    assert.deepEqual(f.seen[0]?.body, { name: 'demo', baseImageArn: 'arn:aws:lambda:eu-west-1:aws:microvm-image:debian-12-python', codeArtifact: { uri: 's3://bucket/app.zip' } });
     assert.match(r.out, /^state +SUCCESSFUL$/m);
     assert.match(r.out, /^snapshot +memory 64\.0 MiB, disk 1\.0 MiB$/m);
 
@@ -543,7 +555,7 @@ test('image ls, get, versions, builds, bases print tables; activate, deactivate 
     assert.equal(f.seen.at(-1)?.url, `${IMG}/demo/versions/1.0`);
 
     const b = await cella(['image', 'bases'], env);
-    assert.match(b.out, /^busybox +arn:cella:lambda:local:aws:microvm-image:busybox +2025-01-01T00:00:00Z +BusyBox$/m);
+    assert.match(b.out, /^busybox +arn:aws:lambda:eu-west-1:aws:microvm-image:busybox +2025-01-01T00:00:00Z +BusyBox$/m);
   } finally {
     await f.close();
   }
@@ -551,10 +563,10 @@ test('image ls, get, versions, builds, bases print tables; activate, deactivate 
 
 test('keys create prints the pair once as exports; ls follows pages; revoke DELETEs the id; help for each', async () => {
   const f = await fake((method, p, res) => {
-    if (method === 'POST' && p === '/cella/v1/access-keys') return send(res, 200, { accessKeyId: 'CELLANEWKEY000000001', secretAccessKey: 's3cr3t', createdAt: '2025-01-01T00:00:00.123Z' });
+    if (method === 'POST' && p === '/cella/v1/access-keys') return send(res, 200, { accessKeyId: 'CELLANEWKEY000000001', secretAccessKey: 's3cr3t', createdAt: 1735689600.123 });
     if (method === 'GET' && p === '/cella/v1/access-keys') {
       const second = f.seen.at(-1)?.url.includes('nextToken=t');
-      return send(res, 200, second ? { items: [{ accessKeyId: 'CELLAKEYB', createdAt: '2025-01-02T00:00:00.000Z' }] } : { items: [{ accessKeyId: 'CELLAKEYA', createdAt: '2025-01-01T00:00:00.000Z' }], nextToken: 't' });
+      return send(res, 200, second ? { items: [{ accessKeyId: 'CELLAKEYB', createdAt: 1735776000 }] } : { items: [{ accessKeyId: 'CELLAKEYA', createdAt: 1735689600 }], nextToken: 't' });
     }
     if (method === 'DELETE' && p === '/cella/v1/access-keys/CELLAGONE') return void res.writeHead(200, { 'content-length': 0 }).end();
     send(res, 404, { code: 'NOT_FOUND', message: `access key ${p.split('/').at(-1)} not found` });

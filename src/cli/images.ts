@@ -4,7 +4,7 @@
  * follow its log on stderr until it ends.
  */
 import path from 'node:path';
-import { CreateImageRequest as CreateImageSchema, DEFAULT_HOOK_PORT, managedImageArn, MAX_ENV_VARS, MEMORY_TIERS_MIB, arnName } from '../contract/index.js';
+import { CreateImageRequest as CreateImageSchema, DEFAULT_HOOK_PORT, MAX_ENV_VARS, MEMORY_TIERS_MIB, arnName } from '../contract/index.js';
 import { zipDirectory } from '../archive/index.js';
 import {
   allItems,
@@ -82,7 +82,8 @@ function imageConfig(v: Values): { source: Source; config: Config } {
   return {
     source: code,
     config: {
-      baseImageArn: base.startsWith('arn:') ? base : managedImageArn(base),
+      // A name until sent: its ARN holds the server's region (managedBase).
+      baseImageArn: base,
       ...(memory !== undefined ? { resources: [{ minimumMemoryInMiB: memory }] } : {}),
       ...(Object.keys(env).length > 0 ? { environmentVariables: env } : {}),
       ...(hookSettings ? { hooks: hookSettings } : {}),
@@ -90,6 +91,11 @@ function imageConfig(v: Values): { source: Source; config: Config } {
       ...(token !== undefined ? { clientToken: token } : {}),
     },
   };
+}
+
+/** --base as given: an ARN as is, a name as the server's managed image ARN. */
+async function managedBase(c: CellaClient, base: string): Promise<string> {
+  return base.startsWith('arn:') ? base : (await c.arns()).managedImage(base);
 }
 
 function source(v: Values): Source {
@@ -220,7 +226,7 @@ create response).
     const { source: s, config } = imageConfig(p.values);
     const tags = pairs(strs(p.values, 'tag'), '--tag', MAX_TAGS);
     const uri = await codeUri(c, s, io, json);
-    const started = await c.createImage({ name: at(p, 0), ...config, codeArtifact: { uri }, ...(Object.keys(tags).length > 0 ? { tags } : {}) });
+    const started = await c.createImage({ name: at(p, 0), ...config, baseImageArn: await managedBase(c, config.baseImageArn), codeArtifact: { uri }, ...(Object.keys(tags).length > 0 ? { tags } : {}) });
     return followBuild(c, started, io, json, !flag(p.values, 'no-wait'));
   },
 );
@@ -240,7 +246,7 @@ stderr. Exits 1 if the build fails. The new version becomes ACTIVE.
   async (p, c, io, json) => {
     const { source: s, config } = imageConfig(p.values);
     const uri = await codeUri(c, s, io, json);
-    const started = await c.updateImage(at(p, 0), { ...config, codeArtifact: { uri } });
+    const started = await c.updateImage(at(p, 0), { ...config, baseImageArn: await managedBase(c, config.baseImageArn), codeArtifact: { uri } });
     return followBuild(c, started, io, json, !flag(p.values, 'no-wait'));
   },
 );

@@ -117,7 +117,7 @@ Launches a MicroVM from an image's snapshot and waits until it is RUNNING.
     args: { min: 0, max: 1, names: 'IMAGE' },
   },
   async (p, c, io, json) => {
-    let vm = await c.runMicrovm(runRequest(p));
+    let vm = await c.runMicrovm(await runRequest(p, () => c.arns()));
     if (!flag(p.values, 'no-wait')) vm = await c.waitForState(vm.microvmId, ['RUNNING']);
     if (json) printJson(io, vm);
     else io.out(keyValues([['id', vm.microvmId], ['state', vm.state], ['endpoint', `https://${vm.endpoint}`]]));
@@ -297,6 +297,5 @@ const shell = remote(
   },
 );
 
-/** INTERNET_EGRESS as the managed connector; an ARN as is; any other name as a customer connector. */
 export const vmCommands: Record<string, Command> = { run, ls, get, suspend, resume, terminate, logs, token, usage, shell };
 

@@ -8,7 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { type RunMicrovmRequest } from '../client/index.js';
-import { customerConnectorArn, managedConnectorArn } from '../contract/index.js';
+import type { Arns } from '../contract/index.js';
 import { flag, int, str, strs, UsageError, type Options, type Parsed, type Values } from './args.js';
 
 const SUSPENDED_TTL_DEFAULT = 3600;
@@ -64,7 +64,8 @@ export const RUN_OPTIONS: Options = {
 /** The options that, as in the AWS CLI, take every value up to the next option. */
 export const RUN_LISTS = ['ingress-network-connectors', 'egress-network-connectors'];
 
-export function runRequest(p: Parsed): RunMicrovmRequest {
+/** `arns`: the server's, asked for only when a connector is given by name (its ARN holds the server's region). */
+export async function runRequest(p: Parsed, arns: () => Promise<Arns>): Promise<RunMicrovmRequest> {
   const v = p.values;
   const input = cliInput(str(v, 'cli-input-json'));
   const image = either(v, [p.positionals[0], 'IMAGE'], 'image-identifier') ?? input.imageIdentifier;
@@ -76,9 +77,13 @@ export function runRequest(p: Parsed): RunMicrovmRequest {
   const token = str(v, 'client-token');
   const idlePolicy = either(v, [shortIdle(v), '--idle'], [json(v, 'idle-policy', shorthand), '--idle-policy']);
   const logging = either(v, [flag(v, 'no-logs') ? { disabled: {} } : undefined, '--no-logs'], [json(v, 'logging'), '--logging']);
-  const ingress = [...strs(v, 'ingress'), ...list(v, 'ingress-network-connectors')].map(ingressArn);
-  const egress = [...strs(v, 'egress'), ...list(v, 'egress-network-connectors')].map(egressArn);
-  if (egress.length && flag(v, 'no-egress')) throw new UsageError('--egress and --no-egress exclude each other');
+  const ingressGiven = [...strs(v, 'ingress'), ...list(v, 'ingress-network-connectors')];
+  const egressGiven = [...strs(v, 'egress'), ...list(v, 'egress-network-connectors')];
+  if (egressGiven.length && flag(v, 'no-egress')) throw new UsageError('--egress and --no-egress exclude each other');
+  // Last: every mistake in the command line is reported before the server is asked.
+  const home = [...ingressGiven, ...egressGiven].some((n) => !n.startsWith('arn:')) ? await arns() : undefined;
+  const ingress = ingressGiven.map((n) => ingressArn(n, home));
+  const egress = egressGiven.map((n) => egressArn(n, home));
   return {
     ...input,
     imageIdentifier: image,
@@ -96,13 +101,14 @@ export function runRequest(p: Parsed): RunMicrovmRequest {
 }
 
 /** A managed ingress connector by name (any case), or any connector ARN as it is. */
-function ingressArn(name: string): string {
-  return name.startsWith('arn:') ? name : managedConnectorArn(name.toUpperCase());
+function ingressArn(name: string, arns: Arns | undefined): string {
+  return name.startsWith('arn:') || !arns ? name : arns.managedConnector(name.toUpperCase());
 }
 
-function egressArn(name: string): string {
-  if (name.startsWith('arn:')) return name;
-  return name.toUpperCase() === 'INTERNET_EGRESS' ? managedConnectorArn('INTERNET_EGRESS') : customerConnectorArn(name);
+/** INTERNET_EGRESS as the managed connector; an ARN as is; any other name as a customer connector. */
+function egressArn(name: string, arns: Arns | undefined): string {
+  if (name.startsWith('arn:') || !arns) return name;
+  return name.toUpperCase() === 'INTERNET_EGRESS' ? arns.managedConnector('INTERNET_EGRESS') : arns.customerConnector(name);
 }
 
 /** The short forms' idle policy: --idle with its defaults. */

@@ -4,7 +4,8 @@
  */
 import path from 'node:path';
 import { DEFAULT_URL } from '../client/index.js';
-import { DEFAULT_API_PORT, DEFAULT_DOMAIN, DEFAULT_PROXY_PORT, DEFAULT_REGION, DEFAULT_RESUME_WINDOW_SECONDS, DEFAULT_API_RATE_SCALE, startServer } from '../server/index.js';
+import { DEFAULT_ACCOUNT_ID, DEFAULT_REGION } from '../contract/index.js';
+import { DEFAULT_API_PORT, DEFAULT_DOMAIN, DEFAULT_PROXY_PORT, DEFAULT_RESUME_WINDOW_SECONDS, DEFAULT_API_RATE_SCALE, startServer } from '../server/index.js';
 import { DEFAULT_GUEST_DIR } from '../setup/index.js';
 import { int, str, UsageError, type Command } from './args.js';
 
@@ -24,7 +25,6 @@ Options:
   --host H                 address to listen on (default 127.0.0.1)
   --domain D               endpoints are <id>.D (default ${DEFAULT_DOMAIN}, which resolves to loopback)
   --proxy-port N           the endpoints' HTTPS port (default ${DEFAULT_PROXY_PORT}; 443 for a service; 0 picks one)
-  --region R               the region SigV4 requests are signed for (default ${DEFAULT_REGION})
   --tls-cert FILE          certificate (PEM, with chain) for *.D instead of the CA Cella generates
   --tls-key FILE           its private key (PEM)
   --resume-window-seconds N
@@ -36,6 +36,10 @@ Options:
   --s3-endpoint URL        S3-compatible endpoint for s3:// code artifacts (credentials from
                            AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, region from AWS_REGION)
   --insecure-registry H:P  a registry image builds may pull from over plain HTTP (repeatable; loopback always may)
+  --region R               the region SigV4 requests are signed for and every ARN names (default ${DEFAULT_REGION});
+                           ARNs of another region are refused
+  --account-id N           the 12-digit account in every customer ARN (default ${DEFAULT_ACCOUNT_ID}); a data directory
+                           keeps the region and account it was first started with
   --min-idle-seconds N     lowest maxIdleDurationSeconds accepted (default 60, the contract's)
   --max-memory-mib N       quota on the baseline memory of all live MicroVMs (default host RAM;
                            guests get 4x their baseline, the contract's peak)
@@ -52,6 +56,7 @@ Options:
     host: { type: 'string' },
     domain: { type: 'string' },
     region: { type: 'string' },
+    'account-id': { type: 'string' },
     'proxy-port': { type: 'string' },
     'tls-cert': { type: 'string' },
     'tls-key': { type: 'string' },
@@ -90,6 +95,7 @@ Options:
     const host = str(values, 'host');
     const domain = str(values, 'domain');
     const region = str(values, 'region');
+    const accountId = str(values, 'account-id');
     const guestDir = str(values, 'guest-dir');
     const dataDir = path.resolve(str(values, 'data-dir') ?? io.env.CELLA_DATA_DIR ?? DEFAULT_DATA_DIR);
     const srv = await startServer({
@@ -101,6 +107,7 @@ Options:
       ...(host !== undefined ? { host } : {}),
       ...(domain !== undefined ? { domain } : {}),
       ...(region !== undefined ? { region } : {}),
+      ...(accountId !== undefined ? { accountId } : {}),
       ...(minIdleSeconds !== undefined ? { minIdleSeconds } : {}),
       ...(resumeWindowSeconds !== undefined ? { resumeWindowSeconds } : {}),
       ...(apiRateScale !== undefined ? { apiRateScale } : {}),

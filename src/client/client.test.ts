@@ -60,7 +60,7 @@ function vm(id: string, state: VmState): Microvm {
     microvmId: id,
     state,
     endpoint: `${id}.cella.localhost`,
-    imageArn: 'arn:cella:lambda:local:000000000000:microvm-image:demo',
+    imageArn: 'arn:aws:lambda:us-east-1:000000000000:microvm-image:demo',
     imageVersion: '1.0',
     maximumDurationInSeconds: 28800,
     startedAt: 1735689600,
@@ -84,9 +84,9 @@ test('sends the Bearer key, the method, the path and the JSON body', async () =>
   }
 });
 
-const ARN = 'arn:cella:lambda:local:000000000000:microvm-image:demo';
+const ARN = 'arn:aws:lambda:us-east-1:000000000000:microvm-image:demo';
 const T = 1735689600;
-const config = { baseImageArn: 'arn:cella:lambda:local:aws:microvm-image:busybox', codeArtifact: { uri: 'file:///tmp/app.zip' } };
+const config = { baseImageArn: 'arn:aws:lambda:us-east-1:aws:microvm-image:busybox', codeArtifact: { uri: 'file:///tmp/app.zip' } };
 const image = { imageArn: ARN, name: 'demo', state: 'CREATED', latestActiveImageVersion: '1.0', createdAt: T };
 const version = { ...config, imageArn: ARN, imageVersion: '1.0', state: 'SUCCESSFUL', status: 'ACTIVE', createdAt: T };
 const started = { ...config, imageArn: ARN, name: 'demo', state: 'CREATING', imageVersion: '1.0', buildId: 'b-1', createdAt: T };
@@ -110,7 +110,7 @@ test('every operation goes to its path with its method; path params are percent-
     [`POST ${IMG}`]: (_q, res) => json(res, 200, started),
     [`PUT ${IMG}/demo`]: (_q, res) => json(res, 200, { ...started, state: 'UPDATING', imageVersion: '2.0', buildId: 'b-2' }),
     [`GET ${IMG}`]: (_q, res) => json(res, 200, { items: [image] }),
-    [`GET ${IMG}/arn%3Acella%3Alambda%3Alocal%3A000000000000%3Amicrovm-image%3Ademo`]: (_q, res) => json(res, 200, image),
+    [`GET ${IMG}/arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Amicrovm-image%3Ademo`]: (_q, res) => json(res, 200, image),
     [`DELETE ${IMG}/demo`]: (_q, res) => json(res, 200, { imageIdentifier: 'demo', state: 'DELETED' }),
     [`GET ${IMG}/demo/versions`]: (_q, res) => json(res, 200, { items: [version] }),
     [`GET ${IMG}/demo/versions/1.0`]: (_q, res) => json(res, 200, version),
@@ -160,7 +160,7 @@ test('every operation goes to its path with its method; path params are percent-
         `POST ${IMG}`,
         `PUT ${IMG}/demo`,
         `GET ${IMG}?nameFilter=de`,
-        `GET ${IMG}/arn%3Acella%3Alambda%3Alocal%3A000000000000%3Amicrovm-image%3Ademo`,
+        `GET ${IMG}/arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Amicrovm-image%3Ademo`,
         `DELETE ${IMG}/demo`,
         `GET ${IMG}/demo/versions?maxResults=5`,
         `GET ${IMG}/demo/versions/1.0`,

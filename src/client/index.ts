@@ -16,7 +16,7 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type { Static, TSchema } from '@sinclair/typebox';
-import { type AccessKey, type AuthTokenResponse, CellaError, type CreatedAccessKey, CONTRACT_MIN_IDLE_SECONDS, type CreateAuthTokenRequest, type CreateImageRequest, type CreateShellAuthTokenRequest, type DeleteImageResponse, type DeleteImageVersionResponse, type ErrorBody, type ErrorCode, ERRORS, type ImageBuild, type ImageVersion, type ImageVersionStarted, type ListImageBuildsResponse, type ListImagesResponse, type ListImageVersionsResponse, type ListManagedImagesResponse, type ListAccessKeysResponse, type ListManagedImageVersionsResponse, type ListMicrovmsQuery, type ListMicrovmsResponse, type Microvm, type MicrovmImage, type MicrovmSummary, type Operation, routes, type Routes, type RunMicrovmRequest, type ServerInfo, type UpdateImageRequest, type UploadedArtifact, type Usage, type UsageReport, type VmState } from '../contract/index.js';
+import { type AccessKey, Arns, type AuthTokenResponse, CellaError, type CreatedAccessKey, CONTRACT_MIN_IDLE_SECONDS, type CreateAuthTokenRequest, type CreateImageRequest, type CreateShellAuthTokenRequest, type DeleteImageResponse, type DeleteImageVersionResponse, type ErrorBody, type ErrorCode, ERRORS, type ImageBuild, type ImageVersion, type ImageVersionStarted, type ListImageBuildsResponse, type ListImagesResponse, type ListImageVersionsResponse, type ListManagedImagesResponse, type ListAccessKeysResponse, type ListManagedImageVersionsResponse, type ListMicrovmsQuery, type ListMicrovmsResponse, type Microvm, type MicrovmImage, type MicrovmSummary, type Operation, routes, type Routes, type RunMicrovmRequest, type ServerInfo, type UpdateImageRequest, type UploadedArtifact, type Usage, type UsageReport, type VmState } from '../contract/index.js';
 
 export { CellaError, isCellaError, ERRORS, type ErrorCode } from '../contract/index.js';
 export { AUTH_HEADER, VM_STATES } from '../contract/index.js';
@@ -149,6 +149,7 @@ export class CellaClient {
   readonly url: string;
   private readonly apiKey: string;
   private readonly fetchFn: typeof fetch;
+  private home: Promise<Arns> | undefined;
 
   constructor(opts: CellaClientOptions) {
     this.url = opts.url.replace(/\/+$/, '');
@@ -215,6 +216,18 @@ export class CellaClient {
   /** Where the endpoints are (domain, HTTPS port) and the CA that signs them. */
   getServerInfo(): Promise<ServerInfo> {
     return this.json('GetServerInfo', {});
+  }
+
+  /** The server's ARNs (its region and account, from GetServerInfo, asked once): for ARNs made from names. */
+  arns(): Promise<Arns> {
+    this.home ??= this.getServerInfo().then(
+      (i) => new Arns(i.region, i.accountId),
+      (err: unknown) => {
+        this.home = undefined;
+        throw err;
+      },
+    );
+    return this.home;
   }
 
   /**

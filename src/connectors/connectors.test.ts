@@ -1,8 +1,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { customerConnectorArn, isCellaError, managedConnectorArn } from '../contract/index.js';
+import { Arns, isCellaError } from '../contract/index.js';
 import { SqliteStore } from '../store/index.js';
 import { Connectors, checkCidr, checkDomain } from './index.js';
+
+const arns = new Arns();
+const managedConnectorArn = (n: string): string => arns.managedConnector(n);
+const customerConnectorArn = (n: string): string => arns.customerConnector(n);
 
 test('CIDRs and domain names are checked and normalised', () => {
   assert.equal(checkCidr('10.1.0.0/16'), '10.1.0.0/16');
@@ -19,7 +23,7 @@ test('CIDRs and domain names are checked and normalised', () => {
 
 test('connectors resolve into the VM policy: contract defaults, managed and customer ones, errors', async () => {
   const store = new SqliteStore(':memory:');
-  const c = new Connectors(store);
+  const c = new Connectors(store, arns);
   assert.deepEqual((await c.resolve(undefined, undefined, undefined)).policy, { ingress: 'all', egress: 'internet' });
   assert.deepEqual((await c.resolve([managedConnectorArn('NO_INGRESS')], [], 9000)).policy, { ingress: [9000], egress: 'none' });
   assert.deepEqual((await c.resolve([managedConnectorArn('SHELL_INGRESS')], [], undefined)).policy, { ingress: [], egress: 'none' });
@@ -34,6 +38,9 @@ test('connectors resolve into the VM policy: contract defaults, managed and cust
     [undefined, [managedConnectorArn('HTTP_INGRESS')], 'NOT_FOUND'],
     [undefined, [customerConnectorArn('missing')], 'NOT_FOUND'],
     [undefined, ['arn:aws:lambda:local:12:network-connector:x'], 'INVALID_ARGUMENT'],
+    [undefined, [new Arns('eu-west-1').customerConnector('api')], 'INVALID_ARGUMENT'],
+    [undefined, [new Arns('us-east-1', '123456789012').customerConnector('api')], 'INVALID_ARGUMENT'],
+    [[new Arns('eu-west-1').managedConnector('HTTP_INGRESS')], undefined, 'INVALID_ARGUMENT'],
   ];
   for (const [i, e, code] of fails) await assert.rejects(c.resolve(i, e, undefined), (err: unknown) => isCellaError(err, code as 'NOT_FOUND'), JSON.stringify([i, e]));
   await assert.rejects(c.create({ name: 'api', egress: { cidrs: ['10.0.0.0/8'] } }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
@@ -47,7 +54,7 @@ test('connectors resolve into the VM policy: contract defaults, managed and cust
 
 test('two creates of one name at once: one is made, the other refused as taken', async () => {
   const store = new SqliteStore(':memory:');
-  const c = new Connectors(store);
+  const c = new Connectors(store, arns);
   const both = await Promise.allSettled([c.create({ name: 'x', egress: { cidrs: ['10.0.0.0/8'] } }), c.create({ name: 'x', egress: { cidrs: ['10.1.0.0/16'] } })]);
   assert.equal(both.filter((r) => r.status === 'fulfilled').length, 1);
   const refused = both.find((r) => r.status === 'rejected');

@@ -7,7 +7,7 @@
  * connectors later.
  */
 import { isIP } from 'node:net';
-import { CellaError, customerConnectorArn, customerConnectorNameOf, managedConnectorArn, managedConnectorNameOf } from '../contract/index.js';
+import { type Arns, CellaError } from '../contract/index.js';
 import type { NetworkPolicy } from '../net/index.js';
 import type { ConnectorRecord, Store, Tx } from '../store/index.js';
 
@@ -45,7 +45,11 @@ export interface ConnectorInput {
 }
 
 export class Connectors {
-  constructor(private readonly store: Store) {}
+  constructor(
+    private readonly store: Store,
+    /** The server's ARNs: customer connectors are named under its account. */
+    readonly arns: Arns,
+  ) {}
 
   /** One transaction from the check of the name to the write: two creates of one name never both pass. */
   create(req: ConnectorInput): Promise<ConnectorRecord> {
@@ -58,7 +62,7 @@ export class Connectors {
       if (cidrs.length + domains.length === 0) throw new CellaError('INVALID_ARGUMENT', 'egress needs at least one CIDR or domain');
       const rec: ConnectorRecord = {
         name: req.name,
-        arn: customerConnectorArn(req.name),
+        arn: this.arns.customerConnector(req.name),
         description: req.description ?? null,
         cidrs,
         domains,
@@ -71,7 +75,7 @@ export class Connectors {
 
   /** `db`: the transaction the read belongs to, if any. */
   async require(identifier: string, db: Tx = this.store): Promise<ConnectorRecord> {
-    const name = customerConnectorNameOf(identifier) ?? identifier;
+    const name = this.arns.customerConnectorName(identifier, 'connectorIdentifier') ?? identifier;
     const rec = await db.getConnector(name);
     if (!rec) throw new CellaError('NOT_FOUND', `network connector ${identifier} not found`, { details: { resourceId: identifier, resourceType: 'NetworkConnector' } });
     return rec;
@@ -79,7 +83,7 @@ export class Connectors {
 
   /** Idempotent. Live VMs keep the policy they were given, so deleting one in use changes nothing for them. */
   async delete(identifier: string): Promise<void> {
-    const name = customerConnectorNameOf(identifier) ?? identifier;
+    const name = this.arns.customerConnectorName(identifier, 'connectorIdentifier') ?? identifier;
     await this.store.deleteConnector(name);
   }
 
@@ -95,10 +99,10 @@ export class Connectors {
     hookPort: number | undefined,
     db: Tx = this.store,
   ): Promise<{ ingress: string[]; egress: string[]; policy: NetworkPolicy }> {
-    const ingress = ingressGiven ?? [managedConnectorArn('HTTP_INGRESS')];
-    const egress = egressGiven ?? [managedConnectorArn('INTERNET_EGRESS')];
+    const ingress = ingressGiven ?? [this.arns.managedConnector('HTTP_INGRESS')];
+    const egress = egressGiven ?? [this.arns.managedConnector('INTERNET_EGRESS')];
     const ingressNames = ingress.map((arn) => {
-      const name = managedConnectorNameOf(arn);
+      const name = this.arns.managedConnectorName(arn, 'ingressNetworkConnectors:');
       if (!name) throw new CellaError('INVALID_ARGUMENT', `ingressNetworkConnectors: Malformed network connector ARN ${arn}`);
       if (!(INGRESS as readonly string[]).includes(name)) {
         throw new CellaError('NOT_FOUND', `ingressNetworkConnectors: network connector ${name} does not exist`, { details: { resourceId: arn, resourceType: 'NetworkConnector' } });
@@ -109,7 +113,7 @@ export class Connectors {
     const cidrs = new Set<string>();
     const domains = new Set<string>();
     for (const arn of egress) {
-      const name = managedConnectorNameOf(arn);
+      const name = this.arns.managedConnectorName(arn, 'egressNetworkConnectors:');
       if (name !== undefined) {
         if (!(EGRESS as readonly string[]).includes(name)) {
           throw new CellaError('NOT_FOUND', `egressNetworkConnectors: network connector ${name} does not exist`, { details: { resourceId: arn, resourceType: 'NetworkConnector' } });
@@ -117,7 +121,7 @@ export class Connectors {
         internet = true;
         continue;
       }
-      if (customerConnectorNameOf(arn) === undefined) throw new CellaError('INVALID_ARGUMENT', `egressNetworkConnectors: Malformed network connector ARN ${arn}`);
+      if (this.arns.customerConnectorName(arn, 'egressNetworkConnectors:') === undefined) throw new CellaError('INVALID_ARGUMENT', `egressNetworkConnectors: Malformed network connector ARN ${arn}`);
       const c = await this.require(arn, db);
       for (const x of c.cidrs) cidrs.add(x);
       for (const x of c.domains) domains.add(x);

@@ -399,6 +399,8 @@ export type UsageReport = Static<typeof UsageReport>;
 export const ServerInfo = Type.Object({
   version: Type.String(),
   domain: Type.String(),
+  /** The account in the server's ARNs (its region is `region`). */
+  accountId: Type.String(),
   proxyPort: Type.Integer(),
   accelerator: Type.String(),
   /** The region SigV4 requests are signed for (and ARNs name). */

@@ -15,7 +15,7 @@ import { extractZip, fetchArtifact, findDockerfile, type S3Settings } from '../a
 import { allocatedBytes, createOverlay, ext4FromDir } from '../disk/index.js';
 import { cacheKeyOf, commandOf, emptyConfig, parseDockerfile, planSteps, resolveConfig, type ContainerConfig, type PlannedStep, type Step } from '../dockerfile/index.js';
 import { BUILD_MOUNT, type BuilderVm, type Engine } from '../engine/index.js';
-import { BuildFailure, DEFAULT_HOOK_PORT, guestSize, HOOK_PATH, isCellaError, managedImageNameOf } from '../contract/index.js';
+import { type Arns, BuildFailure, DEFAULT_HOOK_PORT, guestSize, HOOK_PATH, isCellaError } from '../contract/index.js';
 import { crashPoint, run } from '../host/index.js';
 import { GUEST, type NetworkPolicy } from '../net/index.js';
 import { pullImage } from '../oci/index.js';
@@ -34,6 +34,8 @@ const PORT_TIMEOUT_MS = 120_000;
 
 export interface BuildSettings {
   dataDir: string;
+  /** FROM may name a managed base by its ARN. */
+  arns: Arns;
   /** What RUN steps may reach, from the image's egress connectors. */
   resolveEgress: (connectors: string[] | undefined) => Promise<NetworkPolicy>;
   /** The guest artifacts: the managed bases are theirs. */
@@ -200,10 +202,20 @@ interface ResolvedBase {
  * FROM names a managed base (`debian-12-python`, or its ARN) or an OCI
  * image reference, pulled from its registry.
  */
+/** The managed base FROM names (a name, or its ARN), or FROM as it is; an ARN of another region or account fails the build. */
+function managedBaseName(from: string, line: number, arns: Arns): string {
+  try {
+    return arns.managedImageName(from, 'FROM') ?? from;
+  } catch (err) {
+    if (!isCellaError(err, 'INVALID_ARGUMENT')) throw err;
+    throw new BuildFailure('CONTAINER_BUILD_FAILED', `Dockerfile line ${line}: ${err.message}`);
+  }
+}
+
 async function resolveBase(from: string, line: number, settings: BuildSettings, work: string, say: Say): Promise<ResolvedBase> {
   const bases = cacheDirs(settings.dataDir).bases;
   mkdirSync(bases, { recursive: true });
-  const managed = listBases(settings.guest.dir).find((b) => b.name === (managedImageNameOf(from) ?? from));
+  const managed = listBases(settings.guest.dir).find((b) => b.name === managedBaseName(from, line, settings.arns));
   if (managed) {
     // A base rebuilt by setup (new inputs or --force) is a new root disk.
     const key = sha256(`managed\0${managed.name}\0${managed.inputsSha256}\0${managed.createdAt}`);

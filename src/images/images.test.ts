@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { Connectors } from '../connectors/index.js';
-import { type CreateImageRequest, type ImageState, isCellaError, managedImageArn } from '../contract/index.js';
+import { Arns, type CreateImageRequest, type ImageState, isCellaError } from '../contract/index.js';
 import type { Engine } from '../engine/index.js';
 import { MemoryStore, type ImageVersionRecord } from '../store/index.js';
 import { DEFAULT_IMAGE_QUOTAS, type ImageQuotas, Images } from './index.js';
@@ -20,11 +20,12 @@ function setup(quotas?: Partial<ImageQuotas>): { images: Images; store: MemorySt
   );
   const store = new MemoryStore();
   const engine = { guest: { dir: path.join(dir, 'guest') } } as unknown as Engine;
-  const images = new Images({ store, engine, connectors: new Connectors(store), dataDir: dir, ...(quotas ? { quotas } : {}) });
+  const arns = new Arns();
+  const images = new Images({ store, engine, connectors: new Connectors(store, arns), dataDir: dir, arns, ...(quotas ? { quotas } : {}) });
   return { images, store, done: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-const request = (name: string): CreateImageRequest => ({ name, baseImageArn: managedImageArn('busybox'), codeArtifact: { uri: 'file:///tmp/app.zip' } });
+const request = (name: string): CreateImageRequest => ({ name, baseImageArn: new Arns().managedImage('busybox'), codeArtifact: { uri: 'file:///tmp/app.zip' } });
 const RUNTIME = { command: ['/app'], environmentVariables: {}, workingDirectory: '/', port: 8080, memoryMiB: 256, vcpus: 1 };
 
 /** What a build's end writes (Images.finish), without running one. */

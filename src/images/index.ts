@@ -9,7 +9,7 @@ import { appendFileSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node
 import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
 import { validateArtifactUri, type S3Settings } from '../archive/index.js';
-import { BuildFailure, CellaError, type CreateImageRequest, DEFAULT_MEMORY_MIB, imageArn, imageNameOf, type ImageRequestConfig, type ImageState, managedImageArn, managedImageNameOf, type UpdateImageRequest, type VersionState } from '../contract/index.js';
+import { type Arns, BuildFailure, CellaError, type CreateImageRequest, DEFAULT_MEMORY_MIB, type ImageRequestConfig, type ImageState, type UpdateImageRequest, type VersionState } from '../contract/index.js';
 import type { Connectors } from '../connectors/index.js';
 import type { Engine } from '../engine/index.js';
 import type { RunnableImage } from '../lifecycle/index.js';
@@ -52,6 +52,8 @@ export interface ImagesOptions {
   engine: ImagesEngine;
   connectors: Connectors;
   dataDir: string;
+  /** The server's ARNs: images are named under its region and account. */
+  arns: Arns;
   s3?: S3Settings;
   insecureRegistries?: string[];
   log?: (line: string) => void;
@@ -69,6 +71,7 @@ export class Images {
   private readonly dataDir: string;
   private readonly settings: BuildSettings;
   private readonly connectors: Connectors;
+  private readonly arns: Arns;
   private readonly log: (line: string) => void;
   private readonly quotas: ImageQuotas;
   /** Builds run one after another on this chain. */
@@ -83,8 +86,10 @@ export class Images {
     this.log = opts.log ?? (() => {});
     this.connectors = opts.connectors;
     this.quotas = { ...DEFAULT_IMAGE_QUOTAS, ...opts.quotas };
+    this.arns = opts.arns;
     this.settings = {
       dataDir: opts.dataDir,
+      arns: opts.arns,
       // Resolved when the build runs: a connector deleted meanwhile fails the build, it never widens it.
       resolveEgress: async (arns) => (await opts.connectors.resolve([], arns, undefined)).policy,
       guest: opts.engine.guest,
@@ -112,7 +117,7 @@ export class Images {
   // Reads take the transaction they belong to, if any (`db`).
 
   async require(identifier: string, db: Tx = this.store): Promise<ImageRecord> {
-    const name = imageNameOf(identifier);
+    const name = this.arns.imageName(identifier);
     const img = await db.getImage(name);
     if (!img) throw new CellaError('NOT_FOUND', `image ${identifier} not found`, { details: { resourceId: identifier, resourceType: 'MicrovmImage' } });
     return img;
@@ -207,7 +212,7 @@ export class Images {
       const count = (await tx.listImages()).length;
       if (count >= this.quotas.images) throw quotaExceeded('microvm-images', `there are ${count} images; the quota is ${this.quotas.images}`, req.name, 'MicrovmImage');
       const now = Date.now();
-      const image: ImageRecord = { name: req.name, arn: imageArn(req.name), state: 'CREATING', tags: req.tags ?? {}, createdAt: now, updatedAt: null };
+      const image: ImageRecord = { name: req.name, arn: this.arns.image(req.name), state: 'CREATING', tags: req.tags ?? {}, createdAt: now, updatedAt: null };
       await tx.putImage(image);
       return this.startVersion(tx, image, request, now);
     });
@@ -230,10 +235,10 @@ export class Images {
   private async checkConfig(req: CreateImageRequest | UpdateImageRequest, db: Tx): Promise<ImageRequestConfig> {
     validateArtifactUri(req.codeArtifact.uri);
     await this.connectors.resolve([], req.egressNetworkConnectors, undefined, db);
-    const base = managedImageNameOf(req.baseImageArn);
+    const base = this.arns.managedImageName(req.baseImageArn, 'baseImageArn');
     const names = this.managed().map((b) => b.name);
     if (!base || !names.includes(base)) {
-      throw new CellaError('INVALID_ARGUMENT', `baseImageArn ${req.baseImageArn} is not a managed base image; use one of: ${names.map(managedImageArn).join(', ')}`);
+      throw new CellaError('INVALID_ARGUMENT', `baseImageArn ${req.baseImageArn} is not a managed base image; use one of: ${names.map((n) => this.arns.managedImage(n)).join(', ')}`);
     }
     if (req.baseImageVersion !== undefined && req.baseImageVersion.replace(/\.0$/, '') !== MANAGED_VERSION) {
       throw new CellaError('INVALID_ARGUMENT', `baseImageVersion ${req.baseImageVersion} does not exist for ${base} (it has ${MANAGED_VERSION})`);
@@ -380,7 +385,7 @@ export class Images {
 
   /** Idempotent; refuses the last version, one that is building, and one that live VMs use. */
   async deleteVersion(identifier: string, version: string, inUse: (name: string, version: string) => Promise<boolean>): Promise<{ name: string; state: VersionState }> {
-    const img = await this.store.getImage(imageNameOf(identifier));
+    const img = await this.store.getImage(this.arns.imageName(identifier));
     const v = img && (await this.store.getVersion(img.name, version));
     if (!img || !v) return { name: img?.name ?? identifier, state: 'DELETED' };
     const details = { resourceId: version, resourceType: 'MicrovmImageVersion' };
@@ -399,7 +404,7 @@ export class Images {
    * RunMicrovm either committed its VM before them or finds the image DELETING.
    */
   async delete(identifier: string, inUse: (db: Tx, name: string) => Promise<boolean>): Promise<{ state: ImageState }> {
-    const name = imageNameOf(identifier);
+    const name = this.arns.imageName(identifier);
     const deleting = await this.store.tx(async (tx) => {
       const img = await tx.getImage(name);
       if (!img) return false;

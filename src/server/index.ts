@@ -13,7 +13,7 @@ import { answerProtocolErrors, createApi } from '../api/index.js';
 import { AccessKeys, ApiKeys, Authenticator, SigV4Verifier, TokenMinter, ensureApiKey, type AccessKeyPair } from '../auth/index.js';
 import { Engine, processStartTime } from '../engine/index.js';
 import { DiskCapacity } from '../capacity/index.js';
-import { CellaError, managedImageArn, CONTRACT_MIN_IDLE_SECONDS } from '../contract/index.js';
+import { Arns, CellaError, CONTRACT_MIN_IDLE_SECONDS } from '../contract/index.js';
 import { Connectors } from '../connectors/index.js';
 
 import { DEFAULT_DNS_PORT, ensureHostGuard, pruneDnsPorts, startDnsForwarder, type DnsForwarder, type DnsUpstream } from '../net/index.js';
@@ -33,8 +33,6 @@ export const DEFAULT_DOMAIN = 'cella.localhost';
 export const DEFAULT_PROXY_PORT = 7443;
 export const DEFAULT_RESUME_WINDOW_SECONDS = 30;
 export const DEFAULT_API_RATE_SCALE = 10;
-/** As MinIO's: the AWS documentation's examples run as written. */
-export const DEFAULT_REGION = 'us-east-1';
 export const DEMO_IMAGE = 'demo';
 
 export interface ServerOptions {
@@ -44,6 +42,14 @@ export interface ServerOptions {
   port?: number;
   host?: string;
   domain?: string;
+  /**
+   * The region SigV4 requests must be signed for and every ARN names
+   * (default us-east-1, as MinIO's: the AWS documentation's examples run as
+   * written); ARNs of another region are refused.
+   */
+  region?: string;
+  /** The account in every ARN of a customer resource (default 000000000000); ARNs of another account are refused. */
+  accountId?: string;
   /** Lowers the contract's 60 s minimum for maxIdleDurationSeconds (tests, demos). */
   minIdleSeconds?: number;
   /**
@@ -71,8 +77,6 @@ export interface ServerOptions {
   apiKey?: string;
   /** Accepted as a SigV4 access key besides the stored ones (default: env CELLA_ACCESS_KEY_ID and CELLA_SECRET_ACCESS_KEY). */
   accessKey?: AccessKeyPair;
-  /** The region SigV4 requests must be signed for (default us-east-1). */
-  region?: string;
   /** Requests per second per MicroVM and vCPU at its endpoint (default 100; 0: no limit). */
   endpointRpsPerVcpu?: number;
   /** Connections open at once per client address on the endpoint port (default 64). */
@@ -120,6 +124,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
   const unlock = lockDataDir(dataDir);
   const cleanups: Array<() => unknown> = [unlock];
   try {
+    const arns = new Arns(opts.region, opts.accountId);
     loadGuestArtifacts(opts.guestDir);
     await Promise.all([
       checkPortFree(opts.port ?? DEFAULT_API_PORT, host, '--port'),
@@ -128,10 +133,10 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     const capacity = new DiskCapacity({ dir: dataDir, log, ...(opts.minFreeDiskMiB !== undefined ? { minFreeBytes: opts.minFreeDiskMiB * 1024 * 1024 } : {}) });
     const store = new SqliteStore(path.join(dataDir, 'cella.db'));
     cleanups.unshift(() => store.close());
+    await checkArnHome(store, arns);
     const newApiKey = await ensureApiKey(store);
     const keys = await ApiKeys.open(store, opts.apiKey ?? process.env.CELLA_API_KEY);
-    const region = opts.region ?? DEFAULT_REGION;
-    if (!/^[a-z0-9-]{1,32}$/.test(region)) throw new CellaError('INVALID_ARGUMENT', `--region ${region}: lowercase letters, digits and dashes, like us-east-1`);
+    const region = arns.region;
     const accessKeys = await AccessKeys.open(store, opts.accessKey ?? { accessKeyId: process.env.CELLA_ACCESS_KEY_ID, secretAccessKey: process.env.CELLA_SECRET_ACCESS_KEY });
     const auth = new Authenticator(keys, new SigV4Verifier({ secretOf: (id) => accessKeys.secretOf(id), region }));
     const engine = await Engine.open({
@@ -145,12 +150,13 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     });
     cleanups.unshift(() => engine.close({ keepRunning: true }));
     const logs = new LogHub(dataDir);
-    const connectors = new Connectors(store);
+    const connectors = new Connectors(store, arns);
     const images = new Images({
       store,
       engine,
       connectors,
       dataDir,
+      arns,
       log,
       ...(opts.imageQuotas ? { quotas: opts.imageQuotas } : {}),
       ...(opts.s3 ? { s3: opts.s3 } : {}),
@@ -198,6 +204,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       accessKeys,
       tokens,
       domain,
+      arns,
       minIdleSeconds,
       apiRateScale: opts.apiRateScale ?? DEFAULT_API_RATE_SCALE,
       info: { proxyPort: proxy.port, accelerator: engine.accel.accel, region, ...(tls.caFile ? { caCertificate: readFileSync(tls.caFile, 'utf8') } : {}) },
@@ -207,7 +214,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     });
     // Builds queued or running when cellad stopped: after recovery, so a build never races the reclaim of its VMs.
     await images.recover();
-    if (opts.demoImage) await ensureDemo(store, images, engine, dataDir, log);
+    if (opts.demoImage) await ensureDemo(store, images, engine, arns, dataDir, log);
     const chores: HousekeepingContext = { dataDir, store, images, layerCacheBytes: (opts.layerCacheMiB ?? DEFAULT_LAYER_CACHE_BYTES / 1048576) * 1048576, log };
     const housekeeping = schedule(chores, capacity, lifecycle, log);
     cleanups.unshift(housekeeping);
@@ -284,7 +291,7 @@ function schedule(ctx: HousekeepingContext, capacity: DiskCapacity, lifecycle: L
  * like any user image at the first start; and again at a later start if no
  * build of it ever succeeded (one cut short by a failed start, say).
  */
-async function ensureDemo(store: Store, images: Images, engine: Engine, dataDir: string, log: (line: string) => void): Promise<void> {
+async function ensureDemo(store: Store, images: Images, engine: Engine, arns: Arns, dataDir: string, log: (line: string) => void): Promise<void> {
   if (await store.getImage(DEMO_IMAGE)) {
     const pending = (await store.listBuilds(DEMO_IMAGE)).some((b) => b.state === 'PENDING' || b.state === 'IN_PROGRESS');
     if (pending || (await images.latest(DEMO_IMAGE, 'SUCCESSFUL'))) return;
@@ -294,7 +301,7 @@ async function ensureDemo(store: Store, images: Images, engine: Engine, dataDir:
   const zip = await demoZip(path.join(dataDir, 'artifacts', 'demo.zip'), engine.guest.demoApp);
   const started = await images.create({
     name: DEMO_IMAGE,
-    baseImageArn: managedImageArn('busybox'),
+    baseImageArn: arns.managedImage('busybox'),
     codeArtifact: { uri: `file://${zip}` },
     resources: [{ minimumMemoryInMiB: 256 }],
   });
@@ -303,6 +310,25 @@ async function ensureDemo(store: Store, images: Images, engine: Engine, dataDir:
     const v = await images.latest(DEMO_IMAGE, 'SUCCESSFUL');
     log(v ? `image "${DEMO_IMAGE}" is ready: cella run ${DEMO_IMAGE}` : `image "${DEMO_IMAGE}" failed: see cella image logs ${DEMO_IMAGE}`);
   }).catch((err: Error) => log(`image "${DEMO_IMAGE}": ${err.message}`));
+}
+
+/** Where the store keeps the region and account its ARNs were issued under. */
+const ARN_HOME = 'arn-home';
+
+/**
+ * The data directory's ARNs name the region and account it was first
+ * started with (a database from before ARNs had them was migrated to the
+ * defaults). A start with another region or account would leave every
+ * stored ARN unknown to the API, so it is refused, saying how to start.
+ */
+async function checkArnHome(store: Store, arns: Arns): Promise<void> {
+  const home = `${arns.region}:${arns.accountId}`;
+  const saved = (await store.getSecret(ARN_HOME))?.toString();
+  if (saved === undefined) return store.putSecret(ARN_HOME, Buffer.from(home));
+  if (saved !== home) {
+    const [region, account] = saved.split(':');
+    throw new CellaError('INVALID_ARGUMENT', `the data directory's resources are in region ${region}, account ${account}: start with --region ${region} --account-id ${account}, or use another --data-dir`);
+  }
 }
 
 /**

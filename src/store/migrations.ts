@@ -1,6 +1,15 @@
 /** The SQLite schema, as the steps that built it; existing data directories move up through them at open. */
 import type Database from 'better-sqlite3';
 
+/**
+ * `column` with the ARNs of before the contract's scheme rewritten in place
+ * (as text: JSON columns hold them as plain strings): images were
+ * `arn:cella:lambda:local:…`, connectors `arn:aws:lambda:local:…`; both
+ * become the default region's, which the data directory then keeps.
+ */
+const arnsMoved = (column: string): string =>
+  `replace(replace(${column}, 'arn:cella:lambda:local:', 'arn:aws:lambda:us-east-1:'), 'arn:aws:lambda:local:', 'arn:aws:lambda:us-east-1:')`;
+
 /** Each entry moves the schema one version up; `user_version` records how far a database is. */
 const MIGRATIONS: string[] = [
   `CREATE TABLE vms (
@@ -68,15 +77,26 @@ const MIGRATIONS: string[] = [
    );`,
   // SigV4 access keys: the secret sealed under a key in `secrets` (src/auth/access-keys.ts).
   `CREATE TABLE access_keys (id TEXT PRIMARY KEY, sealed_secret BLOB NOT NULL, created_at INTEGER NOT NULL);`,
+  // ARNs in the contract's scheme (src/contract/arn.ts); a data directory that holds any keeps the default region and account (cellad's 'arn-home').
+  `UPDATE microvm_images SET arn = ${arnsMoved('arn')};
+   UPDATE vms SET image_arn = ${arnsMoved('image_arn')}, spec = ${arnsMoved('spec')};
+   UPDATE image_versions SET request = ${arnsMoved('request')}, runtime = ${arnsMoved('runtime')};
+   UPDATE network_connectors SET arn = ${arnsMoved('arn')};
+   INSERT OR IGNORE INTO secrets (name, value) SELECT 'arn-home', CAST('us-east-1:000000000000' AS BLOB)
+     WHERE EXISTS (SELECT 1 FROM microvm_images) OR EXISTS (SELECT 1 FROM vms) OR EXISTS (SELECT 1 FROM network_connectors);`,
 ];
 
-/** Moves the database up to the newest schema, one transaction per step; refuses one newer than this code. */
-export function migrate(db: Database.Database): void {
+/**
+ * Moves the database up to the newest schema (or to version `to`: tests
+ * make databases as older cellads left them), one transaction per step;
+ * refuses one newer than this code.
+ */
+export function migrate(db: Database.Database, to = MIGRATIONS.length): void {
   const current = db.pragma('user_version', { simple: true }) as number;
   if (current > MIGRATIONS.length) {
     throw new Error(`database schema version ${current} is newer than this cellad understands (${MIGRATIONS.length})`);
   }
-  for (let v = current; v < MIGRATIONS.length; v++) {
+  for (let v = current; v < to; v++) {
     db.transaction(() => {
       db.exec(MIGRATIONS[v] as string);
       db.pragma(`user_version = ${v + 1}`);

@@ -8,6 +8,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { isCellaError } from '../contract/index.js';
+import Database from 'better-sqlite3';
+import { encodeRow, type Table } from './columns.js';
+import { CONNECTORS } from './connectors.js';
+import { IMAGES, VERSIONS } from './images.js';
+import { migrate } from './migrations.js';
+import { VMS } from './vms.js';
 import { MemoryStore, SqliteStore, type BuildRecord, type ImageRecord, type ImageVersionRecord, type Store, type Tx, type VmRecord } from './index.js';
 
 const vm = (id: string, createdAt: number, more: Partial<VmRecord> = {}): VmRecord => ({
@@ -367,4 +373,51 @@ test('SQLite: each write is committed, for another connection too, before its pr
     await other.close();
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('SQLite: a database from before the contract ARNs opens with every stored ARN in the default region and account, which it keeps', { timeout: 10_000 }, async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'cella-store-'));
+  const file = path.join(dir, 'cella.db');
+  const OLD_IMAGE = 'arn:cella:lambda:local:000000000000:microvm-image:demo';
+  const OLD_BASE = 'arn:cella:lambda:local:aws:microvm-image:busybox';
+  const oldConnector = (n: string): string => `arn:aws:lambda:local:aws:network-connector:aws-network-connector:${n}`;
+  const OLD_CUSTOMER = 'arn:aws:lambda:local:000000000000:network-connector:pypi';
+  const NEW = 'arn:aws:lambda:us-east-1:';
+  // Schema version 4, as the cellad before the contract's ARNs left it.
+  const db = new Database(file);
+  migrate(db, 4);
+  const insert = <R>(t: Table<R>, rec: R): void => {
+    const row = encodeRow(t, rec);
+    db.prepare(`INSERT INTO ${t.name} (${Object.keys(row).join(', ')}) VALUES (${Object.keys(row).map(() => '?').join(', ')})`).run(...Object.values(row));
+  };
+  insert(IMAGES, image('demo', { arn: OLD_IMAGE }));
+  insert(VERSIONS, version('demo', 1, {
+    request: { baseImageArn: OLD_BASE, codeArtifact: { uri: 'file:///a.zip' }, egressNetworkConnectors: [OLD_CUSTOMER] },
+    runtime: { command: ['/app'], environmentVariables: {}, workingDirectory: '/', port: 8080, memoryMiB: 256, vcpus: 1, egressNetworkConnectors: [OLD_CUSTOMER] },
+  }));
+  const spec = { ...vm('a', 1).spec, ingressNetworkConnectors: [oldConnector('HTTP_INGRESS')], egressNetworkConnectors: [oldConnector('INTERNET_EGRESS'), OLD_CUSTOMER] };
+  insert(VMS, vm('a', 1, { imageArn: OLD_IMAGE, spec }));
+  insert(CONNECTORS, { name: 'pypi', arn: OLD_CUSTOMER, description: null, cidrs: [], domains: ['pypi.org'], createdAt: 1 });
+  db.close();
+  const s = new SqliteStore(file);
+  try {
+    assert.equal((await s.getImage('demo'))?.arn, `${NEW}000000000000:microvm-image:demo`);
+    const v = await s.getVersion('demo', '1.0');
+    assert.equal(v?.request.baseImageArn, `${NEW}aws:microvm-image:busybox`);
+    assert.deepEqual(v?.request.egressNetworkConnectors, [`${NEW}000000000000:network-connector:pypi`]);
+    assert.deepEqual(v?.runtime?.egressNetworkConnectors, [`${NEW}000000000000:network-connector:pypi`]);
+    const a = await s.getVm('a');
+    assert.equal(a?.imageArn, `${NEW}000000000000:microvm-image:demo`);
+    assert.deepEqual(a?.spec.ingressNetworkConnectors, [`${NEW}aws:network-connector:aws-network-connector:HTTP_INGRESS`]);
+    assert.deepEqual(a?.spec.egressNetworkConnectors, [`${NEW}aws:network-connector:aws-network-connector:INTERNET_EGRESS`, `${NEW}000000000000:network-connector:pypi`]);
+    assert.equal((await s.getConnector('pypi'))?.arn, `${NEW}000000000000:network-connector:pypi`);
+    assert.equal((await s.getSecret('arn-home'))?.toString(), 'us-east-1:000000000000');
+  } finally {
+    await s.close();
+  }
+  // A new database holds no ARN yet: its first start chooses the region and account.
+  const fresh = new SqliteStore(':memory:');
+  assert.equal(await fresh.getSecret('arn-home'), undefined);
+  await fresh.close();
+  rmSync(dir, { recursive: true, force: true });
 });

@@ -7,7 +7,7 @@
  * namespace, cgroup or folder. Budgets: CHAOS_CRASH_CYCLES and
  * CHAOS_RESUME_CYCLES (short by default, full with CHAOS_FULL=1).
  */
-import { managedImageArn } from '../../src/contract/index.js';
+import { Arns } from '../../src/contract/index.js';
 import { demoContext } from '../../src/images/index.js';
 import assert from 'node:assert/strict';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -21,6 +21,9 @@ import { V, api, createImage, upload, type MicrovmBody } from '../control-helper
 import { eventually, tempDataDir } from '../helpers.js';
 import { budget, demoGet, prng, seedFromEnv, startDaemon, summary, type Daemon } from './harness.js';
 import { hostState } from './host-state.js';
+
+/** The ARNs of a server started with the default region and account. */
+const ARNS = new Arns();
 
 const CYCLES = budget('CHAOS_CRASH_CYCLES', 12, 100);
 const RESUME_CYCLES = budget('CHAOS_RESUME_CYCLES', 5, 50);
@@ -197,7 +200,7 @@ describe('crash drill', { concurrency: false }, () => {
         const d = daemon;
         const request = (async (): Promise<void> => {
           if (op === 'run') started = await runVm();
-          else if (op === 'build') await api(d.url, 'PUT', `${V}/microvm-images/demo`, { baseImageArn: managedImageArn('busybox'), codeArtifact: { uri: await upload(d.url, await saltedDemo(cycle)) }, resources: [{ minimumMemoryInMiB: 256 }] });
+          else if (op === 'build') await api(d.url, 'PUT', `${V}/microvm-images/demo`, { baseImageArn: ARNS.managedImage('busybox'), codeArtifact: { uri: await upload(d.url, await saltedDemo(cycle)) }, resources: [{ minimumMemoryInMiB: 256 }] });
           else if (target) await api(d.url, op === 'terminate' ? 'DELETE' : 'POST', `${V}/microvms/${target.id}${op === 'terminate' ? '' : `/${op}`}`);
           if (started) await settle(started).catch(() => {});
         })().catch(() => {});

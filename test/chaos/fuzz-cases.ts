@@ -336,13 +336,13 @@ export class CaseMaker {
   private sample(name: string, schema: Schema): string {
     const pick = (xs: string[]): string => this.pick(xs);
     if (name === 'uri') return `file:///nonexistent/fz-${Math.floor(this.rand() * 1e6)}.zip`;
-    if (name === 'baseImageArn') return pick([...this.managedArns, 'arn:aws:lambda:local:aws:microvm-image:nope', 'busybox']);
+    if (name === 'baseImageArn') return pick([...this.managedArns, 'arn:aws:lambda:us-east-1:aws:microvm-image:nope', 'busybox']);
     if (/RoleArn$/.test(name)) return 'arn:aws:iam::123456789012:role/fz';
     if (name === 'imageIdentifier') return pick(['fz-img', 'nope', 'arn:aws:s3:::bucket']);
     if (name === 'name') return `fz-${Math.floor(this.rand() * 1e6)}`;
     if (name === 'cidrs') return pick(['10.0.0.0/8', '1.2.3.4/32', '999.1.1.1/8', '10.0.0.0/33', '::1/128', 'a.b.c.d/8', '0.0.0.0/0']);
     if (name === 'domains') return pick(['example.com', '*.example.com', '-bad-', 'a..b', '*', 'x'.repeat(255), 'éxample.com', 'localhost']);
-    if (schema.pattern === '^arn:') return pick(['arn:aws:lambda:local:aws:network-connector:aws-network-connector:INTERNET_EGRESS', 'arn:aws:lambda:local:aws:network-connector:aws-network-connector:HTTP_INGRESS', 'arn:nope', 'arn:aws:lambda:local:aws:network-connector:fz-conn']);
+    if (schema.pattern === '^arn:') return pick(['arn:aws:lambda:us-east-1:aws:network-connector:aws-network-connector:INTERNET_EGRESS', 'arn:aws:lambda:us-east-1:aws:network-connector:aws-network-connector:HTTP_INGRESS', 'arn:nope', 'arn:aws:lambda:local:aws:network-connector:fz-conn']);
     if (schema.pattern) return 'fz_1';
     return pick(['fz', 'x', 'hello world', '1.0', 'ACTIVE']).slice(0, schema.maxLength ?? 100).padEnd(schema.minLength ?? 0, 'x');
   }

@@ -14,13 +14,16 @@ import { networkInterfaces } from 'node:os';
 import { connect as h2connect } from 'node:http2';
 import { localhostLookup } from '../../src/cli/index.js';
 import { after, before, describe, test } from 'node:test';
-import { customerConnectorArn, managedConnectorArn } from '../../src/contract/index.js';
+import { Arns } from '../../src/contract/index.js';
 import { TokenMinter } from '../../src/auth/index.js';
 import { vmFiles } from '../../src/engine/index.js';
 import { GUEST, slotAddresses } from '../../src/net/index.js';
 import { startServer, type CellaServer } from '../../src/server/index.js';
 import { API_KEY, V, api, createImage, endpointRequest, shutdown, waitState, type MicrovmBody } from '../control-helpers.js';
 import { alive, processesWith, tempDataDir } from '../helpers.js';
+
+/** The ARNs of a server started with the default region and account. */
+const ARNS = new Arns();
 
 interface Outcome {
   name: string;
@@ -131,7 +134,7 @@ describe('security: attacks from a guest and from outside', { concurrency: false
     assert.equal(greedy.status, 200, greedy.text);
     const attackers = [
       { label: 'default connectors', id: await launch() },
-      { label: 'an allowlist naming the host', id: await launch({ egressNetworkConnectors: [customerConnectorArn('greedy'), managedConnectorArn('INTERNET_EGRESS')] }) },
+      { label: 'an allowlist naming the host', id: await launch({ egressNetworkConnectors: [ARNS.customerConnector('greedy'), ARNS.managedConnector('INTERNET_EGRESS')] }) },
       { label: 'no egress', id: await launch({ egressNetworkConnectors: [] }) },
     ];
     for (const { label, id } of attackers) {
@@ -200,7 +203,7 @@ describe('security: attacks from a guest and from outside', { concurrency: false
   });
 
   test('from outside: floods and other VMs, expired, forged or missing tokens are refused', async () => {
-    const a = await launch({ ingressNetworkConnectors: [managedConnectorArn('HTTP_INGRESS'), managedConnectorArn('SHELL_INGRESS')] });
+    const a = await launch({ ingressNetworkConnectors: [ARNS.managedConnector('HTTP_INGRESS'), ARNS.managedConnector('SHELL_INGRESS')] });
     const ta = await tokenFor(a);
     // A flood on one endpoint (400 requests at once on one HTTP/2 connection): refused beyond its limits; the other VM keeps answering.
     const statuses = await flood(a, ta, 400);
