@@ -12,12 +12,13 @@ import type { Static, TSchema } from '@sinclair/typebox';
 import type { AccessKeys, Authenticator, TokenMinter } from '../auth/index.js';
 import type { DiskCapacity } from '../capacity/index.js';
 import { type Connectors } from '../connectors/index.js';
-import { type Arns, AUTH_HEADER, CellaError, hookPort, httpError, type ImageVersionStarted, type ListMicrovmsResponse, MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD_BYTES, type Microvm, openApiDocument, type Operation, type PortSpecification, type RouteDef, routes, type Routes } from '../contract/index.js';
+import { type Arns, AUTH_HEADER, CellaError, checkTags, hookPort, httpError, type ImageVersionStarted, type ListMicrovmsResponse, MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD_BYTES, type Microvm, openApiDocument, type Operation, type PortSpecification, type RouteDef, routes, type Routes } from '../contract/index.js';
 import { MANAGED_VERSION, type Images, type StartedVersion } from '../images/index.js';
 import { type Lifecycle, pendingVm } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
 import type { Store, Tx, VmRecord } from '../store/index.js';
 import { usageOf, sumUsage } from '../usage/index.js';
+import { Tags } from './tags.js';
 import { Throttle } from './throttle.js';
 import { NamePosition, OffsetPosition, VmPosition, decodeCursor, encodeCursor } from './cursor.js';
 import { decodePathParam, queryObject, requestUrl } from './params.js';
@@ -64,7 +65,7 @@ const CURSORS = {
   ListManagedMicrovmImageVersions: OffsetPosition,
   ListNetworkConnectors: OffsetPosition,
   ListAccessKeys: OffsetPosition,
-} as const satisfies Record<Extract<Operation, `List${string}`>, TSchema>;
+} as const satisfies Record<Exclude<Extract<Operation, `List${string}`>, 'ListTags'>, TSchema>;
 type Listing = keyof typeof CURSORS;
 
 type Input<K extends Operation> = {
@@ -111,6 +112,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
   const openapi = JSON.stringify(openApiDocument(table, ctx.version));
   const chipset = ctx.info.accelerator.toUpperCase();
   const throttle = new Throttle(ctx.apiRateScale);
+  const tags = new Tags(ctx.store, ctx.arns);
 
   return (req, res) => {
     const abort = new AbortController();
@@ -209,6 +211,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       }
       case 'CreateMicrovmImage': {
         const b = cmd.body;
+        if (b.tags) checkTags(b.tags, 'tags');
         const r = await once('CreateMicrovmImage', b, () => ctx.capacity.require('CreateMicrovmImage'), (tx) => ctx.images.create(b, tx), (s) => s.build.buildId);
         if ('replay' in r) return { json: await started(await replayBuild(r.replay)) };
         void ctx.images.enqueue(r.made);
@@ -302,6 +305,14 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
       }
       case 'UploadCodeArtifact':
         return { json: cmd.upload };
+      case 'TagResource':
+        await tags.tag(cmd.params.Resource as string, cmd.body.Tags);
+        return { empty: true };
+      case 'UntagResource':
+        await tags.untag(cmd.params.Resource as string, cmd.query.tagKeys);
+        return { empty: true };
+      case 'ListTags':
+        return { json: { Tags: await tags.list(cmd.params.Resource as string) } };
       case 'CreateNetworkConnector':
         return { json: connectorView(await ctx.connectors.create(cmd.body)) };
       case 'ListNetworkConnectors':

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { TSchema } from '@sinclair/typebox';
-import { isCellaError, ListImageBuildsQuery, ListQuery, LogsQuery } from '../contract/index.js';
+import { isCellaError, ListImageBuildsQuery, ListQuery, LogsQuery, UntagResourceQuery } from '../contract/index.js';
 import { decodePathParam, queryObject, requestUrl } from './params.js';
 
 const invalid = (err: unknown): boolean => isCellaError(err, 'INVALID_ARGUMENT');
@@ -36,6 +36,14 @@ test('integers and booleans in the query are read only in their plain spelling',
   assert.deepEqual(q('chipset=123', ListImageBuildsQuery), { chipset: '123' });
   assert.ok(Object.hasOwn(q('__proto__=1'), '__proto__'));
   assert.throws(() => q('maxResults=1&maxResults=2'), invalid);
+});
+
+test('a list in the query is its parameter repeated, in order (UntagResource tagKeys)', () => {
+  const q = (s: string) => queryObject(new URLSearchParams(s), UntagResourceQuery);
+  assert.deepEqual(q('tagKeys=a'), { tagKeys: ['a'] });
+  assert.deepEqual(q('tagKeys=b&tagKeys=a&tagKeys=b'), { tagKeys: ['b', 'a', 'b'] });
+  assert.deepEqual(q('tagKeys=a&other=1&other2=2'), { tagKeys: ['a'], other: '1', other2: '2' });
+  assert.throws(() => queryObject(new URLSearchParams('x=1&tagKeys=a&x=2'), UntagResourceQuery), invalid);
 });
 
 test('the request target: origin and absolute form; a leading // is a path, not a host', () => {

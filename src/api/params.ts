@@ -35,14 +35,19 @@ export function decodePathParam(name: string, raw: string): string {
 /**
  * The query as the schema's types: integers and booleans only in their plain
  * spelling (`1.5` or `true` are not integers, `1` is not a boolean), so the
- * schema check refuses the rest. A parameter given twice is refused.
+ * schema check refuses the rest. A list is its parameter repeated
+ * (`tagKeys=a&tagKeys=b`, as restJson1 sends one); any other parameter
+ * given twice is refused.
  */
 export function queryObject(params: URLSearchParams, schema: TSchema): Record<string, unknown> {
   const props = (schema as { properties?: Record<string, { type?: string }> }).properties ?? {};
   const out = new Map<string, unknown>();
   for (const [key, text] of params) {
-    if (out.has(key)) throw new CellaError('INVALID_ARGUMENT', `query parameter ${key} is given more than once`);
-    out.set(key, typed(Object.hasOwn(props, key) ? props[key]?.type : undefined, text));
+    const type = Object.hasOwn(props, key) ? props[key]?.type : undefined;
+    const prior = out.get(key);
+    if (type === 'array') out.set(key, [...((prior as string[] | undefined) ?? []), text]);
+    else if (out.has(key)) throw new CellaError('INVALID_ARGUMENT', `query parameter ${key} is given more than once`);
+    else out.set(key, typed(type, text));
   }
   // fromEntries defines `__proto__` as a plain key, which the closed schema then refuses.
   return Object.fromEntries(out);

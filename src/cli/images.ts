@@ -4,7 +4,7 @@
  * follow its log on stderr until it ends.
  */
 import path from 'node:path';
-import { CreateImageRequest as CreateImageSchema, DEFAULT_HOOK_PORT, MAX_ENV_VARS, MEMORY_TIERS_MIB, arnName } from '../contract/index.js';
+import { CreateImageRequest as CreateImageSchema, DEFAULT_HOOK_PORT, MAX_ENV_VARS, MAX_TAGS, MEMORY_TIERS_MIB, arnName } from '../contract/index.js';
 import { zipDirectory } from '../archive/index.js';
 import {
   allItems,
@@ -25,7 +25,6 @@ const RUNTIME_HOOKS = ['run', 'resume', 'suspend', 'terminate'] as const;
 const IMAGE_HOOKS = ['ready', 'validate'] as const;
 /** The schema's rule for variable names, checked here so a bad --env fails before anything is uploaded. */
 const ENV_NAME = new RegExp(Object.keys(CreateImageSchema.properties.environmentVariables.patternProperties)[0] as string);
-const MAX_TAGS = 50;
 
 type MemoryTier = (typeof MEMORY_TIERS_MIB)[number];
 type Source = { kind: 'zip' | 'dir' | 'uri'; value: string };

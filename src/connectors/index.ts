@@ -66,6 +66,7 @@ export class Connectors {
         description: req.description ?? null,
         cidrs,
         domains,
+        tags: {},
         createdAt: Date.now(),
       };
       await tx.putConnector(rec);

@@ -11,3 +11,4 @@ export * from './names.js';
 export * from './routes.js';
 export * from './schemas.js';
 export * from './states.js';
+export * from './tags.js';

@@ -30,6 +30,7 @@ import {
   ListMicrovmsQuery,
   ListMicrovmsResponse,
   ListQuery,
+  ListTagsResponse,
   LogsQuery,
   MAX_ARTIFACT_BYTES,
   Microvm,
@@ -37,6 +38,8 @@ import {
   NetworkConnector,
   RunMicrovmRequest,
   ServerInfo,
+  TagResourceRequest,
+  UntagResourceQuery,
   Usage,
   UpdateImageRequest,
   UpdateImageVersionRequest,
@@ -60,6 +63,8 @@ export interface RouteDef {
 }
 
 const V = `/${API_VERSION}`;
+/** The tag API is Lambda's own, under its API version. */
+const TAGS = '/2017-03-31/tags/{Resource}';
 const Empty = undefined;
 const IMG = `${V}/microvm-images/{imageIdentifier}`;
 
@@ -150,6 +155,9 @@ export function routes(minIdleSeconds: number) {
       query: ListQuery,
       response: ListManagedImageVersionsResponse,
     },
+    TagResource: { method: 'POST', path: TAGS, summary: 'Add or replace tags of an image or network connector', body: TagResourceRequest, status: 204, response: Empty },
+    UntagResource: { method: 'DELETE', path: TAGS, summary: 'Remove tags of an image or network connector (unknown keys are no error)', query: UntagResourceQuery, status: 204, response: Empty },
+    ListTags: { method: 'GET', path: TAGS, summary: 'The tags of an image or network connector', response: ListTagsResponse },
     CreateNetworkConnector: {
       method: 'POST',
       path: '/cella/v1/network-connectors',

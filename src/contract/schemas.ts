@@ -410,6 +410,13 @@ export const ServerInfo = Type.Object({
 });
 export type ServerInfo = Static<typeof ServerInfo>;
 
+/** The tag API's shapes: Lambda's, with capitalised members (`Tags`). The limits are checked by checkTags (./tags.ts). */
+const TagMap = Type.Record(Type.String(), Type.String());
+export const TagResourceRequest = Type.Object({ Tags: TagMap }, Closed);
+export const UntagResourceQuery = Type.Object({ tagKeys: Type.Array(Type.String(), { minItems: 1, maxItems: 50 }) }, Closed);
+export const ListTagsResponse = Type.Object({ Tags: TagMap });
+export type ListTagsResponse = Static<typeof ListTagsResponse>;
+
 export const LogsQuery = Type.Object({ follow: Type.Optional(Type.Boolean()) }, Closed);
 
 export const ErrorBody = Type.Object({

@@ -8,6 +8,8 @@ export interface ConnectorRecord {
   description: string | null;
   cidrs: string[];
   domains: string[];
+  /** Written at creation and by setTags only. */
+  tags: Record<string, string>;
   createdAt: number;
 }
 
@@ -20,6 +22,7 @@ export const CONNECTORS: Table<ConnectorRecord> = {
     description: nullable(text('description')),
     cidrs: json('cidrs'),
     domains: json('domains'),
+    tags: json('tags'),
     createdAt: int('created_at'),
   },
 };

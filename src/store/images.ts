@@ -7,6 +7,7 @@ export interface ImageRecord {
   name: string;
   arn: string;
   state: ImageState;
+  /** Written at creation and by setTags only (a putImage of an existing image keeps them). */
   tags: Record<string, string>;
   createdAt: number;
   updatedAt: number | null;
@@ -75,7 +76,7 @@ export interface BuildRecord {
 export const IMAGES: Table<ImageRecord> = {
   name: 'microvm_images',
   key: ['name'],
-  mutable: ['arn', 'state', 'tags', 'updatedAt'],
+  mutable: ['arn', 'state', 'updatedAt'],
   columns: {
     name: text('name'),
     arn: text('arn'),

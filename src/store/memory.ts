@@ -6,7 +6,7 @@
  * transactions through the same session (./session.ts) that roll back on
  * a throw. For tests of the control plane that boot no VM.
  */
-import type { VmState } from '../contract/index.js';
+import type { TaggableType, VmState } from '../contract/index.js';
 import { ACCESS_KEYS, API_KEYS, IDEMPOTENCY, SECRETS, TOKENS, type AccessKeyRecord, type TokenRecord } from './access.js';
 import { decodeRow, encodeRow, type SqlValue, type Table } from './columns.js';
 import { CONNECTORS, type ConnectorRecord } from './connectors.js';
@@ -253,6 +253,15 @@ class MemoryBackend implements Backend {
 
   deleteAccessKey(id: string): boolean {
     return this.accessKeys.delete((k) => k.id === id) > 0;
+  }
+
+  setTags(type: TaggableType, name: string, tags: Record<string, string>): boolean {
+    const set = <R extends { tags: Record<string, string> }>(rows: Rows<R>, key: Partial<R>): boolean => {
+      const cur = rows.get(key);
+      if (cur) rows.replace({ ...cur, tags });
+      return cur !== undefined;
+    };
+    return type === 'microvm-image' ? set(this.images, { name }) : set(this.connectors, { name });
   }
 
   apiKeyHashes(): string[] {

@@ -84,6 +84,8 @@ const MIGRATIONS: string[] = [
    UPDATE network_connectors SET arn = ${arnsMoved('arn')};
    INSERT OR IGNORE INTO secrets (name, value) SELECT 'arn-home', CAST('us-east-1:000000000000' AS BLOB)
      WHERE EXISTS (SELECT 1 FROM microvm_images) OR EXISTS (SELECT 1 FROM vms) OR EXISTS (SELECT 1 FROM network_connectors);`,
+  // Connectors take tags (TagResource), as images do.
+  `ALTER TABLE network_connectors ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';`,
 ];
 
 /**

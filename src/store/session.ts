@@ -15,7 +15,7 @@
  * A network database does not need this: its transactions are bound to a
  * connection of their own.
  */
-import { CellaError, type VmState } from '../contract/index.js';
+import { CellaError, type TaggableType, type VmState } from '../contract/index.js';
 import type { AccessKeyRecord, TokenRecord } from './access.js';
 import type { ConnectorRecord } from './connectors.js';
 import type { BuildRecord, ImageRecord, ImageVersionRecord } from './images.js';
@@ -226,6 +226,9 @@ export class Session implements Store {
   }
   deleteAccessKey(id: string): Promise<boolean> {
     return this.run(() => this.backend.deleteAccessKey(id));
+  }
+  setTags(type: TaggableType, name: string, tags: Record<string, string>): Promise<boolean> {
+    return this.run(() => this.backend.setTags(type, name, tags));
   }
   apiKeyHashes(): Promise<string[]> {
     return this.run(() => this.backend.apiKeyHashes());

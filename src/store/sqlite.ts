@@ -7,7 +7,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import type { VmState } from '../contract/index.js';
+import type { TaggableType, VmState } from '../contract/index.js';
 import { ACCESS_KEYS, API_KEYS, IDEMPOTENCY, SECRETS, TOKENS, type AccessKeyRecord, type TokenRecord } from './access.js';
 import { decodeRow, encodePatch, encodeRow, type Row, type Table } from './columns.js';
 import { CONNECTORS, type ConnectorRecord } from './connectors.js';
@@ -242,6 +242,11 @@ class SqliteBackend implements Backend {
 
   deleteAccessKey(id: string): boolean {
     return this.sql('DELETE FROM access_keys WHERE id = ?').run(id).changes > 0;
+  }
+
+  setTags(type: TaggableType, name: string, tags: Record<string, string>): boolean {
+    const t = type === 'microvm-image' ? IMAGES : CONNECTORS;
+    return this.sql(`UPDATE ${t.name} SET ${t.columns.tags.name} = ? WHERE ${t.columns.name.name} = ?`).run(t.columns.tags.encode(tags), name).changes > 0;
   }
 
   apiKeyHashes(): string[] {

@@ -10,11 +10,10 @@ import { after, describe, test } from 'node:test';
 import { isCellaError } from '../contract/index.js';
 import Database from 'better-sqlite3';
 import { encodeRow, type Table } from './columns.js';
-import { CONNECTORS } from './connectors.js';
 import { IMAGES, VERSIONS } from './images.js';
 import { migrate } from './migrations.js';
 import { VMS } from './vms.js';
-import { MemoryStore, SqliteStore, type BuildRecord, type ImageRecord, type ImageVersionRecord, type Store, type Tx, type VmRecord } from './index.js';
+import { MemoryStore, SqliteStore, type BuildRecord, type ConnectorRecord, type ImageRecord, type ImageVersionRecord, type Store, type Tx, type VmRecord } from './index.js';
 
 const vm = (id: string, createdAt: number, more: Partial<VmRecord> = {}): VmRecord => ({
   id,
@@ -180,7 +179,7 @@ for (const [name, open] of STORES) {
     each('images, versions and builds: upserts change only what may change; order, paging; deletes cascade', async (s) => {
       for (const n of ['b', 'a', 'c']) await s.putImage(image(n));
       await s.putImage(image('a', { arn: 'arn:new', state: 'CREATED', tags: {}, createdAt: 999, updatedAt: 5 }));
-      assert.deepEqual(await s.getImage('a'), image('a', { arn: 'arn:new', state: 'CREATED', tags: {}, updatedAt: 5 }), 'createdAt is kept');
+      assert.deepEqual(await s.getImage('a'), image('a', { arn: 'arn:new', state: 'CREATED', updatedAt: 5 }), 'createdAt and tags are kept');
       assert.deepEqual((await s.listImages()).map((i) => i.name), ['a', 'b', 'c']);
       assert.deepEqual((await s.listImages({ after: 'a', limit: 1 })).map((i) => i.name), ['b']);
       assert.deepEqual((await s.listImages({ after: 'c' })).map((i) => i.name), []);
@@ -208,12 +207,13 @@ for (const [name, open] of STORES) {
     });
 
     each('connectors by name; a taken name is refused; delete', async (s) => {
-      const c = (n: string): { name: string; arn: string; description: string | null; cidrs: string[]; domains: string[]; createdAt: number } => ({
+      const c = (n: string): ConnectorRecord => ({
         name: n,
         arn: `arn:${n}`,
         description: n === 'b' ? 'B' : null,
         cidrs: ['10.0.0.0/8'],
         domains: ['*.example.com'],
+        tags: n === 'b' ? { team: 'b' } : {},
         createdAt: 1,
       });
       await s.putConnector(c('b'));
@@ -224,6 +224,31 @@ for (const [name, open] of STORES) {
       await s.deleteConnector('a');
       await s.deleteConnector('a');
       assert.deepEqual((await s.listConnectors()).map((x) => x.name), ['b']);
+    });
+
+    each('tags of images and connectors: replaced whole by setTags, kept by puts, gone with their resource', async (s) => {
+      await s.putImage(image('a'));
+      await s.putConnector({ name: 'c', arn: 'arn:c', description: null, cidrs: [], domains: ['x.org'], tags: { k: 'v' }, createdAt: 1 });
+      assert.equal(await s.setTags('microvm-image', 'a', { x: '1', y: '' }), true);
+      assert.deepEqual((await s.getImage('a'))?.tags, { x: '1', y: '' });
+      await s.putImage({ ...image('a'), state: 'CREATED', tags: { stale: 'read before' } });
+      assert.deepEqual((await s.getImage('a'))?.tags, { x: '1', y: '' }, 'a put of the image keeps its tags');
+      assert.equal(await s.setTags('network-connector', 'c', {}), true);
+      assert.deepEqual((await s.getConnector('c'))?.tags, {});
+      assert.deepEqual((await s.getImage('a'))?.tags, { x: '1', y: '' }, 'only the named resource changes');
+      assert.equal(await s.setTags('microvm-image', 'nope', { x: '1' }), false);
+      assert.equal(await s.setTags('network-connector', 'a', { x: '1' }), false, 'an image is no connector');
+      assert.equal(await s.getImage('nope'), undefined);
+      await s.deleteImage('a');
+      await s.putImage(image('a', { tags: {} }));
+      assert.deepEqual((await s.getImage('a'))?.tags, {}, 'an image made again starts with its own tags');
+      await assert.rejects(
+        s.tx(async (tx) => {
+          await tx.setTags('microvm-image', 'a', { t: '1' });
+          throw new Error('undo');
+        }),
+      );
+      assert.deepEqual((await s.getImage('a'))?.tags, {}, 'rolled back with its transaction');
     });
 
     each('API key hashes and secrets (an upsert, a copy each way)', async (s) => {
@@ -397,7 +422,8 @@ test('SQLite: a database from before the contract ARNs opens with every stored A
   }));
   const spec = { ...vm('a', 1).spec, ingressNetworkConnectors: [oldConnector('HTTP_INGRESS')], egressNetworkConnectors: [oldConnector('INTERNET_EGRESS'), OLD_CUSTOMER] };
   insert(VMS, vm('a', 1, { imageArn: OLD_IMAGE, spec }));
-  insert(CONNECTORS, { name: 'pypi', arn: OLD_CUSTOMER, description: null, cidrs: [], domains: ['pypi.org'], createdAt: 1 });
+  // Its connectors had no tags column yet.
+  db.prepare(`INSERT INTO network_connectors (name, arn, cidrs, domains, created_at) VALUES ('pypi', ?, '[]', '["pypi.org"]', 1)`).run(OLD_CUSTOMER);
   db.close();
   const s = new SqliteStore(file);
   try {
@@ -411,6 +437,7 @@ test('SQLite: a database from before the contract ARNs opens with every stored A
     assert.deepEqual(a?.spec.ingressNetworkConnectors, [`${NEW}aws:network-connector:aws-network-connector:HTTP_INGRESS`]);
     assert.deepEqual(a?.spec.egressNetworkConnectors, [`${NEW}aws:network-connector:aws-network-connector:INTERNET_EGRESS`, `${NEW}000000000000:network-connector:pypi`]);
     assert.equal((await s.getConnector('pypi'))?.arn, `${NEW}000000000000:network-connector:pypi`);
+    assert.deepEqual((await s.getConnector('pypi'))?.tags, {});
     assert.equal((await s.getSecret('arn-home'))?.toString(), 'us-east-1:000000000000');
   } finally {
     await s.close();

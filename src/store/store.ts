@@ -3,7 +3,7 @@
  * network database (Postgres) can stand behind it without touching its
  * callers. A write is durable before its promise resolves.
  */
-import { CellaError, type VmState } from '../contract/index.js';
+import { CellaError, type TaggableType, type VmState } from '../contract/index.js';
 import type { AccessKeyRecord, TokenRecord } from './access.js';
 import type { ConnectorRecord } from './connectors.js';
 import type { BuildRecord, ImageRecord, ImageVersionRecord } from './images.js';
@@ -45,7 +45,7 @@ export interface Tx {
   /** Returns how many were deleted. */
   deleteTokensOf(vmId: string): Promise<number>;
 
-  /** Inserts, or replaces an image's arn, state, tags and updatedAt. */
+  /** Inserts, or replaces an image's arn, state and updatedAt (never its tags: setTags). */
   putImage(img: ImageRecord): Promise<void>;
   getImage(name: string): Promise<ImageRecord | undefined>;
   /** By name; `after` is the last name of the previous page. */
@@ -79,6 +79,10 @@ export interface Tx {
   listAccessKeys(): Promise<AccessKeyRecord[]>;
   /** Returns whether there was one to delete. */
   deleteAccessKey(id: string): Promise<boolean>;
+
+  /** Replaces the tags of an image or connector; false if there is none of that name. */
+  setTags(type: TaggableType, name: string, tags: Record<string, string>): Promise<boolean>;
+
   apiKeyHashes(): Promise<string[]>;
   addApiKeyHash(hash: string): Promise<void>;
   getSecret(name: string): Promise<Buffer | undefined>;
