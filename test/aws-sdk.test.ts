@@ -187,6 +187,7 @@ describe('the AWS SDK against cella server', { concurrency: false }, () => {
     recent(img.createdAt, 'image createdAt');
     recent(img.updatedAt, 'image updatedAt');
     assert.deepEqual(img.tags, { team: 'sdk', stage: 'test' });
+    assert.equal(img.latestActiveImageVersion, '1.0');
   });
 
   test('TagResource (204), UntagResource (204), ListTags: tags given at creation are there; limits and unknown ARNs are typed errors', { timeout: 60_000 }, async () => {
@@ -214,43 +215,6 @@ describe('the AWS SDK against cella server', { concurrency: false }, () => {
     const missing = await raised(c.send(new ListTagsCommand({ Resource: ARNS.image('nope') })), ResourceNotFoundException);
     assert.equal(missing.resourceId, ARNS.image('nope'));
     assert.equal(missing.resourceType, 'MicrovmImage');
-  });
-
-  test('UpdateMicrovmImage, the versions (List, Get, UpdateVersion, DeleteVersion) and a second image for ListMicrovmImages and DeleteMicrovmImage', { timeout: 120_000 }, async () => {
-    // A code artifact that does not exist: the build fails at once, with no builder VM.
-    const missing = 'file:///nonexistent/cella-sdk-test.zip';
-    const updated = await c.send(new UpdateMicrovmImageCommand({ imageIdentifier: image, baseImageArn: ARNS.managedImage('busybox'), buildRoleArn: ROLE, codeArtifact: { uri: missing } }));
-    assert.equal(updated.$metadata.httpStatusCode, 200);
-    assert.equal(updated.imageVersion, '2.0');
-    recent(updated.updatedAt, 'updatedAt');
-    const b2 = (await pages(paginateListMicrovmImageBuilds({ client: c, pageSize: 1 }, { imageIdentifier: image, imageVersion: '2.0' }))).flatMap((p) => p.items ?? []);
-    assert.equal(b2.length, 1);
-    assert.equal((await waitBuild(image, '2.0', b2[0]?.buildId as string)).buildState, 'FAILED');
-
-    const versions = await pages(paginateListMicrovmImageVersions({ client: c, pageSize: 1 }, { imageIdentifier: image }));
-    assert.deepEqual(versions.flatMap((p) => p.items ?? []).map((v) => [v.imageVersion, v.state]), [['1.0', 'SUCCESSFUL'], ['2.0', 'FAILED']]);
-    assert.ok(versions.length >= 2, 'one version per page');
-    const v1 = await c.send(new GetMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '1.0' }));
-    assert.equal(v1.status, 'ACTIVE');
-    assert.equal(v1.baseImageArn, ARNS.managedImage('busybox'));
-    assert.deepEqual(v1.resources, [{ minimumMemoryInMiB: MEMORY_MIB }]);
-    recent(v1.createdAt, 'version createdAt');
-    const inactive = await c.send(new UpdateMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '2.0', status: 'INACTIVE' }));
-    assert.equal(inactive.status, 'INACTIVE');
-    const deleted = await c.send(new DeleteMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '2.0' }));
-    assert.equal(deleted.imageVersion, '2.0');
-    await raised(c.send(new GetMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '2.0' })), ResourceNotFoundException);
-
-    const other = await c.send(new CreateMicrovmImageCommand({ name: 'sdk-broken', baseImageArn: ARNS.managedImage('busybox'), buildRoleArn: ROLE, codeArtifact: { uri: missing } }));
-    const ob = (await pages(paginateListMicrovmImageBuilds({ client: c }, { imageIdentifier: other.imageArn, imageVersion: '1.0' }))).flatMap((p) => p.items ?? []);
-    assert.equal((await waitBuild(other.imageArn as string, '1.0', ob[0]?.buildId as string)).buildState, 'FAILED');
-    const listed = await pages(paginateListMicrovmImages({ client: c, pageSize: 1 }, {}));
-    assert.deepEqual(listed.flatMap((p) => p.items ?? []).map((i) => i.name), ['sdk-broken', 'sdk-demo']);
-    assert.ok(listed.length >= 2, 'one image per page');
-    for (const i of listed.flatMap((p) => p.items ?? [])) recent(i.createdAt, `${i.name} createdAt`);
-    const gone = await c.send(new DeleteMicrovmImageCommand({ imageIdentifier: other.imageArn }));
-    assert.equal(gone.imageIdentifier, other.imageArn);
-    await raised(c.send(new GetMicrovmImageCommand({ imageIdentifier: 'sdk-broken' })), ResourceNotFoundException);
   });
 
   test('RunMicrovm, GetMicrovm, both token operations; a second MicroVM is over the memory quota', { timeout: 300_000 }, async () => {
@@ -306,6 +270,46 @@ describe('the AWS SDK against cella server', { concurrency: false }, () => {
     assert.ok(got.length >= 2, 'one MicroVM per page');
     for (const i of items) recent(i.startedAt, `${i.microvmId} startedAt`);
     await waitVm(b, ['TERMINATED']);
+  });
+
+  test('UpdateMicrovmImage, the versions (List, Get, UpdateVersion, DeleteVersion) and a second image for ListMicrovmImages and DeleteMicrovmImage', { timeout: 120_000 }, async () => {
+    // Last of the image calls: a failed update leaves the image UPDATE_FAILED, which runs no MicroVM.
+    // A code artifact that does not exist: the build fails at once, with no builder VM.
+    const missing = 'file:///nonexistent/cella-sdk-test.zip';
+    const updated = await c.send(new UpdateMicrovmImageCommand({ imageIdentifier: image, baseImageArn: ARNS.managedImage('busybox'), buildRoleArn: ROLE, codeArtifact: { uri: missing } }));
+    assert.equal(updated.$metadata.httpStatusCode, 200);
+    assert.equal(updated.imageVersion, '2.0');
+    recent(updated.updatedAt, 'updatedAt');
+    const b2 = (await pages(paginateListMicrovmImageBuilds({ client: c, pageSize: 1 }, { imageIdentifier: image, imageVersion: '2.0' }))).flatMap((p) => p.items ?? []);
+    assert.equal(b2.length, 1);
+    assert.equal((await waitBuild(image, '2.0', b2[0]?.buildId as string)).buildState, 'FAILED');
+
+    const versions = await pages(paginateListMicrovmImageVersions({ client: c, pageSize: 1 }, { imageIdentifier: image }));
+    assert.deepEqual(versions.flatMap((p) => p.items ?? []).map((v) => [v.imageVersion, v.state]), [['1.0', 'SUCCESSFUL'], ['2.0', 'FAILED']]);
+    assert.ok(versions.length >= 2, 'one version per page');
+    const failed = await c.send(new GetMicrovmImageCommand({ imageIdentifier: image }));
+    assert.deepEqual([failed.state, failed.latestActiveImageVersion, failed.latestFailedImageVersion], ['UPDATE_FAILED', '1.0', '2.0']);
+    const v1 = await c.send(new GetMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '1.0' }));
+    assert.equal(v1.status, 'ACTIVE');
+    assert.equal(v1.baseImageArn, ARNS.managedImage('busybox'));
+    assert.deepEqual(v1.resources, [{ minimumMemoryInMiB: MEMORY_MIB }]);
+    recent(v1.createdAt, 'version createdAt');
+    const inactive = await c.send(new UpdateMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '2.0', status: 'INACTIVE' }));
+    assert.equal(inactive.status, 'INACTIVE');
+    const deleted = await c.send(new DeleteMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '2.0' }));
+    assert.equal(deleted.imageVersion, '2.0');
+    await raised(c.send(new GetMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '2.0' })), ResourceNotFoundException);
+
+    const other = await c.send(new CreateMicrovmImageCommand({ name: 'sdk-broken', baseImageArn: ARNS.managedImage('busybox'), buildRoleArn: ROLE, codeArtifact: { uri: missing } }));
+    const ob = (await pages(paginateListMicrovmImageBuilds({ client: c }, { imageIdentifier: other.imageArn, imageVersion: '1.0' }))).flatMap((p) => p.items ?? []);
+    assert.equal((await waitBuild(other.imageArn as string, '1.0', ob[0]?.buildId as string)).buildState, 'FAILED');
+    const listed = await pages(paginateListMicrovmImages({ client: c, pageSize: 1 }, {}));
+    assert.deepEqual(listed.flatMap((p) => p.items ?? []).map((i) => i.name), ['sdk-broken', 'sdk-demo']);
+    assert.ok(listed.length >= 2, 'one image per page');
+    for (const i of listed.flatMap((p) => p.items ?? [])) recent(i.createdAt, `${i.name} createdAt`);
+    const gone = await c.send(new DeleteMicrovmImageCommand({ imageIdentifier: other.imageArn }));
+    assert.equal(gone.imageIdentifier, other.imageArn);
+    await raised(c.send(new GetMicrovmImageCommand({ imageIdentifier: 'sdk-broken' })), ResourceNotFoundException);
   });
 
   test('typed errors: ResourceNotFound with its fields, Validation, AccessDenied, Throttling with retryAfterSeconds', { timeout: 60_000 }, async () => {
