@@ -1,6 +1,7 @@
 /**
  * The official AWS SDK (`@aws-sdk/client-lambda-microvms`) against a real
- * cellad on port 0, unchanged but for its endpoint and credentials: all 24
+ * cellad on port 0, unchanged but for its endpoint and credentials (an
+ * access key; the SDK signs every request with SigV4): all 24
  * operations, each List through the SDK's own paginator, and a typed
  * exception of every error class Cella raises on the way. Timestamps come
  * back as Dates, statuses and shapes as the SDK's model reads them. Two
@@ -55,26 +56,25 @@ const ROLE = 'arn:aws:iam::000000000000:role/cella-sdk';
 /** The demo image's memory tier: the quota below has room for one such MicroVM, not two. */
 const MEMORY_MIB = 256;
 
-/**
- * The SDK as a user points it at Cella: endpoint, region, credentials.
- * Until the server verifies SigV4, the signed request's Authorization is
- * replaced by Cella's Bearer key after signing (`bearer`); with SigV4 this
- * function is the only thing to change.
- */
-function sdk(url: string, key: string = API_KEY): LambdaMicrovmsClient {
-  const client = new LambdaMicrovmsClient({ endpoint: url, region: ARNS.region, credentials: { accessKeyId: 'AKIDCELLATEST', secretAccessKey: 'not-verified-yet' }, maxAttempts: 1 });
-  bearer(client, key);
-  return client;
+/** The access key the server is started with (as CELLA_ACCESS_KEY_ID / CELLA_SECRET_ACCESS_KEY would give it). */
+const KEY = { accessKeyId: 'CELLASDKTEST0000', secretAccessKey: 'cella-sdk-test-secret-0123456789abcdef' };
+
+/** The SDK as a user points it at Cella: endpoint, region, credentials; it signs with SigV4. */
+function sdk(url: string, credentials: typeof KEY = KEY): LambdaMicrovmsClient {
+  return new LambdaMicrovmsClient({ endpoint: url, region: ARNS.region, credentials, maxAttempts: 1 });
 }
 
-function bearer(client: LambdaMicrovmsClient, key: string): void {
-  type Next = (args: { request: unknown }) => Promise<unknown>;
-  const auth = (next: Next) => async (args: { request: unknown }) => {
-    (args.request as { headers: Record<string, string> }).headers.authorization = `Bearer ${key}`;
-    return next(args);
-  };
-  // A finalize-step middleware in the SDK's own shape: it only rewrites a header of the request it passes on.
-  client.middlewareStack.addRelativeTo(auth as unknown as Parameters<LambdaMicrovmsClient['middlewareStack']['addRelativeTo']>[0], { relation: 'after', toMiddleware: 'httpSigningMiddleware', name: 'cellaBearerAuth' });
+/** A client whose requests lose their Authorization header after signing: a caller with no credentials at all. */
+function anonymous(url: string): LambdaMicrovmsClient {
+  const client = sdk(url);
+  client.middlewareStack.add(
+    (next) => async (args) => {
+      delete (args.request as { headers: Record<string, string> }).headers.authorization;
+      return next(args);
+    },
+    { step: 'finalizeRequest', priority: 'low', name: 'dropAuthorization' },
+  );
+  return client;
 }
 
 /** Every page of a paginator, as the SDK yields them. */
@@ -132,7 +132,7 @@ describe('the AWS SDK against cella server', { concurrency: false }, () => {
   before(async () => {
     dir = tempDataDir('aws-sdk');
     // apiRateScale 1: the contract's own rates, so one burst meets ThrottlingException. maxMemoryMiB: room for one MicroVM.
-    server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, demoImage: false, apiRateScale: 1, maxMemoryMiB: MEMORY_MIB + 64, log: () => {} });
+    server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, accessKey: KEY, demoImage: false, apiRateScale: 1, maxMemoryMiB: MEMORY_MIB + 64, log: () => {} });
     c = sdk(server.url);
     uri = await upload(server.url, await demoArtifact());
   });
@@ -312,7 +312,7 @@ describe('the AWS SDK against cella server', { concurrency: false }, () => {
     await raised(c.send(new GetMicrovmImageCommand({ imageIdentifier: 'sdk-broken' })), ResourceNotFoundException);
   });
 
-  test('typed errors: ResourceNotFound with its fields, Validation, AccessDenied, Throttling with retryAfterSeconds', { timeout: 60_000 }, async () => {
+  test('typed errors: ResourceNotFound with its fields, Validation, AccessDenied, an unknown key, Throttling with retryAfterSeconds', { timeout: 60_000 }, async () => {
     const nf = await raised(c.send(new GetMicrovmCommand({ microvmIdentifier: 'mvm-nope' })), ResourceNotFoundException);
     assert.equal(nf.resourceId, 'mvm-nope');
     assert.equal(nf.resourceType, 'Microvm');
@@ -320,10 +320,15 @@ describe('the AWS SDK against cella server', { concurrency: false }, () => {
     assert.ok(nf.message.includes('mvm-nope'));
     await raised(c.send(new RunMicrovmCommand({ imageIdentifier: new Arns('eu-west-1').image('sdk-demo') })), ValidationException);
     await raised(c.send(new RunMicrovmCommand({ imageIdentifier: image, maximumDurationInSeconds: 0 })), ValidationException);
-    const stranger = sdk(server.url, 'not-a-key');
+    const nobody = anonymous(server.url);
+    // An access key the server does not know: AWS's UnrecognizedClientException, which this SDK has no class of.
+    const stranger = sdk(server.url, { accessKeyId: 'CELLAUNKNOWN0000', secretAccessKey: KEY.secretAccessKey });
     try {
-      await raised(stranger.send(new GetMicrovmImageCommand({ imageIdentifier: image })), AccessDeniedException);
+      assert.equal((await raised(nobody.send(new GetMicrovmImageCommand({ imageIdentifier: image })), AccessDeniedException)).$metadata.httpStatusCode, 401);
+      const unknown = await raised(stranger.send(new GetMicrovmImageCommand({ imageIdentifier: image })), LambdaMicrovmsServiceException);
+      assert.deepEqual([unknown.name, unknown.$metadata.httpStatusCode], ['UnrecognizedClientException', 403]);
     } finally {
+      nobody.destroy();
       stranger.destroy();
     }
     // The contract's SuspendMicrovm rate is 2 per second: a burst of refused suspends meets it.
