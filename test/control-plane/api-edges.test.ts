@@ -8,7 +8,7 @@ import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { managedImageArn, routes } from '../../src/contract/index.js';
+import { Arns, routes } from '../../src/contract/index.js';
 import { exchange } from '../fixtures/raw-http.js';
 import { rawZip } from '../fixtures/zip-raw.js';
 import { V, seedImage, startHarness, type Harness } from '../fixtures/harness.js';
@@ -197,7 +197,7 @@ describe('API edges (no VM)', { concurrency: false }, () => {
     }
     assert.deepEqual(
       ((await pageAll(`${V}/managed-microvm-images`)) as Array<{ imageArn: string }>).map((i) => i.imageArn),
-      bases.map(managedImageArn),
+      bases.map((b) => new Arns().managedImage(b)),
     );
     assert.equal((await pageAll(`${V}/managed-microvm-images/base-a/versions`)).length, 1);
   });

@@ -6,7 +6,9 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { managedConnectorArn } from '../../src/contract/index.js';
+import { Arns } from '../../src/contract/index.js';
+
+const managedConnectorArn = (name: string): string => new Arns().managedConnector(name);
 import { Images } from '../../src/images/index.js';
 import type { RunnableImage } from '../../src/lifecycle/index.js';
 import { V, startHarness, type Harness } from '../fixtures/harness.js';
