@@ -27,9 +27,9 @@ test('template: boots a kernel on shared file-backed RAM', () => {
     // prettier-ignore
     [
       '-name', 'vm-1',
-      '-M', 'microvm,pit=on,pic=off,isa-serial=on,rtc=on,memory-backend=mem',
+      '-M', 'microvm,pit=off,pic=off,isa-serial=on,rtc=on,memory-backend=mem',
       '-accel', 'tcg,tb-size=32',
-      '-cpu', 'qemu64',
+      '-cpu', 'qemu64,+arat',
       '-m', '256M',
       '-smp', '1',
       '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
@@ -77,9 +77,10 @@ test('option values double their commas so a path cannot inject options', () => 
   assert.ok(args.includes('memory-backend-file,id=mem,size=256M,mem-path=/x,,share=on,share=off'));
 });
 
-test('guest command line carries the fixed address and the TSC rate', () => {
+test('guest command line carries the idle settings, the fixed address and the TSC rate', () => {
   assert.equal(
     guestCmdline({ tscKhz: 2445414, guestCidr: '172.29.0.2/24', gateway: '172.29.0.1' }),
-    'console=ttyS0 quiet panic=-1 reboot=t cella.ip=172.29.0.2/24 cella.gw=172.29.0.1 tsc_early_khz=2445414',
+    'console=ttyS0 quiet panic=-1 reboot=t tsc=reliable sysctl.vm.compaction_proactiveness=0 psi=0 nowatchdog ' +
+      'cella.ip=172.29.0.2/24 cella.gw=172.29.0.1 tsc_early_khz=2445414',
   );
 });

@@ -1,4 +1,4 @@
-export { SANDBOX, buildQemuArgs, guestCmdline, optValue, type Accel, type QemuSpec } from './args.js';
+export { IDLE_PARAMS, SANDBOX, buildQemuArgs, guestCmdline, optValue, type Accel, type QemuSpec } from './args.js';
 export { Cgroup, Cgroups, QEMU_OVERHEAD_MIB, cgroupLimits, detectLayout, type CgroupLayout, type CgroupLimits, type Controller } from './cgroup.js';
 export { BUILDER_UIDS, BUILDER_UID_BASE, VM_UID_BASE, jailPath, vmJail, type Jail } from './jail.js';
 export { QmpClient, QmpLineParser, type QmpEvent } from './qmp.js';
