@@ -19,7 +19,7 @@ import path from 'node:path';
 import { crashPoint, run } from '../host/index.js';
 import { NetworkPool, applyPolicy, networkForSlot, type NetworkPolicy } from '../net/index.js';
 import { loadGuestArtifacts, type GuestArtifacts } from '../setup/index.js';
-import { Cgroups, QEMU_BINARY, buildQemuArgs, detectAccel, requireExecutable, type AccelInfo, type QemuProcess } from '../vmm/index.js';
+import { Cgroups, QEMU_BINARY, detectAccel, requireExecutable, type AccelInfo, type QemuProcess } from '../vmm/index.js';
 import { adopt, killQemusIn, reclaim, type ReclaimResult } from './adopt.js';
 import { startBuilder, type BuilderSpec, type BuilderVm } from './builder.js';
 import { launch, type LaunchOptions } from './clone.js';
@@ -30,7 +30,7 @@ import { endParked } from './park.js';
 import { WarmPool } from './pool.js';
 import { resume } from './resume.js';
 import { sha256, type SnapshotManifest } from './snapshot.js';
-import { canonicalSpec } from './spawn.js';
+import { deviceModel } from './spawn.js';
 import { suspend, type SuspendResult } from './suspend.js';
 import { createSnapshot, type SnapshotSpec } from './template.js';
 import type { RunningVm, VmRef } from './vm.js';
@@ -140,8 +140,7 @@ export class Engine extends EventEmitter {
           vmlinux: guest.manifest.vmlinuxSha256,
           initrd: guest.manifest.initrdSha256,
           accel: accel.accel,
-          // The device model: any change to the command line changes what state means.
-          machine: buildQemuArgs(canonicalSpec(accel.accel)),
+          ...deviceModel(accel.accel),
         }),
       ),
     );

@@ -6,7 +6,7 @@
  * exists (ADR 0007: reclaim and terminate never mistake it for a stray).
  */
 import { GUEST, type VmNetwork } from '../net/index.js';
-import { QemuProcess, buildQemuArgs, cgroupLimits, vmJail, type Jail, type QemuSpec } from '../vmm/index.js';
+import { QemuProcess, buildQemuArgs, cgroupLimits, guestCmdline, vmJail, type Accel, type Jail, type QemuSpec } from '../vmm/index.js';
 import { vmDir, type EngineCore } from './core.js';
 import { vmFiles } from './vm.js';
 
@@ -54,8 +54,16 @@ export function baseSpec(core: EngineCore, name: string, memoryMiB: number, vcpu
   return { name, accel: core.accel.accel, memoryMiB, vcpus, tcgTbSizeMiB: TCG_TB_MIB };
 }
 
-/** The command line a fingerprint hashes: any change to the device model changes what a snapshot's state means. */
-export function canonicalSpec(accel: 'kvm' | 'tcg'): QemuSpec {
+/**
+ * What a snapshot's fingerprint hashes besides versions and hashes: the QEMU command line (any change to the
+ * device model changes what its state means) and the guest kernel's (the booted guest in its RAM was configured
+ * by it: timers, sysctls). The TSC rate is left out: it is read from the host at each boot and varies a little.
+ */
+export function deviceModel(accel: Accel): { machine: string[]; cmdline: string } {
+  return { machine: buildQemuArgs(canonicalSpec(accel)), cmdline: guestCmdline({ guestCidr: GUEST.cidr, gateway: GUEST.gateway }) };
+}
+
+function canonicalSpec(accel: Accel): QemuSpec {
   return {
     name: 'x',
     accel,
