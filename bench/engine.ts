@@ -31,6 +31,7 @@ function pssKiB(pid: number): number {
 }
 
 const ms = (t: number): number => performance.now() - t;
+const p50s = (phases: Record<string, number[]>): Record<string, number> => Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, percentile(v, 50)]));
 const dataDir = tempDataDir('bench');
 const engine = await Engine.open({ dataDir, log: () => {} });
 const accel = engine.accel.accel;
@@ -77,7 +78,7 @@ try {
     }
     emit(pooled ? 'launch_to_answer_ms' : 'launch_cold_to_answer_ms', 'ms', launches, 150, 'lower', {
       pooled,
-      phases_p50: Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, percentile(v, 50)])),
+      phases_p50: p50s(phases),
     });
   }
 
@@ -85,21 +86,25 @@ try {
   const suspendMs: number[] = [];
   const suspendBytes: number[] = [];
   const resumes: number[] = [];
+  const suspendPhases: Record<string, number[]> = {};
+  const resumePhases: Record<string, number[]> = {};
   for (let i = 0; i < N.suspends; i++) {
     const vm = await engine.launch(imageDir, id());
     await get(vm, '/touch/50');
     const s = await engine.suspend(vm);
     suspendMs.push(s.ms);
     suspendBytes.push(s.bytes / 1048576);
+    for (const [k, v] of Object.entries(s.phases)) (suspendPhases[k] ??= []).push(v);
     const t = performance.now();
     const back = await engine.resume(vm.ref);
     await get(back, '/get');
     resumes.push(ms(t));
+    for (const [k, v] of Object.entries(back.phases)) (resumePhases[k] ??= []).push(v);
     await engine.terminate(back.ref);
   }
-  emit('suspend_ms', 'ms', suspendMs, 300, 'lower', { guest_mib: 256, touched_mib: 50 });
+  emit('suspend_ms', 'ms', suspendMs, 300, 'lower', { guest_mib: 256, touched_mib: 50, phases_p50: p50s(suspendPhases) });
   emit('suspend_bytes', 'MiB', suspendBytes, 80, 'lower', { guest_mib: 256, touched_mib: 50 });
-  emit('resume_to_answer_ms', 'ms', resumes, 150, 'lower');
+  emit('resume_to_answer_ms', 'ms', resumes, 150, 'lower', { phases_p50: p50s(resumePhases) });
 
   // PSS of an idle clone with 50 alive.
   const clones: RunningVm[] = [];
