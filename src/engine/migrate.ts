@@ -83,11 +83,16 @@ export async function saveState(
       await out.writev(bufs);
       crashPoint('suspend:streaming');
     };
-    const stats = await filterMigrationStream(socket, async (b) => {
-      pending.push(b);
-      pendingBytes += b.length;
-      if (pendingBytes >= 4 << 20) await flush();
-    }, keep);
+    // Synchronous but for the flushes: the filter then awaits nothing per page.
+    const stats = await filterMigrationStream(
+      socket,
+      (b) => {
+        pending.push(b);
+        pendingBytes += b.length;
+        return pendingBytes >= 4 << 20 ? flush() : undefined;
+      },
+      keep,
+    );
     await flush();
     mark('streamed');
     await waitMigration(qmp, qemu, 'saving state');

@@ -82,6 +82,14 @@ test('bad input is refused with MIGRATION_STREAM_INVALID', async () => {
   for (const b of bad) {
     await assert.rejects(filter(b, () => true), (err) => isCellaError(err, 'MIGRATION_STREAM_INVALID'));
   }
+  // Cut anywhere inside the page records, read whole or a byte at a time: never a silently shorter checkpoint.
+  const full = stream();
+  const first = full.indexOf(Buffer.concat([be64(0n | PAGE), s('mem')]));
+  for (let cut = first; cut < first + 3 * 4105; cut += 97) {
+    for (const chunk of [1, 1 << 20]) {
+      await assert.rejects(filter(full.subarray(0, cut), () => true, chunk), (err) => isCellaError(err, 'MIGRATION_STREAM_INVALID'));
+    }
+  }
   // Compressed pages (flag 0x100) are not something this filter may guess at.
   const compressed = stream();
   const at = compressed.indexOf(Buffer.concat([be64(0n | PAGE), s('mem')]));

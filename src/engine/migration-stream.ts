@@ -20,7 +20,10 @@ const PAGE_SIZE = 4096;
 
 const Section = { START: 0x01, PART: 0x02, END: 0x03, FULL: 0x04, SUBSECTION: 0x05, COMMAND: 0x06, CONFIGURATION: 0x07, EOF: 0x08, FOOTER: 0x7e } as const;
 const RamFlag = { ZERO: 0x02, MEM_SIZE: 0x04, PAGE: 0x08, EOS: 0x10, CONTINUE: 0x20 } as const;
-const FLAG_MASK = 0xfffn;
+const FLAG_MASK = 0xfff;
+const FLAG_MASK_BIG = 0xfffn;
+/** The largest page record: header, a block name (length byte and up to 255 bytes), a page. */
+const RECORD_MAX = 8 + 256 + PAGE_SIZE;
 const KNOWN_FLAGS = RamFlag.ZERO | RamFlag.MEM_SIZE | RamFlag.PAGE | RamFlag.EOS | RamFlag.CONTINUE;
 
 export interface FilterStats {
@@ -66,8 +69,25 @@ class Reader {
     }
   }
 
+  /**
+   * Buffers at least `n` bytes, or all that is left of the stream. The reads
+   * that follow, up to `n` bytes, may then be synchronous: a page record is
+   * parsed without a promise per field (the filter's cost is per record).
+   */
+  ensure(n: number): Promise<void> | undefined {
+    if (this.available >= n || this.done) return undefined;
+    // Fewer bytes may be left: a read past them reports the truncation.
+    return this.fill(n).catch(() => {});
+  }
+
   async read(n: number): Promise<Buffer> {
     await this.fill(n);
+    return this.readSync(n);
+  }
+
+  /** `n` bytes already buffered (see ensure); throws if the stream ended before them. */
+  readSync(n: number): Buffer {
+    if (this.available < n) throw invalid(`truncated (needed ${n} more bytes, have ${this.available})`);
     this.bytesRead += n;
     this.available -= n;
     const first = this.chunks[0] as Buffer;
@@ -114,6 +134,10 @@ class Reader {
 
   async str(): Promise<string> {
     return (await this.read(await this.u8())).toString('latin1');
+  }
+
+  strSync(): string {
+    return this.readSync(this.readSync(1).readUInt8(0)).toString('latin1');
   }
 
   async peek(): Promise<number | undefined> {
@@ -180,6 +204,11 @@ export async function filterMigrationStream(
     stats.bytesOut += b.length;
     await write(b);
   };
+  /** For the page loop: a promise only when `write` returns one, so that a page costs no await. */
+  const emitSync = (b: Buffer): void | Promise<void> => {
+    stats.bytesOut += b.length;
+    return write(b);
+  };
 
   if ((await r.u32()) !== MAGIC) throw invalid('bad magic (not a QEMU migration stream)');
   const version = await r.u32();
@@ -201,9 +230,32 @@ export async function filterMigrationStream(
 
   const ramRecords = async (): Promise<void> => {
     for (;;) {
-      const header = await r.u64();
-      const flags = Number(header & FLAG_MASK);
-      const addr = header & ~FLAG_MASK;
+      // Room for the largest page record (header, block name, page): it is then read without awaiting.
+      const filling = r.ensure(RECORD_MAX);
+      if (filling) await filling;
+      const head = r.readSync(8);
+      const low = head.readUInt32BE(4);
+      const flags = low & FLAG_MASK;
+      if (flags & (RamFlag.ZERO | RamFlag.PAGE) && !(flags & ~KNOWN_FLAGS) && !(flags & RamFlag.MEM_SIZE)) {
+        if (!(flags & RamFlag.CONTINUE)) lastInBlock = r.strSync();
+        const block = lastInBlock;
+        if (block === undefined) throw invalid('page continues a block that was never named');
+        const payload = r.readSync(flags & RamFlag.PAGE ? PAGE_SIZE : 1);
+        stats.pagesIn++;
+        const addr = head.readUInt32BE(0) * 2 ** 32 + (low - flags);
+        if (!keep(block, addr)) continue;
+        stats.pagesOut++;
+        const out = Buffer.from(head);
+        out.writeUInt32BE((low & ~RamFlag.CONTINUE) | (block === lastOutBlock ? RamFlag.CONTINUE : 0), 4);
+        const named = block === lastOutBlock ? undefined : str(block);
+        lastOutBlock = block;
+        // One copy: what is queued for writing holds no slice of a larger input chunk.
+        const w = emitSync(Buffer.concat(named ? [out, named, payload] : [out, payload]));
+        if (w) await w;
+        continue;
+      }
+      const header = head.readBigUInt64BE(0);
+      const addr = header & ~FLAG_MASK_BIG;
       if (flags & ~KNOWN_FLAGS) throw invalid(`unsupported RAM flags 0x${flags.toString(16)} (compression or RDMA?)`);
       if (flags & RamFlag.MEM_SIZE) {
         const parts: Buffer[] = [u64(header)];
@@ -217,22 +269,6 @@ export async function filterMigrationStream(
           if (length > total || length === 0n) throw invalid(`RAM block ${id} length ${length} does not fit the announced total`);
           total -= length;
         }
-        await emit(Buffer.concat(parts));
-        continue;
-      }
-      if (flags & (RamFlag.ZERO | RamFlag.PAGE)) {
-        if (!(flags & RamFlag.CONTINUE)) lastInBlock = await r.str();
-        const block = lastInBlock;
-        if (block === undefined) throw invalid('page continues a block that was never named');
-        const payload = await r.read(flags & RamFlag.PAGE ? PAGE_SIZE : 1);
-        stats.pagesIn++;
-        if (!keep(block, Number(addr))) continue;
-        stats.pagesOut++;
-        const outFlags = BigInt(flags & ~RamFlag.CONTINUE) | (block === lastOutBlock ? BigInt(RamFlag.CONTINUE) : 0n);
-        const parts = [u64(addr | outFlags)];
-        if (block !== lastOutBlock) parts.push(str(block));
-        parts.push(payload);
-        lastOutBlock = block;
         await emit(Buffer.concat(parts));
         continue;
       }
