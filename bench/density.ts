@@ -41,9 +41,9 @@ const API_KEY = `bench-density-${process.pid}-0123456789`;
 const CLK_TCK = 100;
 
 const memAvailableMiB = Number(/^MemAvailable:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0) / 1024;
-if (count * 64 + 2048 > memAvailableMiB) {
+if (count * 48 + 2048 > memAvailableMiB) {
   throw new Error(
-    `--count ${count} needs about ${count * 64 + 2048} MiB available (64 MiB per idle VM and 2 GiB spare); this host has ${Math.round(memAvailableMiB)}`,
+    `--count ${count} needs about ${count * 48 + 2048} MiB available (48 MiB per idle VM, PSS being about 26, and 2 GiB spare); this host has ${Math.round(memAvailableMiB)}`,
   );
 }
 
