@@ -14,7 +14,7 @@ import type { DiskCapacity } from '../capacity/index.js';
 import { type Connectors } from '../connectors/index.js';
 import { type Arns, AUTH_HEADER, CellaError, checkTags, hookPort, httpError, type ImageVersionStarted, type ListMicrovmsResponse, MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD_BYTES, type Microvm, openApiDocument, type Operation, type PortSpecification, type RouteDef, routes, type Routes } from '../contract/index.js';
 import { MANAGED_VERSION, type Images, type StartedVersion } from '../images/index.js';
-import { type Lifecycle, pendingVm } from '../lifecycle/index.js';
+import { admitVm, type Lifecycle, pendingVm } from '../lifecycle/index.js';
 import type { LogHub } from '../logs/index.js';
 import type { Store, Tx, VmRecord } from '../store/index.js';
 import { usageOf, sumUsage } from '../usage/index.js';
@@ -369,13 +369,7 @@ export function createApi(ctx: ApiContext): (req: IncomingMessage, res: ServerRe
     const insert = async (tx: Tx, rec: VmRecord): Promise<VmRecord> => {
       // Again in the transaction: an image deleted since `prepare` read it has no VM made from it (its delete checks for live VMs in one).
       await ctx.images.runnable(name, b.imageVersion, tx);
-      const used = (await tx.liveVms()).reduce((sum, v) => sum + v.memoryMiB, 0);
-      if (used + rec.memoryMiB > ctx.maxMemoryMiB) {
-        throw new CellaError('QUOTA_EXCEEDED', `live MicroVMs would hold ${used + rec.memoryMiB} MiB; the quota is ${ctx.maxMemoryMiB} MiB`, {
-          details: { resourceId: name, resourceType: 'MicrovmImage', serviceCode: 'cella', quotaCode: 'microvm-memory-mib' },
-        });
-      }
-      await tx.insertVm(rec);
+      await admitVm(tx, rec, ctx.maxMemoryMiB);
       return rec;
     };
     const r = await once('RunMicrovm', b, prepare, insert, (rec) => rec.id);

@@ -22,7 +22,7 @@ import type { RunnableImage } from './pending.js';
 import { REASON_STATES, RUNNING_STATES, canTransition } from './states.js';
 
 export type { DriverVm, VmDriver, VmExit } from './driver.js';
-export { pendingVm, type RunnableImage } from './pending.js';
+export { admitVm, pendingVm, type RunnableImage } from './pending.js';
 export { RUNNING_STATES, TRANSITIONS, canTransition } from './states.js';
 
 /** What the lifecycle needs of the disk watch (src/capacity): work that writes checkpoints is refused when the disk is low. */
@@ -38,7 +38,12 @@ export interface LifecycleOptions {
   now?: () => number;
 }
 
-/** An idle suspend refused (a full disk, say) is tried again this much later. */
+/** The maximum-duration deadline as it applies in the VM's state: a timeout that suspends counts only while the VM runs. */
+function maxDeadlineOf(rec: VmRecord): number | null {
+  return rec.spec.timeout?.onExpiry === 'suspend' && rec.state !== 'RUNNING' ? null : rec.maxDeadline;
+}
+
+/** An idle suspend (or a suspend at a timeout) refused (a full disk, say) is tried again this much later. */
 const IDLE_RETRY_MS = 60_000;
 
 /** Longest setTimeout Node accepts; longer deadlines are re-armed when it fires. */
@@ -454,9 +459,10 @@ export class Lifecycle extends EventEmitter {
     this.timers.delete(rec.id);
     if (this.closed || rec.state === 'TERMINATED') return;
     if (rec.state === 'TERMINATING') return void this.timers.set(rec.id, { generation: rec.generation });
-    const due = [rec.maxDeadline, rec.state === 'RUNNING' ? rec.idleDeadline : null, rec.state === 'SUSPENDED' ? rec.suspendedDeadline : null].filter(
+    const due = [maxDeadlineOf(rec), rec.state === 'RUNNING' ? rec.idleDeadline : null, rec.state === 'SUSPENDED' ? rec.suspendedDeadline : null].filter(
       (d): d is number => d !== null,
     );
+    if (due.length === 0) return;
     const at = Math.min(...due);
     const timer = setTimeout(
       () => void this.fire(rec.id, rec.generation).catch((err: Error) => this.log(`MicroVM ${rec.id}: its timer failed: ${err.message}`)),
@@ -470,8 +476,20 @@ export class Lifecycle extends EventEmitter {
     const rec = await this.store.getVm(id);
     if (!rec || rec.generation !== generation || this.closed) return;
     const now = this.now();
-    if (now >= rec.maxDeadline) {
-      void this.terminate(id, `maximum duration of ${rec.spec.maximumDurationInSeconds} s reached`).catch(() => {});
+    const max = maxDeadlineOf(rec);
+    if (max !== null && now >= max) {
+      if (rec.spec.timeout?.onExpiry === 'suspend') {
+        try {
+          await this.suspendFrom(rec, 'suspended: its timeout was reached');
+        } catch (err) {
+          this.log(`MicroVM ${id}: suspend at its timeout refused: ${(err as Error).message}`);
+          const next = await this.store.patchVm(id, generation, { maxDeadline: now + IDLE_RETRY_MS });
+          if (next) this.arm(next);
+        }
+        return;
+      }
+      const why = rec.spec.timeout ? 'its timeout was reached' : `maximum duration of ${rec.spec.maximumDurationInSeconds} s reached`;
+      void this.terminate(id, why).catch(() => {});
       return;
     }
     if (rec.state === 'RUNNING' && rec.idleDeadline !== null && now >= rec.idleDeadline) {
@@ -493,6 +511,24 @@ export class Lifecycle extends EventEmitter {
       return;
     }
     this.arm(rec);
+  }
+
+  /**
+   * Moves a VM's timeout (spec.timeout: E2B's setTimeout and connect) to
+   * `at`, stored before it is armed so a restart keeps it; `extendOnly`
+   * never brings it closer. Refused once the VM is terminating.
+   */
+  async setDeadline(id: string, at: number, opts: { extendOnly?: boolean } = {}): Promise<VmRecord> {
+    for (;;) {
+      const rec = await this.require(id);
+      if (!rec.spec.timeout) throw new CellaError('INVALID_STATE', `MicroVM ${id} has a fixed maximum duration`, { details: { resourceId: id, resourceType: 'Microvm' } });
+      if (rec.state === 'TERMINATING' || rec.state === 'TERMINATED') throw this.conflict(rec, 'given a new timeout');
+      const maxDeadline = opts.extendOnly ? Math.max(rec.maxDeadline, at) : at;
+      const next = await this.store.patchVm(id, rec.generation, { maxDeadline });
+      if (!next) continue;
+      this.arm(next);
+      return next;
+    }
   }
 
   /** Moves the idle deadline, and the timer with it, unless the VM moved on (its own timer is armed then). */

@@ -42,11 +42,11 @@ async function waitFor(ok: () => boolean | Promise<boolean>): Promise<void> {
   while (!(await ok())) await new Promise((r) => setTimeout(r, 5));
 }
 
-function pending(id: string): VmRecord {
+function pending(id: string, more: Partial<VmRecord['spec']> = {}): VmRecord {
   return pendingVm({
     id,
     image: { name: 'img', arn: 'arn:x', version: '1.0', config: { memoryMiB: 256, vcpus: 1 } },
-    spec: { maximumDurationInSeconds: 600, ingressNetworkConnectors: [], egressNetworkConnectors: [], loggingDisabled: true },
+    spec: { maximumDurationInSeconds: 600, ingressNetworkConnectors: [], egressNetworkConnectors: [], loggingDisabled: true, ...more },
     now: Date.now(),
   });
 }
@@ -212,6 +212,64 @@ test('a resume that cannot restore keeps its reason until the VM is healthy agai
     const running = await lc.resume('vm-9');
     assert.equal(running.state, 'RUNNING');
     assert.equal(running.stateReason, null);
+  } finally {
+    await done();
+  }
+});
+
+/** Resolves with the VM's record once it reaches `state` (keeping the process up meanwhile: the lifecycle's timers are unref'd). */
+function reached(lc: Lifecycle, id: string, state: VmRecord['state']): Promise<VmRecord> {
+  const alive = setInterval(() => {}, 1000);
+  return new Promise((resolve) => {
+    const on = (r: VmRecord): void => {
+      if (r.id !== id || r.state !== state) return;
+      lc.removeListener('state', on);
+      clearInterval(alive);
+      resolve(r);
+    };
+    lc.on('state', on);
+  });
+}
+
+async function started(lc: Lifecycle, store: SqliteStore, rec: VmRecord): Promise<void> {
+  await store.insertVm(rec);
+  lc.start(rec, undefined);
+  await lc.settle();
+}
+
+test('a timeout that suspends: setDeadline moves it (extendOnly never closer), reaching it suspends, and a resumed VM runs to its new one', { timeout: 10_000 }, async () => {
+  const { lc, store, driver, logged, done } = setup();
+  try {
+    await started(lc, store, pending('vm-10', { timeout: { onExpiry: 'suspend' } }));
+    const far = Date.now() + 600_000;
+    assert.equal((await lc.setDeadline('vm-10', far)).maxDeadline, far);
+    assert.equal((await lc.setDeadline('vm-10', Date.now() + 1000, { extendOnly: true })).maxDeadline, far, 'extendOnly keeps the later one');
+    const suspended = reached(lc, 'vm-10', 'SUSPENDED');
+    await lc.setDeadline('vm-10', Date.now() + 20);
+    await suspended;
+    assert.ok(logged.some((l) => /vm-10: SUSPENDING: suspended: its timeout was reached/.test(l)), logged.join('\n'));
+    assert.deepEqual(driver.terminated, [], 'suspended, not terminated');
+    // Moved while suspended (as E2B's connect does before it resumes): the past deadline does not apply to a paused VM.
+    await lc.setDeadline('vm-10', far, { extendOnly: true });
+    const r = await lc.resume('vm-10');
+    assert.equal(r.state, 'RUNNING');
+    assert.equal(r.maxDeadline, far);
+  } finally {
+    await done();
+  }
+});
+
+test('a timeout that terminates ends the VM with its reason; a VM without a timeout refuses setDeadline', { timeout: 10_000 }, async () => {
+  const { lc, store, done } = setup();
+  try {
+    await started(lc, store, pending('vm-11', { timeout: { onExpiry: 'terminate' } }));
+    const ended = reached(lc, 'vm-11', 'TERMINATED');
+    await lc.setDeadline('vm-11', Date.now() + 20);
+    assert.equal((await ended).stateReason, 'its timeout was reached');
+    await assert.rejects(lc.setDeadline('vm-11', Date.now() + 1000), (e) => isCellaError(e, 'INVALID_STATE'));
+    await started(lc, store, pending('vm-12'));
+    await assert.rejects(lc.setDeadline('vm-12', Date.now() + 1000), (e) => isCellaError(e, 'INVALID_STATE'));
+    assert.equal((await store.getVm('vm-12'))?.generation, 2, 'nothing written');
   } finally {
     await done();
   }

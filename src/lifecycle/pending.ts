@@ -1,5 +1,6 @@
 /** What a VM is made from (an image version, as src/images resolves it) and the row it starts as. */
-import type { ImageConfig, VmRecord, VmSpec } from '../store/index.js';
+import { CellaError } from '../contract/index.js';
+import type { ImageConfig, Tx, VmRecord, VmSpec } from '../store/index.js';
 
 /** What the lifecycle needs of an image version to launch and call a VM; src/images provides it. */
 export interface RunnableImage {
@@ -45,4 +46,15 @@ export function pendingVm(init: {
     storageByteMs: 0,
     checkpointBytes: 0,
   };
+}
+
+/** Inserts a new VM's row in `tx`, unless live VMs would then hold more than `maxMemoryMiB` together (QUOTA_EXCEEDED). */
+export async function admitVm(tx: Tx, rec: VmRecord, maxMemoryMiB: number): Promise<void> {
+  const used = (await tx.liveVms()).reduce((sum, v) => sum + v.memoryMiB, 0);
+  if (used + rec.memoryMiB > maxMemoryMiB) {
+    throw new CellaError('QUOTA_EXCEEDED', `live MicroVMs would hold ${used + rec.memoryMiB} MiB; the quota is ${maxMemoryMiB} MiB`, {
+      details: { resourceId: rec.imageName, resourceType: 'MicrovmImage', serviceCode: 'cella', quotaCode: 'microvm-memory-mib' },
+    });
+  }
+  await tx.insertVm(rec);
 }

@@ -35,6 +35,8 @@ export const int = (name: string): Column<number> => ({ name, encode: (v) => v, 
 /** A number that need not be whole (REAL). */
 export const real = int;
 export const json = <T>(name: string): Column<T> => ({ name, encode: (v) => JSON.stringify(v), decode: (v) => JSON.parse(v as string) as T });
+/** 0 or 1 in an INTEGER column. */
+export const bool = (name: string): Column<boolean> => ({ name, encode: (v) => (v ? 1 : 0), decode: (v) => v === 1 });
 /** Copied both ways: a caller's buffer is never shared with the store. */
 export const blob = (name: string): Column<Buffer> => ({ name, encode: (v) => Buffer.from(v), decode: (v) => Buffer.from(v as Uint8Array) });
 

@@ -6,7 +6,7 @@
  * transactions that may await.
  *
  * One file per table family (./vms.ts, ./images.ts, ./connectors.ts,
- * ./access.ts), each with its row types and one column map per table
+ * ./access.ts, ./e2b.ts), each with its row types and one column map per table
  * (./columns.ts) that every backend writes and reads rows through.
  *
  * Which types live here: the rows the store persists, and the shapes kept
@@ -18,6 +18,7 @@
  */
 export type { AccessKeyRecord, TokenRecord } from './access.js';
 export type { ConnectorRecord } from './connectors.js';
+export type { E2bSandboxRecord } from './e2b.js';
 export type { BuildRecord, ImageConfig, ImageRecord, ImageVersionRecord, SnapshotBuild } from './images.js';
 export { MemoryStore } from './memory.js';
 export { SqliteStore } from './sqlite.js';

@@ -10,6 +10,7 @@ import type { TaggableType, VmState } from '../contract/index.js';
 import { ACCESS_KEYS, API_KEYS, IDEMPOTENCY, SECRETS, TOKENS, type AccessKeyRecord, type TokenRecord } from './access.js';
 import { decodeRow, encodeRow, type SqlValue, type Table } from './columns.js';
 import { CONNECTORS, type ConnectorRecord } from './connectors.js';
+import { E2B_SANDBOXES, type E2bSandboxRecord } from './e2b.js';
 import { BUILDS, IMAGES, VERSIONS, type BuildRecord, type ImageRecord, type ImageVersionRecord } from './images.js';
 import { type Backend, Session } from './session.js';
 import { duplicateKey } from './store.js';
@@ -86,7 +87,8 @@ class MemoryBackend implements Backend {
   private readonly apiKeys = new Rows(API_KEYS);
   private readonly accessKeys = new Rows(ACCESS_KEYS);
   private readonly secrets = new Rows(SECRETS);
-  private readonly tables = [this.vms, this.images, this.versions, this.builds, this.connectors, this.tokens, this.idempotency, this.apiKeys, this.accessKeys, this.secrets];
+  private readonly e2b = new Rows(E2B_SANDBOXES);
+  private readonly tables = [this.vms, this.images, this.versions, this.builds, this.connectors, this.tokens, this.idempotency, this.apiKeys, this.accessKeys, this.secrets, this.e2b];
   /** One snapshot of every table per open transaction or savepoint, innermost last. */
   private readonly snapshots: Map<string, EncodedRow>[][] = [];
 
@@ -262,6 +264,24 @@ class MemoryBackend implements Backend {
       return cur !== undefined;
     };
     return type === 'microvm-image' ? set(this.images, { name }) : set(this.connectors, { name });
+  }
+
+  putE2bSandbox(s: E2bSandboxRecord): void {
+    this.e2b.put(s);
+  }
+
+  getE2bSandbox(vmId: string): E2bSandboxRecord | undefined {
+    return this.e2b.get({ vmId });
+  }
+
+  liveE2bSandboxes(): E2bSandboxRecord[] {
+    return this.e2b
+      .all()
+      .filter((s) => {
+        const state = this.vms.get({ id: s.vmId })?.state;
+        return state !== undefined && state !== 'TERMINATED';
+      })
+      .sort((a, b) => a.createdAt - b.createdAt || compare(a.vmId, b.vmId));
   }
 
   apiKeyHashes(): string[] {

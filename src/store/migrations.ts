@@ -86,6 +86,11 @@ const MIGRATIONS: string[] = [
      WHERE EXISTS (SELECT 1 FROM microvm_images) OR EXISTS (SELECT 1 FROM vms) OR EXISTS (SELECT 1 FROM network_connectors);`,
   // Connectors take tags (TagResource), as images do.
   `ALTER TABLE network_connectors ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';`,
+  // E2B sandboxes: what an E2B sandbox has beyond its MicroVM's row.
+  `CREATE TABLE e2b_sandboxes (
+     vm_id TEXT PRIMARY KEY, template_id TEXT NOT NULL, metadata TEXT NOT NULL, env_vars TEXT NOT NULL, default_user TEXT NOT NULL,
+     auto_resume INTEGER NOT NULL, allow_internet_access INTEGER NOT NULL, created_at INTEGER NOT NULL
+   );`,
 ];
 
 /**

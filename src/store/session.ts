@@ -18,6 +18,7 @@
 import { CellaError, type TaggableType, type VmState } from '../contract/index.js';
 import type { AccessKeyRecord, TokenRecord } from './access.js';
 import type { ConnectorRecord } from './connectors.js';
+import type { E2bSandboxRecord } from './e2b.js';
 import type { BuildRecord, ImageRecord, ImageVersionRecord } from './images.js';
 import type { Ops, Store, Tx } from './store.js';
 import type { VmPage, VmPatch, VmRecord } from './vms.js';
@@ -229,6 +230,15 @@ export class Session implements Store {
   }
   setTags(type: TaggableType, name: string, tags: Record<string, string>): Promise<boolean> {
     return this.run(() => this.backend.setTags(type, name, tags));
+  }
+  putE2bSandbox(s: E2bSandboxRecord): Promise<void> {
+    return this.run(() => this.backend.putE2bSandbox(s));
+  }
+  getE2bSandbox(vmId: string): Promise<E2bSandboxRecord | undefined> {
+    return this.run(() => this.backend.getE2bSandbox(vmId));
+  }
+  liveE2bSandboxes(): Promise<E2bSandboxRecord[]> {
+    return this.run(() => this.backend.liveE2bSandboxes());
   }
   apiKeyHashes(): Promise<string[]> {
     return this.run(() => this.backend.apiKeyHashes());

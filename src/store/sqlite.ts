@@ -11,6 +11,7 @@ import type { TaggableType, VmState } from '../contract/index.js';
 import { ACCESS_KEYS, API_KEYS, IDEMPOTENCY, SECRETS, TOKENS, type AccessKeyRecord, type TokenRecord } from './access.js';
 import { decodeRow, encodePatch, encodeRow, type Row, type Table } from './columns.js';
 import { CONNECTORS, type ConnectorRecord } from './connectors.js';
+import { E2B_SANDBOXES, type E2bSandboxRecord } from './e2b.js';
 import { BUILDS, IMAGES, VERSIONS, type BuildRecord, type ImageRecord, type ImageVersionRecord } from './images.js';
 import { migrate } from './migrations.js';
 import { type Backend, Session } from './session.js';
@@ -247,6 +248,21 @@ class SqliteBackend implements Backend {
   setTags(type: TaggableType, name: string, tags: Record<string, string>): boolean {
     const t = type === 'microvm-image' ? IMAGES : CONNECTORS;
     return this.sql(`UPDATE ${t.name} SET ${t.columns.tags.name} = ? WHERE ${t.columns.name.name} = ?`).run(t.columns.tags.encode(tags), name).changes > 0;
+  }
+
+  putE2bSandbox(s: E2bSandboxRecord): void {
+    this.put(E2B_SANDBOXES, s);
+  }
+
+  getE2bSandbox(vmId: string): E2bSandboxRecord | undefined {
+    return this.one(E2B_SANDBOXES, 'vm_id = ?', vmId);
+  }
+
+  liveE2bSandboxes(): E2bSandboxRecord[] {
+    return this.many(
+      E2B_SANDBOXES,
+      `WHERE vm_id IN (SELECT id FROM vms WHERE state <> 'TERMINATED') ORDER BY created_at, vm_id`,
+    );
   }
 
   apiKeyHashes(): string[] {

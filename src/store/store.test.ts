@@ -13,7 +13,7 @@ import { encodeRow, type Table } from './columns.js';
 import { IMAGES, VERSIONS } from './images.js';
 import { migrate } from './migrations.js';
 import { VMS } from './vms.js';
-import { MemoryStore, SqliteStore, type BuildRecord, type ConnectorRecord, type ImageRecord, type ImageVersionRecord, type Store, type Tx, type VmRecord } from './index.js';
+import { MemoryStore, SqliteStore, type BuildRecord, type ConnectorRecord, type E2bSandboxRecord, type ImageRecord, type ImageVersionRecord, type Store, type Tx, type VmRecord } from './index.js';
 
 const vm = (id: string, createdAt: number, more: Partial<VmRecord> = {}): VmRecord => ({
   id,
@@ -251,6 +251,28 @@ for (const [name, open] of STORES) {
       assert.deepEqual((await s.getImage('a'))?.tags, {}, 'rolled back with its transaction');
     });
 
+    each('E2B sandboxes: by id, a put again replaces only the user; live ones are those whose VM is not TERMINATED', async (s) => {
+      const sbx = (vmId: string, createdAt: number): E2bSandboxRecord => ({
+        vmId,
+        templateId: 'base',
+        metadata: { k: 'v' },
+        envVars: { A: '1' },
+        user: 'user',
+        autoResume: vmId === 'b',
+        allowInternetAccess: vmId !== 'c',
+        createdAt,
+      });
+      await s.insertVm(vm('b', 2));
+      await s.insertVm(vm('a', 1));
+      await s.insertVm(vm('c', 3, { state: 'TERMINATED' }));
+      for (const [id, at] of [['b', 2], ['a', 1], ['c', 3], ['orphan', 4]] as const) await s.putE2bSandbox(sbx(id, at));
+      await s.putE2bSandbox({ ...sbx('a', 9), user: 'root', metadata: {} });
+      assert.deepEqual(await s.getE2bSandbox('a'), { ...sbx('a', 1), user: 'root' });
+      assert.deepEqual(await s.getE2bSandbox('b'), sbx('b', 2));
+      assert.deepEqual(await s.getE2bSandbox('c'), sbx('c', 3), 'a terminated sandbox is still recorded');
+      assert.equal(await s.getE2bSandbox('x'), undefined);
+      assert.deepEqual((await s.liveE2bSandboxes()).map((x) => x.vmId), ['a', 'b']);
+    });
     each('API key hashes and secrets (an upsert, a copy each way)', async (s) => {
       assert.deepEqual(await s.apiKeyHashes(), []);
       await s.addApiKeyHash('h2');

@@ -6,6 +6,7 @@
 import { CellaError, type TaggableType, type VmState } from '../contract/index.js';
 import type { AccessKeyRecord, TokenRecord } from './access.js';
 import type { ConnectorRecord } from './connectors.js';
+import type { E2bSandboxRecord } from './e2b.js';
 import type { BuildRecord, ImageRecord, ImageVersionRecord } from './images.js';
 import type { VmPage, VmPatch, VmRecord } from './vms.js';
 
@@ -82,6 +83,12 @@ export interface Tx {
 
   /** Replaces the tags of an image or connector; false if there is none of that name. */
   setTags(type: TaggableType, name: string, tags: Record<string, string>): Promise<boolean>;
+
+  /** Inserts, or replaces a sandbox's default user. */
+  putE2bSandbox(s: E2bSandboxRecord): Promise<void>;
+  getE2bSandbox(vmId: string): Promise<E2bSandboxRecord | undefined>;
+  /** The sandboxes whose MicroVM is not TERMINATED, oldest first. */
+  liveE2bSandboxes(): Promise<E2bSandboxRecord[]>;
 
   apiKeyHashes(): Promise<string[]>;
   addApiKeyHash(hash: string): Promise<void>;

@@ -8,6 +8,13 @@ export interface VmSpec {
   executionRoleArn?: string;
   idlePolicy?: { maxIdleDurationSeconds: number; suspendedDurationSeconds: number; autoResumeEnabled: boolean };
   maximumDurationInSeconds: number;
+  /**
+   * Beyond AWS (E2B sandboxes): the maximum duration is a timeout the caller
+   * moves (Lifecycle.setDeadline), and reaching it suspends the VM instead of
+   * terminating it when `onExpiry` is 'suspend' (the deadline then applies
+   * while it runs).
+   */
+  timeout?: { onExpiry: 'terminate' | 'suspend' };
   ingressNetworkConnectors: string[];
   egressNetworkConnectors: string[];
   /** What the connectors resolved to at RunMicrovm; absent on VMs from before connectors were enforced (no egress). */
