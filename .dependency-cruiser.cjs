@@ -14,6 +14,7 @@ const TIERS = [
   ['auth', 'connectors'],
   ['lifecycle'],
   ['usage', 'images'],
+  ['e2b'],
   ['proxy', 'shell'],
   ['api'],
   ['server'],

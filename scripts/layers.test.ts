@@ -22,10 +22,10 @@ function mapRows(): Row[] {
   const design = readFileSync(path.join(ROOT, 'docs/design.md'), 'utf8');
   const section = design.split('\n## ').find((s) => s.startsWith('Map of the code'));
   assert.ok(section, 'docs/design.md has a "## Map of the code" section');
-  return [...section.matchAll(/^\| (\d+) \| `([a-z-]+)` \| [^|]+ \| ([^|]+) \|$/gm)].map(([, tier, folder, imports]) => ({
+  return [...section.matchAll(/^\| (\d+) \| `([a-z0-9-]+)` \| [^|]+ \| ([^|]+) \|$/gm)].map(([, tier, folder, imports]) => ({
     tier: Number(tier),
     folder: folder!,
-    imports: imports!.trim() === '—' ? [] : [...imports!.matchAll(/`([a-z-]+)`/g)].map((m) => m[1]!),
+    imports: imports!.trim() === '—' ? [] : [...imports!.matchAll(/`([a-z0-9-]+)`/g)].map((m) => m[1]!),
   }));
 }
 
@@ -35,7 +35,7 @@ function importsOf(folder: string): string[] {
   for (const file of readdirSync(path.join(SRC, folder))) {
     if (!file.endsWith('.ts') || file.endsWith('.test.ts')) continue;
     const text = readFileSync(path.join(SRC, folder, file), 'utf8');
-    for (const m of text.matchAll(/(?:from|import)\s*\(?\s*'\.\.\/([a-z-]+)\//g)) found.add(m[1]!);
+    for (const m of text.matchAll(/(?:from|import)\s*\(?\s*'\.\.\/([a-z0-9-]+)\//g)) found.add(m[1]!);
   }
   return [...found].sort();
 }

@@ -164,6 +164,11 @@ export const ERRORS = {
     type: 'UnknownOperationException',
     doc: 'The path exists but not with this HTTP method. Use the method the operation is defined with.',
   },
+  NOT_IMPLEMENTED: {
+    status: 501,
+    type: 'InternalServerException',
+    doc: "The operation exists in the API Cella is compatible with (E2B's network updates, snapshots, fork, template builds) but Cella does not implement it yet. Nothing was changed.",
+  },
   UNAUTHENTICATED: {
     status: 401,
     type: 'AccessDeniedException',

@@ -15,6 +15,7 @@ import { Engine, processStartTime } from '../engine/index.js';
 import { DiskCapacity } from '../capacity/index.js';
 import { Arns, CellaError, CONTRACT_MIN_IDLE_SECONDS } from '../contract/index.js';
 import { Connectors } from '../connectors/index.js';
+import { createE2bApi, isE2bPath, Sandboxes } from '../e2b/index.js';
 
 import { DEFAULT_DNS_PORT, ensureHostGuard, pruneDnsPorts, startDnsForwarder, type DnsForwarder, type DnsUpstream } from '../net/index.js';
 import { DEFAULT_LAYER_CACHE_BYTES, demoZip, type ImageQuotas, Images } from '../images/index.js';
@@ -34,6 +35,8 @@ export const DEFAULT_PROXY_PORT = 7443;
 export const DEFAULT_RESUME_WINDOW_SECONDS = 30;
 export const DEFAULT_API_RATE_SCALE = 10;
 export const DEMO_IMAGE = 'demo';
+/** E2B API requests per second per API key, per unit of apiRateScale. */
+const E2B_RATE_PER_SCALE = 10;
 
 export interface ServerOptions {
   dataDir: string;
@@ -178,6 +181,9 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     if (!Number.isInteger(minIdleSeconds) || minIdleSeconds < 1) throw new CellaError('INVALID_ARGUMENT', '--min-idle-seconds must be a positive integer');
     const domain = opts.domain ?? DEFAULT_DOMAIN;
     const tokens = await TokenMinter.open(store);
+    const maxMemoryMiB = opts.maxMemoryMiB ?? Math.floor(totalmem() / 1048576);
+    const apiRateScale = opts.apiRateScale ?? DEFAULT_API_RATE_SCALE;
+    const sandboxes = await Sandboxes.open({ store, lifecycle, images, connectors, capacity, maxMemoryMiB, agentOf: (id) => engine.get(id)?.agent });
     const tls = await loadTls(dataDir, domain, opts.tlsCertFile && opts.tlsKeyFile ? { certFile: opts.tlsCertFile, keyFile: opts.tlsKeyFile } : undefined);
     const proxy = await startProxy({
       store,
@@ -206,9 +212,9 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       domain,
       arns,
       minIdleSeconds,
-      apiRateScale: opts.apiRateScale ?? DEFAULT_API_RATE_SCALE,
+      apiRateScale,
       info: { proxyPort: proxy.port, accelerator: engine.accel.accel, region, ...(tls.caFile ? { caCertificate: readFileSync(tls.caFile, 'utf8') } : {}) },
-      maxMemoryMiB: opts.maxMemoryMiB ?? Math.floor(totalmem() / 1048576),
+      maxMemoryMiB,
       capacity,
       version: readVersion(),
     });
@@ -218,7 +224,9 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     const chores: HousekeepingContext = { dataDir, store, images, layerCacheBytes: (opts.layerCacheMiB ?? DEFAULT_LAYER_CACHE_BYTES / 1048576) * 1048576, log };
     const housekeeping = schedule(chores, capacity, lifecycle, log);
     cleanups.unshift(housekeeping);
-    const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 0 }, handler);
+    // E2B's SDKs build envd's hosts from this: `<port>-<id>.<domain>[:<proxy port>]`.
+    const e2b = createE2bApi({ sandboxes, keys, domain: proxy.port === 443 ? domain : `${domain}:${proxy.port}`, ratePerSecond: apiRateScale * E2B_RATE_PER_SCALE });
+    const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 0 }, (req, res) => (isE2bPath(req.url) ? e2b(req, res) : handler(req, res)));
     answerProtocolErrors(server);
     await listen(server, opts.port ?? DEFAULT_API_PORT, host);
     const port = (server.address() as AddressInfo).port;

@@ -1,0 +1,8 @@
+/**
+ * E2B compatibility: the unmodified E2B SDKs drive Cella MicroVMs. This
+ * door offers the REST facade mounted under `/e2b` on the API port
+ * (./api.ts) and the sandboxes behind it (./sandboxes.ts), whose
+ * SandboxAccess is what envd and the proxy may know of a sandbox.
+ */
+export { createE2bApi, E2B_PREFIX, isE2bPath, type E2bApiOptions } from './api.js';
+export { ENVD_VERSION, Sandboxes, type GuestAgent, type Sandbox, type SandboxAccess, type SandboxesOptions } from './sandboxes.js';
