@@ -58,6 +58,8 @@ describe('E2B REST facade with the real SDK', { concurrency: false }, () => {
   });
 
   test('bad input: unknown template, bad key, unknown id; nothing is launched', { timeout: 60_000 }, async () => {
+    // The first test's kill ends in the background: settled first, so the count below moves only if this test launched something.
+    await server.lifecycle.settle();
     const before = (await server.store.liveVms()).length;
     await assert.rejects(Sandbox.create('base-missing', opts), /404: template base-missing not found/);
     await assert.rejects(Sandbox.create('demo', { ...opts, apiKey: 'cella_not-a-key' }), AuthenticationError);
