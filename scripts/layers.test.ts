@@ -29,14 +29,20 @@ function mapRows(): Row[] {
   }));
 }
 
-/** The other src/ folders a folder's shipped (non-test) files import, sorted. */
+/** The other src/ folders a folder's shipped (non-test) files import, its subfolders' included, sorted. */
 function importsOf(folder: string): string[] {
   const found = new Set<string>();
-  for (const file of readdirSync(path.join(SRC, folder))) {
-    if (!file.endsWith('.ts') || file.endsWith('.test.ts')) continue;
-    const text = readFileSync(path.join(SRC, folder, file), 'utf8');
-    for (const m of text.matchAll(/(?:from|import)\s*\(?\s*'\.\.\/([a-z0-9-]+)\//g)) found.add(m[1]!);
-  }
+  const walk = (dir: string, depth: number): void => {
+    // From src/<folder>/<depth subfolders>/, another src/ folder is depth + 1 levels up.
+    const up = new RegExp(`(?:from|import)\\s*\\(?\\s*'(?:\\.\\./){${depth + 1}}([a-z0-9-]+)/`, 'g');
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      if (entry.isDirectory()) walk(path.join(dir, entry.name), depth + 1);
+      else if (entry.name.endsWith('.ts') && !entry.name.endsWith('.test.ts')) {
+        for (const m of readFileSync(path.join(dir, entry.name), 'utf8').matchAll(up)) found.add(m[1]!);
+      }
+    }
+  };
+  walk(path.join(SRC, folder), 0);
   return [...found].sort();
 }
 

@@ -12,7 +12,8 @@ import type { Static, TSchema } from '@sinclair/typebox';
 import type { ApiKeys } from '../auth/index.js';
 import { CellaError, fromErrno, isCellaError } from '../contract/index.js';
 import { TokenBuckets } from '../limits/index.js';
-import { DEFAULT_TIMEOUT_SECONDS, ENVD_VERSION, MAX_TIMEOUT_SECONDS, type Sandbox, type SandboxState, type Sandboxes } from './sandboxes.js';
+import { ENVD_VERSION } from './envd/index.js';
+import { DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, type Sandbox, type SandboxState, type Sandboxes } from './sandboxes.js';
 import {
   ConnectBody,
   ConnectBodyV1,

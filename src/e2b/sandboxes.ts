@@ -16,8 +16,7 @@ import type { Images } from '../images/index.js';
 import { admitVm, type Lifecycle, pendingVm, type RunnableImage } from '../lifecycle/index.js';
 import type { E2bSandboxRecord, Store, VmRecord } from '../store/index.js';
 
-/** envd's version as advertised to the SDK: its feature gates up to file metadata (0.6.2) stay closed. */
-export const ENVD_VERSION = '0.5.7';
+/** E2B's default sandbox timeout, in seconds. */
 export const DEFAULT_TIMEOUT_SECONDS = 300;
 /** E2B's own ceiling (24 h, its Pro tier). */
 export const MAX_TIMEOUT_SECONDS = 86_400;
