@@ -9,7 +9,8 @@ import type { UserInfo } from '../../agent/index.js';
 import { fsError, toConnectError, userPath } from './context.js';
 import { Process, Signal, type ProcessEventSchema, type ProcessSelector, type StartRequest } from './gen/process_pb.js';
 import { deadlinePassed, keepaliveMs, stateOf, userOf } from './state.js';
-import { isPty, type Proc, type ProcConfig } from './table.js';
+import type { Feed } from './feed.js';
+import { isPty, type Proc, type ProcConfig, type ProcEvent } from './table.js';
 
 type Event = { event: MessageInitShape<typeof ProcessEventSchema> };
 
@@ -25,8 +26,7 @@ function environment(user: UserInfo, sandboxId: string, global: Record<string, s
  * start{pid}, then the process's output and end, keepalives when it is
  * silent; SIGKILL when the deadline passes, nothing when the client goes.
  */
-async function* stream(proc: Proc, ctx: HandlerContext): AsyncGenerator<Event> {
-  const feed = proc.subscribe();
+async function* stream({ proc, feed }: Subscribed, ctx: HandlerContext): AsyncGenerator<Event> {
   const idle = keepaliveMs(ctx);
   try {
     yield { event: { event: { case: 'start', value: { pid: proc.pid } } } };
@@ -54,7 +54,17 @@ async function* stream(proc: Proc, ctx: HandlerContext): AsyncGenerator<Event> {
   }
 }
 
-async function start(req: StartRequest, ctx: HandlerContext): Promise<Proc> {
+/** A process and a subscription to its output, taken as soon as the process is known so nothing is missed. */
+interface Subscribed {
+  proc: Proc;
+  feed: Feed<ProcEvent>;
+}
+
+function subscribed(proc: Proc): Subscribed {
+  return { proc, feed: proc.subscribe() };
+}
+
+async function start(req: StartRequest, ctx: HandlerContext): Promise<Subscribed> {
   const { sandbox, processes } = stateOf(ctx);
   const cfg = req.process;
   if (!cfg?.cmd) throw new ConnectError('process.cmd is required', Code.InvalidArgument);
@@ -74,12 +84,12 @@ async function start(req: StartRequest, ctx: HandlerContext): Promise<Proc> {
     if (req.pty) {
       const size = req.pty.size;
       const pty = await sandbox.agent.openPty({ ...base, argv: [cfg.cmd, ...cfg.args], rows: size?.rows || 24, cols: size?.cols || 80 });
-      return processes.add(pty, 'pty', config, req.tag);
+      return subscribed(processes.add(pty, 'pty', config, req.tag));
     }
     // An SDK before envd 0.3.0 sends no stdin flag: its processes always had a stdin.
     const pipe = req.stdin ?? true;
     const p = await sandbox.agent.spawn({ ...base, argv: [cfg.cmd, ...cfg.args], ...(req.tag !== undefined && { label: req.tag }) }, { stdin: pipe ? 'pipe' : 'none' });
-    return processes.add(p, 'exec', config, req.tag);
+    return subscribed(processes.add(p, 'exec', config, req.tag));
   } catch (err) {
     throw toConnectError(err);
   }
@@ -114,7 +124,7 @@ export const processService: Partial<ServiceImpl<typeof Process>> = {
   },
 
   async *connect(req, ctx) {
-    yield* stream(await find(ctx, req.process), ctx);
+    yield* stream(subscribed(await find(ctx, req.process)), ctx);
   },
 
   async list(_req, ctx) {
