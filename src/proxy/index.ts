@@ -18,6 +18,7 @@ import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { AUTH_HEADER, CellaError, DEFAULT_ENDPOINT_PORT, httpError, isCellaError, PORT_HEADER, type PortSpecification, rawHttpError, RESERVED_HEADER_PREFIX, SHELL_PATH, WS_AUTH_PREFIX, WS_MARKER, WS_PORT_PREFIX } from '../contract/index.js';
 import type { EndpointTokenClaims, TokenMinter } from '../auth/index.js';
+import { ENVD_PORT, sandboxNotFound, type EnvdAccess, type EnvdHandler } from '../e2b/index.js';
 import type { Engine } from '../engine/index.js';
 import { TokenBuckets } from '../limits/index.js';
 import type { Lifecycle } from '../lifecycle/index.js';
@@ -57,6 +58,12 @@ export interface ProxyOptions {
   connections?: Partial<ConnectionLimits>;
   /** Handles `wss://<endpoint>/shell` for shell tokens (the shell module). */
   shell?: (vm: VmRecord, req: IncomingMessage, socket: Duplex, head: Buffer) => void;
+  /**
+   * E2B sandboxes: `<port>-<id>.<domain>` (or the bare domain with
+   * E2b-Sandbox-Id/E2b-Sandbox-Port headers), port 49983 to the in-process
+   * envd behind the sandbox's X-Access-Token, other ports to the guest.
+   */
+  e2b?: { access: EnvdAccess; envd: EnvdHandler };
   log?: (line: string) => void;
 }
 
@@ -99,6 +106,8 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
   // A VM that stops running takes its pooled connections with it.
   const onState = (rec: VmRecord): void => {
     if (rec.state === 'TERMINATED') rates.drop(rec.id);
+    // Open envd streams end with their sandbox, abruptly: the SDK then asks /health (502) and reports the sandbox killed.
+    if (rec.state !== 'RUNNING' && rec.state !== 'PENDING') opts.e2b?.envd.abort(rec.id, { forget: rec.state === 'TERMINATING' || rec.state === 'TERMINATED' });
     if (rec.state === 'RUNNING') return;
     agents.get(rec.id)?.destroy();
     agents.delete(rec.id);
@@ -168,6 +177,8 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
 
   async function onRequest(req: Http2ServerRequest | IncomingMessage, res: Http2ServerResponse | import('node:http').ServerResponse): Promise<void> {
     const authority = (req.headers[':authority'] as string | undefined) ?? req.headers.host;
+    const sandbox = opts.e2b && e2bTarget(authority, req.headers);
+    if (sandbox) return onE2b(sandbox, authority, req, res);
     let target: Target & { release: () => void };
     try {
       target = await resolve(authority, req.headers, []);
@@ -179,9 +190,74 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
       return sendError(res, new CellaError('UPSTREAM_FAILED', 'a shell token only opens wss://<endpoint>/shell'));
     }
     res.once('close', target.release);
+    forward(req, res, authority, target.vm.id, target.port);
+  }
+
+  /** `<port>-<id>.<domain>`, or the bare domain routed by E2B's headers (E2B_SANDBOX_URL mode). */
+  function e2bTarget(authority: string | undefined, headers: IncomingHttpHeaders): { id: string; port: number } | undefined {
+    const host = (authority ?? '').replace(/:\d+$/, '').toLowerCase();
+    if (host === domain) {
+      const id = header(headers, 'e2b-sandbox-id');
+      const port = Number(header(headers, 'e2b-sandbox-port') ?? ENVD_PORT);
+      return id && Number.isInteger(port) && port > 0 && port < 65536 ? { id, port } : undefined;
+    }
+    if (!host.endsWith(suffix)) return undefined;
+    const m = /^(\d{1,5})-([a-z0-9-]+)$/.exec(host.slice(0, -suffix.length));
+    return m && Number(m[1]) > 0 && Number(m[1]) < 65536 ? { id: m[2]!, port: Number(m[1]) } : undefined;
+  }
+
+  /** An E2B sandbox's port: envd in process for 49983, the guest otherwise; 502 JSON when the sandbox is not there. */
+  async function onE2b(
+    t: { id: string; port: number },
+    authority: string | undefined,
+    req: Http2ServerRequest | IncomingMessage,
+    res: Http2ServerResponse | import('node:http').ServerResponse,
+  ): Promise<void> {
+    const e2b = opts.e2b!;
+    const notFound = (): void => {
+      const nf = sandboxNotFound(t.id);
+      if (res.headersSent) return void res.destroy();
+      res.writeHead(nf.status, { 'content-type': 'application/json' });
+      res.end(nf.body);
+    };
+    try {
+      let vm = await store.getVm(t.id);
+      if (!vm || vm.state === 'TERMINATED' || vm.state === 'TERMINATING') return notFound();
+      const path = (req.url ?? '/').split('?')[0];
+      if (t.port === ENVD_PORT && !(req.method === 'GET' && path === '/health')) {
+        // /files takes the token too; E2B's signed URLs need the raw token, which is kept only hashed.
+        const token = header(req.headers, 'x-access-token');
+        if (!(await e2b.access.checkEnvdToken(t.id, token))) {
+          const body = JSON.stringify({ code: 401, message: 'invalid or missing X-Access-Token' });
+          res.writeHead(401, { 'content-type': 'application/json' });
+          return void res.end(body);
+        }
+      }
+      if (vm.state !== 'RUNNING') {
+        if (!(await e2b.access.autoResume(t.id))) return notFound();
+        vm = await lifecycle.wake(t.id);
+      }
+      const idle = lifecycle.holdActive(t.id);
+      res.once('close', idle);
+      if (t.port === ENVD_PORT) e2b.envd.handle(t.id, req, res);
+      else forward(req, res, authority, vm.id, t.port);
+    } catch (err) {
+      log(`e2b ${t.port}-${t.id}: ${(err as Error).message}`);
+      notFound();
+    }
+  }
+
+  /** Streams the request to the guest's `port` and its answer back. */
+  function forward(
+    req: Http2ServerRequest | IncomingMessage,
+    res: Http2ServerResponse | import('node:http').ServerResponse,
+    authority: string | undefined,
+    id: string,
+    port: number,
+  ): void {
     let upstreamAddr: { host: string; port: number };
     try {
-      upstreamAddr = address(target.vm.id, target.port);
+      upstreamAddr = address(id, port);
     } catch (err) {
       return sendError(res, err);
     }
@@ -189,7 +265,7 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
       ...upstreamAddr,
       method: req.method,
       path: req.url,
-      agent: agentFor(target.vm.id),
+      agent: agentFor(id),
       headers: forwardHeaders(req.headers, authority, req.socket),
     });
     up.on('response', (ur) => {
@@ -201,7 +277,7 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
       pipeline(ur, res as NodeJS.WritableStream, () => {});
     });
     up.on('error', (err) => {
-      if (!res.headersSent) sendError(res, new CellaError('UPSTREAM_FAILED', `the app on port ${target.port} did not answer: ${err.message}`));
+      if (!res.headersSent) sendError(res, new CellaError('UPSTREAM_FAILED', `the app on port ${port} did not answer: ${err.message}`));
       else res.destroy();
     });
     // A request without a body is sent whole at once (no chunked terminator trailing behind it).
