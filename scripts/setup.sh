@@ -20,12 +20,20 @@ packages=(
   qemu-system-x86 qemu-utils busybox-static nftables iproute2 e2fsprogs
   musl-tools make gcc g++ python3 mmdebstrap docker-registry libc6-dev lz4 xz-utils zstd gzip bzip2 util-linux procps cpio ca-certificates curl
   clang-format
+  libnss-myhostname
 )
 
 say "apt-get update"
 "${sudo_cmd[@]}" apt-get update -q
 say "installing ${#packages[@]} Debian packages"
 "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${packages[@]}"
+
+# E2B sandboxes are https://<port>-<id>.cella.localhost:7443: myhostname resolves *.localhost to loopback
+# for every program (Node does not special-case it). Debian's package adds it to nsswitch.conf; make sure.
+if ! grep -Eq '^hosts:.*\bmyhostname\b' /etc/nsswitch.conf; then
+  say "adding myhostname to the hosts line of /etc/nsswitch.conf"
+  "${sudo_cmd[@]}" sed -i -E 's/^(hosts:.*)$/\1 myhostname/' /etc/nsswitch.conf
+fi
 
 # Debian 12 ships Node 18; Cella needs 20+ from wherever the admin installs it.
 node_bin="$(command -v node || true)"
