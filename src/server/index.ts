@@ -15,7 +15,7 @@ import { Engine, processStartTime } from '../engine/index.js';
 import { DiskCapacity } from '../capacity/index.js';
 import { Arns, CellaError, CONTRACT_MIN_IDLE_SECONDS } from '../contract/index.js';
 import { Connectors } from '../connectors/index.js';
-import { createE2bApi, isE2bPath, Sandboxes } from '../e2b/index.js';
+import { createE2bApi, createEnvdHandler, isE2bPath, Sandboxes } from '../e2b/index.js';
 
 import { DEFAULT_DNS_PORT, ensureHostGuard, pruneDnsPorts, startDnsForwarder, type DnsForwarder, type DnsUpstream } from '../net/index.js';
 import { DEFAULT_LAYER_CACHE_BYTES, demoZip, type ImageQuotas, Images } from '../images/index.js';
@@ -195,6 +195,8 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       port: opts.proxyPort ?? DEFAULT_PROXY_PORT,
       host,
       shell: shellHandler(engine, (n, v) => images.lookup(n, v), log),
+      // E2B sandbox hosts: envd in process, over the guest agent, for the sandboxes the REST facade made.
+      e2b: { access: sandboxes, envd: createEnvdHandler({ agent: (id) => engine.get(id)?.agent, defaults: (id) => sandboxes.defaults(id) }, log) },
       ...(opts.endpointRpsPerVcpu !== undefined ? { rpsPerVcpu: opts.endpointRpsPerVcpu } : {}),
       ...(opts.endpointConnectionsPerClient !== undefined ? { connections: { perClient: opts.endpointConnectionsPerClient } } : {}),
       log,
