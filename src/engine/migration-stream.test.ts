@@ -96,3 +96,27 @@ test('bad input is refused with MIGRATION_STREAM_INVALID', async () => {
   compressed.writeBigUInt64BE(0x100n, at);
   await assert.rejects(filter(compressed, () => true), (err) => isCellaError(err, 'MIGRATION_STREAM_INVALID'));
 });
+
+test('pages at 2 GiB and above (a guest of 3 GiB or more) pass through and are dropped like any other', async () => {
+  const big = Buffer.concat([
+    be32(0x5145564d), be32(3),
+    Buffer.from([0x07]), be32(7), Buffer.from('microvm'),
+    Buffer.from([0x05]), s('configuration/capabilities'), be32(1), be32(1), s('x-ignore-shared'),
+    Buffer.from([0x01]), be32(2), s('ram'), be32(0), be32(4),
+    be64(4n * 2n ** 30n | MEM_SIZE), s('mem'), be64(4n * 2n ** 30n), be64(0n),
+    be64(EOS), Buffer.from([0x7e]), be32(2),
+    Buffer.from([0x02]), be32(2),
+    be64(0n | PAGE), s('mem'), page(0xa0),
+    be64(0x80000000n | PAGE | CONT), page(0xa1),
+    be64(0xc0040000n | PAGE | CONT), page(0xa2),
+    be64(EOS), Buffer.from([0x7e]), be32(2),
+    Buffer.from([0x08]),
+  ]);
+  const all = await filter(big, () => true);
+  assert.ok(all.out.equals(big), 'kept whole, byte for byte');
+  const high = await filter(big, (_b, off) => off >= 0x80000000);
+  assert.equal(high.stats.pagesOut, 2);
+  // The first kept page names its block again (no CONTINUE), at its own high address.
+  assert.ok(high.out.includes(Buffer.concat([be64(0x80000000n | PAGE), s('mem'), page(0xa1)])));
+  assert.ok(high.out.includes(Buffer.concat([be64(0xc0040000n | PAGE | CONT), page(0xa2)])));
+});

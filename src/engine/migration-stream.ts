@@ -246,7 +246,8 @@ export async function filterMigrationStream(
         if (!keep(block, addr)) continue;
         stats.pagesOut++;
         const out = Buffer.from(head);
-        out.writeUInt32BE((low & ~RamFlag.CONTINUE) | (block === lastOutBlock ? RamFlag.CONTINUE : 0), 4);
+        // >>> 0: bitwise results are signed, and a page at 2 GiB or above has the top bit set.
+        out.writeUInt32BE(((low & ~RamFlag.CONTINUE) | (block === lastOutBlock ? RamFlag.CONTINUE : 0)) >>> 0, 4);
         const named = block === lastOutBlock ? undefined : str(block);
         lastOutBlock = block;
         // One copy: what is queued for writing holds no slice of a larger input chunk.
