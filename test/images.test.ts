@@ -358,7 +358,7 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
         codeArtifact: { uri },
         resources: [{ minimumMemoryInMiB: 256 }],
       });
-      assert.equal(r.status, 200, r.text);
+      assert.equal(r.status, 201, r.text); // CreateMicrovmImage is 201 in the contract's model
       const build = await waitBuild(base, name, r.body.imageVersion, r.body.buildId);
       const log = (await api(base, 'GET', `/cella/v1/microvm-images/${name}/versions/${r.body.imageVersion}/builds/${r.body.buildId}/logs`)).text;
       return { build, log };
