@@ -38,6 +38,9 @@ const POINTS: Record<Op, CrashPoint[]> = {
   build: ['build:builder'],
 };
 
+/** The image the drill's builds update (runs use `demo`). */
+const REBUILT = 'rebuilt';
+
 /** The demo app with one RUN step of its own, so its build misses the cache and boots a builder VM. */
 async function saltedDemo(salt: number): Promise<Buffer> {
   const ctx = demoContext(path.join(tmpdir(), `cella-chaos-demo-${process.pid}`), loadGuestArtifacts().demoApp);
@@ -150,6 +153,9 @@ describe('crash drill', { concurrency: false }, () => {
     daemon = await startDaemon(dir);
     const { build, log } = await createImage(base(), 'demo');
     assert.equal(build.buildState, 'SUCCESSFUL', log);
+    // Builds cut short leave their image UPDATE_FAILED, which may not run: the drill rebuilds an image of its own.
+    const rebuilt = await createImage(base(), REBUILT);
+    assert.equal(rebuilt.build.buildState, 'SUCCESSFUL', rebuilt.log);
   });
 
   after(async () => {
@@ -200,7 +206,7 @@ describe('crash drill', { concurrency: false }, () => {
         const d = daemon;
         const request = (async (): Promise<void> => {
           if (op === 'run') started = await runVm();
-          else if (op === 'build') await api(d.url, 'PUT', `${V}/microvm-images/demo`, { baseImageArn: ARNS.managedImage('busybox'), codeArtifact: { uri: await upload(d.url, await saltedDemo(cycle)) }, resources: [{ minimumMemoryInMiB: 256 }] });
+          else if (op === 'build') await api(d.url, 'PUT', `${V}/microvm-images/${REBUILT}`, { baseImageArn: ARNS.managedImage('busybox'), codeArtifact: { uri: await upload(d.url, await saltedDemo(cycle)) }, resources: [{ minimumMemoryInMiB: 256 }] });
           else if (target) await api(d.url, op === 'terminate' ? 'DELETE' : 'POST', `${V}/microvms/${target.id}${op === 'terminate' ? '' : `/${op}`}`);
           if (started) await settle(started).catch(() => {});
         })().catch(() => {});
