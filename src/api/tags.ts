@@ -6,6 +6,7 @@
  */
 import { type Arns, CellaError, checkTagKey, checkTags, type TaggableType } from '../contract/index.js';
 import type { Store, Tx } from '../store/index.js';
+import type { Operations } from './command.js';
 
 const RESOURCE_TYPE: Record<TaggableType, string> = { 'microvm-image': 'MicrovmImage', 'network-connector': 'NetworkConnector' };
 
@@ -46,4 +47,18 @@ export class Tags {
     if (!rec) throw new CellaError('NOT_FOUND', `${arn} not found`, { details: { resourceId: arn, resourceType: RESOURCE_TYPE[r.type] } });
     return rec.tags;
   }
+}
+
+export function tagOperations(tags: Tags): Operations<'TagResource' | 'UntagResource' | 'ListTags'> {
+  return {
+    TagResource: async ({ params, body }) => {
+      await tags.tag(params.Resource, body.Tags);
+      return { empty: true };
+    },
+    UntagResource: async ({ params, query }) => {
+      await tags.untag(params.Resource, query.tagKeys);
+      return { empty: true };
+    },
+    ListTags: async ({ params }) => ({ json: { Tags: await tags.list(params.Resource) } }),
+  };
 }

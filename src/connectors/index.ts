@@ -89,6 +89,21 @@ export class Connectors {
   }
 
   /**
+   * Refuses an endpoint token its VM's ingress (`ingress`: the connectors it
+   * was launched with) does not serve: a shell token needs SHELL_INGRESS or
+   * ALL_INGRESS; an HTTP token any ingress but NO_INGRESS alone.
+   */
+  checkTokenIngress(vmId: string, ingress: string[], kind: 'http' | 'shell'): void {
+    const names = ingress.map((arn) => this.arns.managedConnectorName(arn));
+    if (kind === 'shell' && !names.includes('SHELL_INGRESS') && !names.includes('ALL_INGRESS')) {
+      throw new CellaError('INVALID_ARGUMENT', `MicroVM ${vmId} was not launched with the SHELL_INGRESS connector`);
+    }
+    if (kind === 'http' && names.length === 1 && names[0] === 'NO_INGRESS') {
+      throw new CellaError('INVALID_ARGUMENT', `MicroVM ${vmId} was launched with NO_INGRESS: it has no endpoint`);
+    }
+  }
+
+  /**
    * Checks a RunMicrovm's connectors (defaults: HTTP_INGRESS, INTERNET_EGRESS,
    * as in the contract) and resolves them into the VM's network policy.
    * `hookPort` stays reachable whatever the ingress: cellad calls the app's hooks.
