@@ -11,6 +11,7 @@ import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import type { Static, TSchema } from '@sinclair/typebox';
 import type { ApiKeys } from '../auth/index.js';
 import { CellaError, fromErrno, isCellaError } from '../contract/index.js';
+import { parseJson, readBody, sendJson, validate } from '../http/index.js';
 import { TokenBuckets } from '../limits/index.js';
 import { ENVD_VERSION } from './envd/index.js';
 import { DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, type Sandbox, type SandboxState, type Sandboxes } from './sandboxes.js';
@@ -163,7 +164,7 @@ export function createE2bApi(opts: E2bApiOptions): (req: IncomingMessage, res: S
     handle(req)
       .then((reply) => {
         if (reply.status === 204) return void res.writeHead(204).end();
-        res.writeHead(reply.status, { 'content-type': 'application/json', ...reply.headers }).end(JSON.stringify(reply.json));
+        sendJson(res, reply.status, reply.json, reply.headers);
       })
       .catch((err: unknown) => sendError(res, err));
   };
@@ -184,7 +185,7 @@ export function createE2bApi(opts: E2bApiOptions): (req: IncomingMessage, res: S
       throw new CellaError('METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${url.pathname}`);
     }
     const params = (found.pattern.exec(path) as RegExpExecArray).slice(1).map(decodeParam);
-    return found.handle({ params, query: url.searchParams, raw: await readBody(req) });
+    return found.handle({ params, query: url.searchParams, raw: await readBody(req, MAX_BODY_BYTES) });
   }
 
   function authenticate(header: string | string[] | undefined): string {
@@ -195,11 +196,7 @@ export function createE2bApi(opts: E2bApiOptions): (req: IncomingMessage, res: S
 
   function sandboxView(s: Sandbox): SandboxView {
     return {
-      sandboxID: s.vm.id,
-      templateID: s.e2b.templateId,
-      alias: s.e2b.templateId,
-      clientID: CLIENT_ID,
-      envdVersion: ENVD_VERSION,
+      ...identityView(s),
       envdAccessToken: sandboxes.envdAccessToken(s.vm.id),
       trafficAccessToken: null,
       domain: opts.domain,
@@ -217,12 +214,14 @@ export function createE2bApi(opts: E2bApiOptions): (req: IncomingMessage, res: S
   }
 }
 
+/** What every view of a sandbox starts with: which it is, what it was made from, and its envd. */
+function identityView(s: Sandbox): Pick<ListedSandboxView, 'sandboxID' | 'templateID' | 'alias' | 'clientID' | 'envdVersion'> {
+  return { sandboxID: s.vm.id, templateID: s.e2b.templateId, alias: s.e2b.templateId, clientID: CLIENT_ID, envdVersion: ENVD_VERSION };
+}
+
 function listedView(s: Sandbox): ListedSandboxView {
   return {
-    sandboxID: s.vm.id,
-    templateID: s.e2b.templateId,
-    alias: s.e2b.templateId,
-    clientID: CLIENT_ID,
+    ...identityView(s),
     startedAt: new Date(s.vm.createdAt).toISOString(),
     endAt: new Date(s.vm.maxDeadline).toISOString(),
     cpuCount: s.vm.vcpus,
@@ -231,7 +230,6 @@ function listedView(s: Sandbox): ListedSandboxView {
     diskSizeMB: 0,
     metadata: s.e2b.metadata,
     state: s.state,
-    envdVersion: ENVD_VERSION,
   };
 }
 
@@ -341,20 +339,9 @@ function refuseUnsupported(b: Static<typeof NewSandboxBody>): void {
 const checks = new WeakMap<TSchema, TypeCheck<TSchema>>();
 
 function body<T extends TSchema>(c: Call, schema: T): Static<T> {
-  let value: unknown = {};
-  if (c.raw.length > 0) {
-    try {
-      value = JSON.parse(c.raw.toString('utf8'));
-    } catch (err) {
-      throw new CellaError('MALFORMED_JSON', `request body is not valid JSON: ${(err as Error).message}`);
-    }
-  }
   let check = checks.get(schema);
   if (!check) checks.set(schema, (check = TypeCompiler.Compile(schema)));
-  if (check.Check(value)) return value;
-  const first = check.Errors(value).First();
-  const at = first?.path ? first.path.replace(/^\//, '').replace(/\//g, '.') : 'body';
-  throw new CellaError('INVALID_ARGUMENT', `${at}: ${first?.message ?? 'invalid value'}`);
+  return validate(check as TypeCheck<T>, parseJson(c.raw), 'body');
 }
 
 function idOf(c: Call): string {
@@ -367,25 +354,6 @@ function decodeParam(s: string): string {
   } catch {
     throw new CellaError('INVALID_ARGUMENT', `"${s}" is not a valid path segment`);
   }
-}
-
-function readBody(req: IncomingMessage): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > MAX_BODY_BYTES) {
-        req.removeAllListeners('data');
-        req.resume();
-        reject(new CellaError('PAYLOAD_TOO_LARGE', `request body exceeds ${MAX_BODY_BYTES} bytes`));
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
-  });
 }
 
 /**
