@@ -6,7 +6,6 @@
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
-import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import {
   AccessDeniedException,
@@ -22,16 +21,11 @@ import { HttpRequest } from '@smithy/core/protocols';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { API_KEY, V, api } from './control-helpers.js';
+import { type ApiAnswer, sendAsIs } from './fixtures/raw-http.js';
 import { tempDataDir } from './helpers.js';
 
 type Pair = { accessKeyId: string; secretAccessKey: string };
 type Tamper = (req: { headers: Record<string, string>; body?: unknown }) => void;
-
-interface Answer {
-  status: number;
-  type: string | undefined;
-  body: { code?: string; message?: string; items?: unknown[] };
-}
 
 describe('SigV4 with the AWS SDK (no VM)', { concurrency: false }, () => {
   let dir: string;
@@ -107,20 +101,8 @@ describe('SigV4 with the AWS SDK (no VM)', { concurrency: false }, () => {
     const signed = await signer.sign(new HttpRequest({ method, protocol: 'http:', hostname: '127.0.0.1', port: server.port, path, headers, body }), opts.at ? { signingDate: opts.at } : {});
     return { method, path, headers: signed.headers, body };
   };
-  const send = (r: { method: string; path: string; headers: Record<string, string>; body: string }): Promise<Answer> =>
-    new Promise((resolve, reject) => {
-      const req = request({ host: '127.0.0.1', port: server.port, method: r.method, path: r.path, headers: r.headers, agent: false }, (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () => {
-          const type = res.headers['x-amzn-errortype'];
-          resolve({ status: res.statusCode ?? 0, type: Array.isArray(type) ? type[0] : type, body: text ? (JSON.parse(text) as Answer['body']) : {} });
-        });
-      });
-      req.on('error', reject);
-      req.end(r.body || undefined);
-    });
+  const send = (r: { method: string; path: string; headers: Record<string, string>; body: string }): Promise<ApiAnswer> =>
+    sendAsIs(server.port, { method: r.method, path: r.path, headers: r.headers, ...(r.body ? { body: r.body } : {}) });
 
   test('the SDK, signing with the first-start key, lists MicroVMs and gets typed errors (ResourceNotFoundException)', { timeout: 30_000 }, async () => {
     const c = sdk();

@@ -5,19 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Arns, routes } from '../../src/contract/index.js';
-import { exchange } from '../fixtures/raw-http.js';
+import { type ApiAnswer, exchange, sendAsIs } from '../fixtures/raw-http.js';
 import { rawZip } from '../fixtures/zip-raw.js';
 import { V, seedImage, startHarness, type Harness } from '../fixtures/harness.js';
-
-interface Answer {
-  status: number;
-  type: string | undefined;
-  body: { code?: string; message?: string; nextToken?: string; items?: unknown[] };
-}
 
 // The paged Lists: ListTags answers one map, without paging.
 const ROUTES = Object.entries(routes(60)).map(([op, r]) => ({ op, method: r.method, path: r.path, isList: op.startsWith('List') && op !== 'ListTags' }));
@@ -35,23 +28,8 @@ describe('API edges (no VM)', { concurrency: false }, () => {
   });
 
   /** One request with the path sent byte for byte as given (fetch would normalise it). */
-  const send = (method: string, p: string, opts: { body?: Buffer | string; headers?: Record<string, string> } = {}): Promise<Answer> =>
-    new Promise((resolve, reject) => {
-      const req = request(
-        { host: '127.0.0.1', port, method, path: p, agent: false, headers: { authorization: `Bearer ${h.apiKey}`, ...opts.headers } },
-        (res) => {
-          let text = '';
-          res.setEncoding('utf8');
-          res.on('data', (c: string) => (text += c));
-          res.on('end', () => {
-            const type = res.headers['x-amzn-errortype'];
-            resolve({ status: res.statusCode ?? 0, type: Array.isArray(type) ? type[0] : type, body: text ? (JSON.parse(text) as Answer['body']) : {} });
-          });
-        },
-      );
-      req.on('error', reject);
-      req.end(opts.body);
-    });
+  const send = (method: string, p: string, opts: { body?: Buffer | string; headers?: Record<string, string> } = {}): Promise<ApiAnswer> =>
+    sendAsIs(port, { method, path: p, headers: { authorization: `Bearer ${h.apiKey}`, ...opts.headers }, ...(opts.body === undefined ? {} : { body: opts.body }) });
   /** One request written as given, on its own connection; its answer as status, error type and code. */
   const rawError = async (
     method: string,
