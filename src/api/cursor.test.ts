@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { isCellaError } from '../contract/index.js';
-import { NamePosition, OffsetPosition, VmPosition, decodeCursor, encodeCursor } from './cursor.js';
+import { NamePosition, OffsetPosition, VmPosition, decodeCursor, encodeCursor, keysetPage, offsetPage, startOf } from './cursor.js';
 
 const refused = (fn: () => unknown, what: string): void => {
   assert.throws(fn, (err) => isCellaError(err, 'INVALID_ARGUMENT'), what);
@@ -40,4 +40,28 @@ test('a token of another list, of another shape, or not in its canonical spellin
 
 test('encoding a position that does not fit its shape is a bug, not a token', () => {
   assert.throws(() => encodeCursor('L', OffsetPosition, { o: 0 }));
+});
+
+test('offsetPage: pages a list in memory, with a cursor while items are left and none on the last page', () => {
+  const all = ['a', 'b', 'c'];
+  const first = offsetPage('ListAccessKeys', undefined, 2, all, (s) => s.toUpperCase());
+  assert.deepEqual(first.items, ['A', 'B']);
+  assert.ok(first.nextToken);
+  const second = offsetPage('ListAccessKeys', decodeCursor('ListAccessKeys', OffsetPosition, first.nextToken), 2, all, (s) => s);
+  assert.deepEqual(second, { items: ['c'] });
+});
+
+test('keysetPage: one item fetched beyond the limit gives a cursor at the last item kept; none otherwise', () => {
+  const page = keysetPage('ListMicrovmImages', 2, [{ name: 'a' }, { name: 'b' }, { name: 'c' }], (last) => ({ n: last.name }));
+  assert.deepEqual(page.items, [{ name: 'a' }, { name: 'b' }]);
+  assert.deepEqual(decodeCursor('ListMicrovmImages', NamePosition, page.nextToken ?? ''), { n: 'b' });
+  assert.deepEqual(keysetPage('ListMicrovmImages', 2, [{ name: 'a' }, { name: 'b' }], (last) => ({ n: last.name })).nextToken, undefined);
+});
+
+test('startOf: a List reads its own cursor, refuses another List’s, and an operation that is no List has no start', () => {
+  const cursor = encodeCursor('ListMicrovms', VmPosition, { c: 1, i: 'mvm-1' });
+  assert.deepEqual(startOf('ListMicrovms', cursor), { c: 1, i: 'mvm-1' });
+  refused(() => startOf('ListAccessKeys', cursor), 'a cursor of another List');
+  assert.equal(startOf('GetMicrovm', cursor), undefined);
+  assert.equal(startOf('ListMicrovms', undefined), undefined);
 });
