@@ -14,6 +14,7 @@ import { applyPolicy, type NetworkPolicy, type VmNetwork } from '../net/index.js
 import { QmpClient, type ExitInfo } from '../vmm/index.js';
 import { vmDir, type EngineCore, type Restored } from './core.js';
 import { appLogFile, checkSocketPaths, dispose, identify, mark, type StartOptions } from './helpers.js';
+import { checkpointLayout, restorePages } from './checkpoint.js';
 import { loadState } from './migrate.js';
 import { openSnapshot, snapshotFiles, type SnapshotManifest } from './snapshot.js';
 import { baseSpec, spawnQemu, vmJailFor } from './spawn.js';
@@ -149,7 +150,13 @@ export async function restore(core: EngineCore, spec: RestoreSpec): Promise<Rest
     // Connect the guest's ports before its state loads: the snapshot says "host
     // connected", and a port seen closed on restore costs the agent a reconnect.
     [r.agent, r.appLog] = await Promise.all([AgentClient.connect(files.ctl), AppLog.connect(files.log, spec.appLog)]);
-    await loadState(r.qmp, qemu, jail, files.incoming, spec.stateFile);
+    // A checkpoint of dirty pages (checkpoint.ts): the pages go into RAM first, then the devices that refer to it load.
+    const layout = spec.kind === 'resume' ? checkpointLayout(spec.stateFile) : { pages: false, start: 0 };
+    if (layout.pages) {
+      await restorePages(spec.stateFile, qemu.pid, snapshotFiles(spec.imageDir).mem, spec.snap.memoryMiB * 1024 * 1024);
+      mark(r as Restored, 'pages');
+    }
+    await loadState(r.qmp, qemu, jail, files.incoming, spec.stateFile, layout);
     mark(r as Restored, 'loaded');
     return r as Restored;
   } catch (err) {

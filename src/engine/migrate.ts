@@ -4,12 +4,11 @@
  * a unix socket: no shell (`exec:`) and the stream can be filtered on the way.
  */
 import { createReadStream } from 'node:fs';
-import { chown, mkdir, open, rename, rm } from 'node:fs/promises';
+import { chown, mkdir, open, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CellaError, fromErrno } from '../contract/index.js';
-import { crashPoint } from '../host/index.js';
 import { jailPath, type Jail, type QemuProcess, type QmpClient } from '../vmm/index.js';
 import { filterMigrationStream, type FilterStats, type KeepPage } from './migration-stream.js';
 
@@ -38,8 +37,32 @@ async function waitMigration(qmp: QmpClient, qemu: QemuProcess, what: string): P
 }
 
 /**
- * Saves the stopped VM's state into `file` (written to a temporary name, then
- * fsynced and renamed). With `keep`, RAM pages it rejects are left out.
+ * Writes `file` through `fill` (given a handle on a temporary name, it returns
+ * the bytes written), then makes it durable: data synced, renamed into place,
+ * folder synced. The rename is what says the file is complete (ADR 0007).
+ */
+export async function writeDurably<T>(file: string, fill: (out: FileHandle) => Promise<T>): Promise<T> {
+  const tmp = `${file}.tmp`;
+  const out = await open(tmp, 'w');
+  try {
+    const result = await fill(out);
+    await out.datasync();
+    await out.close();
+    await rename(tmp, file);
+    // It must outlive a power cut too.
+    const dir = await open(path.dirname(file), 'r');
+    await dir.sync().finally(() => dir.close());
+    return result;
+  } catch (err) {
+    await out.close().catch(() => {});
+    await rm(tmp, { force: true });
+    throw fromErrno(err);
+  }
+}
+
+/**
+ * Saves the stopped VM's state into `file` (durably, see writeDurably) as a
+ * migration stream. With `keep`, RAM pages it rejects are left out.
  * `socketPath` must be inside a jailed QEMU's chroot; the socket is handed to
  * its uid, which may connect to it but not replace it (the folder stays root's).
  */
@@ -50,64 +73,50 @@ export async function saveState(
   socketPath: string,
   file: string,
   keep: KeepPage = () => true,
-  mark: (step: string) => void = () => {},
 ): Promise<FilterStats> {
   await rm(socketPath, { force: true });
-  const tmp = `${file}.tmp`;
-  const out = await open(tmp, 'w');
   const server = net.createServer();
   try {
-    const connected = new Promise<net.Socket>((resolve, reject) => {
-      server.once('connection', resolve);
-      server.once('error', reject);
+    return await writeDurably(file, async (out) => {
+      const connected = new Promise<net.Socket>((resolve, reject) => {
+        server.once('connection', resolve);
+        server.once('error', reject);
+      });
+      await new Promise<void>((resolve, reject) => server.listen(socketPath, resolve).once('error', reject));
+      if (jail) await chown(socketPath, jail.uid, jail.gid);
+      await qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH });
+      await setMigrationCaps(qmp);
+      await qmp.execute('migrate', { uri: `unix:${jailPath(jail, socketPath)}` });
+      const socket = await Promise.race([
+        connected,
+        qemu.waitExit().then(() => {
+          throw new CellaError('QEMU_EXITED', `QEMU exited before saving state: ${qemu.describeExit()}`);
+        }),
+      ]);
+      // Coalesce small records into large writes.
+      let pending: Buffer[] = [];
+      let pendingBytes = 0;
+      const flush = async (): Promise<void> => {
+        if (!pendingBytes) return;
+        const bufs = pending;
+        pending = [];
+        pendingBytes = 0;
+        await out.writev(bufs);
+      };
+      // Synchronous but for the flushes: the filter then awaits nothing per page.
+      const stats = await filterMigrationStream(
+        socket,
+        (b) => {
+          pending.push(b);
+          pendingBytes += b.length;
+          return pendingBytes >= 4 << 20 ? flush() : undefined;
+        },
+        keep,
+      );
+      await flush();
+      await waitMigration(qmp, qemu, 'saving state');
+      return stats;
     });
-    await new Promise<void>((resolve, reject) => server.listen(socketPath, resolve).once('error', reject));
-    if (jail) await chown(socketPath, jail.uid, jail.gid);
-    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH });
-    await setMigrationCaps(qmp);
-    await qmp.execute('migrate', { uri: `unix:${jailPath(jail, socketPath)}` });
-    const socket = await Promise.race([
-      connected,
-      qemu.waitExit().then(() => {
-        throw new CellaError('QEMU_EXITED', `QEMU exited before saving state: ${qemu.describeExit()}`);
-      }),
-    ]);
-    // Coalesce small records into large writes.
-    let pending: Buffer[] = [];
-    let pendingBytes = 0;
-    const flush = async (): Promise<void> => {
-      if (!pendingBytes) return;
-      const bufs = pending;
-      pending = [];
-      pendingBytes = 0;
-      await out.writev(bufs);
-      crashPoint('suspend:streaming');
-    };
-    // Synchronous but for the flushes: the filter then awaits nothing per page.
-    const stats = await filterMigrationStream(
-      socket,
-      (b) => {
-        pending.push(b);
-        pendingBytes += b.length;
-        return pendingBytes >= 4 << 20 ? flush() : undefined;
-      },
-      keep,
-    );
-    await flush();
-    mark('streamed');
-    await waitMigration(qmp, qemu, 'saving state');
-    await out.datasync();
-    mark('synced');
-    await out.close();
-    await rename(tmp, file);
-    // The rename is what says the checkpoint is complete: it must outlive a power cut too.
-    const dir = await open(path.dirname(file), 'r');
-    await dir.sync().finally(() => dir.close());
-    return stats;
-  } catch (err) {
-    await out.close().catch(() => {});
-    await rm(tmp, { force: true });
-    throw fromErrno(err);
   } finally {
     server.close();
     await rm(socketPath, { force: true });
@@ -115,12 +124,44 @@ export async function saveState(
 }
 
 /**
- * Feeds `file` to a QEMU started with `-incoming defer` and waits until it is
+ * Has the stopped QEMU save its device state alone (no RAM) and returns it.
+ * QEMU writes it by path, inside its chroot and as its uid: the file is made
+ * for it beforehand (the folder stays root's, so it can create nothing), and
+ * removed once read. Like the end of a migration, this flushes and releases
+ * its disk until a `cont`.
+ */
+export async function saveDevices(qmp: QmpClient, jail: Jail | undefined, file: string): Promise<Buffer> {
+  await rm(file, { force: true });
+  const fh = await open(file, 'wx', 0o600);
+  try {
+    if (jail) await fh.chown(jail.uid, jail.gid);
+  } finally {
+    await fh.close();
+  }
+  try {
+    await qmp.execute('xen-save-devices-state', { filename: jailPath(jail, file), live: true });
+    return await readFile(file);
+  } catch (err) {
+    throw fromErrno(err);
+  } finally {
+    await rm(file, { force: true });
+  }
+}
+
+/**
+ * Feeds `file` (or its bytes `range`, inclusive) to a QEMU started with `-incoming defer` and waits until it is
  * loaded (VM paused). QEMU listens on `socketPath`, after it dropped to its uid:
  * the socket's folder (inside its chroot) is its own for the time of the load
  * only, then removed, so a QEMU that later runs guest code can create no files.
  */
-export async function loadState(qmp: QmpClient, qemu: QemuProcess, jail: Jail | undefined, socketPath: string, file: string): Promise<void> {
+export async function loadState(
+  qmp: QmpClient,
+  qemu: QemuProcess,
+  jail: Jail | undefined,
+  socketPath: string,
+  file: string,
+  range: { start: number; end?: number } = { start: 0 },
+): Promise<void> {
   const socketDir = path.dirname(socketPath);
   await rm(socketDir, { recursive: true, force: true });
   await mkdir(socketDir, { mode: 0o700 });
@@ -130,7 +171,7 @@ export async function loadState(qmp: QmpClient, qemu: QemuProcess, jail: Jail | 
   const socket = net.createConnection(socketPath);
   const sent = new Promise<void>((resolve, reject) => {
     socket.once('error', reject);
-    createReadStream(file, { highWaterMark: 1 << 20 })
+    createReadStream(file, { highWaterMark: 1 << 20, ...range })
       .once('error', reject)
       .pipe(socket)
       .once('finish', resolve);

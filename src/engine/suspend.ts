@@ -1,23 +1,21 @@
 /**
- * Suspend (ADR 0001): the VM is stopped, the pages it wrote are found in
- * `/proc/PID/pagemap` (a private page over the image's `mem` mapping), and
- * its state is migrated to `checkpoint` with every page it never wrote left
- * out: the image's `mem` supplies those on resume.
+ * Suspend (ADR 0001, 0009): the VM is stopped, the pages it wrote are found in
+ * `/proc/PID/pagemap` (a private page over the image's `mem` mapping) and
+ * copied from its memory into `checkpoint` beside its device state, saved
+ * alone: every page it never wrote is left out, and never read. The image's
+ * `mem` supplies those on resume.
  */
 import { rmSync } from 'node:fs';
 import { CellaError, isCellaError } from '../contract/index.js';
 import { crashPoint } from '../host/index.js';
 import { processJail } from '../vmm/index.js';
 import type { EngineCore } from './core.js';
-import { saveState } from './migrate.js';
+import { configurationSection, dirtyRuns, readHead, writeCheckpoint } from './checkpoint.js';
+import { saveDevices, writeDurably } from './migrate.js';
 import { dirtyPages } from './pagemap.js';
 import { park } from './park.js';
 import { openSnapshot, snapshotFiles } from './snapshot.js';
 import { vmFiles, type RunningVm } from './vm.js';
-
-const PAGE = 4096;
-/** The RAM block id of the guest memory backend (`-object memory-backend-file,id=mem`). */
-const RAM_BLOCK = 'mem';
 
 export interface SuspendResult {
   ms: number;
@@ -43,10 +41,15 @@ export async function suspend(core: EngineCore, vm: RunningVm): Promise<SuspendR
     await vm.qmp.execute('stop');
     mark('stopped');
     crashPoint('suspend:stopped');
-    const dirty = dirtyPages(vm.qemu.pid, snapshotFiles(vm.ref.imageDir).mem, snap.memoryMiB * 1024 * 1024);
+    const memPath = snapshotFiles(vm.ref.imageDir).mem;
+    const sizeBytes = snap.memoryMiB * 1024 * 1024;
+    const dirty = dirtyPages(vm.qemu.pid, memPath, sizeBytes);
     mark('pagemap');
-    const keep = (block: string, offset: number): boolean => block !== RAM_BLOCK || dirty[offset / PAGE] === 1;
-    const stats = await saveState(vm.qmp, vm.qemu, processJail(vm.qemu.pid), files.migrate, files.checkpoint, keep, mark);
+    const devices = await saveDevices(vm.qmp, processJail(vm.qemu.pid), files.devices);
+    mark('devices');
+    const config = configurationSection(readHead(snapshotFiles(vm.ref.imageDir).devstate));
+    const bytes = await writeDurably(files.checkpoint, (out) => writeCheckpoint(out, vm.qemu.pid, memPath, sizeBytes, dirtyRuns(dirty), config, devices));
+    mark('synced');
     crashPoint('suspend:written');
     if (core.parkMs > 0 && !core.closing) {
       park(core, vm);
@@ -58,7 +61,7 @@ export async function suspend(core: EngineCore, vm: RunningVm): Promise<SuspendR
     }
     let dirtyCount = 0;
     for (const d of dirty) dirtyCount += d;
-    return { ms: Date.now() - started, bytes: stats.bytesOut, dirtyPages: dirtyCount, totalPages: dirty.length, phases };
+    return { ms: Date.now() - started, bytes, dirtyPages: dirtyCount, totalPages: dirty.length, phases };
   } catch (err) {
     // A VM that failed to suspend (a full disk, say) runs on as it was; one that cannot is gone, and says why.
     rmSync(files.checkpoint, { force: true });

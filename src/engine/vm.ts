@@ -28,6 +28,8 @@ export const vmFiles = (dir: string) => ({
   log: path.join(dir, 'log.sock'),
   /** Where QEMU connects to save its state (cellad listens). */
   migrate: path.join(dir, 'migrate.sock'),
+  /** Where a suspending QEMU writes its device state (made for its uid, removed once read). */
+  devices: path.join(dir, 'devices.state'),
   /** Where QEMU listens to load its state: a folder its jailed uid may write to during the load only. */
   incoming: path.join(dir, 'incoming', 'migrate.sock'),
 });
