@@ -16,10 +16,28 @@ const run = async (h: Harness, body: Record<string, unknown> = {}): Promise<stri
   assert.equal(r.status, 200, r.text);
   return r.body.microvmId;
 };
+/**
+ * Runs a VM and waits until the lifecycle has made it RUNNING. Listens for the transition rather than
+ * polling: a VM with a 1 s idle policy or maximum duration may have moved on before a poll on a loaded
+ * box sees it RUNNING.
+ */
 const running = async (h: Harness, body: Record<string, unknown> = {}): Promise<string> => {
-  const id = await run(h, body);
-  await h.waitState(id, ['RUNNING']);
-  return id;
+  const ran = new Set<string>();
+  const onState = (r: { id: string; state: string }): void => {
+    if (r.state === 'RUNNING') ran.add(r.id);
+  };
+  h.lifecycle.on('state', onState);
+  try {
+    const id = await run(h, body);
+    const end = Date.now() + 10_000;
+    while (!ran.has(id)) {
+      if (Date.now() > end) throw new Error(`MicroVM ${id} never became RUNNING`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return id;
+  } finally {
+    h.lifecycle.removeListener('state', onState);
+  }
 };
 
 /** Runs `fn` on a new harness and closes it (and any harness a restart made) whatever happens. */
