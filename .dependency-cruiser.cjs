@@ -6,7 +6,7 @@
 // siblings), and only through their index.ts. A strict order of tiers leaves no room for cycles.
 const TIERS = [
   ['contract'],
-  ['host', 'logs', 'limits', 'capacity', 'tls', 'agent', 'vmm', 'archive', 'dockerfile', 'http'],
+  ['host', 'logs', 'limits', 'capacity', 'tls', 'agent', 'vmm', 'archive', 'dockerfile', 'http', 'console'],
   ['net', 'disk', 'oci'],
   ['setup'],
   ['engine'],

@@ -25,6 +25,7 @@ import { LogHub } from '../logs/index.js';
 import { SqliteStore, type Store } from '../store/index.js';
 import { startProxy } from '../proxy/index.js';
 import { shellHandler } from '../shell/index.js';
+import { consoleHandler, isConsolePath } from '../console/index.js';
 import { loadGuestArtifacts } from '../setup/index.js';
 import { HOUSEKEEPING_INTERVAL_MS, housekeep, type HousekeepingContext } from './housekeeping.js';
 import { loadTls } from '../tls/index.js';
@@ -228,7 +229,8 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     cleanups.unshift(housekeeping);
     // E2B's SDKs build envd's hosts from this: `<port>-<id>.<domain>[:<proxy port>]`.
     const e2b = createE2bApi({ sandboxes, keys, domain: proxy.port === 443 ? domain : `${domain}:${proxy.port}`, ratePerSecond: apiRateScale * E2B_RATE_PER_SCALE });
-    const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 0 }, (req, res) => (isE2bPath(req.url) ? e2b(req, res) : handler(req, res)));
+    const web = consoleHandler();
+    const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 0 }, (req, res) => (isE2bPath(req.url) ? e2b(req, res) : isConsolePath(req.url) ? web(req, res) : handler(req, res)));
     answerProtocolErrors(server);
     await listen(server, opts.port ?? DEFAULT_API_PORT, host);
     const port = (server.address() as AddressInfo).port;
