@@ -21,6 +21,7 @@ packages=(
   musl-tools make gcc g++ python3 mmdebstrap docker-registry libc6-dev lz4 xz-utils zstd gzip bzip2 util-linux procps cpio ca-certificates curl
   clang-format
   libnss-myhostname
+  chromium  # the web console's browser tests (puppeteer-core drives it; nothing downloads a browser)
 )
 
 say "apt-get update"
