@@ -37,7 +37,10 @@ describe('web console', { concurrency: false }, () => {
   let vmId = '';
 
   const shot = async (name: string): Promise<void> => {
-    for (const [tag, width, height] of [['desktop', 1280, 900], ['phone', 390, 844]] as const) {
+    for (const [tag, width, height] of [
+      ['desktop', 1280, 900],
+      ['phone', 390, 844],
+    ] as const) {
       await page.setViewport({ width, height });
       await page.screenshot({ path: path.join(SHOTS, `${name}-${tag}.png`), fullPage: true });
     }
@@ -45,7 +48,12 @@ describe('web console', { concurrency: false }, () => {
   };
   const text = (sel: string): Promise<string> => page.$eval(sel, (e) => e.textContent ?? '');
   const waitText = (sel: string, re: RegExp, timeout = 120_000): Promise<unknown> =>
-    page.waitForFunction((s: string, src: string) => new RegExp(src).test(document.querySelector(s)?.textContent ?? ''), { timeout, polling: 250 }, sel, re.source);
+    page.waitForFunction(
+      (s: string, src: string) => new RegExp(src).test(document.querySelector(s)?.textContent ?? ''),
+      { timeout, polling: 250 },
+      sel,
+      re.source,
+    );
 
   before(async () => {
     mkdirSync(SHOTS, { recursive: true });
@@ -104,7 +112,9 @@ describe('web console', { concurrency: false }, () => {
     await page.click('#open-shell');
     await waitText('#shell-status', /connected/, 30_000);
     await page.type('.term textarea', 'echo h""i\r');
-    await page.waitForFunction(() => /(^|\n)\s*hi\s*$/m.test([...document.querySelectorAll('.xterm-rows > div')].map((d) => d.textContent).join('\n')), { timeout: 30_000 });
+    await page.waitForFunction(() => /(^|\n)\s*hi\s*$/m.test([...document.querySelectorAll('.xterm-rows > div')].map((d) => d.textContent).join('\n')), {
+      timeout: 30_000,
+    });
     await shot('terminal');
     await page.click('#open-shell');
   });

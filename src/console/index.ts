@@ -15,7 +15,12 @@ export const CONSOLE_PATH = '/console/';
 export const CONSOLE_CSP =
   "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; connect-src 'self' wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-const TYPES: Record<string, string> = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8', '.map': 'application/json' };
+const TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.map': 'application/json',
+};
 
 /** src/console and dist/console both sit two levels below the package root. */
 export const DEFAULT_CONSOLE_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'dist', 'web', 'console');
@@ -37,7 +42,12 @@ export function consoleHandler(dir: string = DEFAULT_CONSOLE_DIR): (req: Incomin
     }
     const name = p.slice(CONSOLE_PATH.length) || 'index.html';
     const body = files.get(name);
-    const headers = { 'content-security-policy': CONSOLE_CSP, 'x-content-type-options': 'nosniff', 'referrer-policy': 'no-referrer', 'x-frame-options': 'DENY' };
+    const headers = {
+      'content-security-policy': CONSOLE_CSP,
+      'x-content-type-options': 'nosniff',
+      'referrer-policy': 'no-referrer',
+      'x-frame-options': 'DENY',
+    };
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { ...headers, allow: 'GET, HEAD', 'content-type': 'text/plain' });
       return void res.end('method not allowed\n');
@@ -47,7 +57,12 @@ export function consoleHandler(dir: string = DEFAULT_CONSOLE_DIR): (req: Incomin
       return void res.end(files.size ? 'not found\n' : 'the console is not built: run `npm run build`\n');
     }
     // index.html names the bundle by hash-free names, so it and they are revalidated, never stale.
-    res.writeHead(200, { ...headers, 'content-type': TYPES[path.extname(name)] ?? 'application/octet-stream', 'cache-control': 'no-cache', 'content-length': body.length });
+    res.writeHead(200, {
+      ...headers,
+      'content-type': TYPES[path.extname(name)] ?? 'application/octet-stream',
+      'cache-control': 'no-cache',
+      'content-length': body.length,
+    });
     res.end(req.method === 'HEAD' ? undefined : body);
   };
 }

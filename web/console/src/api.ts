@@ -16,7 +16,11 @@ export class ApiError extends Error {
 }
 
 async function raw(method: string, path: string, body?: BodyInit, type = 'application/json', key = getKey()): Promise<Response> {
-  const res = await fetch(path, { method, headers: { authorization: `Bearer ${key ?? ''}`, ...(body ? { 'content-type': type } : {}) }, ...(body ? { body } : {}) });
+  const res = await fetch(path, {
+    method,
+    headers: { authorization: `Bearer ${key ?? ''}`, ...(body ? { 'content-type': type } : {}) },
+    ...(body ? { body } : {}),
+  });
   if (!res.ok) {
     const text = await res.text();
     let e: { code?: string; message?: string } = {};

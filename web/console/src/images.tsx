@@ -59,7 +59,9 @@ function Versions({ image }: { image: Image }) {
               </td>
               <td class={v.stateReason ? 'reason' : ''}>{v.stateReason}</td>
               <td>
-                <button onClick={() => status(v.imageVersion, v.status === 'ACTIVE' ? 'INACTIVE' : 'ACTIVE')}>{v.status === 'ACTIVE' ? 'Deactivate' : 'Activate'}</button>
+                <button onClick={() => status(v.imageVersion, v.status === 'ACTIVE' ? 'INACTIVE' : 'ACTIVE')}>
+                  {v.status === 'ACTIVE' ? 'Deactivate' : 'Activate'}
+                </button>
                 <button onClick={() => showLog(v.imageVersion)}>Build log</button>
               </td>
             </tr>
@@ -88,11 +90,15 @@ function Build({ bases, onStarted }: { bases: Array<{ imageArn: string; name: st
         () => true,
         () => false,
       );
-      const started = await call<{ imageVersion: string; buildId: string }>(exists ? 'PUT' : 'POST', exists ? `${V}/microvm-images/${name}` : `${V}/microvm-images`, {
-        ...(exists ? {} : { name }),
-        baseImageArn,
-        codeArtifact: { uri },
-      });
+      const started = await call<{ imageVersion: string; buildId: string }>(
+        exists ? 'PUT' : 'POST',
+        exists ? `${V}/microvm-images/${name}` : `${V}/microvm-images`,
+        {
+          ...(exists ? {} : { name }),
+          baseImageArn,
+          codeArtifact: { uri },
+        },
+      );
       onStarted(name, `/cella/v1/microvm-images/${name}/versions/${started.imageVersion}/builds/${started.buildId}/logs`);
       setE(undefined);
     } catch (err) {

@@ -29,7 +29,6 @@ function SignIn({ onIn }: { onIn: () => void }) {
   );
 }
 
-
 function Vms() {
   const [state, setState] = useState('');
   const [image, setImage] = useState('');
@@ -99,11 +98,17 @@ function Run() {
   const set = (k: keyof typeof f) => (ev: Event) => setF({ ...f, [k]: (ev.currentTarget as HTMLInputElement).value });
   const submit = (ev: Event): void => {
     ev.preventDefault();
-    const list = (s: string): string[] => s.split(',').map((x) => x.trim()).filter(Boolean);
+    const list = (s: string): string[] =>
+      s
+        .split(',')
+        .map((x) => x.trim())
+        .filter(Boolean);
     const body = {
       imageIdentifier: f.image,
       ...(f.version ? { imageVersion: f.version } : {}),
-      ...(f.idle ? { idlePolicy: { maxIdleDurationSeconds: Number(f.idle), suspendedDurationSeconds: Number(f.suspended || 0), autoResumeEnabled: true } } : {}),
+      ...(f.idle
+        ? { idlePolicy: { maxIdleDurationSeconds: Number(f.idle), suspendedDurationSeconds: Number(f.suspended || 0), autoResumeEnabled: true } }
+        : {}),
       ...(f.maxDuration ? { maximumDurationInSeconds: Number(f.maxDuration) } : {}),
       ...(f.ingress ? { ingressNetworkConnectors: list(f.ingress) } : {}),
       ...(f.egress ? { egressNetworkConnectors: list(f.egress) } : {}),
@@ -136,7 +141,10 @@ function Run() {
 }
 
 function Connectors() {
-  const [list, e, reload] = usePoll(() => call<{ items: Array<{ name: string; arn?: string; allowedCidrs?: string[]; allowedDomains?: string[] }> }>('GET', '/cella/v1/network-connectors'), 10000);
+  const [list, e, reload] = usePoll(
+    () => call<{ items: Array<{ name: string; arn?: string; allowedCidrs?: string[]; allowedDomains?: string[] }> }>('GET', '/cella/v1/network-connectors'),
+    10000,
+  );
   return (
     <section>
       <h2>Network connectors</h2>
@@ -154,7 +162,10 @@ function Connectors() {
 }
 
 function Usage() {
-  const [u, e] = usePoll(() => call<{ items?: Array<{ microvmId: string; runningSeconds?: number }> } & Record<string, unknown>>('GET', '/cella/v1/usage'), 10000);
+  const [u, e] = usePoll(
+    () => call<{ items?: Array<{ microvmId: string; runningSeconds?: number }> } & Record<string, unknown>>('GET', '/cella/v1/usage'),
+    10000,
+  );
   const items = u?.items ?? [];
   const max = Math.max(1, ...items.map((i) => i.runningSeconds ?? 0));
   return (
@@ -195,7 +206,19 @@ function App() {
         <button onClick={() => (setKey(null), setSignedIn(false))}>Sign out</button>
       </nav>
       <main>
-        {page === 'vm' ? <VmPage id={arg} /> : page === 'run' ? <Run /> : page === 'images' ? <Images /> : page === 'connectors' ? <Connectors /> : page === 'usage' ? <Usage /> : <Vms />}
+        {page === 'vm' ? (
+          <VmPage id={arg} />
+        ) : page === 'run' ? (
+          <Run />
+        ) : page === 'images' ? (
+          <Images />
+        ) : page === 'connectors' ? (
+          <Connectors />
+        ) : page === 'usage' ? (
+          <Usage />
+        ) : (
+          <Vms />
+        )}
       </main>
     </>
   );

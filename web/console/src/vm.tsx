@@ -16,7 +16,9 @@ function Logs({ id }: { id: string }) {
   useEffect(() => {
     const ac = new AbortController();
     setText('');
-    follow(`/cella/v1/microvms/${id}/logs?follow=true`, (t) => setText((s) => (s + t).slice(-200_000)), ac.signal).catch((err: unknown) => !ac.signal.aborted && setE(err));
+    follow(`/cella/v1/microvms/${id}/logs?follow=true`, (t) => setText((s) => (s + t).slice(-200_000)), ac.signal).catch(
+      (err: unknown) => !ac.signal.aborted && setE(err),
+    );
     return () => ac.abort();
   }, [id]);
   return (
@@ -48,7 +50,8 @@ function Shell({ vm, proxyPort }: { vm: Vm; proxyPort: number }) {
         const resize = (): void => ws?.send(JSON.stringify({ type: 'resize', cols: term.cols, rows: term.rows }));
         ws.onopen = () => (setStatus('connected'), resize(), term.focus());
         ws.onmessage = (m: MessageEvent) => m.data instanceof ArrayBuffer && term.write(new Uint8Array(m.data));
-        ws.onclose = (c) => setStatus(c.code === 1000 ? 'the shell ended' : `the shell closed (${c.code} ${c.reason || 'the VM may be suspended or unreachable'})`);
+        ws.onclose = (c) =>
+          setStatus(c.code === 1000 ? 'the shell ended' : `the shell closed (${c.code} ${c.reason || 'the VM may be suspended or unreachable'})`);
         term.onData((d) => ws?.readyState === WebSocket.OPEN && ws.send(new TextEncoder().encode(d)));
         term.onResize(resize);
       },
@@ -78,7 +81,10 @@ export function VmPage({ id }: { id: string }) {
     if (confirm(`Terminate ${id}? This cannot be undone.`)) act('DELETE', `${V}/microvms/${id}`);
   };
   const mint = (): void =>
-    void call<{ authToken: Record<string, string> }>('POST', `${V}/microvms/${id}/auth-token`, { expirationInMinutes: 60, allowedPorts: [{ fromPort: 8080, toPort: 8080 }] }).then((t) => {
+    void call<{ authToken: Record<string, string> }>('POST', `${V}/microvms/${id}/auth-token`, {
+      expirationInMinutes: 60,
+      allowedPorts: [{ fromPort: 8080, toPort: 8080 }],
+    }).then((t) => {
       const [h, v] = Object.entries(t.authToken)[0] ?? ['', ''];
       const line = `curl -k -H '${h}: ${v}' https://${vm?.endpoint ?? ''}:${info?.proxyPort ?? 443}/`;
       setCurl(line);
