@@ -95,6 +95,10 @@ function Vms() {
 function Run() {
   const [f, setF] = useState({ image: 'demo', version: '', idle: '', suspended: '', maxDuration: '', ingress: 'ALL_INGRESS', egress: '', payload: '' });
   const [e, setE] = useState<unknown>();
+  const [bases] = usePoll(() => call<{ items: Array<{ imageArn: string }> }>('GET', `${V}/managed-microvm-images`), 600_000);
+  // Managed connectors (ALL_INGRESS, SHELL_INGRESS, …) by name: their ARN shares the managed images' prefix.
+  const arn = (n: string): string =>
+    n.startsWith('arn:') ? n : (bases?.items[0]?.imageArn ?? '').replace(/microvm-image:.*$/, `network-connector:aws-network-connector:${n}`);
   const set = (k: keyof typeof f) => (ev: Event) => setF({ ...f, [k]: (ev.currentTarget as HTMLInputElement).value });
   const submit = (ev: Event): void => {
     ev.preventDefault();
@@ -102,7 +106,8 @@ function Run() {
       s
         .split(',')
         .map((x) => x.trim())
-        .filter(Boolean);
+        .filter(Boolean)
+        .map(arn);
     const body = {
       imageIdentifier: f.image,
       ...(f.version ? { imageVersion: f.version } : {}),
