@@ -31,6 +31,10 @@ export type SandboxState = 'running' | 'paused';
 export interface SandboxAccess {
   /** Whether `token` is sandbox `id`'s envdAccessToken (constant-time compare). */
   checkEnvdToken(id: string, token: string | undefined): Promise<boolean>;
+  /** The envdAccessToken of sandbox `id` (signed /files URLs are checked with it); undefined when there is no such sandbox. */
+  envdToken(id: string): Promise<string | undefined>;
+  /** The traffic access token its other ports need; undefined: they are public. */
+  trafficToken(id: string): Promise<string | undefined>;
   /** The sandbox's default user and env vars (from create), for envd's process defaults. */
   defaults(id: string): Promise<{ user: string; envVars: Record<string, string> } | undefined>;
   /** Whether a paused sandbox may be woken by traffic (autoResume.enabled). */
@@ -233,6 +237,15 @@ export class Sandboxes implements SandboxAccess {
     const got = Buffer.from(token);
     if (got.length !== want.length || !timingSafeEqual(got, want)) return false;
     return (await this.opts.store.getE2bSandbox(id)) !== undefined;
+  }
+
+  async envdToken(id: string): Promise<string | undefined> {
+    return (await this.opts.store.getE2bSandbox(id)) ? this.envdAccessToken(id) : undefined;
+  }
+
+  async trafficToken(_id: string): Promise<string | undefined> {
+    // Sandboxes asking for allowPublicTraffic: false are refused at create (api.ts): every port is public.
+    return undefined;
   }
 
   async defaults(id: string): Promise<{ user: string; envVars: Record<string, string> } | undefined> {

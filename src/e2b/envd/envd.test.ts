@@ -5,14 +5,19 @@
  */
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { gzipSync } from 'node:zlib';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
-import { CommandExitError, FileNotFoundError, FileType, Sandbox } from 'e2b';
-import type { ExitStatus, FileEntry, GuestProcessInfo, ProcessSpec, PtySpec, UserInfo } from '../../agent/index.js';
+import { createClient } from '@connectrpc/connect';
+import { createConnectTransport } from '@connectrpc/connect-node';
+import { CommandExitError, FilesystemEventType, FileNotFoundError, FileType, getSignature, Sandbox } from 'e2b';
+import type { ExitStatus, FileEntry, GuestProcessInfo, ProcessSpec, PtySpec, UserInfo, Watcher } from '../../agent/index.js';
 import { CellaError } from '../../contract/index.js';
 import type { EnvdAgent, GuestExec, GuestPty } from './context.js';
+import { envdAuthProblem, ENVD_VERSION } from './access.js';
+import { Filesystem } from './gen/filesystem_pb.js';
 import { createEnvdHandler, type EnvdHandler } from './handler.js';
 
 const T = { timeout: 20_000 };
@@ -58,6 +63,18 @@ class FakeProc extends EventEmitter implements GuestExec, GuestPty {
   }
 }
 
+/** A guest watch: the test emits its events. */
+class FakeWatch extends EventEmitter {
+  closed = false;
+  constructor(private readonly onClose: () => void) {
+    super();
+  }
+  async close(): Promise<void> {
+    this.closed = true;
+    this.onClose();
+  }
+}
+
 class FakeAgent implements EnvdAgent {
   procs = new Map<number, FakeProc>();
   users: UserInfo[] = [
@@ -65,6 +82,9 @@ class FakeAgent implements EnvdAgent {
     { name: 'user', uid: 1000, gid: 1000, home: '/home/user', shell: '/bin/bash', groups: [1000] },
   ];
   files = new Map<string, Buffer>([['/home/user/hello.txt', Buffer.from('hello')]]);
+  metadata = new Map<string, Record<string, string>>();
+  /** The watches open now, by path: a test makes their events. */
+  watches = new Map<string, FakeWatch>();
   dirs = new Set(['/', '/home', '/home/user', '/root']);
   private nextPid = 100;
 
@@ -126,7 +146,8 @@ class FakeAgent implements EnvdAgent {
     const dir = this.dirs.has(p);
     const data = this.files.get(p);
     if (!dir && !data) throw new CellaError('NOT_FOUND', `${p}: ENOENT`);
-    return { type: dir ? 'directory' : 'file', mode: dir ? 0o40755 : 0o100644, size: data?.length ?? 4096, mtimeMs: 1e12, uid: 1000, gid: 1000, owner: 'user', group: 'user', metadata: {} };
+    const metadata = { ...this.metadata.get(p) };
+    return { type: dir ? 'directory' : 'file', mode: dir ? 0o40755 : 0o100644, size: data?.length ?? 4096, mtimeMs: 1e12, uid: 1000, gid: 1000, owner: 'user', group: 'user', metadata };
   }
   readonly fs: EnvdAgent['fs'] = {
     stat: async (p) => this.entry(p),
@@ -155,14 +176,20 @@ class FakeAgent implements EnvdAgent {
       if (!data) throw new CellaError('NOT_FOUND', p);
       return { size: data.length, stream: Readable.from([data]) };
     },
-    write: async (p, data) => {
+    write: async (p, data, opts) => {
+      if (opts?.metadata) this.metadata.set(p, opts.metadata);
       const chunks: Buffer[] = [];
       if (typeof data === 'string' || Buffer.isBuffer(data)) chunks.push(Buffer.from(data));
       else for await (const c of data) chunks.push(Buffer.from(c));
       this.files.set(p, Buffer.concat(chunks));
       return this.entry(p);
     },
-    watch: () => Promise.reject(new CellaError('AGENT_UNSUPPORTED', 'no watch in the fake')),
+    watch: async (p) => {
+      if (!this.dirs.has(p)) throw new CellaError(this.files.has(p) ? 'INVALID_ARGUMENT' : 'NOT_FOUND', p);
+      const w = new FakeWatch(() => this.watches.delete(p));
+      this.watches.set(p, w);
+      return w as unknown as Watcher;
+    },
   };
 }
 
@@ -279,3 +306,129 @@ describe('filesystem through the real SDK', () => {
     assert.deepEqual(await (await fetch(`${sandboxUrl}/envs`)).json(), { E2B_SANDBOX: 'true', E2B_SANDBOX_ID: 'sbx-1', GLOBAL: 'g' });
   });
 });
+
+/** Waits until `check` holds (a watch opened, an event arrived). */
+async function until(check: () => boolean): Promise<void> {
+  while (!check()) await new Promise((r) => setTimeout(r, 5));
+}
+
+describe('watches', () => {
+  test('watchDir: start, events named as fsnotify does, the entry when asked, a missing directory', T, async () => {
+    const sbx = await connect();
+    const seen: { name: string; type: FilesystemEventType; size?: number }[] = [];
+    agent.files.set('/home/user/five.txt', Buffer.from('12345'));
+    const h = await sbx.files.watchDir('/home/user', (e) => void seen.push({ name: e.name, type: e.type, ...(e.entry && { size: e.entry.size }) }), { recursive: true, includeEntry: true });
+    const w = agent.watches.get('/home/user')!;
+    w.emit('event', { op: 'create', name: 'five.txt' });
+    w.emit('event', { op: 'overflow', name: '' });
+    w.emit('event', { op: 'remove', name: 'sub/gone' });
+    await until(() => seen.length === 2);
+    await h.stop();
+    assert.deepEqual(seen, [
+      { name: 'five.txt', type: FilesystemEventType.CREATE, size: 5 },
+      { name: 'sub/gone', type: FilesystemEventType.REMOVE },
+    ]);
+    await until(() => !agent.watches.has('/home/user'));
+    await assert.rejects(sbx.files.watchDir('/missing', () => {}), FileNotFoundError);
+  });
+
+  test('polling watchers: create, events since the last call, remove; an unknown id is NotFound', T, async () => {
+    const fs = createClient(Filesystem, createConnectTransport({ baseUrl: sandboxUrl, httpVersion: '1.1', useBinaryFormat: false }));
+    const { watcherId } = await fs.createWatcher({ path: '~', recursive: false });
+    const w = agent.watches.get('/home/user')!;
+    w.emit('event', { op: 'write', name: 'hello.txt' });
+    w.emit('event', { op: 'rename', name: 'old' });
+    const first = await fs.getWatcherEvents({ watcherId });
+    assert.deepEqual(first.events.map((e) => [e.name, e.type, e.entry]), [['hello.txt', 2, undefined], ['old', 4, undefined]]);
+    assert.deepEqual((await fs.getWatcherEvents({ watcherId })).events, []);
+    await fs.removeWatcher({ watcherId });
+    assert.equal(agent.watches.has('/home/user'), false);
+    await assert.rejects(fs.getWatcherEvents({ watcherId }), /not found/);
+    await assert.rejects(fs.createWatcher({ path: '/missing' }), /not found/);
+  });
+});
+
+describe('/files encodings and metadata', () => {
+  test('gzip both ways, Content-Length: 0 for an empty file, 406 for an encoding it cannot serve', T, async () => {
+    const sbx = await connect();
+    await sbx.files.write('zipped.txt', 'x'.repeat(5000), { gzip: true });
+    assert.equal(agent.files.get('/home/user/zipped.txt')?.toString(), 'x'.repeat(5000));
+    assert.equal(await sbx.files.read('zipped.txt', { gzip: true }), 'x'.repeat(5000));
+    // fetch inflates it, and leaves the header to say it was gzip on the wire.
+    const raw = await fetch(`${sandboxUrl}/files?path=zipped.txt`, { headers: { 'accept-encoding': 'gzip' } });
+    assert.equal(raw.headers.get('content-encoding'), 'gzip');
+    assert.equal(await raw.text(), 'x'.repeat(5000));
+    agent.files.set('/home/user/empty', Buffer.alloc(0));
+    const empty = await fetch(`${sandboxUrl}/files?path=empty`, { headers: { 'accept-encoding': 'gzip' } });
+    assert.equal(empty.headers.get('content-length'), '0');
+    const refused = await fetch(`${sandboxUrl}/files?path=zipped.txt`, { headers: { 'accept-encoding': 'br, identity;q=0' } });
+    assert.equal(refused.status, 406);
+    const badUpload = await fetch(`${sandboxUrl}/files?path=x`, { method: 'POST', headers: { 'content-type': 'application/octet-stream', 'content-encoding': 'br' }, body: gzipSync('x') });
+    assert.equal(badUpload.status, 400);
+    assert.equal(agent.files.has('/home/user/x'), false);
+  });
+
+  test('metadata: X-Metadata-* headers kept with the file and reported back (envd 0.6.2)', T, async () => {
+    const sbx = await connect();
+    const w = await sbx.files.write('tagged.txt', 'data', { metadata: { Owner: 'me', 'build.id': '42' } });
+    assert.deepEqual(w.metadata, { owner: 'me', 'build.id': '42' });
+    assert.deepEqual((await sbx.files.getInfo('tagged.txt')).metadata, { owner: 'me', 'build.id': '42' });
+  });
+});
+
+describe('signed /files URLs (through the same check the proxy makes)', () => {
+  const TOKEN = 'envd-token-of-sbx';
+  let rest: Server;
+  let secured: Server;
+  let apiUrl: string;
+  let securedUrl: string;
+
+  before(async () => {
+    // The REST facade's create answer, reduced to what the SDK reads.
+    rest = createServer((req, res) => {
+      req.resume();
+      res.writeHead(201, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ sandboxID: 'sbx-1', templateID: 'base', clientID: 'cella', envdVersion: ENVD_VERSION, envdAccessToken: TOKEN, trafficAccessToken: null, domain: null }));
+    });
+    const access = { checkEnvdToken: async (_id: string, t: string | undefined) => t === TOKEN, envdToken: async () => TOKEN };
+    secured = createServer((req: IncomingMessage, res) => {
+      void envdAuthProblem(access, 'sbx-1', req.method ?? 'GET', req.url ?? '/', req.headers['x-access-token'] as string | undefined).then((problem) => {
+        if (!problem) return envd.handle('sbx-1', req, res);
+        res.writeHead(401, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ code: 401, message: problem }));
+      });
+    });
+    for (const s of [rest, secured]) await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    apiUrl = `http://127.0.0.1:${(rest.address() as AddressInfo).port}`;
+    securedUrl = `http://127.0.0.1:${(secured.address() as AddressInfo).port}`;
+  });
+
+  after(() => {
+    for (const s of [rest, secured]) {
+      s.closeAllConnections();
+      s.close();
+    }
+  });
+
+  test('uploadUrl and downloadUrl work without the token, expire, and are refused when altered', T, async () => {
+    const sbx = await Sandbox.create({ apiUrl, sandboxUrl: securedUrl, apiKey: 'k' });
+    agent.files.set('/home/user/mine.txt', Buffer.from('mine'));
+    assert.equal((await fetch(`${securedUrl}/files?path=mine.txt`)).status, 401);
+    assert.equal(await sbx.files.read('mine.txt'), 'mine');
+    const up = await sbx.uploadUrl('signed.txt');
+    const form = new FormData();
+    form.append('file', new Blob(['signed data']), 'signed.txt');
+    assert.equal((await fetch(up, { method: 'POST', body: form })).status, 200);
+    const down = await sbx.downloadUrl('signed.txt', { user: 'user', useSignatureExpiration: 60 });
+    assert.equal(await (await fetch(down)).text(), 'signed data');
+    // A read signature does not write, another path is not signed, an expired one is refused.
+    assert.equal((await fetch(down, { method: 'POST', body: form })).status, 401);
+    assert.equal((await fetch(down.replace('signed.txt', 'mine.txt'))).status, 401);
+    const old = await getSignature({ path: 'signed.txt', operation: 'read', user: 'user', expirationInSeconds: -10, envdAccessToken: TOKEN });
+    const expired = `${securedUrl}/files?path=signed.txt&username=user&signature=${old.signature}&signature_expiration=${old.expiration}`;
+    const answer = await fetch(expired);
+    assert.equal(answer.status, 401);
+    assert.match(((await answer.json()) as { message: string }).message, /expired/);
+  });
+});
+

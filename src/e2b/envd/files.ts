@@ -1,12 +1,14 @@
 /**
- * envd's `/files`: GET downloads a file, POST uploads one or more
- * (multipart/form-data, or application/octet-stream with an optional gzip
- * Content-Encoding), as the SDK's files.read/write call them. Errors are
- * envd's JSON `{code, message}` with its statuses (404, 400, 401, 507).
+ * envd's `/files`: GET downloads a file (gzip when the client accepts it;
+ * an empty file is `Content-Length: 0`, which the SDK checks), POST uploads
+ * one or more (multipart/form-data, or application/octet-stream with an
+ * optional gzip Content-Encoding) with `X-Metadata-<key>` headers kept as
+ * the file's metadata, as the SDK's files.read/write call them. Errors are
+ * envd's JSON `{code, message}` with its statuses (404, 400, 401, 406, 507).
  */
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
+import { createGunzip, createGzip } from 'node:zlib';
 import busboy from 'busboy';
 import { Code, ConnectError } from '@connectrpc/connect';
 import type { UserInfo } from '../../agent/index.js';
@@ -47,7 +49,39 @@ async function user(sb: Sandbox, url: URL): Promise<UserInfo> {
   return resolveUser(sb, url.searchParams.get('username') || undefined);
 }
 
-async function download(sb: Sandbox, url: URL, res: EnvdResponse): Promise<void> {
+/** The q of each coding an Accept-Encoding header names (RFC 9110 §12.5.3). */
+function acceptedCodings(header: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const part of header.split(',')) {
+    const [name, ...params] = part.trim().toLowerCase().split(';');
+    if (!name) continue;
+    const q = params.map((x) => /^\s*q=([\d.]+)\s*$/.exec(x)?.[1]).find((x) => x !== undefined);
+    out.set(name, q === undefined ? 1 : Number(q));
+  }
+  return out;
+}
+
+/** gzip when the client takes it, identity when it does not refuse it; otherwise 406, as envd. */
+export function responseEncoding(header: string | undefined): 'gzip' | 'identity' {
+  if (!header?.trim()) return 'identity';
+  const codings = acceptedCodings(header);
+  const star = codings.get('*');
+  if ((codings.get('gzip') ?? star ?? 0) > 0) return 'gzip';
+  if ((codings.get('identity') ?? star ?? 1) > 0) return 'identity';
+  throw new HttpError(406, `none of the encodings accepted (${header}) is served: gzip or identity`);
+}
+
+/** `X-Metadata-<key>: value` headers as the file's metadata (keys in lower case, as Node gives header names). */
+export function metadataOf(headers: EnvdRequest['headers']): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(headers)) {
+    if (k.startsWith('x-metadata-') && k.length > 11 && v !== undefined) out[k.slice(11)] = Array.isArray(v) ? v.join(', ') : v;
+  }
+  return out;
+}
+
+async function download(sb: Sandbox, url: URL, req: EnvdRequest, res: EnvdResponse): Promise<void> {
+  const encoding = responseEncoding(req.headers['accept-encoding']);
   const u = await user(sb, url);
   const raw = url.searchParams.get('path');
   if (!raw) throw new HttpError(400, 'path is required');
@@ -58,29 +92,42 @@ async function download(sb: Sandbox, url: URL, res: EnvdResponse): Promise<void>
   });
   if ((e.targetType ?? e.type) === 'directory') throw new HttpError(400, `path '${p}' is a directory`);
   const { size, stream } = await sb.agent.fs.read(p);
-  res.writeHead(200, {
-    'content-type': 'application/octet-stream',
-    'content-disposition': `inline; filename=${JSON.stringify(path.posix.basename(p))}`,
-    'content-length': size,
-  });
+  const headers = { 'content-type': 'application/octet-stream', 'content-disposition': `inline; filename=${JSON.stringify(path.posix.basename(p))}` };
   stream.on('error', () => res.destroy());
-  stream.pipe(res as NodeJS.WritableStream);
+  // An empty file stays identity: its Content-Length: 0 is how the SDK knows it is empty.
+  if (encoding === 'gzip' && size > 0) {
+    res.writeHead(200, { ...headers, 'content-encoding': 'gzip', vary: 'Accept-Encoding' });
+    stream.pipe(createGzip()).pipe(res as NodeJS.WritableStream);
+  } else {
+    res.writeHead(200, { ...headers, 'content-length': size });
+    stream.pipe(res as NodeJS.WritableStream);
+  }
 }
 
-async function writeOne(sb: Sandbox, u: UserInfo, dest: string, data: AsyncIterable<Uint8Array>): Promise<{ path: string; name: string; type: 'file' }> {
+interface Written {
+  path: string;
+  name: string;
+  type: 'file';
+  metadata?: Record<string, string>;
+}
+
+async function writeOne(sb: Sandbox, u: UserInfo, dest: string, data: AsyncIterable<Uint8Array>, metadata: Record<string, string>): Promise<Written> {
   const p = userPath(dest, u);
-  await sb.agent.fs.write(p, data, { uid: u.uid, gid: u.gid });
-  return { path: p, name: path.posix.basename(p), type: 'file' };
+  const e = await sb.agent.fs.write(p, data, { uid: u.uid, gid: u.gid, metadata });
+  return { path: p, name: path.posix.basename(p), type: 'file', ...(Object.keys(e.metadata).length > 0 && { metadata: e.metadata }) };
 }
 
 async function upload(sb: Sandbox, url: URL, req: EnvdRequest, res: EnvdResponse): Promise<void> {
   const u = await user(sb, url);
   const dest = url.searchParams.get('path') || undefined;
   const type = req.headers['content-type'] ?? '';
-  const gzip = /gzip/i.test(String(req.headers['content-encoding'] ?? ''));
+  const coding = String(req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+  if (coding !== 'gzip' && coding !== 'identity') throw new HttpError(400, `Content-Encoding ${coding} is not supported: gzip or identity`);
+  const gzip = coding === 'gzip';
+  const metadata = metadataOf(req.headers);
   const body: Readable = gzip ? (req as Readable).pipe(createGunzip()) : (req);
   if (type.startsWith('multipart/form-data')) {
-    const written: { path: string; name: string; type: 'file' }[] = [];
+    const written: Written[] = [];
     let chain = Promise.resolve();
     let failed: Error | undefined;
     await new Promise<void>((resolve, reject) => {
@@ -90,7 +137,7 @@ async function upload(sb: Sandbox, url: URL, req: EnvdRequest, res: EnvdResponse
           if (failed) return void file.resume();
           const target = dest ?? info.filename;
           if (!target) throw new HttpError(400, 'a file part needs a filename when ?path is absent');
-          written.push(await writeOne(sb, u, target, file));
+          written.push(await writeOne(sb, u, target, file, metadata));
         });
         chain.catch((err: unknown) => {
           failed ??= err instanceof Error ? err : new Error(String(err));
@@ -107,12 +154,12 @@ async function upload(sb: Sandbox, url: URL, req: EnvdRequest, res: EnvdResponse
     return send(res, 200, written);
   }
   if (!dest) throw new HttpError(400, 'path is required for an octet-stream upload');
-  send(res, 200, [await writeOne(sb, u, dest, body)]);
+  send(res, 200, [await writeOne(sb, u, dest, body, metadata)]);
 }
 
 export async function serveFiles(sb: Sandbox, url: URL, req: EnvdRequest, res: EnvdResponse): Promise<void> {
   try {
-    if (req.method === 'GET') await download(sb, url, res);
+    if (req.method === 'GET') await download(sb, url, req, res);
     else if (req.method === 'POST') await upload(sb, url, req, res);
     else throw new HttpError(405, `${req.method ?? ''} /files is not allowed`);
   } catch (err) {

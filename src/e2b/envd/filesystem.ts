@@ -1,64 +1,15 @@
 /**
  * envd's `filesystem.Filesystem` service over the guest agent's file
  * operations (spec/envd/filesystem/filesystem.proto; envd's
- * services/filesystem semantics), paths resolved for the call's user.
+ * services/filesystem semantics), paths resolved for the call's user;
+ * the watches are in watch.ts.
  */
-import path from 'node:path';
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from '@connectrpc/connect';
-import type { MessageInitShape } from '@bufbuild/protobuf';
-import { timestampFromMs } from '@bufbuild/protobuf/wkt';
-import type { FileEntry, FileType as GuestFileType, WatchOp } from '../../agent/index.js';
 import { fsError, userPath } from './context.js';
-import { EventType, FileType, Filesystem, type EntryInfoSchema } from './gen/filesystem_pb.js';
-import { Feed } from './feed.js';
-import { keepaliveMs, stateOf, userOf } from './state.js';
-
-type EntryInit = MessageInitShape<typeof EntryInfoSchema>;
-
-const S_IFMT = 0o170000;
-/** Go's os.FileMode type letters, by st_mode type bits. */
-const TYPE_LETTER: Record<number, string> = { 0o040000: 'd', 0o120000: 'L', 0o010000: 'p', 0o140000: 'S', 0o060000: 'D', 0o020000: 'Dc' };
-
-/** `mode` as Go's FileMode.String() prints it: -rw-r--r--, drwxr-xr-x, Lrwxrwxrwx, ugtrwx... */
-export function goPermissions(mode: number): string {
-  let s = TYPE_LETTER[mode & S_IFMT] ?? '';
-  if (mode & 0o4000) s += 'u';
-  if (mode & 0o2000) s += 'g';
-  if (mode & 0o1000) s += 't';
-  if (!s) s = '-';
-  const rwx = 'rwxrwxrwx';
-  for (let i = 0; i < 9; i++) s += mode & (1 << (8 - i)) ? rwx[i] : '-';
-  return s;
-}
-
-function fileType(t: GuestFileType | undefined): FileType {
-  return t === 'file' ? FileType.FILE : t === 'directory' ? FileType.DIRECTORY : FileType.UNSPECIFIED;
-}
-
-/** An entry as envd reports it: a symlink has its target's type; mode is the permission bits. */
-export function entryInfo(e: FileEntry, p: string): EntryInit {
-  return {
-    name: path.posix.basename(p),
-    path: p,
-    type: fileType(e.type === 'symlink' ? e.targetType : e.type),
-    size: BigInt(e.size),
-    mode: e.mode & 0o777,
-    permissions: goPermissions(e.mode),
-    owner: e.owner ?? String(e.uid),
-    group: e.group ?? String(e.gid),
-    modifiedTime: timestampFromMs(Math.trunc(e.mtimeMs)),
-    ...(e.symlinkTarget !== undefined && { symlinkTarget: e.symlinkTarget }),
-    metadata: e.metadata,
-  };
-}
-
-const EVENTS: Record<Exclude<WatchOp, 'overflow'>, EventType> = {
-  create: EventType.CREATE,
-  write: EventType.WRITE,
-  remove: EventType.REMOVE,
-  rename: EventType.RENAME,
-  chmod: EventType.CHMOD,
-};
+import { entryInfo } from './entry.js';
+import { Filesystem } from './gen/filesystem_pb.js';
+import { stateOf, userOf } from './state.js';
+import { watchDir } from './watch.js';
 
 async function target(ctx: HandlerContext, p: string): Promise<{ resolved: string; uid: number; gid: number }> {
   const user = await userOf(ctx);
@@ -107,32 +58,18 @@ export const filesystemService: Partial<ServiceImpl<typeof Filesystem>> = {
     return {};
   },
 
-  async *watchDir(req, ctx) {
-    const { resolved } = await target(ctx, req.path);
-    const fs = stateOf(ctx).sandbox.agent.fs;
-    const w = await fs.watch(resolved, { recursive: req.recursive }).catch((err: unknown) => Promise.reject(fsError(err, resolved)));
-    const feed = new Feed<{ op: WatchOp; name: string }>();
-    w.on('event', (ev: { op: WatchOp; name: string }) => feed.push(ev));
-    w.once('end', () => feed.end());
-    const idle = keepaliveMs(ctx);
-    try {
-      yield { event: { case: 'start', value: {} } };
-      for (;;) {
-        const n = await feed.next(ctx.signal, idle);
-        if (n.kind === 'idle') yield { event: { case: 'keepalive', value: {} } };
-        else if (n.kind === 'end') return;
-        else if (n.value.op !== 'overflow') {
-          const { op, name } = n.value;
-          let entry: EntryInit | undefined;
-          if (req.includeEntry && op !== 'remove' && op !== 'rename') {
-            const full = path.posix.join(resolved, name);
-            entry = await fs.stat(full).then((e) => entryInfo(e, full), () => undefined);
-          }
-          yield { event: { case: 'filesystem', value: { name, type: EVENTS[op], ...(entry && { entry }) } } };
-        }
-      }
-    } finally {
-      await w.close();
-    }
+  watchDir,
+
+  async createWatcher(req, ctx) {
+    return { watcherId: await stateOf(ctx).watchers.create(ctx, req) };
+  },
+
+  async getWatcherEvents(req, ctx) {
+    return { events: await stateOf(ctx).watchers.take(req.watcherId) };
+  },
+
+  async removeWatcher(req, ctx) {
+    await stateOf(ctx).watchers.remove(req.watcherId);
+    return {};
   },
 };

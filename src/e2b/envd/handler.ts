@@ -17,12 +17,13 @@ import { Process } from './gen/process_pb.js';
 import { processService } from './process.js';
 import { REQUEST, type RequestState } from './state.js';
 import { ProcessTable } from './table.js';
+import { PollWatchers } from './watch.js';
 
 
 export interface EnvdHandler {
   /** Serves one envd request for sandbox `id` (its access token already checked). */
   handle(id: string, req: EnvdRequest, res: EnvdResponse): void;
-  /** Aborts the sandbox's open requests (stream reset or socket destroyed); with `forget`, drops its process table (it was killed). */
+  /** Aborts the sandbox's open requests (stream reset or socket destroyed); with `forget`, drops its processes and watchers (it was killed). */
   abort(id: string, opts?: { forget?: boolean }): void;
 }
 
@@ -38,7 +39,8 @@ function json(res: EnvdResponse, status: number, body: unknown): void {
 }
 
 export function createEnvdHandler(sandboxes: EnvdSandboxes, log: (line: string) => void = () => {}): EnvdHandler {
-  const tables = new Map<string, ProcessTable>();
+  /** Each sandbox's processes and polling watchers: kept between requests, and across a pause. */
+  const kept = new Map<string, { processes: ProcessTable; watchers: PollWatchers }>();
   const open = new Map<string, Set<{ req: EnvdRequest; res: EnvdResponse }>>();
   const states = new WeakMap<EnvdRequest, RequestState>();
 
@@ -78,9 +80,9 @@ export function createEnvdHandler(sandboxes: EnvdSandboxes, log: (line: string) 
       return json(res, nf.status, nf.body);
     }
     const defaults = await sandboxes.defaults(id);
-    let processes = tables.get(id);
-    if (!processes) tables.set(id, (processes = new ProcessTable()));
-    states.set(req, { sandbox: { id, agent, defaults }, processes });
+    let mine = kept.get(id);
+    if (!mine) kept.set(id, (mine = { processes: new ProcessTable(), watchers: new PollWatchers() }));
+    states.set(req, { sandbox: { id, agent, defaults }, ...mine });
     let set = open.get(id);
     if (!set) open.set(id, (set = new Set()));
     const entry = { req, res };
@@ -108,8 +110,9 @@ export function createEnvdHandler(sandboxes: EnvdSandboxes, log: (line: string) 
       }
       open.delete(id);
       if (opts.forget) {
-        tables.get(id)?.clear();
-        tables.delete(id);
+        kept.get(id)?.processes.clear();
+        kept.get(id)?.watchers.clear();
+        kept.delete(id);
       }
     },
   };

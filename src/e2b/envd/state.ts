@@ -2,11 +2,13 @@
 import { Code, ConnectError, createContextKey, type HandlerContext } from '@connectrpc/connect';
 import { basicUser, resolveUser, type Sandbox } from './context.js';
 import type { ProcessTable } from './table.js';
+import type { PollWatchers } from './watch.js';
 import type { UserInfo } from '../../agent/index.js';
 
 export interface RequestState {
   sandbox: Sandbox;
   processes: ProcessTable;
+  watchers: PollWatchers;
 }
 
 export const REQUEST = createContextKey<RequestState | undefined>(undefined);

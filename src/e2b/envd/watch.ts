@@ -1,0 +1,131 @@
+/**
+ * envd's directory watches over the guest's inotify watches (FS_WATCH):
+ * WatchDir, a server stream (files.watchDir), and the polling variant the
+ * Python sync SDK uses, CreateWatcher / GetWatcherEvents / RemoveWatcher,
+ * whose watchers live with the sandbox between calls. Events carry the name
+ * relative to the watched directory and, with includeEntry, the entry on
+ * create, write and chmod (as envd: a removed or renamed path has none).
+ */
+import { randomUUID } from 'node:crypto';
+import path from 'node:path';
+import { Code, ConnectError, type HandlerContext } from '@connectrpc/connect';
+import type { MessageInitShape } from '@bufbuild/protobuf';
+import type { GuestFiles, WatchEvent, WatchOp } from '../../agent/index.js';
+import { fsError, userPath } from './context.js';
+import { Feed } from './feed.js';
+import { entryInfo } from './entry.js';
+import { EventType, type FilesystemEventSchema } from './gen/filesystem_pb.js';
+import { keepaliveMs, stateOf, userOf } from './state.js';
+
+type EventInit = MessageInitShape<typeof FilesystemEventSchema>;
+type Watcher = Awaited<ReturnType<GuestFiles['watch']>>;
+type Fs = Pick<GuestFiles, 'stat' | 'watch'>;
+
+/** Events a polling watcher keeps between two GetWatcherEvents; beyond, new ones are dropped (as a lagging reader's). */
+export const POLL_EVENTS_MAX = 10_000;
+/** Polling watchers one sandbox may hold (the guest has 16 watches in all). */
+export const POLL_WATCHERS_MAX = 8;
+
+const EVENTS: Record<Exclude<WatchOp, 'overflow'>, EventType> = {
+  create: EventType.CREATE,
+  write: EventType.WRITE,
+  remove: EventType.REMOVE,
+  rename: EventType.RENAME,
+  chmod: EventType.CHMOD,
+};
+
+/** A guest event as envd's FilesystemEvent; undefined for an overflow (envd has no such event). */
+async function toEvent(fs: Fs, root: string, ev: WatchEvent, includeEntry: boolean): Promise<EventInit | undefined> {
+  if (ev.op === 'overflow') return undefined;
+  let entry;
+  if (includeEntry && ev.op !== 'remove' && ev.op !== 'rename') {
+    const full = path.posix.join(root, ev.name);
+    entry = await fs.stat(full).then((e) => entryInfo(e, full), () => undefined);
+  }
+  return { name: ev.name, type: EVENTS[ev.op], ...(entry && { entry }) };
+}
+
+/** The guest watch of a request's directory, resolved for its user. */
+async function open(ctx: HandlerContext, p: string, recursive: boolean): Promise<{ fs: Fs; root: string; w: Watcher }> {
+  const root = userPath(p, await userOf(ctx));
+  const fs = stateOf(ctx).sandbox.agent.fs;
+  const w = await fs.watch(root, { recursive }).catch((err: unknown) => Promise.reject(fsError(err, root)));
+  return { fs, root, w };
+}
+
+/** WatchDir: start{}, then events, keepalives while it is quiet, until the client goes or the directory does. */
+export async function* watchDir(req: { path: string; recursive: boolean; includeEntry: boolean }, ctx: HandlerContext) {
+  const { fs, root, w } = await open(ctx, req.path, req.recursive);
+  const feed = new Feed<WatchEvent>();
+  w.on('event', (ev: WatchEvent) => feed.push(ev));
+  w.once('end', () => feed.end());
+  const idle = keepaliveMs(ctx);
+  try {
+    yield { event: { case: 'start' as const, value: {} } };
+    for (;;) {
+      const n = await feed.next(ctx.signal, idle);
+      if (n.kind === 'idle') yield { event: { case: 'keepalive' as const, value: {} } };
+      else if (n.kind === 'end') return;
+      else {
+        const value = await toEvent(fs, root, n.value, req.includeEntry);
+        if (value) yield { event: { case: 'filesystem' as const, value } };
+      }
+    }
+  } finally {
+    await w.close();
+  }
+}
+
+interface Polled {
+  w: Watcher;
+  events: EventInit[];
+  /** Events converted in order (an entry's stat is awaited before the next). */
+  chain: Promise<void>;
+}
+
+/** One sandbox's polling watchers, by id. */
+export class PollWatchers {
+  private readonly all = new Map<string, Polled>();
+
+  async create(ctx: HandlerContext, req: { path: string; recursive: boolean; includeEntry: boolean }): Promise<string> {
+    if (this.all.size >= POLL_WATCHERS_MAX) throw new ConnectError(`this sandbox already has ${this.all.size} watchers: remove one first`, Code.ResourceExhausted);
+    const { fs, root, w } = await open(ctx, req.path, req.recursive);
+    const id = randomUUID();
+    const polled: Polled = { w, events: [], chain: Promise.resolve() };
+    w.on('event', (ev: WatchEvent) => {
+      polled.chain = polled.chain.then(async () => {
+        const e = await toEvent(fs, root, ev, req.includeEntry);
+        if (e && polled.events.length < POLL_EVENTS_MAX) polled.events.push(e);
+      });
+    });
+    this.all.set(id, polled);
+    return id;
+  }
+
+  /** What happened since the last call; a watcher whose directory went answers what was left, then is gone. */
+  async take(id: string): Promise<EventInit[]> {
+    const polled = this.get(id);
+    await polled.chain;
+    const events = polled.events.splice(0);
+    if (polled.w.closed) this.all.delete(id);
+    return events;
+  }
+
+  async remove(id: string): Promise<void> {
+    const polled = this.get(id);
+    this.all.delete(id);
+    await polled.w.close();
+  }
+
+  /** The sandbox is gone: its watchers with it. */
+  clear(): void {
+    for (const p of this.all.values()) void p.w.close();
+    this.all.clear();
+  }
+
+  private get(id: string): Polled {
+    const polled = this.all.get(id);
+    if (!polled) throw new ConnectError(`watcher ${id} not found`, Code.NotFound);
+    return polled;
+  }
+}
