@@ -2,7 +2,7 @@
  * The per-VM HTTPS endpoints: `https://<vm-id>.<domain>` → the VM's port,
  * as in section 6 of the contract. TLS towards clients (HTTP/2 by ALPN,
  * HTTP/1.1 otherwise, WebSocket over HTTP/1.1), plain HTTP/1.1 towards the
- * guest through its namespace address, with a keep-alive pool per VM.
+ * guest (upstream.ts). E2B sandbox hosts are e2b.ts's.
  *
  * Each request: resolve the VM from the host name → check the token
  * (decrypts, not expired, this VM, not revoked) → choose the port (header,
@@ -10,32 +10,29 @@
  * wake the VM (auto-resume) → forward, streaming both ways. Every request
  * and open stream holds the VM active for the idle policy.
  */
-import { Agent, request, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
-import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import { createSecureServer, type Http2SecureServer } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
-import { createConnection } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { pipeline } from 'node:stream';
-import { AUTH_HEADER, CellaError, DEFAULT_ENDPOINT_PORT, httpError, isCellaError, PORT_HEADER, type PortSpecification, rawHttpError, RESERVED_HEADER_PREFIX, SHELL_PATH, WS_AUTH_PREFIX, WS_MARKER, WS_PORT_PREFIX } from '../contract/index.js';
+import { AUTH_HEADER, CellaError, DEFAULT_ENDPOINT_PORT, isCellaError, PORT_HEADER, type PortSpecification, rawHttpError, SHELL_PATH, WS_AUTH_PREFIX, WS_MARKER, WS_PORT_PREFIX } from '../contract/index.js';
 import type { EndpointTokenClaims, TokenMinter } from '../auth/index.js';
-import { ENVD_PORT, sandboxNotFound, type EnvdAccess, type EnvdHandler } from '../e2b/index.js';
+import type { EnvdAccess, EnvdHandler } from '../e2b/index.js';
 import type { Engine } from '../engine/index.js';
 import { TokenBuckets } from '../limits/index.js';
 import type { Lifecycle } from '../lifecycle/index.js';
 import type { Store, VmRecord } from '../store/index.js';
 import type { TlsMaterial } from '../tls/index.js';
 import { DEFAULT_CONNECTION_LIMITS, limitConnections, type ConnectionLimits } from './connections.js';
+import { e2bHosts } from './e2b.js';
+import { forwardHeaders, sendError, Upstreams, type ProxyRequest, type ProxyResponse } from './upstream.js';
 
 export type { ConnectionLimits } from './connections.js';
 
 // Node gives header names in lower case.
 const AUTH = AUTH_HEADER.toLowerCase();
 const PORT = PORT_HEADER.toLowerCase();
-const RESERVED = RESERVED_HEADER_PREFIX.toLowerCase();
 const TOKEN_CACHE = 10_000;
 const DEFAULT_RPS_PER_VCPU = 100;
-/** Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy; HTTP/2 pseudo-headers neither (checked apart). */
-const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'http2-settings', 'host']);
 
 export interface ProxyOptions {
   store: Store;
@@ -61,7 +58,7 @@ export interface ProxyOptions {
   /**
    * E2B sandboxes: `<port>-<id>.<domain>` (or the bare domain with
    * E2b-Sandbox-Id/E2b-Sandbox-Port headers), port 49983 to the in-process
-   * envd behind the sandbox's X-Access-Token, other ports to the guest.
+   * envd, other ports to the guest (e2b.ts).
    */
   e2b?: { access: EnvdAccess; envd: EnvdHandler };
   log?: (line: string) => void;
@@ -84,7 +81,8 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
   const perVcpu = opts.inflightPerVcpu ?? 64;
   const rpsPerVcpu = opts.rpsPerVcpu ?? DEFAULT_RPS_PER_VCPU;
   const rates = new TokenBuckets();
-  const agents = new Map<string, Agent>();
+  const upstreams = new Upstreams(opts.engine);
+  const sandboxes = opts.e2b && e2bHosts({ domain, store, lifecycle, ...opts.e2b, upstreams, log });
   const inflight = new Map<string, number>();
   const suffix = `.${domain}`;
   /** Decrypted tokens, so a keep-alive client does not pay a decryption per request; expiry and revocation are still checked every time. */
@@ -108,17 +106,9 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
     if (rec.state === 'TERMINATED') rates.drop(rec.id);
     // Open envd streams end with their sandbox, abruptly: the SDK then asks /health (502) and reports the sandbox killed.
     if (rec.state !== 'RUNNING' && rec.state !== 'PENDING') opts.e2b?.envd.abort(rec.id, { forget: rec.state === 'TERMINATING' || rec.state === 'TERMINATED' });
-    if (rec.state === 'RUNNING') return;
-    agents.get(rec.id)?.destroy();
-    agents.delete(rec.id);
+    if (rec.state !== 'RUNNING') upstreams.drop(rec.id);
   };
   lifecycle.on('state', onState);
-
-  const agentFor = (id: string): Agent => {
-    let a = agents.get(id);
-    if (!a) agents.set(id, (a = new Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 16, keepAliveMsecs: 1000 })));
-    return a;
-  };
 
   /** Everything up to the guest's address; throws CellaErrors that map to the contract's proxy errors. */
   async function resolve(hostHeader: string | undefined, headers: IncomingHttpHeaders, subprotocols: string[]): Promise<Target & { release: () => void }> {
@@ -169,16 +159,10 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
     }
   }
 
-  function address(id: string, port: number): { host: string; port: number } {
-    const vm = opts.engine.get(id);
-    if (!vm) throw new CellaError('UPSTREAM_FAILED', 'the MicroVM is not running');
-    return vm.address(port);
-  }
-
-  async function onRequest(req: Http2ServerRequest | IncomingMessage, res: Http2ServerResponse | import('node:http').ServerResponse): Promise<void> {
+  async function onRequest(req: ProxyRequest, res: ProxyResponse): Promise<void> {
     const authority = (req.headers[':authority'] as string | undefined) ?? req.headers.host;
-    const sandbox = opts.e2b && e2bTarget(authority, req.headers);
-    if (sandbox) return onE2b(sandbox, authority, req, res);
+    const sandbox = sandboxes?.target(authority, req.headers);
+    if (sandbox) return sandboxes!.request(sandbox, authority, req, res);
     let target: Target & { release: () => void };
     try {
       target = await resolve(authority, req.headers, []);
@@ -190,109 +174,13 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
       return sendError(res, new CellaError('UPSTREAM_FAILED', 'a shell token only opens wss://<endpoint>/shell'));
     }
     res.once('close', target.release);
-    forward(req, res, authority, target.vm.id, target.port);
-  }
-
-  /** `<port>-<id>.<domain>`, or the bare domain routed by E2B's headers (E2B_SANDBOX_URL mode). */
-  function e2bTarget(authority: string | undefined, headers: IncomingHttpHeaders): { id: string; port: number } | undefined {
-    const host = (authority ?? '').replace(/:\d+$/, '').toLowerCase();
-    if (host === domain) {
-      const id = header(headers, 'e2b-sandbox-id');
-      const port = Number(header(headers, 'e2b-sandbox-port') ?? ENVD_PORT);
-      return id && Number.isInteger(port) && port > 0 && port < 65536 ? { id, port } : undefined;
-    }
-    if (!host.endsWith(suffix)) return undefined;
-    const m = /^(\d{1,5})-([a-z0-9-]+)$/.exec(host.slice(0, -suffix.length));
-    return m && Number(m[1]) > 0 && Number(m[1]) < 65536 ? { id: m[2]!, port: Number(m[1]) } : undefined;
-  }
-
-  /** An E2B sandbox's port: envd in process for 49983, the guest otherwise; 502 JSON when the sandbox is not there. */
-  async function onE2b(
-    t: { id: string; port: number },
-    authority: string | undefined,
-    req: Http2ServerRequest | IncomingMessage,
-    res: Http2ServerResponse | import('node:http').ServerResponse,
-  ): Promise<void> {
-    const e2b = opts.e2b!;
-    const notFound = (): void => {
-      const nf = sandboxNotFound(t.id);
-      if (res.headersSent) return void res.destroy();
-      res.writeHead(nf.status, { 'content-type': 'application/json' });
-      res.end(nf.body);
-    };
-    try {
-      let vm = await store.getVm(t.id);
-      if (!vm || vm.state === 'TERMINATED' || vm.state === 'TERMINATING') return notFound();
-      const path = (req.url ?? '/').split('?')[0];
-      if (t.port === ENVD_PORT && !(req.method === 'GET' && path === '/health')) {
-        // /files takes the token too; E2B's signed URLs need the raw token, which is kept only hashed.
-        const token = header(req.headers, 'x-access-token');
-        if (!(await e2b.access.checkEnvdToken(t.id, token))) {
-          const body = JSON.stringify({ code: 401, message: 'invalid or missing X-Access-Token' });
-          res.writeHead(401, { 'content-type': 'application/json' });
-          return void res.end(body);
-        }
-      }
-      if (vm.state !== 'RUNNING') {
-        if (!(await e2b.access.autoResume(t.id))) return notFound();
-        vm = await lifecycle.wake(t.id);
-      }
-      const idle = lifecycle.holdActive(t.id);
-      res.once('close', idle);
-      if (t.port === ENVD_PORT) e2b.envd.handle(t.id, req, res);
-      else forward(req, res, authority, vm.id, t.port);
-    } catch (err) {
-      log(`e2b ${t.port}-${t.id}: ${(err as Error).message}`);
-      notFound();
-    }
-  }
-
-  /** Streams the request to the guest's `port` and its answer back. */
-  function forward(
-    req: Http2ServerRequest | IncomingMessage,
-    res: Http2ServerResponse | import('node:http').ServerResponse,
-    authority: string | undefined,
-    id: string,
-    port: number,
-  ): void {
-    let upstreamAddr: { host: string; port: number };
-    try {
-      upstreamAddr = address(id, port);
-    } catch (err) {
-      return sendError(res, err);
-    }
-    const up = request({
-      ...upstreamAddr,
-      method: req.method,
-      path: req.url,
-      agent: agentFor(id),
-      headers: forwardHeaders(req.headers, authority, req.socket),
-    });
-    up.on('response', (ur) => {
-      const headers: OutgoingHttpHeaders = {};
-      for (const [k, v] of Object.entries(ur.headers)) if (!HOP.has(k) && v !== undefined) headers[k] = v;
-      res.writeHead(ur.statusCode ?? 502, headers);
-      // Stream as it comes: SSE and long responses are never buffered.
-      (res as { flushHeaders?: () => void }).flushHeaders?.();
-      pipeline(ur, res as NodeJS.WritableStream, () => {});
-    });
-    up.on('error', (err) => {
-      if (!res.headersSent) sendError(res, new CellaError('UPSTREAM_FAILED', `the app on port ${port} did not answer: ${err.message}`));
-      else res.destroy();
-    });
-    // A request without a body is sent whole at once (no chunked terminator trailing behind it).
-    const hasBody =
-      'stream' in req
-        ? !req.stream.endAfterHeaders
-        : req.headers['content-length'] !== undefined
-          ? req.headers['content-length'] !== '0'
-          : req.headers['transfer-encoding'] !== undefined;
-    if (hasBody) pipeline(req as NodeJS.ReadableStream, up, () => {});
-    else up.end();
+    upstreams.http(req, res, target.vm.id, target.port, endpointHeaders(req.headers, authority, req.socket));
   }
 
   function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => {});
+    const sandbox = sandboxes?.target(req.headers.host, req.headers);
+    if (sandbox) return void sandboxes!.upgrade(sandbox, req, socket, head);
     const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim()).filter(Boolean);
     void (async () => {
       if (!offered.includes(WS_MARKER) || (req.headers.upgrade ?? '').toLowerCase() !== 'websocket') {
@@ -308,36 +196,14 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
         opts.shell(target.vm, req, socket, head);
         return;
       }
-      const upstream = createConnection(address(target.vm.id, target.port));
       const app = offered.filter((p) => p !== WS_MARKER && !p.startsWith(WS_AUTH_PREFIX) && !p.startsWith(WS_PORT_PREFIX));
-      const headers = forwardHeaders(req.headers, req.headers.host, req.socket);
+      const headers = endpointHeaders(req.headers, req.headers.host, req.socket);
       delete headers['sec-websocket-protocol'];
       if (app.length) headers['sec-websocket-protocol'] = app.join(', ');
-      let head1 = `${req.method} ${req.url} HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n`;
-      for (const [k, v] of Object.entries(headers)) for (const one of Array.isArray(v) ? v : [v]) head1 += `${k}: ${String(one)}\r\n`;
-      upstream.write(`${head1}\r\n`);
-      if (head.length) upstream.write(head);
-      upstream.once('error', () => socket.destroy());
-      // Read the guest's handshake answer; add the marker if it selected nothing, as the contract says.
-      let buf = Buffer.alloc(0);
-      const onData = (chunk: Buffer): void => {
-        buf = Buffer.concat([buf, chunk]);
-        const end = buf.indexOf('\r\n\r\n');
-        if (end < 0) {
-          if (buf.length > 16384) upstream.destroy();
-          return;
-        }
-        upstream.removeListener('data', onData);
-        let answer = buf.subarray(0, end).toString('latin1');
-        if (/^HTTP\/1\.1 101/.test(answer) && !/^sec-websocket-protocol:/im.test(answer)) answer += `\r\nSec-WebSocket-Protocol: ${WS_MARKER}`;
-        socket.write(`${answer}\r\n\r\n`);
-        socket.write(buf.subarray(end + 4));
-        upstream.pipe(socket as NodeJS.WritableStream);
-        (socket as NodeJS.ReadableStream).pipe(upstream);
-      };
-      upstream.on('data', onData);
-      socket.once('close', () => upstream.destroy());
-      upstream.once('close', () => socket.destroy());
+      // The guest selected no subprotocol: the marker is, as the contract says.
+      upstreams.websocket(req, socket, head, target.vm.id, target.port, headers, (answer) =>
+        /^HTTP\/1\.1 101/.test(answer) && !/^sec-websocket-protocol:/im.test(answer) ? `${answer}\r\nSec-WebSocket-Protocol: ${WS_MARKER}` : answer,
+      );
     })().catch((err: unknown) => {
       socket.end(rawHttpError(err));
       log(`websocket to ${req.headers.host}: ${(err as Error).message}`);
@@ -361,7 +227,7 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
     port: (server.address() as AddressInfo).port,
     close: async () => {
       lifecycle.removeListener('state', onState);
-      for (const a of agents.values()) a.destroy();
+      upstreams.close();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         // Open streams and upgraded sockets do not hold the shutdown.
@@ -393,13 +259,9 @@ export function portAllowed(ports: PortSpecification[], port: number): boolean {
   return ports.some((p) => ('allPorts' in p ? true : 'port' in p ? p.port === port : port >= p.range.startPort && port <= p.range.endPort));
 }
 
-function forwardHeaders(h: IncomingHttpHeaders, authority: string | undefined, socket: Socket | Duplex): OutgoingHttpHeaders {
-  const out: OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(h)) {
-    if (v === undefined || k.startsWith(':') || HOP.has(k) || k.startsWith(RESERVED)) continue;
-    out[k] = v;
-  }
-  // Tokens never reach the guest, whatever carried them.
+/** What a Cella endpoint's request takes to the guest: tokens never reach it, whatever carried them. */
+function endpointHeaders(h: IncomingHttpHeaders, authority: string | undefined, socket: Socket | Duplex): ReturnType<typeof forwardHeaders> {
+  const out = forwardHeaders(h, authority, socket);
   if (typeof out['sec-websocket-protocol'] === 'string') {
     out['sec-websocket-protocol'] = out['sec-websocket-protocol']
       .split(',')
@@ -407,17 +269,5 @@ function forwardHeaders(h: IncomingHttpHeaders, authority: string | undefined, s
       .filter((s) => !s.startsWith(WS_AUTH_PREFIX))
       .join(', ');
   }
-  if (authority) out.host = authority;
-  const remote = (socket as Socket).remoteAddress;
-  if (remote) out['x-forwarded-for'] = h['x-forwarded-for'] ? `${String(h['x-forwarded-for'])}, ${remote}` : remote;
-  out['x-forwarded-proto'] = 'https';
   return out;
-}
-
-/** Statuses come from the one error table (src/errors): 400 malformed, 403 token/port/ingress, 409 suspended without auto-resume, 429 limit, 502 app or resume. */
-function sendError(res: Http2ServerResponse | import('node:http').ServerResponse, err: unknown): void {
-  if (res.headersSent) return void res.destroy();
-  const { status, headers, body } = httpError(err);
-  res.writeHead(status, headers);
-  res.end(body);
 }
