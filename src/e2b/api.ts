@@ -93,6 +93,7 @@ export function createE2bApi(opts: E2bApiOptions): (req: IncomingMessage, res: S
         autoPause,
         autoResume: b.autoResume?.enabled ?? false,
         ...(b.allow_internet_access !== undefined ? { allowInternetAccess: b.allow_internet_access } : {}),
+        ...(b.network?.allowPublicTraffic === false ? { allowPublicTraffic: false } : {}),
       });
       return { status: 201, json: sandboxView(sbx) };
     };
@@ -198,7 +199,7 @@ export function createE2bApi(opts: E2bApiOptions): (req: IncomingMessage, res: S
     return {
       ...identityView(s),
       envdAccessToken: sandboxes.envdAccessToken(s.vm.id),
-      trafficAccessToken: null,
+      trafficAccessToken: s.e2b.publicTraffic ? null : sandboxes.trafficAccessToken(s.vm.id),
       domain: opts.domain,
     };
   }
@@ -330,8 +331,7 @@ function refuseUnsupported(b: Static<typeof NewSandboxBody>): void {
       'NOT_IMPLEMENTED',
       `network.${rules.join(', network.')}: network rules are not implemented by Cella's E2B API (allow_internet_access is)`,
     );
-  if (network.allowPublicTraffic === false)
-    throw new CellaError('NOT_IMPLEMENTED', "network.allowPublicTraffic: false (traffic access tokens) is not implemented by Cella's E2B API");
+  if (network.allowPublicTraffic !== undefined && typeof network.allowPublicTraffic !== 'boolean') throw new CellaError('INVALID_ARGUMENT', 'network.allowPublicTraffic: must be a boolean');
   if (b.volumeMounts?.length) throw new CellaError('NOT_IMPLEMENTED', "volumeMounts are not implemented by Cella's E2B API");
   if (b.iam !== undefined && b.iam !== null) throw new CellaError('NOT_IMPLEMENTED', "iam is not implemented by Cella's E2B API");
 }

@@ -136,7 +136,7 @@ test('create answers once the VM runs, with the fields the SDK reads; the sandbo
   assert.equal(info.templateId, 'demo');
   assert.equal(info.state, 'running');
   assert.deepEqual(info.metadata, { team: 'a' });
-  assert.equal(info.envdVersion, '0.5.7');
+  assert.equal(info.envdVersion, '0.6.4');
   assert.equal(info.endAt.getTime(), vm?.maxDeadline);
   assert.deepEqual(info.lifecycle, { onTimeout: 'kill', autoResume: false });
   // The envd seam: the token the SDK was given, the create-time env and the guest's `user`.
@@ -146,6 +146,17 @@ test('create answers once the VM runs, with the fields the SDK reads; the sandbo
   assert.equal(await sandboxes.checkEnvdToken(sbx.sandboxId, undefined), false);
   assert.equal(await sandboxes.checkEnvdToken('mvm-other', token), false);
   assert.deepEqual(await sandboxes.defaults(sbx.sandboxId), { user: 'user', envVars: { FOO: 'bar' } });
+  // Public traffic unless asked otherwise: no traffic token.
+  assert.equal(sbx.trafficAccessToken, undefined);
+  assert.equal(await sandboxes.trafficToken(sbx.sandboxId), undefined);
+  assert.equal(await sbx.kill(), true);
+});
+
+test('network.allowPublicTraffic: false gives the sandbox a traffic access token, the one its ports then take', { timeout: 20_000 }, async () => {
+  const sbx = await Sandbox.create('demo', { ...opts(), network: { allowPublicTraffic: false } });
+  assert.ok(sbx.trafficAccessToken);
+  assert.equal(await sandboxes.trafficToken(sbx.sandboxId), sbx.trafficAccessToken);
+  assert.notEqual(sbx.trafficAccessToken, sandboxes.envdAccessToken(sbx.sandboxId));
   assert.equal(await sbx.kill(), true);
 });
 

@@ -51,6 +51,8 @@ export interface NewSandbox {
   autoResume: boolean;
   /** false: no egress at all; true or absent: the image's egress (else the default connector). */
   allowInternetAccess?: boolean;
+  /** false: its ports (but envd) take traffic with its traffic access token only. */
+  allowPublicTraffic?: boolean;
 }
 
 /** A live sandbox: its MicroVM and its E2B extras. */
@@ -110,6 +112,11 @@ export class Sandboxes implements SandboxAccess {
     return createHmac('sha256', this.tokenKey).update(`envd:${id}`).digest('base64url');
   }
 
+  /** The token a sandbox made with allowPublicTraffic: false takes traffic with (e2b-traffic-access-token), derived as the envd token is. */
+  trafficAccessToken(id: string): string {
+    return createHmac('sha256', this.tokenKey).update(`traffic:${id}`).digest('base64url');
+  }
+
   /** Launches a sandbox and answers once its VM runs (its guest agent answers). */
   async create(req: NewSandbox): Promise<Sandbox> {
     const { lifecycle, store } = this.opts;
@@ -139,6 +146,7 @@ export class Sandboxes implements SandboxAccess {
       user: 'root',
       autoResume: req.autoResume,
       allowInternetAccess: req.allowInternetAccess !== false,
+      publicTraffic: req.allowPublicTraffic !== false,
       createdAt: now,
     };
     await store.tx(async (tx) => {
@@ -243,9 +251,9 @@ export class Sandboxes implements SandboxAccess {
     return (await this.opts.store.getE2bSandbox(id)) ? this.envdAccessToken(id) : undefined;
   }
 
-  async trafficToken(_id: string): Promise<string | undefined> {
-    // Sandboxes asking for allowPublicTraffic: false are refused at create (api.ts): every port is public.
-    return undefined;
+  async trafficToken(id: string): Promise<string | undefined> {
+    const e2b = await this.opts.store.getE2bSandbox(id);
+    return e2b && !e2b.publicTraffic ? this.trafficAccessToken(id) : undefined;
   }
 
   async defaults(id: string): Promise<{ user: string; envVars: Record<string, string> } | undefined> {

@@ -18,6 +18,8 @@ export interface E2bSandboxRecord {
   autoResume: boolean;
   /** As asked at create; false: no egress. */
   allowInternetAccess: boolean;
+  /** false (allowPublicTraffic: false at create): its ports other than envd need its traffic access token. */
+  publicTraffic: boolean;
   createdAt: number;
 }
 
@@ -34,6 +36,7 @@ export const E2B_SANDBOXES: Table<E2bSandboxRecord> = {
     user: text('default_user'),
     autoResume: bool('auto_resume'),
     allowInternetAccess: bool('allow_internet_access'),
+    publicTraffic: bool('public_traffic'),
     createdAt: int('created_at'),
   },
 };

@@ -91,6 +91,8 @@ const MIGRATIONS: string[] = [
      vm_id TEXT PRIMARY KEY, template_id TEXT NOT NULL, metadata TEXT NOT NULL, env_vars TEXT NOT NULL, default_user TEXT NOT NULL,
      auto_resume INTEGER NOT NULL, allow_internet_access INTEGER NOT NULL, created_at INTEGER NOT NULL
    );`,
+  // E2B's network.allowPublicTraffic: false (the sandbox's other ports need its traffic access token).
+  `ALTER TABLE e2b_sandboxes ADD COLUMN public_traffic INTEGER NOT NULL DEFAULT 1;`,
 ];
 
 /**

@@ -260,6 +260,7 @@ for (const [name, open] of STORES) {
         user: 'user',
         autoResume: vmId === 'b',
         allowInternetAccess: vmId !== 'c',
+        publicTraffic: vmId !== 'b',
         createdAt,
       });
       await s.insertVm(vm('b', 2));
