@@ -11,7 +11,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { CommandExitError, Sandbox } from 'e2b';
+import { CommandExitError, FilesystemEventType, Sandbox } from 'e2b';
 import { ext4FromDir } from '../src/disk/index.js';
 import { createEnvdHandler } from '../src/e2b/index.js';
 import { Engine, type RunningVm } from '../src/engine/index.js';
@@ -24,6 +24,9 @@ let engine: Engine;
 let vm: RunningVm;
 let server: Server;
 let sandboxUrl: string;
+/** Set by the kill test: the sandbox is gone for envd (as once its VM terminates). */
+let killed = false;
+let envd: ReturnType<typeof createEnvdHandler>;
 const connect = (): Promise<Sandbox> => Sandbox.create({ debug: true, sandboxUrl, apiKey: 'unused' });
 
 before(
@@ -44,7 +47,7 @@ before(
     const imageDir = path.join(dataDir, 'images', 'debian');
     await engine.createSnapshot({ dir: imageDir, rootfs, app: DEMO_APP, port: DEMO_PORT, memoryMiB: 256 });
     vm = await engine.launch(imageDir, `e2b-envd-${process.pid}`);
-    const envd = createEnvdHandler({ agent: (id) => (id === 'sbx' ? vm.agent : undefined), defaults: async () => ({ user: 'user', envVars: { FROM_CREATE: 'yes' } }) });
+    envd = createEnvdHandler({ agent: (id) => (id === 'sbx' && !killed ? vm.agent : undefined), defaults: async () => ({ user: 'user', envVars: { FROM_CREATE: 'yes' } }) });
     server = createServer((req, res) => envd.handle('sbx', req, res));
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     sandboxUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -103,5 +106,40 @@ describe('the e2b SDK on a real VM', () => {
     assert.equal(await sbx.files.exists('dir/a.txt'), false);
     await sbx.files.remove('dir');
     assert.equal(await sbx.files.exists('dir/b.txt'), false);
+  });
+
+  test('watchDir: recursive inotify with entries, a directory made later followed', T, async () => {
+    const sbx = await connect();
+    await sbx.files.makeDir('w');
+    const seen: string[] = [];
+    const h = await sbx.files.watchDir('w', (e) => void seen.push(`${e.type} ${e.name}${e.entry ? ` ${e.entry.size}` : ''}`), { recursive: true, includeEntry: true });
+    await sbx.commands.run('mkdir w/sub && sleep 0.5 && printf abc > w/sub/f && rm w/sub/f');
+    for (let i = 0; i < 100 && !seen.some((x) => x.startsWith(`${FilesystemEventType.REMOVE} sub/f`)); i++) await new Promise((r) => setTimeout(r, 100));
+    await h.stop();
+    assert.ok(seen.includes(`${FilesystemEventType.CREATE} sub 4096`), seen.join(', '));
+    assert.ok(seen.some((x) => x.startsWith(`${FilesystemEventType.CREATE} sub/f`)), seen.join(', '));
+    assert.ok(seen.includes(`${FilesystemEventType.REMOVE} sub/f`), seen.join(', '));
+  });
+
+  test('metadata as xattrs, gzip both ways', T, async () => {
+    const sbx = await connect();
+    const w = await sbx.files.write('m.txt', 'meta', { metadata: { Origin: 'test' } });
+    assert.deepEqual(w.metadata, { origin: 'test' });
+    assert.deepEqual((await sbx.files.getInfo('m.txt')).metadata, { origin: 'test' });
+    await sbx.files.write('z.txt', 'z'.repeat(10000), { gzip: true });
+    assert.equal(await sbx.files.read('z.txt', { gzip: true }), 'z'.repeat(10000));
+  });
+
+  test('a killed sandbox: open streams abort and the SDK says the sandbox was killed', T, async () => {
+    const sbx = await connect();
+    const running = sbx.commands.run('sleep 30');
+    await new Promise((r) => setTimeout(r, 1000));
+    killed = true;
+    envd.abort('sbx');
+    try {
+      await assert.rejects(running, /killed|end of life/);
+    } finally {
+      killed = false;
+    }
   });
 });

@@ -8,7 +8,7 @@ import { Code, ConnectError, type HandlerContext, type ServiceImpl } from '@conn
 import { fsError, userPath } from './context.js';
 import { entryInfo } from './entry.js';
 import { Filesystem } from './gen/filesystem_pb.js';
-import { stateOf, userOf } from './state.js';
+import { keepaliveMs, stateOf, userOf } from './state.js';
 import { watchDir } from './watch.js';
 
 async function target(ctx: HandlerContext, p: string): Promise<{ resolved: string; uid: number; gid: number }> {
@@ -58,10 +58,15 @@ export const filesystemService: Partial<ServiceImpl<typeof Filesystem>> = {
     return {};
   },
 
-  watchDir,
+  async *watchDir(req, ctx) {
+    const { resolved } = await target(ctx, req.path);
+    yield* watchDir(stateOf(ctx).sandbox.agent.fs, resolved, req, ctx.signal, keepaliveMs(ctx));
+  },
 
   async createWatcher(req, ctx) {
-    return { watcherId: await stateOf(ctx).watchers.create(ctx, req) };
+    const { resolved } = await target(ctx, req.path);
+    const s = stateOf(ctx);
+    return { watcherId: await s.watchers.create(s.sandbox.agent.fs, resolved, req) };
   },
 
   async getWatcherEvents(req, ctx) {

@@ -8,18 +8,17 @@
  */
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
-import { Code, ConnectError, type HandlerContext } from '@connectrpc/connect';
+import { Code, ConnectError } from '@connectrpc/connect';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import type { GuestFiles, WatchEvent, WatchOp } from '../../agent/index.js';
-import { fsError, userPath } from './context.js';
+import { fsError } from './context.js';
 import { Feed } from './feed.js';
 import { entryInfo } from './entry.js';
 import { EventType, type FilesystemEventSchema } from './gen/filesystem_pb.js';
-import { keepaliveMs, stateOf, userOf } from './state.js';
 
 type EventInit = MessageInitShape<typeof FilesystemEventSchema>;
 type Watcher = Awaited<ReturnType<GuestFiles['watch']>>;
-type Fs = Pick<GuestFiles, 'stat' | 'watch'>;
+export type Fs = Pick<GuestFiles, 'stat' | 'watch'>;
 
 /** Events a polling watcher keeps between two GetWatcherEvents; beyond, new ones are dropped (as a lagging reader's). */
 export const POLL_EVENTS_MAX = 10_000;
@@ -45,25 +44,21 @@ async function toEvent(fs: Fs, root: string, ev: WatchEvent, includeEntry: boole
   return { name: ev.name, type: EVENTS[ev.op], ...(entry && { entry }) };
 }
 
-/** The guest watch of a request's directory, resolved for its user. */
-async function open(ctx: HandlerContext, p: string, recursive: boolean): Promise<{ fs: Fs; root: string; w: Watcher }> {
-  const root = userPath(p, await userOf(ctx));
-  const fs = stateOf(ctx).sandbox.agent.fs;
-  const w = await fs.watch(root, { recursive }).catch((err: unknown) => Promise.reject(fsError(err, root)));
-  return { fs, root, w };
+/** The guest watch of `root` (resolved for the caller's user). */
+function open(fs: Fs, root: string, recursive: boolean): Promise<Watcher> {
+  return fs.watch(root, { recursive }).catch((err: unknown) => Promise.reject(fsError(err, root)));
 }
 
 /** WatchDir: start{}, then events, keepalives while it is quiet, until the client goes or the directory does. */
-export async function* watchDir(req: { path: string; recursive: boolean; includeEntry: boolean }, ctx: HandlerContext) {
-  const { fs, root, w } = await open(ctx, req.path, req.recursive);
+export async function* watchDir(fs: Fs, root: string, req: { recursive: boolean; includeEntry: boolean }, signal: AbortSignal, idle: number | undefined) {
+  const w = await open(fs, root, req.recursive);
   const feed = new Feed<WatchEvent>();
   w.on('event', (ev: WatchEvent) => feed.push(ev));
   w.once('end', () => feed.end());
-  const idle = keepaliveMs(ctx);
   try {
     yield { event: { case: 'start' as const, value: {} } };
     for (;;) {
-      const n = await feed.next(ctx.signal, idle);
+      const n = await feed.next(signal, idle);
       if (n.kind === 'idle') yield { event: { case: 'keepalive' as const, value: {} } };
       else if (n.kind === 'end') return;
       else {
@@ -87,9 +82,9 @@ interface Polled {
 export class PollWatchers {
   private readonly all = new Map<string, Polled>();
 
-  async create(ctx: HandlerContext, req: { path: string; recursive: boolean; includeEntry: boolean }): Promise<string> {
+  async create(fs: Fs, root: string, req: { recursive: boolean; includeEntry: boolean }): Promise<string> {
     if (this.all.size >= POLL_WATCHERS_MAX) throw new ConnectError(`this sandbox already has ${this.all.size} watchers: remove one first`, Code.ResourceExhausted);
-    const { fs, root, w } = await open(ctx, req.path, req.recursive);
+    const w = await open(fs, root, req.recursive);
     const id = randomUUID();
     const polled: Polled = { w, events: [], chain: Promise.resolve() };
     w.on('event', (ev: WatchEvent) => {
