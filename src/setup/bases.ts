@@ -38,6 +38,12 @@ export const DEBIAN_BASES: readonly DebianBase[] = [
     // python3-venv costs about 4 MiB and is how Debian's python installs from PyPI (PEP 668 blocks a system-wide pip).
     include: ['python3', 'python3-venv', 'ca-certificates'],
   },
+  {
+    name: 'debian-12-e2b',
+    description: 'Debian 12 (bookworm) minbase with what E2B templates expect: sudo, python3 as python, git, curl, procps, ca-certificates',
+    // The E2B images `base` and `code-interpreter-v1` (src/images/templates.ts) add their `user` on top; E2B's SDK tests run sudo, python and git.
+    include: ['sudo', 'python3', 'python-is-python3', 'git', 'curl', 'procps', 'ca-certificates'],
+  },
 ];
 
 /** The suites a Debian base is built from, with the archive to use when the host's sources name none. */
