@@ -128,6 +128,7 @@ Options:
       ...(insecureRegistries.length ? { insecureRegistries } : {}),
       ...(accel !== undefined ? { accel } : {}),
       demoImage: true,
+      e2bImages: true,
       log: (line) => io.err(`cellad: ${line}\n`),
     });
     io.out(`cella server: listening on ${srv.url} (data ${dataDir}); Ctrl-C stops it, MicroVMs keep running\n`);

@@ -18,7 +18,7 @@ import { Connectors } from '../connectors/index.js';
 import { createE2bApi, createEnvdHandler, isE2bPath, Sandboxes } from '../e2b/index.js';
 
 import { DEFAULT_DNS_PORT, ensureHostGuard, pruneDnsPorts, startDnsForwarder, type DnsForwarder, type DnsUpstream } from '../net/index.js';
-import { DEFAULT_LAYER_CACHE_BYTES, demoZip, type ImageQuotas, Images } from '../images/index.js';
+import { DEFAULT_LAYER_CACHE_BYTES, type ImageQuotas, Images, type ManagedImage, managedImages } from '../images/index.js';
 import type { S3Settings } from '../archive/index.js';
 import { Lifecycle } from '../lifecycle/index.js';
 import { LogHub } from '../logs/index.js';
@@ -68,6 +68,8 @@ export interface ServerOptions {
   warmClones?: number;
   /** Builds the demo app as image `demo` at the first start, so `cella run demo` works out of the box. */
   demoImage?: boolean;
+  /** Builds E2B's default templates `base` and `code-interpreter-v1` at the first start (src/images/templates.ts). */
+  e2bImages?: boolean;
   /** The endpoint proxy's port (0 picks one; default 7443, or 443 for a service). */
   proxyPort?: number;
   /** An operator's certificate and key for `*.<domain>` instead of Cella's own CA. */
@@ -223,7 +225,10 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     });
     // Builds queued or running when cellad stopped: after recovery, so a build never races the reclaim of its VMs.
     await images.recover();
-    if (opts.demoImage) await ensureDemo(store, images, engine, arns, dataDir, log);
+    for (const image of managedImages(engine.guest.demoApp)) {
+      const wanted = image.name === DEMO_IMAGE ? opts.demoImage : opts.e2bImages;
+      if (wanted) await ensureManagedImage(image, store, images, arns, dataDir, log);
+    }
     const chores: HousekeepingContext = { dataDir, store, images, layerCacheBytes: (opts.layerCacheMiB ?? DEFAULT_LAYER_CACHE_BYTES / 1048576) * 1048576, log };
     const housekeeping = schedule(chores, capacity, lifecycle, log);
     cleanups.unshift(housekeeping);
@@ -299,29 +304,31 @@ function schedule(ctx: HousekeepingContext, capacity: DiskCapacity, lifecycle: L
 }
 
 /**
- * The demo app (guest/demo) from its Dockerfile on the busybox base, built
- * like any user image at the first start; and again at a later start if no
- * build of it ever succeeded (one cut short by a failed start, say).
+ * An image cellad makes itself (the demo app, E2B's templates) from its
+ * Dockerfile on a managed base, built like any user image at the first
+ * start; and again at a later start if no build of it ever succeeded (one
+ * cut short by a failed start, say).
  */
-async function ensureDemo(store: Store, images: Images, engine: Engine, arns: Arns, dataDir: string, log: (line: string) => void): Promise<void> {
-  if (await store.getImage(DEMO_IMAGE)) {
-    const pending = (await store.listBuilds(DEMO_IMAGE)).some((b) => b.state === 'PENDING' || b.state === 'IN_PROGRESS');
-    if (pending || (await images.latest(DEMO_IMAGE, 'SUCCESSFUL'))) return;
-    log(`image "${DEMO_IMAGE}" has no successful build: building it again`);
-    await images.delete(DEMO_IMAGE, async () => false);
+async function ensureManagedImage(image: ManagedImage, store: Store, images: Images, arns: Arns, dataDir: string, log: (line: string) => void): Promise<void> {
+  const name = image.name;
+  if (await store.getImage(name)) {
+    const pending = (await store.listBuilds(name)).some((b) => b.state === 'PENDING' || b.state === 'IN_PROGRESS');
+    if (pending || (await images.latest(name, 'SUCCESSFUL'))) return;
+    log(`image "${name}" has no successful build: building it again`);
+    await images.delete(name, async () => false);
   }
-  const zip = await demoZip(path.join(dataDir, 'artifacts', 'demo.zip'), engine.guest.demoApp);
+  const zip = await image.zip(path.join(dataDir, 'artifacts', `${name}.zip`));
   const started = await images.create({
-    name: DEMO_IMAGE,
-    baseImageArn: arns.managedImage('busybox'),
+    name,
+    baseImageArn: arns.managedImage(image.base),
     codeArtifact: { uri: `file://${zip}` },
-    resources: [{ minimumMemoryInMiB: 256 }],
+    resources: [{ minimumMemoryInMiB: image.memoryMiB }],
   });
-  log(`building the demo image "${DEMO_IMAGE}" (first start; build ${started.build.buildId})`);
+  log(`building the image "${name}" (first start; build ${started.build.buildId})`);
   void images.enqueue(started).then(async () => {
-    const v = await images.latest(DEMO_IMAGE, 'SUCCESSFUL');
-    log(v ? `image "${DEMO_IMAGE}" is ready: cella run ${DEMO_IMAGE}` : `image "${DEMO_IMAGE}" failed: see cella image logs ${DEMO_IMAGE}`);
-  }).catch((err: Error) => log(`image "${DEMO_IMAGE}": ${err.message}`));
+    const v = await images.latest(name, 'SUCCESSFUL');
+    log(v ? `image "${name}" is ready` : `image "${name}" failed: see cella image logs ${name}`);
+  }).catch((err: Error) => log(`image "${name}": ${err.message}`));
 }
 
 /** Where the store keeps the region and account its ARNs were issued under. */

@@ -1,0 +1,82 @@
+/**
+ * The images cellad builds by itself at its first start, like any user
+ * image from a Dockerfile: `demo` (guest/demo on busybox) and the two E2B
+ * templates the SDKs name by default. `base` and `code-interpreter-v1` are
+ * built FROM the managed base `debian-12-e2b` (sudo, python, git, curl,
+ * procps, made at setup) and add E2B's `user` with passwordless sudo, as
+ * E2B's own template finalizer does. An image needs an app on a port to be
+ * snapshotted: `base` runs the demo app (E2B's base runs envd only, which
+ * Cella serves on the host), `code-interpreter-v1` runs Cella's stand-in for
+ * E2B's Jupyter server (guest/code-interpreter/server.py, Python stdlib only).
+ */
+import { copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { zipDirectory } from '../archive/index.js';
+import type { MEMORY_TIERS_MIB } from '../contract/index.js';
+import { DEMO_PORT } from '../setup/index.js';
+import { demoZip } from './demo.js';
+
+/** The managed base the E2B templates are built FROM (src/setup/bases.ts). */
+export const E2B_BASE = 'debian-12-e2b';
+/** The port code-interpreter's SDK addresses: `49999-<id>.<domain>`. */
+export const CODE_INTERPRETER_PORT = 49999;
+/** E2B's default sandbox size. */
+const E2B_MEMORY_MIB = 512;
+
+type MemoryTier = (typeof MEMORY_TIERS_MIB)[number];
+
+const SERVER_SOURCE = fileURLToPath(new URL('../../guest/code-interpreter/server.py', import.meta.url));
+
+export interface ManagedImage {
+  name: string;
+  /** A managed base's name. */
+  base: string;
+  memoryMiB: MemoryTier;
+  /** Writes the image's build context zipped into `zipFile`; returns its path. */
+  zip(zipFile: string): Promise<string>;
+}
+
+/** E2B's `user` (home /home/user, bash) with passwordless sudo. */
+const ADD_USER = [
+  'RUN useradd -m -s /bin/bash user \\',
+  "  && printf 'user ALL=(ALL:ALL) NOPASSWD: ALL\\n' > /etc/sudoers.d/user \\",
+  '  && chmod 0440 /etc/sudoers.d/user',
+];
+
+async function zipContext(zipFile: string, files: Record<string, string>, dockerfile: string[]): Promise<string> {
+  const dir = `${zipFile}.d`;
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  for (const [name, from] of Object.entries(files)) copyFileSync(from, path.join(dir, name));
+  writeFileSync(path.join(dir, 'Dockerfile'), [...dockerfile, ''].join('\n'));
+  writeFileSync(zipFile, await zipDirectory(dir));
+  rmSync(dir, { recursive: true, force: true });
+  return zipFile;
+}
+
+/** The Dockerfile of `base`. */
+export function baseDockerfile(): string[] {
+  return [`FROM ${E2B_BASE}`, ...ADD_USER, 'COPY cella-demo /usr/local/bin/cella-demo', `EXPOSE ${DEMO_PORT}`, `CMD ["/usr/local/bin/cella-demo", "${DEMO_PORT}"]`];
+}
+
+/** The Dockerfile of `code-interpreter-v1`: the server runs as root, as E2B's kernels do, in /home/user. */
+export function codeInterpreterDockerfile(): string[] {
+  return [
+    `FROM ${E2B_BASE}`,
+    ...ADD_USER,
+    'COPY server.py /opt/cella/code-interpreter/server.py',
+    'WORKDIR /home/user',
+    `EXPOSE ${CODE_INTERPRETER_PORT}`,
+    `CMD ["python3", "/opt/cella/code-interpreter/server.py", "--port", "${CODE_INTERPRETER_PORT}"]`,
+  ];
+}
+
+/** Every image cellad builds at its first start, in that order. */
+export function managedImages(demoApp: string): ManagedImage[] {
+  return [
+    { name: 'demo', base: 'busybox', memoryMiB: 256, zip: (f) => demoZip(f, demoApp) },
+    { name: 'base', base: E2B_BASE, memoryMiB: E2B_MEMORY_MIB, zip: (f) => zipContext(f, { 'cella-demo': demoApp }, baseDockerfile()) },
+    { name: 'code-interpreter-v1', base: E2B_BASE, memoryMiB: E2B_MEMORY_MIB, zip: (f) => zipContext(f, { 'server.py': SERVER_SOURCE }, codeInterpreterDockerfile()) },
+  ];
+}
