@@ -80,6 +80,9 @@ let sandboxes: Sandboxes;
 let server: Server;
 let apiUrl: string;
 let statsFail = false;
+/** What create put in the guest's environment (served at 127.0.0.1:49983/envs), and whether the listener was started. */
+let guestEnv: Record<string, string> | undefined;
+let envsListening = false;
 const opts = (): { apiKey: string; apiUrl: string } => ({ apiKey: KEY, apiUrl });
 
 before(async () => {
@@ -93,6 +96,8 @@ before(async () => {
       return STATS;
     },
     lookupUser: async (name) => ({ name, uid: 1000, gid: 1000, home: `/home/${name}`, shell: '/bin/bash', groups: [1000] }),
+    setEnv: async (env) => void (guestEnv = env),
+    startEnvdListener: async () => void (envsListening = true),
   };
   sandboxes = await Sandboxes.open({
     store,
@@ -146,6 +151,8 @@ test('create answers once the VM runs, with the fields the SDK reads; the sandbo
   assert.equal(await sandboxes.checkEnvdToken(sbx.sandboxId, undefined), false);
   assert.equal(await sandboxes.checkEnvdToken('mvm-other', token), false);
   assert.deepEqual(await sandboxes.defaults(sbx.sandboxId), { user: 'user', envVars: { FOO: 'bar' } });
+  assert.deepEqual(guestEnv, { E2B_SANDBOX: 'true', E2B_SANDBOX_ID: sbx.sandboxId, E2B_TEMPLATE_ID: 'demo', FOO: 'bar' });
+  assert.equal(envsListening, true);
   // Public traffic unless asked otherwise: no traffic token.
   assert.equal(sbx.trafficAccessToken, undefined);
   assert.equal(await sandboxes.trafficToken(sbx.sandboxId), undefined);

@@ -66,6 +66,8 @@ export interface Sandbox {
 export interface GuestAgent {
   stats(): Promise<GuestStats>;
   lookupUser(user: string): Promise<UserInfo>;
+  setEnv(env: Record<string, string>): Promise<void>;
+  startEnvdListener(): Promise<void>;
 }
 
 export interface SandboxesOptions {
@@ -158,6 +160,7 @@ export class Sandboxes implements SandboxAccess {
     lifecycle.start(vm, undefined);
     try {
       await lifecycle.wake(vm.id, START_TIMEOUT_MS);
+      await this.guestEnv(vm.id, e2b);
     } catch (err) {
       await lifecycle.terminate(vm.id, 'the sandbox did not start').catch(() => {});
       const why = (await store.getVm(vm.id))?.stateReason ?? (err as Error).message;
@@ -284,6 +287,17 @@ export class Sandboxes implements SandboxAccess {
         },
       );
     }
+  }
+
+  /**
+   * The sandbox's env vars in the guest, served on 127.0.0.1:49983/envs: code-interpreter's
+   * server reads them there (envd itself is on the host, and sets them per process).
+   */
+  private async guestEnv(id: string, e2b: E2bSandboxRecord): Promise<void> {
+    const agent = this.opts.agentOf(id);
+    if (!agent) return;
+    await agent.setEnv({ E2B_SANDBOX: 'true', E2B_SANDBOX_ID: id, E2B_TEMPLATE_ID: e2b.templateId, ...e2b.envVars });
+    await agent.startEnvdListener();
   }
 
   /** Records `user` as the default user if the guest has that account (E2B templates do), else root stays. */
