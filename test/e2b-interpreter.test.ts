@@ -131,8 +131,11 @@ describe('E2B templates base and code-interpreter-v1 with the real SDKs', { conc
 
   test('killedSandbox: runCode fails with a descriptive TimeoutError when the sandbox is killed mid-run', T, async () => {
     const sbx = await CodeSandbox.create(opts);
-    const execution = sbx.runCode('import time; time.sleep(60)');
-    await new Promise((r) => setTimeout(r, 2000));
+    // E2B's test waits 2 s; under TCG the cell may not run by then, so it says when it does.
+    let running: () => void = () => {};
+    const started = new Promise<void>((r) => (running = r));
+    const execution = sbx.runCode('import time; print("running"); time.sleep(60)', { onStdout: () => running() });
+    await Promise.race([started, execution]);
     await sbx.kill();
     await assert.rejects(execution, (e: unknown) => e instanceof TimeoutError && /sandbox was killed while the request was in progress/.test(e.message));
   });
