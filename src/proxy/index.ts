@@ -216,7 +216,14 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
   server.on('upgrade', onUpgrade);
   limitConnections(server, { ...DEFAULT_CONNECTION_LIMITS, ...opts.connections });
   // Headers and body leave as separate writes: without this, Nagle holds the body until the client's delayed ACK (~40 ms).
-  server.on('connection', (socket: Socket) => socket.setNoDelay(true));
+  // Every client connection, so that close() ends them: an HTTP/2 session or a kept-alive socket would
+  // otherwise outlive the proxy (and keep a process that embeds cellad, such as a test, from exiting).
+  const open = new Set<Socket>();
+  server.on('connection', (socket: Socket) => {
+    socket.setNoDelay(true);
+    open.add(socket);
+    socket.once('close', () => open.delete(socket));
+  });
   server.on('sessionError', () => {});
   server.on('tlsClientError', () => {});
   await new Promise<void>((resolve, reject) => {
@@ -230,8 +237,8 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
       upstreams.close();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
-        // Open streams and upgraded sockets do not hold the shutdown.
-        setTimeout(resolve, 1000).unref();
+        // Open streams and upgraded sockets do not hold the shutdown: they end with it.
+        for (const socket of open) socket.destroy();
       });
     },
   };
