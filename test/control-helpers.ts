@@ -7,6 +7,7 @@ import path from 'node:path';
 import type { CellaServer } from '../src/server/index.js';
 import { loadGuestArtifacts } from '../src/setup/index.js';
 import { callApi, pollState, type MicrovmBody, type Reply } from './fixtures/api.js';
+import { getAt } from './helpers.js';
 
 /** The ARNs of a server started with the default region and account. */
 const ARNS = new Arns();
@@ -129,4 +130,11 @@ export function endpointRequest(
     req.on('error', reject);
     req.end();
   });
+}
+
+/** GET from the demo app (port 8080) of a VM this server runs, from the host, past the endpoint proxy. */
+export async function guestGet(server: CellaServer, id: string, p: string): Promise<string> {
+  const vm = server.engine.get(id);
+  if (!vm) throw new Error(`VM ${id} is not running`);
+  return (await getAt(vm.address(8080), p)).body;
 }

@@ -12,20 +12,13 @@ import Database from 'better-sqlite3';
 import { zipDirectory } from '../src/archive/index.js';
 import { networkForSlot } from '../src/net/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
-import { ALL_HOOKS, API_KEY, V, api, createImage, shutdown, upload, waitState, type MicrovmBody } from './control-helpers.js';
+import { ALL_HOOKS, API_KEY, V, api, createImage, guestGet, shutdown, upload, waitState, type MicrovmBody } from './control-helpers.js';
 import { main } from '../src/cli/index.js';
 import { Arns } from '../src/contract/index.js';
 import { alive, eventually, getAt, processesWith, tempDataDir } from './helpers.js';
 
 /** The QEMUs of VMs under `dataDir` (their command lines name their folders in vms/). */
 const qemusOf = (dataDir: string): number[] => processesWith(path.join(dataDir, 'vms/'));
-
-/** GET from the demo app of a VM this server runs. */
-function guestGet(server: CellaServer, id: string, p: string): Promise<string> {
-  const vm = server.engine.get(id);
-  if (!vm) throw new Error(`VM ${id} is not running`);
-  return httpGet(vm.address(8080), p);
-}
 
 async function httpGet(addr: { host: string; port: number }, p: string): Promise<string> {
   return (await getAt(addr, p)).body;
