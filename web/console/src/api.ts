@@ -71,5 +71,6 @@ export interface Vm {
   egressNetworkConnectors?: string[];
 }
 
-export const imageName = (arn: string): string => arn.split('/').pop() ?? arn;
+/** An image's name from its ARN (`arn:aws:lambda:<region>:<account>:microvm-image:<name>`). */
+export const imageName = (arn: string): string => arn.slice(arn.lastIndexOf(':') + 1);
 export const when = (s: number | undefined): string => (s ? new Date(s * 1000).toLocaleString() : '—');

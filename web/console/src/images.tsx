@@ -1,6 +1,6 @@
 /** Images: versions and their states, (de)activation, builds from an uploaded zip with the log followed. */
 import { useEffect, useState } from 'preact/hooks';
-import { V, call, follow, uploadZip } from './api.js';
+import { V, call, follow, imageName, uploadZip } from './api.js';
 import { Err, usePoll } from './ui.js';
 
 interface Image {
@@ -73,7 +73,7 @@ function Versions({ image }: { image: Image }) {
   );
 }
 
-function Build({ bases, onStarted }: { bases: Array<{ imageArn: string; name: string }>; onStarted: (name: string, log: string) => void }) {
+function Build({ bases, onStarted }: { bases: Array<{ imageArn: string; description?: string }>; onStarted: (name: string, log: string) => void }) {
   const [name, setName] = useState('');
   const [base, setBase] = useState('');
   const [file, setFile] = useState<File>();
@@ -117,7 +117,7 @@ function Build({ bases, onStarted }: { bases: Array<{ imageArn: string; name: st
         Base{' '}
         <select value={base} onChange={(ev) => setBase(ev.currentTarget.value)}>
           {bases.map((b) => (
-            <option value={b.imageArn}>{b.name}</option>
+            <option value={b.imageArn}>{imageName(b.imageArn)}</option>
           ))}
         </select>
       </label>
@@ -134,7 +134,7 @@ function Build({ bases, onStarted }: { bases: Array<{ imageArn: string; name: st
 
 export function Images() {
   const [list, e] = usePoll(() => call<{ items: Image[] }>('GET', `${V}/microvm-images`), 5000);
-  const [bases] = usePoll(() => call<{ items: Array<{ imageArn: string; name: string }> }>('GET', `${V}/managed-microvm-images`), 600_000);
+  const [bases] = usePoll(() => call<{ items: Array<{ imageArn: string; description?: string }> }>('GET', `${V}/managed-microvm-images`), 600_000);
   const [open, setOpen] = useState('');
   const [log, setLog] = useState('');
   return (
@@ -157,7 +157,7 @@ export function Images() {
       <ul>
         {(bases?.items ?? []).map((b) => (
           <li key={b.imageArn}>
-            <code>{b.name}</code>
+            <code>{imageName(b.imageArn)}</code> {b.description}
           </li>
         ))}
       </ul>
