@@ -10,33 +10,16 @@
  * Copyright (c) 2023 FOUNDRYLABS, INC., MIT License.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { Sandbox as CodeSandbox, TimeoutError } from '@e2b/code-interpreter';
 import { Sandbox } from 'e2b';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { API_KEY, shutdown } from './control-helpers.js';
 import { tempDataDir } from './helpers.js';
+import { trustCa } from './fixtures/trust-ca.js';
 
 const T = { timeout: 180_000 };
 const TEMPLATES = ['base', 'code-interpreter-v1'];
-
-/**
- * Trusts the test server's CA for this process's TLS, as NODE_EXTRA_CA_CERTS
- * does for a user (Node reads that variable only at its start, before the
- * server made its CA): both the SDK's undici and global fetch call tls.connect.
- */
-function trustCa(caFile: string): () => void {
-  const ca = [...tls.rootCertificates, readFileSync(caFile, 'utf8')];
-  const connect = tls.connect;
-  tls.connect = ((...args: Parameters<typeof tls.connect>) => {
-    const first = args[0] as unknown;
-    if (typeof first === 'object' && first !== null && (first as tls.ConnectionOptions).ca === undefined) (first as tls.ConnectionOptions).ca = ca;
-    return (connect as (...a: unknown[]) => tls.TLSSocket)(...args);
-  }) as typeof tls.connect;
-  return () => void (tls.connect = connect);
-}
 
 describe('E2B templates base and code-interpreter-v1 with the real SDKs', { concurrency: false }, () => {
   let server: CellaServer;

@@ -1,0 +1,85 @@
+/**
+ * npm run bench:e2b [-- --quick]
+ *
+ * The unmodified `e2b` SDK against a real cellad on port 0 (its endpoints over the proxy's TLS), on E2B's
+ * `base` template, which the server builds at its first start: Sandbox.create() to the first
+ * commands.run() result, the commands.run('true') round trip, files.write + files.read of 1 MiB, pause,
+ * and connect after a pause (the resume). Prints JSON lines (see ./report.ts); asserts nothing.
+ */
+import { rmSync } from 'node:fs';
+import { Sandbox } from 'e2b';
+import { startServer } from '../src/server/index.js';
+import { API_KEY, shutdown } from '../test/control-helpers.js';
+import { tempDataDir } from '../test/helpers.js';
+import { trustCa } from '../test/fixtures/trust-ca.js';
+import { reporter } from './report.js';
+
+const quick = process.argv.includes('--quick');
+const N = { creates: quick ? 3 : 10, commands: quick ? 30 : 200, files: quick ? 3 : 10, pauses: quick ? 3 : 10 };
+const TEMPLATE = 'base';
+
+const dataDir = tempDataDir('bench-e2b');
+const server = await startServer({ dataDir, port: 0, proxyPort: 0, apiRateScale: 0, apiKey: API_KEY, e2bImages: true, log: () => {} });
+const emit = reporter(() => ({ accel: server.engine.accel.accel, template: TEMPLATE }));
+if (!server.caFile) throw new Error('the server made no CA');
+const untrust = trustCa(server.caFile);
+const opts = { apiKey: API_KEY, apiUrl: `${server.url}/e2b` };
+const ms = (t0: number): number => performance.now() - t0;
+
+try {
+  for (;;) {
+    const last = (await server.store.listBuilds(TEMPLATE)).at(-1)?.state;
+    if (last === 'SUCCESSFUL') break;
+    if (last === 'FAILED') throw new Error(`the ${TEMPLATE} template's build failed`);
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+
+  const creates: number[] = [];
+  for (let i = 0; i < N.creates; i++) {
+    const t0 = performance.now();
+    const sbx = await Sandbox.create(TEMPLATE, opts);
+    await sbx.commands.run('true');
+    creates.push(ms(t0));
+    await sbx.kill();
+  }
+  emit('e2b_create_to_first_command_ms', 'ms', creates, 300, 'lower');
+
+  const sbx = await Sandbox.create(TEMPLATE, opts);
+  const commands: number[] = [];
+  for (let i = 0; i < N.commands; i++) {
+    const t0 = performance.now();
+    await sbx.commands.run('true');
+    commands.push(ms(t0));
+  }
+  emit('e2b_command_round_trip_ms', 'ms', commands, 30, 'lower');
+
+  const mib = new Uint8Array(1 << 20).map((_, i) => i & 0xff);
+  const files: number[] = [];
+  for (let i = 0; i < N.files; i++) {
+    const t0 = performance.now();
+    await sbx.files.write(`/home/user/bench-${i}.bin`, mib.buffer);
+    const back = await sbx.files.read(`/home/user/bench-${i}.bin`, { format: 'bytes' });
+    files.push(ms(t0));
+    if (back.length !== mib.length) throw new Error(`read back ${back.length} bytes of ${mib.length}`);
+  }
+  emit('e2b_files_write_read_1mib_ms', 'ms', files, null, 'lower');
+
+  const pauses: number[] = [];
+  const connects: number[] = [];
+  for (let i = 0; i < N.pauses; i++) {
+    let t0 = performance.now();
+    await sbx.pause();
+    pauses.push(ms(t0));
+    t0 = performance.now();
+    const again = await Sandbox.connect(sbx.sandboxId, opts);
+    await again.commands.run('true');
+    connects.push(ms(t0));
+  }
+  emit('e2b_pause_ms', 'ms', pauses, null, 'lower');
+  emit('e2b_connect_after_pause_to_command_ms', 'ms', connects, 300, 'lower');
+  await sbx.kill();
+} finally {
+  untrust();
+  await shutdown(server);
+  rmSync(dataDir, { recursive: true, force: true });
+}
