@@ -2,7 +2,8 @@
  * A typed client for the Cella HTTP API. Paths and methods come from the
  * same route table the server is built from (../api/routes.ts), and every
  * request and response type is the Static of its schema there, so the
- * client cannot drift from the contract.
+ * client cannot drift from the contract. The requests themselves (URL,
+ * auth, bodies, errors) are made in ./transport.ts.
  *
  *   const cella = CellaClient.fromEnv();
  *   const vm = await cella.runMicrovm({ imageIdentifier: 'demo' });
@@ -15,8 +16,8 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import type { Static, TSchema } from '@sinclair/typebox';
-import { type AccessKey, Arns, type AuthTokenResponse, CellaError, type CreatedAccessKey, CONTRACT_MIN_IDLE_SECONDS, type CreateAuthTokenRequest, type CreateImageRequest, type CreateShellAuthTokenRequest, type DeleteImageResponse, type DeleteImageVersionResponse, type ErrorBody, type ErrorCode, ERRORS, type ImageBuild, type ImageVersion, type ImageVersionStarted, type ListImageBuildsResponse, type ListImagesResponse, type ListImageVersionsResponse, type ListManagedImagesResponse, type ListAccessKeysResponse, type ListManagedImageVersionsResponse, type ListMicrovmsQuery, type ListMicrovmsResponse, type Microvm, type MicrovmImage, type MicrovmSummary, type Operation, routes, type Routes, type RunMicrovmRequest, type ServerInfo, type UpdateImageRequest, type UploadedArtifact, type Usage, type UsageReport, type VmState } from '../contract/index.js';
+import { type AccessKey, Arns, type AuthTokenResponse, CellaError, type CreatedAccessKey, type CreateAuthTokenRequest, type CreateImageRequest, type CreateShellAuthTokenRequest, type DeleteImageResponse, type DeleteImageVersionResponse, type ImageBuild, type ImageVersion, type ImageVersionStarted, type ListImageBuildsResponse, type ListImagesResponse, type ListImageVersionsResponse, type ListManagedImagesResponse, type ListAccessKeysResponse, type ListManagedImageVersionsResponse, type ListMicrovmsQuery, type ListMicrovmsResponse, type Microvm, type MicrovmImage, type MicrovmSummary, type RunMicrovmRequest, type ServerInfo, type UpdateImageRequest, type UploadedArtifact, type Usage, type UsageReport, type VmState } from '../contract/index.js';
+import { type Body, type Query, TABLE, Transport } from './transport.js';
 
 export { CellaError, isCellaError, ERRORS, type ErrorCode } from '../contract/index.js';
 export { AUTH_HEADER, VM_STATES } from '../contract/index.js';
@@ -74,47 +75,13 @@ export interface WaitOptions {
 /** Build states a build ends in. */
 export const BUILD_DONE = ['SUCCESSFUL', 'FAILED'] as const;
 
-/**
- * The server could not be reached (refused, unresolvable host, reset): no
- * API answer exists, so this is not a CellaError. `code` is the system
- * error code when there is one (ECONNREFUSED, ENOTFOUND, …).
- */
-export class CellaConnectionError extends Error {
-  readonly url: string;
-  readonly code: string | undefined;
-
-  constructor(url: string, cause: unknown) {
-    const code = systemCode(cause);
-    // fetch wraps the reason ("fetch failed"); the innermost cause says what went wrong.
-    const reason = code ?? innermost(cause)?.message;
-    super(`cannot reach the Cella server at ${url}${reason ? ` (${reason})` : ''}`, { cause });
-    this.name = 'CellaConnectionError';
-    this.url = url;
-    this.code = code;
-  }
-}
-
-// The minimum idle only changes what the server accepts, not paths or methods.
-const TABLE: Routes = routes(CONTRACT_MIN_IDLE_SECONDS);
-
-type Body<K extends Operation> = Routes[K] extends { body: infer B extends TSchema } ? Static<B> : undefined;
-type Query<K extends Operation> = Routes[K] extends { query: infer Q extends TSchema } ? Static<Q> : undefined;
-type Output<K extends Operation> = Routes[K]['response'] extends infer R extends TSchema ? Static<R> : undefined;
+export { CellaConnectionError } from './transport.js';
 
 export type ListImagesQuery = Query<'ListMicrovmImages'>;
 /** Paging of the plain list operations (versions, managed images). */
 export type ListQuery = Query<'ListMicrovmImageVersions'>;
 export type ListImageBuildsQuery = Query<'ListMicrovmImageBuilds'>;
 export type ImageVersionStatus = Body<'UpdateMicrovmImageVersion'>['status'];
-
-interface Call<K extends Operation> {
-  params?: Record<string, string>;
-  body?: Body<K>;
-  query?: Query<K>;
-  /** The raw body of an upload operation, and its length (sent as content-length so an oversized upload is refused at once). */
-  upload?: { data: Buffer | ReadableStream<Uint8Array>; size: number };
-  signal?: AbortSignal;
-}
 
 /** A page of any list operation. */
 export interface Page<T> {
@@ -132,29 +99,14 @@ export async function* allItems<T>(page: (nextToken: string | undefined) => Prom
   } while (nextToken);
 }
 
-/** Status → code for error bodies without a code this client knows (e.g. from a proxy in front). */
-const CODE_BY_STATUS: Record<number, ErrorCode> = {
-  400: 'INVALID_ARGUMENT',
-  401: 'UNAUTHENTICATED',
-  402: 'QUOTA_EXCEEDED',
-  403: 'ACCESS_DENIED',
-  404: 'NOT_FOUND',
-  405: 'METHOD_NOT_ALLOWED',
-  409: 'INVALID_STATE',
-  413: 'PAYLOAD_TOO_LARGE',
-  429: 'THROTTLED',
-};
-
 export class CellaClient {
   readonly url: string;
-  private readonly apiKey: string;
-  private readonly fetchFn: typeof fetch;
+  private readonly http: Transport;
   private home: Promise<Arns> | undefined;
 
   constructor(opts: CellaClientOptions) {
     this.url = opts.url.replace(/\/+$/, '');
-    this.apiKey = opts.apiKey;
-    this.fetchFn = opts.fetch ?? globalThis.fetch;
+    this.http = new Transport(this.url, opts.apiKey, opts.fetch ?? globalThis.fetch);
   }
 
   /** URL from CELLA_URL (default http://127.0.0.1:7470), key from CELLA_API_KEY. */
@@ -167,15 +119,15 @@ export class CellaClient {
   // MicroVMs
 
   runMicrovm(req: RunMicrovmRequest): Promise<Microvm> {
-    return this.json('RunMicrovm', { body: req });
+    return this.http.json('RunMicrovm', { body: req });
   }
 
   getMicrovm(id: string): Promise<Microvm> {
-    return this.json('GetMicrovm', { params: { microvmIdentifier: id } });
+    return this.http.json('GetMicrovm', { params: { microvmIdentifier: id } });
   }
 
   listMicrovms(query: ListMicrovmsQuery = {}): Promise<ListMicrovmsResponse> {
-    return this.json('ListMicrovms', { query });
+    return this.http.json('ListMicrovms', { query });
   }
 
   /** Every MicroVM matching `query`, page after page. */
@@ -184,38 +136,38 @@ export class CellaClient {
   }
 
   async suspendMicrovm(id: string): Promise<void> {
-    await this.json('SuspendMicrovm', { params: { microvmIdentifier: id } });
+    await this.http.json('SuspendMicrovm', { params: { microvmIdentifier: id } });
   }
 
   /** Answers once the MicroVM runs again. */
   async resumeMicrovm(id: string): Promise<void> {
-    await this.json('ResumeMicrovm', { params: { microvmIdentifier: id } });
+    await this.http.json('ResumeMicrovm', { params: { microvmIdentifier: id } });
   }
 
   /** Idempotent: terminating a TERMINATED MicroVM succeeds. */
   async terminateMicrovm(id: string): Promise<void> {
-    await this.json('TerminateMicrovm', { params: { microvmIdentifier: id } });
+    await this.http.json('TerminateMicrovm', { params: { microvmIdentifier: id } });
   }
 
   createMicrovmAuthToken(id: string, req: CreateAuthTokenRequest): Promise<AuthTokenResponse> {
-    return this.json('CreateMicrovmAuthToken', { params: { microvmIdentifier: id }, body: req });
+    return this.http.json('CreateMicrovmAuthToken', { params: { microvmIdentifier: id }, body: req });
   }
 
   createMicrovmShellAuthToken(id: string, req: CreateShellAuthTokenRequest): Promise<AuthTokenResponse> {
-    return this.json('CreateMicrovmShellAuthToken', { params: { microvmIdentifier: id }, body: req });
+    return this.http.json('CreateMicrovmShellAuthToken', { params: { microvmIdentifier: id }, body: req });
   }
 
   getMicrovmUsage(id: string): Promise<Usage> {
-    return this.json('GetMicrovmUsage', { params: { microvmIdentifier: id } });
+    return this.http.json('GetMicrovmUsage', { params: { microvmIdentifier: id } });
   }
 
   getUsage(): Promise<UsageReport> {
-    return this.json('GetUsage', {});
+    return this.http.json('GetUsage', {});
   }
 
   /** Where the endpoints are (domain, HTTPS port) and the CA that signs them. */
   getServerInfo(): Promise<ServerInfo> {
-    return this.json('GetServerInfo', {});
+    return this.http.json('GetServerInfo', {});
   }
 
   /** The server's ARNs (its region and account, from GetServerInfo, asked once): for ARNs made from names. */
@@ -236,70 +188,70 @@ export class CellaClient {
    * iteration quietly: stopping is what the caller asked for.
    */
   streamLogs(id: string, opts: { follow?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<Buffer> {
-    return this.stream('GetMicrovmLogs', { params: { microvmIdentifier: id }, query: opts.follow ? { follow: true } : {} }, opts.signal);
+    return this.http.stream('GetMicrovmLogs', { params: { microvmIdentifier: id }, query: opts.follow ? { follow: true } : {} }, opts.signal);
   }
 
   // Images
 
   /** Starts building version 1.0 in the background; follow it with buildLog or waitForBuild. */
   createImage(req: CreateImageRequest): Promise<ImageVersionStarted> {
-    return this.json('CreateMicrovmImage', { body: req });
+    return this.http.json('CreateMicrovmImage', { body: req });
   }
 
   /** Starts building a new version from a whole new request (PUT semantics). */
   updateImage(id: string, req: UpdateImageRequest): Promise<ImageVersionStarted> {
-    return this.json('UpdateMicrovmImage', { params: { imageIdentifier: id }, body: req });
+    return this.http.json('UpdateMicrovmImage', { params: { imageIdentifier: id }, body: req });
   }
 
   /** By name or image ARN. */
   getImage(id: string): Promise<MicrovmImage> {
-    return this.json('GetMicrovmImage', { params: { imageIdentifier: id } });
+    return this.http.json('GetMicrovmImage', { params: { imageIdentifier: id } });
   }
 
   listImages(query: ListImagesQuery = {}): Promise<ListImagesResponse> {
-    return this.json('ListMicrovmImages', { query });
+    return this.http.json('ListMicrovmImages', { query });
   }
 
   /** Idempotent; refused (INVALID_STATE) while live MicroVMs use the image. */
   deleteImage(id: string): Promise<DeleteImageResponse> {
-    return this.json('DeleteMicrovmImage', { params: { imageIdentifier: id } });
+    return this.http.json('DeleteMicrovmImage', { params: { imageIdentifier: id } });
   }
 
   /** Oldest first. */
   listImageVersions(id: string, query: ListQuery = {}): Promise<ListImageVersionsResponse> {
-    return this.json('ListMicrovmImageVersions', { params: { imageIdentifier: id }, query });
+    return this.http.json('ListMicrovmImageVersions', { params: { imageIdentifier: id }, query });
   }
 
   getImageVersion(id: string, version: string): Promise<ImageVersion> {
-    return this.json('GetMicrovmImageVersion', { params: { imageIdentifier: id, imageVersion: version } });
+    return this.http.json('GetMicrovmImageVersion', { params: { imageIdentifier: id, imageVersion: version } });
   }
 
   /** RunMicrovm without a version takes the latest SUCCESSFUL version that is ACTIVE. */
   updateImageVersion(id: string, version: string, status: ImageVersionStatus): Promise<ImageVersion> {
-    return this.json('UpdateMicrovmImageVersion', { params: { imageIdentifier: id, imageVersion: version }, body: { status } });
+    return this.http.json('UpdateMicrovmImageVersion', { params: { imageIdentifier: id, imageVersion: version }, body: { status } });
   }
 
   /** Idempotent; the last remaining version cannot be deleted. */
   deleteImageVersion(id: string, version: string): Promise<DeleteImageVersionResponse> {
-    return this.json('DeleteMicrovmImageVersion', { params: { imageIdentifier: id, imageVersion: version } });
+    return this.http.json('DeleteMicrovmImageVersion', { params: { imageIdentifier: id, imageVersion: version } });
   }
 
   /** Oldest first. */
   listImageBuilds(id: string, version: string, query: ListImageBuildsQuery = {}): Promise<ListImageBuildsResponse> {
-    return this.json('ListMicrovmImageBuilds', { params: { imageIdentifier: id, imageVersion: version }, query });
+    return this.http.json('ListMicrovmImageBuilds', { params: { imageIdentifier: id, imageVersion: version }, query });
   }
 
   getImageBuild(id: string, version: string, buildId: string): Promise<ImageBuild> {
-    return this.json('GetMicrovmImageBuild', { params: { imageIdentifier: id, imageVersion: version, buildId } });
+    return this.http.json('GetMicrovmImageBuild', { params: { imageIdentifier: id, imageVersion: version, buildId } });
   }
 
   /** The bases an image can start from (baseImageArn, and FROM in its Dockerfile). */
   listManagedImages(query: ListQuery = {}): Promise<ListManagedImagesResponse> {
-    return this.json('ListManagedMicrovmImages', { query });
+    return this.http.json('ListManagedMicrovmImages', { query });
   }
 
   listManagedImageVersions(id: string, query: ListQuery = {}): Promise<ListManagedImageVersionsResponse> {
-    return this.json('ListManagedMicrovmImageVersions', { params: { imageIdentifier: id }, query });
+    return this.http.json('ListManagedMicrovmImageVersions', { params: { imageIdentifier: id }, query });
   }
 
   /**
@@ -317,7 +269,7 @@ export class CellaClient {
       if (!Buffer.isBuffer(upload.data)) await upload.data.cancel();
       throw new CellaError('PAYLOAD_TOO_LARGE', `the code artifact is ${upload.size} bytes; the server takes at most ${max}`);
     }
-    return this.json('UploadCodeArtifact', { upload });
+    return this.http.json('UploadCodeArtifact', { upload });
   }
 
   /**
@@ -334,7 +286,7 @@ export class CellaClient {
   ): Promise<string> {
     const chunks: Buffer[] = [];
     const call = { params: { imageIdentifier: id, imageVersion: version, buildId }, query: opts.follow ? { follow: true } : {} };
-    for await (const chunk of this.stream('GetMicrovmImageBuildLog', call, opts.signal)) {
+    for await (const chunk of this.http.stream('GetMicrovmImageBuildLog', call, opts.signal)) {
       chunks.push(chunk);
       opts.onChunk?.(chunk);
     }
@@ -345,12 +297,12 @@ export class CellaClient {
 
   /** A new access key; its secret is in this answer only. */
   createAccessKey(): Promise<CreatedAccessKey> {
-    return this.json('CreateAccessKey', {});
+    return this.http.json('CreateAccessKey', {});
   }
 
   /** Oldest first; never the secrets. */
   listAccessKeys(query: ListQuery = {}): Promise<ListAccessKeysResponse> {
-    return this.json('ListAccessKeys', { query });
+    return this.http.json('ListAccessKeys', { query });
   }
 
   /** Every stored access key, page after page. */
@@ -360,7 +312,7 @@ export class CellaClient {
 
   /** Requests signed with it are refused from then on; an unknown id is NOT_FOUND. */
   async deleteAccessKey(accessKeyId: string): Promise<void> {
-    await this.json('DeleteAccessKey', { params: { accessKeyId } });
+    await this.http.json('DeleteAccessKey', { params: { accessKeyId } });
   }
 
   // Waiting
@@ -404,120 +356,6 @@ export class CellaClient {
       await sleep(opts.intervalMs ?? 500);
     }
   }
-
-  // Transport
-
-  private async json<K extends Operation>(op: K, call: Call<K>): Promise<Output<K>> {
-    const res = await this.send(op, call);
-    if (TABLE[op].response === undefined) {
-      await res.arrayBuffer();
-      return undefined as Output<K>;
-    }
-    return (await res.json()) as Output<K>;
-  }
-
-  /** A text operation's body as raw chunks; aborting `signal` ends the iteration quietly. */
-  private async *stream<K extends 'GetMicrovmLogs' | 'GetMicrovmImageBuildLog'>(op: K, call: Call<K>, signal: AbortSignal | undefined): AsyncGenerator<Buffer> {
-    let res: Response;
-    try {
-      res = await this.send(op, { ...call, ...(signal ? { signal } : {}) });
-    } catch (err) {
-      if (signal?.aborted) return;
-      throw err;
-    }
-    if (!res.body) return;
-    const reader = res.body.getReader();
-    try {
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) return;
-        yield Buffer.from(value);
-      }
-    } catch (err) {
-      if (signal?.aborted) return;
-      throw new CellaConnectionError(this.url, err);
-    } finally {
-      reader.releaseLock();
-      await res.body.cancel().catch(() => undefined);
-    }
-  }
-
-  /** Sends one operation; resolves with a 2xx response, throws CellaError for an API error. */
-  private async send<K extends Operation>(op: K, call: Call<K>): Promise<Response> {
-    const route = TABLE[op];
-    const path = route.path.replace(/\{(\w+)\}/g, (_, name: string) => {
-      const value = call.params?.[name];
-      if (value === undefined) throw new TypeError(`${op} needs ${name}`);
-      return encodeURIComponent(value);
-    });
-    const search = new URLSearchParams();
-    // Query fields are scalars (a schema with any other field fails to compile here); String() writes them as the server parses them.
-    const query: Record<string, string | number | boolean | undefined> = call.query ?? {};
-    for (const [k, v] of Object.entries(query)) {
-      if (v !== undefined) search.set(k, String(v));
-    }
-    const qs = search.toString();
-    const url = `${this.url}${path}${qs ? `?${qs}` : ''}`;
-    const headers: Record<string, string> = { authorization: `Bearer ${this.apiKey}`, accept: route.response === 'text' ? 'text/plain' : 'application/json' };
-    let body: BodyInit | undefined;
-    if ('upload' in route && call.upload) {
-      headers['content-type'] = route.upload.contentType;
-      headers['content-length'] = String(call.upload.size);
-      // A Buffer is a valid body; its type only admits a SharedArrayBuffer behind it, which fetch's type does not.
-      body = call.upload.data as Uint8Array<ArrayBuffer> | ReadableStream<Uint8Array>;
-    } else if (call.body !== undefined) {
-      headers['content-type'] = 'application/json';
-      body = JSON.stringify(call.body);
-    }
-    let res: Response;
-    try {
-      res = await this.fetchFn(url, {
-        method: route.method,
-        headers,
-        // A stream body goes out as it is read; fetch wants that said.
-        ...(body !== undefined ? { body, ...(body instanceof ReadableStream ? { duplex: 'half' as const } : {}) } : {}),
-        ...(call.signal ? { signal: call.signal } : {}),
-      });
-    } catch (err) {
-      if (call.signal?.aborted) throw err;
-      throw new CellaConnectionError(this.url, err);
-    }
-    if (!res.ok) throw await apiError(res);
-    return res;
-  }
-}
-
-/** Rebuilds the server's CellaError from an error response. */
-async function apiError(res: Response): Promise<CellaError> {
-  const text = await res.text().catch(() => '');
-  let body: Partial<ErrorBody> & Record<string, unknown> = {};
-  try {
-    const parsed: unknown = JSON.parse(text);
-    if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) body = parsed as typeof body;
-  } catch {
-    // Not JSON (e.g. a proxy's error page): the status and text still say what happened.
-  }
-  const known = typeof body.code === 'string' && Object.hasOwn(ERRORS, body.code);
-  const code: ErrorCode = known ? (body.code as ErrorCode) : (CODE_BY_STATUS[res.status] ?? 'INTERNAL');
-  const { message, code: _code, ...extra } = body;
-  const details: Record<string, unknown> = { ...extra, httpStatus: res.status };
-  if (!known && typeof body.code === 'string') details.serverCode = body.code;
-  const msg = typeof message === 'string' && message ? message : text.trim().slice(0, 500) || `HTTP ${res.status} ${res.statusText}`;
-  return new CellaError(code, msg, { details });
-}
-
-function systemCode(err: unknown): string | undefined {
-  for (let e = err, depth = 0; e && typeof e === 'object' && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) return code;
-  }
-  return undefined;
-}
-
-function innermost(err: unknown): Error | undefined {
-  let e = err instanceof Error ? err : undefined;
-  for (let depth = 0; e?.cause instanceof Error && depth < 5; depth++) e = e.cause;
-  return e;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
