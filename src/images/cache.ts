@@ -2,12 +2,17 @@
  * The build cache has limits (issue 11): layers (qcow2 files, each on its
  * parent) are pruned least recently used first (a layer's marker is touched
  * when a build uses it) once their total passes a bound. A pruned parent
- * makes its children misses (build.ts: layerDone checks the whole chain),
+ * makes its children misses (layers.ts: layerDone checks the whole chain),
  * never corrupt. Base disks are not pruned: there is one per base, and
  * every first layer is backed by one.
  */
 import { readdirSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
+
+export function cacheDirs(dataDir: string): { layers: string; bases: string; blobs: string } {
+  const root = path.join(dataDir, 'cache');
+  return { layers: path.join(root, 'layers'), bases: path.join(root, 'bases'), blobs: path.join(root, 'oci-blobs') };
+}
 
 export interface PruneResult {
   removed: number;

@@ -15,8 +15,9 @@ import type { Engine } from '../engine/index.js';
 import type { RunnableImage } from '../lifecycle/index.js';
 import type { BuildRecord, ImageRecord, ImageVersionRecord, Store, Tx } from '../store/index.js';
 import { listBases, type BaseInfo } from '../setup/index.js';
-import { buildImage, cacheDirs, type BuildEngine, type BuildSettings } from './build.js';
-import { pruneLayers, type PruneResult } from './cache.js';
+import { buildImage } from './build.js';
+import type { BuildEngine, BuildSettings } from './build-spec.js';
+import { cacheDirs, pruneLayers, type PruneResult } from './cache.js';
 import { BUILD_NEXT, check, IMAGE_NEXT, RUNNABLE_IMAGE_STATES, VERSION_NEXT } from './states.js';
 import { storeUpload, type Upload } from './upload.js';
 
