@@ -4,7 +4,7 @@
  * time (each is CPU-bound and a builder VM is large), in the background,
  * and write their outcome through the state tables (./states.ts).
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
@@ -18,25 +18,17 @@ import { listBases, type BaseInfo } from '../setup/index.js';
 import { buildImage } from './build.js';
 import type { BuildEngine, BuildSettings } from './build-spec.js';
 import { cacheDirs, pruneLayers, type PruneResult } from './cache.js';
-import { BUILD_NEXT, check, IMAGE_NEXT, RUNNABLE_IMAGE_STATES, VERSION_NEXT } from './states.js';
+import { DEFAULT_IMAGE_QUOTAS, finishBuild, quotaExceeded, setBuild, setImageState, setVersion, startVersion, type ImageQuotas, type StartedVersion } from './records.js';
+import { IMAGE_NEXT, RUNNABLE_IMAGE_STATES } from './states.js';
 import { storeUpload, type Upload } from './upload.js';
 
 export { DEFAULT_LAYER_CACHE_BYTES, type PruneResult } from './cache.js';
+export { DEFAULT_IMAGE_QUOTAS, type ImageQuotas, type StartedVersion } from './records.js';
 export { demoContext, demoZip } from './demo.js';
 export { CODE_INTERPRETER_PORT, E2B_BASE, managedImages, type ManagedImage } from './templates.js';
 
-
 /** Managed bases have one version each: the one setup built. */
 export const MANAGED_VERSION = '1';
-
-/** The contract's image quotas (per account; Cella has one). */
-export interface ImageQuotas {
-  images: number;
-  versionsPerImage: number;
-  /** Builds queued or running at once. */
-  concurrentBuilds: number;
-}
-export const DEFAULT_IMAGE_QUOTAS: ImageQuotas = { images: 100, versionsPerImage: 50, concurrentBuilds: 5 };
 
 /** The image's latest versions, as GetMicrovmImage and ListMicrovmImages show them. */
 export interface LatestVersions {
@@ -59,12 +51,6 @@ export interface ImagesOptions {
   s3?: S3Settings;
   insecureRegistries?: string[];
   log?: (line: string) => void;
-}
-
-export interface StartedVersion {
-  image: ImageRecord;
-  version: ImageVersionRecord;
-  build: BuildRecord;
 }
 
 export class Images {
@@ -216,7 +202,7 @@ export class Images {
       const now = Date.now();
       const image: ImageRecord = { name: req.name, arn: this.arns.image(req.name), state: 'CREATING', tags: req.tags ?? {}, createdAt: now, updatedAt: null };
       await tx.putImage(image);
-      return this.startVersion(tx, image, request, now);
+      return startVersion(tx, image, request, now, this.quotas, this.imageRoot(image.name));
     });
   }
 
@@ -229,8 +215,8 @@ export class Images {
       }
       const request = await this.checkConfig(req, tx);
       const now = Date.now();
-      const image = await this.setImageState(tx, img, 'UPDATING', now);
-      return this.startVersion(tx, image, request, now);
+      const image = await setImageState(tx, img, 'UPDATING', now);
+      return startVersion(tx, image, request, now, this.quotas, this.imageRoot(image.name));
     });
   }
 
@@ -255,47 +241,6 @@ export class Images {
     return request;
   }
 
-  /** Records a new version and its build, within the quotas on versions and builds. */
-  private async startVersion(tx: Tx, image: ImageRecord, request: ImageRequestConfig, now: number): Promise<StartedVersion> {
-    const versions = await tx.listVersions(image.name);
-    if (versions.length >= this.quotas.versionsPerImage) {
-      throw quotaExceeded('microvm-image-versions', `image ${image.name} has ${versions.length} versions; the quota is ${this.quotas.versionsPerImage}`, image.name, 'MicrovmImage');
-    }
-    let building = 0;
-    for (const img of await tx.listImages()) building += (await tx.listVersions(img.name)).filter((v) => v.state === 'PENDING' || v.state === 'IN_PROGRESS').length;
-    if (building >= this.quotas.concurrentBuilds) {
-      throw quotaExceeded('concurrent-image-builds', `${building} builds are queued or running; the quota is ${this.quotas.concurrentBuilds}`, image.name, 'MicrovmImage');
-    }
-    const major = Math.max(0, ...versions.map((v) => v.major)) + 1;
-    const version: ImageVersionRecord = {
-      imageName: image.name,
-      version: `${major}.0`,
-      major,
-      state: 'PENDING',
-      status: 'ACTIVE',
-      stateReason: null,
-      request,
-      runtime: null,
-      dir: path.join(this.imageRoot(image.name), `v${major}`),
-      createdAt: now,
-      updatedAt: null,
-    };
-    const build: BuildRecord = {
-      buildId: randomUUID(),
-      imageName: image.name,
-      version: version.version,
-      state: 'PENDING',
-      stateReason: null,
-      message: null,
-      snapshotBuild: null,
-      createdAt: now,
-      updatedAt: null,
-    };
-    await tx.putVersion(version);
-    await tx.putBuild(build);
-    return { image, version, build };
-  }
-
   /** Starts a recorded build (after the transaction that recorded it committed). */
   enqueue(started: StartedVersion): Promise<void> {
     const { build } = started;
@@ -318,8 +263,8 @@ export class Images {
         const img0 = b0 && (await tx.getImage(b0.imageName));
         // Deleted while queued: nothing to do. Closing: the next start runs it.
         if (!b0 || !v0 || !img0 || img0.state === 'DELETING' || this.closed) return undefined;
-        await this.setBuild(tx, b0, { state: 'IN_PROGRESS' });
-        await this.setVersion(tx, v0, { state: 'IN_PROGRESS' });
+        await setBuild(tx, b0, { state: 'IN_PROGRESS' });
+        await setVersion(tx, v0, { state: 'IN_PROGRESS' });
         return { v0, img0 };
       });
       if (!claimed) return;
@@ -332,43 +277,14 @@ export class Images {
         const f = err instanceof BuildFailure ? err : new BuildFailure('INTERNAL_PLATFORM_ERROR', (err as Error).message);
         say(`[cella] build FAILED: ${f.reason}: ${f.message}`);
         this.log(`image ${img0.name} ${v0.version}: build failed: ${f.reason}: ${f.message}`);
-        await this.finish(buildId, { ok: false, reason: f.reason, message: f.message, snapshotBuild: (err as { snapshotBuild?: BuildRecord['snapshotBuild'] }).snapshotBuild ?? null });
+        await finishBuild(this.store, buildId, { ok: false, reason: f.reason, message: f.message, snapshotBuild: (err as { snapshotBuild?: BuildRecord['snapshotBuild'] }).snapshotBuild ?? null });
         return;
       }
       say(`[cella] build SUCCESSFUL in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${img0.name} ${v0.version} is ready to run`);
-      await this.finish(buildId, { ok: true, runtime: outcome.runtime, snapshotBuild: outcome.snapshotBuild });
+      await finishBuild(this.store, buildId, { ok: true, runtime: outcome.runtime, snapshotBuild: outcome.snapshotBuild });
     } finally {
       this.building.delete(buildId);
     }
-  }
-
-  private async finish(
-    buildId: string,
-    r:
-      | { ok: true; runtime: NonNullable<ImageVersionRecord['runtime']>; snapshotBuild: BuildRecord['snapshotBuild'] }
-      | { ok: false; reason: NonNullable<BuildRecord['stateReason']>; message: string; snapshotBuild: BuildRecord['snapshotBuild'] },
-  ): Promise<void> {
-    const failedVersionDir = await this.store.tx(async (tx) => {
-      const b = await tx.getBuild(buildId);
-      const v = b && (await tx.getVersion(b.imageName, b.version));
-      const img = b && (await tx.getImage(b.imageName));
-      if (!b || !v || !img) return undefined;
-      const now = Date.now();
-      if (r.ok) {
-        await this.setBuild(tx, b, { state: 'SUCCESSFUL', snapshotBuild: r.snapshotBuild }, now);
-        await this.setVersion(tx, v, { state: 'SUCCESSFUL', runtime: r.runtime }, now);
-      } else {
-        await this.setBuild(tx, b, { state: 'FAILED', stateReason: r.reason, message: r.message, snapshotBuild: r.snapshotBuild }, now);
-        await this.setVersion(tx, v, { state: 'FAILED', stateReason: r.reason }, now);
-      }
-      if (img.state === 'CREATING' || img.state === 'UPDATING') {
-        const done = img.state === 'CREATING' ? (r.ok ? 'CREATED' : 'CREATE_FAILED') : r.ok ? 'UPDATED' : 'UPDATE_FAILED';
-        await this.setImageState(tx, img, done, now);
-      }
-      return r.ok ? undefined : v.dir;
-    });
-    // A failed version keeps its record and log, not its half-written files.
-    if (failedVersionDir) rmSync(failedVersionDir, { recursive: true, force: true });
   }
 
   /** One transaction: the version is written back as it was read, so nothing written between is lost. */
@@ -413,7 +329,7 @@ export class Images {
       const details = { resourceId: name, resourceType: 'MicrovmImage' };
       if (img.state === 'CREATING' || img.state === 'UPDATING') throw new CellaError('INVALID_STATE', `image ${name} is ${img.state}: a build is running`, { details });
       if (await inUse(tx, name)) throw new CellaError('INVALID_STATE', `image ${name} has live MicroVMs`, { details });
-      await this.setImageState(tx, img, 'DELETING', Date.now());
+      await setImageState(tx, img, 'DELETING', Date.now());
       return true;
     });
     if (!deleting) return { state: 'DELETED' };
@@ -439,7 +355,7 @@ export class Images {
         for (const b of await this.store.listBuilds(img.name, v.version)) {
           if (b.state === 'IN_PROGRESS') {
             appendFileSync(this.buildLog(b.buildId), '[cella] build FAILED: INTERNAL_PLATFORM_ERROR: cellad restarted during the build\n');
-            await this.finish(b.buildId, { ok: false, reason: 'INTERNAL_PLATFORM_ERROR', message: 'cellad restarted during the build', snapshotBuild: null });
+            await finishBuild(this.store, b.buildId, { ok: false, reason: 'INTERNAL_PLATFORM_ERROR', message: 'cellad restarted during the build', snapshotBuild: null });
           } else if (b.state === 'PENDING') {
             void this.enqueue({ image: img, version: v, build: b });
           }
@@ -477,30 +393,4 @@ export class Images {
     this.closed = true;
     await this.queue;
   }
-
-  // ---------- the writers of state ----------
-
-  // Each writes back a record read in the same transaction `tx`: what it does not change stays as it is.
-
-  private async setImageState(tx: Tx, img: ImageRecord, to: ImageState, now: number): Promise<ImageRecord> {
-    check(IMAGE_NEXT, `image ${img.name}`, img.state, to);
-    const next = { ...img, state: to, updatedAt: now };
-    await tx.putImage(next);
-    return next;
-  }
-
-  private async setVersion(tx: Tx, v: ImageVersionRecord, patch: Partial<Pick<ImageVersionRecord, 'state' | 'stateReason' | 'runtime'>>, now = Date.now()): Promise<void> {
-    if (patch.state) check(VERSION_NEXT, `version ${v.imageName} ${v.version}`, v.state, patch.state);
-    await tx.putVersion({ ...v, ...patch, updatedAt: now });
-  }
-
-  private async setBuild(tx: Tx, b: BuildRecord, patch: Partial<Pick<BuildRecord, 'state' | 'stateReason' | 'message' | 'snapshotBuild'>>, now = Date.now()): Promise<void> {
-    if (patch.state) check(BUILD_NEXT, `build ${b.buildId}`, b.state, patch.state);
-    await tx.putBuild({ ...b, ...patch, updatedAt: now });
-  }
-}
-
-/** ServiceQuotaExceededException with the contract's fields; `quotaCode` says which quota. */
-function quotaExceeded(quotaCode: string, message: string, resourceId: string, resourceType: string): CellaError {
-  return new CellaError('QUOTA_EXCEEDED', message, { details: { resourceId, resourceType, serviceCode: 'cella', quotaCode } });
 }

@@ -1,6 +1,6 @@
 /**
  * The image, version and build lifecycles of the contract, one table each:
- * which state may follow which. The writers in ./index.ts check every
+ * which state may follow which. The writers in ./records.ts check every
  * change against them.
  */
 import { type BuildState, CellaError, type ImageState, type VersionState } from '../contract/index.js';
