@@ -2,7 +2,8 @@
  * The web console in a real headless Chromium (Debian's, driven by
  * puppeteer-core): sign-in, the demo image, a VM run from the form followed
  * to RUNNING with its logs and a terminal, suspend/resume, a failing build's
- * reason, terminate. Screenshots go to test/artifacts/console (git-ignored).
+ * reason, terminate, an egress connector made from its form, the usage
+ * page. Screenshots go to test/artifacts/console (git-ignored).
  * Needs `npm run build` (the bundle) and boots VMs: run under flock /tmp/cella-vm.lock.
  */
 import assert from 'node:assert/strict';
@@ -132,6 +133,34 @@ describe('web console', { concurrency: false }, () => {
     await page.goto(`${server.url}/console/#/vms`);
     await waitText('table', new RegExp(vmId), 15_000);
     await shot('vms');
+  });
+
+  test('create an egress connector from the form; a bad one is refused with its code', { timeout: 60_000 }, async () => {
+    await page.goto(`${server.url}/console/#/connectors`);
+    await page.waitForSelector('#conn-submit');
+    await page.type('#conn-name', 'bad-cidr');
+    await page.type('#conn-cidrs', '10.0.0.1/8');
+    await page.click('#conn-submit');
+    await waitText('.connectors form .error', /INVALID_ARGUMENT.*host bits/, 10_000);
+    assert.doesNotMatch(await text('#connectors'), /bad-cidr/, 'a refused connector is not listed');
+    await page.$eval('#conn-name', (e) => ((e as HTMLInputElement).value = ''));
+    await page.$eval('#conn-cidrs', (e) => ((e as HTMLInputElement).value = ''));
+    await page.type('#conn-name', 'partner-api');
+    await page.type('#conn-cidrs', '203.0.113.0/24');
+    await page.type('#conn-domains', 'example.com, *.example.org');
+    await page.click('#conn-submit');
+    await waitText('#connectors', /partner-api.*203\.0\.113\.0\/24.*\*\.example\.org/, 10_000);
+    assert.equal(await page.$('.connectors form .error'), null, 'the error is gone after a good create');
+    await shot('connectors');
+  });
+
+  test('the usage page shows compute seconds of the demo image and the running count', { timeout: 60_000 }, async () => {
+    await page.goto(`${server.url}/console/#/usage`);
+    await waitText('#usage-images', /demo\s*\d+ s/, 15_000);
+    await waitText('#usage-running', /^\d+$/, 15_000);
+    const width = await page.$eval('#usage-images .bar rect', (r) => Number(r.getAttribute('width')));
+    assert.ok(width > 0, `the demo bar has a width (${width})`);
+    await shot('usage');
   });
 
   test("a build from an uploaded zip streams its log and shows the failure's reason", { timeout: 5 * 60_000 }, async () => {

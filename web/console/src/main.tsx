@@ -2,7 +2,9 @@
 import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
 import { V, call, getKey, imageName, setKey, type Vm, when } from './api.js';
+import { Connectors } from './connectors.js';
 import { Images } from './images.js';
+import { Usage } from './usage.js';
 import { VmPage } from './vm.js';
 import { Err, State, usePoll } from './ui.js';
 import './style.css';
@@ -142,51 +144,6 @@ function Run() {
       </button>
       <Err e={e} />
     </form>
-  );
-}
-
-function Connectors() {
-  const [list, e, reload] = usePoll(
-    () => call<{ items: Array<{ name: string; arn?: string; allowedCidrs?: string[]; allowedDomains?: string[] }> }>('GET', '/cella/v1/network-connectors'),
-    10000,
-  );
-  return (
-    <section>
-      <h2>Network connectors</h2>
-      <Err e={e} />
-      <ul>
-        {(list?.items ?? []).map((c) => (
-          <li key={c.name}>
-            <code>{c.name}</code> {JSON.stringify(c)}{' '}
-            <button onClick={() => void call('DELETE', `/cella/v1/network-connectors/${encodeURIComponent(c.name)}`).then(reload)}>Delete</button>
-          </li>
-        ))}
-      </ul>
-    </section>
-  );
-}
-
-function Usage() {
-  const [u, e] = usePoll(
-    () => call<{ items?: Array<{ microvmId: string; runningSeconds?: number }> } & Record<string, unknown>>('GET', '/cella/v1/usage'),
-    10000,
-  );
-  const items = u?.items ?? [];
-  const max = Math.max(1, ...items.map((i) => i.runningSeconds ?? 0));
-  return (
-    <section>
-      <h2>Usage</h2>
-      <Err e={e} />
-      <div class="chart" role="img" aria-label="running seconds per MicroVM">
-        {items.map((i) => (
-          <div class="bar" key={i.microvmId}>
-            <span>{i.microvmId}</span>
-            <meter min={0} max={max} value={i.runningSeconds ?? 0} />
-            <span>{Math.round(i.runningSeconds ?? 0)} s</span>
-          </div>
-        ))}
-      </div>
-    </section>
   );
 }
 
