@@ -22,7 +22,7 @@ const EVERY_MS = 5000;
 async function load(): Promise<{ perImage: Array<[string, number]>; running: number; total: number }> {
   const [u, vms] = await Promise.all([
     call<{ total: UsageRow; microvms: UsageRow[] }>('GET', '/cella/v1/usage'),
-    call<{ items: Vm[] }>('GET', `${V}/microvms?maxResults=100`),
+    call<{ items: Vm[] }>('GET', `${V}/microvms?maxResults=50`),
   ]);
   const image = new Map(vms.items.map((v) => [v.microvmId, imageName(v.imageArn)]));
   const sums = new Map<string, number>();
@@ -84,7 +84,7 @@ export function Usage() {
       <RunningLine samples={samples} />
       <h3>Compute (vCPU) seconds per image, all time: {Math.round(u?.total ?? 0)} s</h3>
       <Bars rows={u?.perImage ?? []} />
-      <p class="muted">The usage API answers totals per MicroVM; images come from the MicroVM list (its latest 100).</p>
+      <p class="muted">The usage API answers totals per MicroVM; images come from the MicroVM list (its latest 50).</p>
     </section>
   );
 }
