@@ -158,7 +158,7 @@ describe('web console', { concurrency: false }, () => {
 
   test('the usage page shows compute seconds of the demo image and the running count', { timeout: 60_000 }, async () => {
     await page.goto(`${server.url}/console/#/usage`);
-    await waitText('#usage-images', /demo\s*\d+ s/, 15_000);
+    await waitText('#usage-images', /demo\s*\d+\.\d s/, 15_000);
     await waitText('#usage-running', /^\d+$/, 15_000);
     const width = await page.$eval('#usage-images .bar rect', (r) => Number(r.getAttribute('width')));
     assert.ok(width > 0, `the demo bar has a width (${width})`);

@@ -9,7 +9,6 @@ import { Err, usePoll } from './ui.js';
 
 interface UsageRow {
   microvmId?: string;
-  runningSeconds: number;
   vcpuSeconds: number;
 }
 interface Sample {
@@ -38,7 +37,7 @@ async function load(): Promise<{ perImage: Array<[string, number]>; running: num
 }
 
 function Bars({ rows }: { rows: Array<[string, number]> }) {
-  const max = Math.max(1, ...rows.map(([, s]) => s));
+  const max = Math.max(Number.EPSILON, ...rows.map(([, s]) => s));
   return (
     <div class="chart" id="usage-images" role="img" aria-label="compute seconds per image">
       {rows.map(([name, s]) => (
@@ -47,7 +46,7 @@ function Bars({ rows }: { rows: Array<[string, number]> }) {
           <svg class="bar-track" viewBox="0 0 100 10" preserveAspectRatio="none" aria-hidden="true">
             <rect x="0" y="0" height="10" width={(100 * s) / max} fill="#3b82f6" />
           </svg>
-          <span>{Math.round(s)} s</span>
+          <span>{s.toFixed(1)} s</span>
         </div>
       ))}
     </div>
@@ -55,13 +54,14 @@ function Bars({ rows }: { rows: Array<[string, number]> }) {
 }
 
 function RunningLine({ samples }: { samples: Sample[] }) {
-  const max = Math.max(1, ...samples.map((s) => s.running));
-  const points = samples.map((s, i) => `${(i * 100) / (SAMPLES - 1)},${40 - (s.running * 36) / max}`).join(' ');
+  const peak = Math.max(0, ...samples.map((s) => s.running));
+  const scale = Math.max(1, peak);
+  const points = samples.map((s, i) => `${(i * 100) / (SAMPLES - 1)},${40 - (s.running * 36) / scale}`).join(' ');
   const last = samples.at(-1);
   return (
     <figure class="card">
       <figcaption>
-        Running MicroVMs, sampled every {EVERY_MS / 1000} s while this page is open: now <b id="usage-running">{last?.running ?? '—'}</b>, peak {max}
+        Running MicroVMs, sampled every {EVERY_MS / 1000} s while this page is open: now <b id="usage-running">{last?.running ?? '—'}</b>, peak {peak}
       </figcaption>
       <svg class="line" viewBox="0 0 100 40" preserveAspectRatio="none" role="img" aria-label="running MicroVMs over time">
         <line x1="0" y1="40" x2="100" y2="40" stroke="#d0d7de" stroke-width="0.5" />
@@ -82,7 +82,7 @@ export function Usage() {
       <h2>Usage</h2>
       <Err e={e} />
       <RunningLine samples={samples} />
-      <h3>Compute (vCPU) seconds per image, all time: {Math.round(u?.total ?? 0)} s</h3>
+      <h3>Compute (vCPU) seconds per image, all time: {(u?.total ?? 0).toFixed(1)} s</h3>
       <Bars rows={u?.perImage ?? []} />
       <p class="muted">The usage API answers totals per MicroVM; images come from the MicroVM list (its latest 50).</p>
     </section>
