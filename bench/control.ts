@@ -45,7 +45,11 @@ const call = async (method: string, p: string, body?: unknown, auth: 'bearer' | 
       let text = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (text += c));
-      res.on('end', () => (res.statusCode === 200 ? resolve(text ? (JSON.parse(text) as Record<string, unknown>) : {}) : reject(new Error(`${method} ${p}: ${res.statusCode} ${text}`))));
+      res.on('end', () =>
+        res.statusCode === 200
+          ? resolve(text ? (JSON.parse(text) as Record<string, unknown>) : {})
+          : reject(new Error(`${method} ${p}: ${res.statusCode} ${text}`)),
+      );
     });
     req.on('error', reject);
     req.end(payload);
@@ -92,7 +96,9 @@ try {
     }
   }
   emit('run_to_running_minus_launch_ms', 'ms', overhead, 20, 'lower');
-  emit('run_to_running_ms', 'ms', total, null, 'lower', { launch_p50_ms: Math.round([...launchMs.values()].sort((a, b) => a - b)[Math.floor(launchMs.size / 2)] ?? 0) });
+  emit('run_to_running_ms', 'ms', total, null, 'lower', {
+    launch_p50_ms: Math.round([...launchMs.values()].sort((a, b) => a - b)[Math.floor(launchMs.size / 2)] ?? 0),
+  });
 
   for (let i = 0; i < 50; i++) await call('GET', `${V}/microvms/${lastId}`);
   const gets: number[] = [];
@@ -101,7 +107,7 @@ try {
     await call('GET', `${V}/microvms/${lastId}`);
     gets.push(performance.now() - t);
   }
-  emit('get_microvm_ms', 'ms', gets, 2, 'lower', { p99: Math.round([...gets].sort((a, b) => a - b)[Math.floor(gets.length * 0.99)] as number * 100) / 100 });
+  emit('get_microvm_ms', 'ms', gets, 2, 'lower', { p99: Math.round(([...gets].sort((a, b) => a - b)[Math.floor(gets.length * 0.99)] as number) * 100) / 100 });
   for (let i = 0; i < 50; i++) await call('GET', `${V}/microvms/${lastId}`, undefined, 'sigv4');
   const signedGets: number[] = [];
   for (let i = 0; i < N.gets; i++) {
@@ -109,7 +115,9 @@ try {
     await call('GET', `${V}/microvms/${lastId}`, undefined, 'sigv4');
     signedGets.push(performance.now() - t);
   }
-  emit('get_microvm_sigv4_ms', 'ms', signedGets, 2, 'lower', { p99: Math.round([...signedGets].sort((a, b) => a - b)[Math.floor(signedGets.length * 0.99)] as number * 100) / 100 });
+  emit('get_microvm_sigv4_ms', 'ms', signedGets, 2, 'lower', {
+    p99: Math.round(([...signedGets].sort((a, b) => a - b)[Math.floor(signedGets.length * 0.99)] as number) * 100) / 100,
+  });
   await call('DELETE', `${V}/microvms/${lastId}`);
   await server.lifecycle.settle();
 } finally {

@@ -20,7 +20,12 @@ export interface LoadSpec {
 
 const spec = JSON.parse(process.argv[2] as string) as LoadSpec;
 const agent = spec.tls
-  ? new HttpsAgent({ keepAlive: true, maxSockets: spec.concurrency, ...(spec.ca ? { ca: spec.ca } : {}), ...(spec.servername ? { servername: spec.servername } : {}) })
+  ? new HttpsAgent({
+      keepAlive: true,
+      maxSockets: spec.concurrency,
+      ...(spec.ca ? { ca: spec.ca } : {}),
+      ...(spec.servername ? { servername: spec.servername } : {}),
+    })
   : new HttpAgent({ keepAlive: true, maxSockets: spec.concurrency });
 const send = spec.tls ? httpsRequest : httpRequest;
 

@@ -24,13 +24,24 @@ const N = { seconds: quick ? 4 : 10, concurrency: 8, resumes: quick ? 5 : 15 };
 const dataDir = tempDataDir('bench-proxy');
 // A short resume window, so one run measures a resume within it (a continue) and one after it (a restore).
 const WINDOW_S = 2;
-const server = await startServer({ dataDir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, resumeWindowSeconds: WINDOW_S, endpointRpsPerVcpu: 0, log: () => {} });
+const server = await startServer({
+  dataDir,
+  port: 0,
+  proxyPort: 0,
+  apiKey: API_KEY,
+  minIdleSeconds: 1,
+  resumeWindowSeconds: WINDOW_S,
+  endpointRpsPerVcpu: 0,
+  log: () => {},
+});
 const emit = reporter(() => ({ accel: server.engine.accel.accel }));
 const base = server.url;
 
 /** Runs the load in a child process; returns requests/s and per-request latencies. */
 async function load(spec: LoadSpec): Promise<{ rps: number; latencies: number[]; errors: number }> {
-  const { stdout } = await exec(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./load-worker.ts', import.meta.url)), JSON.stringify(spec)], { maxBuffer: 64 * 1024 * 1024 });
+  const { stdout } = await exec(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./load-worker.ts', import.meta.url)), JSON.stringify(spec)], {
+    maxBuffer: 64 * 1024 * 1024,
+  });
   const m = JSON.parse(stdout) as { latencies: number[]; errors: number; seconds: number };
   return { rps: m.latencies.length / m.seconds, latencies: m.latencies, errors: m.errors };
 }
@@ -44,7 +55,10 @@ try {
   });
   const id = run.body.microvmId;
   await waitState(base, id, ['RUNNING']);
-  const tok = await api<{ authToken: Record<string, string> }>(base, 'POST', `${V}/microvms/${id}/auth-token`, { expirationInMinutes: 60, allowedPorts: [{ port: 8080 }] });
+  const tok = await api<{ authToken: Record<string, string> }>(base, 'POST', `${V}/microvms/${id}/auth-token`, {
+    expirationInMinutes: 60,
+    allowedPorts: [{ port: 8080 }],
+  });
   const token = tok.body.authToken['X-aws-proxy-auth'] as string;
   const ca = readFileSync(server.caFile as string);
   const hostname = `${id}.${server.domain}`;
@@ -67,8 +81,18 @@ try {
   const d = await load(direct);
   const p = await load(viaProxy);
   const round = (x: number): number => Math.round(x * 100) / 100;
-  emit('direct_rps', 'req/s', [d.rps], null, 'higher', { concurrency: N.concurrency, errors: d.errors, latency_p50_ms: round(percentile(d.latencies, 50)), latency_p99_ms: round(percentile(d.latencies, 99)) });
-  emit('proxy_rps', 'req/s', [p.rps], null, 'higher', { concurrency: N.concurrency, errors: p.errors, latency_p50_ms: round(percentile(p.latencies, 50)), latency_p99_ms: round(percentile(p.latencies, 99)) });
+  emit('direct_rps', 'req/s', [d.rps], null, 'higher', {
+    concurrency: N.concurrency,
+    errors: d.errors,
+    latency_p50_ms: round(percentile(d.latencies, 50)),
+    latency_p99_ms: round(percentile(d.latencies, 99)),
+  });
+  emit('proxy_rps', 'req/s', [p.rps], null, 'higher', {
+    concurrency: N.concurrency,
+    errors: p.errors,
+    latency_p50_ms: round(percentile(p.latencies, 50)),
+    latency_p99_ms: round(percentile(p.latencies, 99)),
+  });
   emit('proxy_to_direct_throughput', 'ratio', [p.rps / d.rps], 0.8, 'higher');
   emit('proxy_latency_ms', 'ms', p.latencies, null, 'lower', { p99: round(percentile(p.latencies, 99)), direct_p50_ms: round(percentile(d.latencies, 50)) });
 
@@ -79,11 +103,22 @@ try {
     await new Promise((r) => setTimeout(r, waitMs));
     const t = performance.now();
     return new Promise<number>((resolve, reject) => {
-      httpsRequest({ host: '127.0.0.1', port: server.proxyPort, path: '/', ca, servername: hostname, agent: false, headers: { host: hostname, 'x-aws-proxy-auth': token } }, (res) => {
-        const ms = performance.now() - t;
-        res.resume();
-        res.on('end', () => resolve(ms));
-      })
+      httpsRequest(
+        {
+          host: '127.0.0.1',
+          port: server.proxyPort,
+          path: '/',
+          ca,
+          servername: hostname,
+          agent: false,
+          headers: { host: hostname, 'x-aws-proxy-auth': token },
+        },
+        (res) => {
+          const ms = performance.now() - t;
+          res.resume();
+          res.on('end', () => resolve(ms));
+        },
+      )
         .on('error', reject)
         .end();
     });

@@ -39,7 +39,11 @@ interface Screen {
 function screen(pty: PtySession): Screen {
   let out = '';
   pty.on('data', (d: Buffer) => (out += d.toString('latin1')));
-  const exited = within((once(pty, 'exit') as Promise<[PtyExit]>).then(([e]) => e), 30_000, `terminal ${pty.id} to exit`);
+  const exited = within(
+    (once(pty, 'exit') as Promise<[PtyExit]>).then(([e]) => e),
+    30_000,
+    `terminal ${pty.id} to exit`,
+  );
   const closed = within(once(pty, 'close'), 60_000, `terminal ${pty.id} to close`);
   for (const p of [exited, closed]) p.catch(() => {}); // observed by the tests that await them
   const matches = (s: string, p: string | RegExp): boolean => (typeof p === 'string' ? s.includes(p) : p.test(s));
@@ -68,7 +72,10 @@ async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 /** Guest processes whose command line matches, from `ps` in the guest. */
 async function guestProcesses(vm: RunningVm, pattern: string): Promise<string[]> {
   const r = await vm.agent.exec({ argv: ['/bin/ps', '-o', 'pid,args'] });
-  return r.stdout.toString().split('\n').filter((l) => l.includes(pattern) && !l.includes('/bin/ps'));
+  return r.stdout
+    .toString()
+    .split('\n')
+    .filter((l) => l.includes(pattern) && !l.includes('/bin/ps'));
 }
 
 /** Waits until a guest process matching `pattern` runs. */
@@ -185,7 +192,10 @@ describe('terminals', () => {
       await assert.rejects(vm.agent.openPty({ rows: 24, cols: 80 }), /too many terminals/);
       vm.agent.closeAllPtys();
       const exits = await Promise.all(all.map((s) => s.exited));
-      assert.deepEqual(exits.map((e) => e.signal), Array(64).fill(1));
+      assert.deepEqual(
+        exits.map((e) => e.signal),
+        Array(64).fill(1),
+      );
       const again = screen(await vm.agent.openPty({ argv: ['/bin/echo', 'free again'], rows: 24, cols: 80 }));
       assert.equal((await again.exited).exitCode, 0);
       assert.equal(again.text(), 'free again\r\n');
@@ -215,11 +225,14 @@ describe('terminals', () => {
       t.diagnostic(`${s.text().length} bytes of terminal output in ${Date.now() - t0} ms`);
       const got = s.text().split('\r\n').filter(Boolean);
       assert.equal(got.length, lines, 'no line lost');
-      assert.ok(got.every((l, i) => l === String(i + 1)), 'in order');
+      assert.ok(
+        got.every((l, i) => l === String(i + 1)),
+        'in order',
+      );
     });
   });
 
-  test('a suspend ends the host\'s handle on a terminal; the terminal runs on in the guest until closeAllPtys', async () => {
+  test("a suspend ends the host's handle on a terminal; the terminal runs on in the guest until closeAllPtys", async () => {
     const vm = await demo.engine.launch(demo.imageDir, demo.nextId());
     let back: RunningVm | undefined;
     try {
@@ -300,16 +313,19 @@ describe('guest -> host signals', () => {
       assert.match(r.stdout.toString(), /error: line too long/);
       assert.doesNotMatch(r.stdout.toString(), /^ok$/m);
       // Many clients at once, random bytes, and idle ones holding connections.
-      const flood = await vm.agent.exec({
-        argv: [
-          '/bin/sh',
-          '-c',
-          `for i in $(seq 12); do (sleep 30 | ${CELLA} -) >/dev/null 2>&1 & done
+      const flood = await vm.agent.exec(
+        {
+          argv: [
+            '/bin/sh',
+            '-c',
+            `for i in $(seq 12); do (sleep 30 | ${CELLA} -) >/dev/null 2>&1 & done
            pids=
            for i in $(seq 10); do (head -c 20000 /dev/urandom | tr -d '\\n' | ${CELLA} -) >/dev/null 2>&1 & pids="$pids $!"; done
            wait $pids; echo done`,
-        ],
-      }, { timeoutMs: 60_000 });
+          ],
+        },
+        { timeoutMs: 60_000 },
+      );
       assert.match(flood.stdout.toString(), /done/);
       await sleep(1200);
       assert.equal(activity.count() + suspend.count(), 0, 'no event from garbage');

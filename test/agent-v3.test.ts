@@ -50,8 +50,11 @@ async function run(agent: AgentClient, script: string, extra: object = {}): Prom
 
 /** A user `user` (1000) in groups user (1000) and extra (2000), as an E2B-style template has one. */
 async function addUser(agent: AgentClient): Promise<void> {
-  await run(agent, `echo 'user:x:1000:1000::/home/user:/bin/sh' >> /etc/passwd; echo 'user:x:1000:' >> /etc/group;
-    echo 'extra:x:2000:root,user' >> /etc/group; mkdir -p /home/user; chown 1000:1000 /home/user`);
+  await run(
+    agent,
+    `echo 'user:x:1000:1000::/home/user:/bin/sh' >> /etc/passwd; echo 'user:x:1000:' >> /etc/group;
+    echo 'extra:x:2000:root,user' >> /etc/group; mkdir -p /home/user; chown 1000:1000 /home/user`,
+  );
 }
 
 describe('processes', () => {
@@ -81,7 +84,9 @@ describe('processes', () => {
       for (let off = 0; off < data.length; off += 100_000) await p.write(data.subarray(off, off + 100_000));
       await p.closeStdin();
       assert.equal((await c.exit).exitCode, 0);
-      const want = createHash('sha256').update(Buffer.concat([Buffer.from('first '), data])).digest('hex');
+      const want = createHash('sha256')
+        .update(Buffer.concat([Buffer.from('first '), data]))
+        .digest('hex');
       assert.equal(c.text().split(' ')[0], want, 'every byte, in order');
 
       const head = await vm.agent.spawn({ argv: ['/bin/head', '-c', '3'] }, { stdin: 'pipe' });
@@ -163,9 +168,27 @@ describe('bad input', () => {
         ['list of garbage', Msg.FS_LIST, garbage, vm.agent.allocId(), 'EINVAL'],
         ['mkdir without a path', Msg.FS_MKDIR, tlv(Tag.UID, Buffer.alloc(4)), vm.agent.allocId(), 'EINVAL'],
         ['rename without a destination', Msg.FS_RENAME, tlv(Tag.PATH, Buffer.from('/etc/passwd')), vm.agent.allocId(), 'EINVAL'],
-        ['remove with an unknown tag', Msg.FS_REMOVE, Buffer.concat([tlv(Tag.PATH, Buffer.from('/etc')), tlv(200, Buffer.alloc(1))]), vm.agent.allocId(), 'EINVAL'],
-        ['read with a short credit', Msg.FS_READ, Buffer.concat([tlv(Tag.PATH, Buffer.from('/etc/passwd')), tlv(Tag.CREDIT, Buffer.alloc(2))]), vm.agent.allocId(), 'EINVAL'],
-        ['write with an attribute without a name', Msg.FS_WRITE_OPEN, Buffer.concat([tlv(Tag.PATH, Buffer.from('/etc/passwd')), tlv(Tag.XATTR, Buffer.from('\0v'))]), vm.agent.allocId(), 'EINVAL'],
+        [
+          'remove with an unknown tag',
+          Msg.FS_REMOVE,
+          Buffer.concat([tlv(Tag.PATH, Buffer.from('/etc')), tlv(200, Buffer.alloc(1))]),
+          vm.agent.allocId(),
+          'EINVAL',
+        ],
+        [
+          'read with a short credit',
+          Msg.FS_READ,
+          Buffer.concat([tlv(Tag.PATH, Buffer.from('/etc/passwd')), tlv(Tag.CREDIT, Buffer.alloc(2))]),
+          vm.agent.allocId(),
+          'EINVAL',
+        ],
+        [
+          'write with an attribute without a name',
+          Msg.FS_WRITE_OPEN,
+          Buffer.concat([tlv(Tag.PATH, Buffer.from('/etc/passwd')), tlv(Tag.XATTR, Buffer.from('\0v'))]),
+          vm.agent.allocId(),
+          'EINVAL',
+        ],
         ['close of no write', Msg.FS_WRITE_CLOSE, Buffer.alloc(0), 987_657, 'EBADF'],
         ['watch of garbage', Msg.FS_WATCH, garbage, vm.agent.allocId(), 'EINVAL'],
         ['unwatch of nothing', Msg.FS_UNWATCH, Buffer.alloc(0), 987_658, 'ENOENT'],
@@ -221,14 +244,23 @@ describe('files', () => {
     });
   });
 
-  test('list walks to the depth asked, follows only the directory\'s own symlink, names entries by the path given', T, async () => {
+  test("list walks to the depth asked, follows only the directory's own symlink, names entries by the path given", T, async () => {
     await withVm(async (vm) => {
-      await run(vm.agent, `mkdir -p /srv/d/sub/deeper /srv/other; echo x > /srv/d/f; echo y > /srv/d/sub/g; echo z > /srv/d/sub/deeper/h;
-        echo w > /srv/other/o; ln -s /srv/other /srv/d/lnk; ln -s /srv/d /srv/alias`);
+      await run(
+        vm.agent,
+        `mkdir -p /srv/d/sub/deeper /srv/other; echo x > /srv/d/f; echo y > /srv/d/sub/g; echo z > /srv/d/sub/deeper/h;
+        echo w > /srv/other/o; ln -s /srv/other /srv/d/lnk; ln -s /srv/d /srv/alias`,
+      );
       const names = async (p: string, depth?: number): Promise<string[]> =>
         (await vm.agent.fs.list(p, depth === undefined ? {} : { depth })).map((e) => `${e.path}:${e.type}`).sort();
       assert.deepEqual(await names('/srv/d'), ['/srv/d/f:file', '/srv/d/lnk:symlink', '/srv/d/sub:directory']);
-      assert.deepEqual(await names('/srv/d', 2), ['/srv/d/f:file', '/srv/d/lnk:symlink', '/srv/d/sub/deeper:directory', '/srv/d/sub/g:file', '/srv/d/sub:directory']);
+      assert.deepEqual(await names('/srv/d', 2), [
+        '/srv/d/f:file',
+        '/srv/d/lnk:symlink',
+        '/srv/d/sub/deeper:directory',
+        '/srv/d/sub/g:file',
+        '/srv/d/sub:directory',
+      ]);
       assert.deepEqual(await names('/srv/d/', 9), [
         '/srv/d/f:file',
         '/srv/d/lnk:symlink',
@@ -293,9 +325,13 @@ describe('files', () => {
       const w = await vm.agent.fs.watch('/w', { recursive: true });
       const seen: string[] = [];
       w.on('event', (e: { op: string; name: string }) => seen.push(`${e.op} ${e.name}`));
-      await run(vm.agent, 'mkdir -p /w/new/inner && echo hi > /w/new/inner/file && echo x > /w/existing/f && chmod 600 /w/existing/f && mv /w/existing/f /w/existing/g && rm /w/existing/g');
+      await run(
+        vm.agent,
+        'mkdir -p /w/new/inner && echo hi > /w/new/inner/file && echo x > /w/existing/f && chmod 600 /w/existing/f && mv /w/existing/f /w/existing/g && rm /w/existing/g',
+      );
       await eventually(() => seen.includes('create new/inner/file') && seen.includes('remove existing/g'), 20_000, `events; seen ${JSON.stringify(seen)}`);
-      for (const e of ['create new', 'create existing/f', 'write existing/f', 'chmod existing/f', 'rename existing/f', 'create existing/g']) assert.ok(seen.includes(e), `${e} in ${JSON.stringify(seen)}`);
+      for (const e of ['create new', 'create existing/f', 'write existing/f', 'chmod existing/f', 'rename existing/f', 'create existing/g'])
+        assert.ok(seen.includes(e), `${e} in ${JSON.stringify(seen)}`);
       const flat = await vm.agent.fs.watch('/w');
       const flatSeen: string[] = [];
       flat.on('event', (e: { op: string; name: string }) => flatSeen.push(`${e.op} ${e.name}`));
@@ -313,7 +349,10 @@ describe('files', () => {
   test('stats: CPUs, memory, disk, and CPU use since the last call', T, async () => {
     await withVm(async (vm) => {
       const a = await vm.agent.stats();
-      assert.ok(a.cpuCount >= 1 && a.memTotal > 100 << 20 && a.memUsed > 0 && a.memUsed < a.memTotal && a.diskTotal > 0 && a.diskUsed > 0 && a.diskUsed <= a.diskTotal, JSON.stringify(a));
+      assert.ok(
+        a.cpuCount >= 1 && a.memTotal > 100 << 20 && a.memUsed > 0 && a.memUsed < a.memTotal && a.diskTotal > 0 && a.diskUsed > 0 && a.diskUsed <= a.diskTotal,
+        JSON.stringify(a),
+      );
       await run(vm.agent, 'i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done');
       const b = await vm.agent.stats();
       assert.ok(b.cpuUsedPct > 0 && b.cpuUsedPct <= 100, JSON.stringify(b));
@@ -345,7 +384,10 @@ describe('across connections', () => {
       const list = await agent.listProcesses();
       const byId = new Map(list.map((p) => [p.id, p]));
       const info = byId.get(cat.id);
-      assert.deepEqual([info?.pid, info?.kind, info?.label, info?.argv, info?.env, info?.cwd, info?.status], [cat.pid, 'exec', 'survivor', ['/bin/cat'], { K: 'v' }, '/tmp', undefined]);
+      assert.deepEqual(
+        [info?.pid, info?.kind, info?.label, info?.argv, info?.env, info?.cwd, info?.status],
+        [cat.pid, 'exec', 'survivor', ['/bin/cat'], { K: 'v' }, '/tmp', undefined],
+      );
       assert.equal(byId.get(pty.id)?.kind, 'pty');
       assert.equal(byId.get(quick.id)?.status, 7 << 8, 'an exit while detached is kept');
 
@@ -384,7 +426,7 @@ describe('across connections', () => {
       agent = await reconnect(vm);
       const a = agent;
       await sleep(5000);
-      assert.equal((await a.fs.exists('/tmp/writer-done')), false, 'held while the grace runs');
+      assert.equal(await a.fs.exists('/tmp/writer-done'), false, 'held while the grace runs');
       const gone = async (): Promise<boolean> => {
         const list = await a.listProcesses();
         const w = list.find((p) => p.id === writer.id);

@@ -20,7 +20,16 @@ describe('endpoint port edges (no VM)', { concurrency: false }, () => {
 
   before(async () => {
     dir = tempDataDir('api');
-    server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, demoImage: false, apiRateScale: 0, endpointConnectionsPerClient: PER_CLIENT, log: () => {} });
+    server = await startServer({
+      dataDir: dir,
+      port: 0,
+      proxyPort: 0,
+      apiKey: API_KEY,
+      demoImage: false,
+      apiRateScale: 0,
+      endpointConnectionsPerClient: PER_CLIENT,
+      log: () => {},
+    });
   });
   after(async () => {
     await server.close();
@@ -32,7 +41,10 @@ describe('endpoint port edges (no VM)', { concurrency: false }, () => {
     const held = await Promise.all(Array.from({ length: PER_CLIENT }, () => tcpTo(server.proxyPort)));
     const extra = await tcpTo(server.proxyPort);
     await closed(extra);
-    assert.ok(held.every((s) => !s.destroyed), 'the first ones are still open');
+    assert.ok(
+      held.every((s) => !s.destroyed),
+      'the first ones are still open',
+    );
     // None of them sends a request: each is closed at the deadline for a first request.
     await Promise.all(held.map(closed));
   });
@@ -46,14 +58,24 @@ test('region and account: GetServerInfo reports them; a data directory keeps tho
     try {
       const info = await api<{ region: string; accountId: string }>(first.url, 'GET', '/cella/v1/info');
       assert.deepEqual([info.body.region, info.body.accountId], ['eu-west-1', '123456789012']);
-      const created = await api<{ networkConnectorArn: string }>(first.url, 'POST', '/cella/v1/network-connectors', { name: 'c', egress: { domains: ['example.com'] } });
+      const created = await api<{ networkConnectorArn: string }>(first.url, 'POST', '/cella/v1/network-connectors', {
+        name: 'c',
+        egress: { domains: ['example.com'] },
+      });
       assert.equal(created.body.networkConnectorArn, 'arn:aws:lambda:eu-west-1:123456789012:network-connector:c');
-      const elsewhere = await api<{ code: string }>(first.url, 'GET', `/cella/v1/network-connectors/${encodeURIComponent('arn:aws:lambda:us-east-1:123456789012:network-connector:c')}`);
+      const elsewhere = await api<{ code: string }>(
+        first.url,
+        'GET',
+        `/cella/v1/network-connectors/${encodeURIComponent('arn:aws:lambda:us-east-1:123456789012:network-connector:c')}`,
+      );
       assert.deepEqual([elsewhere.status, elsewhere.type, elsewhere.body.code], [400, 'ValidationException', 'INVALID_ARGUMENT']);
     } finally {
       await first.close();
     }
-    await assert.rejects(startServer(opts), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT') && /--region eu-west-1 --account-id 123456789012/.test(e.message));
+    await assert.rejects(
+      startServer(opts),
+      (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT') && /--region eu-west-1 --account-id 123456789012/.test(e.message),
+    );
     await assert.rejects(startServer({ ...opts, region: 'local' }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
     const again = await startServer({ ...opts, region: 'eu-west-1', accountId: '123456789012' });
     await again.close();

@@ -132,7 +132,17 @@ describe('the AWS SDK against cella server', { concurrency: false }, () => {
   before(async () => {
     dir = tempDataDir('aws-sdk');
     // apiRateScale 1: the contract's own rates, so one burst meets ThrottlingException. maxMemoryMiB: room for one MicroVM.
-    server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, accessKey: KEY, demoImage: false, apiRateScale: 1, maxMemoryMiB: MEMORY_MIB + 64, log: () => {} });
+    server = await startServer({
+      dataDir: dir,
+      port: 0,
+      proxyPort: 0,
+      apiKey: API_KEY,
+      accessKey: KEY,
+      demoImage: false,
+      apiRateScale: 1,
+      maxMemoryMiB: MEMORY_MIB + 64,
+      log: () => {},
+    });
     c = sdk(server.url);
     uri = await upload(server.url, await demoArtifact());
   });
@@ -190,32 +200,36 @@ describe('the AWS SDK against cella server', { concurrency: false }, () => {
     assert.equal(img.latestActiveImageVersion, '1.0');
   });
 
-  test('TagResource (204), UntagResource (204), ListTags: tags given at creation are there; limits and unknown ARNs are typed errors', { timeout: 60_000 }, async () => {
-    assert.deepEqual((await c.send(new ListTagsCommand({ Resource: image }))).Tags, { team: 'sdk', stage: 'test' });
-    const tagged = await c.send(new TagResourceCommand({ Resource: image, Tags: { stage: 'prod', owner: 'me' } }));
-    assert.equal(tagged.$metadata.httpStatusCode, 204);
-    assert.deepEqual((await c.send(new ListTagsCommand({ Resource: image }))).Tags, { team: 'sdk', stage: 'prod', owner: 'me' });
-    const untagged = await c.send(new UntagResourceCommand({ Resource: image, TagKeys: ['team', 'owner', 'never-there'] }));
-    assert.equal(untagged.$metadata.httpStatusCode, 204);
-    assert.deepEqual((await c.send(new ListTagsCommand({ Resource: image }))).Tags, { stage: 'prod' });
-    assert.deepEqual((await c.send(new GetMicrovmImageCommand({ imageIdentifier: image }))).tags, { stage: 'prod' });
+  test(
+    'TagResource (204), UntagResource (204), ListTags: tags given at creation are there; limits and unknown ARNs are typed errors',
+    { timeout: 60_000 },
+    async () => {
+      assert.deepEqual((await c.send(new ListTagsCommand({ Resource: image }))).Tags, { team: 'sdk', stage: 'test' });
+      const tagged = await c.send(new TagResourceCommand({ Resource: image, Tags: { stage: 'prod', owner: 'me' } }));
+      assert.equal(tagged.$metadata.httpStatusCode, 204);
+      assert.deepEqual((await c.send(new ListTagsCommand({ Resource: image }))).Tags, { team: 'sdk', stage: 'prod', owner: 'me' });
+      const untagged = await c.send(new UntagResourceCommand({ Resource: image, TagKeys: ['team', 'owner', 'never-there'] }));
+      assert.equal(untagged.$metadata.httpStatusCode, 204);
+      assert.deepEqual((await c.send(new ListTagsCommand({ Resource: image }))).Tags, { stage: 'prod' });
+      assert.deepEqual((await c.send(new GetMicrovmImageCommand({ imageIdentifier: image }))).tags, { stage: 'prod' });
 
-    const bad: Array<() => Promise<unknown>> = [
-      () => c.send(new TagResourceCommand({ Resource: image, Tags: { 'aws:reserved': 'x' } })),
-      () => c.send(new TagResourceCommand({ Resource: image, Tags: { ['k'.repeat(129)]: 'x' } })),
-      () => c.send(new TagResourceCommand({ Resource: image, Tags: { k: 'v'.repeat(257) } })),
-      () => c.send(new TagResourceCommand({ Resource: image, Tags: Object.fromEntries(Array.from({ length: 50 }, (_, i) => [`k${i}`, 'v'])) })),
-      () => c.send(new TagResourceCommand({ Resource: new Arns('eu-west-1').image('sdk-demo'), Tags: { a: 'b' } })),
-      () => c.send(new TagResourceCommand({ Resource: new Arns('us-east-1', '123456789012').image('sdk-demo'), Tags: { a: 'b' } })),
-      () => c.send(new ListTagsCommand({ Resource: 'arn:aws:lambda:us-east-1:000000000000:microvm:mvm-1' })),
-      () => c.send(new UntagResourceCommand({ Resource: image, TagKeys: ['aws:x'] })),
-    ];
-    for (const call of bad) await raised(call(), ValidationException);
-    assert.deepEqual((await c.send(new ListTagsCommand({ Resource: image }))).Tags, { stage: 'prod' }, 'nothing changed');
-    const missing = await raised(c.send(new ListTagsCommand({ Resource: ARNS.image('nope') })), ResourceNotFoundException);
-    assert.equal(missing.resourceId, ARNS.image('nope'));
-    assert.equal(missing.resourceType, 'MicrovmImage');
-  });
+      const bad: Array<() => Promise<unknown>> = [
+        () => c.send(new TagResourceCommand({ Resource: image, Tags: { 'aws:reserved': 'x' } })),
+        () => c.send(new TagResourceCommand({ Resource: image, Tags: { ['k'.repeat(129)]: 'x' } })),
+        () => c.send(new TagResourceCommand({ Resource: image, Tags: { k: 'v'.repeat(257) } })),
+        () => c.send(new TagResourceCommand({ Resource: image, Tags: Object.fromEntries(Array.from({ length: 50 }, (_, i) => [`k${i}`, 'v'])) })),
+        () => c.send(new TagResourceCommand({ Resource: new Arns('eu-west-1').image('sdk-demo'), Tags: { a: 'b' } })),
+        () => c.send(new TagResourceCommand({ Resource: new Arns('us-east-1', '123456789012').image('sdk-demo'), Tags: { a: 'b' } })),
+        () => c.send(new ListTagsCommand({ Resource: 'arn:aws:lambda:us-east-1:000000000000:microvm:mvm-1' })),
+        () => c.send(new UntagResourceCommand({ Resource: image, TagKeys: ['aws:x'] })),
+      ];
+      for (const call of bad) await raised(call(), ValidationException);
+      assert.deepEqual((await c.send(new ListTagsCommand({ Resource: image }))).Tags, { stage: 'prod' }, 'nothing changed');
+      const missing = await raised(c.send(new ListTagsCommand({ Resource: ARNS.image('nope') })), ResourceNotFoundException);
+      assert.equal(missing.resourceId, ARNS.image('nope'));
+      assert.equal(missing.resourceType, 'MicrovmImage');
+    },
+  );
 
   test('RunMicrovm, GetMicrovm, both token operations; a second MicroVM is over the memory quota', { timeout: 300_000 }, async () => {
     const run = await c.send(
@@ -242,7 +256,13 @@ describe('the AWS SDK against cella server', { concurrency: false }, () => {
     assert.ok(quota.quotaCode, 'quotaCode');
     assert.ok(quota.serviceCode, 'serviceCode');
 
-    const http = await c.send(new CreateMicrovmAuthTokenCommand({ microvmIdentifier: vmA, expirationInMinutes: 5, allowedPorts: [{ port: 8080 }, { range: { startPort: 9000, endPort: 9001 } }] }));
+    const http = await c.send(
+      new CreateMicrovmAuthTokenCommand({
+        microvmIdentifier: vmA,
+        expirationInMinutes: 5,
+        allowedPorts: [{ port: 8080 }, { range: { startPort: 9000, endPort: 9001 } }],
+      }),
+    );
     assert.ok(http.authToken?.['X-aws-proxy-auth'], 'an endpoint token');
     const shell = await c.send(new CreateMicrovmShellAuthTokenCommand({ microvmIdentifier: vmA, expirationInMinutes: 5 }));
     assert.ok(shell.authToken?.['X-aws-proxy-auth'], 'a shell token');
@@ -262,86 +282,120 @@ describe('the AWS SDK against cella server', { concurrency: false }, () => {
   });
 
   test('ListMicrovms pages through both MicroVMs with the paginator, and filters by image', { timeout: 300_000 }, async () => {
-    const b = (await c.send(new RunMicrovmCommand({ imageIdentifier: image, ingressNetworkConnectors: [ARNS.managedConnector('NO_INGRESS')] }))).microvmId as string;
+    const b = (await c.send(new RunMicrovmCommand({ imageIdentifier: image, ingressNetworkConnectors: [ARNS.managedConnector('NO_INGRESS')] })))
+      .microvmId as string;
     await c.send(new TerminateMicrovmCommand({ microvmIdentifier: b }));
     const got = await pages(paginateListMicrovms({ client: c, pageSize: 1 }, { imageIdentifier: image }));
     const items = got.flatMap((p) => p.items ?? []);
-    assert.deepEqual(items.map((i) => i.microvmId), [vmA, b]);
+    assert.deepEqual(
+      items.map((i) => i.microvmId),
+      [vmA, b],
+    );
     assert.ok(got.length >= 2, 'one MicroVM per page');
     for (const i of items) recent(i.startedAt, `${i.microvmId} startedAt`);
     await waitVm(b, ['TERMINATED']);
   });
 
-  test('UpdateMicrovmImage, the versions (List, Get, UpdateVersion, DeleteVersion) and a second image for ListMicrovmImages and DeleteMicrovmImage', { timeout: 120_000 }, async () => {
-    // Last of the image calls: a failed update leaves the image UPDATE_FAILED, which runs no MicroVM.
-    // A code artifact that does not exist: the build fails at once, with no builder VM.
-    const missing = 'file:///nonexistent/cella-sdk-test.zip';
-    const updated = await c.send(new UpdateMicrovmImageCommand({ imageIdentifier: image, baseImageArn: ARNS.managedImage('busybox'), buildRoleArn: ROLE, codeArtifact: { uri: missing } }));
-    assert.equal(updated.$metadata.httpStatusCode, 200);
-    assert.equal(updated.imageVersion, '2.0');
-    recent(updated.updatedAt, 'updatedAt');
-    const b2 = (await pages(paginateListMicrovmImageBuilds({ client: c, pageSize: 1 }, { imageIdentifier: image, imageVersion: '2.0' }))).flatMap((p) => p.items ?? []);
-    assert.equal(b2.length, 1);
-    assert.equal((await waitBuild(image, '2.0', b2[0]?.buildId as string)).buildState, 'FAILED');
+  test(
+    'UpdateMicrovmImage, the versions (List, Get, UpdateVersion, DeleteVersion) and a second image for ListMicrovmImages and DeleteMicrovmImage',
+    { timeout: 120_000 },
+    async () => {
+      // Last of the image calls: a failed update leaves the image UPDATE_FAILED, which runs no MicroVM.
+      // A code artifact that does not exist: the build fails at once, with no builder VM.
+      const missing = 'file:///nonexistent/cella-sdk-test.zip';
+      const updated = await c.send(
+        new UpdateMicrovmImageCommand({
+          imageIdentifier: image,
+          baseImageArn: ARNS.managedImage('busybox'),
+          buildRoleArn: ROLE,
+          codeArtifact: { uri: missing },
+        }),
+      );
+      assert.equal(updated.$metadata.httpStatusCode, 200);
+      assert.equal(updated.imageVersion, '2.0');
+      recent(updated.updatedAt, 'updatedAt');
+      const b2 = (await pages(paginateListMicrovmImageBuilds({ client: c, pageSize: 1 }, { imageIdentifier: image, imageVersion: '2.0' }))).flatMap(
+        (p) => p.items ?? [],
+      );
+      assert.equal(b2.length, 1);
+      assert.equal((await waitBuild(image, '2.0', b2[0]?.buildId as string)).buildState, 'FAILED');
 
-    const versions = await pages(paginateListMicrovmImageVersions({ client: c, pageSize: 1 }, { imageIdentifier: image }));
-    assert.deepEqual(versions.flatMap((p) => p.items ?? []).map((v) => [v.imageVersion, v.state]), [['1.0', 'SUCCESSFUL'], ['2.0', 'FAILED']]);
-    assert.ok(versions.length >= 2, 'one version per page');
-    const failed = await c.send(new GetMicrovmImageCommand({ imageIdentifier: image }));
-    assert.deepEqual([failed.state, failed.latestActiveImageVersion, failed.latestFailedImageVersion], ['UPDATE_FAILED', '1.0', '2.0']);
-    const v1 = await c.send(new GetMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '1.0' }));
-    assert.equal(v1.status, 'ACTIVE');
-    assert.equal(v1.baseImageArn, ARNS.managedImage('busybox'));
-    assert.deepEqual(v1.resources, [{ minimumMemoryInMiB: MEMORY_MIB }]);
-    recent(v1.createdAt, 'version createdAt');
-    const inactive = await c.send(new UpdateMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '2.0', status: 'INACTIVE' }));
-    assert.equal(inactive.status, 'INACTIVE');
-    const deleted = await c.send(new DeleteMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '2.0' }));
-    assert.equal(deleted.imageVersion, '2.0');
-    await raised(c.send(new GetMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '2.0' })), ResourceNotFoundException);
+      const versions = await pages(paginateListMicrovmImageVersions({ client: c, pageSize: 1 }, { imageIdentifier: image }));
+      assert.deepEqual(
+        versions.flatMap((p) => p.items ?? []).map((v) => [v.imageVersion, v.state]),
+        [
+          ['1.0', 'SUCCESSFUL'],
+          ['2.0', 'FAILED'],
+        ],
+      );
+      assert.ok(versions.length >= 2, 'one version per page');
+      const failed = await c.send(new GetMicrovmImageCommand({ imageIdentifier: image }));
+      assert.deepEqual([failed.state, failed.latestActiveImageVersion, failed.latestFailedImageVersion], ['UPDATE_FAILED', '1.0', '2.0']);
+      const v1 = await c.send(new GetMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '1.0' }));
+      assert.equal(v1.status, 'ACTIVE');
+      assert.equal(v1.baseImageArn, ARNS.managedImage('busybox'));
+      assert.deepEqual(v1.resources, [{ minimumMemoryInMiB: MEMORY_MIB }]);
+      recent(v1.createdAt, 'version createdAt');
+      const inactive = await c.send(new UpdateMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '2.0', status: 'INACTIVE' }));
+      assert.equal(inactive.status, 'INACTIVE');
+      const deleted = await c.send(new DeleteMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '2.0' }));
+      assert.equal(deleted.imageVersion, '2.0');
+      await raised(c.send(new GetMicrovmImageVersionCommand({ imageIdentifier: image, imageVersion: '2.0' })), ResourceNotFoundException);
 
-    const other = await c.send(new CreateMicrovmImageCommand({ name: 'sdk-broken', baseImageArn: ARNS.managedImage('busybox'), buildRoleArn: ROLE, codeArtifact: { uri: missing } }));
-    const ob = (await pages(paginateListMicrovmImageBuilds({ client: c }, { imageIdentifier: other.imageArn, imageVersion: '1.0' }))).flatMap((p) => p.items ?? []);
-    assert.equal((await waitBuild(other.imageArn as string, '1.0', ob[0]?.buildId as string)).buildState, 'FAILED');
-    const listed = await pages(paginateListMicrovmImages({ client: c, pageSize: 1 }, {}));
-    assert.deepEqual(listed.flatMap((p) => p.items ?? []).map((i) => i.name), ['sdk-broken', 'sdk-demo']);
-    assert.ok(listed.length >= 2, 'one image per page');
-    for (const i of listed.flatMap((p) => p.items ?? [])) recent(i.createdAt, `${i.name} createdAt`);
-    const gone = await c.send(new DeleteMicrovmImageCommand({ imageIdentifier: other.imageArn }));
-    assert.equal(gone.imageIdentifier, other.imageArn);
-    await raised(c.send(new GetMicrovmImageCommand({ imageIdentifier: 'sdk-broken' })), ResourceNotFoundException);
-  });
+      const other = await c.send(
+        new CreateMicrovmImageCommand({ name: 'sdk-broken', baseImageArn: ARNS.managedImage('busybox'), buildRoleArn: ROLE, codeArtifact: { uri: missing } }),
+      );
+      const ob = (await pages(paginateListMicrovmImageBuilds({ client: c }, { imageIdentifier: other.imageArn, imageVersion: '1.0' }))).flatMap(
+        (p) => p.items ?? [],
+      );
+      assert.equal((await waitBuild(other.imageArn as string, '1.0', ob[0]?.buildId as string)).buildState, 'FAILED');
+      const listed = await pages(paginateListMicrovmImages({ client: c, pageSize: 1 }, {}));
+      assert.deepEqual(
+        listed.flatMap((p) => p.items ?? []).map((i) => i.name),
+        ['sdk-broken', 'sdk-demo'],
+      );
+      assert.ok(listed.length >= 2, 'one image per page');
+      for (const i of listed.flatMap((p) => p.items ?? [])) recent(i.createdAt, `${i.name} createdAt`);
+      const gone = await c.send(new DeleteMicrovmImageCommand({ imageIdentifier: other.imageArn }));
+      assert.equal(gone.imageIdentifier, other.imageArn);
+      await raised(c.send(new GetMicrovmImageCommand({ imageIdentifier: 'sdk-broken' })), ResourceNotFoundException);
+    },
+  );
 
-  test('typed errors: ResourceNotFound with its fields, Validation, AccessDenied, an unknown key, Throttling with retryAfterSeconds', { timeout: 60_000 }, async () => {
-    const nf = await raised(c.send(new GetMicrovmCommand({ microvmIdentifier: 'mvm-nope' })), ResourceNotFoundException);
-    assert.equal(nf.resourceId, 'mvm-nope');
-    assert.equal(nf.resourceType, 'Microvm');
-    assert.equal(nf.$metadata.httpStatusCode, 404);
-    assert.ok(nf.message.includes('mvm-nope'));
-    await raised(c.send(new RunMicrovmCommand({ imageIdentifier: new Arns('eu-west-1').image('sdk-demo') })), ValidationException);
-    await raised(c.send(new RunMicrovmCommand({ imageIdentifier: image, maximumDurationInSeconds: 0 })), ValidationException);
-    const nobody = anonymous(server.url);
-    // An access key the server does not know: AWS's UnrecognizedClientException, which this SDK has no class of.
-    const stranger = sdk(server.url, { accessKeyId: 'CELLAUNKNOWN0000', secretAccessKey: KEY.secretAccessKey });
-    try {
-      assert.equal((await raised(nobody.send(new GetMicrovmImageCommand({ imageIdentifier: image })), AccessDeniedException)).$metadata.httpStatusCode, 401);
-      const unknown = await raised(stranger.send(new GetMicrovmImageCommand({ imageIdentifier: image })), LambdaMicrovmsServiceException);
-      assert.deepEqual([unknown.name, unknown.$metadata.httpStatusCode], ['UnrecognizedClientException', 403]);
-    } finally {
-      nobody.destroy();
-      stranger.destroy();
-    }
-    // The contract's SuspendMicrovm rate is 2 per second: a burst of refused suspends meets it.
-    let throttled: ThrottlingException | undefined;
-    for (let i = 0; i < 10 && !throttled; i++) {
+  test(
+    'typed errors: ResourceNotFound with its fields, Validation, AccessDenied, an unknown key, Throttling with retryAfterSeconds',
+    { timeout: 60_000 },
+    async () => {
+      const nf = await raised(c.send(new GetMicrovmCommand({ microvmIdentifier: 'mvm-nope' })), ResourceNotFoundException);
+      assert.equal(nf.resourceId, 'mvm-nope');
+      assert.equal(nf.resourceType, 'Microvm');
+      assert.equal(nf.$metadata.httpStatusCode, 404);
+      assert.ok(nf.message.includes('mvm-nope'));
+      await raised(c.send(new RunMicrovmCommand({ imageIdentifier: new Arns('eu-west-1').image('sdk-demo') })), ValidationException);
+      await raised(c.send(new RunMicrovmCommand({ imageIdentifier: image, maximumDurationInSeconds: 0 })), ValidationException);
+      const nobody = anonymous(server.url);
+      // An access key the server does not know: AWS's UnrecognizedClientException, which this SDK has no class of.
+      const stranger = sdk(server.url, { accessKeyId: 'CELLAUNKNOWN0000', secretAccessKey: KEY.secretAccessKey });
       try {
-        await c.send(new SuspendMicrovmCommand({ microvmIdentifier: vmA }));
-      } catch (err) {
-        if (err instanceof ThrottlingException) throttled = err;
-        else assert.ok(err instanceof ConflictException, (err as Error).name);
+        assert.equal((await raised(nobody.send(new GetMicrovmImageCommand({ imageIdentifier: image })), AccessDeniedException)).$metadata.httpStatusCode, 401);
+        const unknown = await raised(stranger.send(new GetMicrovmImageCommand({ imageIdentifier: image })), LambdaMicrovmsServiceException);
+        assert.deepEqual([unknown.name, unknown.$metadata.httpStatusCode], ['UnrecognizedClientException', 403]);
+      } finally {
+        nobody.destroy();
+        stranger.destroy();
       }
-    }
-    assert.ok(throttled, 'a ThrottlingException within the burst');
-    assert.ok((throttled.retryAfterSeconds ?? 0) >= 1, `retryAfterSeconds ${throttled.retryAfterSeconds}`);
-  });
+      // The contract's SuspendMicrovm rate is 2 per second: a burst of refused suspends meets it.
+      let throttled: ThrottlingException | undefined;
+      for (let i = 0; i < 10 && !throttled; i++) {
+        try {
+          await c.send(new SuspendMicrovmCommand({ microvmIdentifier: vmA }));
+        } catch (err) {
+          if (err instanceof ThrottlingException) throttled = err;
+          else assert.ok(err instanceof ConflictException, (err as Error).name);
+        }
+      }
+      assert.ok(throttled, 'a ThrottlingException within the burst');
+      assert.ok((throttled.retryAfterSeconds ?? 0) >= 1, `retryAfterSeconds ${throttled.retryAfterSeconds}`);
+    },
+  );
 });

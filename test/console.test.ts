@@ -144,9 +144,9 @@ describe('web console', { concurrency: false }, () => {
     await waitText('.connectors form .error', /INVALID_ARGUMENT.*host bits/, 10_000);
     assert.doesNotMatch(await text('#connectors'), /bad-cidr/, 'a refused connector is not listed');
     await page.click('#conn-name', { count: 3 });
-  await page.keyboard.press('Backspace');
+    await page.keyboard.press('Backspace');
     await page.click('#conn-cidrs', { count: 3 });
-  await page.keyboard.press('Backspace');
+    await page.keyboard.press('Backspace');
     await page.type('#conn-name', 'partner-api');
     await page.type('#conn-cidrs', '203.0.113.0/24');
     await page.type('#conn-domains', 'example.com, *.example.org');

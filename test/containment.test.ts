@@ -61,7 +61,10 @@ function jailOf(pid: number): { uid: number; gid: number; seccomp: string; noNew
 
 /** The directory of process `pid`'s cgroup for `controller`. */
 function cgroupDir(pid: number, controller: Controller, l: CgroupLayout): string {
-  const lines = readFileSync(`/proc/${pid}/cgroup`, 'utf8').trim().split('\n').map((line) => line.split(':'));
+  const lines = readFileSync(`/proc/${pid}/cgroup`, 'utf8')
+    .trim()
+    .split('\n')
+    .map((line) => line.split(':'));
   if (l.version === 2) return path.join(l.root, lines.find(([id]) => id === '0')?.[2] ?? '');
   const line = lines.find(([, ctrls]) => ctrls?.split(',').includes(controller));
   return path.join(l.roots[controller] as string, line?.[2] ?? '');
@@ -146,7 +149,7 @@ describe('VMs', () => {
     const vm = await engine.launch(imageDir, nextId());
     try {
       const { uid } = jailOf(vm.qemu.pid);
-      assert.equal(statSync(vm.dir).uid, 0, 'the VM folder stays root\'s');
+      assert.equal(statSync(vm.dir).uid, 0, "the VM folder stays root's");
       assert.ok(!existsSync(path.join(vm.dir, 'incoming')), 'the folder QEMU could write to during the load is gone');
       // As its uid, nothing in the folder can be created (what a QEMU taken over by its guest could try).
       const r = spawnSync('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', 'touch', path.join(vm.dir, 'x')]);

@@ -26,7 +26,11 @@ export async function demoArtifact(): Promise<Buffer> {
 
 /** Uploads a zip through the API; returns the URI to put in codeArtifact. */
 export async function upload(base: string, zip: Buffer): Promise<string> {
-  const r = await fetch(`${base}/cella/v1/code-artifacts`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/zip' }, body: new Uint8Array(zip) });
+  const r = await fetch(`${base}/cella/v1/code-artifacts`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/zip' },
+    body: new Uint8Array(zip),
+  });
   const body = (await r.json()) as { uri: string };
   if (r.status !== 200) throw new Error(`upload: ${r.status} ${JSON.stringify(body)}`);
   return body.uri;
@@ -121,12 +125,15 @@ export function endpointRequest(
 ): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const host = `${id}.${server.domain}`;
-    const req = httpsRequest({ host: '127.0.0.1', port: server.proxyPort, servername: host, path: p, ca, agent: false, headers: { host, ...headers } }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
+    const req = httpsRequest(
+      { host: '127.0.0.1', port: server.proxyPort, servername: host, path: p, ca, agent: false, headers: { host, ...headers } },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
     req.on('error', reject);
     req.end();
   });

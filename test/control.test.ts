@@ -66,11 +66,12 @@ describe('control plane over HTTP', { concurrency: false }, () => {
   });
 
   test('/openapi.json describes every operation from the schemas that validate', { timeout: 5 * 60_000 }, async () => {
-    const r = await api<{ paths: Record<string, Record<string, { operationId: string; requestBody?: { content: Record<string, { schema: { properties: Record<string, { minimum?: number }> } }> } }>> }>(
-      base,
-      'GET',
-      '/openapi.json',
-    );
+    const r = await api<{
+      paths: Record<
+        string,
+        Record<string, { operationId: string; requestBody?: { content: Record<string, { schema: { properties: Record<string, { minimum?: number }> } }> } }>
+      >;
+    }>(base, 'GET', '/openapi.json');
     assert.equal(r.status, 200);
     const ops = Object.values(r.body.paths).flatMap((p) => Object.values(p).map((o) => o.operationId));
     for (const op of ['RunMicrovm', 'GetMicrovm', 'ListMicrovms', 'SuspendMicrovm', 'ResumeMicrovm', 'TerminateMicrovm', 'CreateMicrovmAuthToken']) {
@@ -105,11 +106,13 @@ describe('control plane over HTTP', { concurrency: false }, () => {
     // Logs outlive the VM; usage was metered.
     const logs = await api(base, 'GET', `/cella/v1/microvms/${vm.microvmId}/logs`);
     assert.match(logs.text, /hook run .*\nhook suspend \nhook resume \nhook terminate \n/);
-    const u = await api<{ runningSeconds: number; vcpuSeconds: number; snapshotBytesWritten: number; snapshotBytesRead: number; snapshotStorageGibHours: number }>(
-      base,
-      'GET',
-      `/cella/v1/microvms/${vm.microvmId}/usage`,
-    );
+    const u = await api<{
+      runningSeconds: number;
+      vcpuSeconds: number;
+      snapshotBytesWritten: number;
+      snapshotBytesRead: number;
+      snapshotStorageGibHours: number;
+    }>(base, 'GET', `/cella/v1/microvms/${vm.microvmId}/usage`);
     assert.ok(u.body.runningSeconds > 0 && u.body.vcpuSeconds > 0);
     assert.ok(u.body.snapshotBytesWritten > 0);
     assert.equal(u.body.snapshotBytesRead, u.body.snapshotBytesWritten);
@@ -118,32 +121,36 @@ describe('control plane over HTTP', { concurrency: false }, () => {
     assert.ok(total.body.total.runningSeconds >= u.body.runningSeconds);
   });
 
-  test('explicit suspend and resume; a refused suspend hook keeps it RUNNING, a failing resume hook SUSPENDED, both healthy (no stateReason)', { timeout: 5 * 60_000 }, async () => {
-    const vm = await run({});
-    await waitState(base, vm.microvmId, ['RUNNING']);
-    assert.equal(await guestGet(server, vm.microvmId, '/hookmode/suspend/fail'), 'ok');
-    const before = (await server.store.getVm(vm.microvmId))?.generation ?? 0;
-    assert.equal((await api(base, 'POST', `${V}/microvms/${vm.microvmId}/suspend`)).status, 200);
-    // RUNNING → SUSPENDING → RUNNING: two transitions.
-    await eventually(async () => ((await server.store.getVm(vm.microvmId))?.generation ?? 0) >= before + 2, 30_000, 'suspend refusal');
-    const refused = await waitState(base, vm.microvmId, ['RUNNING']);
-    assert.equal(refused.stateReason, undefined);
-    await guestGet(server, vm.microvmId, '/hookmode/suspend/ok');
-    await guestGet(server, vm.microvmId, '/hookmode/resume/fail');
-    assert.equal((await api(base, 'POST', `${V}/microvms/${vm.microvmId}/suspend`)).status, 200);
-    await waitState(base, vm.microvmId, ['SUSPENDED']);
-    const conflict = await api(base, 'POST', `${V}/microvms/${vm.microvmId}/suspend`);
-    assert.equal(conflict.status, 409);
-    assert.equal(conflict.type, 'ConflictException');
-    const failed = await api<{ code: string; message: string }>(base, 'POST', `${V}/microvms/${vm.microvmId}/resume`);
-    assert.equal(failed.status, 500);
-    assert.equal(failed.type, 'InternalServerException');
-    assert.equal(failed.body.code, 'HOOK_FAILED');
-    assert.match(failed.body.message, /the resume hook answered HTTP 500/);
-    const still = await waitState(base, vm.microvmId, ['SUSPENDED']);
-    assert.equal(still.stateReason, undefined);
-    await terminate(vm.microvmId);
-  });
+  test(
+    'explicit suspend and resume; a refused suspend hook keeps it RUNNING, a failing resume hook SUSPENDED, both healthy (no stateReason)',
+    { timeout: 5 * 60_000 },
+    async () => {
+      const vm = await run({});
+      await waitState(base, vm.microvmId, ['RUNNING']);
+      assert.equal(await guestGet(server, vm.microvmId, '/hookmode/suspend/fail'), 'ok');
+      const before = (await server.store.getVm(vm.microvmId))?.generation ?? 0;
+      assert.equal((await api(base, 'POST', `${V}/microvms/${vm.microvmId}/suspend`)).status, 200);
+      // RUNNING → SUSPENDING → RUNNING: two transitions.
+      await eventually(async () => ((await server.store.getVm(vm.microvmId))?.generation ?? 0) >= before + 2, 30_000, 'suspend refusal');
+      const refused = await waitState(base, vm.microvmId, ['RUNNING']);
+      assert.equal(refused.stateReason, undefined);
+      await guestGet(server, vm.microvmId, '/hookmode/suspend/ok');
+      await guestGet(server, vm.microvmId, '/hookmode/resume/fail');
+      assert.equal((await api(base, 'POST', `${V}/microvms/${vm.microvmId}/suspend`)).status, 200);
+      await waitState(base, vm.microvmId, ['SUSPENDED']);
+      const conflict = await api(base, 'POST', `${V}/microvms/${vm.microvmId}/suspend`);
+      assert.equal(conflict.status, 409);
+      assert.equal(conflict.type, 'ConflictException');
+      const failed = await api<{ code: string; message: string }>(base, 'POST', `${V}/microvms/${vm.microvmId}/resume`);
+      assert.equal(failed.status, 500);
+      assert.equal(failed.type, 'InternalServerException');
+      assert.equal(failed.body.code, 'HOOK_FAILED');
+      assert.match(failed.body.message, /the resume hook answered HTTP 500/);
+      const still = await waitState(base, vm.microvmId, ['SUSPENDED']);
+      assert.equal(still.stateReason, undefined);
+      await terminate(vm.microvmId);
+    },
+  );
 
   test("the README's run-microvm example runs as written with cella run in front", { timeout: 5 * 60_000 }, async () => {
     const readme = readFileSync(path.join(import.meta.dirname, '..', 'README.md'), 'utf8');
@@ -153,13 +160,20 @@ describe('control plane over HTTP', { concurrency: false }, () => {
     const argv = [...block.replace(/\\\n/g, ' ').matchAll(/'([^']*)'|(\S+)/g)].map((m) => (m[1] ?? m[2]) as string);
     assert.deepEqual(argv.slice(0, 3), ['node', 'bin/cella.js', 'run']);
     let out = '';
-    const io: Parameters<typeof main>[1] = { out: (t) => (out += typeof t === 'string' ? t : Buffer.from(t).toString()), err: () => {}, env: { CELLA_URL: base, CELLA_API_KEY: API_KEY } };
+    const io: Parameters<typeof main>[1] = {
+      out: (t) => (out += typeof t === 'string' ? t : Buffer.from(t).toString()),
+      err: () => {},
+      env: { CELLA_URL: base, CELLA_API_KEY: API_KEY },
+    };
     assert.equal(await main([...argv.slice(2), '--json'], io), 0, out);
     const vm = JSON.parse(out) as MicrovmBody & { idlePolicy: unknown; maximumDurationInSeconds: number; ingressNetworkConnectors: string[] };
     assert.equal(vm.state, 'RUNNING');
     assert.deepEqual(vm.idlePolicy, { maxIdleDurationSeconds: 300, suspendedDurationSeconds: 3600, autoResumeEnabled: true });
     assert.equal(vm.maximumDurationInSeconds, 3600);
-    assert.deepEqual(vm.ingressNetworkConnectors.map((a) => a.split(':').pop()), ['HTTP_INGRESS']);
+    assert.deepEqual(
+      vm.ingressNetworkConnectors.map((a) => a.split(':').pop()),
+      ['HTTP_INGRESS'],
+    );
     await terminate(vm.microvmId);
   });
 
@@ -170,8 +184,15 @@ describe('control plane over HTTP', { concurrency: false }, () => {
       const zip = await zipDirectory(noDockerfile);
       assert.equal((await createImage(base, 'quota-1', {}, zip)).build.buildState, 'FAILED');
       const uri = await upload(base, zip);
-      const over = await api<{ code: string; quotaCode: string; serviceCode: string; resourceId: string }>(base, 'POST', `${V}/microvm-images`, { name: 'quota-2', baseImageArn: new Arns().managedImage('busybox'), codeArtifact: { uri } });
-      assert.deepEqual([over.status, over.type, over.body.code, over.body.quotaCode, over.body.resourceId], [402, 'ServiceQuotaExceededException', 'QUOTA_EXCEEDED', 'microvm-images', 'quota-2']);
+      const over = await api<{ code: string; quotaCode: string; serviceCode: string; resourceId: string }>(base, 'POST', `${V}/microvm-images`, {
+        name: 'quota-2',
+        baseImageArn: new Arns().managedImage('busybox'),
+        codeArtifact: { uri },
+      });
+      assert.deepEqual(
+        [over.status, over.type, over.body.code, over.body.quotaCode, over.body.resourceId],
+        [402, 'ServiceQuotaExceededException', 'QUOTA_EXCEEDED', 'microvm-images', 'quota-2'],
+      );
       assert.equal((await api(base, 'GET', `${V}/microvm-images/quota-2`)).status, 404);
       assert.equal((await api(base, 'DELETE', `${V}/microvm-images/quota-1`)).status, 200);
     } finally {
@@ -251,7 +272,9 @@ describe('restart safety: kill -9 of cellad at any moment', { concurrency: false
   test('running VMs are re-adopted with their RAM, suspended ones resume, nothing is orphaned', { timeout: 5 * 60_000 }, async () => {
     const dir = tempDataDir('restart');
     const start = async (): Promise<{ url: string; kill: () => Promise<void> }> => {
-      const child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, 'fixtures/cellad.ts'), dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, 'fixtures/cellad.ts'), dir], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
       const url = await new Promise<string>((resolve, reject) => {
         let out = '';
         child.stdout.on('data', (c: Buffer) => {

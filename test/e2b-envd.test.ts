@@ -47,7 +47,10 @@ before(
     const imageDir = path.join(dataDir, 'images', 'debian');
     await engine.createSnapshot({ dir: imageDir, rootfs, app: DEMO_APP, port: DEMO_PORT, memoryMiB: 256 });
     vm = await engine.launch(imageDir, `e2b-envd-${process.pid}`);
-    envd = createEnvdHandler({ agent: (id) => (id === 'sbx' && !killed ? vm.agent : undefined), defaults: async () => ({ user: 'user', envVars: { FROM_CREATE: 'yes' } }) });
+    envd = createEnvdHandler({
+      agent: (id) => (id === 'sbx' && !killed ? vm.agent : undefined),
+      defaults: async () => ({ user: 'user', envVars: { FROM_CREATE: 'yes' } }),
+    });
     server = createServer((req, res) => envd.handle('sbx', req, res));
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     sandboxUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -101,7 +104,10 @@ describe('the e2b SDK on a real VM', () => {
     assert.equal(w.path, '/home/user/dir/a.txt');
     assert.equal(await sbx.files.read('dir/a.txt'), 'content');
     assert.equal((await sbx.commands.run('stat -c %U dir/a.txt')).stdout, 'user\n');
-    assert.deepEqual((await sbx.files.list('dir')).map((e) => e.name), ['a.txt']);
+    assert.deepEqual(
+      (await sbx.files.list('dir')).map((e) => e.name),
+      ['a.txt'],
+    );
     await sbx.files.rename('dir/a.txt', 'dir/b.txt');
     assert.equal(await sbx.files.exists('dir/a.txt'), false);
     await sbx.files.remove('dir');
@@ -112,12 +118,18 @@ describe('the e2b SDK on a real VM', () => {
     const sbx = await connect();
     await sbx.files.makeDir('w');
     const seen: string[] = [];
-    const h = await sbx.files.watchDir('w', (e) => void seen.push(`${e.type} ${e.name}${e.entry ? ` ${e.entry.size}` : ''}`), { recursive: true, includeEntry: true });
+    const h = await sbx.files.watchDir('w', (e) => void seen.push(`${e.type} ${e.name}${e.entry ? ` ${e.entry.size}` : ''}`), {
+      recursive: true,
+      includeEntry: true,
+    });
     await sbx.commands.run('mkdir w/sub && sleep 0.5 && printf abc > w/sub/f && rm w/sub/f');
     for (let i = 0; i < 100 && !seen.some((x) => x.startsWith(`${FilesystemEventType.REMOVE} sub/f`)); i++) await new Promise((r) => setTimeout(r, 100));
     await h.stop();
     assert.ok(seen.includes(`${FilesystemEventType.CREATE} sub 4096`), seen.join(', '));
-    assert.ok(seen.some((x) => x.startsWith(`${FilesystemEventType.CREATE} sub/f`)), seen.join(', '));
+    assert.ok(
+      seen.some((x) => x.startsWith(`${FilesystemEventType.CREATE} sub/f`)),
+      seen.join(', '),
+    );
     assert.ok(seen.includes(`${FilesystemEventType.REMOVE} sub/f`), seen.join(', '));
   });
 

@@ -28,7 +28,15 @@ describe('E2B templates base and code-interpreter-v1 with the real SDKs', { conc
 
   before(
     async () => {
-      server = await startServer({ dataDir: tempDataDir('e2b-interp'), port: 0, proxyPort: 0, apiKey: API_KEY, e2bImages: true, resumeWindowSeconds: 0, log: () => {} });
+      server = await startServer({
+        dataDir: tempDataDir('e2b-interp'),
+        port: 0,
+        proxyPort: 0,
+        apiKey: API_KEY,
+        e2bImages: true,
+        resumeWindowSeconds: 0,
+        log: () => {},
+      });
       assert.ok(server.caFile, 'the server made its CA');
       untrust = trustCa(server.caFile);
       opts = { apiKey: API_KEY, apiUrl: `${server.url}/e2b` };

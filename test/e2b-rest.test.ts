@@ -32,7 +32,10 @@ describe('E2B REST facade with the real SDK', { concurrency: false }, () => {
     // The sandbox is a Cella MicroVM, running once create answers.
     assert.equal((await server.store.getVm(id))?.state, 'RUNNING');
     const listed = Sandbox.list({ ...opts, query: { metadata: { suite: 'e2b-rest' } } });
-    assert.deepEqual((await listed.nextItems()).map((s) => [s.sandboxId, s.state, s.templateId]), [[id, 'running', 'demo']]);
+    assert.deepEqual(
+      (await listed.nextItems()).map((s) => [s.sandboxId, s.state, s.templateId]),
+      [[id, 'running', 'demo']],
+    );
     const info = await Sandbox.getInfo(id, opts);
     assert.equal(info.state, 'running');
     assert.deepEqual(info.metadata, { suite: 'e2b-rest' });

@@ -45,9 +45,9 @@ describe('clones', () => {
     try {
       assert.equal((await get(a, '/inc')).body, '1');
       assert.equal((await get(a, '/inc')).body, '2');
-      assert.equal((await get(b, '/inc')).body, '1', 'B does not see A\'s counter');
+      assert.equal((await get(b, '/inc')).body, '1', "B does not see A's counter");
       assert.equal((await get(a, '/write/from-a')).body, 'written');
-      assert.equal((await get(b, '/read')).status, 404, 'B does not see A\'s file');
+      assert.equal((await get(b, '/read')).status, 404, "B does not see A's file");
       assert.equal((await get(a, '/read')).body, 'from-a');
       assert.equal((await get(a, '/hostname')).body, a.id);
       assert.equal((await get(b, '/hostname')).body, b.id);
@@ -123,7 +123,13 @@ describe('clones', () => {
       assert.ok(seen.some((s) => s.startsWith('stdout:')) && seen.some((s) => s.startsWith('stderr:')));
       const missing = await vm.agent.exec({ argv: ['/no/such/binary'] });
       assert.equal(missing.exitCode, 127);
-      const asNobody = await vm.agent.exec({ argv: ['/bin/sh', '-c', 'echo $(id -u):$(id -g):$(pwd):$GREETING'], uid: 65534, gid: 65534, cwd: '/tmp', env: { GREETING: 'hi', PATH: '/bin' } });
+      const asNobody = await vm.agent.exec({
+        argv: ['/bin/sh', '-c', 'echo $(id -u):$(id -g):$(pwd):$GREETING'],
+        uid: 65534,
+        gid: 65534,
+        cwd: '/tmp',
+        env: { GREETING: 'hi', PATH: '/bin' },
+      });
       assert.equal(asNobody.stdout.toString(), '65534:65534:/tmp:hi\n');
     } finally {
       await engine.terminate(vm.ref);
@@ -142,8 +148,8 @@ describe('suspend and resume', () => {
     assert.ok(!alive(pid), 'QEMU exited');
     assert.equal(engine.get(vm.id), undefined);
     assert.ok(existsSync(vmFiles(vm.dir).checkpoint));
-    assert.ok(s.dirtyPages > (20 * 256) && s.dirtyPages < s.totalPages, `dirty pages ${s.dirtyPages}`);
-    assert.ok(s.bytes < 256 * 1048576 / 2, `checkpoint holds the dirty pages, not all RAM (${s.bytes} bytes)`);
+    assert.ok(s.dirtyPages > 20 * 256 && s.dirtyPages < s.totalPages, `dirty pages ${s.dirtyPages}`);
+    assert.ok(s.bytes < (256 * 1048576) / 2, `checkpoint holds the dirty pages, not all RAM (${s.bytes} bytes)`);
     const back = await engine.resume(vm.ref);
     try {
       assert.equal((await get(back, '/get')).body, '3');
@@ -475,7 +481,12 @@ describe('restart of cellad', () => {
         const namespaces = listNamespaces();
         assert.ok(!namespaces.includes(`cella-${a.ref.slot}`) && !namespaces.includes(warmNs));
         assert.ok(namespaces.includes(bystander.network.netns) && namespaces.includes(sleeper.network.netns), "other data directories' namespaces stay");
-        assert.deepEqual(execFileSync('ls', ['-A', path.join(dir, 'vms')], { encoding: 'utf8' }).split('\n').filter(Boolean), ['b']);
+        assert.deepEqual(
+          execFileSync('ls', ['-A', path.join(dir, 'vms')], { encoding: 'utf8' })
+            .split('\n')
+            .filter(Boolean),
+          ['b'],
+        );
 
         const back = await e.resume(kept);
         assert.equal((await get(back, '/get')).body, '1', 'the kept suspended VM resumes');

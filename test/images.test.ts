@@ -71,7 +71,13 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     const s3Endpoint = `http://127.0.0.1:${(await s3.run()).port}`;
     const keys = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
     // s3rver cannot read the SDK's default streaming checksums, so the upload sends none.
-    const client = new S3Client({ endpoint: s3Endpoint, region: 'us-east-1', forcePathStyle: true, credentials: keys, requestChecksumCalculation: 'WHEN_REQUIRED' });
+    const client = new S3Client({
+      endpoint: s3Endpoint,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      credentials: keys,
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+    });
     await client.send(new PutObjectCommand({ Bucket: 'code', Key: 'apps/demo.zip', Body: await demoArtifact() }));
     client.destroy();
     server = await startServer({
@@ -114,10 +120,16 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     assert.match(log, /ready hook answered 200/);
     assert.match(log, /app listening on 8080/);
     const sizes = build.snapshotBuild ?? {};
-    assert.ok((sizes.memorySnapshotSizeInBytes ?? 0) > 0 && (sizes.codeInstallSizeInBytes ?? 0) > 0 && (sizes.diskSnapshotSizeInBytes ?? 0) > 0, JSON.stringify(sizes));
+    assert.ok(
+      (sizes.memorySnapshotSizeInBytes ?? 0) > 0 && (sizes.codeInstallSizeInBytes ?? 0) > 0 && (sizes.diskSnapshotSizeInBytes ?? 0) > 0,
+      JSON.stringify(sizes),
+    );
 
     const id = await run({ imageIdentifier: 'pyapp', idlePolicy: { maxIdleDurationSeconds: 1, suspendedDurationSeconds: 600, autoResumeEnabled: true } });
-    const tok = await api<{ authToken: Record<string, string> }>(base, 'POST', `${V}/microvms/${id}/auth-token`, { expirationInMinutes: 5, allowedPorts: [{ port: 8080 }] });
+    const tok = await api<{ authToken: Record<string, string> }>(base, 'POST', `${V}/microvms/${id}/auth-token`, {
+      expirationInMinutes: 5,
+      allowedPorts: [{ port: 8080 }],
+    });
     const t = tok.body.authToken['X-aws-proxy-auth'] as string;
     assert.equal((await endpoint(id, '/inc', t)).status, 200);
     const second = JSON.parse((await endpoint(id, '/inc', t)).body) as Record<string, unknown>;
@@ -161,7 +173,10 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
       ],
     );
     const builds = await api<{ items: { buildId: string; buildState: string }[] }>(base, 'GET', `${V}/microvm-images/demo/versions/2.0/builds`);
-    assert.deepEqual(builds.body.items.map((b) => b.buildId), [upd.body.buildId]);
+    assert.deepEqual(
+      builds.body.items.map((b) => b.buildId),
+      [upd.body.buildId],
+    );
 
     const latest = await run({ imageIdentifier: 'demo' });
     // The 256 MiB tier's guest is given its peak, 4x: 1 GiB (contract §3).
@@ -181,14 +196,21 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     const shown = (await api<Latest>(base, 'GET', `${V}/microvm-images/demo`)).body;
     assert.deepEqual([shown.latestActiveImageVersion, shown.latestFailedImageVersion], ['1.0', undefined]);
     // A failed update (no Dockerfile: no VM needed) leaves the image UPDATE_FAILED, which the contract does not let run.
-    const bad = await api<{ buildId: string }>(base, 'PUT', `${V}/microvm-images/demo`, { baseImageArn: ARNS.managedImage('busybox'), codeArtifact: { uri: await upload(base, await zipOf({ README: 'x' })) } });
+    const bad = await api<{ buildId: string }>(base, 'PUT', `${V}/microvm-images/demo`, {
+      baseImageArn: ARNS.managedImage('busybox'),
+      codeArtifact: { uri: await upload(base, await zipOf({ README: 'x' })) },
+    });
     assert.equal((await waitBuild(base, 'demo', '3.0', bad.body.buildId)).buildState, 'FAILED');
     const failed = (await api<Latest>(base, 'GET', `${V}/microvm-images/demo`)).body;
     assert.deepEqual([failed.state, failed.latestActiveImageVersion, failed.latestFailedImageVersion], ['UPDATE_FAILED', '1.0', '3.0']);
     const refused = await api<{ code: string }>(base, 'POST', `${V}/microvms`, { imageIdentifier: 'demo' });
     assert.deepEqual([refused.status, refused.type, refused.body.code], [404, 'ResourceNotFoundException', 'NOT_FOUND']);
     let out = '';
-    const io: Parameters<typeof main>[1] = { out: (t) => (out += typeof t === 'string' ? t : Buffer.from(t).toString()), err: () => {}, env: { CELLA_URL: base, CELLA_API_KEY: API_KEY } };
+    const io: Parameters<typeof main>[1] = {
+      out: (t) => (out += typeof t === 'string' ? t : Buffer.from(t).toString()),
+      err: () => {},
+      env: { CELLA_URL: base, CELLA_API_KEY: API_KEY },
+    };
     assert.equal(await main(['image', 'ls'], io), 0);
     assert.match(out, /^demo +UPDATE_FAILED +1\.0 +3\.0 /m, 'cella image ls shows both columns');
     assert.equal((await api(base, 'DELETE', `${V}/microvm-images/demo/versions/3.0`)).status, 200);
@@ -209,13 +231,45 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
 
   test('each bad artifact fails its build with the contract reason, and the build log says why', async () => {
     const cases: { name: string; zip: Buffer; extra?: Record<string, unknown>; reason: string; log: RegExp }[] = [
-      { name: 'no-dockerfile', zip: await zipOf({ 'app/Dockerfile': 'FROM busybox\n', 'app/x': 'x' }), reason: 'ARCHIVE_DOCKERFILE_NOT_FOUND', log: /found app\/Dockerfile/ },
-      { name: 'escape', zip: rawZip([{ name: 'Dockerfile', data: Buffer.from('FROM busybox\n') }, { name: '../../evil', data: Buffer.from('x') }]), reason: 'ARCHIVE_INVALID', log: /evil/ },
-      { name: 'absolute', zip: rawZip([{ name: 'Dockerfile', data: Buffer.from('FROM busybox\n') }, { name: '/etc/evil', data: Buffer.from('x') }]), reason: 'ARCHIVE_INVALID', log: /evil/ },
-      { name: 'symlink-out', zip: rawZip([{ name: 'Dockerfile', data: Buffer.from('FROM busybox\n') }, { name: 'passwd', symlink: '/etc/passwd' }]), reason: 'ARCHIVE_INVALID', log: /passwd/ },
+      {
+        name: 'no-dockerfile',
+        zip: await zipOf({ 'app/Dockerfile': 'FROM busybox\n', 'app/x': 'x' }),
+        reason: 'ARCHIVE_DOCKERFILE_NOT_FOUND',
+        log: /found app\/Dockerfile/,
+      },
+      {
+        name: 'escape',
+        zip: rawZip([
+          { name: 'Dockerfile', data: Buffer.from('FROM busybox\n') },
+          { name: '../../evil', data: Buffer.from('x') },
+        ]),
+        reason: 'ARCHIVE_INVALID',
+        log: /evil/,
+      },
+      {
+        name: 'absolute',
+        zip: rawZip([
+          { name: 'Dockerfile', data: Buffer.from('FROM busybox\n') },
+          { name: '/etc/evil', data: Buffer.from('x') },
+        ]),
+        reason: 'ARCHIVE_INVALID',
+        log: /evil/,
+      },
+      {
+        name: 'symlink-out',
+        zip: rawZip([
+          { name: 'Dockerfile', data: Buffer.from('FROM busybox\n') },
+          { name: 'passwd', symlink: '/etc/passwd' },
+        ]),
+        reason: 'ARCHIVE_INVALID',
+        log: /passwd/,
+      },
       {
         name: 'bomb',
-        zip: rawZip([{ name: 'Dockerfile', data: Buffer.from('FROM busybox\n') }, { name: 'zeros', data: Buffer.alloc(64 * 1024 * 1024) }]),
+        zip: rawZip([
+          { name: 'Dockerfile', data: Buffer.from('FROM busybox\n') },
+          { name: 'zeros', data: Buffer.alloc(64 * 1024 * 1024) },
+        ]),
         reason: 'ARCHIVE_INVALID',
         log: /ratio|compress/i,
       },
@@ -247,7 +301,10 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
       {
         name: 'ready-never',
         zip: await zipOf(demoFiles('FROM busybox\nCOPY cella-demo /usr/bin/cella-demo\nCMD ["/usr/bin/cella-demo", "8080"]\n')),
-        extra: { environmentVariables: { CELLA_DEMO_HOOKS: 'ready:busy' }, hooks: { port: 8080, microvmImageHooks: { ready: 'ENABLED', readyTimeoutInSeconds: 3 } } },
+        extra: {
+          environmentVariables: { CELLA_DEMO_HOOKS: 'ready:busy' },
+          hooks: { port: 8080, microvmImageHooks: { ready: 'ENABLED', readyTimeoutInSeconds: 3 } },
+        },
         reason: 'CONTAINER_BUILD_FAILED',
         log: /ready hook: HTTP 503 \(not ready yet\)[\s\S]*Ready hook invocation timed out after PT3S/,
       },
@@ -311,19 +368,39 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
     assert.equal(empty.status, 400);
     const huge = await new Promise<number>((resolve, reject) => {
       const u = new URL(`${base}/cella/v1/code-artifacts`);
-      const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers: { authorization: `Bearer ${API_KEY}`, 'content-length': String(600 * 1024 * 1024) } }, (res) => {
-        res.resume();
-        resolve(res.statusCode ?? 0);
-      });
+      const req = httpRequest(
+        {
+          host: u.hostname,
+          port: u.port,
+          path: u.pathname,
+          method: 'POST',
+          headers: { authorization: `Bearer ${API_KEY}`, 'content-length': String(600 * 1024 * 1024) },
+        },
+        (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        },
+      );
       req.on('error', reject);
       req.write('PK');
     });
     assert.equal(huge, 413);
     // Managed bases are listed with their versions.
     const managed = await api<{ items: { imageArn: string }[] }>(base, 'GET', `${V}/managed-microvm-images`);
-    for (const name of ['busybox', 'debian-12', 'debian-12-python']) assert.ok(managed.body.items.some((i) => i.imageArn === ARNS.managedImage(name)), name);
-    const mv = await api<{ items: { imageVersion: string; status: string }[] }>(base, 'GET', `${V}/managed-microvm-images/${ARNS.managedImage('busybox')}/versions`);
-    assert.deepEqual(mv.body.items.map((i) => [i.imageVersion, i.status]), [['1', 'AVAILABLE']]);
+    for (const name of ['busybox', 'debian-12', 'debian-12-python'])
+      assert.ok(
+        managed.body.items.some((i) => i.imageArn === ARNS.managedImage(name)),
+        name,
+      );
+    const mv = await api<{ items: { imageVersion: string; status: string }[] }>(
+      base,
+      'GET',
+      `${V}/managed-microvm-images/${ARNS.managedImage('busybox')}/versions`,
+    );
+    assert.deepEqual(
+      mv.body.items.map((i) => [i.imageVersion, i.status]),
+      [['1', 'AVAILABLE']],
+    );
   });
 
   test("RUN steps reach what the image's egress connectors allow, and nothing without them", async () => {

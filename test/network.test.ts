@@ -51,7 +51,6 @@ const hostPeers: string[] = [];
 let seq = 0;
 const nextId = (): string => `net-${process.pid}-${++seq}`;
 
-
 /**
  * Whether `vm`'s guest gets an HTTP answer from `host:port`: an HTTP request
  * through busybox nc (3 s connect timeout; busybox wget crashes in this image).
@@ -150,7 +149,11 @@ after(async () => {
   hostServer?.close();
   internet.stop();
   rmSync(dataDir, { recursive: true, force: true });
-  assert.deepEqual(listNamespaces().filter((n) => namespaceOwner(Number(n.slice('cella-'.length))) === tag), [], 'no network namespace leaked');
+  assert.deepEqual(
+    listNamespaces().filter((n) => namespaceOwner(Number(n.slice('cella-'.length))) === tag),
+    [],
+    'no network namespace leaked',
+  );
   assert.ok(!spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.includes(internet.netns), 'the fake internet is gone');
 });
 

@@ -75,7 +75,11 @@ describe('parseReference', () => {
     ];
     for (const [ref, want] of cases) assert.deepEqual(parseReference(ref), want, ref);
     for (const bad of ['', 'UPPER/case', 'a//b', 'x:', 'x@sha256:abc', 'ghcr.io/', 'x:bad tag', '-x']) {
-      assert.throws(() => parseReference(bad), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'), bad);
+      assert.throws(
+        () => parseReference(bad),
+        (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'),
+        bad,
+      );
     }
   });
 });

@@ -37,7 +37,16 @@ describe('endpoint proxy', { concurrency: false }, () => {
   const get = (id: string, p: string, headers: Record<string, string> = {}, method = 'GET'): Promise<Got> =>
     new Promise((resolve, reject) => {
       const req = httpsRequest(
-        { host: '127.0.0.1', port: server.proxyPort, servername: host(id), path: p, method, ca, agent: false, headers: { host: `${host(id)}:${server.proxyPort}`, ...headers } },
+        {
+          host: '127.0.0.1',
+          port: server.proxyPort,
+          servername: host(id),
+          path: p,
+          method,
+          ca,
+          agent: false,
+          headers: { host: `${host(id)}:${server.proxyPort}`, ...headers },
+        },
         (res) => {
           let body = '';
           res.setEncoding('utf8');
@@ -249,7 +258,15 @@ describe('endpoint proxy', { concurrency: false }, () => {
     const arrivals: number[] = [];
     await new Promise<void>((resolve, reject) => {
       const req = httpsRequest(
-        { host: '127.0.0.1', port: server.proxyPort, servername: host(id), path: '/sse/5', ca, agent: false, headers: { host: host(id), 'x-aws-proxy-auth': t } },
+        {
+          host: '127.0.0.1',
+          port: server.proxyPort,
+          servername: host(id),
+          path: '/sse/5',
+          ca,
+          agent: false,
+          headers: { host: host(id), 'x-aws-proxy-auth': t },
+        },
         (res) => {
           assert.equal(res.headers['content-type'], 'text/event-stream');
           res.setEncoding('utf8');

@@ -94,11 +94,22 @@ describe('SigV4 with the AWS SDK (no VM)', { concurrency: false }, () => {
   const keyCount = async (): Promise<number> => (await server.store.listAccessKeys()).length;
 
   /** A raw request signed with the SDK's signer, and sent as signed unless edited in between. */
-  const signRaw = async (method: string, path: string, body = '', opts: { credentials?: Pair; at?: Date } = {}): Promise<{ method: string; path: string; headers: Record<string, string>; body: string }> => {
+  const signRaw = async (
+    method: string,
+    path: string,
+    body = '',
+    opts: { credentials?: Pair; at?: Date } = {},
+  ): Promise<{ method: string; path: string; headers: Record<string, string>; body: string }> => {
     const signer = new SignatureV4({ credentials: opts.credentials ?? key, region: 'us-east-1', service: 'lambda', sha256: Hash.bind(null, 'sha256') });
     const host = `127.0.0.1:${server.port}`;
-    const headers: Record<string, string> = { host, ...(body ? { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) } : {}) };
-    const signed = await signer.sign(new HttpRequest({ method, protocol: 'http:', hostname: '127.0.0.1', port: server.port, path, headers, body }), opts.at ? { signingDate: opts.at } : {});
+    const headers: Record<string, string> = {
+      host,
+      ...(body ? { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) } : {}),
+    };
+    const signed = await signer.sign(
+      new HttpRequest({ method, protocol: 'http:', hostname: '127.0.0.1', port: server.port, path, headers, body }),
+      opts.at ? { signingDate: opts.at } : {},
+    );
     return { method, path, headers: signed.headers, body };
   };
   const send = (r: { method: string; path: string; headers: Record<string, string>; body: string }): Promise<ApiAnswer> =>
@@ -112,7 +123,7 @@ describe('SigV4 with the AWS SDK (no VM)', { concurrency: false }, () => {
     const e = await thrown(c.send(new GetMicrovmCommand({ microvmIdentifier: 'mvm-unknown' })));
     assert.ok(e instanceof ResourceNotFoundException);
     assert.equal(e.$metadata.httpStatusCode, 404);
-    assert.equal((e).resourceId, 'mvm-unknown');
+    assert.equal(e.resourceId, 'mvm-unknown');
   });
 
   test('the Bearer API key keeps working beside SigV4', { timeout: 30_000 }, async () => {
@@ -133,16 +144,25 @@ describe('SigV4 with the AWS SDK (no VM)', { concurrency: false }, () => {
     assert.equal(await vmCount(), 0);
   });
 
-  test('a clock an hour off: InvalidSignatureException "Signature expired" (REQUEST_EXPIRED); with retries the SDK corrects its clock from Date and succeeds', { timeout: 30_000 }, async () => {
-    for (const offset of [-3_600_000, 3_600_000]) {
-      const e = await expectRefused(sdk({ clockOffsetMs: offset }).send(new RunMicrovmCommand({ imageIdentifier: 'nope' })), 'InvalidSignatureException', 403, 'REQUEST_EXPIRED');
-      assert.match(e.message, offset < 0 ? /^Signature expired: / : /^Signature not yet current: /);
-    }
-    assert.equal(await vmCount(), 0);
-    const r = await sdk({ clockOffsetMs: -3_600_000, maxAttempts: 3 }).send(new ListMicrovmsCommand({}));
-    assert.equal(r.$metadata.httpStatusCode, 200);
-    assert.equal(r.$metadata.attempts, 2);
-  });
+  test(
+    'a clock an hour off: InvalidSignatureException "Signature expired" (REQUEST_EXPIRED); with retries the SDK corrects its clock from Date and succeeds',
+    { timeout: 30_000 },
+    async () => {
+      for (const offset of [-3_600_000, 3_600_000]) {
+        const e = await expectRefused(
+          sdk({ clockOffsetMs: offset }).send(new RunMicrovmCommand({ imageIdentifier: 'nope' })),
+          'InvalidSignatureException',
+          403,
+          'REQUEST_EXPIRED',
+        );
+        assert.match(e.message, offset < 0 ? /^Signature expired: / : /^Signature not yet current: /);
+      }
+      assert.equal(await vmCount(), 0);
+      const r = await sdk({ clockOffsetMs: -3_600_000, maxAttempts: 3 }).send(new ListMicrovmsCommand({}));
+      assert.equal(r.$metadata.httpStatusCode, 200);
+      assert.equal(r.$metadata.attempts, 2);
+    },
+  );
 
   test('a tampered body or signed header: InvalidSignatureException (SIGNATURE_INVALID), and nothing is made', { timeout: 30_000 }, async () => {
     const body = sdk({
@@ -165,14 +185,18 @@ describe('SigV4 with the AWS SDK (no VM)', { concurrency: false }, () => {
     assert.equal(await keyCount(), before);
   });
 
-  test('no signature: AccessDeniedException 401 (UNAUTHENTICATED); a signature cut off: IncompleteSignatureException 400 (SIGNATURE_MALFORMED)', { timeout: 30_000 }, async () => {
-    const none = sdk({ tamper: (req) => delete req.headers.authorization });
-    const e = await expectRefused(none.send(new RunMicrovmCommand({ imageIdentifier: 'nope' })), 'AccessDeniedException', 401, 'UNAUTHENTICATED');
-    assert.ok(e instanceof AccessDeniedException, 'the modeled class');
-    const cut = sdk({ tamper: (req) => (req.headers.authorization = String(req.headers.authorization).replace(/, Signature=\w+/, '')) });
-    await expectRefused(cut.send(new RunMicrovmCommand({ imageIdentifier: 'nope' })), 'IncompleteSignatureException', 400, 'SIGNATURE_MALFORMED');
-    assert.equal(await vmCount(), 0);
-  });
+  test(
+    'no signature: AccessDeniedException 401 (UNAUTHENTICATED); a signature cut off: IncompleteSignatureException 400 (SIGNATURE_MALFORMED)',
+    { timeout: 30_000 },
+    async () => {
+      const none = sdk({ tamper: (req) => delete req.headers.authorization });
+      const e = await expectRefused(none.send(new RunMicrovmCommand({ imageIdentifier: 'nope' })), 'AccessDeniedException', 401, 'UNAUTHENTICATED');
+      assert.ok(e instanceof AccessDeniedException, 'the modeled class');
+      const cut = sdk({ tamper: (req) => (req.headers.authorization = String(req.headers.authorization).replace(/, Signature=\w+/, '')) });
+      await expectRefused(cut.send(new RunMicrovmCommand({ imageIdentifier: 'nope' })), 'IncompleteSignatureException', 400, 'SIGNATURE_MALFORMED');
+      assert.equal(await vmCount(), 0);
+    },
+  );
 
   test('the same signed request sent twice: served once, then InvalidSignatureException (SIGNATURE_REPLAYED)', { timeout: 30_000 }, async () => {
     const before = await keyCount();
@@ -202,7 +226,10 @@ describe('SigV4 with the AWS SDK (no VM)', { concurrency: false }, () => {
     assert.match(made.body.accessKeyId, /^CELLA[A-Z2-7]{16}$/);
     const listed = await api<{ items: Array<{ accessKeyId: string; secretAccessKey?: string }> }>(server.url, 'GET', '/cella/v1/access-keys');
     assert.ok(listed.body.items.some((k) => k.accessKeyId === made.body.accessKeyId));
-    assert.ok(listed.body.items.every((k) => k.secretAccessKey === undefined), 'secrets are never listed');
+    assert.ok(
+      listed.body.items.every((k) => k.secretAccessKey === undefined),
+      'secrets are never listed',
+    );
     const c = sdk({ credentials: { accessKeyId: made.body.accessKeyId, secretAccessKey: made.body.secretAccessKey } });
     assert.equal((await c.send(new ListMicrovmsCommand({}))).$metadata.httpStatusCode, 200);
     assert.equal((await api(server.url, 'DELETE', `/cella/v1/access-keys/${made.body.accessKeyId}`)).status, 200);

@@ -139,7 +139,10 @@ test('openPty sends PTY_OPEN; output sent along with the OK is not lost; input, 
   pty.write(Buffer.alloc(70_000, 0x61));
   assert.equal((await guest.next(Msg.PTY_IN)).body.toString(), 'echo hi\r');
   const chunks = [await guest.next(Msg.PTY_IN), await guest.next(Msg.PTY_IN), await guest.next(Msg.PTY_IN)];
-  assert.deepEqual(chunks.map((f) => f.body.length), [32768, 32768, 70_000 - 65536]);
+  assert.deepEqual(
+    chunks.map((f) => f.body.length),
+    [32768, 32768, 70_000 - 65536],
+  );
   pty.resize(100, 30);
   const resize = await guest.next(Msg.PTY_RESIZE);
   assert.deepEqual([resize.id, resize.body.readUInt16LE(0), resize.body.readUInt16LE(2)], [open.id, 30, 100]);
@@ -224,7 +227,10 @@ test('malformed or unexpected frames from the guest are ignored without a crash'
   await sleep(50);
   assert.deepEqual(exits, []);
   let settled = false;
-  void pinging.then(() => (settled = true), () => (settled = true));
+  void pinging.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
   await sleep(10);
   assert.equal(settled, false, 'the ping is still waiting for its PONG');
   guest.send(encodeFrame(Msg.PONG, ping.id), encodeFrame(Msg.EXEC_EXIT, exec.id, status(0)), encodeFrame(Msg.APP_EXIT, 0, status(256)));
@@ -362,7 +368,11 @@ test('spawn with stdin pipe: pid, writes paced by the guest window and resolved 
   const { p, id } = await spawned();
   assert.equal(p.pid, 4242);
   const spec = fields((guest.frames.find((f) => f.type === Msg.EXEC) as Frame).body);
-  assert.deepEqual(spec, [[Tag.ARG, '/bin/cat'], [Tag.LABEL, 'cat-1'], [Tag.STDIN_PIPE, '']]);
+  assert.deepEqual(spec, [
+    [Tag.ARG, '/bin/cat'],
+    [Tag.LABEL, 'cat-1'],
+    [Tag.STDIN_PIPE, ''],
+  ]);
 
   const big = Buffer.alloc(STDIN_WINDOW + 100_000, 7);
   let wrote = false;
@@ -389,7 +399,11 @@ test('spawn with stdin pipe: pid, writes paced by the guest window and resolved 
   p.on('stderr', (d: Buffer) => events.push(`err:${d.toString()}`));
   p.on('exit', (e: { exitCode: number }) => events.push(`exit:${e.exitCode}`));
   const closed = once(p, 'close');
-  guest.send(encodeFrame(Msg.EXEC_OUT, id, Buffer.from('a'), 1), encodeFrame(Msg.EXEC_OUT, id, Buffer.from('b'), 2), encodeFrame(Msg.EXEC_EXIT, id, status(3 << 8)));
+  guest.send(
+    encodeFrame(Msg.EXEC_OUT, id, Buffer.from('a'), 1),
+    encodeFrame(Msg.EXEC_OUT, id, Buffer.from('b'), 2),
+    encodeFrame(Msg.EXEC_EXIT, id, status(3 << 8)),
+  );
   await closed;
   assert.deepEqual(events, ['out:a', 'err:b', 'exit:3']);
 });
@@ -440,7 +454,13 @@ test('listProcesses collects PROC_INFO until OK; attach makes a handle that gets
   const info = (id: number, kind: number, extra: Buffer[] = []): Buffer =>
     encodeFrame(Msg.PROC_INFO, req.id, Buffer.concat([tlv(Tag.ID, u32(id)), tlv(Tag.PID, u32(id + 1000)), tlv(Tag.KIND, Buffer.from([kind])), ...extra]));
   guest.send(
-    info(7, 1, [tlv(Tag.ARG, Buffer.from('/bin/sh')), tlv(Tag.ARG, Buffer.from('-c')), tlv(Tag.ENV, Buffer.from('A=b=c')), tlv(Tag.CWD, Buffer.from('/tmp')), tlv(Tag.LABEL, Buffer.from('t'))]),
+    info(7, 1, [
+      tlv(Tag.ARG, Buffer.from('/bin/sh')),
+      tlv(Tag.ARG, Buffer.from('-c')),
+      tlv(Tag.ENV, Buffer.from('A=b=c')),
+      tlv(Tag.CWD, Buffer.from('/tmp')),
+      tlv(Tag.LABEL, Buffer.from('t')),
+    ]),
     info(8, 2, [tlv(Tag.STATUS, status(9)), tlv(Tag.TRUNCATED)]),
     encodeFrame(Msg.OK, req.id),
   );
@@ -472,7 +492,22 @@ test('fs.stat and fs.list decode entries; a listing too long is stopped in the g
   const stat = guest.client.fs.stat('/home/user/link');
   const sreq = await guest.next(Msg.FS_STAT);
   assert.deepEqual(fields(sreq.body), [[Tag.PATH, '/home/user/link']]);
-  guest.send(encodeFrame(Msg.OK, sreq.id, entry({ mode: 0o120777, size: 9, target: '/etc/hosts', targetMode: 0o100644, xattrs: [['user.e2b.k', 'v'], ['user.other', 'x']] })));
+  guest.send(
+    encodeFrame(
+      Msg.OK,
+      sreq.id,
+      entry({
+        mode: 0o120777,
+        size: 9,
+        target: '/etc/hosts',
+        targetMode: 0o100644,
+        xattrs: [
+          ['user.e2b.k', 'v'],
+          ['user.other', 'x'],
+        ],
+      }),
+    ),
+  );
   assert.deepEqual(await stat, {
     type: 'symlink',
     mode: 0o120777,
@@ -490,9 +525,22 @@ test('fs.stat and fs.list decode entries; a listing too long is stopped in the g
 
   const listing = guest.client.fs.list('/d', { depth: 2 });
   const lreq = await guest.next(Msg.FS_LIST);
-  assert.deepEqual(fields(lreq.body).map(([t]) => t), [Tag.PATH, Tag.DEPTH]);
-  guest.send(encodeFrame(Msg.FS_ENTRY, lreq.id, entry({ path: '/d/a', mode: 0o40755 })), encodeFrame(Msg.FS_ENTRY, lreq.id, entry({ path: '/d/a/b' })), encodeFrame(Msg.OK, lreq.id));
-  assert.deepEqual((await listing).map((e) => [e.path, e.type]), [['/d/a', 'directory'], ['/d/a/b', 'file']]);
+  assert.deepEqual(
+    fields(lreq.body).map(([t]) => t),
+    [Tag.PATH, Tag.DEPTH],
+  );
+  guest.send(
+    encodeFrame(Msg.FS_ENTRY, lreq.id, entry({ path: '/d/a', mode: 0o40755 })),
+    encodeFrame(Msg.FS_ENTRY, lreq.id, entry({ path: '/d/a/b' })),
+    encodeFrame(Msg.OK, lreq.id),
+  );
+  assert.deepEqual(
+    (await listing).map((e) => [e.path, e.type]),
+    [
+      ['/d/a', 'directory'],
+      ['/d/a/b', 'file'],
+    ],
+  );
 
   const long = guest.client.fs.list('/big', { maxEntries: 2 });
   const big = await guest.next(Msg.FS_LIST);
@@ -512,7 +560,10 @@ test('fs.stat and fs.list decode entries; a listing too long is stopped in the g
 test('fs.read grants credit as the consumer reads; data beyond it or an errno ends the stream with an error', async () => {
   const reading = guest.client.fs.read('/f');
   const req = await guest.next(Msg.FS_READ);
-  assert.deepEqual(fields(req.body).map(([t]) => t), [Tag.PATH, Tag.CREDIT]);
+  assert.deepEqual(
+    fields(req.body).map(([t]) => t),
+    [Tag.PATH, Tag.CREDIT],
+  );
   assert.equal((decodeRecords(req.body)?.[1]?.[1] as Buffer).readUInt32LE(0), READ_WINDOW);
   const chunk = Buffer.alloc(16384, 1);
   // The fake guest sends exactly what it was granted, as cella-init does.
@@ -521,7 +572,8 @@ test('fs.read grants credit as the consumer reads; data beyond it or an errno en
   let allowed = READ_WINDOW;
   const sendUpTo = (): void => {
     const frames: Buffer[] = [];
-    for (; sent < Math.min(allowed, size); sent += chunk.length) frames.push(encodeFrame(Msg.FS_DATA, req.id, chunk.subarray(0, Math.min(chunk.length, Math.min(allowed, size) - sent))));
+    for (; sent < Math.min(allowed, size); sent += chunk.length)
+      frames.push(encodeFrame(Msg.FS_DATA, req.id, chunk.subarray(0, Math.min(chunk.length, Math.min(allowed, size) - sent))));
     sent = Math.min(sent, size, allowed);
     guest.send(...frames);
   };
@@ -608,7 +660,10 @@ test('fs.write sends the data after the open and answers with the entry; ENOSPC 
 test('watch: events as fsnotify names them, a bounded queue for a lagging reader, the end, and close', async () => {
   const watching = guest.client.fs.watch('/d', { recursive: true });
   const req = await guest.next(Msg.FS_WATCH);
-  assert.deepEqual(fields(req.body), [[Tag.PATH, '/d'], [Tag.RECURSIVE, '']]);
+  assert.deepEqual(fields(req.body), [
+    [Tag.PATH, '/d'],
+    [Tag.RECURSIVE, ''],
+  ]);
   guest.send(encodeFrame(Msg.OK, req.id));
   const w = await watching;
   const seen: unknown[] = [];
@@ -645,7 +700,14 @@ test('lookupUser, stats, setEnv and the envs listener: what is sent and how answ
     encodeFrame(
       Msg.OK,
       l.id,
-      Buffer.concat([tlv(Tag.NAME, Buffer.from('user')), tlv(Tag.UID, u32(1000)), tlv(Tag.GID, u32(1000)), tlv(Tag.HOME, Buffer.from('/home/user')), tlv(Tag.SHELL, Buffer.from('/bin/bash')), tlv(Tag.GROUPS, Buffer.concat([u32(1000), u32(27)]))]),
+      Buffer.concat([
+        tlv(Tag.NAME, Buffer.from('user')),
+        tlv(Tag.UID, u32(1000)),
+        tlv(Tag.GID, u32(1000)),
+        tlv(Tag.HOME, Buffer.from('/home/user')),
+        tlv(Tag.SHELL, Buffer.from('/bin/bash')),
+        tlv(Tag.GROUPS, Buffer.concat([u32(1000), u32(27)])),
+      ]),
     ),
   );
   assert.deepEqual(await looking, { name: 'user', uid: 1000, gid: 1000, home: '/home/user', shell: '/bin/bash', groups: [1000, 27] });
@@ -664,7 +726,10 @@ test('lookupUser, stats, setEnv and the envs listener: what is sent and how answ
 
   const env = guest.client.setEnv({ A: '1', B: 'x=y' });
   const e = await guest.next(Msg.SET_ENV);
-  assert.deepEqual(fields(e.body), [[Tag.ENV, 'A=1'], [Tag.ENV, 'B=x=y']]);
+  assert.deepEqual(fields(e.body), [
+    [Tag.ENV, 'A=1'],
+    [Tag.ENV, 'B=x=y'],
+  ]);
   guest.send(encodeFrame(Msg.OK, e.id));
   await env;
   await assert.rejects(guest.client.setEnv({ 'A=B': '1' }), RangeError);

@@ -9,18 +9,7 @@ import { CellaError } from '../contract/index.js';
 import { AgentConnection, connectSocket } from './connection.js';
 import { GuestFiles } from './files.js';
 import { ExecProcess, PtySession, decodeWaitStatus } from './process.js';
-import {
-  ENVD_PORT,
-  Msg,
-  encodeClock,
-  encodeEnv,
-  encodePtyOpen,
-  encodeRequest,
-  encodeSpec,
-  type ProcessSpec,
-  type PtySpec,
-  u32,
-} from './protocol.js';
+import { ENVD_PORT, Msg, encodeClock, encodeEnv, encodePtyOpen, encodeRequest, encodeSpec, type ProcessSpec, type PtySpec, u32 } from './protocol.js';
 import { decodeProcInfo, decodeStats, decodeUser, type GuestProcessInfo, type GuestStats, type UserInfo } from './replies.js';
 
 export interface ExecResult {

@@ -179,20 +179,22 @@ export class GuestFiles {
     const max = opts.maxEntries ?? LIST_MAX_ENTRIES;
     const entries: FileEntry[] = [];
     const id = this.ch.allocId();
-    await this.walkTurn(() => this.ask(Msg.FS_LIST, what, encodeRequest({ path: p, depth: opts.depth ?? 1 }), {
-      id,
-      timeoutMs: opts.timeoutMs ?? 120_000,
-      collect: (f) => {
-        if (f.type !== Msg.FS_ENTRY) return undefined;
-        const e = decodeEntry(f.body);
-        if (e?.path !== undefined && entries.length < max) {
-          entries.push(e);
-          return undefined;
-        }
-        this.ch.send(Msg.FS_CLOSE, id); // the guest stops the walk; its OK never comes
-        return e ? new CellaError('PAYLOAD_TOO_LARGE', `${p} holds more than ${max} entries`) : malformed(what);
-      },
-    }));
+    await this.walkTurn(() =>
+      this.ask(Msg.FS_LIST, what, encodeRequest({ path: p, depth: opts.depth ?? 1 }), {
+        id,
+        timeoutMs: opts.timeoutMs ?? 120_000,
+        collect: (f) => {
+          if (f.type !== Msg.FS_ENTRY) return undefined;
+          const e = decodeEntry(f.body);
+          if (e?.path !== undefined && entries.length < max) {
+            entries.push(e);
+            return undefined;
+          }
+          this.ch.send(Msg.FS_CLOSE, id); // the guest stops the walk; its OK never comes
+          return e ? new CellaError('PAYLOAD_TOO_LARGE', `${p} holds more than ${max} entries`) : malformed(what);
+        },
+      }),
+    );
     return entries;
   }
 
@@ -335,7 +337,8 @@ export class GuestFiles {
       try {
         for await (const piece of source) {
           const buf = typeof piece === 'string' ? Buffer.from(piece) : Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
-          for (let off = 0; off < buf.length && !refused(); off += WRITE_CHUNK) await this.ch.sendDrained(Msg.FS_WRITE_DATA, id, buf.subarray(off, off + WRITE_CHUNK));
+          for (let off = 0; off < buf.length && !refused(); off += WRITE_CHUNK)
+            await this.ch.sendDrained(Msg.FS_WRITE_DATA, id, buf.subarray(off, off + WRITE_CHUNK));
           if (refused()) break;
         }
       } catch (err) {

@@ -25,7 +25,7 @@ import {
 /** [tag, value] of every TLV record of a spec body. */
 function records(b: Buffer): [number, Buffer][] {
   const out: [number, Buffer][] = [];
-  for (let off = 0; off < b.length; ) {
+  for (let off = 0; off < b.length;) {
     const len = b.readUInt32LE(off + 1);
     out.push([b.readUInt8(off), b.subarray(off + 5, off + 5 + len)]);
     off += 5 + len;
@@ -47,7 +47,11 @@ test('decoder reassembles frames split at every byte boundary', () => {
     const frames = [...d.push(stream.subarray(0, cut)), ...d.push(stream.subarray(cut))];
     assert.deepEqual(
       frames.map((f) => [f.type, f.id, f.stream, f.body.toString()]),
-      [[Msg.OK, 1, 0, ''], [Msg.EXEC_OUT, 7, 1, 'output'], [Msg.PONG, 9, 0, '']],
+      [
+        [Msg.OK, 1, 0, ''],
+        [Msg.EXEC_OUT, 7, 1, 'output'],
+        [Msg.PONG, 9, 0, ''],
+      ],
     );
   }
 });
@@ -62,14 +66,22 @@ test('decoder refuses a length the guest can never send', () => {
 test('spec is TLV records: args, env, cwd, uid, gid, stdin', () => {
   const b = encodeSpec({ argv: ['/bin/echo', 'a b'], env: { K: 'v' }, cwd: '/tmp', uid: 1000, gid: 7, stdin: Buffer.from('in') });
   const records: [number, string][] = [];
-  for (let off = 0; off < b.length; ) {
+  for (let off = 0; off < b.length;) {
     const tag = b.readUInt8(off);
     const len = b.readUInt32LE(off + 1);
     const v = b.subarray(off + 5, off + 5 + len);
     records.push([tag, tag === 4 || tag === 5 ? String(v.readUInt32LE(0)) : v.toString()]);
     off += 5 + len;
   }
-  assert.deepEqual(records, [[1, '/bin/echo'], [1, 'a b'], [2, 'K=v'], [3, '/tmp'], [4, '1000'], [5, '7'], [6, 'in']]);
+  assert.deepEqual(records, [
+    [1, '/bin/echo'],
+    [1, 'a b'],
+    [2, 'K=v'],
+    [3, '/tmp'],
+    [4, '1000'],
+    [5, '7'],
+    [6, 'in'],
+  ]);
   assert.throws(() => encodeSpec({ argv: [] }), RangeError);
 });
 
@@ -103,7 +115,15 @@ test('PTY_OPEN is a spec whose argv may be empty, plus the size as u16 rows, u16
   const b = encodePtyOpen({ argv: ['/bin/sh', '-l'], env: { TERM: 'vt100' }, cwd: '/root', uid: 0, rows: 40, cols: 132, stdin: Buffer.from('ls\n') });
   assert.deepEqual(
     records(b).map(([t, v]) => [t, t === Tag.WINSIZE ? [v.readUInt16LE(0), v.readUInt16LE(2)] : t === Tag.UID ? v.readUInt32LE(0) : v.toString()]),
-    [[Tag.ARG, '/bin/sh'], [Tag.ARG, '-l'], [Tag.ENV, 'TERM=vt100'], [Tag.CWD, '/root'], [Tag.UID, 0], [Tag.STDIN, 'ls\n'], [Tag.WINSIZE, [40, 132]]],
+    [
+      [Tag.ARG, '/bin/sh'],
+      [Tag.ARG, '-l'],
+      [Tag.ENV, 'TERM=vt100'],
+      [Tag.CWD, '/root'],
+      [Tag.UID, 0],
+      [Tag.STDIN, 'ls\n'],
+      [Tag.WINSIZE, [40, 132]],
+    ],
   );
   // No argv: the guest's default shell.
   assert.deepEqual(records(encodePtyOpen({ rows: 24, cols: 80 })), [[Tag.WINSIZE, Buffer.from([24, 0, 80, 0])]]);
@@ -115,7 +135,14 @@ test('PTY_OPEN is a spec whose argv may be empty, plus the size as u16 rows, u16
 test('PTY_RESIZE body is u16 rows, u16 cols; sizes out of range are refused', () => {
   assert.deepEqual([...encodeWinsize(50, 200)], [50, 0, 200, 0]);
   assert.deepEqual([...encodeWinsize(0x1234, 0x0102)], [0x34, 0x12, 0x02, 0x01]);
-  for (const [r, c] of [[0, 80], [24, 0], [65536, 80], [24, 1.5], [Number.NaN, 80], [-1, 80]] as const) {
+  for (const [r, c] of [
+    [0, 80],
+    [24, 0],
+    [65536, 80],
+    [24, 1.5],
+    [Number.NaN, 80],
+    [-1, 80],
+  ] as const) {
     assert.throws(() => encodeWinsize(r, c), RangeError, `${r}x${c}`);
     assert.throws(() => encodePtyOpen({ rows: r, cols: c }), RangeError);
   }
@@ -153,9 +180,18 @@ test('protocol-3 spec records: groups as u32s, a label, the stdin pipe flag; ids
   const b = encodeSpec({ argv: ['/bin/sh'], uid: 1000, groups: [1000, 27], label: 'job', stdinPipe: true });
   assert.deepEqual(
     records(b).map(([t, v]) => [t, t === Tag.GROUPS ? [v.readUInt32LE(0), v.readUInt32LE(4)] : t === Tag.UID ? v.readUInt32LE(0) : v.toString()]),
-    [[Tag.ARG, '/bin/sh'], [Tag.UID, 1000], [Tag.GROUPS, [1000, 27]], [Tag.LABEL, 'job'], [Tag.STDIN_PIPE, '']],
+    [
+      [Tag.ARG, '/bin/sh'],
+      [Tag.UID, 1000],
+      [Tag.GROUPS, [1000, 27]],
+      [Tag.LABEL, 'job'],
+      [Tag.STDIN_PIPE, ''],
+    ],
   );
-  assert.deepEqual(records(encodeSpec({ argv: ['x'], groups: [] })), [[Tag.ARG, Buffer.from('x')], [Tag.GROUPS, Buffer.alloc(0)]]);
+  assert.deepEqual(records(encodeSpec({ argv: ['x'], groups: [] })), [
+    [Tag.ARG, Buffer.from('x')],
+    [Tag.GROUPS, Buffer.alloc(0)],
+  ]);
   for (const bad of [-1, 2 ** 32, 1.5, Number.NaN]) {
     assert.throws(() => encodeSpec({ argv: ['x'], uid: bad }), RangeError);
     assert.throws(() => encodeSpec({ argv: ['x'], groups: [bad] }), RangeError);
@@ -166,14 +202,27 @@ test('file requests: paths as bytes, numbers as u32, flags empty, attributes as 
   const b = encodeRequest({ path: '/a b/é', dest: '/d', uid: 1, gid: 2, mode: 0o755, depth: 3, credit: 4, recursive: true, xattrs: { 'user.e2b.k': 'v' } });
   assert.deepEqual(
     records(b).map(([t, v]) => [t, [Tag.PATH, Tag.DEST, Tag.XATTR].includes(t as never) ? v.toString() : v.length ? v.readUInt32LE(0) : '']),
-    [[Tag.PATH, '/a b/é'], [Tag.DEST, '/d'], [Tag.UID, 1], [Tag.GID, 2], [Tag.MODE, 0o755], [Tag.DEPTH, 3], [Tag.CREDIT, 4], [Tag.RECURSIVE, ''], [Tag.XATTR, 'user.e2b.k\0v']],
+    [
+      [Tag.PATH, '/a b/é'],
+      [Tag.DEST, '/d'],
+      [Tag.UID, 1],
+      [Tag.GID, 2],
+      [Tag.MODE, 0o755],
+      [Tag.DEPTH, 3],
+      [Tag.CREDIT, 4],
+      [Tag.RECURSIVE, ''],
+      [Tag.XATTR, 'user.e2b.k\0v'],
+    ],
   );
   assert.equal(encodeRequest({ recursive: false }).length, 0);
   assert.throws(() => encodeRequest({ path: '' }), RangeError);
   assert.throws(() => encodeRequest({ path: 'a\0b' }), RangeError);
   assert.throws(() => encodeRequest({ mode: -1 }), RangeError);
   assert.throws(() => encodeRequest({ xattrs: Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`user.e2b.${i}`, ''])) }), RangeError);
-  assert.deepEqual(records(encodeEnv({ A: '1', B: 'x=y', C: '' })).map(([, v]) => v.toString()), ['A=1', 'B=x=y', 'C=']);
+  assert.deepEqual(
+    records(encodeEnv({ A: '1', B: 'x=y', C: '' })).map(([, v]) => v.toString()),
+    ['A=1', 'B=x=y', 'C='],
+  );
   for (const bad of [{ '': 'x' }, { 'A=B': 'x' }, { A: 'x\0' }] as Record<string, string>[]) assert.throws(() => encodeEnv(bad), RangeError);
 });
 

@@ -213,7 +213,10 @@ function encodeRecords(spec: Omit<ProcessSpec, 'argv'> & { argv?: string[] }): B
 
 /** Terminal size as cella-init reads it (TAG_WINSIZE, PTY_RESIZE): u16 rows, u16 cols. */
 export function encodeWinsize(rows: number, cols: number): Buffer {
-  for (const [name, v] of [['rows', rows], ['cols', cols]] as const) {
+  for (const [name, v] of [
+    ['rows', rows],
+    ['cols', cols],
+  ] as const) {
     if (!Number.isInteger(v) || v < 1 || v > 0xffff) throw new RangeError(`${name} must be an integer in 1..65535, got ${v}`);
   }
   const b = Buffer.alloc(4);
@@ -295,7 +298,7 @@ export function encodeEnv(env: Record<string, string>): Buffer {
  */
 export function decodeRecords(body: Buffer): [number, Buffer][] | undefined {
   const out: [number, Buffer][] = [];
-  for (let off = 0; off < body.length; ) {
+  for (let off = 0; off < body.length;) {
     if (body.length - off < 5) return undefined;
     const len = body.readUInt32LE(off + 1);
     if (len > body.length - off - 5) return undefined;

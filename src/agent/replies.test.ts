@@ -20,7 +20,13 @@ function mtime(sec: bigint, nsec: number): Buffer {
   return b;
 }
 
-const ENTRY = Buffer.concat([tlv(Tag.MODE, u32(0o40755)), tlv(Tag.SIZE, u64(4096n)), tlv(Tag.MTIME, mtime(-1n, 999_999_999)), tlv(Tag.UID, u32(0)), tlv(Tag.GID, u32(0))]);
+const ENTRY = Buffer.concat([
+  tlv(Tag.MODE, u32(0o40755)),
+  tlv(Tag.SIZE, u64(4096n)),
+  tlv(Tag.MTIME, mtime(-1n, 999_999_999)),
+  tlv(Tag.UID, u32(0)),
+  tlv(Tag.GID, u32(0)),
+]);
 
 test('file types come from the st_mode type bits', () => {
   assert.deepEqual([0o100644, 0o40755, 0o120777, 0o20666, 0o10644, 0].map(fileType), ['file', 'directory', 'symlink', 'other', 'other', 'other']);
@@ -42,7 +48,9 @@ test('an entry needs its mode, size, time and ids; optional parts are optional; 
   assert.equal(decodeEntry(Buffer.concat([ENTRY, tlv(Tag.MTIME, mtime(0n, 1_000_000_000))])), undefined, 'nanoseconds of a second or more');
   assert.equal(decodeEntry(Buffer.concat([ENTRY, tlv(Tag.UID, Buffer.alloc(3))])), undefined);
   const xattr = (v: string): Buffer => tlv(Tag.XATTR, Buffer.from(v));
-  const e = decodeEntry(Buffer.concat([ENTRY, xattr('user.e2b.a\0one'), xattr('user.e2b.b\0'), xattr('nonul'), xattr('\0v'), xattr('user.x\0y'), tlv(99, Buffer.from('future'))]));
+  const e = decodeEntry(
+    Buffer.concat([ENTRY, xattr('user.e2b.a\0one'), xattr('user.e2b.b\0'), xattr('nonul'), xattr('\0v'), xattr('user.x\0y'), tlv(99, Buffer.from('future'))]),
+  );
   assert.deepEqual(e?.metadata, { a: 'one', b: '' });
 });
 
@@ -67,7 +75,13 @@ test('users, processes, stats, sizes and acks: each exact shape, or undefined', 
 test('any cut, flip or garbage of a good body decodes to undefined or a value, never a throw', () => {
   const bodies = [
     ENTRY,
-    Buffer.concat([tlv(Tag.ID, u32(1)), tlv(Tag.PID, u32(2)), tlv(Tag.KIND, Buffer.from([1])), tlv(Tag.ARG, Buffer.from('sh')), tlv(Tag.ENV, Buffer.from('=x'))]),
+    Buffer.concat([
+      tlv(Tag.ID, u32(1)),
+      tlv(Tag.PID, u32(2)),
+      tlv(Tag.KIND, Buffer.from([1])),
+      tlv(Tag.ARG, Buffer.from('sh')),
+      tlv(Tag.ENV, Buffer.from('=x')),
+    ]),
     Buffer.concat([tlv(Tag.NAME, Buffer.from('u')), tlv(Tag.UID, u32(5)), tlv(Tag.GID, u32(6)), tlv(Tag.GROUPS, u32(6))]),
     Buffer.alloc(48, 0xff),
   ];

@@ -22,7 +22,10 @@ export function accountOperations(ctx: ApiContext): Operations<AccountOperation>
       return { json: { accessKeyId: k.accessKeyId, secretAccessKey: k.secretAccessKey, createdAt: epochSeconds(k.createdAt) } };
     },
     ListAccessKeys: async ({ op, query, after }) => ({
-      json: offsetPage(op, after, query.maxResults ?? 50, await ctx.accessKeys.list(), (k) => ({ accessKeyId: k.accessKeyId, createdAt: epochSeconds(k.createdAt) })),
+      json: offsetPage(op, after, query.maxResults ?? 50, await ctx.accessKeys.list(), (k) => ({
+        accessKeyId: k.accessKeyId,
+        createdAt: epochSeconds(k.createdAt),
+      })),
     }),
     DeleteAccessKey: async ({ params }) => {
       await ctx.accessKeys.revoke(params.accessKeyId);

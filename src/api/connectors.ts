@@ -8,7 +8,9 @@ type ConnectorOperation = 'CreateNetworkConnector' | 'ListNetworkConnectors' | '
 export function connectorOperations(ctx: ApiContext): Operations<ConnectorOperation> {
   return {
     CreateNetworkConnector: async ({ body }) => ({ json: connectorView(await ctx.connectors.create(body)) }),
-    ListNetworkConnectors: async ({ op, query, after }) => ({ json: offsetPage(op, after, query.maxResults ?? 50, await ctx.store.listConnectors(), connectorView) }),
+    ListNetworkConnectors: async ({ op, query, after }) => ({
+      json: offsetPage(op, after, query.maxResults ?? 50, await ctx.store.listConnectors(), connectorView),
+    }),
     GetNetworkConnector: async ({ params }) => ({ json: connectorView(await ctx.connectors.require(params.connectorIdentifier)) }),
     DeleteNetworkConnector: async ({ params }) => {
       await ctx.connectors.delete(params.connectorIdentifier);

@@ -62,5 +62,7 @@ function requestHash(body: Record<string, unknown>): string {
       : Array.isArray(v)
         ? v.map(canon)
         : v;
-  return createHash('sha256').update(JSON.stringify(canon(body))).digest('hex');
+  return createHash('sha256')
+    .update(JSON.stringify(canon(body)))
+    .digest('hex');
 }

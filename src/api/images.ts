@@ -39,14 +39,22 @@ export function imageOperations(ctx: ApiContext): Operations<ImageOperation> {
     const build = await ctx.store.getBuild(buildId);
     const version = build && (await ctx.store.getVersion(build.imageName, build.version));
     const image = build && (await ctx.store.getImage(build.imageName));
-    if (!build || !version || !image) throw new CellaError('NOT_FOUND', `the image this clientToken created no longer exists`, { details: { resourceType: 'MicrovmImage' } });
+    if (!build || !version || !image)
+      throw new CellaError('NOT_FOUND', `the image this clientToken created no longer exists`, { details: { resourceType: 'MicrovmImage' } });
     return { image, version, build };
   };
 
   return {
     CreateMicrovmImage: async ({ body: b }) => {
       if (b.tags) checkTags(b.tags, 'tags');
-      const r = await once(ctx.store, 'CreateMicrovmImage', b, () => ctx.capacity.require('CreateMicrovmImage'), (tx) => ctx.images.create(b, tx), (s) => s.build.buildId);
+      const r = await once(
+        ctx.store,
+        'CreateMicrovmImage',
+        b,
+        () => ctx.capacity.require('CreateMicrovmImage'),
+        (tx) => ctx.images.create(b, tx),
+        (s) => s.build.buildId,
+      );
       if ('replay' in r) return { json: await started(await replayBuild(r.replay)) };
       void ctx.images.enqueue(r.made);
       return { json: await started(r.made) };
@@ -54,7 +62,14 @@ export function imageOperations(ctx: ApiContext): Operations<ImageOperation> {
     UpdateMicrovmImage: async ({ body: b, params }) => {
       const id = params.imageIdentifier;
       const scope = `UpdateMicrovmImage:${ctx.arns.imageName(id)}`;
-      const r = await once(ctx.store, scope, b, () => ctx.capacity.require('UpdateMicrovmImage'), (tx) => ctx.images.update(id, b, tx), (s) => s.build.buildId);
+      const r = await once(
+        ctx.store,
+        scope,
+        b,
+        () => ctx.capacity.require('UpdateMicrovmImage'),
+        (tx) => ctx.images.update(id, b, tx),
+        (s) => s.build.buildId,
+      );
       if ('replay' in r) return { json: await started(await replayBuild(r.replay)) };
       void ctx.images.enqueue(r.made);
       return { json: await started(r.made) };
@@ -89,7 +104,9 @@ export function imageOperations(ctx: ApiContext): Operations<ImageOperation> {
       return { json: versionView(img, await ctx.images.setStatus(img.name, params.imageVersion, body.status)) };
     },
     DeleteMicrovmImageVersion: async ({ params: { imageIdentifier, imageVersion } }) => {
-      const r = await ctx.images.deleteVersion(imageIdentifier, imageVersion, async (name, ver) => (await ctx.store.liveVms()).some((v) => v.imageName === name && v.imageVersion === ver));
+      const r = await ctx.images.deleteVersion(imageIdentifier, imageVersion, async (name, ver) =>
+        (await ctx.store.liveVms()).some((v) => v.imageName === name && v.imageVersion === ver),
+      );
       return { json: { imageIdentifier, imageVersion, state: r.state } };
     },
     ListMicrovmImageBuilds: async ({ op, params, query: q, after }) => {
@@ -97,7 +114,10 @@ export function imageOperations(ctx: ApiContext): Operations<ImageOperation> {
       const img = await ctx.images.require(v.imageName);
       const all = (await ctx.store.listBuilds(v.imageName, v.version)).map((b) => buildView(img, b, chipset));
       const wanted = all.filter(
-        (b) => (!q.architecture || b.architecture === q.architecture) && (!q.chipset || b.chipset === q.chipset) && (!q.chipsetGeneration || b.chipsetGeneration === q.chipsetGeneration),
+        (b) =>
+          (!q.architecture || b.architecture === q.architecture) &&
+          (!q.chipset || b.chipset === q.chipset) &&
+          (!q.chipsetGeneration || b.chipsetGeneration === q.chipsetGeneration),
       );
       return { json: offsetPage(op, after, q.maxResults ?? 50, wanted, (b) => b) };
     },

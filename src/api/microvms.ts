@@ -6,7 +6,16 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Static } from '@sinclair/typebox';
-import { AUTH_HEADER, CellaError, hookPort, MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD_BYTES, type Microvm, type PortSpecification, type Routes } from '../contract/index.js';
+import {
+  AUTH_HEADER,
+  CellaError,
+  hookPort,
+  MAX_DURATION_SECONDS,
+  MAX_RUN_HOOK_PAYLOAD_BYTES,
+  type Microvm,
+  type PortSpecification,
+  type Routes,
+} from '../contract/index.js';
 import { admitVm, pendingVm } from '../lifecycle/index.js';
 import type { Tx, VmRecord } from '../store/index.js';
 import { usageOf } from '../usage/index.js';
@@ -54,13 +63,21 @@ export function microvmOperations(ctx: ApiContext): Operations<MicrovmOperation>
       await ctx.lifecycle.terminate(cmd.params.microvmIdentifier);
       return { empty: true };
     },
-    CreateMicrovmAuthToken: async (cmd) => ({ json: await mintToken(ctx, cmd.params.microvmIdentifier, 'http', cmd.body.allowedPorts, cmd.body.expirationInMinutes) }),
-    CreateMicrovmShellAuthToken: async (cmd) => ({ json: await mintToken(ctx, cmd.params.microvmIdentifier, 'shell', [{ port: 8022 }], cmd.body.expirationInMinutes) }),
+    CreateMicrovmAuthToken: async (cmd) => ({
+      json: await mintToken(ctx, cmd.params.microvmIdentifier, 'http', cmd.body.allowedPorts, cmd.body.expirationInMinutes),
+    }),
+    CreateMicrovmShellAuthToken: async (cmd) => ({
+      json: await mintToken(ctx, cmd.params.microvmIdentifier, 'shell', [{ port: 8022 }], cmd.body.expirationInMinutes),
+    }),
     GetMicrovmLogs: async (cmd) => {
       const rec = await ctx.lifecycle.require(cmd.params.microvmIdentifier);
-      if (rec.spec.loggingDisabled) throw new CellaError('INVALID_STATE', `logging is disabled for MicroVM ${rec.id}`, { details: { resourceId: rec.id, resourceType: 'Microvm' } });
+      if (rec.spec.loggingDisabled)
+        throw new CellaError('INVALID_STATE', `logging is disabled for MicroVM ${rec.id}`, { details: { resourceId: rec.id, resourceType: 'Microvm' } });
       const follow = cmd.query.follow ?? false;
-      return { text: (write, signal) => ctx.logs.stream(rec.id, { follow, signal, isLive: async () => (await ctx.store.getVm(rec.id))?.state !== 'TERMINATED' }, write) };
+      return {
+        text: (write, signal) =>
+          ctx.logs.stream(rec.id, { follow, signal, isLive: async () => (await ctx.store.getVm(rec.id))?.state !== 'TERMINATED' }, write),
+      };
     },
     GetMicrovmUsage: async (cmd) => ({ json: usageOf(await ctx.lifecycle.require(cmd.params.microvmIdentifier), Date.now()) }),
   };
@@ -68,7 +85,10 @@ export function microvmOperations(ctx: ApiContext): Operations<MicrovmOperation>
 
 async function runMicrovm(ctx: ApiContext, b: Static<Routes['RunMicrovm']['body']>): Promise<Microvm> {
   if (b.runHookPayload !== undefined && Buffer.byteLength(b.runHookPayload) > MAX_RUN_HOOK_PAYLOAD_BYTES) {
-    throw new CellaError('INVALID_ARGUMENT', `runHookPayload is ${Buffer.byteLength(b.runHookPayload)} bytes; at most ${MAX_RUN_HOOK_PAYLOAD_BYTES} are allowed`);
+    throw new CellaError(
+      'INVALID_ARGUMENT',
+      `runHookPayload is ${Buffer.byteLength(b.runHookPayload)} bytes; at most ${MAX_RUN_HOOK_PAYLOAD_BYTES} are allowed`,
+    );
   }
   const name = ctx.arns.imageName(b.imageIdentifier);
   const prepare = async (): Promise<VmRecord> => {
@@ -106,13 +126,20 @@ async function runMicrovm(ctx: ApiContext, b: Static<Routes['RunMicrovm']['body'
   return microvmView(r.made, ctx.domain);
 }
 
-async function mintToken(ctx: ApiContext, id: string, kind: 'http' | 'shell', ports: PortSpecification[], minutes: number): Promise<{ authToken: Record<string, string> }> {
+async function mintToken(
+  ctx: ApiContext,
+  id: string,
+  kind: 'http' | 'shell',
+  ports: PortSpecification[],
+  minutes: number,
+): Promise<{ authToken: Record<string, string> }> {
   const rec = await ctx.lifecycle.require(id);
   if (rec.state === 'TERMINATING' || rec.state === 'TERMINATED') {
     throw new CellaError('INVALID_STATE', `MicroVM ${id} is ${rec.state}`, { details: { resourceId: id, resourceType: 'Microvm' } });
   }
   for (const p of ports) {
-    if ('range' in p && p.range.startPort > p.range.endPort) throw new CellaError('INVALID_ARGUMENT', `port range ${p.range.startPort}-${p.range.endPort} is empty`);
+    if ('range' in p && p.range.startPort > p.range.endPort)
+      throw new CellaError('INVALID_ARGUMENT', `port range ${p.range.startPort}-${p.range.endPort} is empty`);
   }
   ctx.connectors.checkTokenIngress(id, rec.spec.ingressNetworkConnectors, kind);
   const t = await ctx.tokens.mint(id, kind, ports, minutes);

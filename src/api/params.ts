@@ -27,7 +27,8 @@ export function decodePathParam(name: string, raw: string): string {
   } catch {
     throw new CellaError('INVALID_ARGUMENT', `${name} is not valid percent-encoded UTF-8`);
   }
-  if (value.length < 1 || value.length > MAX_PATH_PARAM_CHARS) throw new CellaError('INVALID_ARGUMENT', `${name} must be 1 to ${MAX_PATH_PARAM_CHARS} characters`);
+  if (value.length < 1 || value.length > MAX_PATH_PARAM_CHARS)
+    throw new CellaError('INVALID_ARGUMENT', `${name} must be 1 to ${MAX_PATH_PARAM_CHARS} characters`);
   if (/[\u0000-\u001f\u007f]/.test(value)) throw new CellaError('INVALID_ARGUMENT', `${name} must not contain control characters`);
   return value;
 }

@@ -15,7 +15,9 @@ const DRAIN_MS = 5_000;
 /** Wires the answers below into the API's HTTP server. */
 export function answerProtocolErrors(server: Server): void {
   server.on('clientError', handleClientError);
-  server.on('connect', (req: IncomingMessage, socket: Duplex) => refuse(socket, new CellaError('METHOD_NOT_ALLOWED', `CONNECT is not allowed: ${req.url ?? ''} is not an operation`)));
+  server.on('connect', (req: IncomingMessage, socket: Duplex) =>
+    refuse(socket, new CellaError('METHOD_NOT_ALLOWED', `CONNECT is not allowed: ${req.url ?? ''} is not an operation`)),
+  );
 }
 
 /** The parser keeps failing on each later packet of a refused connection; it is answered once. */

@@ -15,13 +15,19 @@ test('a burst of the contract rate passes, the next request is throttled, and ti
   t.take('k', 'GetMicrovm');
   now += 500;
   t.take('k', 'SuspendMicrovm');
-  assert.throws(() => t.take('k', 'SuspendMicrovm'), (e) => isCellaError(e, 'THROTTLED'));
+  assert.throws(
+    () => t.take('k', 'SuspendMicrovm'),
+    (e) => isCellaError(e, 'THROTTLED'),
+  );
 });
 
 test('scale multiplies the rates and 0 turns throttling off', () => {
   const ten = new Throttle(10, () => 0);
   for (let i = 0; i < 20; i++) ten.take('k', 'SuspendMicrovm');
-  assert.throws(() => ten.take('k', 'SuspendMicrovm'), (e) => isCellaError(e, 'THROTTLED'));
+  assert.throws(
+    () => ten.take('k', 'SuspendMicrovm'),
+    (e) => isCellaError(e, 'THROTTLED'),
+  );
   const off = new Throttle(0, () => 0);
   for (let i = 0; i < 1000; i++) off.take('k', 'SuspendMicrovm');
 });

@@ -4,7 +4,18 @@
  * seconds (JSON numbers), restJson1's default timestamp format; an absent
  * optional member is left out, never sent as null.
  */
-import type { BuildSummary, ImageVersion, ImageVersionStarted, ManagedImage, ManagedImageVersion, Microvm, MicrovmImage, MicrovmImageSummary, MicrovmSummary, NetworkConnector } from '../contract/index.js';
+import type {
+  BuildSummary,
+  ImageVersion,
+  ImageVersionStarted,
+  ManagedImage,
+  ManagedImageVersion,
+  Microvm,
+  MicrovmImage,
+  MicrovmImageSummary,
+  MicrovmSummary,
+  NetworkConnector,
+} from '../contract/index.js';
 import type { LatestVersions, StartedVersion } from '../images/index.js';
 import type { BuildRecord, ConnectorRecord, ImageRecord, ImageVersionRecord, VmRecord } from '../store/index.js';
 

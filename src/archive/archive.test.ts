@@ -12,7 +12,6 @@ import { BuildFailure, CellaError, type BuildFailureReason } from '../contract/i
 import { S_IFLNK, S_IFREG, rawZip } from '../../test/fixtures/zip-raw.js';
 import { extractZip, fetchArtifact, findDockerfile, validateArtifactUri, zipDirectory, zipEntryCount, type ZipLimits } from './index.js';
 
-
 const MiB = 1024 * 1024;
 
 const scratch: string[] = [];
@@ -120,23 +119,13 @@ describe('extractZip', () => {
       ['link', 's/x/../..'],
     ] as const) {
       await assertRefused(
-        rawZip([
-          DOCKERFILE,
-          { name: 's', data: Buffer.from('.'), mode: S_IFLNK | 0o777 },
-          { name, data: Buffer.from(target), mode: S_IFLNK | 0o777 },
-        ]),
+        rawZip([DOCKERFILE, { name: 's', data: Buffer.from('.'), mode: S_IFLNK | 0o777 }, { name, data: Buffer.from(target), mode: S_IFLNK | 0o777 }]),
       );
     }
   });
 
   test('never writes through a symlink it created', async () => {
-    await assertRefused(
-      rawZip([
-        DOCKERFILE,
-        { name: 'a', data: Buffer.from('.'), mode: S_IFLNK | 0o777 },
-        { name: 'a/../../evil', data: Buffer.from('x') },
-      ]),
-    );
+    await assertRefused(rawZip([DOCKERFILE, { name: 'a', data: Buffer.from('.'), mode: S_IFLNK | 0o777 }, { name: 'a/../../evil', data: Buffer.from('x') }]));
     const dest = await assertRefused(
       rawZip([
         DOCKERFILE,
@@ -262,7 +251,11 @@ describe('fetchArtifact', () => {
     validateArtifactUri('s3://my-bucket/code/app.zip');
     validateArtifactUri('file:///srv/code/app.zip');
     for (const uri of ['http://example.com/a.zip', 'file://host/a.zip', 'file:relative.zip', 's3://bucket', 's3://Bad_Bucket/k', 'app.zip']) {
-      assert.throws(() => validateArtifactUri(uri), (err) => err instanceof CellaError && err.code === 'INVALID_ARGUMENT', uri);
+      assert.throws(
+        () => validateArtifactUri(uri),
+        (err) => err instanceof CellaError && err.code === 'INVALID_ARGUMENT',
+        uri,
+      );
     }
   });
 

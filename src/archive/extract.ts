@@ -44,11 +44,7 @@ function invalid(message: string): BuildFailure {
  * through symlinks, duplicates and zip bombs are refused with ARCHIVE_INVALID.
  * On failure `destDir` may hold part of the tree; the caller removes it.
  */
-export async function extractZip(
-  zipFile: string,
-  destDir: string,
-  limits: Partial<ZipLimits> = {},
-): Promise<{ entries: number; bytes: number }> {
+export async function extractZip(zipFile: string, destDir: string, limits: Partial<ZipLimits> = {}): Promise<{ entries: number; bytes: number }> {
   const lim: ZipLimits = { ...DEFAULT_ZIP_LIMITS, ...limits };
   const root = await emptyDestination(destDir);
   let zip: ZipFile;

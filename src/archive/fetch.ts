@@ -147,12 +147,7 @@ function s3Failure(uri: string, err: unknown): BuildFailure {
 }
 
 /** Writes the stream to `destFile` (removed again on failure), counting and hashing what passes. */
-async function save(
-  source: Readable,
-  destFile: string,
-  maxBytes: number,
-  tooLarge: () => BuildFailure,
-): Promise<{ bytes: number; sha256: string }> {
+async function save(source: Readable, destFile: string, maxBytes: number, tooLarge: () => BuildFailure): Promise<{ bytes: number; sha256: string }> {
   const hash = createHash('sha256');
   let bytes = 0;
   const meter = new Transform({

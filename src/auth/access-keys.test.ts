@@ -13,7 +13,10 @@ describe('AccessKeys', () => {
     assert.equal(first.created.secretAccessKey.length, 40);
     const again = await AccessKeys.open(store);
     assert.equal(again.created, undefined);
-    assert.deepEqual((await again.list()).map((k) => k.accessKeyId), [first.created.accessKeyId]);
+    assert.deepEqual(
+      (await again.list()).map((k) => k.accessKeyId),
+      [first.created.accessKeyId],
+    );
     assert.equal(await again.secretOf(first.created.accessKeyId), first.created.secretAccessKey);
   });
 

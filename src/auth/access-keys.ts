@@ -79,7 +79,10 @@ export class AccessKeys {
   /** From then on, requests signed with it are refused (UNKNOWN_ACCESS_KEY). */
   async revoke(accessKeyId: string): Promise<void> {
     if (this.env?.accessKeyId === accessKeyId) {
-      throw new CellaError('INVALID_ARGUMENT', `access key ${accessKeyId} comes from CELLA_ACCESS_KEY_ID in the server's environment: restart the server without it`);
+      throw new CellaError(
+        'INVALID_ARGUMENT',
+        `access key ${accessKeyId} comes from CELLA_ACCESS_KEY_ID in the server's environment: restart the server without it`,
+      );
     }
     if (!(await this.store.deleteAccessKey(accessKeyId))) {
       throw new CellaError('NOT_FOUND', `access key ${accessKeyId} not found`, { details: { resourceId: accessKeyId, resourceType: 'AccessKey' } });
@@ -97,7 +100,8 @@ export class AccessKeys {
 function envPair(env: Partial<AccessKeyPair> | undefined): AccessKeyPair | undefined {
   const { accessKeyId, secretAccessKey } = env ?? {};
   if (!accessKeyId && !secretAccessKey) return undefined;
-  if (!accessKeyId || !secretAccessKey) throw new CellaError('INVALID_ARGUMENT', 'CELLA_ACCESS_KEY_ID and CELLA_SECRET_ACCESS_KEY go together: set both or neither');
+  if (!accessKeyId || !secretAccessKey)
+    throw new CellaError('INVALID_ARGUMENT', 'CELLA_ACCESS_KEY_ID and CELLA_SECRET_ACCESS_KEY go together: set both or neither');
   if (!ID_PATTERN.test(accessKeyId)) throw new CellaError('INVALID_ARGUMENT', 'CELLA_ACCESS_KEY_ID must be 16 to 128 letters, digits or underscores');
   return { accessKeyId, secretAccessKey };
 }

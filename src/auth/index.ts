@@ -71,7 +71,11 @@ export class Authenticator {
   async check(req: { method: string; target: string; headers: IncomingHttpHeaders }, body: Buffer | undefined): Promise<string> {
     const authorization = req.headers.authorization;
     if (!isSigV4(authorization, req.target)) return this.apiKeys.check(authorization);
-    if (body === undefined) throw new CellaError('SIGNATURE_MALFORMED', 'uploads take "Authorization: Bearer <key>"; with SigV4, give the code as an s3:// or file:// codeArtifact uri');
+    if (body === undefined)
+      throw new CellaError(
+        'SIGNATURE_MALFORMED',
+        'uploads take "Authorization: Bearer <key>"; with SigV4, give the code as an s3:// or file:// codeArtifact uri',
+      );
     return `sigv4:${await this.sigv4.verify({ ...req, body })}`;
   }
 }

@@ -20,7 +20,12 @@ describe('ReplayGuard', () => {
 
   test('bounded: when full the oldest is dropped and nothing signed at or before it is accepted again', () => {
     const g = new ReplayGuard(1_000_000, 3);
-    for (const [s, at] of [['a', 1], ['b', 2], ['c', 3]] as const) assert.equal(g.claim(s, at, 10), 'fresh');
+    for (const [s, at] of [
+      ['a', 1],
+      ['b', 2],
+      ['c', 3],
+    ] as const)
+      assert.equal(g.claim(s, at, 10), 'fresh');
     assert.equal(g.claim('d', 4, 10), 'fresh');
     assert.equal(g.size, 3);
     assert.equal(g.claim('a', 1, 10), 'forgotten', 'the dropped signature cannot come back');

@@ -108,7 +108,15 @@ describe('SigV4 verification', () => {
     const headers = { host: HOST, 'x-amz-date': amzDate, 'content-type': 'application/json' };
     const names = Object.keys(headers).sort();
     const hex = (s: string): string => createHash('sha256').update(s).digest('hex');
-    const canonical = ['POST', '/2025-09-09/microvms', 'maxResults=5', ...names.map((n) => `${n}:${headers[n as keyof typeof headers]}`), '', names.join(';'), hex(body)].join('\n');
+    const canonical = [
+      'POST',
+      '/2025-09-09/microvms',
+      'maxResults=5',
+      ...names.map((n) => `${n}:${headers[n as keyof typeof headers]}`),
+      '',
+      names.join(';'),
+      hex(body),
+    ].join('\n');
     const scope = `20250909/us-east-1/lambda/aws4_request`;
     const toSign = ['AWS4-HMAC-SHA256', amzDate, scope, hex(canonical)].join('\n');
     const hmac = (k: Buffer | string, d: string): Buffer => createHmac('sha256', k).update(d).digest();
@@ -151,7 +159,11 @@ describe('SigV4 verification', () => {
     const plain = await signed({ method: 'POST', body: '{"imageIdentifier":"demo"}' });
     plain.body = Buffer.from('{"imageIdentifier":"evil"}');
     await refused(v, plain, 'SIGNATURE_INVALID');
-    const declared = await signed({ method: 'POST', body: '{"imageIdentifier":"demo"}', headers: { 'x-amz-content-sha256': createHash('sha256').update('{"imageIdentifier":"demo"}').digest('hex') } });
+    const declared = await signed({
+      method: 'POST',
+      body: '{"imageIdentifier":"demo"}',
+      headers: { 'x-amz-content-sha256': createHash('sha256').update('{"imageIdentifier":"demo"}').digest('hex') },
+    });
     declared.body = Buffer.from('{"imageIdentifier":"evil"}');
     await refused(v, declared, 'SIGNATURE_INVALID');
     const unsigned = await signed({ method: 'POST', body: '{}', headers: { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' } });

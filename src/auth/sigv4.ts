@@ -89,12 +89,17 @@ export class SigV4Verifier {
     const signedAt = parseAmzDate(amzDate);
     this.checkSkew(amzDate, signedAt);
     if (p.date !== day) throw new CellaError('SIGNATURE_INVALID', `the credential scope's date ${p.date} is not the date of x-amz-date ${amzDate}`);
-    if (p.service !== SIGNING_SERVICE) throw new CellaError('SIGNATURE_INVALID', `Credential should be scoped to correct service: '${SIGNING_SERVICE}', not '${p.service}'`);
+    if (p.service !== SIGNING_SERVICE)
+      throw new CellaError('SIGNATURE_INVALID', `Credential should be scoped to correct service: '${SIGNING_SERVICE}', not '${p.service}'`);
     if (p.region !== this.opts.region) {
-      throw new CellaError('SIGNATURE_INVALID', `Credential should be scoped to a valid region: this server is ${this.opts.region}, not ${p.region} (set the SDK's region, or cella server --region)`);
+      throw new CellaError(
+        'SIGNATURE_INVALID',
+        `Credential should be scoped to a valid region: this server is ${this.opts.region}, not ${p.region} (set the SDK's region, or cella server --region)`,
+      );
     }
     const secret = await this.opts.secretOf(p.accessKeyId);
-    if (secret === undefined) throw new CellaError('UNKNOWN_ACCESS_KEY', `The security token included in the request is invalid: access key ${p.accessKeyId} is not known`);
+    if (secret === undefined)
+      throw new CellaError('UNKNOWN_ACCESS_KEY', `The security token included in the request is invalid: access key ${p.accessKeyId} is not known`);
     const payloadHash = createHash('sha256').update(req.body).digest('hex');
     const declared = header(req.headers, 'x-amz-content-sha256');
     if (declared !== undefined && declared !== payloadHash) {
@@ -103,11 +108,18 @@ export class SigV4Verifier {
     const expected = await expectedSignature(req, p, secret, new Date(signedAt));
     const given = Buffer.from(p.signature, 'hex');
     if (!timingSafeEqual(expected, given)) {
-      throw new CellaError('SIGNATURE_INVALID', 'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.');
+      throw new CellaError(
+        'SIGNATURE_INVALID',
+        'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.',
+      );
     }
     const claim = this.replay.claim(p.signature, signedAt, this.now());
     if (claim === 'replayed') throw new CellaError('SIGNATURE_REPLAYED', 'this signed request was already served: sign each request anew');
-    if (claim === 'forgotten') throw new CellaError('REQUEST_EXPIRED', `the request was signed at ${amzDate}, before what this server still remembers for replay protection: sign it again`);
+    if (claim === 'forgotten')
+      throw new CellaError(
+        'REQUEST_EXPIRED',
+        `the request was signed at ${amzDate}, before what this server still remembers for replay protection: sign it again`,
+      );
     return p.accessKeyId;
   }
 
@@ -115,10 +127,16 @@ export class SigV4Verifier {
   private checkSkew(amzDate: string, signedAt: number): void {
     const now = this.now();
     if (signedAt < now - MAX_SKEW_MS) {
-      throw new CellaError('REQUEST_EXPIRED', `Signature expired: ${amzDate} is now earlier than ${formatAmzDate(now - MAX_SKEW_MS)} (${formatAmzDate(now)} - 15 min.)`);
+      throw new CellaError(
+        'REQUEST_EXPIRED',
+        `Signature expired: ${amzDate} is now earlier than ${formatAmzDate(now - MAX_SKEW_MS)} (${formatAmzDate(now)} - 15 min.)`,
+      );
     }
     if (signedAt > now + MAX_SKEW_MS) {
-      throw new CellaError('REQUEST_EXPIRED', `Signature not yet current: ${amzDate} is still later than ${formatAmzDate(now + MAX_SKEW_MS)} (${formatAmzDate(now)} + 15 min.)`);
+      throw new CellaError(
+        'REQUEST_EXPIRED',
+        `Signature not yet current: ${amzDate} is still later than ${formatAmzDate(now + MAX_SKEW_MS)} (${formatAmzDate(now)} + 15 min.)`,
+      );
     }
   }
 }
@@ -141,7 +159,8 @@ export function parseAuthorization(value: string): Parsed {
   }
   if (!HEX64.test(signature as string)) throw new CellaError('SIGNATURE_MALFORMED', 'Signature must be 64 lowercase hex digits');
   const names = (signedHeaders as string).split(';');
-  if (names.some((n) => n === '' || n !== n.toLowerCase())) throw new CellaError('SIGNATURE_MALFORMED', 'SignedHeaders must be lowercase header names separated by ;');
+  if (names.some((n) => n === '' || n !== n.toLowerCase()))
+    throw new CellaError('SIGNATURE_MALFORMED', 'SignedHeaders must be lowercase header names separated by ;');
   const [accessKeyId, date, region, service] = scope as [string, string, string, string, string];
   return { accessKeyId, date, region, service, signedHeaders: names, signature: signature as string };
 }
@@ -157,11 +176,20 @@ async function expectedSignature(req: SignedRequest, p: Parsed, secret: string, 
   }
   const headers: Record<string, string> = {};
   for (const h of p.signedHeaders) headers[h] = header(req.headers, h) as string;
-  const signer = new SignatureV4({ credentials: { accessKeyId: p.accessKeyId, secretAccessKey: secret }, region: p.region, service: p.service, sha256: Sha256, applyChecksum: false });
-  const signed = await signer.sign(new HttpRequest({ method: req.method, protocol: 'http:', hostname: headers.host ?? '', path, query, headers, body: req.body }), {
-    signingDate,
-    signableHeaders: new Set(p.signedHeaders),
+  const signer = new SignatureV4({
+    credentials: { accessKeyId: p.accessKeyId, secretAccessKey: secret },
+    region: p.region,
+    service: p.service,
+    sha256: Sha256,
+    applyChecksum: false,
   });
+  const signed = await signer.sign(
+    new HttpRequest({ method: req.method, protocol: 'http:', hostname: headers.host ?? '', path, query, headers, body: req.body }),
+    {
+      signingDate,
+      signableHeaders: new Set(p.signedHeaders),
+    },
+  );
   const m = /Signature=([0-9a-f]{64})$/.exec(String(signed.headers.authorization));
   return Buffer.from(m?.[1] ?? '', 'hex');
 }
@@ -180,5 +208,8 @@ function parseAmzDate(s: string): number {
 }
 
 export function formatAmzDate(ms: number): string {
-  return new Date(ms).toISOString().replace(/[-:]/g, '').replace(/\.\d{3}/, '');
+  return new Date(ms)
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}/, '');
 }

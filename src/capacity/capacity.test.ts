@@ -4,7 +4,6 @@ import { test } from 'node:test';
 import { isCellaError } from '../contract/index.js';
 import { DiskCapacity, diskSpace } from './index.js';
 
-
 test('below the floor, require() refuses with INSUFFICIENT_CAPACITY and a retry hint; above it, it lets work through', () => {
   const free = diskSpace(tmpdir()).freeBytes;
   const low = new DiskCapacity({ dir: tmpdir(), minFreeBytes: free * 4 });

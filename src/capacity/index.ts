@@ -54,7 +54,8 @@ export class DiskCapacity extends EventEmitter {
     this.last = this.read(opts.dir);
     this.minFreeBytes = opts.minFreeBytes ?? Math.max(DEFAULT_MIN_FREE_MIB * 1024 * 1024, Math.floor(this.last.totalBytes * MIN_FREE_FRACTION));
     this.low = this.last.freeBytes < this.minFreeBytes;
-    if (this.low) this.log(`disk: only ${mib(this.last.freeBytes)} MiB free on ${opts.dir} (floor ${mib(this.minFreeBytes)} MiB): new work is refused until there is more`);
+    if (this.low)
+      this.log(`disk: only ${mib(this.last.freeBytes)} MiB free on ${opts.dir} (floor ${mib(this.minFreeBytes)} MiB): new work is refused until there is more`);
   }
 
   /** Starts watching (unref'd: it never keeps the process up). */

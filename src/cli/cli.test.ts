@@ -8,7 +8,6 @@ import path from 'node:path';
 import type { Io } from './args.js';
 import { main } from './index.js';
 
-
 /** Runs main() in-process with captured output and the given environment (no CELLA_* unless set). */
 async function cella(argv: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string; err: string }> {
   let out = '';
@@ -71,7 +70,11 @@ test('usage errors exit 2 with the concerned usage on stderr', async () => {
     [['image', 'create'], /missing NAME/, /^Usage: cella image create NAME/m],
     [['image', 'create', 'demo'], /missing the code: --zip FILE, --dir DIR or --uri URI/, /^Usage: cella image create/m],
     [['image', 'create', 'demo', '--zip', 'a.zip', '--dir', 'app'], /--zip and --dir exclude each other: give one/, /Usage: cella image create/],
-    [['image', 'update', 'demo', '--zip', 'a.zip', '--dir', 'app', '--uri', 's3://b/k.zip'], /--zip and --dir and --uri exclude each other/, /Usage: cella image update/],
+    [
+      ['image', 'update', 'demo', '--zip', 'a.zip', '--dir', 'app', '--uri', 's3://b/k.zip'],
+      /--zip and --dir and --uri exclude each other/,
+      /Usage: cella image update/,
+    ],
     [['image', 'create', 'demo', '--uri', 'https://example.com/a.zip'], /--uri takes s3:\/\/BUCKET\/KEY\.zip or file:\/\/\/PATH\.zip/, /Usage/],
     [['image', 'create', 'demo', '--dir', 'app', '--env', 'NOEQUALS'], /--env takes K=V, not "NOEQUALS"/, /Usage/],
     [['image', 'create', 'demo', '--dir', 'app', '--env', '=x'], /--env takes K=V/, /Usage/],
@@ -132,7 +135,10 @@ test('a missing API key is a usage error with a pointer to the fix', async () =>
 
 test('an unreachable server exits 3, naming the URL and `cella server`', async () => {
   const url = `http://127.0.0.1:${await closedPort()}`;
-  for (const argv of [['ls', '--url', url, '--api-key', 'k'], ['--url', url, 'get', 'mvm-1', '--api-key', 'k']]) {
+  for (const argv of [
+    ['ls', '--url', url, '--api-key', 'k'],
+    ['--url', url, 'get', 'mvm-1', '--api-key', 'k'],
+  ]) {
     const r = await cella(argv);
     assert.equal(r.code, 3, argv.join(' '));
     assert.match(r.err, new RegExp(`cannot reach the Cella server at ${url.replace(/\./g, '\\.')} \\(ECONNREFUSED\\)`));
@@ -182,7 +188,8 @@ async function fake(answer: (method: string, path: string, res: ServerResponse) 
 }
 
 const INFO = { version: 't', domain: 'cella.localhost', region: 'eu-west-1', accountId: '123456789012', proxyPort: 7443, accelerator: 'tcg' };
-const send = (res: ServerResponse, status: number, body: unknown): void => void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+const send = (res: ServerResponse, status: number, body: unknown): void =>
+  void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
 const ARN = 'arn:aws:lambda:eu-west-1:123456789012:microvm-image:demo';
 const vm = (id: string, state: string, extra: Record<string, unknown> = {}) => ({
   microvmId: id,
@@ -225,12 +232,19 @@ test('run sends the idle policy with its defaults, waits for RUNNING and prints 
 
     // Connector names become ARNs of the server's region and account (GetServerInfo); ARNs pass as they are.
     const other = 'arn:aws:lambda:eu-west-1:123456789012:network-connector:given';
-    const n = await cella(['run', 'demo', '--no-wait', '--ingress', 'http_ingress', '--egress', 'pypi', '--egress', 'INTERNET_EGRESS', '--egress', other], { CELLA_URL: f.url, CELLA_API_KEY: 'k' });
+    const n = await cella(['run', 'demo', '--no-wait', '--ingress', 'http_ingress', '--egress', 'pypi', '--egress', 'INTERNET_EGRESS', '--egress', other], {
+      CELLA_URL: f.url,
+      CELLA_API_KEY: 'k',
+    });
     assert.equal(n.code, 0, n.err);
     assert.deepEqual(f.seen.at(-1)?.body, {
       imageIdentifier: 'demo',
       ingressNetworkConnectors: ['arn:aws:lambda:eu-west-1:aws:network-connector:aws-network-connector:HTTP_INGRESS'],
-      egressNetworkConnectors: ['arn:aws:lambda:eu-west-1:123456789012:network-connector:pypi', 'arn:aws:lambda:eu-west-1:aws:network-connector:aws-network-connector:INTERNET_EGRESS', other],
+      egressNetworkConnectors: [
+        'arn:aws:lambda:eu-west-1:123456789012:network-connector:pypi',
+        'arn:aws:lambda:eu-west-1:aws:network-connector:aws-network-connector:INTERNET_EGRESS',
+        other,
+      ],
     });
   } finally {
     await f.close();
@@ -251,11 +265,27 @@ test("run takes the AWS CLI's run-microvm flags and shapes, lists up to the next
   const dir = mkdtempSync(path.join(tmpdir(), 'cella-cli-input-'));
   try {
     const aws = [
-      'run', '--image-identifier', IMAGE, '--image-version', '1.0',
-      '--idle-policy', '{"maxIdleDurationSeconds":300,"suspendedDurationSeconds":0,"autoResumeEnabled":false}',
-      '--ingress-network-connectors', HTTP, SHELL, '--egress-network-connectors', EGRESS,
-      '--maximum-duration-in-seconds', '3600', '--execution-role-arn', ROLE, '--run-hook-payload', '{"job":1}',
-      '--logging', '{"disabled":{}}', '--no-wait',
+      'run',
+      '--image-identifier',
+      IMAGE,
+      '--image-version',
+      '1.0',
+      '--idle-policy',
+      '{"maxIdleDurationSeconds":300,"suspendedDurationSeconds":0,"autoResumeEnabled":false}',
+      '--ingress-network-connectors',
+      HTTP,
+      SHELL,
+      '--egress-network-connectors',
+      EGRESS,
+      '--maximum-duration-in-seconds',
+      '3600',
+      '--execution-role-arn',
+      ROLE,
+      '--run-hook-payload',
+      '{"job":1}',
+      '--logging',
+      '{"disabled":{}}',
+      '--no-wait',
     ];
     assert.equal((await cella(aws, env)).code, 0);
     assert.deepEqual(f.seen.at(-1)?.body, {
@@ -271,7 +301,19 @@ test("run takes the AWS CLI's run-microvm flags and shapes, lists up to the next
     });
 
     // The shorthand idle policy, a JSON list, and --ingress with a full ARN beside a name.
-    const mixed = ['run', 'demo', '--idle-policy', 'maxIdleDurationSeconds=60,suspendedDurationSeconds=600,autoResumeEnabled=true', '--ingress', SHELL, '--ingress', 'http_ingress', '--egress-network-connectors', `["${EGRESS}"]`, '--no-wait'];
+    const mixed = [
+      'run',
+      'demo',
+      '--idle-policy',
+      'maxIdleDurationSeconds=60,suspendedDurationSeconds=600,autoResumeEnabled=true',
+      '--ingress',
+      SHELL,
+      '--ingress',
+      'http_ingress',
+      '--egress-network-connectors',
+      `["${EGRESS}"]`,
+      '--no-wait',
+    ];
     assert.equal((await cella(mixed, env)).code, 0);
     assert.deepEqual(f.seen.at(-1)?.body, {
       imageIdentifier: 'demo',
@@ -284,7 +326,12 @@ test("run takes the AWS CLI's run-microvm flags and shapes, lists up to the next
     const input = path.join(dir, 'run.json');
     writeFileSync(input, JSON.stringify({ imageIdentifier: IMAGE, maximumDurationInSeconds: 60, clientToken: 'from-file', ingressNetworkConnectors: [HTTP] }));
     assert.equal((await cella(['run', '--cli-input-json', `file://${input}`, '--maximum-duration-in-seconds', '120', '--no-wait'], env)).code, 0);
-    assert.deepEqual(f.seen.at(-1)?.body, { imageIdentifier: IMAGE, maximumDurationInSeconds: 120, clientToken: 'from-file', ingressNetworkConnectors: [HTTP] });
+    assert.deepEqual(f.seen.at(-1)?.body, {
+      imageIdentifier: IMAGE,
+      maximumDurationInSeconds: 120,
+      clientToken: 'from-file',
+      ingressNetworkConnectors: [HTTP],
+    });
     assert.equal((await cella(['run', '--cli-input-json', JSON.stringify({ imageIdentifier: 'demo' }), '--no-wait'], env)).code, 0);
     assert.deepEqual(f.seen.at(-1)?.body, { imageIdentifier: 'demo' });
   } finally {
@@ -356,7 +403,10 @@ test('token defaults to port 8080 and prints the header line', async () => {
     const r = await cella(['token', 'mvm-1'], env);
     assert.equal(r.code, 0, r.err);
     assert.equal(r.out, 'X-aws-proxy-auth: tok.en\n');
-    assert.deepEqual(f.seen.map((x) => `${x.method} ${x.url}`), ['POST /2025-09-09/microvms/mvm-1/auth-token']);
+    assert.deepEqual(
+      f.seen.map((x) => `${x.method} ${x.url}`),
+      ['POST /2025-09-09/microvms/mvm-1/auth-token'],
+    );
     assert.deepEqual(f.seen.at(-1)?.body, { expirationInMinutes: 15, allowedPorts: [{ port: 8080 }] });
     await cella(['token', 'mvm-1', '--ports', '3000-3005', '--port', '22', '--minutes', '5'], env);
     assert.deepEqual(f.seen.at(-1)?.body, { expirationInMinutes: 5, allowedPorts: [{ port: 22 }, { range: { startPort: 3000, endPort: 3005 } }] });
@@ -397,14 +447,28 @@ const version = (v: string, state: string, status = 'ACTIVE', extra: Record<stri
 
 /** How the fake's builds end, by build id; the log of each is two lines, sent apart. */
 async function imageServer(outcome: Record<string, Record<string, unknown>>) {
-  const started = (v: string, buildId: string, state: string) => ({ imageArn: ARN, name: 'demo', state, imageVersion: v, buildId, createdAt: T, baseImageArn: BUSYBOX, codeArtifact: { uri: 'x' } });
+  const started = (v: string, buildId: string, state: string) => ({
+    imageArn: ARN,
+    name: 'demo',
+    state,
+    imageVersion: v,
+    buildId,
+    createdAt: T,
+    baseImageArn: BUSYBOX,
+    codeArtifact: { uri: 'x' },
+  });
   return fake((method, path, res) => {
     const route = `${method} ${path}`;
-    if (route === 'POST /cella/v1/code-artifacts') return send(res, 200, { uri: 'file:///data/artifacts/abc.zip', sizeInBytes: 2048, sha256: 'abcdef0123456789' });
+    if (route === 'POST /cella/v1/code-artifacts')
+      return send(res, 200, { uri: 'file:///data/artifacts/abc.zip', sizeInBytes: 2048, sha256: 'abcdef0123456789' });
     if (route === `POST ${IMG}`) return send(res, 200, started('1.0', 'b-1', 'CREATING'));
     if (route === `PUT ${IMG}/demo`) return send(res, 200, started('2.0', 'b-2', 'UPDATING'));
-    if (route === `GET ${IMG}`) return send(res, 200, { items: [{ imageArn: ARN, name: 'demo', state: 'UPDATED', latestActiveImageVersion: '1.0', latestFailedImageVersion: '2.0', createdAt: T }] });
-    if (route === `GET ${IMG}/demo`) return send(res, 200, { imageArn: ARN, name: 'demo', state: 'UPDATED', latestActiveImageVersion: '1.0', createdAt: T, tags: { team: 'a' } });
+    if (route === `GET ${IMG}`)
+      return send(res, 200, {
+        items: [{ imageArn: ARN, name: 'demo', state: 'UPDATED', latestActiveImageVersion: '1.0', latestFailedImageVersion: '2.0', createdAt: T }],
+      });
+    if (route === `GET ${IMG}/demo`)
+      return send(res, 200, { imageArn: ARN, name: 'demo', state: 'UPDATED', latestActiveImageVersion: '1.0', createdAt: T, tags: { team: 'a' } });
     if (route === `GET ${IMG}/demo/versions`) {
       return send(res, 200, { items: [version('1.0', 'SUCCESSFUL'), version('2.0', 'FAILED', 'ACTIVE', { stateReason: 'CONTAINER_BUILD_FAILED' })] });
     }
@@ -425,7 +489,9 @@ async function imageServer(outcome: Record<string, Record<string, unknown>>) {
 }
 
 test('image create zips --dir, uploads it, creates, follows the build log, and on FAILED exits 1 with the reason last', async () => {
-  const f = await imageServer({ 'b-1': { buildState: 'FAILED', stateReason: 'CONTAINER_BUILD_FAILED', stateReasonMessage: 'step 2 (RUN make) exited with 2' } });
+  const f = await imageServer({
+    'b-1': { buildState: 'FAILED', stateReason: 'CONTAINER_BUILD_FAILED', stateReasonMessage: 'step 2 (RUN make) exited with 2' },
+  });
   const dir = mkdtempSync(path.join(tmpdir(), 'cella-cli-'));
   writeFileSync(path.join(dir, 'Dockerfile'), 'FROM busybox\nCOPY . /app\n');
   try {
@@ -434,7 +500,12 @@ test('image create zips --dir, uploads it, creates, follows the build log, and o
     assert.equal(r.code, 1, r.err);
     assert.deepEqual(
       f.seen.map((s) => `${s.method} ${s.url}`),
-      ['POST /cella/v1/code-artifacts', `POST ${IMG}`, 'GET /cella/v1/microvm-images/demo/versions/1.0/builds/b-1/logs?follow=true', `GET ${IMG}/demo/versions/1.0/builds/b-1`],
+      [
+        'POST /cella/v1/code-artifacts',
+        `POST ${IMG}`,
+        'GET /cella/v1/microvm-images/demo/versions/1.0/builds/b-1/logs?follow=true',
+        `GET ${IMG}/demo/versions/1.0/builds/b-1`,
+      ],
     );
     assert.equal(f.seen[0]?.type, 'application/zip');
     assert.equal((f.seen[0]?.body as Buffer).subarray(0, 2).toString(), 'PK');
@@ -465,17 +536,31 @@ test('image create --uri passes the URI through; --base takes a name or an ARN; 
     const env = { CELLA_URL: f.url, CELLA_API_KEY: 'k' };
     const r = await cella(['image', 'create', 'demo', '--uri', 's3://bucket/app.zip', '--base', 'debian-12-python'], env);
     assert.equal(r.code, 0, r.err);
-    assert.deepEqual(f.seen[0]?.body, { name: 'demo', baseImageArn: 'arn:aws:lambda:eu-west-1:aws:microvm-image:debian-12-python', codeArtifact: { uri: 's3://bucket/app.zip' } });
+    assert.deepEqual(f.seen[0]?.body, {
+      name: 'demo',
+      baseImageArn: 'arn:aws:lambda:eu-west-1:aws:microvm-image:debian-12-python',
+      codeArtifact: { uri: 's3://bucket/app.zip' },
+    });
     assert.match(r.out, /^state +SUCCESSFUL$/m);
     assert.match(r.out, /^snapshot +memory 64\.0 MiB, disk 1\.0 MiB$/m);
 
-    const j = await cella(['image', 'create', 'demo', '--uri', 'file:///srv/app.zip', '--base', 'arn:aws:lambda:us-east-1:aws:microvm-image:al2023-1', '--json'], env);
+    const j = await cella(
+      ['image', 'create', 'demo', '--uri', 'file:///srv/app.zip', '--base', 'arn:aws:lambda:us-east-1:aws:microvm-image:al2023-1', '--json'],
+      env,
+    );
     assert.equal(j.code, 0, j.err);
     assert.equal(parsed<{ buildState: string }>(j.out).buildState, 'SUCCESSFUL');
     // With --json the log is not followed: stderr stays quiet, stdout is JSON only.
     assert.equal(j.err, '');
-    assert.deepEqual(f.seen.slice(3).map((s) => `${s.method} ${s.url}`), [`POST ${IMG}`, `GET ${IMG}/demo/versions/1.0/builds/b-1`]);
-    assert.deepEqual(f.seen[3]?.body, { name: 'demo', baseImageArn: 'arn:aws:lambda:us-east-1:aws:microvm-image:al2023-1', codeArtifact: { uri: 'file:///srv/app.zip' } });
+    assert.deepEqual(
+      f.seen.slice(3).map((s) => `${s.method} ${s.url}`),
+      [`POST ${IMG}`, `GET ${IMG}/demo/versions/1.0/builds/b-1`],
+    );
+    assert.deepEqual(f.seen[3]?.body, {
+      name: 'demo',
+      baseImageArn: 'arn:aws:lambda:us-east-1:aws:microvm-image:al2023-1',
+      codeArtifact: { uri: 'file:///srv/app.zip' },
+    });
   } finally {
     await f.close();
   }
@@ -489,7 +574,10 @@ test('image update --zip streams the file and PUTs a new version; --no-wait retu
   try {
     const r = await cella(['image', 'update', 'demo', '--zip', zip, '--client-token', 't-1', '--no-wait'], { CELLA_URL: f.url, CELLA_API_KEY: 'k' });
     assert.equal(r.code, 0, r.err);
-    assert.deepEqual(f.seen.map((s) => `${s.method} ${s.url}`), ['POST /cella/v1/code-artifacts', `PUT ${IMG}/demo`]);
+    assert.deepEqual(
+      f.seen.map((s) => `${s.method} ${s.url}`),
+      ['POST /cella/v1/code-artifacts', `PUT ${IMG}/demo`],
+    );
     assert.equal((f.seen[0]?.body as Buffer).toString(), 'PK not really a zip');
     assert.deepEqual(f.seen[1]?.body, { baseImageArn: BUSYBOX, clientToken: 't-1', codeArtifact: { uri: 'file:///data/artifacts/abc.zip' } });
     assert.match(r.out, /^version +2\.0$/m);
@@ -563,10 +651,17 @@ test('image ls, get, versions, builds, bases print tables; activate, deactivate 
 
 test('keys create prints the pair once as exports; ls follows pages; revoke DELETEs the id; help for each', async () => {
   const f = await fake((method, p, res) => {
-    if (method === 'POST' && p === '/cella/v1/access-keys') return send(res, 200, { accessKeyId: 'CELLANEWKEY000000001', secretAccessKey: 's3cr3t', createdAt: 1735689600.123 });
+    if (method === 'POST' && p === '/cella/v1/access-keys')
+      return send(res, 200, { accessKeyId: 'CELLANEWKEY000000001', secretAccessKey: 's3cr3t', createdAt: 1735689600.123 });
     if (method === 'GET' && p === '/cella/v1/access-keys') {
       const second = f.seen.at(-1)?.url.includes('nextToken=t');
-      return send(res, 200, second ? { items: [{ accessKeyId: 'CELLAKEYB', createdAt: 1735776000 }] } : { items: [{ accessKeyId: 'CELLAKEYA', createdAt: 1735689600 }], nextToken: 't' });
+      return send(
+        res,
+        200,
+        second
+          ? { items: [{ accessKeyId: 'CELLAKEYB', createdAt: 1735776000 }] }
+          : { items: [{ accessKeyId: 'CELLAKEYA', createdAt: 1735689600 }], nextToken: 't' },
+      );
     }
     if (method === 'DELETE' && p === '/cella/v1/access-keys/CELLAGONE') return void res.writeHead(200, { 'content-length': 0 }).end();
     send(res, 404, { code: 'NOT_FOUND', message: `access key ${p.split('/').at(-1)} not found` });

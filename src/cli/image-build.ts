@@ -9,7 +9,14 @@ export async function followBuild(c: CellaClient, started: ImageVersionStarted, 
   if (!wait) {
     if (json) printJson(io, started);
     else {
-      io.out(keyValues([['image', name], ['version', version], ['build', buildId], ['state', started.state]]));
+      io.out(
+        keyValues([
+          ['image', name],
+          ['version', version],
+          ['build', buildId],
+          ['state', started.state],
+        ]),
+      );
       io.err(`follow the build with: cella image logs ${name} --version ${version} -f\n`);
     }
     return 0;

@@ -28,7 +28,13 @@ create response).
     const { source: s, config } = imageConfig(p.values);
     const tags = pairs(strs(p.values, 'tag'), '--tag', MAX_TAGS);
     const uri = await codeUri(c, s, io, json);
-    const started = await c.createImage({ name: at(p, 0), ...config, baseImageArn: await managedBase(c, config.baseImageArn), codeArtifact: { uri }, ...(Object.keys(tags).length > 0 ? { tags } : {}) });
+    const started = await c.createImage({
+      name: at(p, 0),
+      ...config,
+      baseImageArn: await managedBase(c, config.baseImageArn),
+      codeArtifact: { uri },
+      ...(Object.keys(tags).length > 0 ? { tags } : {}),
+    });
     return followBuild(c, started, io, json, !flag(p.values, 'no-wait'));
   },
 );
@@ -69,7 +75,10 @@ async function latestVersion(c: CellaClient, image: string): Promise<string> {
 
 async function latestBuild(c: CellaClient, image: string, version: string): Promise<string> {
   const last = (await listAll((t) => c.listImageBuilds(image, version, t))).at(-1);
-  if (!last) throw new CellaError('NOT_FOUND', `image ${image} version ${version} has no builds`, { details: { resourceId: version, resourceType: 'MicrovmImageVersion' } });
+  if (!last)
+    throw new CellaError('NOT_FOUND', `image ${image} version ${version} has no builds`, {
+      details: { resourceId: version, resourceType: 'MicrovmImageVersion' },
+    });
   return last.buildId;
 }
 
@@ -222,7 +231,13 @@ const bases = remote(
   async (_p, c, io, json) => {
     const items = await listAll((t) => c.listManagedImages(t));
     if (json) printJson(io, { items });
-    else io.out(table(['NAME', 'ARN', 'CREATED', 'DESCRIPTION'], items.map((b) => [arnName(b.imageArn), b.imageArn, time(b.createdAt) ?? '', b.description ?? ''])));
+    else
+      io.out(
+        table(
+          ['NAME', 'ARN', 'CREATED', 'DESCRIPTION'],
+          items.map((b) => [arnName(b.imageArn), b.imageArn, time(b.createdAt) ?? '', b.description ?? '']),
+        ),
+      );
     return 0;
   },
 );

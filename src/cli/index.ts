@@ -141,12 +141,17 @@ const doctor = hostCommand('Usage: cella doctor\n\nChecks the host: QEMU, guest 
   const engine = await Engine.open({ dataDir: opts.dataDir, guestDir: opts.guestDir, log: () => {} });
   try {
     const g = engine.guest.manifest;
-    out(io, opts, [`accelerator: ${engine.accel.reason}`, `guest kernel: ${g.kernelVersion}`, `guest dir: ${engine.guest.dir}`, `data dir: ${opts.dataDir}`].join('\n'), {
-      accel: engine.accel,
-      kernel: g.kernelVersion,
-      guestDir: engine.guest.dir,
-      dataDir: opts.dataDir,
-    });
+    out(
+      io,
+      opts,
+      [`accelerator: ${engine.accel.reason}`, `guest kernel: ${g.kernelVersion}`, `guest dir: ${engine.guest.dir}`, `data dir: ${opts.dataDir}`].join('\n'),
+      {
+        accel: engine.accel,
+        kernel: g.kernelVersion,
+        guestDir: engine.guest.dir,
+        dataDir: opts.dataDir,
+      },
+    );
   } finally {
     await engine.close();
   }
@@ -197,7 +202,8 @@ const ca = hostCommand(
   'Usage: cella ca\n\nPrints where the certificate authority of the endpoints is (made at the first `cella server`), for `curl --cacert` or a trust store.\n',
   async (opts, io) => {
     const file = tlsFiles(opts.dataDir).ca;
-    if (!existsSync(file)) throw new CellaError('NOT_FOUND', `no CA at ${file} yet: \`cella server\` makes it at its first start (unless it was given --tls-cert)`);
+    if (!existsSync(file))
+      throw new CellaError('NOT_FOUND', `no CA at ${file} yet: \`cella server\` makes it at its first start (unless it was given --tls-cert)`);
     out(io, opts, file, { caFile: file, pem: readFileSync(file, 'utf8') });
   },
 );

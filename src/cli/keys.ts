@@ -15,7 +15,9 @@ const create = remote(
     const k = await c.createAccessKey();
     if (json) printJson(io, k);
     else {
-      io.out(`A new access key. Save the secret: it is shown once.\n  export AWS_ACCESS_KEY_ID=${k.accessKeyId}\n  export AWS_SECRET_ACCESS_KEY=${k.secretAccessKey}\n`);
+      io.out(
+        `A new access key. Save the secret: it is shown once.\n  export AWS_ACCESS_KEY_ID=${k.accessKeyId}\n  export AWS_SECRET_ACCESS_KEY=${k.secretAccessKey}\n`,
+      );
     }
     return 0;
   },
@@ -30,7 +32,13 @@ const ls = remote(
     const items = [];
     for await (const k of c.listAllAccessKeys()) items.push(k);
     if (json) printJson(io, { items });
-    else io.out(table(['ACCESS KEY ID', 'CREATED'], items.map((k) => [k.accessKeyId, time(k.createdAt) ?? ''])));
+    else
+      io.out(
+        table(
+          ['ACCESS KEY ID', 'CREATED'],
+          items.map((k) => [k.accessKeyId, time(k.createdAt) ?? '']),
+        ),
+      );
     return 0;
   },
 );

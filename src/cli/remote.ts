@@ -120,7 +120,14 @@ Launches a MicroVM from an image's snapshot and waits until it is RUNNING.
     let vm = await c.runMicrovm(await runRequest(p, () => c.arns()));
     if (!flag(p.values, 'no-wait')) vm = await c.waitForState(vm.microvmId, ['RUNNING']);
     if (json) printJson(io, vm);
-    else io.out(keyValues([['id', vm.microvmId], ['state', vm.state], ['endpoint', `https://${vm.endpoint}`]]));
+    else
+      io.out(
+        keyValues([
+          ['id', vm.microvmId],
+          ['state', vm.state],
+          ['endpoint', `https://${vm.endpoint}`],
+        ]),
+      );
     return vm.state === 'TERMINATED' ? failedTo(vm, 'ran', io) : 0;
   },
 );
@@ -139,7 +146,13 @@ const ls = remote(
       if (flag(p.values, 'all') || s.state !== 'TERMINATED') items.push(s);
     }
     if (json) printJson(io, { items });
-    else io.out(table(['ID', 'STATE', 'IMAGE', 'STARTED'], items.map((s) => [s.microvmId, s.state, arnName(s.imageArn), time(s.startedAt) ?? ''])));
+    else
+      io.out(
+        table(
+          ['ID', 'STATE', 'IMAGE', 'STARTED'],
+          items.map((s) => [s.microvmId, s.state, arnName(s.imageArn), time(s.startedAt) ?? '']),
+        ),
+      );
     return 0;
   },
 );
@@ -154,7 +167,12 @@ const get = remote({ usage: 'Usage: cella get VM\n\nDescribes a MicroVM.\n', arg
 /** Suspend and terminate: ask, then (unless --no-wait) wait for the state the request leads to. */
 function transition(target: 'SUSPENDED' | 'TERMINATED', usage: string, act: (c: CellaClient, id: string) => Promise<void>): Command {
   return remote(
-    { usage, flags: `  --no-wait                return once the request is accepted, before the MicroVM is ${target}\n`, options: { 'no-wait': { type: 'boolean' } }, args: { min: 1, max: 1, names: 'VM' } },
+    {
+      usage,
+      flags: `  --no-wait                return once the request is accepted, before the MicroVM is ${target}\n`,
+      options: { 'no-wait': { type: 'boolean' } },
+      args: { min: 1, max: 1, names: 'VM' },
+    },
     async (p, c, io, json) => {
       const id = at(p, 0);
       await act(c, id);
@@ -166,10 +184,8 @@ function transition(target: 'SUSPENDED' | 'TERMINATED', usage: string, act: (c: 
   );
 }
 
-const suspend = transition(
-  'SUSPENDED',
-  'Usage: cella suspend VM [options]\n\nSuspends a RUNNING MicroVM to disk and waits until it is SUSPENDED.\n',
-  (c, id) => c.suspendMicrovm(id),
+const suspend = transition('SUSPENDED', 'Usage: cella suspend VM [options]\n\nSuspends a RUNNING MicroVM to disk and waits until it is SUSPENDED.\n', (c, id) =>
+  c.suspendMicrovm(id),
 );
 
 const terminate = transition(
@@ -178,13 +194,16 @@ const terminate = transition(
   (c, id) => c.terminateMicrovm(id),
 );
 
-const resume = remote({ usage: 'Usage: cella resume VM\n\nResumes a SUSPENDED MicroVM; returns once it runs.\n', args: { min: 1, max: 1, names: 'VM' } }, async (p, c, io, json) => {
-  await c.resumeMicrovm(at(p, 0));
-  const vm = await c.getMicrovm(at(p, 0));
-  if (json) printJson(io, vm);
-  else io.out(`${vm.microvmId} ${vm.state}\n`);
-  return 0;
-});
+const resume = remote(
+  { usage: 'Usage: cella resume VM\n\nResumes a SUSPENDED MicroVM; returns once it runs.\n', args: { min: 1, max: 1, names: 'VM' } },
+  async (p, c, io, json) => {
+    await c.resumeMicrovm(at(p, 0));
+    const vm = await c.getMicrovm(at(p, 0));
+    if (json) printJson(io, vm);
+    else io.out(`${vm.microvmId} ${vm.state}\n`);
+    return 0;
+  },
+);
 
 const logs = remote(
   {
@@ -286,16 +305,21 @@ const usage = remote(
 
 const shell = remote(
   {
-    usage: 'Usage: cella shell VM\n\nOpens an interactive shell in the MicroVM through its endpoint (it needs the SHELL_INGRESS connector). Leave with `exit`.\n',
+    usage:
+      'Usage: cella shell VM\n\nOpens an interactive shell in the MicroVM through its endpoint (it needs the SHELL_INGRESS connector). Leave with `exit`.\n',
     args: { min: 1, max: 1, names: 'VM' },
     noJson: true,
   },
   async (p, c) => {
     const id = at(p, 0);
     const [info, vm, res] = await Promise.all([c.getServerInfo(), c.getMicrovm(id), c.createMicrovmShellAuthToken(id, { expirationInMinutes: 60 })]);
-    return interactiveShell({ host: vm.endpoint, port: info.proxyPort, token: res.authToken[AUTH_HEADER] as string, ...(info.caCertificate ? { ca: info.caCertificate } : {}) });
+    return interactiveShell({
+      host: vm.endpoint,
+      port: info.proxyPort,
+      token: res.authToken[AUTH_HEADER] as string,
+      ...(info.caCertificate ? { ca: info.caCertificate } : {}),
+    });
   },
 );
 
 export const vmCommands: Record<string, Command> = { run, ls, get, suspend, resume, terminate, logs, token, usage, shell };
-

@@ -116,7 +116,8 @@ function shortIdle(v: Values): RunMicrovmRequest['idlePolicy'] {
   const idle = int(v, 'idle', 1);
   const ttl = int(v, 'suspended-ttl', 0);
   if (idle === undefined) {
-    if (ttl !== undefined || flag(v, 'no-auto-resume')) throw new UsageError('--suspended-ttl and --no-auto-resume are part of the idle policy: give --idle SECONDS too');
+    if (ttl !== undefined || flag(v, 'no-auto-resume'))
+      throw new UsageError('--suspended-ttl and --no-auto-resume are part of the idle policy: give --idle SECONDS too');
     return undefined;
   }
   return { maxIdleDurationSeconds: idle, suspendedDurationSeconds: ttl ?? SUSPENDED_TTL_DEFAULT, autoResumeEnabled: !flag(v, 'no-auto-resume') };

@@ -7,7 +7,6 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { CellaClient, CellaConnectionError, isCellaError, type ImageBuild, type Microvm, type VmState } from './index.js';
 
-
 interface Seen {
   method: string;
   url: string;
@@ -91,7 +90,17 @@ const image = { imageArn: ARN, name: 'demo', state: 'CREATED', latestActiveImage
 const version = { ...config, imageArn: ARN, imageVersion: '1.0', state: 'SUCCESSFUL', status: 'ACTIVE', createdAt: T };
 const started = { ...config, imageArn: ARN, name: 'demo', state: 'CREATING', imageVersion: '1.0', buildId: 'b-1', createdAt: T };
 function build(buildState: string, extra: Partial<ImageBuild> = {}): ImageBuild {
-  return { imageArn: ARN, imageVersion: '1.0', buildId: 'b-1', buildState, architecture: 'X86_64', chipset: 'KVM', chipsetGeneration: '1', createdAt: T, ...extra };
+  return {
+    imageArn: ARN,
+    imageVersion: '1.0',
+    buildId: 'b-1',
+    buildState,
+    architecture: 'X86_64',
+    chipset: 'KVM',
+    chipsetGeneration: '1',
+    createdAt: T,
+    ...extra,
+  };
 }
 
 test('every operation goes to its path with its method; path params are percent-encoded', async () => {
@@ -398,7 +407,10 @@ test('an unreachable server is a CellaConnectionError naming the URL', async () 
 test('fromEnv reads CELLA_URL and CELLA_API_KEY; an injected fetch is used', async () => {
   assert.equal(CellaClient.fromEnv({ CELLA_API_KEY: 'k' }).url, 'http://127.0.0.1:7470');
   assert.equal(CellaClient.fromEnv({ CELLA_API_KEY: 'k', CELLA_URL: 'http://h:1/' }).url, 'http://h:1');
-  assert.throws(() => CellaClient.fromEnv({}), (err: unknown) => isCellaError(err, 'UNAUTHENTICATED'));
+  assert.throws(
+    () => CellaClient.fromEnv({}),
+    (err: unknown) => isCellaError(err, 'UNAUTHENTICATED'),
+  );
   const calls: string[] = [];
   const c = new CellaClient({
     url: 'http://nowhere.invalid',

@@ -16,7 +16,39 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import { type AccessKey, Arns, type AuthTokenResponse, CellaError, type CreatedAccessKey, type CreateAuthTokenRequest, type CreateImageRequest, type CreateShellAuthTokenRequest, type DeleteImageResponse, type DeleteImageVersionResponse, type ImageBuild, type ImageVersion, type ImageVersionStarted, type ListImageBuildsResponse, type ListImagesResponse, type ListImageVersionsResponse, type ListManagedImagesResponse, type ListAccessKeysResponse, type ListManagedImageVersionsResponse, type ListMicrovmsQuery, type ListMicrovmsResponse, type Microvm, type MicrovmImage, type MicrovmSummary, type RunMicrovmRequest, type ServerInfo, type UpdateImageRequest, type UploadedArtifact, type Usage, type UsageReport, type VmState } from '../contract/index.js';
+import {
+  type AccessKey,
+  Arns,
+  type AuthTokenResponse,
+  CellaError,
+  type CreatedAccessKey,
+  type CreateAuthTokenRequest,
+  type CreateImageRequest,
+  type CreateShellAuthTokenRequest,
+  type DeleteImageResponse,
+  type DeleteImageVersionResponse,
+  type ImageBuild,
+  type ImageVersion,
+  type ImageVersionStarted,
+  type ListImageBuildsResponse,
+  type ListImagesResponse,
+  type ListImageVersionsResponse,
+  type ListManagedImagesResponse,
+  type ListAccessKeysResponse,
+  type ListManagedImageVersionsResponse,
+  type ListMicrovmsQuery,
+  type ListMicrovmsResponse,
+  type Microvm,
+  type MicrovmImage,
+  type MicrovmSummary,
+  type RunMicrovmRequest,
+  type ServerInfo,
+  type UpdateImageRequest,
+  type UploadedArtifact,
+  type Usage,
+  type UsageReport,
+  type VmState,
+} from '../contract/index.js';
 import { type Body, type Query, TABLE, Transport } from './transport.js';
 
 export { CellaError, isCellaError, ERRORS, type ErrorCode } from '../contract/index.js';

@@ -12,12 +12,20 @@ test('CIDRs and domain names are checked and normalised', () => {
   assert.equal(checkCidr('10.1.0.0/16'), '10.1.0.0/16');
   assert.equal(checkCidr('203.0.113.7'), '203.0.113.7/32');
   for (const bad of ['10.1.0.1/16', '10.0.0.0/33', '::1/128', '1.2.3/8', 'x', '10.0.0.0/8/1']) {
-    assert.throws(() => checkCidr(bad), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'), bad);
+    assert.throws(
+      () => checkCidr(bad),
+      (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'),
+      bad,
+    );
   }
   assert.equal(checkDomain('API.Example.com.'), 'api.example.com');
   assert.equal(checkDomain('*.example.com'), '*.example.com');
   for (const bad of ['localhost', '*.com', 'a..b', '-a.com', 'ex ample.com', '*example.com', `${'a'.repeat(64)}.com`]) {
-    assert.throws(() => checkDomain(bad), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'), bad);
+    assert.throws(
+      () => checkDomain(bad),
+      (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'),
+      bad,
+    );
   }
 });
 
@@ -42,7 +50,8 @@ test('connectors resolve into the VM policy: contract defaults, managed and cust
     [undefined, [new Arns('us-east-1', '123456789012').customerConnector('api')], 'INVALID_ARGUMENT'],
     [[new Arns('eu-west-1').managedConnector('HTTP_INGRESS')], undefined, 'INVALID_ARGUMENT'],
   ];
-  for (const [i, e, code] of fails) await assert.rejects(c.resolve(i, e, undefined), (err: unknown) => isCellaError(err, code as 'NOT_FOUND'), JSON.stringify([i, e]));
+  for (const [i, e, code] of fails)
+    await assert.rejects(c.resolve(i, e, undefined), (err: unknown) => isCellaError(err, code as 'NOT_FOUND'), JSON.stringify([i, e]));
   await assert.rejects(c.create({ name: 'api', egress: { cidrs: ['10.0.0.0/8'] } }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
   await assert.rejects(c.create({ name: 'empty', egress: {} }), (e: unknown) => isCellaError(e, 'INVALID_ARGUMENT'));
   assert.equal(await store.getConnector('empty'), undefined, 'a refused create writes nothing');
@@ -55,7 +64,10 @@ test('connectors resolve into the VM policy: contract defaults, managed and cust
 test('two creates of one name at once: one is made, the other refused as taken', async () => {
   const store = new SqliteStore(':memory:');
   const c = new Connectors(store, arns);
-  const both = await Promise.allSettled([c.create({ name: 'x', egress: { cidrs: ['10.0.0.0/8'] } }), c.create({ name: 'x', egress: { cidrs: ['10.1.0.0/16'] } })]);
+  const both = await Promise.allSettled([
+    c.create({ name: 'x', egress: { cidrs: ['10.0.0.0/8'] } }),
+    c.create({ name: 'x', egress: { cidrs: ['10.1.0.0/16'] } }),
+  ]);
   assert.equal(both.filter((r) => r.status === 'fulfilled').length, 1);
   const refused = both.find((r) => r.status === 'rejected');
   assert.ok(refused && isCellaError(refused.reason, 'INVALID_ARGUMENT'), 'taken, not an internal duplicate-key error');

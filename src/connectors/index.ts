@@ -55,7 +55,9 @@ export class Connectors {
   create(req: ConnectorInput): Promise<ConnectorRecord> {
     return this.store.tx(async (tx) => {
       if (await tx.getConnector(req.name)) {
-        throw new CellaError('INVALID_ARGUMENT', `network connector ${req.name} already exists`, { details: { resourceId: req.name, resourceType: 'NetworkConnector' } });
+        throw new CellaError('INVALID_ARGUMENT', `network connector ${req.name} already exists`, {
+          details: { resourceId: req.name, resourceType: 'NetworkConnector' },
+        });
       }
       const cidrs = [...new Set((req.egress.cidrs ?? []).map(checkCidr))];
       const domains = [...new Set((req.egress.domains ?? []).map(checkDomain))];
@@ -78,7 +80,8 @@ export class Connectors {
   async require(identifier: string, db: Tx = this.store): Promise<ConnectorRecord> {
     const name = this.arns.customerConnectorName(identifier, 'connectorIdentifier') ?? identifier;
     const rec = await db.getConnector(name);
-    if (!rec) throw new CellaError('NOT_FOUND', `network connector ${identifier} not found`, { details: { resourceId: identifier, resourceType: 'NetworkConnector' } });
+    if (!rec)
+      throw new CellaError('NOT_FOUND', `network connector ${identifier} not found`, { details: { resourceId: identifier, resourceType: 'NetworkConnector' } });
     return rec;
   }
 
@@ -121,7 +124,9 @@ export class Connectors {
       const name = this.arns.managedConnectorName(arn, 'ingressNetworkConnectors:');
       if (!name) throw new CellaError('INVALID_ARGUMENT', `ingressNetworkConnectors: Malformed network connector ARN ${arn}`);
       if (!(INGRESS as readonly string[]).includes(name)) {
-        throw new CellaError('NOT_FOUND', `ingressNetworkConnectors: network connector ${name} does not exist`, { details: { resourceId: arn, resourceType: 'NetworkConnector' } });
+        throw new CellaError('NOT_FOUND', `ingressNetworkConnectors: network connector ${name} does not exist`, {
+          details: { resourceId: arn, resourceType: 'NetworkConnector' },
+        });
       }
       return name;
     });
@@ -132,12 +137,15 @@ export class Connectors {
       const name = this.arns.managedConnectorName(arn, 'egressNetworkConnectors:');
       if (name !== undefined) {
         if (!(EGRESS as readonly string[]).includes(name)) {
-          throw new CellaError('NOT_FOUND', `egressNetworkConnectors: network connector ${name} does not exist`, { details: { resourceId: arn, resourceType: 'NetworkConnector' } });
+          throw new CellaError('NOT_FOUND', `egressNetworkConnectors: network connector ${name} does not exist`, {
+            details: { resourceId: arn, resourceType: 'NetworkConnector' },
+          });
         }
         internet = true;
         continue;
       }
-      if (this.arns.customerConnectorName(arn, 'egressNetworkConnectors:') === undefined) throw new CellaError('INVALID_ARGUMENT', `egressNetworkConnectors: Malformed network connector ARN ${arn}`);
+      if (this.arns.customerConnectorName(arn, 'egressNetworkConnectors:') === undefined)
+        throw new CellaError('INVALID_ARGUMENT', `egressNetworkConnectors: Malformed network connector ARN ${arn}`);
       const c = await this.require(arn, db);
       for (const x of c.cidrs) cidrs.add(x);
       for (const x of c.domains) domains.add(x);

@@ -17,7 +17,12 @@ test('ARNs are built in the contract scheme, under the server region and account
 });
 
 test('a region or account id that is not one is refused', () => {
-  for (const [region, account] of [['local', '000000000000'], ['US-EAST-1', '000000000000'], ['us-east-1', '0'], ['us-east-1', 'aws']]) {
+  for (const [region, account] of [
+    ['local', '000000000000'],
+    ['US-EAST-1', '000000000000'],
+    ['us-east-1', '0'],
+    ['us-east-1', 'aws'],
+  ]) {
     assert.throws(() => new Arns(region, account), invalid, `${region} ${account}`);
   }
 });
@@ -51,7 +56,13 @@ test('only images and connectors of the server account take tags', () => {
   const a = new Arns();
   assert.deepEqual(a.taggable(a.image('demo')), { type: 'microvm-image', name: 'demo' });
   assert.deepEqual(a.taggable(a.customerConnector('pypi')), { type: 'network-connector', name: 'pypi' });
-  for (const bad of ['demo', a.managedImage('busybox'), a.managedConnector('HTTP_INGRESS'), 'arn:aws:lambda:us-east-1:000000000000:microvm:mvm-1', new Arns('eu-west-1').image('demo')]) {
+  for (const bad of [
+    'demo',
+    a.managedImage('busybox'),
+    a.managedConnector('HTTP_INGRESS'),
+    'arn:aws:lambda:us-east-1:000000000000:microvm:mvm-1',
+    new Arns('eu-west-1').image('demo'),
+  ]) {
     assert.throws(() => a.taggable(bad), invalid, bad);
   }
 });

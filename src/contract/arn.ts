@@ -71,7 +71,10 @@ export class Arns {
     if (!m) return undefined;
     const [, partition, region, account, type, name] = m as unknown as [string, string, string, string, string, string];
     if (partition !== 'aws' || region !== this.region || (account !== this.accountId && account !== MANAGED_ACCOUNT)) {
-      throw new CellaError('INVALID_ARGUMENT', `${what} ${arn} is not of this server: its ARNs are arn:aws:lambda:${this.region}:${this.accountId}:... (and ...:aws:... for managed resources)`);
+      throw new CellaError(
+        'INVALID_ARGUMENT',
+        `${what} ${arn} is not of this server: its ARNs are arn:aws:lambda:${this.region}:${this.accountId}:... (and ...:aws:... for managed resources)`,
+      );
     }
     return { account, type, name };
   }
@@ -106,8 +109,12 @@ export class Arns {
   /** A tag API's `Resource`: an image or connector ARN of this account; anything else is refused. */
   taggable(arn: string): { type: TaggableType; name: string } {
     const a = this.parse(arn, 'Resource');
-    if (a && a.account === this.accountId && (a.type === 'microvm-image' || a.type === 'network-connector') && NAME.test(a.name)) return { type: a.type, name: a.name };
-    throw new CellaError('INVALID_ARGUMENT', `Resource ${arn} is not the ARN of a taggable resource (a MicroVM image or network connector of account ${this.accountId})`);
+    if (a && a.account === this.accountId && (a.type === 'microvm-image' || a.type === 'network-connector') && NAME.test(a.name))
+      return { type: a.type, name: a.name };
+    throw new CellaError(
+      'INVALID_ARGUMENT',
+      `Resource ${arn} is not the ARN of a taggable resource (a MicroVM image or network connector of account ${this.accountId})`,
+    );
   }
 }
 

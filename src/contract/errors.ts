@@ -193,7 +193,7 @@ export const ERRORS = {
   REQUEST_EXPIRED: {
     status: 403,
     type: 'InvalidSignatureException',
-    doc: "`x-amz-date` is more than 15 minutes from the server's clock (\"Signature expired\"; the AWS SDK corrects its clock from the `Date` header and retries). Fix the client's clock, or sign again.",
+    doc: '`x-amz-date` is more than 15 minutes from the server\'s clock ("Signature expired"; the AWS SDK corrects its clock from the `Date` header and retries). Fix the client\'s clock, or sign again.',
   },
   SIGNATURE_REPLAYED: {
     status: 403,

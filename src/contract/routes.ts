@@ -70,11 +70,22 @@ const IMG = `${V}/microvm-images/{imageIdentifier}`;
 
 export function routes(minIdleSeconds: number) {
   return {
-    RunMicrovm: { method: 'POST', path: `${V}/microvms`, summary: 'Launch a MicroVM from an image snapshot', body: RunMicrovmRequest(minIdleSeconds), response: Microvm },
+    RunMicrovm: {
+      method: 'POST',
+      path: `${V}/microvms`,
+      summary: 'Launch a MicroVM from an image snapshot',
+      body: RunMicrovmRequest(minIdleSeconds),
+      response: Microvm,
+    },
     ListMicrovms: { method: 'GET', path: `${V}/microvms`, summary: 'List MicroVMs, oldest first', query: ListMicrovmsQuery, response: ListMicrovmsResponse },
     GetMicrovm: { method: 'GET', path: `${V}/microvms/{microvmIdentifier}`, summary: 'Describe a MicroVM', response: Microvm },
     SuspendMicrovm: { method: 'POST', path: `${V}/microvms/{microvmIdentifier}/suspend`, summary: 'Suspend a RUNNING MicroVM to disk', response: Empty },
-    ResumeMicrovm: { method: 'POST', path: `${V}/microvms/{microvmIdentifier}/resume`, summary: 'Resume a SUSPENDED MicroVM; answers once it runs', response: Empty },
+    ResumeMicrovm: {
+      method: 'POST',
+      path: `${V}/microvms/{microvmIdentifier}/resume`,
+      summary: 'Resume a SUSPENDED MicroVM; answers once it runs',
+      response: Empty,
+    },
     TerminateMicrovm: { method: 'DELETE', path: `${V}/microvms/{microvmIdentifier}`, summary: 'Terminate a MicroVM (idempotent)', response: Empty },
     CreateMicrovmAuthToken: {
       method: 'POST',
@@ -97,7 +108,12 @@ export function routes(minIdleSeconds: number) {
       query: LogsQuery,
       response: 'text',
     },
-    GetServerInfo: { method: 'GET', path: '/cella/v1/info', summary: "The server's version, endpoint domain and port, accelerator and endpoint CA", response: ServerInfo },
+    GetServerInfo: {
+      method: 'GET',
+      path: '/cella/v1/info',
+      summary: "The server's version, endpoint domain and port, accelerator and endpoint CA",
+      response: ServerInfo,
+    },
     GetMicrovmUsage: { method: 'GET', path: '/cella/v1/microvms/{microvmIdentifier}/usage', summary: "A MicroVM's metered usage", response: Usage },
     GetUsage: { method: 'GET', path: '/cella/v1/usage', summary: 'Metered usage of every MicroVM and in total', response: UsageReport },
     CreateMicrovmImage: {
@@ -118,7 +134,13 @@ export function routes(minIdleSeconds: number) {
       response: ImageVersionStarted,
     },
     DeleteMicrovmImage: { method: 'DELETE', path: `${IMG}`, summary: 'Delete an image and its versions (idempotent)', response: DeleteImageResponse },
-    ListMicrovmImageVersions: { method: 'GET', path: `${IMG}/versions`, summary: "List an image's versions", query: ListQuery, response: ListImageVersionsResponse },
+    ListMicrovmImageVersions: {
+      method: 'GET',
+      path: `${IMG}/versions`,
+      summary: "List an image's versions",
+      query: ListQuery,
+      response: ListImageVersionsResponse,
+    },
     GetMicrovmImageVersion: { method: 'GET', path: `${IMG}/versions/{imageVersion}`, summary: 'Describe an image version', response: ImageVersion },
     UpdateMicrovmImageVersion: {
       method: 'PATCH',
@@ -155,8 +177,22 @@ export function routes(minIdleSeconds: number) {
       query: ListQuery,
       response: ListManagedImageVersionsResponse,
     },
-    TagResource: { method: 'POST', path: TAGS, summary: 'Add or replace tags of an image or network connector', body: TagResourceRequest, status: 204, response: Empty },
-    UntagResource: { method: 'DELETE', path: TAGS, summary: 'Remove tags of an image or network connector (unknown keys are no error)', query: UntagResourceQuery, status: 204, response: Empty },
+    TagResource: {
+      method: 'POST',
+      path: TAGS,
+      summary: 'Add or replace tags of an image or network connector',
+      body: TagResourceRequest,
+      status: 204,
+      response: Empty,
+    },
+    UntagResource: {
+      method: 'DELETE',
+      path: TAGS,
+      summary: 'Remove tags of an image or network connector (unknown keys are no error)',
+      query: UntagResourceQuery,
+      status: 204,
+      response: Empty,
+    },
     ListTags: { method: 'GET', path: TAGS, summary: 'The tags of an image or network connector', response: ListTagsResponse },
     CreateNetworkConnector: {
       method: 'POST',
@@ -165,8 +201,19 @@ export function routes(minIdleSeconds: number) {
       body: CreateConnectorRequest,
       response: NetworkConnector,
     },
-    ListNetworkConnectors: { method: 'GET', path: '/cella/v1/network-connectors', summary: 'List egress connectors', query: ListQuery, response: ListConnectorsResponse },
-    GetNetworkConnector: { method: 'GET', path: '/cella/v1/network-connectors/{connectorIdentifier}', summary: 'Describe an egress connector', response: NetworkConnector },
+    ListNetworkConnectors: {
+      method: 'GET',
+      path: '/cella/v1/network-connectors',
+      summary: 'List egress connectors',
+      query: ListQuery,
+      response: ListConnectorsResponse,
+    },
+    GetNetworkConnector: {
+      method: 'GET',
+      path: '/cella/v1/network-connectors/{connectorIdentifier}',
+      summary: 'Describe an egress connector',
+      response: NetworkConnector,
+    },
     DeleteNetworkConnector: {
       method: 'DELETE',
       path: '/cella/v1/network-connectors/{connectorIdentifier}',
@@ -186,7 +233,13 @@ export function routes(minIdleSeconds: number) {
       summary: 'Create a SigV4 access key (for the AWS SDK); its secret is in this answer only',
       response: CreatedAccessKey,
     },
-    ListAccessKeys: { method: 'GET', path: '/cella/v1/access-keys', summary: 'List the stored access keys, oldest first (never their secrets)', query: ListQuery, response: ListAccessKeysResponse },
+    ListAccessKeys: {
+      method: 'GET',
+      path: '/cella/v1/access-keys',
+      summary: 'List the stored access keys, oldest first (never their secrets)',
+      query: ListQuery,
+      response: ListAccessKeysResponse,
+    },
     DeleteAccessKey: {
       method: 'DELETE',
       path: '/cella/v1/access-keys/{accessKeyId}',
@@ -212,7 +265,12 @@ export function openApiDocument(table: Record<string, RouteDef>, version: string
   const plain = (s: TSchema): unknown => JSON.parse(JSON.stringify(s));
   const errorResponse = { description: 'Error', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } };
   for (const [operationId, r] of Object.entries(table)) {
-    const params = [...r.path.matchAll(/\{(\w+)\}/g)].map((m) => ({ name: m[1], in: 'path', required: true, schema: { type: 'string', minLength: 1, maxLength: 256 } }));
+    const params = [...r.path.matchAll(/\{(\w+)\}/g)].map((m) => ({
+      name: m[1],
+      in: 'path',
+      required: true,
+      schema: { type: 'string', minLength: 1, maxLength: 256 },
+    }));
     const query = r.query as { properties?: Record<string, TSchema>; required?: string[] } | undefined;
     for (const [name, schema] of Object.entries(query?.properties ?? {})) {
       params.push({ name, in: 'query', required: query?.required?.includes(name) ?? false, schema: plain(schema) as never });
@@ -221,17 +279,24 @@ export function openApiDocument(table: Record<string, RouteDef>, version: string
       r.status === 204
         ? { description: 'Done (no content)' }
         : r.response === undefined
-        ? { description: 'Done (empty body)' }
-        : r.response === 'text'
-          ? { description: 'Text stream', content: { 'text/plain': { schema: { type: 'string' } } } }
-          : { description: 'OK', content: { 'application/json': { schema: plain(r.response) } } };
+          ? { description: 'Done (empty body)' }
+          : r.response === 'text'
+            ? { description: 'Text stream', content: { 'text/plain': { schema: { type: 'string' } } } }
+            : { description: 'OK', content: { 'application/json': { schema: plain(r.response) } } };
     (paths[r.path] ??= {})[r.method.toLowerCase()] = {
       operationId,
       summary: r.summary,
       parameters: params,
       ...(r.body ? { requestBody: { required: true, content: { 'application/json': { schema: plain(r.body) } } } } : {}),
       ...(r.upload ? { requestBody: { required: true, content: { [r.upload.contentType]: { schema: { type: 'string', format: 'binary' } } } } } : {}),
-      responses: { [String(r.status ?? 200)]: ok, '400': errorResponse, '401': errorResponse, '404': errorResponse, '409': errorResponse, '500': errorResponse },
+      responses: {
+        [String(r.status ?? 200)]: ok,
+        '400': errorResponse,
+        '401': errorResponse,
+        '404': errorResponse,
+        '409': errorResponse,
+        '500': errorResponse,
+      },
     };
   }
   return {

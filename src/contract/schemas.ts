@@ -12,7 +12,6 @@ export const MAX_DURATION_SECONDS = 28_800;
 export const MAX_RUN_HOOK_PAYLOAD_BYTES = 4096;
 export const MAX_TOKEN_MINUTES = 60;
 
-
 const Str = (min: number, max: number, extra: Record<string, unknown> = {}) => Type.String({ minLength: min, maxLength: max, ...extra });
 const Int = (min: number, max?: number) => Type.Integer(max === undefined ? { minimum: min } : { minimum: min, maximum: max });
 const Port = Int(1, 65535);
@@ -209,9 +208,7 @@ const imageConfigFields = {
   cpuConfigurations: Type.Optional(
     Type.Array(Type.Object({ architecture: Type.Union([Type.Literal('X86_64'), Type.Literal('ARM_64')]) }, Closed), { maxItems: 1 }),
   ),
-  resources: Type.Optional(
-    Type.Array(Type.Object({ minimumMemoryInMiB: Type.Union(MEMORY_TIERS_MIB.map((n) => Type.Literal(n))) }, Closed), { maxItems: 1 }),
-  ),
+  resources: Type.Optional(Type.Array(Type.Object({ minimumMemoryInMiB: Type.Union(MEMORY_TIERS_MIB.map((n) => Type.Literal(n))) }, Closed), { maxItems: 1 })),
   additionalOsCapabilities: Type.Optional(Type.Array(Type.Literal('ALL'), { maxItems: 1 })),
   hooks: Type.Optional(HookSettings),
   environmentVariables: Type.Optional(
@@ -327,7 +324,12 @@ export const ListImageBuildsQuery = Type.Object(
 export const ListImageBuildsResponse = Type.Object({ items: Type.Array(BuildSummary), nextToken: Type.Optional(Type.String()) });
 export type ListImageBuildsResponse = Static<typeof ListImageBuildsResponse>;
 
-export const ManagedImage = Type.Object({ imageArn: Type.String(), createdAt: Time, updatedAt: Type.Optional(Time), description: Type.Optional(Type.String()) });
+export const ManagedImage = Type.Object({
+  imageArn: Type.String(),
+  createdAt: Time,
+  updatedAt: Type.Optional(Time),
+  description: Type.Optional(Type.String()),
+});
 export type ManagedImage = Static<typeof ManagedImage>;
 export const ListManagedImagesResponse = Type.Object({ items: Type.Array(ManagedImage), nextToken: Type.Optional(Type.String()) });
 export type ListManagedImagesResponse = Static<typeof ListManagedImagesResponse>;

@@ -15,7 +15,8 @@ const CHARS = /^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$/u;
 /** A tag key (also as UntagResource's `tagKeys` names it): INVALID_ARGUMENT if it breaks a limit. */
 export function checkTagKey(key: string, what: string): void {
   const n = [...key].length;
-  if (n < 1 || n > MAX_TAG_KEY_CHARS) throw new CellaError('INVALID_ARGUMENT', `${what}: tag key "${key.slice(0, 140)}" must be 1 to ${MAX_TAG_KEY_CHARS} characters`);
+  if (n < 1 || n > MAX_TAG_KEY_CHARS)
+    throw new CellaError('INVALID_ARGUMENT', `${what}: tag key "${key.slice(0, 140)}" must be 1 to ${MAX_TAG_KEY_CHARS} characters`);
   if (!CHARS.test(key)) throw new CellaError('INVALID_ARGUMENT', `${what}: tag key "${key}" may hold only letters, digits, spaces and _ . : / = + - @`);
   if (/^aws:/i.test(key)) throw new CellaError('INVALID_ARGUMENT', `${what}: tag key "${key}" starts with aws:, which is reserved`);
 }
@@ -27,7 +28,9 @@ export function checkTags(tags: Record<string, string>, what: string): void {
   for (const key of keys) {
     checkTagKey(key, what);
     const value = tags[key] as string;
-    if ([...value].length > MAX_TAG_VALUE_CHARS) throw new CellaError('INVALID_ARGUMENT', `${what}: the value of tag "${key}" is longer than ${MAX_TAG_VALUE_CHARS} characters`);
-    if (!CHARS.test(value)) throw new CellaError('INVALID_ARGUMENT', `${what}: the value of tag "${key}" may hold only letters, digits, spaces and _ . : / = + - @`);
+    if ([...value].length > MAX_TAG_VALUE_CHARS)
+      throw new CellaError('INVALID_ARGUMENT', `${what}: the value of tag "${key}" is longer than ${MAX_TAG_VALUE_CHARS} characters`);
+    if (!CHARS.test(value))
+      throw new CellaError('INVALID_ARGUMENT', `${what}: the value of tag "${key}" may hold only letters, digits, spaces and _ . : / = + - @`);
   }
 }

@@ -4,7 +4,6 @@ import { BuildFailure } from '../contract/index.js';
 import { expandWord } from './expand.js';
 import { applyStep, cacheKeyOf, commandOf, emptyConfig, parseDockerfile, planSteps, resolveConfig, type ContainerConfig, type Step } from './index.js';
 
-
 const FROM = 'FROM alpine:3.20\n';
 
 /** The steps of `FROM alpine:3.20` followed by `body`. */
@@ -341,7 +340,12 @@ describe('resolveConfig', () => {
 describe('EXPOSE', () => {
   it('accepts bare and /tcp ports, drops /udp, expands ranges', () => {
     const [step] = stepsOf('EXPOSE 8080 9090/tcp 53/udp 8000-8002 7000-7001/TCP');
-    assert.deepEqual(step, { line: 2, text: 'EXPOSE 8080 9090/tcp 53/udp 8000-8002 7000-7001/TCP', kind: 'EXPOSE', ports: [8080, 9090, 8000, 8001, 8002, 7000, 7001] });
+    assert.deepEqual(step, {
+      line: 2,
+      text: 'EXPOSE 8080 9090/tcp 53/udp 8000-8002 7000-7001/TCP',
+      kind: 'EXPOSE',
+      ports: [8080, 9090, 8000, 8001, 8002, 7000, 7001],
+    });
   });
 
   it('refuses bad ports and huge ranges', () => {
@@ -408,7 +412,17 @@ describe('unsupported Dockerfiles', () => {
 describe('planSteps', () => {
   it('gives each step the env, working directory and user in force when it runs', () => {
     const df = parseDockerfile(
-      ['FROM python:3.12', 'ARG VERSION=1.0', 'RUN echo $VERSION', 'ENV VERSION=2.0 APP_HOME=/app', 'WORKDIR $APP_HOME', 'USER app', 'RUN make', 'WORKDIR src', 'COPY . .'].join('\n'),
+      [
+        'FROM python:3.12',
+        'ARG VERSION=1.0',
+        'RUN echo $VERSION',
+        'ENV VERSION=2.0 APP_HOME=/app',
+        'WORKDIR $APP_HOME',
+        'USER app',
+        'RUN make',
+        'WORKDIR src',
+        'COPY . .',
+      ].join('\n'),
     );
     const base = config({ env: { PATH: '/usr/bin' }, workingDir: '/root' });
     const planned = planSteps(base, df);

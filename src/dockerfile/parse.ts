@@ -174,7 +174,8 @@ class Parser {
 
   private runArgv(instruction: Instruction, content: string): string[] {
     rejectFlags(instruction, []);
-    if (instruction instanceof Run && instruction.getHeredocs().length > 0) throw new Invalid('heredocs are not supported (write the commands inline or COPY a script)');
+    if (instruction instanceof Run && instruction.getHeredocs().length > 0)
+      throw new Invalid('heredocs are not supported (write the commands inline or COPY a script)');
     return commandForm(content, false).argv;
   }
 
@@ -283,7 +284,8 @@ function rejectFlags(instruction: Instruction, allowed: string[]): Map<string, s
 
 /** A source as a path inside the build context ('/x' means the context's x, as in Docker). */
 function contextPath(source: string): string {
-  if (REMOTE_SOURCE.test(source)) throw new Invalid(`of a URL or git repository is not supported (${source}); fetch it with RUN, or put it in the build context`);
+  if (REMOTE_SOURCE.test(source))
+    throw new Invalid(`of a URL or git repository is not supported (${source}); fetch it with RUN, or put it in the build context`);
   const relative = posix.normalize(source.replace(/^\/+/, '') || '.');
   if (relative === '..' || relative.startsWith('../')) throw new Invalid(`source ${source} is outside the build context`);
   return relative.replace(/\/$/, '') || '.';
@@ -304,6 +306,9 @@ function lineOf(instruction: Instruction): number {
 /** The instruction on one line: continuations joined, whitespace collapsed, long ones cut. */
 function oneLine(text: string, escapeChar: string): string {
   const escape = escapeChar.replace(/[\\^$.*+?()[\]{}|]/g, '\\$&');
-  const joined = text.replace(new RegExp(`${escape}[ \\t]*\\r?\\n`, 'g'), ' ').replace(/\s+/g, ' ').trim();
+  const joined = text
+    .replace(new RegExp(`${escape}[ \\t]*\\r?\\n`, 'g'), ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
   return joined.length > MAX_TEXT ? `${joined.slice(0, MAX_TEXT - 1)}…` : joined;
 }

@@ -331,7 +331,8 @@ function refuseUnsupported(b: Static<typeof NewSandboxBody>): void {
       'NOT_IMPLEMENTED',
       `network.${rules.join(', network.')}: network rules are not implemented by Cella's E2B API (allow_internet_access is)`,
     );
-  if (network.allowPublicTraffic !== undefined && typeof network.allowPublicTraffic !== 'boolean') throw new CellaError('INVALID_ARGUMENT', 'network.allowPublicTraffic: must be a boolean');
+  if (network.allowPublicTraffic !== undefined && typeof network.allowPublicTraffic !== 'boolean')
+    throw new CellaError('INVALID_ARGUMENT', 'network.allowPublicTraffic: must be a boolean');
   if (b.volumeMounts?.length) throw new CellaError('NOT_IMPLEMENTED', "volumeMounts are not implemented by Cella's E2B API");
   if (b.iam !== undefined && b.iam !== null) throw new CellaError('NOT_IMPLEMENTED', "iam is not implemented by Cella's E2B API");
 }

@@ -6,4 +6,17 @@
  */
 export { createE2bApi, E2B_PREFIX, isE2bPath, type E2bApiOptions } from './api.js';
 export { Sandboxes, type GuestAgent, type Sandbox, type SandboxAccess, type SandboxesOptions } from './sandboxes.js';
-export { createEnvdHandler, DEFAULT_USER, ENVD_PORT, ENVD_VERSION, envdAuthProblem, fileSignature, sandboxNotFound, type EnvdAccess, type EnvdAgent, type EnvdHandler, type EnvdSandboxes, type SandboxDefaults } from './envd/index.js';
+export {
+  createEnvdHandler,
+  DEFAULT_USER,
+  ENVD_PORT,
+  ENVD_VERSION,
+  envdAuthProblem,
+  fileSignature,
+  sandboxNotFound,
+  type EnvdAccess,
+  type EnvdAgent,
+  type EnvdHandler,
+  type EnvdSandboxes,
+  type SandboxDefaults,
+} from './envd/index.js';

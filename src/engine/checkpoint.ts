@@ -115,7 +115,15 @@ export function readHead(file: string, bytes = 4096): Buffer {
  * stream, magic first) behind the configuration section `config`.
  * Returns the bytes written.
  */
-export async function writeCheckpoint(out: FileHandle, pid: number, memPath: string, sizeBytes: number, runs: Run[], config: Buffer, devices: Buffer): Promise<number> {
+export async function writeCheckpoint(
+  out: FileHandle,
+  pid: number,
+  memPath: string,
+  sizeBytes: number,
+  runs: Run[],
+  config: Buffer,
+  devices: Buffer,
+): Promise<number> {
   if (!devices.subarray(0, 8).equals(QEVM)) throw invalid('the saved device state is not a QEMU stream');
   const address = addressOf(pid, memPath, sizeBytes);
   let pages = 0;

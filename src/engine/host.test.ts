@@ -83,13 +83,13 @@ test('only an operation in flight records a QEMU, and settle ends only its own h
   t.write('a', { state: 'running', qemu: q, vm: 'vm' });
   assert.throws(() => t.hold('a', { pid: 4 }), refused);
   t.settle('a');
-  assert.equal(t.entry('a')?.state, 'running', 'a supervised VM is not the operation\'s to drop');
+  assert.equal(t.entry('a')?.state, 'running', "a supervised VM is not the operation's to drop");
   t.begin('b', 'adopting');
   t.settle('b');
   assert.equal(t.entry('b'), undefined);
 });
 
-test('an exit removes the entry of that QEMU only, never a later one or an operation\'s', () => {
+test("an exit removes the entry of that QEMU only, never a later one or an operation's", () => {
   const t = table();
   const old = { pid: 5 };
   const later = { pid: 6 };
@@ -129,7 +129,7 @@ test('an exit is expected unless the VM is running', () => {
   assert.equal(t.entry('a')?.state, 'running', 'it cannot stop a later incarnation');
 });
 
-test('leaving parked stops the window\'s timer', () => {
+test("leaving parked stops the window's timer", () => {
   mock.timers.enable({ apis: ['setTimeout'] });
   try {
     const t = table();
@@ -170,11 +170,20 @@ test('views: warm clones per image oldest first, held pids, folders in flight', 
   t.begin('.template-x', 'template');
   t.begin('vm', 'restoring');
   t.hold('vm', { pid: 14 });
-  assert.deepEqual(t.warm('/a').map((w) => w.warm), ['.warm-1', '.warm-3']);
-  assert.deepEqual([...t.heldPids()].sort((a, b) => a - b), [11, 12, 13, 14]);
+  assert.deepEqual(
+    t.warm('/a').map((w) => w.warm),
+    ['.warm-1', '.warm-3'],
+  );
+  assert.deepEqual(
+    [...t.heldPids()].sort((a, b) => a - b),
+    [11, 12, 13, 14],
+  );
   assert.deepEqual([...t.inFlight()].sort(), ['.template-x', 'vm']);
   assert.equal(t.takeWarm('/a'), '.warm-1');
   assert.equal(t.entry('.warm-1'), undefined);
-  assert.deepEqual(t.warm().map((w) => w.warm), ['.warm-2', '.warm-3']);
+  assert.deepEqual(
+    t.warm().map((w) => w.warm),
+    ['.warm-2', '.warm-3'],
+  );
   assert.equal(t.takeWarm('/c'), undefined);
 });

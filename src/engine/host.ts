@@ -145,7 +145,9 @@ export class HostTable<Q extends { readonly pid: number }, V, W> {
 
   /** Warm clones of the image in `imageDir` (every image's when absent), oldest first. */
   warm(imageDir?: string): { name: string; warm: W }[] {
-    return [...this.entries].flatMap(([name, e]) => (e.state === 'warm' && (imageDir === undefined || e.imageDir === imageDir) ? [{ name, warm: e.warm }] : []));
+    return [...this.entries].flatMap(([name, e]) =>
+      e.state === 'warm' && (imageDir === undefined || e.imageDir === imageDir) ? [{ name, warm: e.warm }] : [],
+    );
   }
 
   /** Takes the oldest warm clone of `imageDir` out of the table, for a launch that holds its QEMU from now on. */

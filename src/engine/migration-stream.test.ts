@@ -4,31 +4,81 @@ import { isCellaError } from '../contract/index.js';
 import { filterMigrationStream } from './migration-stream.js';
 
 // A synthetic QEMU 7.2 stream: header, configuration, RAM setup/part/end, device state, EOF.
-const be32 = (n: number) => { const b = Buffer.alloc(4); b.writeUInt32BE(n); return b; };
-const be64 = (n: bigint) => { const b = Buffer.alloc(8); b.writeBigUInt64BE(n); return b; };
+const be32 = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+};
+const be64 = (n: bigint) => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(n);
+  return b;
+};
 const s = (x: string) => Buffer.concat([Buffer.from([x.length]), Buffer.from(x)]);
 const page = (fill: number) => Buffer.alloc(4096, fill);
-const ZERO = 0x02n, MEM_SIZE = 0x04n, PAGE = 0x08n, EOS = 0x10n, CONT = 0x20n;
+const ZERO = 0x02n,
+  MEM_SIZE = 0x04n,
+  PAGE = 0x08n,
+  EOS = 0x10n,
+  CONT = 0x20n;
 
 function stream(): Buffer {
   return Buffer.concat([
-    be32(0x5145564d), be32(3),
-    Buffer.from([0x07]), be32(7), Buffer.from('microvm'),
-    Buffer.from([0x05]), s('configuration/capabilities'), be32(1), be32(1), s('x-ignore-shared'),
+    be32(0x5145564d),
+    be32(3),
+    Buffer.from([0x07]),
+    be32(7),
+    Buffer.from('microvm'),
+    Buffer.from([0x05]),
+    s('configuration/capabilities'),
+    be32(1),
+    be32(1),
+    s('x-ignore-shared'),
     // setup: two blocks, "mem" 3 pages and "rom" 1 page, with mr addr (ignore-shared)
-    Buffer.from([0x01]), be32(2), s('ram'), be32(0), be32(4),
-    be64(4n * 4096n | MEM_SIZE), s('mem'), be64(3n * 4096n), be64(0n), s('rom'), be64(4096n), be64(0n),
-    be64(EOS), Buffer.from([0x7e]), be32(2),
+    Buffer.from([0x01]),
+    be32(2),
+    s('ram'),
+    be32(0),
+    be32(4),
+    be64((4n * 4096n) | MEM_SIZE),
+    s('mem'),
+    be64(3n * 4096n),
+    be64(0n),
+    s('rom'),
+    be64(4096n),
+    be64(0n),
+    be64(EOS),
+    Buffer.from([0x7e]),
+    be32(2),
     // part: mem page 0 (names block), page 1 (continue), rom page 0 (names), mem page 2 zero
-    Buffer.from([0x02]), be32(2),
-    be64(0n | PAGE), s('mem'), page(0xa0),
-    be64(4096n | PAGE | CONT), page(0xa1),
-    be64(0n | PAGE), s('rom'), page(0xb0),
-    be64(8192n | ZERO), s('mem'), Buffer.from([0]),
-    be64(EOS), Buffer.from([0x7e]), be32(2),
-    Buffer.from([0x03]), be32(2), be64(EOS), Buffer.from([0x7e]), be32(2),
+    Buffer.from([0x02]),
+    be32(2),
+    be64(0n | PAGE),
+    s('mem'),
+    page(0xa0),
+    be64(4096n | PAGE | CONT),
+    page(0xa1),
+    be64(0n | PAGE),
+    s('rom'),
+    page(0xb0),
+    be64(8192n | ZERO),
+    s('mem'),
+    Buffer.from([0]),
+    be64(EOS),
+    Buffer.from([0x7e]),
+    be32(2),
+    Buffer.from([0x03]),
+    be32(2),
+    be64(EOS),
+    Buffer.from([0x7e]),
+    be32(2),
     // device state (opaque) and EOF
-    Buffer.from([0x04]), be32(3), s('serial'), be32(0), be32(1), Buffer.from('opaque-device-bytes'),
+    Buffer.from([0x04]),
+    be32(3),
+    s('serial'),
+    be32(0),
+    be32(1),
+    Buffer.from('opaque-device-bytes'),
     Buffer.from([0x08]),
   ]);
 }
@@ -49,7 +99,13 @@ test('keeping every page reproduces the stream byte for byte', async () => {
     assert.deepEqual(out, stream());
     assert.equal(stats.pagesIn, 4);
     assert.equal(stats.pagesOut, 4);
-    assert.deepEqual([...stats.blocks], [['mem', 3 * 4096], ['rom', 4096]]);
+    assert.deepEqual(
+      [...stats.blocks],
+      [
+        ['mem', 3 * 4096],
+        ['rom', 4096],
+      ],
+    );
   }
 });
 
@@ -80,36 +136,68 @@ test('bad input is refused with MIGRATION_STREAM_INVALID', async () => {
     Buffer.concat([stream().subarray(0, 8), Buffer.from([0x42])]), // unknown section type
   ];
   for (const b of bad) {
-    await assert.rejects(filter(b, () => true), (err) => isCellaError(err, 'MIGRATION_STREAM_INVALID'));
+    await assert.rejects(
+      filter(b, () => true),
+      (err) => isCellaError(err, 'MIGRATION_STREAM_INVALID'),
+    );
   }
   // Cut anywhere inside the page records, read whole or a byte at a time: never a silently shorter checkpoint.
   const full = stream();
   const first = full.indexOf(Buffer.concat([be64(0n | PAGE), s('mem')]));
   for (let cut = first; cut < first + 3 * 4105; cut += 97) {
     for (const chunk of [1, 1 << 20]) {
-      await assert.rejects(filter(full.subarray(0, cut), () => true, chunk), (err) => isCellaError(err, 'MIGRATION_STREAM_INVALID'));
+      await assert.rejects(
+        filter(full.subarray(0, cut), () => true, chunk),
+        (err) => isCellaError(err, 'MIGRATION_STREAM_INVALID'),
+      );
     }
   }
   // Compressed pages (flag 0x100) are not something this filter may guess at.
   const compressed = stream();
   const at = compressed.indexOf(Buffer.concat([be64(0n | PAGE), s('mem')]));
   compressed.writeBigUInt64BE(0x100n, at);
-  await assert.rejects(filter(compressed, () => true), (err) => isCellaError(err, 'MIGRATION_STREAM_INVALID'));
+  await assert.rejects(
+    filter(compressed, () => true),
+    (err) => isCellaError(err, 'MIGRATION_STREAM_INVALID'),
+  );
 });
 
 test('pages at 2 GiB and above (a guest of 3 GiB or more) pass through and are dropped like any other', async () => {
   const big = Buffer.concat([
-    be32(0x5145564d), be32(3),
-    Buffer.from([0x07]), be32(7), Buffer.from('microvm'),
-    Buffer.from([0x05]), s('configuration/capabilities'), be32(1), be32(1), s('x-ignore-shared'),
-    Buffer.from([0x01]), be32(2), s('ram'), be32(0), be32(4),
-    be64(4n * 2n ** 30n | MEM_SIZE), s('mem'), be64(4n * 2n ** 30n), be64(0n),
-    be64(EOS), Buffer.from([0x7e]), be32(2),
-    Buffer.from([0x02]), be32(2),
-    be64(0n | PAGE), s('mem'), page(0xa0),
-    be64(0x80000000n | PAGE | CONT), page(0xa1),
-    be64(0xc0040000n | PAGE | CONT), page(0xa2),
-    be64(EOS), Buffer.from([0x7e]), be32(2),
+    be32(0x5145564d),
+    be32(3),
+    Buffer.from([0x07]),
+    be32(7),
+    Buffer.from('microvm'),
+    Buffer.from([0x05]),
+    s('configuration/capabilities'),
+    be32(1),
+    be32(1),
+    s('x-ignore-shared'),
+    Buffer.from([0x01]),
+    be32(2),
+    s('ram'),
+    be32(0),
+    be32(4),
+    be64((4n * 2n ** 30n) | MEM_SIZE),
+    s('mem'),
+    be64(4n * 2n ** 30n),
+    be64(0n),
+    be64(EOS),
+    Buffer.from([0x7e]),
+    be32(2),
+    Buffer.from([0x02]),
+    be32(2),
+    be64(0n | PAGE),
+    s('mem'),
+    page(0xa0),
+    be64(0x80000000n | PAGE | CONT),
+    page(0xa1),
+    be64(0xc0040000n | PAGE | CONT),
+    page(0xa2),
+    be64(EOS),
+    Buffer.from([0x7e]),
+    be32(2),
     Buffer.from([0x08]),
   ]);
   const all = await filter(big, () => true);

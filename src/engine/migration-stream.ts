@@ -193,11 +193,7 @@ function str(s: string): Buffer {
  * Copies `input` to `write`, dropping the page records that `keep` rejects.
  * `write` receives buffers in order; it may be called with slices of the input.
  */
-export async function filterMigrationStream(
-  input: AsyncIterable<Buffer>,
-  write: (b: Buffer) => void | Promise<void>,
-  keep: KeepPage,
-): Promise<FilterStats> {
+export async function filterMigrationStream(input: AsyncIterable<Buffer>, write: (b: Buffer) => void | Promise<void>, keep: KeepPage): Promise<FilterStats> {
   const r = new Reader(input[Symbol.asyncIterator]());
   const stats: FilterStats = { pagesIn: 0, pagesOut: 0, bytesIn: 0, bytesOut: 0, blocks: new Map() };
   const emit = async (b: Buffer): Promise<void> => {

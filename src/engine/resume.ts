@@ -103,7 +103,9 @@ async function commitResume(r: Pick<Restored, 'qemu'> & Partial<Restored>, files
     syncDir(path.dirname(files.checkpoint));
   } catch (err) {
     await dispose(r);
-    throw new CellaError('QEMU_FAILED', `the checkpoint of ${path.basename(path.dirname(files.checkpoint))} could not be taken: ${(err as Error).message}`, { cause: err });
+    throw new CellaError('QEMU_FAILED', `the checkpoint of ${path.basename(path.dirname(files.checkpoint))} could not be taken: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
 }
 

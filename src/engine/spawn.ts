@@ -50,7 +50,12 @@ export function vmJailFor(core: EngineCore, net: VmNetwork, dir: string): Jail |
 }
 
 /** What every VM of a snapshot is spawned with, whatever its role. */
-export function baseSpec(core: EngineCore, name: string, memoryMiB: number, vcpus: number): Pick<QemuSpec, 'name' | 'accel' | 'memoryMiB' | 'vcpus' | 'tcgTbSizeMiB'> {
+export function baseSpec(
+  core: EngineCore,
+  name: string,
+  memoryMiB: number,
+  vcpus: number,
+): Pick<QemuSpec, 'name' | 'accel' | 'memoryMiB' | 'vcpus' | 'tcgTbSizeMiB'> {
   return { name, accel: core.accel.accel, memoryMiB, vcpus, tcgTbSizeMiB: TCG_TB_MIB };
 }
 

@@ -66,12 +66,22 @@ export async function suspend(core: EngineCore, vm: RunningVm): Promise<SuspendR
     // A VM that failed to suspend (a full disk, say) runs on as it was; one that cannot is gone, and says why.
     rmSync(files.checkpoint, { force: true });
     const why = (err as Error).message;
-    if (vm.qemu.alive && (await vm.qmp.execute('cont').then(() => true, () => false))) {
+    if (
+      vm.qemu.alive &&
+      (await vm.qmp.execute('cont').then(
+        () => true,
+        () => false,
+      ))
+    ) {
       runOn(core, vm);
-      throw new CellaError(isCellaError(err, 'INSUFFICIENT_CAPACITY') ? 'INSUFFICIENT_CAPACITY' : 'QEMU_FAILED', `suspend of ${vm.id} failed, it runs on: ${why}`, {
-        cause: err,
-        details: { stillRunning: true },
-      });
+      throw new CellaError(
+        isCellaError(err, 'INSUFFICIENT_CAPACITY') ? 'INSUFFICIENT_CAPACITY' : 'QEMU_FAILED',
+        `suspend of ${vm.id} failed, it runs on: ${why}`,
+        {
+          cause: err,
+          details: { stillRunning: true },
+        },
+      );
     }
     await vm.qemu.kill();
     throw new CellaError('QEMU_FAILED', `suspend of ${vm.id} failed: ${why}`, { cause: err });

@@ -44,7 +44,10 @@ export class AppLog extends EventEmitter {
   private readonly decoder = new FrameDecoder();
   private out: WriteStream | undefined;
 
-  private constructor(private readonly socket: net.Socket, file: string | null) {
+  private constructor(
+    private readonly socket: net.Socket,
+    file: string | null,
+  ) {
     super();
     this.setFile(file);
     socket.on('error', () => {});

@@ -2,11 +2,7 @@ import { execFile } from 'node:child_process';
 import { CellaError, type ErrorCode } from '../contract/index.js';
 
 /** Runs a host command with an argument array (never a shell); rejects with its stderr. */
-export function run(
-  file: string,
-  args: string[],
-  opts: { input?: string; code?: ErrorCode; timeoutMs?: number; cwd?: string } = {},
-): Promise<string> {
+export function run(file: string, args: string[], opts: { input?: string; code?: ErrorCode; timeoutMs?: number; cwd?: string } = {}): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = execFile(file, args, { cwd: opts.cwd, timeout: opts.timeoutMs ?? 60_000, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
       if (err) {

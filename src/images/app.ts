@@ -66,14 +66,23 @@ export async function runtimeConfig(config: ContainerConfig, input: BuildInput, 
  * The image hooks: POST until 200 (snapshot now / passed); 503 or a refused
  * connection means not yet; anything else, or the timeout, fails the build.
  */
-export async function pollImageHook(address: { host: string; port: number }, hook: 'ready' | 'validate', timeoutS: number, check: () => void, say: Say): Promise<void> {
+export async function pollImageHook(
+  address: { host: string; port: number },
+  hook: 'ready' | 'validate',
+  timeoutS: number,
+  check: () => void,
+  say: Say,
+): Promise<void> {
   const deadline = Date.now() + timeoutS * 1000;
   let last = '';
   for (;;) {
     check();
     const left = deadline - Date.now();
     if (left <= 0) {
-      throw new BuildFailure('CONTAINER_BUILD_FAILED', `${hook === 'ready' ? 'Ready' : 'Validate'} hook invocation timed out after PT${timeoutS}S${last ? ` (last: ${last})` : ''}`);
+      throw new BuildFailure(
+        'CONTAINER_BUILD_FAILED',
+        `${hook === 'ready' ? 'Ready' : 'Validate'} hook invocation timed out after PT${timeoutS}S${last ? ` (last: ${last})` : ''}`,
+      );
     }
     const status = await postHook(address, hook, left);
     if (status === 200) {

@@ -49,7 +49,8 @@ export async function resolveBase(from: string, line: number, settings: BuildSet
     }
     return { disk, key, config: { ...emptyConfig(), env: { PATH: DEFAULT_PATH, ...managed.env } } };
   }
-  if (/^scratch$/i.test(from)) throw new BuildFailure('CONTAINER_BUILD_FAILED', `Dockerfile line ${line}: FROM scratch is not supported: start from a managed base or an image`);
+  if (/^scratch$/i.test(from))
+    throw new BuildFailure('CONTAINER_BUILD_FAILED', `Dockerfile line ${line}: FROM scratch is not supported: start from a managed base or an image`);
   say(`  pulling ${from}`);
   const tree = path.join(work, 'base-tree');
   let pulled;

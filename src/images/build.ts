@@ -68,7 +68,11 @@ export async function buildImage(engine: BuildEngine, settings: BuildSettings, i
     for (const p of fsSteps.slice(0, firstMiss < 0 ? fsSteps.length : firstMiss)) touchLayer(layers, p.key);
     if (toRun.length > 0) {
       const parentKey = lastCached?.key ?? null;
-      top = await runSteps(engine, { planned, sources, toRun, parent: top, parentKey, parentFormat: lastCached ? 'qcow2' : 'raw', disk, work, layers, total, network }, say);
+      top = await runSteps(
+        engine,
+        { planned, sources, toRun, parent: top, parentKey, parentFormat: lastCached ? 'qcow2' : 'raw', disk, work, layers, total, network },
+        say,
+      );
     }
 
     const config = resolveConfig(base.config, df.steps);

@@ -137,21 +137,25 @@ async function execStep(vm: BuilderVm, p: PlannedStep, sources: string[], say: S
       return;
   }
   let tail = '';
-  const result = await vm.exec(
-    { argv, env, cwd, uid: ids.uid, gid: ids.gid },
-    {
-      timeoutMs: STEP_TIMEOUT_MS,
-      onOutput: (_stream, data) => {
-        const text = data.toString('utf8');
-        tail = (tail + text).slice(-4096);
-        for (const line of text.replace(/\n$/, '').split('\n')) say(line);
+  const result = await vm
+    .exec(
+      { argv, env, cwd, uid: ids.uid, gid: ids.gid },
+      {
+        timeoutMs: STEP_TIMEOUT_MS,
+        onOutput: (_stream, data) => {
+          const text = data.toString('utf8');
+          tail = (tail + text).slice(-4096);
+          for (const line of text.replace(/\n$/, '').split('\n')) say(line);
+        },
       },
-    },
-  ).catch((err: unknown) => {
-    if (isCellaError(err, 'AGENT_TIMEOUT')) throw new BuildFailure('CONTAINER_BUILD_FAILED', `Dockerfile line ${step.line}: ${step.kind} did not finish within ${STEP_TIMEOUT_MS / 60000} minutes`);
-    if (isCellaError(err, 'AGENT_ERROR')) throw new BuildFailure('CONTAINER_BUILD_FAILED', `Dockerfile line ${step.line}: ${step.kind} could not start: ${err.message}`);
-    throw err;
-  });
+    )
+    .catch((err: unknown) => {
+      if (isCellaError(err, 'AGENT_TIMEOUT'))
+        throw new BuildFailure('CONTAINER_BUILD_FAILED', `Dockerfile line ${step.line}: ${step.kind} did not finish within ${STEP_TIMEOUT_MS / 60000} minutes`);
+      if (isCellaError(err, 'AGENT_ERROR'))
+        throw new BuildFailure('CONTAINER_BUILD_FAILED', `Dockerfile line ${step.line}: ${step.kind} could not start: ${err.message}`);
+      throw err;
+    });
   if (result.exitCode === 0) return;
   if (/No space left on device/.test(tail)) {
     throw new BuildFailure('DISK_STORAGE_FULL', `Dockerfile line ${step.line}: ${step.kind} ran out of disk space`);

@@ -9,7 +9,11 @@ test('pruneLayers removes the least recently used layers (and their markers) unt
   const dir = mkdtempSync(path.join(tmpdir(), 'cella-cache-'));
   try {
     const now = Date.now();
-    for (const [key, age] of [['old', 3000], ['mid', 2000], ['new', 1000]] as const) {
+    for (const [key, age] of [
+      ['old', 3000],
+      ['mid', 2000],
+      ['new', 1000],
+    ] as const) {
       writeFileSync(path.join(dir, `${key}.qcow2`), Buffer.alloc(64 * 1024, 1));
       writeFileSync(path.join(dir, `${key}.json`), '{}');
       const t = new Date(now - age);

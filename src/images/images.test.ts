@@ -25,7 +25,11 @@ function setup(quotas?: Partial<ImageQuotas>): { images: Images; store: MemorySt
   return { images, store, done: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-const request = (name: string): CreateImageRequest => ({ name, baseImageArn: new Arns().managedImage('busybox'), codeArtifact: { uri: 'file:///tmp/app.zip' } });
+const request = (name: string): CreateImageRequest => ({
+  name,
+  baseImageArn: new Arns().managedImage('busybox'),
+  codeArtifact: { uri: 'file:///tmp/app.zip' },
+});
 const RUNTIME = { command: ['/app'], environmentVariables: {}, workingDirectory: '/', port: 8080, memoryMiB: 256, vcpus: 1 };
 
 /** What a build's end writes (Images.finish), without running one. */
@@ -55,7 +59,11 @@ test('latestActiveImageVersion and latestFailedImageVersion follow the versions:
     await setVersion(store, 'a', '3.0', { state: 'SUCCESSFUL', runtime: RUNTIME });
     assert.deepEqual(await images.latestVersions('a'), { latestActiveImageVersion: '3.0', latestFailedImageVersion: '2.0' });
     await images.setStatus('a', '3.0', 'INACTIVE');
-    assert.deepEqual(await images.latestVersions('a'), { latestActiveImageVersion: '1.0', latestFailedImageVersion: '2.0' }, 'an INACTIVE version is not the active one');
+    assert.deepEqual(
+      await images.latestVersions('a'),
+      { latestActiveImageVersion: '1.0', latestFailedImageVersion: '2.0' },
+      'an INACTIVE version is not the active one',
+    );
   } finally {
     done();
   }
@@ -72,7 +80,11 @@ test('only a CREATED or UPDATED image runs: any other state is ResourceNotFound'
     }
     for (const state of ['CREATING', 'CREATE_FAILED', 'UPDATING', 'UPDATE_FAILED', 'DELETING', 'DELETE_FAILED'] as const) {
       await setImage(store, 'a', state);
-      await assert.rejects(images.runnable('a'), (e) => isCellaError(e, 'NOT_FOUND') && e.httpStatus === 404 && e.details.resourceType === 'MicrovmImage', state);
+      await assert.rejects(
+        images.runnable('a'),
+        (e) => isCellaError(e, 'NOT_FOUND') && e.httpStatus === 404 && e.details.resourceType === 'MicrovmImage',
+        state,
+      );
       await assert.rejects(images.runnable('a', '1.0'), (e) => isCellaError(e, 'NOT_FOUND'), `${state}, pinned`);
     }
   } finally {
@@ -83,12 +95,19 @@ test('only a CREATED or UPDATED image runs: any other state is ResourceNotFound'
 test('the image quotas refuse with ServiceQuotaExceeded and its quotaCode, and write nothing', async () => {
   const { images, store, done } = setup({ images: 2, versionsPerImage: 2, concurrentBuilds: 3 });
   const quota = (code: string) => (e: unknown) =>
-    isCellaError(e, 'QUOTA_EXCEEDED') && e.httpStatus === 402 && e.type === 'ServiceQuotaExceededException' && e.details.quotaCode === code && e.details.serviceCode === 'cella';
+    isCellaError(e, 'QUOTA_EXCEEDED') &&
+    e.httpStatus === 402 &&
+    e.type === 'ServiceQuotaExceededException' &&
+    e.details.quotaCode === code &&
+    e.details.serviceCode === 'cella';
   try {
     await images.create(request('a'));
     await images.create(request('b'));
     await assert.rejects(images.create(request('c')), quota('microvm-images'));
-    assert.deepEqual((await store.listImages()).map((i) => i.name), ['a', 'b']);
+    assert.deepEqual(
+      (await store.listImages()).map((i) => i.name),
+      ['a', 'b'],
+    );
 
     // Two builds queued (a 1.0, b 1.0); a third may start, a fourth may not.
     await setImage(store, 'a', 'CREATED');

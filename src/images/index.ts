@@ -9,7 +9,17 @@ import { appendFileSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node
 import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
 import { validateArtifactUri, type S3Settings } from '../archive/index.js';
-import { type Arns, BuildFailure, CellaError, type CreateImageRequest, DEFAULT_MEMORY_MIB, type ImageRequestConfig, type ImageState, type UpdateImageRequest, type VersionState } from '../contract/index.js';
+import {
+  type Arns,
+  BuildFailure,
+  CellaError,
+  type CreateImageRequest,
+  DEFAULT_MEMORY_MIB,
+  type ImageRequestConfig,
+  type ImageState,
+  type UpdateImageRequest,
+  type VersionState,
+} from '../contract/index.js';
 import type { Connectors } from '../connectors/index.js';
 import type { Engine } from '../engine/index.js';
 import type { RunnableImage } from '../lifecycle/index.js';
@@ -18,7 +28,17 @@ import { listBases, type BaseInfo } from '../setup/index.js';
 import { buildImage } from './build.js';
 import type { BuildEngine, BuildSettings } from './build-spec.js';
 import { cacheDirs, pruneLayers, type PruneResult } from './cache.js';
-import { DEFAULT_IMAGE_QUOTAS, finishBuild, quotaExceeded, setBuild, setImageState, setVersion, startVersion, type ImageQuotas, type StartedVersion } from './records.js';
+import {
+  DEFAULT_IMAGE_QUOTAS,
+  finishBuild,
+  quotaExceeded,
+  setBuild,
+  setImageState,
+  setVersion,
+  startVersion,
+  type ImageQuotas,
+  type StartedVersion,
+} from './records.js';
 import { IMAGE_NEXT, RUNNABLE_IMAGE_STATES } from './states.js';
 import { storeUpload, type Upload } from './upload.js';
 
@@ -115,7 +135,9 @@ export class Images {
     const img = await this.require(identifier, db);
     const v = await db.getVersion(img.name, version);
     if (!v) {
-      throw new CellaError('NOT_FOUND', `image ${img.name} has no version ${version}`, { details: { resourceId: version, resourceType: 'MicrovmImageVersion' } });
+      throw new CellaError('NOT_FOUND', `image ${img.name} has no version ${version}`, {
+        details: { resourceId: version, resourceType: 'MicrovmImageVersion' },
+      });
     }
     return v;
   }
@@ -124,16 +146,16 @@ export class Images {
     const v = await this.requireVersion(identifier, version);
     const b = await this.store.getBuild(buildId);
     if (!b || b.imageName !== v.imageName || b.version !== v.version) {
-      throw new CellaError('NOT_FOUND', `build ${buildId} of ${v.imageName} ${version} not found`, { details: { resourceId: buildId, resourceType: 'MicrovmImageBuild' } });
+      throw new CellaError('NOT_FOUND', `build ${buildId} of ${v.imageName} ${version} not found`, {
+        details: { resourceId: buildId, resourceType: 'MicrovmImageBuild' },
+      });
     }
     return b;
   }
 
   /** The newest version with the given state (and status). */
   async latest(name: string, state: VersionState, status?: 'ACTIVE', db: Tx = this.store): Promise<ImageVersionRecord | undefined> {
-    return (await db.listVersions(name))
-      .filter((v) => v.state === state && (!status || v.status === status))
-      .pop();
+    return (await db.listVersions(name)).filter((v) => v.state === state && (!status || v.status === status)).pop();
   }
 
   /**
@@ -163,8 +185,14 @@ export class Images {
     }
     const v = version === undefined ? await this.latest(img.name, 'SUCCESSFUL', 'ACTIVE', db) : await db.getVersion(img.name, version);
     if (!v || v.state !== 'SUCCESSFUL' || v.status !== 'ACTIVE' || !v.runtime) {
-      const why = !v ? (version === undefined ? `image ${img.name} has none` : `image ${img.name} has no version ${version}`) : `version ${v.version} is ${v.state}/${v.status}`;
-      throw new CellaError('NOT_FOUND', `No active version found: ${why}`, { details: { resourceId: version ?? img.name, resourceType: 'MicrovmImageVersion' } });
+      const why = !v
+        ? version === undefined
+          ? `image ${img.name} has none`
+          : `image ${img.name} has no version ${version}`
+        : `version ${v.version} is ${v.state}/${v.status}`;
+      throw new CellaError('NOT_FOUND', `No active version found: ${why}`, {
+        details: { resourceId: version ?? img.name, resourceType: 'MicrovmImageVersion' },
+      });
     }
     return this.runnableOf(img, v);
   }
@@ -198,7 +226,8 @@ export class Images {
       }
       const request = await this.checkConfig(req, tx);
       const count = (await tx.listImages()).length;
-      if (count >= this.quotas.images) throw quotaExceeded('microvm-images', `there are ${count} images; the quota is ${this.quotas.images}`, req.name, 'MicrovmImage');
+      if (count >= this.quotas.images)
+        throw quotaExceeded('microvm-images', `there are ${count} images; the quota is ${this.quotas.images}`, req.name, 'MicrovmImage');
       const now = Date.now();
       const image: ImageRecord = { name: req.name, arn: this.arns.image(req.name), state: 'CREATING', tags: req.tags ?? {}, createdAt: now, updatedAt: null };
       await tx.putImage(image);
@@ -226,14 +255,20 @@ export class Images {
     const base = this.arns.managedImageName(req.baseImageArn, 'baseImageArn');
     const names = this.managed().map((b) => b.name);
     if (!base || !names.includes(base)) {
-      throw new CellaError('INVALID_ARGUMENT', `baseImageArn ${req.baseImageArn} is not a managed base image; use one of: ${names.map((n) => this.arns.managedImage(n)).join(', ')}`);
+      throw new CellaError(
+        'INVALID_ARGUMENT',
+        `baseImageArn ${req.baseImageArn} is not a managed base image; use one of: ${names.map((n) => this.arns.managedImage(n)).join(', ')}`,
+      );
     }
     if (req.baseImageVersion !== undefined && req.baseImageVersion.replace(/\.0$/, '') !== MANAGED_VERSION) {
       throw new CellaError('INVALID_ARGUMENT', `baseImageVersion ${req.baseImageVersion} does not exist for ${base} (it has ${MANAGED_VERSION})`);
     }
     if (req.hooks?.microvmHooks && Object.entries(req.hooks.microvmHooks).some(([k, v]) => !k.endsWith('Seconds') && v === 'ENABLED')) {
       if (req.hooks.microvmImageHooks?.ready !== 'ENABLED') {
-        throw new CellaError('INVALID_ARGUMENT', 'runtime hooks (run, resume, suspend, terminate) need the ready hook enabled too (hooks.microvmImageHooks.ready)');
+        throw new CellaError(
+          'INVALID_ARGUMENT',
+          'runtime hooks (run, resume, suspend, terminate) need the ready hook enabled too (hooks.microvmImageHooks.ready)',
+        );
       }
     }
     const { clientToken: _t, ...config } = req as CreateImageRequest;
@@ -277,7 +312,12 @@ export class Images {
         const f = err instanceof BuildFailure ? err : new BuildFailure('INTERNAL_PLATFORM_ERROR', (err as Error).message);
         say(`[cella] build FAILED: ${f.reason}: ${f.message}`);
         this.log(`image ${img0.name} ${v0.version}: build failed: ${f.reason}: ${f.message}`);
-        await finishBuild(this.store, buildId, { ok: false, reason: f.reason, message: f.message, snapshotBuild: (err as { snapshotBuild?: BuildRecord['snapshotBuild'] }).snapshotBuild ?? null });
+        await finishBuild(this.store, buildId, {
+          ok: false,
+          reason: f.reason,
+          message: f.message,
+          snapshotBuild: (err as { snapshotBuild?: BuildRecord['snapshotBuild'] }).snapshotBuild ?? null,
+        });
         return;
       }
       say(`[cella] build SUCCESSFUL in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${img0.name} ${v0.version} is ready to run`);
@@ -302,12 +342,17 @@ export class Images {
   }
 
   /** Idempotent; refuses the last version, one that is building, and one that live VMs use. */
-  async deleteVersion(identifier: string, version: string, inUse: (name: string, version: string) => Promise<boolean>): Promise<{ name: string; state: VersionState }> {
+  async deleteVersion(
+    identifier: string,
+    version: string,
+    inUse: (name: string, version: string) => Promise<boolean>,
+  ): Promise<{ name: string; state: VersionState }> {
     const img = await this.store.getImage(this.arns.imageName(identifier));
     const v = img && (await this.store.getVersion(img.name, version));
     if (!img || !v) return { name: img?.name ?? identifier, state: 'DELETED' };
     const details = { resourceId: version, resourceType: 'MicrovmImageVersion' };
-    if ((await this.store.listVersions(img.name)).length === 1) throw new CellaError('INVALID_STATE', `version ${version} is the last version of ${img.name}; delete the image instead`, { details });
+    if ((await this.store.listVersions(img.name)).length === 1)
+      throw new CellaError('INVALID_STATE', `version ${version} is the last version of ${img.name}; delete the image instead`, { details });
     if (v.state === 'PENDING' || v.state === 'IN_PROGRESS') throw new CellaError('INVALID_STATE', `version ${version} is still being built`, { details });
     if (await inUse(img.name, version)) throw new CellaError('INVALID_STATE', `version ${version} has live MicroVMs`, { details });
     await this.engine.forgetImage(path.join(v.dir, 'snapshot'));
@@ -327,7 +372,8 @@ export class Images {
       const img = await tx.getImage(name);
       if (!img) return false;
       const details = { resourceId: name, resourceType: 'MicrovmImage' };
-      if (img.state === 'CREATING' || img.state === 'UPDATING') throw new CellaError('INVALID_STATE', `image ${name} is ${img.state}: a build is running`, { details });
+      if (img.state === 'CREATING' || img.state === 'UPDATING')
+        throw new CellaError('INVALID_STATE', `image ${name} is ${img.state}: a build is running`, { details });
       if (await inUse(tx, name)) throw new CellaError('INVALID_STATE', `image ${name} has live MicroVMs`, { details });
       await setImageState(tx, img, 'DELETING', Date.now());
       return true;
@@ -355,7 +401,12 @@ export class Images {
         for (const b of await this.store.listBuilds(img.name, v.version)) {
           if (b.state === 'IN_PROGRESS') {
             appendFileSync(this.buildLog(b.buildId), '[cella] build FAILED: INTERNAL_PLATFORM_ERROR: cellad restarted during the build\n');
-            await finishBuild(this.store, b.buildId, { ok: false, reason: 'INTERNAL_PLATFORM_ERROR', message: 'cellad restarted during the build', snapshotBuild: null });
+            await finishBuild(this.store, b.buildId, {
+              ok: false,
+              reason: 'INTERNAL_PLATFORM_ERROR',
+              message: 'cellad restarted during the build',
+              snapshotBuild: null,
+            });
           } else if (b.state === 'PENDING') {
             void this.enqueue({ image: img, version: v, build: b });
           }
@@ -378,7 +429,8 @@ export class Images {
     const job = this.queue.then(() => pruneLayers(cacheDirs(this.dataDir).layers, maxBytes));
     this.queue = job.then(
       (r) => {
-        if (r.removed) this.log(`build cache: pruned ${r.removed} layers (${Math.round(r.freedBytes / 1048576)} MiB); ${Math.round(r.keptBytes / 1048576)} MiB kept`);
+        if (r.removed)
+          this.log(`build cache: pruned ${r.removed} layers (${Math.round(r.freedBytes / 1048576)} MiB); ${Math.round(r.keptBytes / 1048576)} MiB kept`);
       },
       () => {},
     );

@@ -9,7 +9,6 @@ import { cacheKeyOf, type PlannedStep, type Step } from '../dockerfile/index.js'
 import { BuildFailure } from '../contract/index.js';
 import type { NetworkPolicy } from '../net/index.js';
 
-
 export function changesFiles(step: Step): boolean {
   return step.kind === 'RUN' || step.kind === 'COPY' || step.kind === 'ADD' || step.kind === 'WORKDIR';
 }
@@ -89,7 +88,8 @@ function hashTree(h: ReturnType<typeof createHash>, root: string, rel: string): 
 /** COPY sources relative to the context, globs (`*`, `?`) expanded; never outside it. */
 function expandSources(ctx: string, source: string, line: number): string[] {
   const rel = path.posix.normalize(source.replace(/^\/+/, ''));
-  if (rel === '..' || rel.startsWith('../')) throw new BuildFailure('CONTAINER_BUILD_FAILED', `Dockerfile line ${line}: ${source} is outside the build context`);
+  if (rel === '..' || rel.startsWith('../'))
+    throw new BuildFailure('CONTAINER_BUILD_FAILED', `Dockerfile line ${line}: ${source} is outside the build context`);
   if (!/[*?[]/.test(rel)) {
     const clean = rel === '.' ? '' : rel.replace(/\/$/, '');
     if (!existsLink(path.join(ctx, clean))) {

@@ -27,15 +27,33 @@ export interface StartedVersion {
 }
 
 /** Records a new version and its build, within the quotas on versions and builds. */
-export async function startVersion(tx: Tx, image: ImageRecord, request: ImageRequestConfig, now: number, quotas: ImageQuotas, root: string): Promise<StartedVersion> {
+export async function startVersion(
+  tx: Tx,
+  image: ImageRecord,
+  request: ImageRequestConfig,
+  now: number,
+  quotas: ImageQuotas,
+  root: string,
+): Promise<StartedVersion> {
   const versions = await tx.listVersions(image.name);
   if (versions.length >= quotas.versionsPerImage) {
-    throw quotaExceeded('microvm-image-versions', `image ${image.name} has ${versions.length} versions; the quota is ${quotas.versionsPerImage}`, image.name, 'MicrovmImage');
+    throw quotaExceeded(
+      'microvm-image-versions',
+      `image ${image.name} has ${versions.length} versions; the quota is ${quotas.versionsPerImage}`,
+      image.name,
+      'MicrovmImage',
+    );
   }
   let building = 0;
-  for (const img of await tx.listImages()) building += (await tx.listVersions(img.name)).filter((v) => v.state === 'PENDING' || v.state === 'IN_PROGRESS').length;
+  for (const img of await tx.listImages())
+    building += (await tx.listVersions(img.name)).filter((v) => v.state === 'PENDING' || v.state === 'IN_PROGRESS').length;
   if (building >= quotas.concurrentBuilds) {
-    throw quotaExceeded('concurrent-image-builds', `${building} builds are queued or running; the quota is ${quotas.concurrentBuilds}`, image.name, 'MicrovmImage');
+    throw quotaExceeded(
+      'concurrent-image-builds',
+      `${building} builds are queued or running; the quota is ${quotas.concurrentBuilds}`,
+      image.name,
+      'MicrovmImage',
+    );
   }
   const major = Math.max(0, ...versions.map((v) => v.major)) + 1;
   const version: ImageVersionRecord = {
@@ -104,12 +122,22 @@ export async function setImageState(tx: Tx, img: ImageRecord, to: ImageState, no
   return next;
 }
 
-export async function setVersion(tx: Tx, v: ImageVersionRecord, patch: Partial<Pick<ImageVersionRecord, 'state' | 'stateReason' | 'runtime'>>, now = Date.now()): Promise<void> {
+export async function setVersion(
+  tx: Tx,
+  v: ImageVersionRecord,
+  patch: Partial<Pick<ImageVersionRecord, 'state' | 'stateReason' | 'runtime'>>,
+  now = Date.now(),
+): Promise<void> {
   if (patch.state) check(VERSION_NEXT, `version ${v.imageName} ${v.version}`, v.state, patch.state);
   await tx.putVersion({ ...v, ...patch, updatedAt: now });
 }
 
-export async function setBuild(tx: Tx, b: BuildRecord, patch: Partial<Pick<BuildRecord, 'state' | 'stateReason' | 'message' | 'snapshotBuild'>>, now = Date.now()): Promise<void> {
+export async function setBuild(
+  tx: Tx,
+  b: BuildRecord,
+  patch: Partial<Pick<BuildRecord, 'state' | 'stateReason' | 'message' | 'snapshotBuild'>>,
+  now = Date.now(),
+): Promise<void> {
   if (patch.state) check(BUILD_NEXT, `build ${b.buildId}`, b.state, patch.state);
   await tx.putBuild({ ...b, ...patch, updatedAt: now });
 }

@@ -57,7 +57,13 @@ async function zipContext(zipFile: string, files: Record<string, string>, docker
 
 /** The Dockerfile of `base`. */
 export function baseDockerfile(): string[] {
-  return [`FROM ${E2B_BASE}`, ...ADD_USER, 'COPY cella-demo /usr/local/bin/cella-demo', `EXPOSE ${DEMO_PORT}`, `CMD ["/usr/local/bin/cella-demo", "${DEMO_PORT}"]`];
+  return [
+    `FROM ${E2B_BASE}`,
+    ...ADD_USER,
+    'COPY cella-demo /usr/local/bin/cella-demo',
+    `EXPOSE ${DEMO_PORT}`,
+    `CMD ["/usr/local/bin/cella-demo", "${DEMO_PORT}"]`,
+  ];
 }
 
 /** The Dockerfile of `code-interpreter-v1`: the server runs as root, as E2B's kernels do, in /home/user. */
@@ -77,6 +83,11 @@ export function managedImages(demoApp: string): ManagedImage[] {
   return [
     { name: 'demo', base: 'busybox', memoryMiB: 256, zip: (f) => demoZip(f, demoApp) },
     { name: 'base', base: E2B_BASE, memoryMiB: E2B_MEMORY_MIB, zip: (f) => zipContext(f, { 'cella-demo': demoApp }, baseDockerfile()) },
-    { name: 'code-interpreter-v1', base: E2B_BASE, memoryMiB: E2B_MEMORY_MIB, zip: (f) => zipContext(f, { 'server.py': SERVER_SOURCE }, codeInterpreterDockerfile()) },
+    {
+      name: 'code-interpreter-v1',
+      base: E2B_BASE,
+      memoryMiB: E2B_MEMORY_MIB,
+      zip: (f) => zipContext(f, { 'server.py': SERVER_SOURCE }, codeInterpreterDockerfile()),
+    },
   ];
 }

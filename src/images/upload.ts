@@ -41,7 +41,12 @@ export async function storeUpload(dir: string, req: IncomingMessage, maxBytes: n
     rmSync(tmp, { force: true });
     throw err;
   }
-  const empty = bytes === 0 ? 'the upload is empty: send the zip as the request body' : (await zipEntryCount(tmp)) === 0 ? 'the uploaded zip has no files in it' : undefined;
+  const empty =
+    bytes === 0
+      ? 'the upload is empty: send the zip as the request body'
+      : (await zipEntryCount(tmp)) === 0
+        ? 'the uploaded zip has no files in it'
+        : undefined;
   if (empty) {
     rmSync(tmp, { force: true });
     throw new CellaError('INVALID_ARGUMENT', empty);

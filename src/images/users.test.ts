@@ -16,6 +16,12 @@ test('names, numbers and groups resolve against the image tables', () => {
 });
 
 test('an unknown user or group names the line', () => {
-  assert.throws(() => resolveUser('nobody', passwd, group, 7), (e: unknown) => e instanceof BuildFailure && e.reason === 'CONTAINER_BUILD_FAILED' && /line 7: user nobody/.test(e.message));
-  assert.throws(() => resolveUser('app:wheel', passwd, group, 2), (e: unknown) => e instanceof BuildFailure && /group wheel/.test(e.message));
+  assert.throws(
+    () => resolveUser('nobody', passwd, group, 7),
+    (e: unknown) => e instanceof BuildFailure && e.reason === 'CONTAINER_BUILD_FAILED' && /line 7: user nobody/.test(e.message),
+  );
+  assert.throws(
+    () => resolveUser('app:wheel', passwd, group, 2),
+    (e: unknown) => e instanceof BuildFailure && /group wheel/.test(e.message),
+  );
 });

@@ -112,7 +112,9 @@ export async function onDeadline(host: DeadlineHost, id: string, generation: num
         }
         return;
       }
-      void host.terminate(id, rec.spec.timeout ? 'its timeout was reached' : `maximum duration of ${rec.spec.maximumDurationInSeconds} s reached`).catch(() => {});
+      void host
+        .terminate(id, rec.spec.timeout ? 'its timeout was reached' : `maximum duration of ${rec.spec.maximumDurationInSeconds} s reached`)
+        .catch(() => {});
       return;
     case 'idle': {
       const next = host.activity.idleDeadline(rec);

@@ -140,7 +140,11 @@ export class Lifecycle extends EventEmitter {
     const image = await this.imageOf(rec);
     let vm: DriverVm;
     try {
-      vm = await this.driver.launch(image.dir, rec.id, { appLog: null, onSpawn: this.recordPid(rec), ...(rec.spec.network ? { network: rec.spec.network } : {}) });
+      vm = await this.driver.launch(image.dir, rec.id, {
+        appLog: null,
+        onSpawn: this.recordPid(rec),
+        ...(rec.spec.network ? { network: rec.spec.network } : {}),
+      });
     } catch (err) {
       await this.fail(rec.id, rec.generation, `the VM could not start: ${(err as Error).message}`);
       return;
@@ -321,10 +325,13 @@ export class Lifecycle extends EventEmitter {
         this.removeListener('state', onState);
         resolve();
       };
-      const timer = setTimeout(() => {
-        this.removeListener('state', onState);
-        reject(new CellaError('INVALID_STATE', `MicroVM ${id} did not leave its state in time`, { details: { resourceId: id, resourceType: 'Microvm' } }));
-      }, Math.max(0, deadline - this.now()));
+      const timer = setTimeout(
+        () => {
+          this.removeListener('state', onState);
+          reject(new CellaError('INVALID_STATE', `MicroVM ${id} did not leave its state in time`, { details: { resourceId: id, resourceType: 'Microvm' } }));
+        },
+        Math.max(0, deadline - this.now()),
+      );
       this.on('state', onState);
       // It may have moved on before the listener was in place (a failed read leaves it to the timer).
       void this.store.getVm(id).then(
@@ -418,7 +425,8 @@ export class Lifecycle extends EventEmitter {
   async setDeadline(id: string, at: number, opts: { extendOnly?: boolean } = {}): Promise<VmRecord> {
     for (;;) {
       const rec = await this.require(id);
-      if (!rec.spec.timeout) throw new CellaError('INVALID_STATE', `MicroVM ${id} has a fixed maximum duration`, { details: { resourceId: id, resourceType: 'Microvm' } });
+      if (!rec.spec.timeout)
+        throw new CellaError('INVALID_STATE', `MicroVM ${id} has a fixed maximum duration`, { details: { resourceId: id, resourceType: 'Microvm' } });
       if (rec.state === 'TERMINATING' || rec.state === 'TERMINATED') throw this.conflict(rec, 'given a new timeout');
       const maxDeadline = opts.extendOnly ? Math.max(rec.maxDeadline, at) : at;
       const next = await this.store.patchVm(id, rec.generation, { maxDeadline });
@@ -474,7 +482,9 @@ export class Lifecycle extends EventEmitter {
    */
   private recordPid(rec: VmRecord): (pid: number, startTime: string) => void {
     return (pid, pidStartTime) =>
-      void this.store.patchVm(rec.id, rec.generation, { pid, pidStartTime }).catch((err: Error) => this.log(`MicroVM ${rec.id}: its pid could not be recorded: ${err.message}`));
+      void this.store
+        .patchVm(rec.id, rec.generation, { pid, pidStartTime })
+        .catch((err: Error) => this.log(`MicroVM ${rec.id}: its pid could not be recorded: ${err.message}`));
   }
 
   private attach(rec: VmRecord, vm: DriverVm): void {

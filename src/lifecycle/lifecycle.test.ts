@@ -179,7 +179,10 @@ test('a refused suspend leaves a healthy RUNNING VM without a stateReason; the r
     assert.equal(after.state, 'RUNNING');
     assert.equal(after.generation, 4, 'PENDING → RUNNING → SUSPENDING → RUNNING');
     assert.equal(after.stateReason, null);
-    assert.ok(logged.some((l) => /vm-7: RUNNING: not suspended: the suspend hook could not be reached/.test(l)), logged.join('\n'));
+    assert.ok(
+      logged.some((l) => /vm-7: RUNNING: not suspended: the suspend hook could not be reached/.test(l)),
+      logged.join('\n'),
+    );
     assert.deepEqual(driver.addressed, [9000], 'the hook was called on the default hooks.port');
   } finally {
     await done();
@@ -237,27 +240,34 @@ async function started(lc: Lifecycle, store: SqliteStore, rec: VmRecord): Promis
   await lc.settle();
 }
 
-test('a timeout that suspends: setDeadline moves it (extendOnly never closer), reaching it suspends, and a resumed VM runs to its new one', { timeout: 10_000 }, async () => {
-  const { lc, store, driver, logged, done } = setup();
-  try {
-    await started(lc, store, pending('vm-10', { timeout: { onExpiry: 'suspend' } }));
-    const far = Date.now() + 600_000;
-    assert.equal((await lc.setDeadline('vm-10', far)).maxDeadline, far);
-    assert.equal((await lc.setDeadline('vm-10', Date.now() + 1000, { extendOnly: true })).maxDeadline, far, 'extendOnly keeps the later one');
-    const suspended = reached(lc, 'vm-10', 'SUSPENDED');
-    await lc.setDeadline('vm-10', Date.now() + 20);
-    await suspended;
-    assert.ok(logged.some((l) => /vm-10: SUSPENDING: suspended: its timeout was reached/.test(l)), logged.join('\n'));
-    assert.deepEqual(driver.terminated, [], 'suspended, not terminated');
-    // Moved while suspended (as E2B's connect does before it resumes): the past deadline does not apply to a paused VM.
-    await lc.setDeadline('vm-10', far, { extendOnly: true });
-    const r = await lc.resume('vm-10');
-    assert.equal(r.state, 'RUNNING');
-    assert.equal(r.maxDeadline, far);
-  } finally {
-    await done();
-  }
-});
+test(
+  'a timeout that suspends: setDeadline moves it (extendOnly never closer), reaching it suspends, and a resumed VM runs to its new one',
+  { timeout: 10_000 },
+  async () => {
+    const { lc, store, driver, logged, done } = setup();
+    try {
+      await started(lc, store, pending('vm-10', { timeout: { onExpiry: 'suspend' } }));
+      const far = Date.now() + 600_000;
+      assert.equal((await lc.setDeadline('vm-10', far)).maxDeadline, far);
+      assert.equal((await lc.setDeadline('vm-10', Date.now() + 1000, { extendOnly: true })).maxDeadline, far, 'extendOnly keeps the later one');
+      const suspended = reached(lc, 'vm-10', 'SUSPENDED');
+      await lc.setDeadline('vm-10', Date.now() + 20);
+      await suspended;
+      assert.ok(
+        logged.some((l) => /vm-10: SUSPENDING: suspended: its timeout was reached/.test(l)),
+        logged.join('\n'),
+      );
+      assert.deepEqual(driver.terminated, [], 'suspended, not terminated');
+      // Moved while suspended (as E2B's connect does before it resumes): the past deadline does not apply to a paused VM.
+      await lc.setDeadline('vm-10', far, { extendOnly: true });
+      const r = await lc.resume('vm-10');
+      assert.equal(r.state, 'RUNNING');
+      assert.equal(r.maxDeadline, far);
+    } finally {
+      await done();
+    }
+  },
+);
 
 test('a timeout that terminates ends the VM with its reason; a VM without a timeout refuses setDeadline', { timeout: 10_000 }, async () => {
   const { lc, store, done } = setup();

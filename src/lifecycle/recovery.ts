@@ -42,7 +42,10 @@ export async function recoverAll(host: RecoveryHost, opts: { reapplyNetwork?: bo
       host.log(`MicroVM ${rec.id}: recovery failed: ${err.message}`);
       const cur = await host.store.getVm(rec.id);
       if (cur && cur.state !== 'TERMINATING' && cur.state !== 'TERMINATED') {
-        const t = await host.transition(cur, 'TERMINATING', `cellad could not recover the VM after a restart: ${err.message}`, { idleDeadline: null, suspendedDeadline: null });
+        const t = await host.transition(cur, 'TERMINATING', `cellad could not recover the VM after a restart: ${err.message}`, {
+          idleDeadline: null,
+          suspendedDeadline: null,
+        });
         if (t) await host.finishTerminate(t).catch(() => {});
       }
       return undefined;
@@ -58,7 +61,9 @@ export async function recoverAll(host: RecoveryHost, opts: { reapplyNetwork?: bo
     // Its namespace kept its rules, unless they point at a DNS port that is no longer the forwarder's; the
     // forwarder's memory of which names it may resolve went with the old cellad.
     if (opts.reapplyNetwork) {
-      await applyPolicy(networkForSlot(kept.slot), rec.spec.network).catch((err: Error) => host.log(`MicroVM ${rec.id}: its network rules could not be renewed: ${err.message}`));
+      await applyPolicy(networkForSlot(kept.slot), rec.spec.network).catch((err: Error) =>
+        host.log(`MicroVM ${rec.id}: its network rules could not be renewed: ${err.message}`),
+      );
     } else {
       rememberPolicy({ slot: kept.slot }, rec.spec.network);
     }

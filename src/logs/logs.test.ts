@@ -6,7 +6,6 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { LogHub, pruneDir } from './index.js';
 
-
 const tmp = (): string => mkdtempSync(path.join(tmpdir(), 'cella-logs-'));
 
 test('a VM log is rotated past its bound: the newest output and the one older file are kept, a reader gets both in order', async () => {
@@ -22,8 +21,15 @@ test('a VM log is rotated past its bound: the newest output and the one older fi
     assert.ok(existsSync(`${file}.1`));
     let all = '';
     await hub.stream('vm1', { follow: false, isLive: async () => false, signal: new AbortController().signal }, (c) => (all += c.toString()));
-    const lines = all.trim().split('\n').map((l) => Number(l.split(' ')[1]));
-    assert.deepEqual(lines, [...lines].sort((a, b) => a - b), 'in order');
+    const lines = all
+      .trim()
+      .split('\n')
+      .map((l) => Number(l.split(' ')[1]));
+    assert.deepEqual(
+      lines,
+      [...lines].sort((a, b) => a - b),
+      'in order',
+    );
     assert.equal(lines.at(-1), 6, 'the newest line is there');
   } finally {
     rmSync(dir, { recursive: true, force: true });

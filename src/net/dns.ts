@@ -63,7 +63,7 @@ export function domainMatches(name: string, patterns: readonly string[]): boolea
 function readName(buf: Buffer, off: number): { name: string; end: number } | undefined {
   const labels: string[] = [];
   let end: number | undefined;
-  for (let jumps = 0; jumps < 64; ) {
+  for (let jumps = 0; jumps < 64;) {
     const len = buf[off];
     if (len === undefined) return undefined;
     if (len === 0) return { name: labels.join('.').toLowerCase(), end: end ?? off + 1 };
@@ -141,7 +141,7 @@ export function answerAddresses(res: Buffer, name: string): { address: string; t
     off = at + len;
   }
   const names = new Set([name.toLowerCase().replace(/\.$/, '')]);
-  for (let grew = true; grew; ) {
+  for (let grew = true; grew;) {
     grew = false;
     for (const r of records) {
       if (r.type !== TYPE_CNAME || !names.has(r.owner)) continue;
@@ -152,9 +152,7 @@ export function answerAddresses(res: Buffer, name: string): { address: string; t
       }
     }
   }
-  return records
-    .filter((r) => r.type === TYPE_A && r.data.length === 4 && names.has(r.owner))
-    .map((r) => ({ address: [...r.data].join('.'), ttl: r.ttl }));
+  return records.filter((r) => r.type === TYPE_A && r.data.length === 4 && names.has(r.owner)).map((r) => ({ address: [...r.data].join('.'), ttl: r.ttl }));
 }
 
 /** Allows `addresses` from namespace `netns`, each for its TTL (bounded): one nft process. */

@@ -7,7 +7,10 @@ import { ALWAYS_BLOCKED, NON_PUBLIC, checkPolicy, guardRules, namespaceRules, sl
 const rulesOf = (text: string, chain: string): string[] => {
   const m = new RegExp(`chain ${chain} \\{\\n([\\s\\S]*?)\\n  \\}`).exec(text);
   assert.ok(m, `chain ${chain} present`);
-  return m[1]!.split('\n').map((l) => l.trim()).filter((l) => !l.startsWith('type '));
+  return m[1]!
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => !l.startsWith('type '));
 };
 
 /** Whether the kernel accepts `text` (checked in a throwaway namespace; needs root). */
@@ -42,10 +45,14 @@ test('the default policy: host to any guest port, nothing out, no NAT, no DNS', 
 
 test('ingress by port list opens only those TCP ports; an empty list none', () => {
   const fwd = rulesOf(namespaceRules(0, { ingress: [8080, 9000], egress: 'none' }), 'forward');
-  assert.deepEqual(fwd.filter((r) => r.includes('oifname "tap0"')), [
-    'iifname "eth0" oifname "tap0" ip daddr 172.29.0.2 ct status dnat tcp dport { 8080, 9000 } ct state new accept',
-  ]);
-  assert.deepEqual(rulesOf(namespaceRules(0, { ingress: [], egress: 'none' }), 'forward').filter((r) => r.includes('oifname "tap0"')), []);
+  assert.deepEqual(
+    fwd.filter((r) => r.includes('oifname "tap0"')),
+    ['iifname "eth0" oifname "tap0" ip daddr 172.29.0.2 ct status dnat tcp dport { 8080, 9000 } ct state new accept'],
+  );
+  assert.deepEqual(
+    rulesOf(namespaceRules(0, { ingress: [], egress: 'none' }), 'forward').filter((r) => r.includes('oifname "tap0"')),
+    [],
+  );
 });
 
 test('internet: blocked ranges first, then non-public, then out masqueraded; DNS to the forwarder', () => {
@@ -102,14 +109,22 @@ test('policies that would not make sound rules are refused', () => {
     { ingress: 'all', egress: { cidrs: [], domains: ['x.test }'] } },
     { ingress: 'all', egress: { cidrs: [] } },
   ];
-  for (const p of bad) assert.throws(() => checkPolicy(p as NetworkPolicy), (e) => isCellaError(e) && e.code === 'INVALID_ARGUMENT', JSON.stringify(p));
+  for (const p of bad)
+    assert.throws(
+      () => checkPolicy(p as NetworkPolicy),
+      (e) => isCellaError(e) && e.code === 'INVALID_ARGUMENT',
+      JSON.stringify(p),
+    );
   checkPolicy({ ingress: [1, 65535], egress: { cidrs: ['1.2.3.4', '10.0.0.0/8'], domains: ['*.example.com', 'example.com', 'a-b_c.test'] } });
 });
 
 test('the host guard: only its own table, idempotent statements, veths fenced in', () => {
   const text = guardRules([5354]);
   const lines = text.trim().split('\n');
-  assert.ok(lines.every((l) => l.includes('inet cella_guard')), 'touches no other table');
+  assert.ok(
+    lines.every((l) => l.includes('inet cella_guard')),
+    'touches no other table',
+  );
   assert.ok(!/flush (ruleset|table)|delete table/.test(text), 'never flushes more than its own chains');
   assert.ok(lines.includes('add element inet cella_guard dns_ports { 5354 }'));
   const rules = lines.filter((l) => l.startsWith('add rule')).map((l) => l.replace('add rule inet cella_guard ', ''));

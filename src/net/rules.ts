@@ -87,7 +87,8 @@ export function checkPolicy(policy: NetworkPolicy): void {
   }
   const { egress } = policy;
   if (egress === 'none' || egress === 'internet') return;
-  if (typeof egress !== 'object' || !Array.isArray(egress.cidrs) || !Array.isArray(egress.domains)) bad('egress must be "none", "internet" or {cidrs, domains}');
+  if (typeof egress !== 'object' || !Array.isArray(egress.cidrs) || !Array.isArray(egress.domains))
+    bad('egress must be "none", "internet" or {cidrs, domains}');
   for (const c of egress.cidrs) if (typeof c !== 'string' || !ipv4Cidr(c)) bad(`${JSON.stringify(c)} is not an IPv4 address or CIDR`);
   for (const d of egress.domains) if (typeof d !== 'string' || d.length > 253 || !DOMAIN.test(d)) bad(`${JSON.stringify(d)} is not a domain name or *.domain`);
 }
@@ -112,8 +113,7 @@ export function namespaceRules(slot: number, policy: NetworkPolicy = DEFAULT_POL
   const { egress } = policy;
   const dns = egress !== 'none' && dnsPort !== undefined;
   const list = typeof egress === 'object' ? egress : undefined;
-  const ingress =
-    policy.ingress === 'all' ? ['ct state new accept'] : policy.ingress.length ? [`tcp dport ${set(policy.ingress)} ct state new accept`] : [];
+  const ingress = policy.ingress === 'all' ? ['ct state new accept'] : policy.ingress.length ? [`tcp dport ${set(policy.ingress)} ct state new accept`] : [];
   const sets = [
     ...(list?.cidrs.length ? [`  set allowed_cidrs { type ipv4_addr; flags interval; auto-merge; elements = ${set(list.cidrs)}; }`] : []),
     // Filled by the DNS forwarder with the addresses the allowed names resolved to, each for its TTL.
@@ -193,23 +193,25 @@ export const GUARD_TABLE = 'cella_guard';
 export function guardRules(dnsPorts: readonly number[] = []): string {
   const t = `inet ${GUARD_TABLE}`;
   const veth = `"${HOST_IF_PREFIX}*"`;
-  return [
-    `add table ${t}`,
-    `add set ${t} dns_ports { type inet_service; }`,
-    ...(dnsPorts.length ? [`add element ${t} dns_ports ${set(dnsPorts)}`] : []),
-    `add chain ${t} input { type filter hook input priority filter; policy accept; }`,
-    `add chain ${t} forward { type filter hook forward priority filter; policy accept; }`,
-    `add chain ${t} postrouting { type nat hook postrouting priority srcnat; policy accept; }`,
-    `flush chain ${t} input`,
-    `flush chain ${t} forward`,
-    `flush chain ${t} postrouting`,
-    `add rule ${t} input iifname ${veth} ct state established,related accept`,
-    `add rule ${t} input iifname ${veth} ip daddr ${SLOTS_CIDR} meta l4proto { udp, tcp } th dport @dns_ports accept`,
-    `add rule ${t} input iifname ${veth} drop`,
-    `add rule ${t} input iifname != "lo" ip saddr ${SLOTS_CIDR} drop`,
-    `add rule ${t} forward iifname ${veth} oifname ${veth} drop`,
-    `add rule ${t} forward iifname ${veth} ip daddr 169.254.0.0/16 drop`,
-    `add rule ${t} forward oifname ${veth} ct state new drop`,
-    `add rule ${t} postrouting ip saddr ${SLOTS_CIDR} oifname != ${veth} masquerade`,
-  ].join('\n') + '\n';
+  return (
+    [
+      `add table ${t}`,
+      `add set ${t} dns_ports { type inet_service; }`,
+      ...(dnsPorts.length ? [`add element ${t} dns_ports ${set(dnsPorts)}`] : []),
+      `add chain ${t} input { type filter hook input priority filter; policy accept; }`,
+      `add chain ${t} forward { type filter hook forward priority filter; policy accept; }`,
+      `add chain ${t} postrouting { type nat hook postrouting priority srcnat; policy accept; }`,
+      `flush chain ${t} input`,
+      `flush chain ${t} forward`,
+      `flush chain ${t} postrouting`,
+      `add rule ${t} input iifname ${veth} ct state established,related accept`,
+      `add rule ${t} input iifname ${veth} ip daddr ${SLOTS_CIDR} meta l4proto { udp, tcp } th dport @dns_ports accept`,
+      `add rule ${t} input iifname ${veth} drop`,
+      `add rule ${t} input iifname != "lo" ip saddr ${SLOTS_CIDR} drop`,
+      `add rule ${t} forward iifname ${veth} oifname ${veth} drop`,
+      `add rule ${t} forward iifname ${veth} ip daddr 169.254.0.0/16 drop`,
+      `add rule ${t} forward oifname ${veth} ct state new drop`,
+      `add rule ${t} postrouting ip saddr ${SLOTS_CIDR} oifname != ${veth} masquerade`,
+    ].join('\n') + '\n'
+  );
 }

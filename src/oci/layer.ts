@@ -70,8 +70,7 @@ async function lstatOrNull(p: string): Promise<Stats | null> {
 
 /** Applies the layer in `source`; returns the bytes of file content written. */
 export async function applyLayer(source: Readable, compression: Compression, root: string, opts: ApplyOptions): Promise<number> {
-  const refuse = (name: string, why: string) =>
-    new BuildFailure('CONTAINER_BUILD_FAILED', `${opts.label}: refusing entry "${name}": ${why}`);
+  const refuse = (name: string, why: string) => new BuildFailure('CONTAINER_BUILD_FAILED', `${opts.label}: refusing entry "${name}": ${why}`);
 
   /** Path components inside the tree; never absolute, never `..`. */
   const components = (name: string): string[] => {

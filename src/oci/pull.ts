@@ -119,7 +119,10 @@ export async function pullImage(ref: string, destTree: string, opts: PullOptions
   const log = opts.log ?? (() => undefined);
   const fail = (message: string) => new BuildFailure('CONTAINER_BUILD_FAILED', `pulling ${name}: ${message}`);
   const creds = opts.credentials?.[image.registry];
-  const client = new RegistryClient(image, { ...(opts.insecureRegistries && { insecureRegistries: opts.insecureRegistries }), ...(creds && { credentials: creds }) });
+  const client = new RegistryClient(image, {
+    ...(opts.insecureRegistries && { insecureRegistries: opts.insecureRegistries }),
+    ...(creds && { credentials: creds }),
+  });
   const [os, architecture, variant] = (opts.platform ?? 'linux/amd64').split('/');
 
   const top = await client.manifest(image.digest ?? image.tag!, ACCEPT);
@@ -140,9 +143,7 @@ export async function pullImage(ref: string, destTree: string, opts: PullOptions
   if (topKind === MT.ociIndex || topKind === MT.dockerList) {
     const index = parse<ImageIndex>(top.body, 'the image index');
     const offered = index.manifests ?? [];
-    const chosen = offered.find(
-      (m) => m.platform?.os === os && m.platform?.architecture === architecture && (!variant || m.platform?.variant === variant),
-    );
+    const chosen = offered.find((m) => m.platform?.os === os && m.platform?.architecture === architecture && (!variant || m.platform?.variant === variant));
     if (!chosen) {
       throw fail(`no ${opts.platform ?? 'linux/amd64'} image; the index offers ${offered.map((m) => platformName(m.platform)).join(', ') || 'none'}`);
     }

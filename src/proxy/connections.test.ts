@@ -74,7 +74,10 @@ describe('endpoint connection limits (real TLS sockets)', () => {
     const held = await Promise.all([1, 2, 3, 4].map(() => tcpTo(port)));
     const extra = await tcpTo(port);
     await closed(extra);
-    assert.ok(held.every((s) => !s.destroyed), 'the first four stay open');
+    assert.ok(
+      held.every((s) => !s.destroyed),
+      'the first four stay open',
+    );
     held[0]?.destroy();
     await closed(held[0] as Socket);
     // The server may learn of the close a moment after the client did: until then a new connection is still one too many.

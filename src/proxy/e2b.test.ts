@@ -73,7 +73,10 @@ before(async () => {
   const appPort = (app.address() as AddressInfo).port;
   const engine = { get: () => ({ address: () => ({ host: '127.0.0.1', port: appPort }) }) } as unknown as Pick<Engine, 'get'>;
   const store = { getVm: async (id: string) => vms[id] as VmRecord | undefined } as Pick<Store, 'getVm'>;
-  const lifecycle = { holdActive: () => () => {}, wake: async () => Promise.reject(new Error('no waking here')) } as unknown as Pick<Lifecycle, 'wake' | 'holdActive'>;
+  const lifecycle = { holdActive: () => () => {}, wake: async () => Promise.reject(new Error('no waking here')) } as unknown as Pick<
+    Lifecycle,
+    'wake' | 'holdActive'
+  >;
   const hosts = e2bHosts({ domain: DOMAIN, store, lifecycle, access, envd, upstreams: new Upstreams(engine), log: () => {} });
   proxy = createServer((req, res) => {
     const t = hosts.target(req.headers.host, req.headers);

@@ -127,7 +127,9 @@ export function e2bHosts(opts: {
       upstreams.websocket(req, socket, head, vm.id, t.port, headers);
     } catch (err) {
       const r = err instanceof Refusal ? err : new Refusal(502, (err as Error).message, sandboxNotFound(t.id).body);
-      socket.end(`HTTP/1.1 ${r.status} ${r.status === 502 ? 'Bad Gateway' : 'Refused'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(r.body)}\r\nconnection: close\r\n\r\n${r.body}`);
+      socket.end(
+        `HTTP/1.1 ${r.status} ${r.status === 502 ? 'Bad Gateway' : 'Refused'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(r.body)}\r\nconnection: close\r\n\r\n${r.body}`,
+      );
     }
   }
 

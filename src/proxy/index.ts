@@ -14,7 +14,19 @@ import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import { createSecureServer, type Http2SecureServer } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { AUTH_HEADER, CellaError, DEFAULT_ENDPOINT_PORT, isCellaError, PORT_HEADER, type PortSpecification, rawHttpError, SHELL_PATH, WS_AUTH_PREFIX, WS_MARKER, WS_PORT_PREFIX } from '../contract/index.js';
+import {
+  AUTH_HEADER,
+  CellaError,
+  DEFAULT_ENDPOINT_PORT,
+  isCellaError,
+  PORT_HEADER,
+  type PortSpecification,
+  rawHttpError,
+  SHELL_PATH,
+  WS_AUTH_PREFIX,
+  WS_MARKER,
+  WS_PORT_PREFIX,
+} from '../contract/index.js';
 import type { EndpointTokenClaims, TokenMinter } from '../auth/index.js';
 import type { EnvdAccess, EnvdHandler } from '../e2b/index.js';
 import type { Engine } from '../engine/index.js';
@@ -113,7 +125,8 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
   /** Everything up to the guest's address; throws CellaErrors that map to the contract's proxy errors. */
   async function resolve(hostHeader: string | undefined, headers: IncomingHttpHeaders, subprotocols: string[]): Promise<Target & { release: () => void }> {
     const host = (hostHeader ?? '').replace(/:\d+$/, '').toLowerCase();
-    if (!host.endsWith(suffix) || host.length === suffix.length) throw new CellaError('INVALID_ARGUMENT', `${host || 'no host'} is not an endpoint of ${domain}`);
+    if (!host.endsWith(suffix) || host.length === suffix.length)
+      throw new CellaError('INVALID_ARGUMENT', `${host || 'no host'} is not an endpoint of ${domain}`);
     const id = host.slice(0, -suffix.length);
     const token = header(headers, AUTH) ?? subprotocols.find((p) => p.startsWith(WS_AUTH_PREFIX))?.slice(WS_AUTH_PREFIX.length);
     if (!token) throw new CellaError('ACCESS_DENIED', `missing token: send it in the ${AUTH_HEADER} header`);
@@ -181,7 +194,10 @@ export async function startProxy(opts: ProxyOptions): Promise<EndpointProxy> {
     socket.on('error', () => {});
     const sandbox = sandboxes?.target(req.headers.host, req.headers);
     if (sandbox) return void sandboxes!.upgrade(sandbox, req, socket, head);
-    const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+    const offered = (req.headers['sec-websocket-protocol'] ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
     void (async () => {
       if (!offered.includes(WS_MARKER) || (req.headers.upgrade ?? '').toLowerCase() !== 'websocket') {
         throw new CellaError('INVALID_ARGUMENT', `WebSocket clients must offer the "${WS_MARKER}" subprotocol`);

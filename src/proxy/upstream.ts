@@ -21,7 +21,12 @@ const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-e
 const HANDSHAKE_MAX = 16384;
 
 /** The headers a request takes to the guest: no hop-by-hop, no Cella-reserved, none named in `drop`; the forwarding headers added. */
-export function forwardHeaders(h: IncomingHttpHeaders, authority: string | undefined, socket: Socket | Duplex, drop: ReadonlySet<string> = new Set()): OutgoingHttpHeaders {
+export function forwardHeaders(
+  h: IncomingHttpHeaders,
+  authority: string | undefined,
+  socket: Socket | Duplex,
+  drop: ReadonlySet<string> = new Set(),
+): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(h)) {
     if (v === undefined || k.startsWith(':') || HOP.has(k) || k.startsWith(RESERVED) || drop.has(k)) continue;
@@ -108,7 +113,15 @@ export class Upstreams {
    * `headers`, the guest's answer through `answer` (which may add to it),
    * then bytes both ways until either side closes.
    */
-  websocket(req: IncomingMessage, socket: Duplex, head: Buffer, id: string, port: number, headers: OutgoingHttpHeaders, answer: (raw: string) => string = (a) => a): void {
+  websocket(
+    req: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    id: string,
+    port: number,
+    headers: OutgoingHttpHeaders,
+    answer: (raw: string) => string = (a) => a,
+  ): void {
     const upstream = createConnection(this.address(id, port));
     let head1 = `${req.method} ${req.url} HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n`;
     for (const [k, v] of Object.entries(headers)) for (const one of Array.isArray(v) ? v : [v]) head1 += `${k}: ${String(one)}\r\n`;

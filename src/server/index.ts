@@ -143,7 +143,10 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     const newApiKey = await ensureApiKey(store);
     const keys = await ApiKeys.open(store, opts.apiKey ?? process.env.CELLA_API_KEY);
     const region = arns.region;
-    const accessKeys = await AccessKeys.open(store, opts.accessKey ?? { accessKeyId: process.env.CELLA_ACCESS_KEY_ID, secretAccessKey: process.env.CELLA_SECRET_ACCESS_KEY });
+    const accessKeys = await AccessKeys.open(
+      store,
+      opts.accessKey ?? { accessKeyId: process.env.CELLA_ACCESS_KEY_ID, secretAccessKey: process.env.CELLA_SECRET_ACCESS_KEY },
+    );
     const auth = new Authenticator(keys, new SigV4Verifier({ secretOf: (id) => accessKeys.secretOf(id), region }));
     const engine = await Engine.open({
       dataDir,
@@ -233,9 +236,16 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     const housekeeping = schedule(chores, capacity, lifecycle, log);
     cleanups.unshift(housekeeping);
     // E2B's SDKs build envd's hosts from this: `<port>-<id>.<domain>[:<proxy port>]`.
-    const e2b = createE2bApi({ sandboxes, keys, domain: proxy.port === 443 ? domain : `${domain}:${proxy.port}`, ratePerSecond: apiRateScale * E2B_RATE_PER_SCALE });
+    const e2b = createE2bApi({
+      sandboxes,
+      keys,
+      domain: proxy.port === 443 ? domain : `${domain}:${proxy.port}`,
+      ratePerSecond: apiRateScale * E2B_RATE_PER_SCALE,
+    });
     const web = consoleHandler();
-    const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 0 }, (req, res) => (isE2bPath(req.url) ? e2b(req, res) : isConsolePath(req.url) ? web(req, res) : handler(req, res)));
+    const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 0 }, (req, res) =>
+      isE2bPath(req.url) ? e2b(req, res) : isConsolePath(req.url) ? web(req, res) : handler(req, res),
+    );
     answerProtocolErrors(server);
     await listen(server, opts.port ?? DEFAULT_API_PORT, host);
     const port = (server.address() as AddressInfo).port;
@@ -325,10 +335,13 @@ async function ensureManagedImage(image: ManagedImage, store: Store, images: Ima
     resources: [{ minimumMemoryInMiB: image.memoryMiB }],
   });
   log(`building the image "${name}" (first start; build ${started.build.buildId})`);
-  void images.enqueue(started).then(async () => {
-    const v = await images.latest(name, 'SUCCESSFUL');
-    log(v ? `image "${name}" is ready` : `image "${name}" failed: see cella image logs ${name}`);
-  }).catch((err: Error) => log(`image "${name}": ${err.message}`));
+  void images
+    .enqueue(started)
+    .then(async () => {
+      const v = await images.latest(name, 'SUCCESSFUL');
+      log(v ? `image "${name}" is ready` : `image "${name}" failed: see cella image logs ${name}`);
+    })
+    .catch((err: Error) => log(`image "${name}": ${err.message}`));
 }
 
 /** Where the store keeps the region and account its ARNs were issued under. */
@@ -346,7 +359,10 @@ async function checkArnHome(store: Store, arns: Arns): Promise<void> {
   if (saved === undefined) return store.putSecret(ARN_HOME, Buffer.from(home));
   if (saved !== home) {
     const [region, account] = saved.split(':');
-    throw new CellaError('INVALID_ARGUMENT', `the data directory's resources are in region ${region}, account ${account}: start with --region ${region} --account-id ${account}, or use another --data-dir`);
+    throw new CellaError(
+      'INVALID_ARGUMENT',
+      `the data directory's resources are in region ${region}, account ${account}: start with --region ${region} --account-id ${account}, or use another --data-dir`,
+    );
   }
 }
 

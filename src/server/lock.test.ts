@@ -8,7 +8,6 @@ import { isCellaError } from '../contract/index.js';
 import { processStartTime } from '../vmm/index.js';
 import { lockDataDir } from './index.js';
 
-
 const dir = (): string => mkdtempSync(path.join(tmpdir(), 'cella-lock-'));
 
 test('the lock names its holder by pid and start time; a second holder is refused; unlock frees it', () => {
@@ -30,7 +29,10 @@ test('a live holder keeps the lock: INVALID_STATE', { timeout: 10_000 }, async (
   try {
     await new Promise((r) => child.once('spawn', r));
     writeFileSync(path.join(d, 'cellad.pid'), `${child.pid} ${processStartTime(child.pid as number)}`);
-    assert.throws(() => lockDataDir(d), (e) => isCellaError(e, 'INVALID_STATE'));
+    assert.throws(
+      () => lockDataDir(d),
+      (e) => isCellaError(e, 'INVALID_STATE'),
+    );
   } finally {
     child.kill();
     rmSync(d, { recursive: true, force: true });

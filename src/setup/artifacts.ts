@@ -48,12 +48,7 @@ function isManifest(value: unknown): value is GuestManifest {
   if (typeof value !== 'object' || value === null) return false;
   const m = value as Record<string, unknown>;
   const strings = ['kernelVersion', 'kernelPackage', 'vmlinuxSha256', 'initrdSha256', 'agentSha256', 'createdAt'];
-  return (
-    m.format === 1 &&
-    strings.every((k) => typeof m[k] === 'string') &&
-    Array.isArray(m.modules) &&
-    m.modules.every((n) => typeof n === 'string')
-  );
+  return m.format === 1 && strings.every((k) => typeof m[k] === 'string') && Array.isArray(m.modules) && m.modules.every((n) => typeof n === 'string');
 }
 
 /** Reads and validates manifest.json; undefined when it is absent. */

@@ -28,9 +28,16 @@ test('mirror lines follow the host deb822 sources, suite by suite', () => {
 });
 
 test('mirror lines read one-line sources, skipping options, comments, deb-src and disabled paragraphs', () => {
-  const list = '# deb http://old.example/debian bookworm main\ndeb-src http://src.example/debian bookworm main\ndeb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main\n';
+  const list =
+    '# deb http://old.example/debian bookworm main\ndeb-src http://src.example/debian bookworm main\ndeb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main\n';
   const disabled = 'Enabled: no\nTypes: deb\nURIs: http://off.example/debian\nSuites: bookworm-updates\nComponents: main\n';
-  assert.deepEqual(mirrorLines([{ name: '/etc/apt/sources.list', text: list }, { name: 'x.sources', text: disabled }]), ['deb http://one.example/debian bookworm main']);
+  assert.deepEqual(
+    mirrorLines([
+      { name: '/etc/apt/sources.list', text: list },
+      { name: 'x.sources', text: disabled },
+    ]),
+    ['deb http://one.example/debian bookworm main'],
+  );
 });
 
 test('mirror lines fall back to deb.debian.org when the host has no bookworm sources', () => {
@@ -75,7 +82,10 @@ test('listBases lists only bases with a tree and a well-formed base.json under t
     base('no-tree', info('no-tree'), false);
     base('old-shape', { name: 'old-shape', description: 'd', env: { PATH: '/bin' } });
     base('renamed', info('other'));
-    assert.deepEqual(listBases(guest).map((b) => b.name), ['busybox', 'debian-12']);
+    assert.deepEqual(
+      listBases(guest).map((b) => b.name),
+      ['busybox', 'debian-12'],
+    );
     assert.deepEqual(listBases(join(guest, 'missing')), []);
   } finally {
     rmSync(guest, { recursive: true, force: true });

@@ -84,7 +84,11 @@ interface AptSource {
 
 function parseOneLine(text: string): AptSource[] {
   return text.split('\n').flatMap((line) => {
-    const [type, uri, suite, ...components] = line.replace(/#.*/, '').replace(/\[[^\]]*\]/, ' ').trim().split(/\s+/);
+    const [type, uri, suite, ...components] = line
+      .replace(/#.*/, '')
+      .replace(/\[[^\]]*\]/, ' ')
+      .trim()
+      .split(/\s+/);
     return type && uri && suite ? [{ types: [type], uris: [uri], suites: [suite], components }] : [];
   });
 }
@@ -174,7 +178,9 @@ async function removeTree(dir: string): Promise<void> {
   if (!existsSync(dir)) return;
   const mounts = await mountsUnder(dir);
   if (mounts.length > 0) {
-    throw new CellaError('COMMAND_FAILED', `not removing ${dir}: ${mounts.join(', ')} still mounted in it; unmount and rerun \`${SETUP_COMMAND}\``, { details: { dir, mounts } });
+    throw new CellaError('COMMAND_FAILED', `not removing ${dir}: ${mounts.join(', ')} still mounted in it; unmount and rerun \`${SETUP_COMMAND}\``, {
+      details: { dir, mounts },
+    });
   }
   await rm(dir, { recursive: true, force: true });
 }
@@ -238,14 +244,28 @@ async function ensureBase(basesDir: string, recipe: BaseRecipe, force: boolean, 
 async function busyboxApplets(): Promise<string[]> {
   const out = await run(BUSYBOX, ['--list']);
   // Applet names are plain words plus '[' and '[['; anything else is not a safe file name.
-  return out.split('\n').map((l) => l.trim()).filter((l) => /^[A-Za-z0-9._[\]-]+$/.test(l) && l !== '.' && l !== '..');
+  return out
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => /^[A-Za-z0-9._[\]-]+$/.test(l) && l !== '.' && l !== '..');
 }
 
 async function buildBusyboxTree(dir: string): Promise<void> {
   const dirs: [string, number][] = [
-    ['bin', 0o755], ['etc', 0o755], ['proc', 0o555], ['sys', 0o555], ['dev', 0o755], ['tmp', 0o1777],
-    ['var', 0o755], ['root', 0o700], ['usr', 0o755], ['usr/bin', 0o755], ['usr/sbin', 0o755], ['sbin', 0o755],
-    ['run', 0o755], ['home', 0o755],
+    ['bin', 0o755],
+    ['etc', 0o755],
+    ['proc', 0o555],
+    ['sys', 0o555],
+    ['dev', 0o755],
+    ['tmp', 0o1777],
+    ['var', 0o755],
+    ['root', 0o700],
+    ['usr', 0o755],
+    ['usr/bin', 0o755],
+    ['usr/sbin', 0o755],
+    ['sbin', 0o755],
+    ['run', 0o755],
+    ['home', 0o755],
   ];
   for (const [d, mode] of dirs) {
     await mkdir(join(dir, d));
@@ -289,7 +309,10 @@ async function finishDebianTree(dir: string): Promise<void> {
     await writeFile(path, text);
     await chmod(path, 0o644);
   }
-  for (const [d, mode] of [['tmp', 0o1777], ['run', 0o755]] as const) {
+  for (const [d, mode] of [
+    ['tmp', 0o1777],
+    ['run', 0o755],
+  ] as const) {
     await mkdir(join(dir, d), { recursive: true });
     await chmod(join(dir, d), mode);
   }
@@ -300,7 +323,10 @@ async function finishDebianTree(dir: string): Promise<void> {
 }
 
 async function debianRecipes(): Promise<BaseRecipe[]> {
-  await requireTools([['mmdebstrap', 'mmdebstrap'], ['du', 'coreutils']]);
+  await requireTools([
+    ['mmdebstrap', 'mmdebstrap'],
+    ['du', 'coreutils'],
+  ]);
   if (!existsSync(MERGED_USR_HOOKS)) throw setupMissing('the merged-usr hooks of mmdebstrap', MERGED_USR_HOOKS);
   const version = (await run('mmdebstrap', ['--version'])).trim();
   const mirrors = mirrorLines(await readHostSources());

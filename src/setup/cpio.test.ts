@@ -21,13 +21,23 @@ test('writes newc records byte-exactly, with 4-byte padding and the trailer', ()
   ]);
   const expected =
     // 110 + 2 ("d\0") = 112: no name padding, empty body.
-    header({ ino: 1, mode: 0x41ed, nlink: 2, size: 0, namesize: 2 }) + 'd\0' +
+    header({ ino: 1, mode: 0x41ed, nlink: 2, size: 0, namesize: 2 }) +
+    'd\0' +
     // 110 + 4 = 114: 2 bytes of name padding; body "hi" padded by 2.
-    header({ ino: 2, mode: 0x81a4, nlink: 1, size: 2, namesize: 4 }) + 'd/f\0' + '\0\0' + 'hi' + '\0\0' +
+    header({ ino: 2, mode: 0x81a4, nlink: 1, size: 2, namesize: 4 }) +
+    'd/f\0' +
+    '\0\0' +
+    'hi' +
+    '\0\0' +
     // Symlink target is the body: "d/f" padded by 1.
-    header({ ino: 3, mode: 0xa1ff, nlink: 1, size: 3, namesize: 2 }) + 'l\0' + 'd/f' + '\0' +
+    header({ ino: 3, mode: 0xa1ff, nlink: 1, size: 3, namesize: 2 }) +
+    'l\0' +
+    'd/f' +
+    '\0' +
     // 110 + 11 = 121: 3 bytes of name padding.
-    header({ ino: 0, mode: 0, nlink: 1, size: 0, namesize: 11 }) + 'TRAILER!!!\0' + '\0\0\0';
+    header({ ino: 0, mode: 0, nlink: 1, size: 0, namesize: 11 }) +
+    'TRAILER!!!\0' +
+    '\0\0\0';
   assert.equal(archive.toString('latin1'), expected);
   assert.equal(archive.length % 4, 0);
 });
@@ -36,7 +46,14 @@ test('rejects entries whose type and payload disagree', () => {
   assert.throws(() => writeCpio([{ path: 'l', mode: 0o120777 }]), /symlink l needs a target/);
   assert.throws(() => writeCpio([{ path: 'd', mode: 0o040755, data: Buffer.from('x') }]), /directory d/);
   assert.throws(() => writeCpio([{ path: 'c', mode: 0o020644 }]), /unsupported file type/);
-  assert.throws(() => writeCpio([{ path: '/a', mode: 0o040755 }, { path: 'a', mode: 0o040755 }]), /duplicate path a/);
+  assert.throws(
+    () =>
+      writeCpio([
+        { path: '/a', mode: 0o040755 },
+        { path: 'a', mode: 0o040755 },
+      ]),
+    /duplicate path a/,
+  );
 });
 
 const hasCpio = ['/usr/bin/cpio', '/bin/cpio'].some((p) => existsSync(p));

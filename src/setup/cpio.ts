@@ -42,13 +42,7 @@ function record(ino: number, mode: number, nlink: number, name: string, body: Bu
   const nameBytes = Buffer.from(`${name}\0`, 'utf8');
   const fields = [ino, mode, 0, 0, nlink, 0, body.length, 0, 0, 0, 0, nameBytes.length, 0];
   const header = Buffer.from(`070701${fields.map(hex8).join('')}`, 'ascii');
-  return Buffer.concat([
-    header,
-    nameBytes,
-    Buffer.alloc(pad4(header.length + nameBytes.length)),
-    body,
-    Buffer.alloc(pad4(body.length)),
-  ]);
+  return Buffer.concat([header, nameBytes, Buffer.alloc(pad4(header.length + nameBytes.length)), body, Buffer.alloc(pad4(body.length))]);
 }
 
 function bodyOf(entry: CpioEntry): Buffer {

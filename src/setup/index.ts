@@ -99,7 +99,11 @@ export async function setupGuest(opts: SetupOptions): Promise<GuestArtifacts> {
   }
 
   // a. Guest binaries; make itself skips them when the sources are unchanged.
-  await requireTools([['make', 'make'], ['musl-gcc', 'musl-tools'], ['strip', 'binutils']]);
+  await requireTools([
+    ['make', 'make'],
+    ['musl-gcc', 'musl-tools'],
+    ['strip', 'binutils'],
+  ]);
   const build = join(guestDir, 'build');
   log(`guest: building cella-init and cella-demo into ${build}`);
   await run('make', ['-C', resolve(opts.repoRoot, 'guest'), ...(force ? ['-B'] : []), 'CC=musl-gcc', `OUT=${build}`], { timeoutMs: 5 * 60_000 });
@@ -107,7 +111,11 @@ export async function setupGuest(opts: SetupOptions): Promise<GuestArtifacts> {
   const agentSha = sha256(agent);
 
   // b. Kernel and its modules.
-  await requireTools([['apt-cache', 'apt'], ['apt-get', 'apt'], ['dpkg-deb', 'dpkg']]);
+  await requireTools([
+    ['apt-cache', 'apt'],
+    ['apt-get', 'apt'],
+    ['dpkg-deb', 'dpkg'],
+  ]);
   const kernelPkg = await resolveKernelPackage();
   let vmlinuxSha = await fileSha256(paths.kernel);
   const kernelChanged = !kernelIsCurrent(guestDir, previous, kernelPkg.version, vmlinuxSha);

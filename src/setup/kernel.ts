@@ -91,9 +91,13 @@ export async function extractVmlinux(vmlinuz: Buffer): Promise<Buffer> {
     }
   }
   const hint = missing.length > 0 ? `; missing decompressors: ${missing.join(', ')} (run \`${SETUP_COMMAND}\`)` : '';
-  throw new CellaError(missing.length > 0 ? 'SETUP_MISSING' : 'COMMAND_FAILED', `no ELF kernel found inside the compressed kernel image (tried ${tried.join(', ') || 'no known compression magic'})${hint}`, {
-    details: { tried, missing },
-  });
+  throw new CellaError(
+    missing.length > 0 ? 'SETUP_MISSING' : 'COMMAND_FAILED',
+    `no ELF kernel found inside the compressed kernel image (tried ${tried.join(', ') || 'no known compression magic'})${hint}`,
+    {
+      details: { tried, missing },
+    },
+  );
 }
 
 export const KERNEL_META_PACKAGE = 'linux-image-cloud-amd64';
@@ -111,13 +115,19 @@ export async function resolveKernelPackage(): Promise<KernelPackage> {
   try {
     out = await run('apt-cache', ['depends', KERNEL_META_PACKAGE]);
   } catch (cause) {
-    throw new CellaError('SETUP_MISSING', `cannot resolve ${KERNEL_META_PACKAGE} from the apt lists; run \`apt-get update\` and \`${SETUP_COMMAND}\``, { cause });
+    throw new CellaError('SETUP_MISSING', `cannot resolve ${KERNEL_META_PACKAGE} from the apt lists; run \`apt-get update\` and \`${SETUP_COMMAND}\``, {
+      cause,
+    });
   }
   const match = /Depends:\s*(linux-image-(\S+-cloud-amd64))\s*$/m.exec(out);
   if (!match?.[1] || !match[2]) {
-    throw new CellaError('SETUP_MISSING', `${KERNEL_META_PACKAGE} does not depend on a versioned kernel package; run \`apt-get update\` and \`${SETUP_COMMAND}\``, {
-      details: { output: out.trim() },
-    });
+    throw new CellaError(
+      'SETUP_MISSING',
+      `${KERNEL_META_PACKAGE} does not depend on a versioned kernel package; run \`apt-get update\` and \`${SETUP_COMMAND}\``,
+      {
+        details: { output: out.trim() },
+      },
+    );
   }
   return { pkg: match[1], version: match[2] };
 }

@@ -88,7 +88,19 @@ class MemoryBackend implements Backend {
   private readonly accessKeys = new Rows(ACCESS_KEYS);
   private readonly secrets = new Rows(SECRETS);
   private readonly e2b = new Rows(E2B_SANDBOXES);
-  private readonly tables = [this.vms, this.images, this.versions, this.builds, this.connectors, this.tokens, this.idempotency, this.apiKeys, this.accessKeys, this.secrets, this.e2b];
+  private readonly tables = [
+    this.vms,
+    this.images,
+    this.versions,
+    this.builds,
+    this.connectors,
+    this.tokens,
+    this.idempotency,
+    this.apiKeys,
+    this.accessKeys,
+    this.secrets,
+    this.e2b,
+  ];
   /** One snapshot of every table per open transaction or savepoint, innermost last. */
   private readonly snapshots: Map<string, EncodedRow>[][] = [];
 

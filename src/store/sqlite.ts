@@ -117,14 +117,9 @@ class SqliteBackend implements Backend {
 
   writeState(id: string, fromGeneration: number, state: VmState, generation: number, reason: string | null, patch: VmPatch): VmRecord | undefined {
     const sets = encodePatch(VMS, patch);
-    const row = this.sql(`UPDATE vms SET state = ?, generation = ?, state_reason = ?${sets.map(([c]) => `, ${c} = ?`).join('')} WHERE id = ? AND generation = ? RETURNING *`).get(
-      state,
-      generation,
-      reason,
-      ...sets.map(([, v]) => v),
-      id,
-      fromGeneration,
-    ) as Row | undefined;
+    const row = this.sql(
+      `UPDATE vms SET state = ?, generation = ?, state_reason = ?${sets.map(([c]) => `, ${c} = ?`).join('')} WHERE id = ? AND generation = ? RETURNING *`,
+    ).get(state, generation, reason, ...sets.map(([, v]) => v), id, fromGeneration) as Row | undefined;
     return row && decodeRow(VMS, row);
   }
 
@@ -259,10 +254,7 @@ class SqliteBackend implements Backend {
   }
 
   liveE2bSandboxes(): E2bSandboxRecord[] {
-    return this.many(
-      E2B_SANDBOXES,
-      `WHERE vm_id IN (SELECT id FROM vms WHERE state <> 'TERMINATED') ORDER BY created_at, vm_id`,
-    );
+    return this.many(E2B_SANDBOXES, `WHERE vm_id IN (SELECT id FROM vms WHERE state <> 'TERMINATED') ORDER BY created_at, vm_id`);
   }
 
   apiKeyHashes(): string[] {

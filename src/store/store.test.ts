@@ -13,7 +13,18 @@ import { encodeRow, type Table } from './columns.js';
 import { IMAGES, VERSIONS } from './images.js';
 import { migrate } from './migrations.js';
 import { VMS } from './vms.js';
-import { MemoryStore, SqliteStore, type BuildRecord, type ConnectorRecord, type E2bSandboxRecord, type ImageRecord, type ImageVersionRecord, type Store, type Tx, type VmRecord } from './index.js';
+import {
+  MemoryStore,
+  SqliteStore,
+  type BuildRecord,
+  type ConnectorRecord,
+  type E2bSandboxRecord,
+  type ImageRecord,
+  type ImageVersionRecord,
+  type Store,
+  type Tx,
+  type VmRecord,
+} from './index.js';
 
 const vm = (id: string, createdAt: number, more: Partial<VmRecord> = {}): VmRecord => ({
   id,
@@ -23,7 +34,13 @@ const vm = (id: string, createdAt: number, more: Partial<VmRecord> = {}): VmReco
   state: 'PENDING',
   generation: 1,
   stateReason: null,
-  spec: { maximumDurationInSeconds: 60, ingressNetworkConnectors: ['in'], egressNetworkConnectors: [], loggingDisabled: false, network: { ingress: [8080], egress: 'none' } },
+  spec: {
+    maximumDurationInSeconds: 60,
+    ingressNetworkConnectors: ['in'],
+    egressNetworkConnectors: [],
+    loggingDisabled: false,
+    network: { ingress: [8080], egress: 'none' },
+  },
   memoryMiB: 256,
   vcpus: 1,
   createdAt,
@@ -42,7 +59,15 @@ const vm = (id: string, createdAt: number, more: Partial<VmRecord> = {}): VmReco
   checkpointBytes: 0,
   ...more,
 });
-const image = (name: string, more: Partial<ImageRecord> = {}): ImageRecord => ({ name, arn: `arn:${name}`, state: 'CREATING', tags: { team: 'a' }, createdAt: 1, updatedAt: null, ...more });
+const image = (name: string, more: Partial<ImageRecord> = {}): ImageRecord => ({
+  name,
+  arn: `arn:${name}`,
+  state: 'CREATING',
+  tags: { team: 'a' },
+  createdAt: 1,
+  updatedAt: null,
+  ...more,
+});
 const version = (imageName: string, major: number, more: Partial<ImageVersionRecord> = {}): ImageVersionRecord => ({
   imageName,
   version: `${major}.0`,
@@ -121,7 +146,13 @@ for (const [name, open] of STORES) {
     });
 
     each('VMs list in creation order (id breaks ties), page by (createdAt, id), filter by image; live ones leave out TERMINATED', async (s) => {
-      for (const [id, at] of [['c', 20], ['b', 10], ['a', 20], ['d', 30]] as const) await s.insertVm(vm(id, at, id === 'd' ? { imageVersion: '2.0' } : {}));
+      for (const [id, at] of [
+        ['c', 20],
+        ['b', 10],
+        ['a', 20],
+        ['d', 30],
+      ] as const)
+        await s.insertVm(vm(id, at, id === 'd' ? { imageVersion: '2.0' } : {}));
       assert.deepEqual(ids(await s.listVms({ limit: 10 })), ['b', 'a', 'c', 'd']);
       assert.deepEqual(ids(await s.listVms({ limit: 2 })), ['b', 'a']);
       assert.deepEqual(ids(await s.listVms({ limit: 2, after: { createdAt: 20, id: 'a' } })), ['c', 'd']);
@@ -180,25 +211,78 @@ for (const [name, open] of STORES) {
       for (const n of ['b', 'a', 'c']) await s.putImage(image(n));
       await s.putImage(image('a', { arn: 'arn:new', state: 'CREATED', tags: {}, createdAt: 999, updatedAt: 5 }));
       assert.deepEqual(await s.getImage('a'), image('a', { arn: 'arn:new', state: 'CREATED', updatedAt: 5 }), 'createdAt and tags are kept');
-      assert.deepEqual((await s.listImages()).map((i) => i.name), ['a', 'b', 'c']);
-      assert.deepEqual((await s.listImages({ after: 'a', limit: 1 })).map((i) => i.name), ['b']);
-      assert.deepEqual((await s.listImages({ after: 'c' })).map((i) => i.name), []);
+      assert.deepEqual(
+        (await s.listImages()).map((i) => i.name),
+        ['a', 'b', 'c'],
+      );
+      assert.deepEqual(
+        (await s.listImages({ after: 'a', limit: 1 })).map((i) => i.name),
+        ['b'],
+      );
+      assert.deepEqual(
+        (await s.listImages({ after: 'c' })).map((i) => i.name),
+        [],
+      );
       for (const major of [2, 1]) await s.putVersion(version('a', major));
       await s.putVersion(version('b', 1));
       const runtime = { command: ['/app'], environmentVariables: { A: '1' }, workingDirectory: '/', port: 8080, memoryMiB: 256, vcpus: 1 };
-      await s.putVersion(version('a', 1, { state: 'SUCCESSFUL', status: 'INACTIVE', runtime, stateReason: 'r', updatedAt: 3, dir: '/moved', major: 7, request: { baseImageArn: 'x', codeArtifact: { uri: 'y' } } }));
-      assert.deepEqual(await s.getVersion('a', '1.0'), version('a', 1, { state: 'SUCCESSFUL', status: 'INACTIVE', runtime, stateReason: 'r', updatedAt: 3 }), 'dir, major, request are kept');
-      assert.deepEqual((await s.listVersions('a')).map((v) => v.version), ['1.0', '2.0']);
+      await s.putVersion(
+        version('a', 1, {
+          state: 'SUCCESSFUL',
+          status: 'INACTIVE',
+          runtime,
+          stateReason: 'r',
+          updatedAt: 3,
+          dir: '/moved',
+          major: 7,
+          request: { baseImageArn: 'x', codeArtifact: { uri: 'y' } },
+        }),
+      );
+      assert.deepEqual(
+        await s.getVersion('a', '1.0'),
+        version('a', 1, { state: 'SUCCESSFUL', status: 'INACTIVE', runtime, stateReason: 'r', updatedAt: 3 }),
+        'dir, major, request are kept',
+      );
+      assert.deepEqual(
+        (await s.listVersions('a')).map((v) => v.version),
+        ['1.0', '2.0'],
+      );
       await s.putBuild(build('x2', 'a', '2.0', 30));
       await s.putBuild(build('x1', 'a', '1.0', 10));
       await s.putBuild(build('y1', 'b', '1.0', 20));
-      await s.putBuild({ ...build('x1', 'a', '1.0', 999), state: 'FAILED', stateReason: 'ARCHIVE_INVALID', message: 'm', snapshotBuild: { codeInstallSizeInBytes: 5 }, updatedAt: 4 });
-      assert.deepEqual(await s.getBuild('x1'), { ...build('x1', 'a', '1.0', 10), state: 'FAILED', stateReason: 'ARCHIVE_INVALID', message: 'm', snapshotBuild: { codeInstallSizeInBytes: 5 }, updatedAt: 4 });
-      assert.deepEqual((await s.listBuilds('a')).map((b) => b.buildId), ['x1', 'x2']);
-      assert.deepEqual((await s.listBuilds('a', '2.0')).map((b) => b.buildId), ['x2']);
+      await s.putBuild({
+        ...build('x1', 'a', '1.0', 999),
+        state: 'FAILED',
+        stateReason: 'ARCHIVE_INVALID',
+        message: 'm',
+        snapshotBuild: { codeInstallSizeInBytes: 5 },
+        updatedAt: 4,
+      });
+      assert.deepEqual(await s.getBuild('x1'), {
+        ...build('x1', 'a', '1.0', 10),
+        state: 'FAILED',
+        stateReason: 'ARCHIVE_INVALID',
+        message: 'm',
+        snapshotBuild: { codeInstallSizeInBytes: 5 },
+        updatedAt: 4,
+      });
+      assert.deepEqual(
+        (await s.listBuilds('a')).map((b) => b.buildId),
+        ['x1', 'x2'],
+      );
+      assert.deepEqual(
+        (await s.listBuilds('a', '2.0')).map((b) => b.buildId),
+        ['x2'],
+      );
       await s.deleteVersion('a', '2.0');
-      assert.deepEqual((await s.listVersions('a')).map((v) => v.version), ['1.0']);
-      assert.deepEqual((await s.listBuilds('a')).map((b) => b.buildId), ['x1']);
+      assert.deepEqual(
+        (await s.listVersions('a')).map((v) => v.version),
+        ['1.0'],
+      );
+      assert.deepEqual(
+        (await s.listBuilds('a')).map((b) => b.buildId),
+        ['x1'],
+      );
       await s.deleteImage('a');
       assert.equal(await s.getImage('a'), undefined);
       assert.deepEqual(await s.listVersions('a'), []);
@@ -220,10 +304,16 @@ for (const [name, open] of STORES) {
       await s.putConnector(c('a'));
       await assert.rejects(s.putConnector(c('a')), internal);
       assert.deepEqual(await s.getConnector('b'), c('b'));
-      assert.deepEqual((await s.listConnectors()).map((x) => x.name), ['a', 'b']);
+      assert.deepEqual(
+        (await s.listConnectors()).map((x) => x.name),
+        ['a', 'b'],
+      );
       await s.deleteConnector('a');
       await s.deleteConnector('a');
-      assert.deepEqual((await s.listConnectors()).map((x) => x.name), ['b']);
+      assert.deepEqual(
+        (await s.listConnectors()).map((x) => x.name),
+        ['b'],
+      );
     });
 
     each('tags of images and connectors: replaced whole by setTags, kept by puts, gone with their resource', async (s) => {
@@ -266,13 +356,22 @@ for (const [name, open] of STORES) {
       await s.insertVm(vm('b', 2));
       await s.insertVm(vm('a', 1));
       await s.insertVm(vm('c', 3, { state: 'TERMINATED' }));
-      for (const [id, at] of [['b', 2], ['a', 1], ['c', 3], ['orphan', 4]] as const) await s.putE2bSandbox(sbx(id, at));
+      for (const [id, at] of [
+        ['b', 2],
+        ['a', 1],
+        ['c', 3],
+        ['orphan', 4],
+      ] as const)
+        await s.putE2bSandbox(sbx(id, at));
       await s.putE2bSandbox({ ...sbx('a', 9), user: 'root', metadata: {} });
       assert.deepEqual(await s.getE2bSandbox('a'), { ...sbx('a', 1), user: 'root' });
       assert.deepEqual(await s.getE2bSandbox('b'), sbx('b', 2));
       assert.deepEqual(await s.getE2bSandbox('c'), sbx('c', 3), 'a terminated sandbox is still recorded');
       assert.equal(await s.getE2bSandbox('x'), undefined);
-      assert.deepEqual((await s.liveE2bSandboxes()).map((x) => x.vmId), ['a', 'b']);
+      assert.deepEqual(
+        (await s.liveE2bSandboxes()).map((x) => x.vmId),
+        ['a', 'b'],
+      );
     });
     each('API key hashes and secrets (an upsert, a copy each way)', async (s) => {
       assert.deepEqual(await s.apiKeyHashes(), []);
@@ -290,17 +389,27 @@ for (const [name, open] of STORES) {
     });
 
     each('access keys: a taken id is refused, oldest first, delete says whether there was one', async (s) => {
-      const k = (id: string, createdAt: number): { id: string; sealedSecret: Buffer; createdAt: number } => ({ id, sealedSecret: Buffer.from(`sealed-${id}`), createdAt });
+      const k = (id: string, createdAt: number): { id: string; sealedSecret: Buffer; createdAt: number } => ({
+        id,
+        sealedSecret: Buffer.from(`sealed-${id}`),
+        createdAt,
+      });
       await s.putAccessKey(k('B', 2));
       await s.putAccessKey(k('C', 1));
       await s.putAccessKey(k('A', 2));
       await assert.rejects(s.putAccessKey(k('A', 3)), internal);
       assert.deepEqual(await s.getAccessKey('A'), k('A', 2));
       assert.equal(await s.getAccessKey('Z'), undefined);
-      assert.deepEqual((await s.listAccessKeys()).map((x) => x.id), ['C', 'A', 'B']);
+      assert.deepEqual(
+        (await s.listAccessKeys()).map((x) => x.id),
+        ['C', 'A', 'B'],
+      );
       assert.equal(await s.deleteAccessKey('A'), true);
       assert.equal(await s.deleteAccessKey('A'), false);
-      assert.deepEqual((await s.listAccessKeys()).map((x) => x.id), ['C', 'B']);
+      assert.deepEqual(
+        (await s.listAccessKeys()).map((x) => x.id),
+        ['C', 'B'],
+      );
     });
 
     each('a transaction commits all of its writes, or on a throw none, and passes the throw on', async (s) => {
@@ -386,7 +495,10 @@ for (const [name, open] of STORES) {
       });
       assert.ok(kept);
       await assert.rejects(kept.getVm('a'), internal);
-      await assert.rejects(kept.tx(async () => {}), internal);
+      await assert.rejects(
+        kept.tx(async () => {}),
+        internal,
+      );
     });
 
     each('a closed store refuses calls', async (s) => {
@@ -396,78 +508,108 @@ for (const [name, open] of STORES) {
   });
 }
 
-test('SQLite: each write is committed, for another connection too, before its promise resolves; a transaction not before its end', { timeout: 10_000 }, async () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'cella-store-'));
-  const file = path.join(dir, 'cella.db');
-  const s = new SqliteStore(file);
-  const other = new SqliteStore(file);
-  try {
-    await s.insertVm(vm('a', 1));
-    assert.equal((await other.getVm('a'))?.id, 'a');
-    const held = gate();
-    const entered = gate();
-    const done = s.tx(async (tx) => {
-      await tx.insertVm(vm('b', 2));
-      entered.release();
-      await held.wait;
-    });
-    await entered.wait;
-    assert.equal(await other.getVm('b'), undefined, 'not visible before COMMIT');
-    held.release();
-    await done;
-    assert.equal((await other.getVm('b'))?.id, 'b');
-  } finally {
-    await s.close();
-    await other.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+test(
+  'SQLite: each write is committed, for another connection too, before its promise resolves; a transaction not before its end',
+  { timeout: 10_000 },
+  async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'cella-store-'));
+    const file = path.join(dir, 'cella.db');
+    const s = new SqliteStore(file);
+    const other = new SqliteStore(file);
+    try {
+      await s.insertVm(vm('a', 1));
+      assert.equal((await other.getVm('a'))?.id, 'a');
+      const held = gate();
+      const entered = gate();
+      const done = s.tx(async (tx) => {
+        await tx.insertVm(vm('b', 2));
+        entered.release();
+        await held.wait;
+      });
+      await entered.wait;
+      assert.equal(await other.getVm('b'), undefined, 'not visible before COMMIT');
+      held.release();
+      await done;
+      assert.equal((await other.getVm('b'))?.id, 'b');
+    } finally {
+      await s.close();
+      await other.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
 
-test('SQLite: a database from before the contract ARNs opens with every stored ARN in the default region and account, which it keeps', { timeout: 10_000 }, async () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'cella-store-'));
-  const file = path.join(dir, 'cella.db');
-  const OLD_IMAGE = 'arn:cella:lambda:local:000000000000:microvm-image:demo';
-  const OLD_BASE = 'arn:cella:lambda:local:aws:microvm-image:busybox';
-  const oldConnector = (n: string): string => `arn:aws:lambda:local:aws:network-connector:aws-network-connector:${n}`;
-  const OLD_CUSTOMER = 'arn:aws:lambda:local:000000000000:network-connector:pypi';
-  const NEW = 'arn:aws:lambda:us-east-1:';
-  // Schema version 4, as the cellad before the contract's ARNs left it.
-  const db = new Database(file);
-  migrate(db, 4);
-  const insert = <R>(t: Table<R>, rec: R): void => {
-    const row = encodeRow(t, rec);
-    db.prepare(`INSERT INTO ${t.name} (${Object.keys(row).join(', ')}) VALUES (${Object.keys(row).map(() => '?').join(', ')})`).run(...Object.values(row));
-  };
-  insert(IMAGES, image('demo', { arn: OLD_IMAGE }));
-  insert(VERSIONS, version('demo', 1, {
-    request: { baseImageArn: OLD_BASE, codeArtifact: { uri: 'file:///a.zip' }, egressNetworkConnectors: [OLD_CUSTOMER] },
-    runtime: { command: ['/app'], environmentVariables: {}, workingDirectory: '/', port: 8080, memoryMiB: 256, vcpus: 1, egressNetworkConnectors: [OLD_CUSTOMER] },
-  }));
-  const spec = { ...vm('a', 1).spec, ingressNetworkConnectors: [oldConnector('HTTP_INGRESS')], egressNetworkConnectors: [oldConnector('INTERNET_EGRESS'), OLD_CUSTOMER] };
-  insert(VMS, vm('a', 1, { imageArn: OLD_IMAGE, spec }));
-  // Its connectors had no tags column yet.
-  db.prepare(`INSERT INTO network_connectors (name, arn, cidrs, domains, created_at) VALUES ('pypi', ?, '[]', '["pypi.org"]', 1)`).run(OLD_CUSTOMER);
-  db.close();
-  const s = new SqliteStore(file);
-  try {
-    assert.equal((await s.getImage('demo'))?.arn, `${NEW}000000000000:microvm-image:demo`);
-    const v = await s.getVersion('demo', '1.0');
-    assert.equal(v?.request.baseImageArn, `${NEW}aws:microvm-image:busybox`);
-    assert.deepEqual(v?.request.egressNetworkConnectors, [`${NEW}000000000000:network-connector:pypi`]);
-    assert.deepEqual(v?.runtime?.egressNetworkConnectors, [`${NEW}000000000000:network-connector:pypi`]);
-    const a = await s.getVm('a');
-    assert.equal(a?.imageArn, `${NEW}000000000000:microvm-image:demo`);
-    assert.deepEqual(a?.spec.ingressNetworkConnectors, [`${NEW}aws:network-connector:aws-network-connector:HTTP_INGRESS`]);
-    assert.deepEqual(a?.spec.egressNetworkConnectors, [`${NEW}aws:network-connector:aws-network-connector:INTERNET_EGRESS`, `${NEW}000000000000:network-connector:pypi`]);
-    assert.equal((await s.getConnector('pypi'))?.arn, `${NEW}000000000000:network-connector:pypi`);
-    assert.deepEqual((await s.getConnector('pypi'))?.tags, {});
-    assert.equal((await s.getSecret('arn-home'))?.toString(), 'us-east-1:000000000000');
-  } finally {
-    await s.close();
-  }
-  // A new database holds no ARN yet: its first start chooses the region and account.
-  const fresh = new SqliteStore(':memory:');
-  assert.equal(await fresh.getSecret('arn-home'), undefined);
-  await fresh.close();
-  rmSync(dir, { recursive: true, force: true });
-});
+test(
+  'SQLite: a database from before the contract ARNs opens with every stored ARN in the default region and account, which it keeps',
+  { timeout: 10_000 },
+  async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'cella-store-'));
+    const file = path.join(dir, 'cella.db');
+    const OLD_IMAGE = 'arn:cella:lambda:local:000000000000:microvm-image:demo';
+    const OLD_BASE = 'arn:cella:lambda:local:aws:microvm-image:busybox';
+    const oldConnector = (n: string): string => `arn:aws:lambda:local:aws:network-connector:aws-network-connector:${n}`;
+    const OLD_CUSTOMER = 'arn:aws:lambda:local:000000000000:network-connector:pypi';
+    const NEW = 'arn:aws:lambda:us-east-1:';
+    // Schema version 4, as the cellad before the contract's ARNs left it.
+    const db = new Database(file);
+    migrate(db, 4);
+    const insert = <R>(t: Table<R>, rec: R): void => {
+      const row = encodeRow(t, rec);
+      db.prepare(
+        `INSERT INTO ${t.name} (${Object.keys(row).join(', ')}) VALUES (${Object.keys(row)
+          .map(() => '?')
+          .join(', ')})`,
+      ).run(...Object.values(row));
+    };
+    insert(IMAGES, image('demo', { arn: OLD_IMAGE }));
+    insert(
+      VERSIONS,
+      version('demo', 1, {
+        request: { baseImageArn: OLD_BASE, codeArtifact: { uri: 'file:///a.zip' }, egressNetworkConnectors: [OLD_CUSTOMER] },
+        runtime: {
+          command: ['/app'],
+          environmentVariables: {},
+          workingDirectory: '/',
+          port: 8080,
+          memoryMiB: 256,
+          vcpus: 1,
+          egressNetworkConnectors: [OLD_CUSTOMER],
+        },
+      }),
+    );
+    const spec = {
+      ...vm('a', 1).spec,
+      ingressNetworkConnectors: [oldConnector('HTTP_INGRESS')],
+      egressNetworkConnectors: [oldConnector('INTERNET_EGRESS'), OLD_CUSTOMER],
+    };
+    insert(VMS, vm('a', 1, { imageArn: OLD_IMAGE, spec }));
+    // Its connectors had no tags column yet.
+    db.prepare(`INSERT INTO network_connectors (name, arn, cidrs, domains, created_at) VALUES ('pypi', ?, '[]', '["pypi.org"]', 1)`).run(OLD_CUSTOMER);
+    db.close();
+    const s = new SqliteStore(file);
+    try {
+      assert.equal((await s.getImage('demo'))?.arn, `${NEW}000000000000:microvm-image:demo`);
+      const v = await s.getVersion('demo', '1.0');
+      assert.equal(v?.request.baseImageArn, `${NEW}aws:microvm-image:busybox`);
+      assert.deepEqual(v?.request.egressNetworkConnectors, [`${NEW}000000000000:network-connector:pypi`]);
+      assert.deepEqual(v?.runtime?.egressNetworkConnectors, [`${NEW}000000000000:network-connector:pypi`]);
+      const a = await s.getVm('a');
+      assert.equal(a?.imageArn, `${NEW}000000000000:microvm-image:demo`);
+      assert.deepEqual(a?.spec.ingressNetworkConnectors, [`${NEW}aws:network-connector:aws-network-connector:HTTP_INGRESS`]);
+      assert.deepEqual(a?.spec.egressNetworkConnectors, [
+        `${NEW}aws:network-connector:aws-network-connector:INTERNET_EGRESS`,
+        `${NEW}000000000000:network-connector:pypi`,
+      ]);
+      assert.equal((await s.getConnector('pypi'))?.arn, `${NEW}000000000000:network-connector:pypi`);
+      assert.deepEqual((await s.getConnector('pypi'))?.tags, {});
+      assert.equal((await s.getSecret('arn-home'))?.toString(), 'us-east-1:000000000000');
+    } finally {
+      await s.close();
+    }
+    // A new database holds no ARN yet: its first start chooses the region and account.
+    const fresh = new SqliteStore(':memory:');
+    assert.equal(await fresh.getSecret('arn-home'), undefined);
+    await fresh.close();
+    rmSync(dir, { recursive: true, force: true });
+  },
+);

@@ -31,7 +31,10 @@ export const tlsFiles = (dataDir: string) => {
 
 async function exportKey(key: CryptoKey): Promise<string> {
   const der = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', key));
-  return `-----BEGIN PRIVATE KEY-----\n${der.toString('base64').replace(/(.{64})/g, '$1\n').trimEnd()}\n-----END PRIVATE KEY-----\n`;
+  return `-----BEGIN PRIVATE KEY-----\n${der
+    .toString('base64')
+    .replace(/(.{64})/g, '$1\n')
+    .trimEnd()}\n-----END PRIVATE KEY-----\n`;
 }
 
 async function importKey(pem: string): Promise<CryptoKey> {
@@ -39,7 +42,10 @@ async function importKey(pem: string): Promise<CryptoKey> {
   return await webcrypto.subtle.importKey('pkcs8', der, ALG, true, ['sign']);
 }
 
-const serial = (): string => Buffer.from(webcrypto.getRandomValues(new Uint8Array(16))).toString('hex').replace(/^[89a-f]/, '1');
+const serial = (): string =>
+  Buffer.from(webcrypto.getRandomValues(new Uint8Array(16)))
+    .toString('hex')
+    .replace(/^[89a-f]/, '1');
 
 /**
  * The proxy's certificate: the operator's if given, else Cella's own, made
@@ -82,7 +88,11 @@ export async function loadTls(dataDir: string, domain: string, own?: { certFile:
   const want = [domain, `*.${domain}`];
   if (existsSync(f.cert) && existsSync(f.key)) {
     const leaf = new x509.X509Certificate(readFileSync(f.cert, 'utf8'));
-    const names = leaf.getExtension(x509.SubjectAlternativeNameExtension)?.names.toJSON().map((n) => n.value) ?? [];
+    const names =
+      leaf
+        .getExtension(x509.SubjectAlternativeNameExtension)
+        ?.names.toJSON()
+        .map((n) => n.value) ?? [];
     const fresh = leaf.notAfter.getTime() - Date.now() > 30 * DAY;
     if (fresh && want.every((n) => names.includes(n)) && (await leaf.verify({ publicKey: caCert.publicKey, signatureOnly: true }))) {
       return { cert: readFileSync(f.cert, 'utf8'), key: readFileSync(f.key, 'utf8'), caFile: f.ca };

@@ -37,7 +37,13 @@ export function sumUsage(all: Usage[]): Usage {
     total.snapshotBytesRead += u.snapshotBytesRead;
     total.snapshotStorageGibHours += u.snapshotStorageGibHours;
   }
-  return { ...total, runningSeconds: round(total.runningSeconds), vcpuSeconds: round(total.vcpuSeconds), gibSeconds: round(total.gibSeconds), snapshotStorageGibHours: round(total.snapshotStorageGibHours, 9) };
+  return {
+    ...total,
+    runningSeconds: round(total.runningSeconds),
+    vcpuSeconds: round(total.vcpuSeconds),
+    gibSeconds: round(total.gibSeconds),
+    snapshotStorageGibHours: round(total.snapshotStorageGibHours, 9),
+  };
 }
 
 function round(x: number, digits = 3): number {

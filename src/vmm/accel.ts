@@ -60,7 +60,14 @@ async function bootProbe(kernel: string, initrd: string, binary?: string): Promi
  * Probes once per host boot and guest kernel; the verdict is cached in
  * `cacheFile` because a failed KVM boot can take seconds.
  */
-export async function detectAccel(opts: { kernel: string; initrd: string; cacheFile: string; cacheKey: string; force?: Accel; qemuBinary?: string }): Promise<AccelInfo> {
+export async function detectAccel(opts: {
+  kernel: string;
+  initrd: string;
+  cacheFile: string;
+  cacheKey: string;
+  force?: Accel;
+  qemuBinary?: string;
+}): Promise<AccelInfo> {
   if (opts.force) return { accel: opts.force, reason: `forced by configuration (${opts.force})` };
   try {
     accessSync('/dev/kvm', constants.R_OK | constants.W_OK);

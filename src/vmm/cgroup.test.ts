@@ -16,13 +16,14 @@ test('limits follow the VM size: a CPU per vCPU, RAM plus QEMU overhead, bounded
 
 test('v2 and v1 carry the limits in their own files', () => {
   const limits = cgroupLimits({ memoryMiB: 128, vcpus: 1 });
-  assert.deepEqual(limitFiles(2, limits).map((f) => `${f.file}=${f.value}`), ['cpu.max=100000 100000', 'memory.max=402653184', 'pids.max=512']);
-  assert.deepEqual(limitFiles(1, limits).map((f) => `${f.controller}/${f.file}=${f.value}`), [
-    'cpu/cpu.cfs_period_us=100000',
-    'cpu/cpu.cfs_quota_us=100000',
-    'memory/memory.limit_in_bytes=402653184',
-    'pids/pids.max=512',
-  ]);
+  assert.deepEqual(
+    limitFiles(2, limits).map((f) => `${f.file}=${f.value}`),
+    ['cpu.max=100000 100000', 'memory.max=402653184', 'pids.max=512'],
+  );
+  assert.deepEqual(
+    limitFiles(1, limits).map((f) => `${f.controller}/${f.file}=${f.value}`),
+    ['cpu/cpu.cfs_period_us=100000', 'cpu/cpu.cfs_quota_us=100000', 'memory/memory.limit_in_bytes=402653184', 'pids/pids.max=512'],
+  );
 });
 
 /** A fake cgroupfs: plain files where the kernel would have its own. */
@@ -81,7 +82,7 @@ test('without cgroups a VM gets none, and that is said once', () => {
   assert.equal(lines.length, 1);
 });
 
-test('reclaim removes the group\'s cgroups except those kept', () => {
+test("reclaim removes the group's cgroups except those kept", () => {
   const root = fakeFs((r) => {
     mkdirSync(path.join(r, 'memory'));
     writeFileSync(path.join(r, 'memory', 'cgroup.procs'), '');

@@ -63,9 +63,7 @@ export function limitFiles(version: 1 | 2, limits: CgroupLimits): { controller: 
 }
 
 /** Where the controllers are: v2's single tree, or v1's tree per controller (only those mounted). */
-export type CgroupLayout =
-  | { version: 2; root: string; controllers: Controller[] }
-  | { version: 1; roots: Partial<Record<Controller, string>> };
+export type CgroupLayout = { version: 2; root: string; controllers: Controller[] } | { version: 1; roots: Partial<Record<Controller, string>> };
 
 export function detectLayout(fsRoot = '/sys/fs/cgroup'): CgroupLayout | undefined {
   const controllersFile = path.join(fsRoot, 'cgroup.controllers');
@@ -178,7 +176,9 @@ export class Cgroups {
     for (const base of this.groupDirs()) {
       let names: string[];
       try {
-        names = readdirSync(base, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name);
+        names = readdirSync(base, { withFileTypes: true })
+          .filter((e) => e.isDirectory())
+          .map((e) => e.name);
       } catch {
         continue;
       }

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BUILDER_UID_BASE, VM_UID_BASE, jailPath, vmJail } from './jail.js';
 
-test('a VM\'s uid comes from its network slot and never reaches the builders\' range', () => {
+test("a VM's uid comes from its network slot and never reaches the builders' range", () => {
   assert.deepEqual(vmJail(7, '/d/vms/a'), { uid: VM_UID_BASE + 7, gid: VM_UID_BASE + 7, chroot: '/d/vms/a' });
   assert.throws(() => vmJail(BUILDER_UID_BASE - VM_UID_BASE, '/d'), RangeError);
   assert.throws(() => vmJail(-1, '/d'), RangeError);

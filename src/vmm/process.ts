@@ -49,11 +49,7 @@ const JOIN = 'for f; do shift; [ "$f" = -- ] && break; echo $$ > "$f" || exit 12
  * it kills QEMU. It dies with QEMU (its own death signal), so it never outlives
  * the pid it watches. QEMU itself gets /dev/null as stdin.
  */
-const WATCH = [
-  'exec 3<&0',
-  `setpriv --pdeathsig KILL -- sh -c 'while read -r _; do :; done; kill -KILL "$1"' watch $$ <&3 &`,
-  'exec 3<&-',
-].join('\n');
+const WATCH = ['exec 3<&0', `setpriv --pdeathsig KILL -- sh -c 'while read -r _; do :; done; kill -KILL "$1"' watch $$ <&3 &`, 'exec 3<&-'].join('\n');
 const EXEC = 'exec "$@" </dev/null';
 
 /**

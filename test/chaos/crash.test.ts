@@ -191,7 +191,13 @@ describe('crash drill', { concurrency: false }, () => {
       const point = atPoint ? POINTS[op][n % POINTS[op].length] : undefined;
       if (atPoint) chosen.set(op, n + 1);
       const target =
-        op === 'suspend' ? pick(live.filter((v) => v.state === 'RUNNING')) : op === 'resume' ? pick(live.filter((v) => v.state === 'SUSPENDED')) : op === 'terminate' ? pick(live) : undefined;
+        op === 'suspend'
+          ? pick(live.filter((v) => v.state === 'RUNNING'))
+          : op === 'resume'
+            ? pick(live.filter((v) => v.state === 'SUSPENDED'))
+            : op === 'terminate'
+              ? pick(live)
+              : undefined;
       // A VM about to be suspended gets something in its RAM to lose.
       if (target?.state === 'RUNNING' && op === 'suspend') {
         target.counter = Number(await demoGet(dir, target.id, '/inc'));
@@ -206,7 +212,12 @@ describe('crash drill', { concurrency: false }, () => {
         const d = daemon;
         const request = (async (): Promise<void> => {
           if (op === 'run') started = await runVm();
-          else if (op === 'build') await api(d.url, 'PUT', `${V}/microvm-images/${REBUILT}`, { baseImageArn: ARNS.managedImage('busybox'), codeArtifact: { uri: await upload(d.url, await saltedDemo(cycle)) }, resources: [{ minimumMemoryInMiB: 256 }] });
+          else if (op === 'build')
+            await api(d.url, 'PUT', `${V}/microvm-images/${REBUILT}`, {
+              baseImageArn: ARNS.managedImage('busybox'),
+              codeArtifact: { uri: await upload(d.url, await saltedDemo(cycle)) },
+              resources: [{ minimumMemoryInMiB: 256 }],
+            });
           else if (target) await api(d.url, op === 'terminate' ? 'DELETE' : 'POST', `${V}/microvms/${target.id}${op === 'terminate' ? '' : `/${op}`}`);
           if (started) await settle(started).catch(() => {});
         })().catch(() => {});
@@ -307,4 +318,8 @@ describe('crash drill', { concurrency: false }, () => {
 
 // Every crash point the engine defines is exercised by some operation above.
 const covered = new Set(Object.values(POINTS).flat());
-assert.deepEqual(CRASH_POINTS.filter((p) => !covered.has(p)), [], 'every crash point has an operation in the drill');
+assert.deepEqual(
+  CRASH_POINTS.filter((p) => !covered.has(p)),
+  [],
+  'every crash point has an operation in the drill',
+);

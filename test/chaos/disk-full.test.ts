@@ -62,7 +62,16 @@ describe('disk-full drill', { concurrency: false }, () => {
     execFileSync('truncate', ['-s', '3G', path.join(root, 'fs.img')]);
     execFileSync('mkfs.ext4', ['-q', '-F', path.join(root, 'fs.img')]);
     execFileSync('mount', ['-o', 'loop', path.join(root, 'fs.img'), mnt]);
-    server = await startServer({ dataDir: mnt, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, resumeWindowSeconds: 0, minFreeDiskMiB: FLOOR_MIB, log: () => {} });
+    server = await startServer({
+      dataDir: mnt,
+      port: 0,
+      proxyPort: 0,
+      apiKey: API_KEY,
+      minIdleSeconds: 1,
+      resumeWindowSeconds: 0,
+      minFreeDiskMiB: FLOOR_MIB,
+      log: () => {},
+    });
     const { build, log } = await createImage(server.url, 'demo');
     assert.equal(build.buildState, 'SUCCESSFUL', log);
   });
@@ -94,9 +103,23 @@ describe('disk-full drill', { concurrency: false }, () => {
     const vmsBefore = (await s.store.liveVms()).length;
     refused(await api(base, 'POST', `${V}/microvms`, { imageIdentifier: 'demo' }), 'RunMicrovm');
     refused(await api(base, 'POST', `${V}/microvms/${b}/suspend`), 'SuspendMicrovm');
-    refused(await api(base, 'POST', `${V}/microvm-images`, { name: 'other', baseImageArn: 'arn:aws:lambda:us-east-1:aws:microvm-image:busybox', codeArtifact: { uri } }), 'CreateMicrovmImage');
-    refused(await api(base, 'PUT', `${V}/microvm-images/demo`, { baseImageArn: 'arn:aws:lambda:us-east-1:aws:microvm-image:busybox', codeArtifact: { uri } }), 'UpdateMicrovmImage');
-    const up = await fetch(`${base}/cella/v1/code-artifacts`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/zip' }, body: new Uint8Array(await demoArtifact()) });
+    refused(
+      await api(base, 'POST', `${V}/microvm-images`, {
+        name: 'other',
+        baseImageArn: 'arn:aws:lambda:us-east-1:aws:microvm-image:busybox',
+        codeArtifact: { uri },
+      }),
+      'CreateMicrovmImage',
+    );
+    refused(
+      await api(base, 'PUT', `${V}/microvm-images/demo`, { baseImageArn: 'arn:aws:lambda:us-east-1:aws:microvm-image:busybox', codeArtifact: { uri } }),
+      'UpdateMicrovmImage',
+    );
+    const up = await fetch(`${base}/cella/v1/code-artifacts`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/zip' },
+      body: new Uint8Array(await demoArtifact()),
+    });
     refused({ status: up.status, type: up.headers.get('x-amzn-errortype'), body: await up.json(), text: '' }, 'UploadCodeArtifact');
     assert.equal((await s.store.liveVms()).length, vmsBefore, 'nothing was created');
     assert.equal((await api<MicrovmBody>(base, 'GET', `${V}/microvms/${b}`)).body.state, 'RUNNING', 'the refused suspend changed nothing');

@@ -64,9 +64,45 @@ export function prng(seed: number): () => number {
 }
 
 const KNOWN_METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'];
-const ODD_METHODS = ['OPTIONS', 'TRACE', 'HEAD', 'PROPFIND', 'MKCOL', 'LINK', 'SEARCH', 'M-SEARCH', 'PURGE', 'QUERY', 'FOO', 'BREW', 'get', 'P0ST', 'CONNECT', 'DELETE2'];
+const ODD_METHODS = [
+  'OPTIONS',
+  'TRACE',
+  'HEAD',
+  'PROPFIND',
+  'MKCOL',
+  'LINK',
+  'SEARCH',
+  'M-SEARCH',
+  'PURGE',
+  'QUERY',
+  'FOO',
+  'BREW',
+  'get',
+  'P0ST',
+  'CONNECT',
+  'DELETE2',
+];
 const BAD_SEGMENTS = ['%', '%Z', '%ZZ', '%C0%AF', '%FF%FE', '%E0%80%AF', '%ED%A0%80', '%F4%90%80%80', 'a%', '%00', '%0A', 'x'.repeat(300), '%41'.repeat(300)];
-const ODD_SEGMENTS = ['..', '%2e%2e', '.', '%2F', 'a%2Fb', '%20', '~', '%F0%9F%98%80', '%E2%80%AE', 'mvm-00000000-0000-0000-0000-000000000000', 'busybox', '1.0', "'", '%22', '*', 'null', '0', '-1'];
+const ODD_SEGMENTS = [
+  '..',
+  '%2e%2e',
+  '.',
+  '%2F',
+  'a%2Fb',
+  '%20',
+  '~',
+  '%F0%9F%98%80',
+  '%E2%80%AE',
+  'mvm-00000000-0000-0000-0000-000000000000',
+  'busybox',
+  '1.0',
+  "'",
+  '%22',
+  '*',
+  'null',
+  '0',
+  '-1',
+];
 const UNICODE = ['\ud800', '\udfff', 'a\u0000b', '\u202eevil', '😀', 'e\u0301', '\u200b', '\ufeff', 'Ω≈ç√', '\u0085', '\u2028', '𝕏'.repeat(40)];
 const RAW_NUMBERS: Array<[string, boolean]> = [
   ['NaN', true],
@@ -89,9 +125,49 @@ const RAW_NUMBERS: Array<[string, boolean]> = [
   ['1.0', false],
 ];
 const QUERY_NUMBERS = ['1.5', 'true', 'NaN', '1e309', '-0', '0', '51', '', ' 1', '１', '1e1', '0x1', '99999999999999999999', '-1', '%ZZ', '1%00'];
-const MALFORMED_JSON = ['{', '{"a":', '[1,2', 'nul', '{"a":1}}', '\u0000', "{'a':1}", '{"a":NaN}', '{"a":undefined}', '{,}', '"', '{"a":"\\x"}', '{"a":1,}', '\ufeff{}x', '}{', '{"a":"b"', '[', '1 2'];
-const AUTHS: Array<string | undefined> = [undefined, '', 'Bearer', 'Bearer ', 'Bearer wrong-key', 'Basic dXNlcjpwYXNz', 'bearer', `Bearer ${'k'.repeat(8000)}`, 'Bearer \u00ff\u00fe', 'Token abc', 'Bearer a b'];
-const CONTENT_TYPES = ['text/plain', 'application/xml', 'multipart/form-data; boundary=x', 'application/json; charset=utf-16', 'application/x-www-form-urlencoded', '', 'application/zip', '*/*'];
+const MALFORMED_JSON = [
+  '{',
+  '{"a":',
+  '[1,2',
+  'nul',
+  '{"a":1}}',
+  '\u0000',
+  "{'a':1}",
+  '{"a":NaN}',
+  '{"a":undefined}',
+  '{,}',
+  '"',
+  '{"a":"\\x"}',
+  '{"a":1,}',
+  '\ufeff{}x',
+  '}{',
+  '{"a":"b"',
+  '[',
+  '1 2',
+];
+const AUTHS: Array<string | undefined> = [
+  undefined,
+  '',
+  'Bearer',
+  'Bearer ',
+  'Bearer wrong-key',
+  'Basic dXNlcjpwYXNz',
+  'bearer',
+  `Bearer ${'k'.repeat(8000)}`,
+  'Bearer \u00ff\u00fe',
+  'Token abc',
+  'Bearer a b',
+];
+const CONTENT_TYPES = [
+  'text/plain',
+  'application/xml',
+  'multipart/form-data; boundary=x',
+  'application/json; charset=utf-16',
+  'application/x-www-form-urlencoded',
+  '',
+  'application/zip',
+  '*/*',
+];
 
 export function operations(doc: OpenApi): Operation[] {
   const ops: Operation[] = [];
@@ -153,7 +229,10 @@ export class CaseMaker {
   private make(kind: string, op: Operation): FuzzCase {
     let method = op.method;
     let target = this.target(op);
-    const headers: Array<[string, string]> = [['host', 'cella'], ['authorization', `Bearer ${this.apiKey}`]];
+    const headers: Array<[string, string]> = [
+      ['host', 'cella'],
+      ['authorization', `Bearer ${this.apiKey}`],
+    ];
     let body: Buffer | undefined = op.body ? json(this.value(op.body, 'body')) : op.upload ? Buffer.from('PK\u0003\u0004fuzz') : undefined;
     let contentType = op.upload ? 'application/zip' : 'application/json';
     let mustFail = true;
@@ -201,7 +280,11 @@ export class CaseMaker {
         break;
       }
       case 'huge-string': {
-        const [p, schema] = this.pick(allPaths(op.body as Schema).filter(([, s]) => s.type === 'string').concat([[['zz'], { type: 'string', maxLength: 0 }]]));
+        const [p, schema] = this.pick(
+          allPaths(op.body as Schema)
+            .filter(([, s]) => s.type === 'string')
+            .concat([[['zz'], { type: 'string', maxLength: 0 }]]),
+        );
         const n = this.pick([300, 5000, 70_000, 900_000]);
         body = json(setAt(this.value(op.body as Schema, 'body') as Record<string, unknown>, p, 'é'.repeat(n / 2)));
         mustFail = schema.maxLength !== undefined && n / 2 > schema.maxLength;
@@ -209,7 +292,12 @@ export class CaseMaker {
       }
       case 'unknown-field': {
         const value = this.value(op.body as Schema, 'body') as Record<string, unknown>;
-        body = Buffer.from(JSON.stringify(value).replace(/^\{/, `{"${this.pick(['zzUnknown', '__proto__', 'constructor', 'prototype', ''])}":${this.pick(['1', '{}', '{"isAdmin":true}', 'null'])}${Object.keys(value).length ? ',' : ''}`));
+        body = Buffer.from(
+          JSON.stringify(value).replace(
+            /^\{/,
+            `{"${this.pick(['zzUnknown', '__proto__', 'constructor', 'prototype', ''])}":${this.pick(['1', '{}', '{"isAdmin":true}', 'null'])}${Object.keys(value).length ? ',' : ''}`,
+          ),
+        );
         break;
       }
       case 'missing-required': {
@@ -292,7 +380,17 @@ export class CaseMaker {
         : schema.type === 'boolean'
           ? this.pick(['yes', '1', 'TRUE', '', 'truee'])
           : name === 'nextToken'
-            ? this.pick(['x', 'A', 'MA', 'garbage', 'eyJ9', 'W10', '%ZZ', 'A'.repeat(3000), Buffer.from('["ListMicrovms",{"c":-1,"i":""}]').toString('base64url')])
+            ? this.pick([
+                'x',
+                'A',
+                'MA',
+                'garbage',
+                'eyJ9',
+                'W10',
+                '%ZZ',
+                'A'.repeat(3000),
+                Buffer.from('["ListMicrovms",{"c":-1,"i":""}]').toString('base64url'),
+              ])
             : this.pick(['', 'x'.repeat(3000)]);
     return this.rand() < 0.2 ? `${name}=1&${name}=2` : `${name}=${value}`;
   }
@@ -342,16 +440,32 @@ export class CaseMaker {
     if (name === 'name') return `fz-${Math.floor(this.rand() * 1e6)}`;
     if (name === 'cidrs') return pick(['10.0.0.0/8', '1.2.3.4/32', '999.1.1.1/8', '10.0.0.0/33', '::1/128', 'a.b.c.d/8', '0.0.0.0/0']);
     if (name === 'domains') return pick(['example.com', '*.example.com', '-bad-', 'a..b', '*', 'x'.repeat(255), 'éxample.com', 'localhost']);
-    if (schema.pattern === '^arn:') return pick(['arn:aws:lambda:us-east-1:aws:network-connector:aws-network-connector:INTERNET_EGRESS', 'arn:aws:lambda:us-east-1:aws:network-connector:aws-network-connector:HTTP_INGRESS', 'arn:nope', 'arn:aws:lambda:local:aws:network-connector:fz-conn']);
+    if (schema.pattern === '^arn:')
+      return pick([
+        'arn:aws:lambda:us-east-1:aws:network-connector:aws-network-connector:INTERNET_EGRESS',
+        'arn:aws:lambda:us-east-1:aws:network-connector:aws-network-connector:HTTP_INGRESS',
+        'arn:nope',
+        'arn:aws:lambda:local:aws:network-connector:fz-conn',
+      ]);
     if (schema.pattern) return 'fz_1';
-    return pick(['fz', 'x', 'hello world', '1.0', 'ACTIVE']).slice(0, schema.maxLength ?? 100).padEnd(schema.minLength ?? 0, 'x');
+    return pick(['fz', 'x', 'hello world', '1.0', 'ACTIVE'])
+      .slice(0, schema.maxLength ?? 100)
+      .padEnd(schema.minLength ?? 0, 'x');
   }
 
   private wrongType(schema: Schema): unknown {
     const options: unknown[] = [null, true, 7, -3.5, 'str', [], [1, 'a'], { a: 1 }];
     const fits = (v: unknown): boolean => {
       const types = schema.anyOf ? schema.anyOf.map((s) => s.type) : [schema.type];
-      return types.some((t) => (t === 'integer' || t === 'number' ? typeof v === 'number' : t === 'array' ? Array.isArray(v) : t === 'object' ? typeof v === 'object' && v !== null && !Array.isArray(v) : typeof v === t));
+      return types.some((t) =>
+        t === 'integer' || t === 'number'
+          ? typeof v === 'number'
+          : t === 'array'
+            ? Array.isArray(v)
+            : t === 'object'
+              ? typeof v === 'object' && v !== null && !Array.isArray(v)
+              : typeof v === t,
+      );
     };
     return this.pick(options.filter((v) => !fits(v)));
   }

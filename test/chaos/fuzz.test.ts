@@ -48,8 +48,10 @@ function judge(c: FuzzCase, out: RawOutcome): { verdict: Verdict; why: string } 
   const { status, headers, body } = out;
   const text = body.toString('utf8');
   if (status >= 500) return { verdict: '5xx', why: `${status} ${text.slice(0, 160)}` };
-  if (status < 400) return c.mustFail ? { verdict: 'non-json', why: `${status}: accepted what must be refused: ${text.slice(0, 120)}` } : { verdict: 'ok', why: '' };
-  if (!headers['content-type']?.startsWith('application/json')) return { verdict: 'non-json', why: `${status} content-type ${headers['content-type'] ?? 'none'}: ${text.slice(0, 120)}` };
+  if (status < 400)
+    return c.mustFail ? { verdict: 'non-json', why: `${status}: accepted what must be refused: ${text.slice(0, 120)}` } : { verdict: 'ok', why: '' };
+  if (!headers['content-type']?.startsWith('application/json'))
+    return { verdict: 'non-json', why: `${status} content-type ${headers['content-type'] ?? 'none'}: ${text.slice(0, 120)}` };
   if (!headers['x-amzn-errortype']) return { verdict: 'non-json', why: `${status} without x-amzn-errortype` };
   // A HEAD answer has headers only.
   if (c.method === 'HEAD') return { verdict: 'ok', why: '' };
@@ -69,7 +71,12 @@ test(`API fuzz: ${CASES} hostile requests over every operation, never a 5xx, a h
   const ops = operations(doc);
   assert.ok(ops.length >= 30, `operations in /openapi.json: ${ops.length}`);
   const managed = (await (await fetch(`${server.url}/2025-09-09/managed-microvm-images`, { headers: auth })).json()) as { items: Array<{ imageArn: string }> };
-  const maker = new CaseMaker(SEED, ops, API_KEY, managed.items.map((i) => i.imageArn));
+  const maker = new CaseMaker(
+    SEED,
+    ops,
+    API_KEY,
+    managed.items.map((i) => i.imageArn),
+  );
 
   const counts: Record<Verdict, number> = { ok: 0, '5xx': 0, hang: 0, 'non-json': 0 };
   const failures: string[] = [];

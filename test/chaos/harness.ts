@@ -37,7 +37,9 @@ export async function startDaemon(dataDir: string, opts: { crashAt?: string; res
   child.stderr?.on('data', (c: Buffer) => {
     errTail = (errTail + c.toString()).slice(-4000);
   });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
   const ready = await new Promise<{ url: string; proxyPort: number }>((resolve, reject) => {
     let out = '';
     child.stdout?.on('data', (c: Buffer) => {

@@ -42,7 +42,10 @@ export function hostState(dataDir: string): HostState {
     if (!qmp?.startsWith(`unix:${vms}`) || processStartTime(pid) === undefined) continue;
     let file = qmp.slice('unix:'.length);
     try {
-      file = readdirSync(`/proc/${pid}/fd`).map((fd) => safeReadlink(`/proc/${pid}/fd/${fd}`)).find((f) => f.startsWith(vms)) ?? file;
+      file =
+        readdirSync(`/proc/${pid}/fd`)
+          .map((fd) => safeReadlink(`/proc/${pid}/fd/${fd}`))
+          .find((f) => f.startsWith(vms)) ?? file;
     } catch {
       // gone meanwhile
     }

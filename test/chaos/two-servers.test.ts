@@ -28,7 +28,12 @@ const PROBE = '203.0.113.77';
 async function guardDnsPorts(): Promise<number[]> {
   const out = await run('nft', ['list', 'set', 'inet', 'cella_guard', 'dns_ports']).catch(() => '');
   const m = /elements = \{([^}]*)\}/.exec(out);
-  return m ? (m[1] as string).split(',').map((x) => Number(x.trim())).filter(Number.isInteger) : [];
+  return m
+    ? (m[1] as string)
+        .split(',')
+        .map((x) => Number(x.trim()))
+        .filter(Number.isInteger)
+    : [];
 }
 
 describe('two servers on one host', { concurrency: false }, () => {
@@ -116,9 +121,15 @@ describe('two servers on one host', { concurrency: false }, () => {
     const port = (taken.address() as AddressInfo).port;
     const guardBefore = await guardDnsPorts();
     try {
-      for (const flags of [['--port', String(port), '--proxy-port', '0'], ['--port', '0', '--proxy-port', String(port)]]) {
+      for (const flags of [
+        ['--port', String(port), '--proxy-port', '0'],
+        ['--port', '0', '--proxy-port', String(port)],
+      ]) {
         const t0 = Date.now();
-        const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'server', '--data-dir', dir, ...flags], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CELLA_API_KEY: API_KEY } });
+        const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'server', '--data-dir', dir, ...flags], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+          env: { ...process.env, CELLA_API_KEY: API_KEY },
+        });
         let err = '';
         child.stderr.on('data', (c: Buffer) => (err += c.toString()));
         const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
@@ -136,7 +147,11 @@ describe('two servers on one host', { concurrency: false }, () => {
       // Other cellads on this host may open ports meanwhile; none may be left that nothing serves.
       const added = (await guardDnsPorts()).filter((p) => !guardBefore.includes(p));
       const bound = udpPortsBound();
-      assert.deepEqual(added.filter((p) => !bound.has(p)), [], 'no port left in the guard');
+      assert.deepEqual(
+        added.filter((p) => !bound.has(p)),
+        [],
+        'no port left in the guard',
+      );
       checks += 2;
     } finally {
       taken.close();
@@ -169,7 +184,11 @@ describe('two servers on one host', { concurrency: false }, () => {
       assert.equal(await demoGet(dirA, va, '/get'), '1', "A's VM was re-adopted with its RAM");
       const cAfter = hostState(dirC);
       assert.deepEqual(cAfter.qemus.get(vc), cBefore.qemus.get(vc), "C's VM kept its QEMU");
-      assert.deepEqual(cAfter.namespaces.sort((x, y) => x - y), cBefore.namespaces.sort((x, y) => x - y), "C's namespaces untouched");
+      assert.deepEqual(
+        cAfter.namespaces.sort((x, y) => x - y),
+        cBefore.namespaces.sort((x, y) => x - y),
+        "C's namespaces untouched",
+      );
       assert.equal(await demoGet(dirC, vc, '/get'), '1');
       assert.ok(await resolves(c, vc), "C's VM still resolves through C's forwarder");
       checks += 5;

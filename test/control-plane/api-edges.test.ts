@@ -29,7 +29,12 @@ describe('API edges (no VM)', { concurrency: false }, () => {
 
   /** One request with the path sent byte for byte as given (fetch would normalise it). */
   const send = (method: string, p: string, opts: { body?: Buffer | string; headers?: Record<string, string> } = {}): Promise<ApiAnswer> =>
-    sendAsIs(port, { method, path: p, headers: { authorization: `Bearer ${h.apiKey}`, ...opts.headers }, ...(opts.body === undefined ? {} : { body: opts.body }) });
+    sendAsIs(port, {
+      method,
+      path: p,
+      headers: { authorization: `Bearer ${h.apiKey}`, ...opts.headers },
+      ...(opts.body === undefined ? {} : { body: opts.body }),
+    });
   /** One request written as given, on its own connection; its answer as status, error type and code. */
   const rawError = async (
     method: string,

@@ -47,7 +47,8 @@ describe('security: attacks from a guest and from outside', { concurrency: false
     outcomes.push({ name, blocked, detail });
   };
 
-  const endpoint = (id: string, p: string, headers: Record<string, string>): Promise<{ status: number; body: string }> => endpointRequest(server, ca, id, p, headers);
+  const endpoint = (id: string, p: string, headers: Record<string, string>): Promise<{ status: number; body: string }> =>
+    endpointRequest(server, ca, id, p, headers);
 
   const flood = async (id: string, tokenValue: string, n: number): Promise<number[]> => {
     const host = `${id}.${server.domain}`;
@@ -78,7 +79,10 @@ describe('security: attacks from a guest and from outside', { concurrency: false
     return r.body.microvmId;
   };
   const tokenFor = async (id: string, ports: unknown[] = [{ port: 8080 }]): Promise<string> => {
-    const r = await api<{ authToken: Record<string, string> }>(base, 'POST', `${V}/microvms/${id}/auth-token`, { expirationInMinutes: 10, allowedPorts: ports });
+    const r = await api<{ authToken: Record<string, string> }>(base, 'POST', `${V}/microvms/${id}/auth-token`, {
+      expirationInMinutes: 10,
+      allowedPorts: ports,
+    });
     assert.equal(r.status, 200, r.text);
     return r.body.authToken['X-aws-proxy-auth'] as string;
   };
@@ -86,7 +90,9 @@ describe('security: attacks from a guest and from outside', { concurrency: false
   const inGuest = async (id: string, script: string, timeoutMs = 30_000): Promise<{ code: number | null; out: string }> => {
     const vm = server.engine.get(id);
     assert.ok(vm, `VM ${id} runs`);
-    const r = await vm.agent.exec({ argv: ['/bin/busybox', 'sh', '-c', script] }, { timeoutMs }).catch((err: Error) => ({ exitCode: null, stdout: Buffer.from(''), stderr: Buffer.from(err.message) }));
+    const r = await vm.agent
+      .exec({ argv: ['/bin/busybox', 'sh', '-c', script] }, { timeoutMs })
+      .catch((err: Error) => ({ exitCode: null, stdout: Buffer.from(''), stderr: Buffer.from(err.message) }));
     return { code: r.exitCode, out: `${r.stdout.toString()}${r.stderr.toString()}`.trim() };
   };
   /** Whether the guest can open a TCP connection to host:port. */
@@ -97,7 +103,8 @@ describe('security: attacks from a guest and from outside', { concurrency: false
     const { out } = await inGuest(id, `${script}\nwait`, 60_000);
     return new Set([...out.matchAll(/^open (\S+)$/gm)].map((m) => m[1] as string));
   };
-  const victimHealthy = async (): Promise<boolean> => (await endpoint(victim, '/get', { 'x-aws-proxy-auth': victimToken }).catch(() => ({ status: 0 }))).status === 200;
+  const victimHealthy = async (): Promise<boolean> =>
+    (await endpoint(victim, '/get', { 'x-aws-proxy-auth': victimToken }).catch(() => ({ status: 0 }))).status === 200;
 
   before(async () => {
     dir = tempDataDir('security');
@@ -134,7 +141,10 @@ describe('security: attacks from a guest and from outside', { concurrency: false
     assert.equal(greedy.status, 200, greedy.text);
     const attackers = [
       { label: 'default connectors', id: await launch() },
-      { label: 'an allowlist naming the host', id: await launch({ egressNetworkConnectors: [ARNS.customerConnector('greedy'), ARNS.managedConnector('INTERNET_EGRESS')] }) },
+      {
+        label: 'an allowlist naming the host',
+        id: await launch({ egressNetworkConnectors: [ARNS.customerConnector('greedy'), ARNS.managedConnector('INTERNET_EGRESS')] }),
+      },
       { label: 'no egress', id: await launch({ egressNetworkConnectors: [] }) },
     ];
     for (const { label, id } of attackers) {
@@ -156,7 +166,10 @@ describe('security: attacks from a guest and from outside', { concurrency: false
         ["the other VM's veth host end", slotAddresses(victimSlot).host, hostPort],
         ['link-local metadata', '169.254.169.254', 80],
       ];
-      const open = await reachable(id, targets.map(([, h, p]) => [h, p]));
+      const open = await reachable(
+        id,
+        targets.map(([, h, p]) => [h, p]),
+      );
       for (const [what, host, port] of targets) record(`${label} → ${what} (${host}:${port})`, !open.has(`${host}:${port}`));
     }
     // Connectors hold for the VM's lifetime: after a suspend to disk and a resume, the same probes fail again.
@@ -191,7 +204,10 @@ describe('security: attacks from a guest and from outside', { concurrency: false
     const disk = await inGuest(id, '/bin/busybox dd if=/dev/zero of=/fill bs=1M 2>&1; /bin/busybox sync; echo exit=$?', 600_000);
     const overlay = vmFiles(server.engine.vmDir(id)).disk;
     const allocated = statSync(overlay).blocks * 512;
-    record(`disk exhaustion (${/No space left/.test(disk.out) ? 'ENOSPC in the guest' : disk.out.slice(-80)}, overlay ${Math.round(allocated / 1048576)} MiB)`, /No space left/.test(disk.out) && allocated <= 4608 * 1048576 && (await victimHealthy()));
+    record(
+      `disk exhaustion (${/No space left/.test(disk.out) ? 'ENOSPC in the guest' : disk.out.slice(-80)}, overlay ${Math.round(allocated / 1048576)} MiB)`,
+      /No space left/.test(disk.out) && allocated <= 4608 * 1048576 && (await victimHealthy()),
+    );
     // Fork bomb: the guest may drown; the host and the victim must not.
     await inGuest(id, 'f() { f | f & }; f', 10_000);
     await new Promise((r) => setTimeout(r, 5000));
@@ -245,6 +261,9 @@ describe('security: attacks from a guest and from outside', { concurrency: false
     process.stdout.write(`security: ${outcomes.length} attacks tried, ${blocked} blocked\n`);
     for (const o of outcomes) process.stdout.write(`  ${o.blocked ? 'blocked' : 'NOT BLOCKED'}: ${o.name}${o.detail ? ` ${o.detail}` : ''}\n`);
     assert.ok(outcomes.length > 30, 'the suite ran its attacks');
-    assert.deepEqual(outcomes.filter((o) => !o.blocked).map((o) => o.name), []);
+    assert.deepEqual(
+      outcomes.filter((o) => !o.blocked).map((o) => o.name),
+      [],
+    );
   });
 });

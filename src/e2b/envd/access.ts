@@ -69,7 +69,13 @@ export function signatureProblem(method: string, url: URL, token: string, nowMs 
 }
 
 /** Whether the request may reach envd: undefined, or the 401 message. */
-export async function envdAuthProblem(access: Pick<EnvdAccess, 'checkEnvdToken' | 'envdToken'>, id: string, method: string, rawUrl: string, headerToken: string | undefined): Promise<string | undefined> {
+export async function envdAuthProblem(
+  access: Pick<EnvdAccess, 'checkEnvdToken' | 'envdToken'>,
+  id: string,
+  method: string,
+  rawUrl: string,
+  headerToken: string | undefined,
+): Promise<string | undefined> {
   const url = new URL(rawUrl, 'http://envd');
   if (url.pathname === '/health' && method === 'GET') return undefined;
   if (headerToken !== undefined) return (await access.checkEnvdToken(id, headerToken)) ? undefined : 'invalid X-Access-Token';

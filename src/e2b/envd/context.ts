@@ -126,4 +126,3 @@ export function fsError(err: unknown, path: string): ConnectError {
   if (e.code === Code.NotFound) return new ConnectError(`path not found: ${path}`, Code.NotFound);
   return e;
 }
-

@@ -96,7 +96,14 @@ class FakeAgent implements EnvdAgent {
         p.emit('stdout', Buffer.from(`${script.slice(5)}\n`));
         p.exit(0);
       } else if (script === 'env') {
-        p.emit('stdout', Buffer.from(Object.entries(p.spec.env ?? {}).map(([k, v]) => `${k}=${v}\n`).join('')));
+        p.emit(
+          'stdout',
+          Buffer.from(
+            Object.entries(p.spec.env ?? {})
+              .map(([k, v]) => `${k}=${v}\n`)
+              .join(''),
+          ),
+        );
         p.exit(0);
       } else if (script === 'pwd; id -u') {
         p.emit('stdout', Buffer.from(`${p.spec.cwd}\n${p.spec.uid}\n`));
@@ -147,13 +154,25 @@ class FakeAgent implements EnvdAgent {
     const data = this.files.get(p);
     if (!dir && !data) throw new CellaError('NOT_FOUND', `${p}: ENOENT`);
     const metadata = { ...this.metadata.get(p) };
-    return { type: dir ? 'directory' : 'file', mode: dir ? 0o40755 : 0o100644, size: data?.length ?? 4096, mtimeMs: 1e12, uid: 1000, gid: 1000, owner: 'user', group: 'user', metadata };
+    return {
+      type: dir ? 'directory' : 'file',
+      mode: dir ? 0o40755 : 0o100644,
+      size: data?.length ?? 4096,
+      mtimeMs: 1e12,
+      uid: 1000,
+      gid: 1000,
+      owner: 'user',
+      group: 'user',
+      metadata,
+    };
   }
   readonly fs: EnvdAgent['fs'] = {
     stat: async (p) => this.entry(p),
     list: async (p) => {
       if (!this.dirs.has(p)) throw new CellaError(this.files.has(p) ? 'INVALID_ARGUMENT' : 'NOT_FOUND', p);
-      const kids = [...this.dirs, ...this.files.keys()].filter((x) => x !== p && x.startsWith(p.endsWith('/') ? p : `${p}/`) && !x.slice(p.length + 1).includes('/'));
+      const kids = [...this.dirs, ...this.files.keys()].filter(
+        (x) => x !== p && x.startsWith(p.endsWith('/') ? p : `${p}/`) && !x.slice(p.length + 1).includes('/'),
+      );
       return kids.map((k) => ({ ...this.entry(k), path: k }));
     },
     mkdir: async (p) => {
@@ -279,7 +298,10 @@ describe('filesystem through the real SDK', () => {
     assert.equal(await sbx.files.exists('hello.txt'), true);
     assert.equal(await sbx.files.exists('/nope'), false);
     const info = await sbx.files.getInfo('~/hello.txt');
-    assert.deepEqual([info.name, info.path, info.type, info.size, info.permissions, info.owner], ['hello.txt', '/home/user/hello.txt', FileType.FILE, 5, '-rw-r--r--', 'user']);
+    assert.deepEqual(
+      [info.name, info.path, info.type, info.size, info.permissions, info.owner],
+      ['hello.txt', '/home/user/hello.txt', FileType.FILE, 5, '-rw-r--r--', 'user'],
+    );
     assert.equal(await sbx.files.makeDir('/home/user/d'), true);
     assert.equal(await sbx.files.makeDir('/home/user/d'), false);
     const names = (await sbx.files.list('/home/user')).map((e) => e.name).sort();
@@ -317,7 +339,10 @@ describe('watches', () => {
     const sbx = await connect();
     const seen: { name: string; type: FilesystemEventType; size?: number }[] = [];
     agent.files.set('/home/user/five.txt', Buffer.from('12345'));
-    const h = await sbx.files.watchDir('/home/user', (e) => void seen.push({ name: e.name, type: e.type, ...(e.entry && { size: e.entry.size }) }), { recursive: true, includeEntry: true });
+    const h = await sbx.files.watchDir('/home/user', (e) => void seen.push({ name: e.name, type: e.type, ...(e.entry && { size: e.entry.size }) }), {
+      recursive: true,
+      includeEntry: true,
+    });
     const w = agent.watches.get('/home/user')!;
     w.emit('event', { op: 'create', name: 'five.txt' });
     w.emit('event', { op: 'overflow', name: '' });
@@ -329,7 +354,10 @@ describe('watches', () => {
       { name: 'sub/gone', type: FilesystemEventType.REMOVE },
     ]);
     await until(() => !agent.watches.has('/home/user'));
-    await assert.rejects(sbx.files.watchDir('/missing', () => {}), FileNotFoundError);
+    await assert.rejects(
+      sbx.files.watchDir('/missing', () => {}),
+      FileNotFoundError,
+    );
   });
 
   test('polling watchers: create, events since the last call, remove; an unknown id is NotFound', T, async () => {
@@ -339,7 +367,13 @@ describe('watches', () => {
     w.emit('event', { op: 'write', name: 'hello.txt' });
     w.emit('event', { op: 'rename', name: 'old' });
     const first = await fs.getWatcherEvents({ watcherId });
-    assert.deepEqual(first.events.map((e) => [e.name, e.type, e.entry]), [['hello.txt', 2, undefined], ['old', 4, undefined]]);
+    assert.deepEqual(
+      first.events.map((e) => [e.name, e.type, e.entry]),
+      [
+        ['hello.txt', 2, undefined],
+        ['old', 4, undefined],
+      ],
+    );
     assert.deepEqual((await fs.getWatcherEvents({ watcherId })).events, []);
     await fs.removeWatcher({ watcherId });
     assert.equal(agent.watches.has('/home/user'), false);
@@ -363,7 +397,11 @@ describe('/files encodings and metadata', () => {
     assert.equal(empty.headers.get('content-length'), '0');
     const refused = await fetch(`${sandboxUrl}/files?path=zipped.txt`, { headers: { 'accept-encoding': 'br, identity;q=0' } });
     assert.equal(refused.status, 406);
-    const badUpload = await fetch(`${sandboxUrl}/files?path=x`, { method: 'POST', headers: { 'content-type': 'application/octet-stream', 'content-encoding': 'br' }, body: gzipSync('x') });
+    const badUpload = await fetch(`${sandboxUrl}/files?path=x`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream', 'content-encoding': 'br' },
+      body: gzipSync('x'),
+    });
     assert.equal(badUpload.status, 400);
     assert.equal(agent.files.has('/home/user/x'), false);
   });
@@ -388,7 +426,17 @@ describe('signed /files URLs (through the same check the proxy makes)', () => {
     rest = createServer((req, res) => {
       req.resume();
       res.writeHead(201, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ sandboxID: 'sbx-1', templateID: 'base', clientID: 'cella', envdVersion: ENVD_VERSION, envdAccessToken: TOKEN, trafficAccessToken: null, domain: null }));
+      res.end(
+        JSON.stringify({
+          sandboxID: 'sbx-1',
+          templateID: 'base',
+          clientID: 'cella',
+          envdVersion: ENVD_VERSION,
+          envdAccessToken: TOKEN,
+          trafficAccessToken: null,
+          domain: null,
+        }),
+      );
     });
     const access = { checkEnvdToken: async (_id: string, t: string | undefined) => t === TOKEN, envdToken: async () => TOKEN };
     secured = createServer((req: IncomingMessage, res) => {
@@ -431,4 +479,3 @@ describe('signed /files URLs (through the same check the proxy makes)', () => {
     assert.match(((await answer.json()) as { message: string }).message, /expired/);
   });
 });
-

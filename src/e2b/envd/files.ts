@@ -121,11 +121,13 @@ async function upload(sb: Sandbox, url: URL, req: EnvdRequest, res: EnvdResponse
   const u = await user(sb, url);
   const dest = url.searchParams.get('path') || undefined;
   const type = req.headers['content-type'] ?? '';
-  const coding = String(req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+  const coding = String(req.headers['content-encoding'] ?? 'identity')
+    .trim()
+    .toLowerCase();
   if (coding !== 'gzip' && coding !== 'identity') throw new HttpError(400, `Content-Encoding ${coding} is not supported: gzip or identity`);
   const gzip = coding === 'gzip';
   const metadata = metadataOf(req.headers);
-  const body: Readable = gzip ? (req as Readable).pipe(createGunzip()) : (req);
+  const body: Readable = gzip ? (req as Readable).pipe(createGunzip()) : req;
   if (type.startsWith('multipart/form-data')) {
     const written: Written[] = [];
     let chain = Promise.resolve();

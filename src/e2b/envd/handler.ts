@@ -19,7 +19,6 @@ import { REQUEST, type RequestState } from './state.js';
 import { ProcessTable } from './table.js';
 import { PollWatchers } from './watch.js';
 
-
 export interface EnvdHandler {
   /** Serves one envd request for sandbox `id` (its access token already checked). */
   handle(id: string, req: EnvdRequest, res: EnvdResponse): void;

@@ -88,7 +88,10 @@ async function start(req: StartRequest, ctx: HandlerContext): Promise<Subscribed
     }
     // An SDK before envd 0.3.0 sends no stdin flag: its processes always had a stdin.
     const pipe = req.stdin ?? true;
-    const p = await sandbox.agent.spawn({ ...base, argv: [cfg.cmd, ...cfg.args], ...(req.tag !== undefined && { label: req.tag }) }, { stdin: pipe ? 'pipe' : 'none' });
+    const p = await sandbox.agent.spawn(
+      { ...base, argv: [cfg.cmd, ...cfg.args], ...(req.tag !== undefined && { label: req.tag }) },
+      { stdin: pipe ? 'pipe' : 'none' },
+    );
     return subscribed(processes.add(p, 'exec', config, req.tag));
   } catch (err) {
     throw toConnectError(err);

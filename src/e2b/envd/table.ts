@@ -177,4 +177,3 @@ export function notFound(sel: Selector): ConnectError {
 export function isPty(p: Proc, h: GuestExec | GuestPty): h is GuestPty {
   return p.kind === 'pty' && 'resize' in h;
 }
-

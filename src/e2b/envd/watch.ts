@@ -39,7 +39,10 @@ async function toEvent(fs: Fs, root: string, ev: WatchEvent, includeEntry: boole
   let entry;
   if (includeEntry && ev.op !== 'remove' && ev.op !== 'rename') {
     const full = path.posix.join(root, ev.name);
-    entry = await fs.stat(full).then((e) => entryInfo(e, full), () => undefined);
+    entry = await fs.stat(full).then(
+      (e) => entryInfo(e, full),
+      () => undefined,
+    );
   }
   return { name: ev.name, type: EVENTS[ev.op], ...(entry && { entry }) };
 }
@@ -83,7 +86,8 @@ export class PollWatchers {
   private readonly all = new Map<string, Polled>();
 
   async create(fs: Fs, root: string, req: { recursive: boolean; includeEntry: boolean }): Promise<string> {
-    if (this.all.size >= POLL_WATCHERS_MAX) throw new ConnectError(`this sandbox already has ${this.all.size} watchers: remove one first`, Code.ResourceExhausted);
+    if (this.all.size >= POLL_WATCHERS_MAX)
+      throw new ConnectError(`this sandbox already has ${this.all.size} watchers: remove one first`, Code.ResourceExhausted);
     const w = await open(fs, root, req.recursive);
     const id = randomUUID();
     const polled: Polled = { w, events: [], chain: Promise.resolve() };

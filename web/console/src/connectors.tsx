@@ -31,10 +31,7 @@ export function Connectors() {
       ...(f.description ? { description: f.description } : {}),
       egress: { cidrs: entries(f.cidrs), domains: entries(f.domains) },
     };
-    void call<Connector>('POST', PATH, body).then(
-      () => (setErr(undefined), setF({ name: '', description: '', cidrs: '', domains: '' }), reload()),
-      setErr,
-    );
+    void call<Connector>('POST', PATH, body).then(() => (setErr(undefined), setF({ name: '', description: '', cidrs: '', domains: '' }), reload()), setErr);
   };
   const field = (k: keyof typeof f, label: string, hint = '') => (
     <label>
