@@ -22,18 +22,23 @@ const ZERO = 0x02n,
   EOS = 0x10n,
   CONT = 0x20n;
 
+/** The magic, version 3 and the configuration section (machine `microvm`, capability x-ignore-shared) every stream starts with. */
+const HEADER = [
+  be32(0x5145564d),
+  be32(3),
+  Buffer.from([0x07]),
+  be32(7),
+  Buffer.from('microvm'),
+  Buffer.from([0x05]),
+  s('configuration/capabilities'),
+  be32(1),
+  be32(1),
+  s('x-ignore-shared'),
+];
+
 function stream(): Buffer {
   return Buffer.concat([
-    be32(0x5145564d),
-    be32(3),
-    Buffer.from([0x07]),
-    be32(7),
-    Buffer.from('microvm'),
-    Buffer.from([0x05]),
-    s('configuration/capabilities'),
-    be32(1),
-    be32(1),
-    s('x-ignore-shared'),
+    ...HEADER,
     // setup: two blocks, "mem" 3 pages and "rom" 1 page, with mr addr (ignore-shared)
     Buffer.from([0x01]),
     be32(2),
@@ -164,16 +169,7 @@ test('bad input is refused with MIGRATION_STREAM_INVALID', async () => {
 
 test('pages at 2 GiB and above (a guest of 3 GiB or more) pass through and are dropped like any other', async () => {
   const big = Buffer.concat([
-    be32(0x5145564d),
-    be32(3),
-    Buffer.from([0x07]),
-    be32(7),
-    Buffer.from('microvm'),
-    Buffer.from([0x05]),
-    s('configuration/capabilities'),
-    be32(1),
-    be32(1),
-    s('x-ignore-shared'),
+    ...HEADER,
     Buffer.from([0x01]),
     be32(2),
     s('ram'),
