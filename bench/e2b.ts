@@ -27,10 +27,11 @@ const opts = { apiKey: API_KEY, apiUrl: `${server.url}/e2b` };
 const ms = (t0: number): number => performance.now() - t0;
 
 try {
+  // Both templates the first start builds must be done, or the other one's build shares the CPU with what is measured.
   for (;;) {
-    const last = (await server.store.listBuilds(TEMPLATE)).at(-1)?.state;
-    if (last === 'SUCCESSFUL') break;
-    if (last === 'FAILED') throw new Error(`the ${TEMPLATE} template's build failed`);
+    const last = await Promise.all(['base', 'code-interpreter-v1'].map(async (name) => (await server.store.listBuilds(name)).at(-1)?.state));
+    if (last.every((state) => state === 'SUCCESSFUL')) break;
+    if (last.includes('FAILED')) throw new Error(`a template's build failed: ${JSON.stringify(last)}`);
     await new Promise((r) => setTimeout(r, 1000));
   }
 
