@@ -5,21 +5,14 @@
  */
 import type { TSchema } from '@sinclair/typebox';
 import { API_VERSION } from './names.js';
+import { CreateConnectorRequest, ListConnectorsResponse, NetworkConnector } from './connector-schemas.js';
 import {
-  AuthTokenResponse,
-  CreatedAccessKey,
-  CreateAuthTokenRequest,
-  CreateShellAuthTokenRequest,
-  CreateConnectorRequest,
   CreateImageRequest,
   DeleteImageResponse,
   DeleteImageVersionResponse,
-  ErrorBody,
   ImageBuild,
   ImageVersion,
   ImageVersionStarted,
-  ListAccessKeysResponse,
-  ListConnectorsResponse,
   ListImageBuildsQuery,
   ListImageBuildsResponse,
   ListImageVersionsResponse,
@@ -27,22 +20,31 @@ import {
   ListImagesResponse,
   ListManagedImageVersionsResponse,
   ListManagedImagesResponse,
+  MicrovmImage,
+  UpdateImageRequest,
+  UpdateImageVersionRequest,
+} from './image-schemas.js';
+import {
+  AuthTokenResponse,
+  CreateAuthTokenRequest,
+  CreateShellAuthTokenRequest,
   ListMicrovmsQuery,
   ListMicrovmsResponse,
+  Microvm,
+  RunMicrovmRequest,
+} from './microvm-schemas.js';
+import {
+  CreatedAccessKey,
+  ErrorBody,
+  ListAccessKeysResponse,
   ListQuery,
   ListTagsResponse,
   LogsQuery,
   MAX_ARTIFACT_BYTES,
-  Microvm,
-  MicrovmImage,
-  NetworkConnector,
-  RunMicrovmRequest,
   ServerInfo,
   TagResourceRequest,
   UntagResourceQuery,
   Usage,
-  UpdateImageRequest,
-  UpdateImageVersionRequest,
   UploadedArtifact,
   UsageReport,
 } from './schemas.js';
