@@ -7,8 +7,10 @@
  */
 import { readdirSync, statSync, truncateSync } from 'node:fs';
 import path from 'node:path';
+import type { DiskCapacity } from '../capacity/index.js';
 import { vmFiles } from '../engine/index.js';
 import type { Images } from '../images/index.js';
+import type { Lifecycle } from '../lifecycle/index.js';
 import { pruneDir, type PruneLimits } from '../logs/index.js';
 import type { Store } from '../store/index.js';
 
@@ -55,4 +57,36 @@ function cutConsoles(vmsDir: string, log: (line: string) => void): void {
       // no console file
     }
   }
+}
+
+/**
+ * Watches the disk and keeps its use bounded: housekeeping now, every ten
+ * minutes and when the disk runs low; VMs a full disk paused are continued
+ * once it has room again. Returns what stops it all.
+ */
+export function scheduleHousekeeping(
+  ctx: HousekeepingContext,
+  capacity: DiskCapacity,
+  lifecycle: Pick<Lifecycle, 'continueDiskPaused'>,
+  log: (line: string) => void,
+): () => void {
+  const run = (lowDisk: boolean): void => void housekeep(ctx, { lowDisk }).catch((err: Error) => log(`housekeeping: ${err.message}`));
+  run(capacity.isLow);
+  const every = setInterval(() => run(capacity.isLow), HOUSEKEEPING_INTERVAL_MS);
+  every.unref();
+  const continueVms = (): void => void lifecycle.continueDiskPaused().catch((err: Error) => log(`continuing paused VMs: ${err.message}`));
+  const onLow = (): void => run(true);
+  capacity.on('low', onLow);
+  capacity.on('ok', continueVms);
+  // A VM paused again right after a crossing is tried on later ticks too.
+  const retry = setInterval(continueVms, 5000);
+  retry.unref();
+  capacity.start();
+  return () => {
+    clearInterval(every);
+    clearInterval(retry);
+    capacity.off('low', onLow);
+    capacity.off('ok', continueVms);
+    capacity.close();
+  };
 }

@@ -3,22 +3,24 @@
  * Start-up order matters for restart safety: the store first, then the
  * engine, then recovery of every live VM from the store (re-adopting running
  * QEMUs), then reclaiming whatever no VM owns, and only then the API.
+ * The data directory's lock and ARN home are in ./data-dir.ts, the DNS
+ * forwarder's lasting port in ./dns.ts, the images cellad builds itself in
+ * ./managed-images.ts, and the disk's upkeep in ./housekeeping.ts.
  */
-import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from 'node:net';
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { totalmem } from 'node:os';
 import path from 'node:path';
 import { answerProtocolErrors, createApi } from '../api/index.js';
 import { AccessKeys, ApiKeys, Authenticator, SigV4Verifier, TokenMinter, ensureApiKey, type AccessKeyPair } from '../auth/index.js';
-import { Engine, processStartTime } from '../engine/index.js';
+import { Engine } from '../engine/index.js';
 import { DiskCapacity } from '../capacity/index.js';
 import { Arns, CellaError, CONTRACT_MIN_IDLE_SECONDS } from '../contract/index.js';
 import { Connectors } from '../connectors/index.js';
 import { createE2bApi, createEnvdHandler, isE2bPath, Sandboxes } from '../e2b/index.js';
-
-import { DEFAULT_DNS_PORT, ensureHostGuard, pruneDnsPorts, startDnsForwarder, type DnsForwarder, type DnsUpstream } from '../net/index.js';
-import { DEFAULT_LAYER_CACHE_BYTES, type ImageQuotas, Images, type ManagedImage, managedImages } from '../images/index.js';
+import { ensureHostGuard, type DnsUpstream } from '../net/index.js';
+import { DEFAULT_LAYER_CACHE_BYTES, type ImageQuotas, Images, managedImages } from '../images/index.js';
 import type { S3Settings } from '../archive/index.js';
 import { Lifecycle } from '../lifecycle/index.js';
 import { LogHub } from '../logs/index.js';
@@ -27,8 +29,14 @@ import { startProxy } from '../proxy/index.js';
 import { shellHandler } from '../shell/index.js';
 import { consoleHandler, isConsolePath } from '../console/index.js';
 import { loadGuestArtifacts } from '../setup/index.js';
-import { HOUSEKEEPING_INTERVAL_MS, housekeep, type HousekeepingContext } from './housekeeping.js';
 import { loadTls } from '../tls/index.js';
+import { checkArnHome, lockDataDir, prepareDataDir } from './data-dir.js';
+import { startDns } from './dns.js';
+import { scheduleHousekeeping, type HousekeepingContext } from './housekeeping.js';
+import { ensureManagedImage } from './managed-images.js';
+import { checkPortFree, listen } from './ports.js';
+
+export { lockDataDir } from './data-dir.js';
 
 export const DEFAULT_API_PORT = 7470;
 export const DEFAULT_DOMAIN = 'cella.localhost';
@@ -233,7 +241,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       if (wanted) await ensureManagedImage(image, store, images, arns, dataDir, log);
     }
     const chores: HousekeepingContext = { dataDir, store, images, layerCacheBytes: (opts.layerCacheMiB ?? DEFAULT_LAYER_CACHE_BYTES / 1048576) * 1048576, log };
-    const housekeeping = schedule(chores, capacity, lifecycle, log);
+    const housekeeping = scheduleHousekeeping(chores, capacity, lifecycle, log);
     cleanups.unshift(housekeeping);
     // E2B's SDKs build envd's hosts from this: `<port>-<id>.<domain>[:<proxy port>]`.
     const e2b = createE2bApi({
@@ -284,177 +292,6 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     for (const c of cleanups) await c();
     throw err;
   }
-}
-
-/**
- * Watches the disk and keeps its use bounded: housekeeping now, every ten
- * minutes and when the disk runs low; VMs a full disk paused are continued
- * once it has room again. Returns what stops it all.
- */
-function schedule(ctx: HousekeepingContext, capacity: DiskCapacity, lifecycle: Lifecycle, log: (line: string) => void): () => void {
-  const run = (lowDisk: boolean): void => void housekeep(ctx, { lowDisk }).catch((err: Error) => log(`housekeeping: ${err.message}`));
-  run(capacity.isLow);
-  const every = setInterval(() => run(capacity.isLow), HOUSEKEEPING_INTERVAL_MS);
-  every.unref();
-  const continueVms = (): void => void lifecycle.continueDiskPaused().catch((err: Error) => log(`continuing paused VMs: ${err.message}`));
-  const onLow = (): void => run(true);
-  capacity.on('low', onLow);
-  capacity.on('ok', continueVms);
-  // A VM paused again right after a crossing is tried on later ticks too.
-  const retry = setInterval(continueVms, 5000);
-  retry.unref();
-  capacity.start();
-  return () => {
-    clearInterval(every);
-    clearInterval(retry);
-    capacity.off('low', onLow);
-    capacity.off('ok', continueVms);
-    capacity.close();
-  };
-}
-
-/**
- * An image cellad makes itself (the demo app, E2B's templates) from its
- * Dockerfile on a managed base, built like any user image at the first
- * start; and again at a later start if no build of it ever succeeded (one
- * cut short by a failed start, say).
- */
-async function ensureManagedImage(image: ManagedImage, store: Store, images: Images, arns: Arns, dataDir: string, log: (line: string) => void): Promise<void> {
-  const name = image.name;
-  if (await store.getImage(name)) {
-    const pending = (await store.listBuilds(name)).some((b) => b.state === 'PENDING' || b.state === 'IN_PROGRESS');
-    if (pending || (await images.latest(name, 'SUCCESSFUL'))) return;
-    log(`image "${name}" has no successful build: building it again`);
-    await images.delete(name, async () => false);
-  }
-  const zip = await image.zip(path.join(dataDir, 'artifacts', `${name}.zip`));
-  const started = await images.create({
-    name,
-    baseImageArn: arns.managedImage(image.base),
-    codeArtifact: { uri: `file://${zip}` },
-    resources: [{ minimumMemoryInMiB: image.memoryMiB }],
-  });
-  log(`building the image "${name}" (first start; build ${started.build.buildId})`);
-  void images
-    .enqueue(started)
-    .then(async () => {
-      const v = await images.latest(name, 'SUCCESSFUL');
-      log(v ? `image "${name}" is ready` : `image "${name}" failed: see cella image logs ${name}`);
-    })
-    .catch((err: Error) => log(`image "${name}": ${err.message}`));
-}
-
-/** Where the store keeps the region and account its ARNs were issued under. */
-const ARN_HOME = 'arn-home';
-
-/**
- * The data directory's ARNs name the region and account it was first
- * started with (a database from before ARNs had them was migrated to the
- * defaults). A start with another region or account would leave every
- * stored ARN unknown to the API, so it is refused, saying how to start.
- */
-async function checkArnHome(store: Store, arns: Arns): Promise<void> {
-  const home = `${arns.region}:${arns.accountId}`;
-  const saved = (await store.getSecret(ARN_HOME))?.toString();
-  if (saved === undefined) return store.putSecret(ARN_HOME, Buffer.from(home));
-  if (saved !== home) {
-    const [region, account] = saved.split(':');
-    throw new CellaError(
-      'INVALID_ARGUMENT',
-      `the data directory's resources are in region ${region}, account ${account}: start with --region ${region} --account-id ${account}, or use another --data-dir`,
-    );
-  }
-}
-
-/**
- * The guests' DNS forwarder. Namespaces send their DNS to its port, so the
- * port must outlive restarts: the first start takes the default (or any free
- * port if that one is taken, e.g. by another data directory's cellad) and
- * keeps it in the store.
- */
-async function startDns(store: Store, upstream: DnsUpstream | undefined, log: (line: string) => void): Promise<{ forwarder: DnsForwarder; moved: boolean }> {
-  const saved = await store.getSecret('dns-port');
-  const port = saved ? Number(saved.toString()) : DEFAULT_DNS_PORT;
-  const start = (p: number): Promise<DnsForwarder> => startDnsForwarder({ port: p, log, ...(upstream ? { upstream } : {}) });
-  let dns: DnsForwarder;
-  try {
-    dns = await start(port);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
-    dns = await start(0);
-    log(`DNS forwarder: port ${port} is taken (another cellad?), using ${dns.port}${saved ? '; the rules of VMs that ran before this start follow it' : ''}`);
-  }
-  try {
-    if (dns.port !== port || !saved) await store.putSecret('dns-port', Buffer.from(String(dns.port)));
-    const stale = await pruneDnsPorts();
-    if (stale.length) log(`host guard: closed the DNS ports of cellads that are gone: ${stale.join(', ')}`);
-  } catch (err) {
-    await dns.close();
-    throw err;
-  }
-  return { forwarder: dns, moved: saved !== undefined && dns.port !== port };
-}
-
-/** Creates the data directory if needed and makes sure it is a directory this process may write. */
-function prepareDataDir(dataDir: string): void {
-  try {
-    mkdirSync(dataDir, { recursive: true });
-    accessSync(dataDir, constants.W_OK | constants.X_OK);
-  } catch (err) {
-    throw new CellaError('INVALID_ARGUMENT', `data directory ${dataDir} cannot be used: ${(err as Error).message}`);
-  }
-}
-
-/** Fails at once, before any work, when `port` on `host` is taken (0 picks a free one later and needs no check). */
-async function checkPortFree(port: number, host: string, flag: string): Promise<void> {
-  if (port === 0) return;
-  const probe = createNetServer();
-  await listen(probe, port, host, flag);
-  await new Promise<void>((resolve) => probe.close(() => resolve()));
-}
-
-function listen(server: Server | NetServer, port: number, host: string, flag = '--port'): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(
-        err.code === 'EADDRINUSE'
-          ? new CellaError('INVALID_ARGUMENT', `port ${port} on ${host} is already in use (${flag}): another cellad, or another program, holds it`)
-          : new CellaError('INVALID_ARGUMENT', `cannot listen on ${host}:${port} (${flag}): ${err.message}`),
-      ),
-    );
-    server.listen(port, host, () => resolve());
-  });
-}
-
-/**
- * One cellad per data directory: a second would fight the first over its VMs.
- * The lock file names its holder by pid and start time, so neither a reused
- * pid nor a holder that died but was not reaped yet (a zombie) keeps it.
- */
-export function lockDataDir(dataDir: string): () => void {
-  const file = path.join(dataDir, 'cellad.pid');
-  const me = `${process.pid} ${processStartTime(process.pid) ?? ''}`;
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      const fd = openSync(file, 'wx', 0o644);
-      writeSync(fd, me);
-      closeSync(fd);
-      return () => {
-        if (existsSync(file) && readFileSync(file, 'utf8') === me) rmSync(file, { force: true });
-      };
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new CellaError('INVALID_ARGUMENT', `cannot lock ${dataDir}: ${(err as Error).message}`);
-      const [pid, startTime] = readFileSync(file, 'utf8').trim().split(' ');
-      const owner = Number(pid);
-      const live = processStartTime(owner);
-      if (owner > 0 && live !== undefined && (!startTime || live === startTime)) {
-        throw new CellaError('INVALID_STATE', `another cellad (pid ${owner}) already serves ${dataDir}`);
-      }
-      // The previous owner is gone (kill -9, a zombie not yet reaped, a reused pid): its lock is stale.
-      rmSync(file, { force: true });
-    }
-  }
-  throw new CellaError('INVALID_STATE', `could not lock ${dataDir}`);
 }
 
 function readVersion(): string {
