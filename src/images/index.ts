@@ -1,20 +1,18 @@
 /**
  * Images, their versions and builds (the contract's sections 2–4). Create
- * and Update record a new version and queue its build; builds run one at a
- * time (each is CPU-bound and a builder VM is large), in the background,
- * and write their outcome through the state tables (./states.ts).
+ * and Update record a new version and queue its build on the build queue
+ * (./builds.ts), which runs builds one at a time in the background; their
+ * outcome is written through the state tables (./states.ts).
  */
 import { createHash } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
 import { validateArtifactUri, type S3Settings } from '../archive/index.js';
 import {
   type Arns,
-  BuildFailure,
   CellaError,
   type CreateImageRequest,
-  DEFAULT_MEMORY_MIB,
   type ImageRequestConfig,
   type ImageState,
   type UpdateImageRequest,
@@ -25,20 +23,10 @@ import type { Engine } from '../engine/index.js';
 import type { RunnableImage } from '../lifecycle/index.js';
 import type { BuildRecord, ImageRecord, ImageVersionRecord, Store, Tx } from '../store/index.js';
 import { listBases, type BaseInfo } from '../setup/index.js';
-import { buildImage } from './build.js';
 import type { BuildEngine, BuildSettings } from './build-spec.js';
-import { cacheDirs, pruneLayers, type PruneResult } from './cache.js';
-import {
-  DEFAULT_IMAGE_QUOTAS,
-  finishBuild,
-  quotaExceeded,
-  setBuild,
-  setImageState,
-  setVersion,
-  startVersion,
-  type ImageQuotas,
-  type StartedVersion,
-} from './records.js';
+import { BuildQueue } from './builds.js';
+import type { PruneResult } from './cache.js';
+import { DEFAULT_IMAGE_QUOTAS, quotaExceeded, setImageState, startVersion, type ImageQuotas, type StartedVersion } from './records.js';
 import { IMAGE_NEXT, RUNNABLE_IMAGE_STATES } from './states.js';
 import { storeUpload, type Upload } from './upload.js';
 
@@ -77,25 +65,19 @@ export class Images {
   private readonly store: Store;
   private readonly engine: ImagesEngine;
   private readonly dataDir: string;
-  private readonly settings: BuildSettings;
   private readonly connectors: Connectors;
   private readonly arns: Arns;
-  private readonly log: (line: string) => void;
   private readonly quotas: ImageQuotas;
-  /** Builds run one after another on this chain. */
-  private queue: Promise<void> = Promise.resolve();
-  private readonly building = new Set<string>();
-  private closed = false;
+  private readonly builds: BuildQueue;
 
   constructor(opts: ImagesOptions) {
     this.store = opts.store;
     this.engine = opts.engine;
     this.dataDir = opts.dataDir;
-    this.log = opts.log ?? (() => {});
     this.connectors = opts.connectors;
     this.quotas = { ...DEFAULT_IMAGE_QUOTAS, ...opts.quotas };
     this.arns = opts.arns;
-    this.settings = {
+    const settings: BuildSettings = {
       dataDir: opts.dataDir,
       arns: opts.arns,
       // Resolved when the build runs: a connector deleted meanwhile fails the build, it never widens it.
@@ -104,6 +86,7 @@ export class Images {
       ...(opts.s3 ? { s3: opts.s3 } : {}),
       ...(opts.insecureRegistries ? { insecureRegistries: opts.insecureRegistries } : {}),
     };
+    this.builds = new BuildQueue({ store: opts.store, engine: opts.engine, settings, log: opts.log ?? (() => {}) });
   }
 
   /** Short and fixed-length: a template's unix sockets live below it. */
@@ -112,12 +95,12 @@ export class Images {
   }
 
   buildLog(buildId: string): string {
-    return path.join(this.dataDir, 'logs', 'builds', `${buildId}.log`);
+    return this.builds.buildLog(buildId);
   }
 
   /** Whether a build is queued or running (its log may still grow). */
   isBuilding(buildId: string): boolean {
-    return this.building.has(buildId);
+    return this.builds.isBuilding(buildId);
   }
 
   // ---------- reads ----------
@@ -209,7 +192,7 @@ export class Images {
   }
 
   managed(): BaseInfo[] {
-    return listBases(this.settings.guest.dir);
+    return listBases(this.engine.guest.dir);
   }
 
   // ---------- writes ----------
@@ -278,53 +261,7 @@ export class Images {
 
   /** Starts a recorded build (after the transaction that recorded it committed). */
   enqueue(started: StartedVersion): Promise<void> {
-    const { build } = started;
-    this.building.add(build.buildId);
-    mkdirSync(path.dirname(this.buildLog(build.buildId)), { recursive: true });
-    appendFileSync(this.buildLog(build.buildId), `[cella] build ${build.buildId} of ${build.imageName} ${build.version} queued\n`);
-    const job = this.queue.then(() => this.runBuild(build.buildId));
-    this.queue = job.catch(() => {});
-    return job;
-  }
-
-  private async runBuild(buildId: string): Promise<void> {
-    const file = this.buildLog(buildId);
-    const t0 = Date.now();
-    const say = (line: string): void => appendFileSync(file, `${((Date.now() - t0) / 1000).toFixed(1).padStart(6)} ${line}\n`);
-    try {
-      const claimed = await this.store.tx(async (tx) => {
-        const b0 = await tx.getBuild(buildId);
-        const v0 = b0 && (await tx.getVersion(b0.imageName, b0.version));
-        const img0 = b0 && (await tx.getImage(b0.imageName));
-        // Deleted while queued: nothing to do. Closing: the next start runs it.
-        if (!b0 || !v0 || !img0 || img0.state === 'DELETING' || this.closed) return undefined;
-        await setBuild(tx, b0, { state: 'IN_PROGRESS' });
-        await setVersion(tx, v0, { state: 'IN_PROGRESS' });
-        return { v0, img0 };
-      });
-      if (!claimed) return;
-      const { v0, img0 } = claimed;
-      const memoryMiB = v0.request.resources?.[0]?.minimumMemoryInMiB ?? DEFAULT_MEMORY_MIB;
-      let outcome;
-      try {
-        outcome = await buildImage(this.engine, this.settings, { buildId, imageArn: img0.arn, imageName: img0.name, version: v0, memoryMiB }, (l) => say(l));
-      } catch (err) {
-        const f = err instanceof BuildFailure ? err : new BuildFailure('INTERNAL_PLATFORM_ERROR', (err as Error).message);
-        say(`[cella] build FAILED: ${f.reason}: ${f.message}`);
-        this.log(`image ${img0.name} ${v0.version}: build failed: ${f.reason}: ${f.message}`);
-        await finishBuild(this.store, buildId, {
-          ok: false,
-          reason: f.reason,
-          message: f.message,
-          snapshotBuild: (err as { snapshotBuild?: BuildRecord['snapshotBuild'] }).snapshotBuild ?? null,
-        });
-        return;
-      }
-      say(`[cella] build SUCCESSFUL in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${img0.name} ${v0.version} is ready to run`);
-      await finishBuild(this.store, buildId, { ok: true, runtime: outcome.runtime, snapshotBuild: outcome.snapshotBuild });
-    } finally {
-      this.building.delete(buildId);
-    }
+    return this.builds.enqueue(started);
   }
 
   /** One transaction: the version is written back as it was read, so nothing written between is lost. */
@@ -390,59 +327,18 @@ export class Images {
     return storeUpload(path.join(this.dataDir, 'artifacts'), req, maxBytes);
   }
 
-  /**
-   * After a restart: builds that were queued or running will not finish by
-   * themselves. Queued ones (PENDING) run again; a running one failed midway.
-   */
-  async recover(): Promise<void> {
-    const layers = cacheDirs(this.dataDir).layers;
-    for (const img of await this.store.listImages()) {
-      for (const v of await this.store.listVersions(img.name)) {
-        for (const b of await this.store.listBuilds(img.name, v.version)) {
-          if (b.state === 'IN_PROGRESS') {
-            appendFileSync(this.buildLog(b.buildId), '[cella] build FAILED: INTERNAL_PLATFORM_ERROR: cellad restarted during the build\n');
-            await finishBuild(this.store, b.buildId, {
-              ok: false,
-              reason: 'INTERNAL_PLATFORM_ERROR',
-              message: 'cellad restarted during the build',
-              snapshotBuild: null,
-            });
-          } else if (b.state === 'PENDING') {
-            void this.enqueue({ image: img, version: v, build: b });
-          }
-        }
-      }
-    }
-    // Half-written layers of an interrupted build have no marker; their files go.
-    if (existsSync(layers)) {
-      for (const f of readdirSync(layers)) {
-        if (f.endsWith('.qcow2') && !existsSync(path.join(layers, f.replace(/\.qcow2$/, '.json')))) rmSync(path.join(layers, f), { force: true });
-      }
-    }
+  /** After a restart: queued builds run again; a running one failed midway (./builds.ts). */
+  recover(): Promise<void> {
+    return this.builds.recover();
   }
 
-  /**
-   * Prunes the layer cache down to `maxBytes` (least recently used first),
-   * between builds: a build never loses a layer it is using.
-   */
+  /** Prunes the layer cache down to `maxBytes` (least recently used first), between builds. */
   pruneCache(maxBytes: number): Promise<PruneResult> {
-    const job = this.queue.then(() => pruneLayers(cacheDirs(this.dataDir).layers, maxBytes));
-    this.queue = job.then(
-      (r) => {
-        if (r.removed)
-          this.log(`build cache: pruned ${r.removed} layers (${Math.round(r.freedBytes / 1048576)} MiB); ${Math.round(r.keptBytes / 1048576)} MiB kept`);
-      },
-      () => {},
-    );
-    return job;
+    return this.builds.pruneCache(maxBytes);
   }
 
-  /**
-   * Stops starting builds: the queued ones stay PENDING and run at the next
-   * start (recover). Resolves once the running one has ended.
-   */
-  async close(): Promise<void> {
-    this.closed = true;
-    await this.queue;
+  /** Stops starting builds (the queued ones run at the next start); resolves once the running one has ended. */
+  close(): Promise<void> {
+    return this.builds.close();
   }
 }
