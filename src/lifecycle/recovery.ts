@@ -8,7 +8,8 @@ import type { VmState } from '../contract/index.js';
 import { vmFiles, type VmRef } from '../engine/index.js';
 import { applyPolicy, networkForSlot, rememberPolicy } from '../net/index.js';
 import type { Store, VmPatch, VmRecord } from '../store/index.js';
-import type { DriverVm, VmDriver } from './driver.js';
+import type { VmDriver } from './driver.js';
+import type { VmAccess } from './vms.js';
 
 /** Usage after a suspend wrote `bytes`: what was written, and what the checkpoint now holds on disk. */
 export function checkpointed(driver: VmDriver, rec: VmRecord, bytes: number): VmPatch {
@@ -25,8 +26,8 @@ export interface RecoveryHost {
   transition(rec: VmRecord, to: VmState, reason: string | null, patch?: VmPatch): Promise<VmRecord | undefined>;
   /** Releases a TERMINATING VM and records it TERMINATED. */
   finishTerminate(rec: VmRecord): Promise<void>;
-  ref(rec: VmRecord): Promise<VmRef>;
-  attach(rec: VmRecord, vm: DriverVm): void;
+  /** The engine's handle of a VM; wiring a re-adopted QEMU's app log and guest signals. */
+  vms: Pick<VmAccess, 'ref' | 'attach'>;
   arm(rec: VmRecord): void;
   /** Marks the VM active now and returns its idle deadline. */
   activeNow(rec: VmRecord): number | null;
@@ -79,7 +80,7 @@ export async function recoverAll(host: RecoveryHost, opts: { reapplyNetwork?: bo
  */
 async function recoverOne(host: RecoveryHost, rec: VmRecord): Promise<VmRef | undefined> {
   const { store, driver } = host;
-  const ref = rec.slot === null ? undefined : await host.ref(rec);
+  const ref = rec.slot === null ? undefined : await host.vms.ref(rec);
   const vm = ref && rec.pid !== null && rec.pidStartTime !== null ? await driver.adopt(ref, rec.pid, rec.pidStartTime, { appLog: null }) : undefined;
   const files = vmFiles(driver.vmDir(rec.id));
   const checkpoint = existsSync(files.checkpoint);
@@ -92,7 +93,7 @@ async function recoverOne(host: RecoveryHost, rec: VmRecord): Promise<VmRef | un
   /** The adopted QEMU is the VM: it runs on, whatever step it was stopped at. */
   const runOn = async (reason: string | null): Promise<VmRef | undefined> => {
     if (!vm || !ref) return undefined;
-    host.attach(rec, vm);
+    host.vms.attach(rec, vm);
     if (!(await vm.queryStatus()).running) {
       // Stopped on its way in or out: it runs again, with the clock and entropy any restored guest gets.
       await vm.qmp.execute('cont');
