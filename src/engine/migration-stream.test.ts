@@ -1,20 +1,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { isCellaError } from '../contract/index.js';
+import { be32, be64, CONFIGURATION, MAGIC_V3, str } from '../../test/fixtures/migration-bytes.js';
 import { filterMigrationStream } from './migration-stream.js';
 
 // A synthetic QEMU 7.2 stream: header, configuration, RAM setup/part/end, device state, EOF.
-const be32 = (n: number) => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n);
-  return b;
-};
-const be64 = (n: bigint) => {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64BE(n);
-  return b;
-};
-const s = (x: string) => Buffer.concat([Buffer.from([x.length]), Buffer.from(x)]);
 const page = (fill: number) => Buffer.alloc(4096, fill);
 const ZERO = 0x02n,
   MEM_SIZE = 0x04n,
@@ -23,18 +13,7 @@ const ZERO = 0x02n,
   CONT = 0x20n;
 
 /** The magic, version 3 and the configuration section (machine `microvm`, capability x-ignore-shared) every stream starts with. */
-const HEADER = [
-  be32(0x5145564d),
-  be32(3),
-  Buffer.from([0x07]),
-  be32(7),
-  Buffer.from('microvm'),
-  Buffer.from([0x05]),
-  s('configuration/capabilities'),
-  be32(1),
-  be32(1),
-  s('x-ignore-shared'),
-];
+const HEADER = [MAGIC_V3, CONFIGURATION];
 
 function stream(): Buffer {
   return Buffer.concat([
@@ -42,14 +21,14 @@ function stream(): Buffer {
     // setup: two blocks, "mem" 3 pages and "rom" 1 page, with mr addr (ignore-shared)
     Buffer.from([0x01]),
     be32(2),
-    s('ram'),
+    str('ram'),
     be32(0),
     be32(4),
     be64((4n * 4096n) | MEM_SIZE),
-    s('mem'),
+    str('mem'),
     be64(3n * 4096n),
     be64(0n),
-    s('rom'),
+    str('rom'),
     be64(4096n),
     be64(0n),
     be64(EOS),
@@ -59,15 +38,15 @@ function stream(): Buffer {
     Buffer.from([0x02]),
     be32(2),
     be64(0n | PAGE),
-    s('mem'),
+    str('mem'),
     page(0xa0),
     be64(4096n | PAGE | CONT),
     page(0xa1),
     be64(0n | PAGE),
-    s('rom'),
+    str('rom'),
     page(0xb0),
     be64(8192n | ZERO),
-    s('mem'),
+    str('mem'),
     Buffer.from([0]),
     be64(EOS),
     Buffer.from([0x7e]),
@@ -80,7 +59,7 @@ function stream(): Buffer {
     // device state (opaque) and EOF
     Buffer.from([0x04]),
     be32(3),
-    s('serial'),
+    str('serial'),
     be32(0),
     be32(1),
     Buffer.from('opaque-device-bytes'),
@@ -118,11 +97,11 @@ test('dropped pages leave no trace and the next kept page names its block again'
   // Drop mem page 0 (which named the block): page 1 must now carry the name, without CONTINUE.
   const { out, stats } = await filter(stream(), (block, off) => !(block === 'mem' && off === 0));
   assert.equal(stats.pagesOut, 3);
-  const expected = Buffer.concat([be64(4096n | PAGE), s('mem'), page(0xa1)]);
+  const expected = Buffer.concat([be64(4096n | PAGE), str('mem'), page(0xa1)]);
   assert.ok(out.includes(expected), 'page 1 re-names its block');
   assert.ok(!out.includes(page(0xa0)), 'dropped page is gone');
   // mem page 2 follows rom: it names mem again (as in the input).
-  assert.ok(out.includes(Buffer.concat([be64(8192n | ZERO), s('mem'), Buffer.from([0])])));
+  assert.ok(out.includes(Buffer.concat([be64(8192n | ZERO), str('mem'), Buffer.from([0])])));
   assert.ok(out.subarray(-20).includes(Buffer.from('opaque-device-bytes')), 'device state copied verbatim');
   // Re-filtering the output keeping everything is the identity: the output is itself a valid stream.
   assert.deepEqual((await filter(out, () => true)).out, out);
@@ -148,7 +127,7 @@ test('bad input is refused with MIGRATION_STREAM_INVALID', async () => {
   }
   // Cut anywhere inside the page records, read whole or a byte at a time: never a silently shorter checkpoint.
   const full = stream();
-  const first = full.indexOf(Buffer.concat([be64(0n | PAGE), s('mem')]));
+  const first = full.indexOf(Buffer.concat([be64(0n | PAGE), str('mem')]));
   for (let cut = first; cut < first + 3 * 4105; cut += 97) {
     for (const chunk of [1, 1 << 20]) {
       await assert.rejects(
@@ -159,7 +138,7 @@ test('bad input is refused with MIGRATION_STREAM_INVALID', async () => {
   }
   // Compressed pages (flag 0x100) are not something this filter may guess at.
   const compressed = stream();
-  const at = compressed.indexOf(Buffer.concat([be64(0n | PAGE), s('mem')]));
+  const at = compressed.indexOf(Buffer.concat([be64(0n | PAGE), str('mem')]));
   compressed.writeBigUInt64BE(0x100n, at);
   await assert.rejects(
     filter(compressed, () => true),
@@ -172,11 +151,11 @@ test('pages at 2 GiB and above (a guest of 3 GiB or more) pass through and are d
     ...HEADER,
     Buffer.from([0x01]),
     be32(2),
-    s('ram'),
+    str('ram'),
     be32(0),
     be32(4),
     be64((4n * 2n ** 30n) | MEM_SIZE),
-    s('mem'),
+    str('mem'),
     be64(4n * 2n ** 30n),
     be64(0n),
     be64(EOS),
@@ -185,7 +164,7 @@ test('pages at 2 GiB and above (a guest of 3 GiB or more) pass through and are d
     Buffer.from([0x02]),
     be32(2),
     be64(0n | PAGE),
-    s('mem'),
+    str('mem'),
     page(0xa0),
     be64(0x80000000n | PAGE | CONT),
     page(0xa1),
@@ -201,6 +180,6 @@ test('pages at 2 GiB and above (a guest of 3 GiB or more) pass through and are d
   const high = await filter(big, (_b, off) => off >= 0x80000000);
   assert.equal(high.stats.pagesOut, 2);
   // The first kept page names its block again (no CONTINUE), at its own high address.
-  assert.ok(high.out.includes(Buffer.concat([be64(0x80000000n | PAGE), s('mem'), page(0xa1)])));
+  assert.ok(high.out.includes(Buffer.concat([be64(0x80000000n | PAGE), str('mem'), page(0xa1)])));
   assert.ok(high.out.includes(Buffer.concat([be64(0xc0040000n | PAGE | CONT), page(0xa2)])));
 });
