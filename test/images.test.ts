@@ -18,7 +18,7 @@ import { main } from '../src/cli/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { loadGuestArtifacts, baseTree } from '../src/setup/index.js';
 import { API_KEY, V, api, createImage, demoArtifact, endpointRequest, shutdown, upload, waitBuild, waitState, type MicrovmBody } from './control-helpers.js';
-import { rawZip } from './fixtures/zip-raw.js';
+import { rawZip, type RawEntry } from './fixtures/zip-raw.js';
 import { SITE_A, SITE_PORT, startFakeInternet } from './fixtures/fake-internet.js';
 import { PY_APP, PY_DOCKERFILE } from './fixtures/pyapp.js';
 import { MEDIA, digestOf, gzip, pushImage, startRegistry } from './fixtures/registry.js';
@@ -230,6 +230,13 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
   });
 
   test('each bad artifact fails its build with the contract reason, and the build log says why', async () => {
+    // A Dockerfile beside one entry the safe unzip must refuse.
+    const unzipRefuses = (name: string, entry: RawEntry, log: RegExp) => ({
+      name,
+      zip: rawZip([{ name: 'Dockerfile', data: Buffer.from('FROM busybox\n') }, entry]),
+      reason: 'ARCHIVE_INVALID',
+      log,
+    });
     const cases: { name: string; zip: Buffer; extra?: Record<string, unknown>; reason: string; log: RegExp }[] = [
       {
         name: 'no-dockerfile',
@@ -237,42 +244,10 @@ describe('images from a zip with a Dockerfile', { concurrency: false }, () => {
         reason: 'ARCHIVE_DOCKERFILE_NOT_FOUND',
         log: /found app\/Dockerfile/,
       },
-      {
-        name: 'escape',
-        zip: rawZip([
-          { name: 'Dockerfile', data: Buffer.from('FROM busybox\n') },
-          { name: '../../evil', data: Buffer.from('x') },
-        ]),
-        reason: 'ARCHIVE_INVALID',
-        log: /evil/,
-      },
-      {
-        name: 'absolute',
-        zip: rawZip([
-          { name: 'Dockerfile', data: Buffer.from('FROM busybox\n') },
-          { name: '/etc/evil', data: Buffer.from('x') },
-        ]),
-        reason: 'ARCHIVE_INVALID',
-        log: /evil/,
-      },
-      {
-        name: 'symlink-out',
-        zip: rawZip([
-          { name: 'Dockerfile', data: Buffer.from('FROM busybox\n') },
-          { name: 'passwd', symlink: '/etc/passwd' },
-        ]),
-        reason: 'ARCHIVE_INVALID',
-        log: /passwd/,
-      },
-      {
-        name: 'bomb',
-        zip: rawZip([
-          { name: 'Dockerfile', data: Buffer.from('FROM busybox\n') },
-          { name: 'zeros', data: Buffer.alloc(64 * 1024 * 1024) },
-        ]),
-        reason: 'ARCHIVE_INVALID',
-        log: /ratio|compress/i,
-      },
+      unzipRefuses('escape', { name: '../../evil', data: Buffer.from('x') }, /evil/),
+      unzipRefuses('absolute', { name: '/etc/evil', data: Buffer.from('x') }, /evil/),
+      unzipRefuses('symlink-out', { name: 'passwd', symlink: '/etc/passwd' }, /passwd/),
+      unzipRefuses('bomb', { name: 'zeros', data: Buffer.alloc(64 * 1024 * 1024) }, /ratio|compress/i),
       { name: 'not-a-zip', zip: Buffer.from('this is not a zip file at all'), reason: 'ARCHIVE_INVALID', log: /zip/i },
       {
         name: 'failing-run',
