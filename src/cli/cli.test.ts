@@ -5,6 +5,8 @@ import type { AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import type { ImageBuild } from '../contract/index.js';
+import { imageBuild } from '../../test/fixtures/image-build.js';
 import type { Io } from './args.js';
 import { main } from './index.js';
 
@@ -423,17 +425,8 @@ test('token defaults to port 8080 and prints the header line', async () => {
 const T = 1735689600.123;
 const BUSYBOX = 'arn:aws:lambda:eu-west-1:aws:microvm-image:busybox';
 const IMG = '/2025-09-09/microvm-images';
-const build = (version: string, buildId: string, buildState: string, extra: Record<string, unknown> = {}) => ({
-  imageArn: ARN,
-  imageVersion: version,
-  buildId,
-  buildState,
-  architecture: 'X86_64',
-  chipset: 'KVM',
-  chipsetGeneration: '1',
-  createdAt: T,
-  ...extra,
-});
+const build = (version: string, buildId: string, buildState: string, extra: Partial<ImageBuild> = {}) =>
+  imageBuild(ARN, version, buildId, buildState, T, extra);
 const version = (v: string, state: string, status = 'ACTIVE', extra: Record<string, unknown> = {}) => ({
   imageArn: ARN,
   imageVersion: v,

@@ -5,6 +5,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { imageBuild } from '../../test/fixtures/image-build.js';
 import { CellaClient, CellaConnectionError, isCellaError, type ImageBuild, type Microvm, type VmState } from './index.js';
 
 interface Seen {
@@ -89,19 +90,7 @@ const config = { baseImageArn: 'arn:aws:lambda:us-east-1:aws:microvm-image:busyb
 const image = { imageArn: ARN, name: 'demo', state: 'CREATED', latestActiveImageVersion: '1.0', createdAt: T };
 const version = { ...config, imageArn: ARN, imageVersion: '1.0', state: 'SUCCESSFUL', status: 'ACTIVE', createdAt: T };
 const started = { ...config, imageArn: ARN, name: 'demo', state: 'CREATING', imageVersion: '1.0', buildId: 'b-1', createdAt: T };
-function build(buildState: string, extra: Partial<ImageBuild> = {}): ImageBuild {
-  return {
-    imageArn: ARN,
-    imageVersion: '1.0',
-    buildId: 'b-1',
-    buildState,
-    architecture: 'X86_64',
-    chipset: 'KVM',
-    chipsetGeneration: '1',
-    createdAt: T,
-    ...extra,
-  };
-}
+const build = (buildState: string, extra: Partial<ImageBuild> = {}): ImageBuild => imageBuild(ARN, '1.0', 'b-1', buildState, T, extra);
 
 test('every operation goes to its path with its method; path params are percent-encoded', async () => {
   const usage = { runningSeconds: 1, vcpuSeconds: 1, gibSeconds: 0.25, snapshotBytesWritten: 0, snapshotBytesRead: 0, snapshotStorageGibHours: 0 };
