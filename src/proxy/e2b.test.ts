@@ -13,11 +13,10 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import WebSocket, { WebSocketServer } from 'ws';
 import { fileSignature, type EnvdAccess, type EnvdHandler } from '../e2b/index.js';
-import type { Engine } from '../engine/index.js';
 import type { Lifecycle } from '../lifecycle/index.js';
 import type { Store, VmRecord } from '../store/index.js';
 import { e2bHosts, TRAFFIC_TOKEN_HEADER } from './e2b.js';
-import { Upstreams } from './upstream.js';
+import { Upstreams, type GuestAddresses } from './upstream.js';
 
 const T = { timeout: 10_000 };
 const DOMAIN = 'sbx.test';
@@ -71,7 +70,7 @@ before(async () => {
   });
   await new Promise<void>((r) => app.listen(0, '127.0.0.1', r));
   const appPort = (app.address() as AddressInfo).port;
-  const engine = { get: () => ({ address: () => ({ host: '127.0.0.1', port: appPort }) }) } as unknown as Pick<Engine, 'get'>;
+  const engine: GuestAddresses = { get: () => ({ address: () => ({ host: '127.0.0.1', port: appPort }) }) };
   const store = { getVm: async (id: string) => vms[id] as VmRecord | undefined } as Pick<Store, 'getVm'>;
   const lifecycle = { holdActive: () => () => {}, wake: async () => Promise.reject(new Error('no waking here')) } as unknown as Pick<
     Lifecycle,

@@ -29,14 +29,13 @@ import {
 } from '../contract/index.js';
 import type { EndpointTokenClaims, TokenMinter } from '../auth/index.js';
 import type { EnvdAccess, EnvdHandler } from '../e2b/index.js';
-import type { Engine } from '../engine/index.js';
 import { TokenBuckets } from '../limits/index.js';
 import type { Lifecycle } from '../lifecycle/index.js';
 import type { Store, VmRecord } from '../store/index.js';
 import type { TlsMaterial } from '../tls/index.js';
 import { DEFAULT_CONNECTION_LIMITS, limitConnections, type ConnectionLimits } from './connections.js';
 import { e2bHosts } from './e2b.js';
-import { forwardHeaders, sendError, Upstreams, type ProxyRequest, type ProxyResponse } from './upstream.js';
+import { forwardHeaders, sendError, Upstreams, type GuestAddresses, type ProxyRequest, type ProxyResponse } from './upstream.js';
 
 export type { ConnectionLimits } from './connections.js';
 
@@ -49,7 +48,8 @@ const DEFAULT_RPS_PER_VCPU = 100;
 export interface ProxyOptions {
   store: Store;
   lifecycle: Lifecycle;
-  engine: Pick<Engine, 'get'>;
+  /** The running VMs' guest addresses (the engine). */
+  engine: GuestAddresses;
   tokens: TokenMinter;
   tls: TlsMaterial;
   domain: string;

@@ -9,7 +9,6 @@ import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { createConnection, type Socket } from 'node:net';
 import { pipeline, type Duplex } from 'node:stream';
 import { CellaError, httpError, RESERVED_HEADER_PREFIX } from '../contract/index.js';
-import type { Engine } from '../engine/index.js';
 
 export type ProxyRequest = Http2ServerRequest | IncomingMessage;
 export type ProxyResponse = Http2ServerResponse | ServerResponse;
@@ -47,10 +46,15 @@ export function sendError(res: ProxyResponse, err: unknown): void {
   res.end(body);
 }
 
+/** Where a running VM's guest ports are reached (the engine's running VMs; in tests, a local stand-in). */
+export interface GuestAddresses {
+  get(id: string): { address(port: number): { host: string; port: number } } | undefined;
+}
+
 export class Upstreams {
   private readonly agents = new Map<string, Agent>();
 
-  constructor(private readonly engine: Pick<Engine, 'get'>) {}
+  constructor(private readonly engine: GuestAddresses) {}
 
   /** The guest address of VM `id`'s `port`; UPSTREAM_FAILED when it does not run here. */
   address(id: string, port: number): { host: string; port: number } {
