@@ -125,14 +125,36 @@ test('bad input is refused with MIGRATION_STREAM_INVALID', async () => {
       (err) => isCellaError(err, 'MIGRATION_STREAM_INVALID'),
     );
   }
-  // Cut anywhere inside the page records, read whole or a byte at a time: never a silently shorter checkpoint.
+  // Cut anywhere inside the page records: never a silently shorter checkpoint. Each cut is read whole
+  // and in 13-byte chunks (a size no record field lines up with); the cuts inside a record's header,
+  // and the last byte of its page, are also read a byte at a time from that record's start (the bytes
+  // before it come as one chunk, which any reader state reaches the same way).
   const full = stream();
   const first = full.indexOf(Buffer.concat([be64(0n | PAGE), str('mem')]));
+  const records = [first, first + 4108, first + 4108 + 4104, first + 4108 + 4104 + 4108];
+  const cutShort = (cut: number, chunked: AsyncIterable<Buffer>) =>
+    assert.rejects(
+      filterMigrationStream(
+        chunked,
+        () => {},
+        () => true,
+      ),
+      (err) => isCellaError(err, 'MIGRATION_STREAM_INVALID'),
+      `cut at ${cut}`,
+    );
   for (let cut = first; cut < first + 3 * 4105; cut += 97) {
-    for (const chunk of [1, 1 << 20]) {
-      await assert.rejects(
-        filter(full.subarray(0, cut), () => true, chunk),
-        (err) => isCellaError(err, 'MIGRATION_STREAM_INVALID'),
+    for (const chunk of [13, 1 << 20]) await cutShort(cut, chunks(full.subarray(0, cut), chunk));
+  }
+  for (const start of records) {
+    const end = records.find((r) => r > start) ?? start + 13;
+    const cuts = [...Array.from({ length: 12 }, (_, i) => start + i), end - 1];
+    for (const cut of cuts) {
+      await cutShort(
+        cut,
+        (async function* () {
+          yield full.subarray(0, start);
+          yield* chunks(full.subarray(start, cut), 1);
+        })(),
       );
     }
   }
