@@ -228,9 +228,10 @@ export class AgentConnection extends EventEmitter implements Channel {
    * 0.5, 1, 2, 4... s, each kept waiting until the deadline: the guest's
    * driver drops what arrives while it closes its port after a host went
    * away (an adopted or resumed VM), and a slow guest (TCG under load)
-   * still gets the whole deadline to answer the first one.
+   * still gets the whole deadline to answer the first one. `firstRetryMs`
+   * (the first gap) is there for tests, which need not wait half a second.
    */
-  async ping(timeoutMs = 10_000): Promise<void> {
+  async ping(timeoutMs = 10_000, firstRetryMs = 500): Promise<void> {
     const deadline = performance.now() + timeoutMs;
     const ids: number[] = [];
     let again: NodeJS.Timeout | undefined;
@@ -244,7 +245,7 @@ export class AgentConnection extends EventEmitter implements Channel {
           this.requestNow(Msg.PING, undefined, id, { timeoutMs: left, what: 'ping', legacy: true }).then(resolve, reject);
           again = setTimeout(() => attempt(gap * 2), gap);
         };
-        attempt(500);
+        attempt(firstRetryMs);
       });
       if (f.body.length >= 4) this.version ??= f.body.readUInt32LE(0);
     } finally {
