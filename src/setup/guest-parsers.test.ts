@@ -1,14 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 // cella-init's parsers read bytes from the host and from guest users; a crash there panics PID 1.
 // guest/init/test/fuzz_parsers.c runs them on edge cases and seeded random input under ASan and UBSan.
 const GUEST = fileURLToPath(new URL('../../guest', import.meta.url));
+/** The repository's own build folder (ignored by git), kept between runs. */
+const FUZZ_BUILD = fileURLToPath(new URL('../../.cella-build/fuzz', import.meta.url));
 const hasGcc = !spawnSync('gcc', ['--version']).error;
 
 // Fixed, so a failure reproduces. The default budget keeps `npm run test:unit` quick (the edge cases
@@ -21,34 +21,31 @@ test(
   'cella-init parsers: specs, requests, frames, the control-port reader, agent lines, the kernel command line, passwd/group, /proc, HTTP heads, JSON and inotify records hold under sanitizers',
   { timeout: 300_000, skip: !hasGcc && 'gcc is not installed (Debian package gcc): the guest parser fuzz test is built with it' },
   () => {
-    const out = mkdtempSync(join(tmpdir(), 'cella-fuzz-'));
-    try {
-      execFileSync('make', ['-C', GUEST, '--no-print-directory', 'fuzz', `OUT=${out}`], { stdio: 'pipe' });
-      const run = spawnSync(join(out, 'fuzz-parsers'), [SEED, String(ITERS)], { encoding: 'utf8', timeout: 240_000 });
-      assert.equal(run.status, 0, `fuzz-parsers failed (seed ${SEED}):\n${run.stderr}${run.stdout}`);
-      const counts = JSON.parse(run.stdout.trim().split('\n').pop() ?? '{}') as Record<string, number>;
-      // Every parser ran at least its share of the generated inputs (each is also run mutated).
-      const minimum: Record<string, number> = {
-        spec: 4 * ITERS,
-        fixed: 2 * ITERS,
-        frames: 2 * ITERS,
-        ctl: 2 * Math.floor(ITERS / 20),
-        agent: 2 * Math.floor(ITERS / 2),
-        cmdline: 2 * ITERS,
-        cidr: 2 * ITERS,
-        req: 4 * ITERS,
-        env: 2 * ITERS,
-        files: 4 * ITERS,
-        proc: 3 * ITERS,
-        http: 2 * ITERS,
-        json: 4 * ITERS,
-        inotify: 2 * ITERS,
-      };
-      for (const [name, min] of Object.entries(minimum)) {
-        assert.ok((counts[name] ?? 0) >= min, `${name}: ${counts[name]} cases, expected at least ${min}`);
-      }
-    } finally {
-      rmSync(out, { recursive: true, force: true });
+    // make rebuilds the binary when cella-init's sources or the fuzzer change, and else keeps it (the
+    // sanitizer build is most of this test's cost).
+    execFileSync('make', ['-C', GUEST, '--no-print-directory', 'fuzz', `OUT=${FUZZ_BUILD}`], { stdio: 'pipe' });
+    const run = spawnSync(join(FUZZ_BUILD, 'fuzz-parsers'), [SEED, String(ITERS)], { encoding: 'utf8', timeout: 240_000 });
+    assert.equal(run.status, 0, `fuzz-parsers failed (seed ${SEED}):\n${run.stderr}${run.stdout}`);
+    const counts = JSON.parse(run.stdout.trim().split('\n').pop() ?? '{}') as Record<string, number>;
+    // Every parser ran at least its share of the generated inputs (each is also run mutated).
+    const minimum: Record<string, number> = {
+      spec: 4 * ITERS,
+      fixed: 2 * ITERS,
+      frames: 2 * ITERS,
+      ctl: 2 * Math.floor(ITERS / 20),
+      agent: 2 * Math.floor(ITERS / 2),
+      cmdline: 2 * ITERS,
+      cidr: 2 * ITERS,
+      req: 4 * ITERS,
+      env: 2 * ITERS,
+      files: 4 * ITERS,
+      proc: 3 * ITERS,
+      http: 2 * ITERS,
+      json: 4 * ITERS,
+      inotify: 2 * ITERS,
+    };
+    for (const [name, min] of Object.entries(minimum)) {
+      assert.ok((counts[name] ?? 0) >= min, `${name}: ${counts[name]} cases, expected at least ${min}`);
     }
   },
 );
