@@ -9,13 +9,12 @@
 import assert from 'node:assert/strict';
 import { readFileSync, rmSync, statSync, truncateSync } from 'node:fs';
 import path from 'node:path';
-import { request as httpsRequest } from 'node:https';
 import { after, before, describe, test } from 'node:test';
-import WebSocket from 'ws';
+import type WebSocket from 'ws';
 import { Arns } from '../src/contract/index.js';
-import { localhostLookup } from '../src/cli/index.js';
 import { startServer, type CellaServer } from '../src/server/index.js';
 import { API_KEY, V, api, createImage, shutdown, waitState, type MicrovmBody } from './control-helpers.js';
+import { endpointRequest, endpointWebSocket, opened, type EndpointReply } from './fixtures/endpoint-client.js';
 import { eventually, tempDataDir } from './helpers.js';
 
 /** A bound on each test: a hung guest fails its test instead of stalling the suite. */
@@ -23,12 +22,6 @@ const T = { timeout: 180_000 };
 
 /** The ARNs of a server started with the default region and account. */
 const ARNS = new Arns();
-
-interface Got {
-  status: number;
-  body: string;
-  headers: Record<string, string | string[] | undefined>;
-}
 
 describe('endpoint proxy', { concurrency: false }, () => {
   let dir: string;
@@ -38,44 +31,19 @@ describe('endpoint proxy', { concurrency: false }, () => {
 
   const host = (id: string): string => `${id}.${server.domain}`;
 
-  /** HTTPS to the endpoint; *.localhost is dialled at 127.0.0.1 with the endpoint's name for SNI and Host. */
-  const get = (id: string, p: string, headers: Record<string, string> = {}, method = 'GET'): Promise<Got> =>
-    new Promise((resolve, reject) => {
-      const req = httpsRequest(
-        {
-          host: '127.0.0.1',
-          port: server.proxyPort,
-          servername: host(id),
-          path: p,
-          method,
-          ca,
-          agent: false,
-          headers: { host: `${host(id)}:${server.proxyPort}`, ...headers },
-        },
-        (res) => {
-          let body = '';
-          res.setEncoding('utf8');
-          res.on('data', (c: string) => (body += c));
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }));
-        },
-      );
-      req.on('error', reject);
-      req.end();
-    });
+  const get = (id: string, p: string, headers: Record<string, string> = {}): Promise<EndpointReply> =>
+    endpointRequest({ port: server.proxyPort, ca }, host(id), p, headers);
 
-  const token = async (id: string, allowedPorts: unknown[] = [{ port: 8080 }], minutes = 5): Promise<string> => {
-    const r = await api<{ authToken: Record<string, string> }>(base, 'POST', `${V}/microvms/${id}/auth-token`, { expirationInMinutes: minutes, allowedPorts });
+  const token = async (id: string): Promise<string> => {
+    const r = await api<{ authToken: Record<string, string> }>(base, 'POST', `${V}/microvms/${id}/auth-token`, {
+      expirationInMinutes: 5,
+      allowedPorts: [{ port: 8080 }],
+    });
     assert.equal(r.status, 200, r.text);
     return r.body.authToken['X-aws-proxy-auth'] as string;
   };
 
-  const wsTo = (id: string, p: string, protocols: string[]): WebSocket =>
-    new WebSocket(`wss://${host(id)}:${server.proxyPort}${p}`, protocols, { ca, lookup: localhostLookup });
-  const opened = (ws: WebSocket): Promise<WebSocket> =>
-    new Promise((resolve, reject) => {
-      ws.once('open', () => resolve(ws));
-      ws.once('error', reject);
-    });
+  const wsTo = (id: string, p: string, protocols: string[]): WebSocket => endpointWebSocket({ port: server.proxyPort, ca }, host(id), p, protocols);
 
   const launch = async (body: Record<string, unknown> = {}): Promise<string> => {
     const r = await api<MicrovmBody>(base, 'POST', `${V}/microvms`, { imageIdentifier: 'demo', ...body });
@@ -107,14 +75,14 @@ describe('endpoint proxy', { concurrency: false }, () => {
     const t = await token(id);
     const r = await get(id, '/inc', { 'x-aws-proxy-auth': t });
     assert.equal(r.status, 200);
-    assert.equal(r.body, '1');
+    assert.equal(r.text, '1');
     await api(base, 'DELETE', `${V}/microvms/${id}`);
   });
 
   test('a suspended VM with auto-resume: 50 concurrent requests are all served by one resume', T, async () => {
     const id = await launch({ idlePolicy: { maxIdleDurationSeconds: 1, suspendedDurationSeconds: 600, autoResumeEnabled: true } });
     const t = await token(id);
-    assert.equal((await get(id, '/inc', { 'x-aws-proxy-auth': t })).body, '1');
+    assert.equal((await get(id, '/inc', { 'x-aws-proxy-auth': t })).text, '1');
     await waitState(base, id, ['SUSPENDED']);
     let resumes = 0;
     const resume = server.engine.resume.bind(server.engine);
@@ -129,7 +97,7 @@ describe('endpoint proxy', { concurrency: false }, () => {
         Array(50).fill(200),
       );
       assert.deepEqual(
-        replies.map((r) => Number(r.body)).sort((x, y) => x - y),
+        replies.map((r) => Number(r.text)).sort((x, y) => x - y),
         Array.from({ length: 50 }, (_, i) => i + 2),
         'RAM kept: the counter went on from 1',
       );
@@ -148,7 +116,7 @@ describe('endpoint proxy', { concurrency: false }, () => {
     truncateSync(checkpoint, Math.floor(statSync(checkpoint).size / 2));
     const r = await get(id, '/', { 'x-aws-proxy-auth': t });
     assert.equal(r.status, 502);
-    assert.match(r.body, /could not be resumed/);
+    assert.match(r.text, /could not be resumed/);
     const after = await api<MicrovmBody>(base, 'GET', `${V}/microvms/${id}`);
     assert.equal(after.body.state, 'SUSPENDED');
     assert.match(after.body.stateReason ?? '', /resume failed/);

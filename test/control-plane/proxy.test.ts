@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import { connect as h2connect } from 'node:http2';
 import { request as httpsRequest } from 'node:https';
 import { after, before, describe, test } from 'node:test';
-import WebSocket from 'ws';
+import type WebSocket from 'ws';
 import { TokenMinter } from '../../src/auth/index.js';
 import { localhostLookup } from '../../src/cli/index.js';
 import { Arns } from '../../src/contract/index.js';
@@ -21,6 +21,7 @@ import { startProxy, type EndpointProxy } from '../../src/proxy/index.js';
 import { loadTls } from '../../src/tls/index.js';
 import type { MicrovmBody } from '../fixtures/api.js';
 import { startAppUpstream, type AppUpstream } from '../fixtures/app-upstream.js';
+import { endpointRequest, endpointWebSocket, opened, type Endpoint, type EndpointReply } from '../fixtures/endpoint-client.js';
 import { V, startHarness, type Harness } from '../fixtures/harness.js';
 
 const DOMAIN = 'cella.localhost';
@@ -29,13 +30,6 @@ const APP_PORT = 8080;
 const NO_APP = { host: '127.0.0.1', port: 1 };
 const T = { timeout: 20_000 };
 const ARNS = new Arns();
-
-interface Got {
-  status: number;
-  body: Buffer;
-  text: string;
-  headers: Record<string, string | string[] | undefined>;
-}
 
 describe('endpoint proxy (no VM)', { concurrency: false }, () => {
   let h: Harness;
@@ -60,32 +54,9 @@ describe('endpoint proxy (no VM)', { concurrency: false }, () => {
     await h.close();
   });
 
-  /** HTTPS (HTTP/1.1) to the endpoint, dialled at 127.0.0.1 with the endpoint's name for SNI and Host. */
-  const get = (id: string, p: string, headers: Record<string, string> = {}, method = 'GET', body?: Buffer): Promise<Got> =>
-    new Promise((resolve, reject) => {
-      const req = httpsRequest(
-        {
-          host: '127.0.0.1',
-          port: proxy.port,
-          servername: host(id),
-          path: p,
-          method,
-          ca,
-          agent: false,
-          headers: { host: `${host(id)}:${proxy.port}`, ...headers },
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => {
-            const all = Buffer.concat(chunks);
-            resolve({ status: res.statusCode ?? 0, body: all, text: all.toString(), headers: res.headers });
-          });
-        },
-      );
-      req.on('error', reject);
-      req.end(body);
-    });
+  const endpoint = (): Endpoint => ({ port: proxy.port, ca });
+  const get = (id: string, p: string, headers: Record<string, string> = {}, method = 'GET', body?: Buffer): Promise<EndpointReply> =>
+    endpointRequest(endpoint(), host(id), p, headers, method, body);
 
   const token = async (id: string, allowedPorts: unknown[] = [{ port: APP_PORT }]): Promise<string> => {
     const r = await h.api<{ authToken: Record<string, string> }>('POST', `${V}/microvms/${id}/auth-token`, { expirationInMinutes: 5, allowedPorts });
@@ -104,13 +75,7 @@ describe('endpoint proxy (no VM)', { concurrency: false }, () => {
     for (const id of ids) await h.waitState(id, ['TERMINATED']);
   };
 
-  const wsTo = (id: string, p: string, protocols: string[]): WebSocket =>
-    new WebSocket(`wss://${host(id)}:${proxy.port}${p}`, protocols, { ca, lookup: localhostLookup });
-  const opened = (ws: WebSocket): Promise<WebSocket> =>
-    new Promise((resolve, reject) => {
-      ws.once('open', () => resolve(ws));
-      ws.once('error', reject);
-    });
+  const wsTo = (id: string, p: string, protocols: string[]): WebSocket => endpointWebSocket(endpoint(), host(id), p, protocols);
 
   test('a valid token reaches the app over TLS signed by the proxy CA', T, async () => {
     const id = await launch();
