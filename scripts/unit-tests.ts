@@ -1,15 +1,16 @@
 /**
  * `npm run test:unit`: the tests that boot no VM (src/**, test/control-plane,
- * scripts), one process per file as `node --test` runs them, four at a time.
- * The control-plane files start first: their tests wait on real timers (the
- * contract's deadlines are whole seconds), and `node --test` would start
- * them last, in path order, where that waiting is the run's tail instead of
- * overlapping the other files' work.
+ * scripts), in four shards. Each shard is one process that imports its files
+ * (./unit-shard.ts), so tsx and the shared module graph load four times, not
+ * once per file: that was most of the run's CPU. A shard prints its report
+ * when it ends, and any failing shard fails the run. The control-plane files
+ * come first and are dealt round the shards: their tests wait on real timers
+ * (the contract's deadlines are whole seconds), and that waiting overlaps the
+ * other files' work.
  */
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
-import { run } from 'node:test';
-import { spec } from 'node:test/reporters';
+import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -27,6 +28,26 @@ function testFiles(dir: string, depth: number): string[] {
 
 const files = [...testFiles('test/control-plane', 0), ...testFiles('src', 2).filter((f) => f.split(path.sep).length > 2), ...testFiles('scripts', 0)];
 
-const stream = run({ files: files.map((f) => path.join(ROOT, f)), concurrency: 4 });
-stream.on('test:fail', () => (process.exitCode = 1));
-stream.pipe(new spec()).pipe(process.stdout);
+const SHARDS = 4;
+const shards: string[][] = Array.from({ length: SHARDS }, () => []);
+files.forEach((f, i) => shards[i % SHARDS]!.push(f));
+
+const codes = await Promise.all(
+  shards.map(
+    (shard) =>
+      new Promise<number>((resolve) => {
+        const child = spawn(process.execPath, ['--import', 'tsx', '--test-reporter=spec', path.join(ROOT, 'scripts/unit-shard.ts'), ...shard], {
+          cwd: ROOT,
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
+        const out: Buffer[] = [];
+        child.stdout.on('data', (b: Buffer) => out.push(b));
+        child.stderr.on('data', (b: Buffer) => out.push(b));
+        child.on('close', (code) => {
+          process.stdout.write(Buffer.concat(out));
+          resolve(code ?? 1);
+        });
+      }),
+  ),
+);
+process.exitCode = codes.some((c) => c !== 0) ? 1 : 0;
