@@ -162,14 +162,14 @@ describe('the lifecycle over HTTP (no VM)', { concurrency: true }, () => {
 
   test('restart: a running VM is re-adopted (the same QEMU), and its maximum duration still ends it', { timeout: 30_000 }, () =>
     withHarness(async (h0, restart) => {
-      const id = await running(h0, { maximumDurationInSeconds: 2 });
+      const id = await running(h0, { maximumDurationInSeconds: 5 });
       const pid = h0.driver.get(id)?.pid;
       const h = await restart();
       assert.deepEqual(h.driver.adopted, [id]);
       assert.equal(h.driver.get(id)?.pid, pid, 'the same pretend QEMU');
       assert.equal((await h.api<MicrovmBody>('GET', `${V}/microvms/${id}`)).body.state, 'RUNNING');
       const done = await h.waitState(id, ['TERMINATED']);
-      assert.match(done.stateReason ?? '', /maximum duration of 2 s reached/);
+      assert.match(done.stateReason ?? '', /maximum duration of 5 s reached/);
       assert.equal(h.driver.hasProcess(id), false, 'its QEMU was ended');
     }),
   );
