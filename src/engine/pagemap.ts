@@ -8,9 +8,21 @@ import { openSync, readSync, closeSync, readFileSync, realpathSync } from 'node:
 import { CellaError } from '../contract/index.js';
 
 const PAGE = 4096;
-const PRESENT = 1n << 63n;
-const SWAPPED = 1n << 62n;
-const FILE_OR_SHARED = 1n << 61n;
+/**
+ * Bits 63 (present), 62 (swapped) and 61 (file page or shared) of a pagemap
+ * entry, read as the top three bits of its upper 32-bit half: a 2 GiB guest
+ * has half a million entries, and BigInt arithmetic on each cost 150-250 ms.
+ */
+const FLAGS_SHIFT = 29;
+const PRESENT = 0b100;
+const SWAPPED = 0b010;
+const FILE_OR_SHARED = 0b001;
+
+/** From the upper half of a pagemap entry: is the page a private copy (present and anonymous, or swapped out)? */
+export function written(upper: number): boolean {
+  const flags = upper >>> FLAGS_SHIFT;
+  return (flags & (PRESENT | FILE_OR_SHARED)) === PRESENT || (flags & SWAPPED) !== 0;
+}
 
 interface Segment {
   start: bigint;
@@ -44,13 +56,13 @@ export function dirtyPages(pid: number, memPath: string, sizeBytes: number): Uin
     for (const s of segments) {
       const count = Number((s.end - s.start) / BigInt(PAGE));
       const firstPage = Number(s.fileOffset / BigInt(PAGE));
-      const buf = Buffer.alloc(count * 8);
-      const read = readSync(fd, buf, 0, buf.length, Number((s.start / BigInt(PAGE)) * 8n));
-      if (read !== buf.length) throw new CellaError('QEMU_FAILED', `short pagemap read for pid ${pid}`);
-      for (let i = 0; i < count && firstPage + i < pages; i++) {
-        const e = buf.readBigUInt64LE(i * 8);
-        if (((e & PRESENT) !== 0n && (e & FILE_OR_SHARED) === 0n) || (e & SWAPPED) !== 0n) dirty[firstPage + i] = 1;
-      }
+      // Entries as 32-bit halves (little endian: the upper half second), read straight into a typed array: a plain
+      // loop over it stays fast even before the JIT warms up, where readUInt32LE or BigInt per entry did not.
+      const entries = new Uint32Array(count * 2);
+      const read = readSync(fd, entries, 0, entries.byteLength, Number((s.start / BigInt(PAGE)) * 8n));
+      if (read !== entries.byteLength) throw new CellaError('QEMU_FAILED', `short pagemap read for pid ${pid}`);
+      const n = Math.min(count, pages - firstPage);
+      for (let i = 0; i < n; i++) if (written(entries[2 * i + 1] as number)) dirty[firstPage + i] = 1;
       covered += s.end - s.start;
     }
   } finally {
