@@ -142,18 +142,25 @@ export async function writeCheckpoint(
   });
   await out.write(head, 0, head.length, 0);
   const mem = await open(`/proc/${pid}/mem`, 'r');
+  // Two buffers: the next chunk is read from guest RAM while the last one is written to the file.
+  const bufs = [Buffer.alloc(CHUNK_PAGES * PAGE), Buffer.alloc(CHUNK_PAGES * PAGE)];
+  let writing: Promise<unknown> = Promise.resolve();
   try {
-    const buf = Buffer.alloc(CHUNK_PAGES * PAGE);
     let pos = pagesAt;
+    let k = 0;
     for (const c of chunks(runs)) {
+      const buf = bufs[k++ % 2] as Buffer;
       const len = c.pages * PAGE;
       const { bytesRead } = await mem.read(buf, 0, len, address(c.first));
       if (bytesRead !== len) throw new CellaError('QEMU_FAILED', `short read of guest RAM from pid ${pid}`);
-      await out.write(buf, 0, len, pos);
+      await writing;
+      writing = out.write(buf, 0, len, pos);
       pos += len;
       crashPoint('suspend:streaming');
     }
+    await writing;
   } finally {
+    await writing.catch(() => {});
     await mem.close();
   }
   await out.write(tail, 0, tail.length, devOffset);
