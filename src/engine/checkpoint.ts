@@ -112,8 +112,8 @@ export function readHead(file: string, bytes = 4096): Buffer {
 /**
  * Writes the checkpoint to `out` (already open): the `runs` of pages read from
  * the stopped QEMU `pid`, then its device state `devices` (a device-only
- * stream, magic first) behind the configuration section `config`.
- * Returns the bytes written.
+ * stream, magic first, awaited once the pages are copied: QEMU may save it
+ * meanwhile) behind the configuration section `config`. Returns the bytes written.
  */
 export async function writeCheckpoint(
   out: FileHandle,
@@ -122,25 +122,13 @@ export async function writeCheckpoint(
   sizeBytes: number,
   runs: Run[],
   config: Buffer,
-  devices: Buffer,
+  devices: Buffer | Promise<Buffer>,
 ): Promise<number> {
-  if (!devices.subarray(0, 8).equals(QEVM)) throw invalid('the saved device state is not a QEMU stream');
   const address = addressOf(pid, memPath, sizeBytes);
   let pages = 0;
   for (const r of runs) pages += r.pages;
   const pagesAt = HEADER + 8 * runs.length;
   const devOffset = pagesAt + pages * PAGE;
-  const tail = Buffer.concat([QEVM, config, devices.subarray(QEVM.length), VMDESCRIPTION]);
-  const head = Buffer.alloc(pagesAt);
-  MAGIC.copy(head, 0);
-  head.writeUInt32LE(runs.length, 8);
-  head.writeBigUInt64LE(BigInt(devOffset), 16);
-  head.writeBigUInt64LE(BigInt(tail.length), 24);
-  runs.forEach((r, i) => {
-    head.writeUInt32LE(r.first, HEADER + 8 * i);
-    head.writeUInt32LE(r.pages, HEADER + 8 * i + 4);
-  });
-  await out.write(head, 0, head.length, 0);
   const mem = await open(`/proc/${pid}/mem`, 'r');
   // Two buffers: the next chunk is read from guest RAM while the last one is written to the file.
   const bufs = [Buffer.alloc(CHUNK_PAGES * PAGE), Buffer.alloc(CHUNK_PAGES * PAGE)];
@@ -163,7 +151,20 @@ export async function writeCheckpoint(
     await writing.catch(() => {});
     await mem.close();
   }
+  const stream = await devices;
+  if (!stream.subarray(0, 8).equals(QEVM)) throw invalid('the saved device state is not a QEMU stream');
+  const tail = Buffer.concat([QEVM, config, stream.subarray(QEVM.length), VMDESCRIPTION]);
+  const head = Buffer.alloc(pagesAt);
+  MAGIC.copy(head, 0);
+  head.writeUInt32LE(runs.length, 8);
+  head.writeBigUInt64LE(BigInt(devOffset), 16);
+  head.writeBigUInt64LE(BigInt(tail.length), 24);
+  runs.forEach((r, i) => {
+    head.writeUInt32LE(r.first, HEADER + 8 * i);
+    head.writeUInt32LE(r.pages, HEADER + 8 * i + 4);
+  });
   await out.write(tail, 0, tail.length, devOffset);
+  await out.write(head, 0, head.length, 0);
   return devOffset + tail.length;
 }
 

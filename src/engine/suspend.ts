@@ -37,6 +37,7 @@ export async function suspend(core: EngineCore, vm: RunningVm): Promise<SuspendR
   const mark = (name: string): void => {
     phases[name] = Date.now() - started;
   };
+  let devices: Promise<Buffer> | undefined;
   try {
     await vm.qmp.execute('stop');
     mark('stopped');
@@ -45,10 +46,16 @@ export async function suspend(core: EngineCore, vm: RunningVm): Promise<SuspendR
     const sizeBytes = snap.memoryMiB * 1024 * 1024;
     const dirty = dirtyPages(vm.qemu.pid, memPath, sizeBytes);
     mark('pagemap');
-    const devices = await saveDevices(vm.qmp, processJail(vm.qemu.pid), files.devices);
-    mark('devices');
+    // QEMU saves its devices while the pages are copied: both only read the stopped VM.
+    const saving = saveDevices(vm.qmp, processJail(vm.qemu.pid), files.devices).then((d) => {
+      mark('devices');
+      return d;
+    });
+    // Its failure is reported where it is awaited (writeCheckpoint), not as an unhandled rejection before that.
+    saving.catch(() => {});
+    devices = saving;
     const config = configurationSection(readHead(snapshotFiles(vm.ref.imageDir).devstate));
-    const bytes = await writeDurably(files.checkpoint, (out) => writeCheckpoint(out, vm.qemu.pid, memPath, sizeBytes, dirtyRuns(dirty), config, devices));
+    const bytes = await writeDurably(files.checkpoint, (out) => writeCheckpoint(out, vm.qemu.pid, memPath, sizeBytes, dirtyRuns(dirty), config, saving));
     mark('synced');
     crashPoint('suspend:written');
     if (core.parkMs > 0 && !core.closing) {
@@ -64,6 +71,8 @@ export async function suspend(core: EngineCore, vm: RunningVm): Promise<SuspendR
     return { ms: Date.now() - started, bytes, dirtyPages: dirtyCount, totalPages: dirty.length, phases };
   } catch (err) {
     // A VM that failed to suspend (a full disk, say) runs on as it was; one that cannot is gone, and says why.
+    // The device save is over first: `cont` must not race it.
+    await devices?.catch(() => {});
     rmSync(files.checkpoint, { force: true });
     const why = (err as Error).message;
     if (
