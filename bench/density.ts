@@ -91,7 +91,7 @@ async function pool<T>(items: T[], width: number, fn: (item: T) => Promise<void>
 }
 
 const dataDir = tempDataDir('bench-density');
-const qemuVersion = /version (\S+)/.exec((await run('qemu-system-x86_64', ['--version'])).split('\n')[0] ?? '')?.[1] ?? 'unknown';
+const qemuVersion = /version (\S+)/.exec((await run(process.env.CELLA_QEMU ?? 'qemu-system-x86_64', ['--version'])).split('\n')[0] ?? '')?.[1] ?? 'unknown';
 let accelerator = 'unknown';
 const emit = reporter(() => ({ accel: accelerator, qemu: qemuVersion, count }));
 
