@@ -12,7 +12,7 @@ import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { createClient } from '@connectrpc/connect';
 import { createConnectTransport } from '@connectrpc/connect-node';
-import { CommandExitError, FilesystemEventType, FileNotFoundError, FileType, getSignature, Sandbox } from 'e2b';
+import { CommandExitError, FilesystemEventType, FileNotFoundError, FileType, getSignature, NotEnoughSpaceError, Sandbox } from 'e2b';
 import type { ExitStatus, FileEntry, GuestProcessInfo, ProcessSpec, PtySpec, UserInfo, Watcher } from '../../agent/index.js';
 import { CellaError } from '../../contract/index.js';
 import type { EnvdAgent, GuestExec, GuestPty } from './context.js';
@@ -86,6 +86,8 @@ class FakeAgent implements EnvdAgent {
   /** The watches open now, by path: a test makes their events. */
   watches = new Map<string, FakeWatch>();
   dirs = new Set(['/', '/home', '/home/user', '/root']);
+  /** Bytes a write may hold: beyond, it fails with GUEST_DISK_FULL and stops reading, as the guest's does. */
+  diskBytes = Infinity;
   private nextPid = 100;
 
   private play(p: FakeProc): void {
@@ -199,7 +201,11 @@ class FakeAgent implements EnvdAgent {
       if (opts?.metadata) this.metadata.set(p, opts.metadata);
       const chunks: Buffer[] = [];
       if (typeof data === 'string' || Buffer.isBuffer(data)) chunks.push(Buffer.from(data));
-      else for await (const c of data) chunks.push(Buffer.from(c));
+      else
+        for await (const c of data) {
+          chunks.push(Buffer.from(c));
+          if (chunks.reduce((n, x) => n + x.length, 0) > this.diskBytes) throw new CellaError('GUEST_DISK_FULL', `write ${p}: no space left on device`);
+        }
       this.files.set(p, Buffer.concat(chunks));
       return this.entry(p);
     },
@@ -404,6 +410,22 @@ describe('/files encodings and metadata', () => {
     });
     assert.equal(badUpload.status, 400);
     assert.equal(agent.files.has('/home/user/x'), false);
+  });
+
+  test('a full disk part way through an upload: 507, NotEnoughSpaceError, multipart and octet-stream', T, async () => {
+    const sbx = await connect();
+    agent.diskBytes = 64 * 1024;
+    try {
+      const big = new ArrayBuffer(1 << 20);
+      await assert.rejects(sbx.files.write('big.bin', big), NotEnoughSpaceError);
+      await assert.rejects(sbx.files.write('big.bin', big, { useOctetStream: true }), NotEnoughSpaceError);
+      await assert.rejects(sbx.files.write('big.bin', big, { gzip: true }), NotEnoughSpaceError);
+      assert.equal(agent.files.has('/home/user/big.bin'), false);
+      // The connection and the sandbox go on.
+      assert.equal((await sbx.files.write('small.txt', 'ok')).path, '/home/user/small.txt');
+    } finally {
+      agent.diskBytes = Infinity;
+    }
   });
 
   test('metadata: X-Metadata-* headers kept with the file and reported back (envd 0.6.2)', T, async () => {

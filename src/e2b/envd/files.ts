@@ -111,9 +111,18 @@ interface Written {
   metadata?: Record<string, string>;
 }
 
-async function writeOne(sb: Sandbox, u: UserInfo, dest: string, data: AsyncIterable<Uint8Array>, metadata: Record<string, string>): Promise<Written> {
+/**
+ * Writes `data` to `dest`. A write the guest refuses part way (a full disk)
+ * stops reading `data`: the stream is left undestroyed and drained, so that
+ * busboy or the request goes on to its end and the error is answered (a
+ * destroyed part stalls busboy, and a destroyed request its socket).
+ */
+async function writeOne(sb: Sandbox, u: UserInfo, dest: string, data: Readable, metadata: Record<string, string>): Promise<Written> {
   const p = userPath(dest, u);
-  const e = await sb.agent.fs.write(p, data, { uid: u.uid, gid: u.gid, metadata });
+  const e = await sb.agent.fs.write(p, data.iterator({ destroyOnReturn: false }), { uid: u.uid, gid: u.gid, metadata }).catch((err: unknown) => {
+    data.resume();
+    throw err;
+  });
   return { path: p, name: path.posix.basename(p), type: 'file', ...(Object.keys(e.metadata).length > 0 && { metadata: e.metadata }) };
 }
 
