@@ -204,7 +204,10 @@ class FakeAgent implements EnvdAgent {
       else
         for await (const c of data) {
           chunks.push(Buffer.from(c));
-          if (chunks.reduce((n, x) => n + x.length, 0) > this.diskBytes) throw new CellaError('GUEST_DISK_FULL', `write ${p}: no space left on device`);
+          if (chunks.reduce((n, x) => n + x.length, 0) > this.diskBytes) {
+            this.files.set(p, Buffer.concat(chunks).subarray(0, this.diskBytes)); // what fitted stays, as in the guest
+            throw new CellaError('GUEST_DISK_FULL', `write ${p}: no space left on device`);
+          }
         }
       this.files.set(p, Buffer.concat(chunks));
       return this.entry(p);

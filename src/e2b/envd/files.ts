@@ -11,6 +11,7 @@ import type { Readable } from 'node:stream';
 import { createGunzip, createGzip } from 'node:zlib';
 import busboy from 'busboy';
 import { Code, ConnectError } from '@connectrpc/connect';
+import { isCellaError } from '../../contract/index.js';
 import type { UserInfo } from '../../agent/index.js';
 import { resolveUser, toConnectError, userPath, type EnvdRequest, type EnvdResponse, type Sandbox } from './context.js';
 
@@ -115,12 +116,15 @@ interface Written {
  * Writes `data` to `dest`. A write the guest refuses part way (a full disk)
  * stops reading `data`: the stream is left undestroyed and drained, so that
  * busboy or the request goes on to its end and the error is answered (a
- * destroyed part stalls busboy, and a destroyed request its socket).
+ * destroyed part stalls busboy, and a destroyed request its socket). The part
+ * written before the disk filled is removed, so the failed upload leaves the
+ * space as it found it (E2B's envd leaves it).
  */
 async function writeOne(sb: Sandbox, u: UserInfo, dest: string, data: Readable, metadata: Record<string, string>): Promise<Written> {
   const p = userPath(dest, u);
-  const e = await sb.agent.fs.write(p, data.iterator({ destroyOnReturn: false }), { uid: u.uid, gid: u.gid, metadata }).catch((err: unknown) => {
+  const e = await sb.agent.fs.write(p, data.iterator({ destroyOnReturn: false }), { uid: u.uid, gid: u.gid, metadata }).catch(async (err: unknown) => {
     data.resume();
+    if (isCellaError(err, 'GUEST_DISK_FULL')) await sb.agent.fs.remove(p).catch(() => {});
     throw err;
   });
   return { path: p, name: path.posix.basename(p), type: 'file', ...(Object.keys(e.metadata).length > 0 && { metadata: e.metadata }) };
