@@ -13,47 +13,24 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { Sandbox as CodeSandbox, TimeoutError } from '@e2b/code-interpreter';
 import { Sandbox } from 'e2b';
-import { startServer, type CellaServer } from '../src/server/index.js';
-import { API_KEY, shutdown } from './control-helpers.js';
-import { tempDataDir } from './helpers.js';
-import { trustCa } from './fixtures/trust-ca.js';
+import { startE2bServer, type E2bServer } from './fixtures/e2b-server.js';
 
 const T = { timeout: 180_000 };
-const TEMPLATES = ['base', 'code-interpreter-v1'];
 
 describe('E2B templates base and code-interpreter-v1 with the real SDKs', { concurrency: false }, () => {
-  let server: CellaServer;
-  let untrust: () => void = () => {};
-  let opts: { apiKey: string; apiUrl: string };
+  let e2b: E2bServer;
+  let opts: E2bServer['opts'];
 
   before(
     async () => {
-      server = await startServer({
-        dataDir: tempDataDir('e2b-interp'),
-        port: 0,
-        proxyPort: 0,
-        apiKey: API_KEY,
-        e2bImages: true,
-        resumeWindowSeconds: 0,
-        log: () => {},
-      });
-      assert.ok(server.caFile, 'the server made its CA');
-      untrust = trustCa(server.caFile);
-      opts = { apiKey: API_KEY, apiUrl: `${server.url}/e2b` };
-      // The first start queued both builds; wait for them to end.
-      for (;;) {
-        const builds = await Promise.all(TEMPLATES.map(async (name) => (await server.store.listBuilds(name)).at(-1)?.state));
-        if (builds.every((s) => s === 'SUCCESSFUL')) break;
-        assert.ok(!builds.some((s) => s === 'FAILED'), `a template build failed: ${JSON.stringify(builds)}`);
-        await new Promise((r) => setTimeout(r, 1000));
-      }
+      e2b = await startE2bServer('e2b-interp');
+      opts = e2b.opts;
     },
     { timeout: 1_800_000 },
   );
 
   after(async () => {
-    untrust();
-    if (server) await shutdown(server);
+    await e2b?.close();
   });
 
   test('base: user `user` with passwordless sudo, python and git', T, async () => {

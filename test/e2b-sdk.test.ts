@@ -12,7 +12,6 @@
  * sandbox/metrics): Copyright (c) 2023 FOUNDRYLABS, INC., MIT License.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import {
   AuthenticationError,
@@ -26,13 +25,10 @@ import {
   SandboxNotFoundError,
   TimeoutError,
 } from 'e2b';
-import { startServer, type CellaServer } from '../src/server/index.js';
-import { API_KEY, shutdown } from './control-helpers.js';
-import { tempDataDir } from './helpers.js';
-import { trustCa } from './fixtures/trust-ca.js';
+import type { CellaServer } from '../src/server/index.js';
+import { startE2bServer, type E2bServer } from './fixtures/e2b-server.js';
 
 const T = { timeout: 180_000 };
-const TEMPLATES = ['base', 'code-interpreter-v1'];
 const META = { suite: 'e2b-sdk', run: String(process.pid) };
 
 /** Polls `cond` until it holds, up to `ms` (a bound on waiting, not a timing assertion). */
@@ -52,43 +48,23 @@ class WithToken extends Sandbox {
 }
 
 describe('the e2b SDK on `base` sandboxes behind the TLS proxy', { concurrency: false }, () => {
+  let e2b: E2bServer;
   let server: CellaServer;
-  let dataDir: string;
-  let untrust: () => void = () => {};
-  let opts: { apiKey: string; apiUrl: string };
+  let opts: E2bServer['opts'];
   /** Shared by the cases that leave it as they found it. */
   let sbx: Sandbox;
 
   before(
     async () => {
-      server = await startServer({
-        dataDir: (dataDir = tempDataDir('e2b-sdk')),
-        port: 0,
-        proxyPort: 0,
-        apiKey: API_KEY,
-        e2bImages: true,
-        resumeWindowSeconds: 0,
-        log: () => {},
-      });
-      assert.ok(server.caFile, 'the server made its CA');
-      untrust = trustCa(server.caFile);
-      opts = { apiKey: API_KEY, apiUrl: `${server.url}/e2b` };
-      for (;;) {
-        const builds = await Promise.all(TEMPLATES.map(async (name) => (await server.store.listBuilds(name)).at(-1)?.state));
-        if (builds.every((s) => s === 'SUCCESSFUL')) break;
-        assert.ok(!builds.some((s) => s === 'FAILED'), `a template build failed: ${JSON.stringify(builds)}`);
-        await new Promise((r) => setTimeout(r, 1000));
-      }
+      e2b = await startE2bServer('e2b-sdk');
+      ({ server, opts } = e2b);
       sbx = await Sandbox.create('base', { ...opts, metadata: META, timeoutMs: 600_000 });
     },
     { timeout: 1_800_000 },
   );
 
   after(async () => {
-    untrust();
-    if (server) await shutdown(server);
-    // About 1 GiB: the two templates' images and their build layers.
-    if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+    await e2b?.close();
   });
 
   test('pty: create, sendInput, output, resize, kill', T, async () => {
