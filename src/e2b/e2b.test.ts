@@ -83,6 +83,8 @@ let statsFail = false;
 /** What create put in the guest's environment (served at 127.0.0.1:49983/envs), and whether the listener was started. */
 let guestEnv: Record<string, string> | undefined;
 let envsListening = false;
+/** Files create wrote in the guest, by path. */
+const guestWrites = new Map<string, string>();
 const opts = (): { apiKey: string; apiUrl: string } => ({ apiKey: KEY, apiUrl });
 
 before(async () => {
@@ -98,6 +100,7 @@ before(async () => {
     lookupUser: async (name) => ({ name, uid: 1000, gid: 1000, home: `/home/${name}`, shell: '/bin/bash', groups: [1000] }),
     setEnv: async (env) => void (guestEnv = env),
     startEnvdListener: async () => void (envsListening = true),
+    fs: { write: async (p, data) => void guestWrites.set(p, data) },
   };
   sandboxes = await Sandboxes.open({
     store,
@@ -112,6 +115,7 @@ before(async () => {
     capacity: { require: () => {} },
     maxMemoryMiB: 1024,
     agentOf: (id) => (driver.get(id) ? agent : undefined),
+    fixedAddresses: true,
   });
   const handler = createE2bApi({ sandboxes, keys: await ApiKeys.open(store, KEY), domain: 'cella.localhost:7443' });
   server = createServer(handler);
@@ -153,6 +157,8 @@ test('create answers once the VM runs, with the fields the SDK reads; the sandbo
   assert.deepEqual(await sandboxes.defaults(sbx.sandboxId), { user: 'user', envVars: { FOO: 'bar' } });
   assert.deepEqual(guestEnv, { E2B_SANDBOX: 'true', E2B_SANDBOX_ID: sbx.sandboxId, E2B_TEMPLATE_ID: 'demo', FOO: 'bar' });
   assert.equal(envsListening, true);
+  // Under TCG, processes at fixed addresses (ADR 0010).
+  assert.equal(guestWrites.get('/proc/sys/kernel/randomize_va_space'), '0\n');
   // Public traffic unless asked otherwise: no traffic token.
   assert.equal(sbx.trafficAccessToken, undefined);
   assert.equal(await sandboxes.trafficToken(sbx.sandboxId), undefined);

@@ -24,6 +24,8 @@ export const MAX_TIMEOUT_SECONDS = 86_400;
 export const E2B_USER = 'user';
 /** How long create and connect wait for the VM to run. */
 const START_TIMEOUT_MS = 120_000;
+/** The guest kernel's switch for address-space layout randomization (ADR 0010). */
+const RANDOMIZE_VA_SPACE = '/proc/sys/kernel/randomize_va_space';
 
 export type SandboxState = 'running' | 'paused';
 
@@ -68,6 +70,7 @@ export interface GuestAgent {
   lookupUser(user: string): Promise<UserInfo>;
   setEnv(env: Record<string, string>): Promise<void>;
   startEnvdListener(): Promise<void>;
+  readonly fs: { write(path: string, data: string): Promise<unknown> };
 }
 
 export interface SandboxesOptions {
@@ -79,6 +82,11 @@ export interface SandboxesOptions {
   maxMemoryMiB: number;
   /** The agent of a VM that runs here, if it does. */
   agentOf: (id: string) => GuestAgent | undefined;
+  /**
+   * Guests run under TCG: sandboxes lay processes out at fixed addresses, so
+   * the translations of one command serve the next (ADR 0010).
+   */
+  fixedAddresses?: boolean;
   now?: () => number;
 }
 
@@ -160,13 +168,13 @@ export class Sandboxes implements SandboxAccess {
     lifecycle.start(vm, undefined);
     try {
       await lifecycle.wake(vm.id, START_TIMEOUT_MS);
-      await this.guestEnv(vm.id, e2b);
+      // The agent takes requests in turn: sent together, they cost one wait instead of one each.
+      await Promise.all([this.guestEnv(vm.id, e2b), this.settleUser(vm.id, e2b)]);
     } catch (err) {
       await lifecycle.terminate(vm.id, 'the sandbox did not start').catch(() => {});
       const why = (await store.getVm(vm.id))?.stateReason ?? (err as Error).message;
       throw new CellaError('INTERNAL', `sandbox ${vm.id} did not start: ${why}`, { cause: err });
     }
-    await this.settleUser(vm.id, e2b);
     return this.require(vm.id);
   }
 
@@ -296,8 +304,11 @@ export class Sandboxes implements SandboxAccess {
   private async guestEnv(id: string, e2b: E2bSandboxRecord): Promise<void> {
     const agent = this.opts.agentOf(id);
     if (!agent) return;
-    await agent.setEnv({ E2B_SANDBOX: 'true', E2B_SANDBOX_ID: id, E2B_TEMPLATE_ID: e2b.templateId, ...e2b.envVars });
-    await agent.startEnvdListener();
+    await Promise.all([
+      agent.setEnv({ E2B_SANDBOX: 'true', E2B_SANDBOX_ID: id, E2B_TEMPLATE_ID: e2b.templateId, ...e2b.envVars }),
+      agent.startEnvdListener(),
+      this.opts.fixedAddresses && agent.fs.write(RANDOMIZE_VA_SPACE, '0\n'),
+    ]);
   }
 
   /** Records `user` as the default user if the guest has that account (E2B templates do), else root stays. */

@@ -197,7 +197,16 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     const tokens = await TokenMinter.open(store);
     const maxMemoryMiB = opts.maxMemoryMiB ?? Math.floor(totalmem() / 1048576);
     const apiRateScale = opts.apiRateScale ?? DEFAULT_API_RATE_SCALE;
-    const sandboxes = await Sandboxes.open({ store, lifecycle, images, connectors, capacity, maxMemoryMiB, agentOf: (id) => engine.get(id)?.agent });
+    const sandboxes = await Sandboxes.open({
+      store,
+      lifecycle,
+      images,
+      connectors,
+      capacity,
+      maxMemoryMiB,
+      agentOf: (id) => engine.get(id)?.agent,
+      fixedAddresses: engine.accel.accel === 'tcg',
+    });
     const tls = await loadTls(dataDir, domain, opts.tlsCertFile && opts.tlsKeyFile ? { certFile: opts.tlsCertFile, keyFile: opts.tlsKeyFile } : undefined);
     const proxy = await startProxy({
       store,
