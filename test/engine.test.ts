@@ -197,6 +197,58 @@ describe('suspend and resume', () => {
     }
   });
 
+  test('standby: a suspended VM gets an empty jailed QEMU in its namespace, which its resume takes; the budget ends the oldest', async () => {
+    const dir = tempDataDir('standby');
+    const e = await Engine.open({ dataDir: dir, log: () => {}, warmNetworks: 0, warmClones: 0, standbyQemus: 1 });
+    const qemusOf = (vm: RunningVm): number[] => processesWith(`unix:${vmFiles(vm.dir).qmp}`);
+    try {
+      const [a, b] = [await e.launch(imageDir, nextId()), await e.launch(imageDir, nextId())];
+      assert.equal((await get(a, '/inc')).body, '1');
+      assert.equal((await get(b, '/write/b-disk')).body, 'written');
+      const pidA = a.qemu.pid;
+      await e.suspend(a);
+      await e.standbyReady(a.ref);
+      const [standby] = qemusOf(a);
+      assert.ok(standby !== undefined && standby !== pidA, 'a new QEMU stands by for the suspended VM');
+      assert.equal(e.get(a.id), undefined, 'it is suspended, not running');
+      assert.equal(namespaceOf(standby), a.network.netns, 'in its own namespace');
+      assert.match(readFileSync(`/proc/${standby}/status`, 'utf8'), new RegExp(`^Uid:\\s+${200_000 + a.ref.slot}\\b`, 'm'), 'as its uid');
+      const back = await e.resume(a.ref);
+      assert.equal(back.qemu.pid, standby, 'the resume took the standby QEMU');
+      assert.equal((await get(back, '/get')).body, '1', 'with the RAM of the checkpoint');
+      assert.equal((await get(back, '/inc')).body, '2');
+      // The budget is one: B's standby ends when A's is made.
+      await e.suspend(b);
+      await e.standbyReady(b.ref);
+      const [standbyB] = qemusOf(b);
+      assert.ok(standbyB !== undefined);
+      await e.suspend(back);
+      await e.standbyReady(a.ref);
+      await eventually(() => !alive(standbyB), 10_000, "B's standby to end");
+      assert.equal(qemusOf(a).length, 1);
+      const coldB = await e.resume(b.ref);
+      assert.equal((await get(coldB, '/read')).body, 'b-disk', 'B resumes cold all the same');
+      // A standby killed from outside is forgotten: the resume restores cold.
+      const [standbyA] = qemusOf(a);
+      process.kill(standbyA as number, 'SIGKILL');
+      await eventually(() => !alive(standbyA as number), 10_000, 'the killed standby to end');
+      const again = await e.resume(a.ref);
+      assert.notEqual(again.qemu.pid, standbyA);
+      assert.equal((await get(again, '/get')).body, '2');
+      // Terminating a suspended VM ends its standby QEMU.
+      await e.suspend(again);
+      await e.standbyReady(a.ref);
+      const [last] = qemusOf(a);
+      await e.terminate(a.ref);
+      assert.ok(last !== undefined && !alive(last), 'its standby ended with it');
+      assert.ok(!existsSync(a.dir));
+      await e.terminate(b.ref);
+    } finally {
+      await e.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('resume refuses a running VM and one with no checkpoint', async () => {
     const vm = await engine.launch(imageDir, nextId());
     try {

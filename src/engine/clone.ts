@@ -11,7 +11,7 @@ import { CellaError } from '../contract/index.js';
 import { copyOverlay } from '../disk/index.js';
 import { crashPoint } from '../host/index.js';
 import { applyPolicy, type NetworkPolicy, type VmNetwork } from '../net/index.js';
-import { QmpClient, type ExitInfo } from '../vmm/index.js';
+import { QmpClient, type ExitInfo, type QemuProcess } from '../vmm/index.js';
 import { vmDir, type EngineCore, type Restored } from './core.js';
 import { appLogFile, checkSocketPaths, dispose, identify, mark, type StartOptions } from './helpers.js';
 import { checkpointLayout, restorePages } from './checkpoint.js';
@@ -119,13 +119,29 @@ export interface RestoreSpec {
 
 /** Spawns QEMU in `net` and loads `stateFile` into it; the VM is left paused. */
 export async function restore(core: EngineCore, spec: RestoreSpec): Promise<Restored> {
+  const r = await spawnEmpty(core, spec, (qemu) => {
+    spec.onSpawn?.(qemu.pid, qemu.startTime);
+    crashPoint(spec.kind === 'launch' ? 'launch:spawned' : 'resume:spawned');
+  });
+  return loadInto(core, r, spec);
+}
+
+/**
+ * A QEMU for `spec`'s VM that waits for its state (`-incoming defer`, paused), its
+ * QMP, control and log ports connected: all of a restore but the load. Ended on failure.
+ */
+export async function spawnEmpty(
+  core: EngineCore,
+  spec: Omit<RestoreSpec, 'stateFile' | 'kind' | 'onSpawn'>,
+  /** Runs the moment the QEMU exists (to record it), before anything waits on it. */
+  spawned: (qemu: QemuProcess) => void = () => {},
+): Promise<Restored> {
   const { dir, net } = spec;
   const files = vmFiles(dir);
   const t0 = performance.now();
   const phases: Record<string, number> = {};
   // A socket file left by an earlier QEMU of this folder must not answer for the new one.
   for (const f of [files.qmp, files.ctl, files.log]) rmSync(f, { force: true });
-  const jail = vmJailFor(core, net, dir);
   const qemu = spawnQemu(
     core,
     {
@@ -139,26 +155,40 @@ export async function restore(core: EngineCore, spec: RestoreSpec): Promise<Rest
       consoleLog: files.console,
       incoming: true,
     },
-    { name: path.basename(dir), net, jail, outliveParent: core.outliveParent },
+    { name: path.basename(dir), net, jail: vmJailFor(core, net, dir), outliveParent: core.outliveParent },
   );
   const r: Partial<Restored> & Pick<Restored, 'qemu'> = { dir, net, qemu, t0, phases };
   try {
-    spec.onSpawn?.(qemu.pid, qemu.startTime);
-    crashPoint(spec.kind === 'launch' ? 'launch:spawned' : 'resume:spawned');
+    spawned(qemu);
     r.qmp = await QmpClient.connect(files.qmp, 10_000, () => qemu.alive);
     mark(r as Restored, 'qmp');
     // Connect the guest's ports before its state loads: the snapshot says "host
     // connected", and a port seen closed on restore costs the agent a reconnect.
     [r.agent, r.appLog] = await Promise.all([AgentClient.connect(files.ctl), AppLog.connect(files.log, spec.appLog)]);
+    return r as Restored;
+  } catch (err) {
+    await dispose(r);
+    throw err;
+  }
+}
+
+/** Loads `spec.stateFile` into `r` (from spawnEmpty), which is left paused; ended on failure. */
+export async function loadInto(
+  core: EngineCore,
+  r: Restored,
+  spec: Pick<RestoreSpec, 'imageDir' | 'snap' | 'stateFile' | 'kind' | 'net' | 'dir'>,
+): Promise<Restored> {
+  const { qemu } = r;
+  try {
     // A checkpoint of dirty pages (checkpoint.ts): the pages go into RAM first, then the devices that refer to it load.
     const layout = spec.kind === 'resume' ? checkpointLayout(spec.stateFile) : { pages: false, start: 0 };
     if (layout.pages) {
       await restorePages(spec.stateFile, qemu.pid, snapshotFiles(spec.imageDir).mem, spec.snap.memoryMiB * 1024 * 1024);
-      mark(r as Restored, 'pages');
+      mark(r, 'pages');
     }
-    await loadState(r.qmp, qemu, jail, files.incoming, spec.stateFile, layout);
-    mark(r as Restored, 'loaded');
-    return r as Restored;
+    await loadState(r.qmp, qemu, vmJailFor(core, spec.net, spec.dir), vmFiles(spec.dir).incoming, spec.stateFile, layout);
+    mark(r, 'loaded');
+    return r;
   } catch (err) {
     await dispose(r);
     throw err;

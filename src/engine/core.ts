@@ -35,6 +35,9 @@ export interface EngineCore {
   readonly builderUids: Set<number>;
   /** How long a suspended VM's stopped QEMU is kept (EngineOptions.parkSeconds); 0: not at all. */
   readonly parkMs: number;
+  /** Standby QEMUs kept for suspended VMs (EngineOptions.standbyQemus; 0: none), and those in the making (standby.ts). */
+  readonly standbyMax: number;
+  readonly standbyJobs: Map<string, Promise<void>>;
   /** Set by close(): no more warm clones, and a suspend no longer parks. */
   closing: boolean;
   /** Where 'vm-exit' and 'vm-io-error' are emitted: the Engine. */

@@ -14,6 +14,8 @@ const STATES = Object.keys(HOST_TRANSITIONS) as HostState[];
 test('the moves of the host state are exactly these', () => {
   const allowed = new Set([
     'restoring>warm',
+    'restoring>standby',
+    'standby>restoring',
     'restoring>running',
     'adopting>running',
     'running>stopping',
@@ -47,6 +49,26 @@ test('a VM goes restoring → running → stopping → parked → restoring → 
   t.write('a', { state: 'restoring', qemu: q });
   t.write('a', { state: 'running', qemu: q, vm: 'vm-a' });
   assert.deepEqual(t.allRunning(), ['vm-a']);
+});
+
+test('a standby QEMU waits for its VM and is taken by its resume; the oldest is listed first', () => {
+  const t = table();
+  for (const [name, pid] of [
+    ['b', 2],
+    ['a', 1],
+  ] as const) {
+    t.begin(name, 'restoring');
+    t.hold(name, { pid });
+    t.write(name, { state: 'standby', qemu: { pid }, standby: `empty-${name}` });
+  }
+  assert.deepEqual(t.allStandby(), ['b', 'a']);
+  assert.equal(t.standby('a'), 'empty-a');
+  assert.equal(t.running('a'), undefined, 'a standby QEMU runs no guest');
+  assert.throws(() => t.begin('a', 'restoring'), refused, 'its folder is held');
+  assert.throws(() => t.write('a', { state: 'running', qemu: { pid: 1 }, vm: 'vm' }), refused, 'only a resume takes it');
+  t.write('a', { state: 'restoring', qemu: { pid: 1 } });
+  assert.equal(t.standby('a'), undefined);
+  assert.deepEqual([...t.heldPids()].sort((x, y) => x - y), [1, 2]);
 });
 
 test('a refused move throws INVALID_STATE and changes nothing', () => {

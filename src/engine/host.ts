@@ -5,6 +5,7 @@
  * changes a state, and refuses any move the table below does not list.
  *
  *   restoring ──► warm                      (a warm clone, paused in its pool)
+ *   restoring ──► standby ──► restoring     (a suspended VM's empty QEMU, taken by its resume)
  *   restoring ──► running ◄──► stopping ──► parked ──► restoring (a resume in place)
  *   adopting  ──► running
  *   template, builder: no move
@@ -18,7 +19,7 @@
 import { CellaError } from '../contract/index.js';
 import type { VmHost } from './vm.js';
 
-export type HostState = 'template' | 'builder' | 'restoring' | 'adopting' | 'warm' | 'running' | 'stopping' | 'parked';
+export type HostState = 'template' | 'builder' | 'restoring' | 'adopting' | 'warm' | 'standby' | 'running' | 'stopping' | 'parked';
 
 /** Capturing an image, running a build, restoring a clone or a checkpoint (or continuing a parked QEMU), adopting a QEMU. */
 export type InFlightState = 'template' | 'builder' | 'restoring' | 'adopting';
@@ -26,10 +27,12 @@ export type InFlightState = 'template' | 'builder' | 'restoring' | 'adopting';
 export const HOST_TRANSITIONS: Readonly<Record<HostState, readonly HostState[]>> = {
   template: [],
   builder: [],
-  restoring: ['warm', 'running'],
+  restoring: ['warm', 'standby', 'running'],
   adopting: ['running'],
   // A launch takes a warm clone's QEMU into its own 'restoring' entry; the warm entry ends.
   warm: [],
+  // Its VM's resume takes it, loads the checkpoint into it and runs it.
+  standby: ['restoring'],
   // A suspend, a terminate, or the lifecycle's beginStop: the coming exit is one the engine asked for.
   running: ['stopping'],
   // Back to running when a suspend fails and the VM runs on; parked when it kept the QEMU for the resume window.
@@ -54,6 +57,8 @@ export function canMove(from: HostState | undefined, to: HostState | undefined):
 export type HostVm<Q, V, W> =
   | { state: InFlightState; qemu?: Q }
   | { state: 'warm'; qemu: Q; imageDir: string; warm: W }
+  /** A suspended VM's QEMU, spawned empty and waiting for its checkpoint (standby.ts). */
+  | { state: 'standby'; qemu: Q; standby: W }
   | { state: 'running' | 'stopping'; qemu: Q; vm: V }
   /** A suspended VM whose stopped QEMU is kept for the resume window; the timer ends it. */
   | { state: 'parked'; qemu: Q; vm: V; timer: NodeJS.Timeout };
@@ -141,6 +146,16 @@ export class HostTable<Q extends { readonly pid: number }, V, W> {
 
   allParked(): { name: string; entry: Extract<HostVm<Q, V, W>, { state: 'parked' }> }[] {
     return [...this.entries].flatMap(([name, e]) => (e.state === 'parked' ? [{ name, entry: e }] : []));
+  }
+
+  standby(name: string): W | undefined {
+    const cur = this.entries.get(name);
+    return cur?.state === 'standby' ? cur.standby : undefined;
+  }
+
+  /** Names of the folders with a standby QEMU, the oldest first. */
+  allStandby(): string[] {
+    return [...this.entries].flatMap(([name, e]) => (e.state === 'standby' ? [name] : []));
   }
 
   /** Warm clones of the image in `imageDir` (every image's when absent), oldest first. */

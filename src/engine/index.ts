@@ -27,6 +27,7 @@ import type { EngineCore, WarmVm } from './core.js';
 import type { AppLogOption, StartOptions } from './helpers.js';
 import { HostTable } from './host.js';
 import { endParked } from './park.js';
+import { endAllStandbys, endStandby, settleStandby } from './standby.js';
 import { WarmPool } from './pool.js';
 import { resume } from './resume.js';
 import { sha256, type SnapshotManifest } from './snapshot.js';
@@ -69,6 +70,13 @@ export interface EngineOptions {
    * The checkpoint is complete either way; only the host RAM is freed later.
    */
   parkSeconds?: number;
+  /**
+   * Suspended VMs (the most recently suspended first) that get a standby QEMU
+   * once their own is gone: spawned empty, jailed and connected, so their
+   * resume only loads the checkpoint (standby.ts). Each costs an idle QEMU
+   * without guest RAM. Default 0.
+   */
+  standbyQemus?: number;
   log?: (line: string) => void;
 }
 
@@ -89,7 +97,7 @@ export class Engine extends EventEmitter {
     readonly accel: AccelInfo,
     /** Snapshots carry it; a launch refuses a snapshot made by anything else. */
     readonly fingerprint: string,
-    opts: Required<Pick<EngineOptions, 'log' | 'qemuBinary' | 'warmNetworks' | 'warmClones' | 'outliveParent' | 'parkSeconds'>>,
+    opts: Required<Pick<EngineOptions, 'log' | 'qemuBinary' | 'warmNetworks' | 'warmClones' | 'outliveParent' | 'parkSeconds' | 'standbyQemus'>>,
   ) {
     super();
     const tag = sha256(Buffer.from(dataDir)).slice(0, 16);
@@ -111,6 +119,8 @@ export class Engine extends EventEmitter {
       hosts: new HostTable<QemuProcess, RunningVm, WarmVm>(),
       builderUids: new Set(),
       parkMs: opts.parkSeconds * 1000,
+      standbyMax: opts.standbyQemus,
+      standbyJobs: new Map(),
       closing: false,
       events: this,
     };
@@ -154,6 +164,7 @@ export class Engine extends EventEmitter {
       warmClones: opts.warmClones ?? 1,
       outliveParent: opts.outliveParent ?? false,
       parkSeconds: opts.parkSeconds ?? 0,
+      standbyQemus: opts.standbyQemus ?? 0,
     });
     await engine.core.networks.prewarm();
     return engine;
@@ -196,8 +207,14 @@ export class Engine extends EventEmitter {
    * else restored from its checkpoint, which is consumed just before the
    * guest runs again (ADR 0007; resume.ts).
    */
-  resume(ref: VmRef, opts: StartOptions = {}): Promise<RunningVm> {
+  async resume(ref: VmRef, opts: StartOptions = {}): Promise<RunningVm> {
+    await settleStandby(this.core, ref.id);
     return resume(this.core, ref, opts);
+  }
+
+  /** Waits until the standby QEMU of suspended VM `ref` is ready (or failed), if one is being made. */
+  standbyReady(ref: VmRef): Promise<void> {
+    return settleStandby(this.core, ref.id);
   }
 
   /** Saves a running VM to its folder and ends its QEMU (or parks it for the resume window); resume() brings it back. */
@@ -258,6 +275,8 @@ export class Engine extends EventEmitter {
    * cellad left halfway through a restore), its namespace and its folder.
    */
   async terminate(ref: VmRef): Promise<void> {
+    await settleStandby(this.core, ref.id);
+    await endStandby(this.core, ref.id);
     await endParked(this.core, ref.id);
     const vm = this.core.hosts.running(ref.id);
     if (vm) {
@@ -281,6 +300,7 @@ export class Engine extends EventEmitter {
     core.closing = true;
     // Parked VMs are suspended: their checkpoints hold everything, so their QEMUs can go.
     for (const { name } of core.hosts.allParked()) await endParked(core, name);
+    await endAllStandbys(core);
     await this.pool.settle();
     const running = this.list();
     if (opts.keepRunning) {

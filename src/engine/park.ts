@@ -5,12 +5,13 @@
  * when the window ends only the QEMU's RAM is freed.
  */
 import type { EngineCore } from './core.js';
+import { startStandby } from './standby.js';
 import type { RunningVm } from './vm.js';
 
 /** Parks `vm`, which a suspend is stopping; its timer ends with the parked state (host.ts). */
 export function park(core: EngineCore, vm: RunningVm): void {
   const timer = setTimeout(() => {
-    if (core.hosts.parked(vm.id)?.qemu === vm.qemu) void endParked(core, vm.id);
+    if (core.hosts.parked(vm.id)?.qemu === vm.qemu) void endParked(core, vm.id).then(() => startStandby(core, vm.ref));
   }, core.parkMs);
   timer.unref();
   try {

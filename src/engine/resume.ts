@@ -11,17 +11,20 @@ import path from 'node:path';
 import { CellaError } from '../contract/index.js';
 import { crashPoint } from '../host/index.js';
 import { networkForSlot } from '../net/index.js';
-import { activate, restore } from './clone.js';
+import { activate, loadInto, restore, type RestoreSpec } from './clone.js';
 import { vmDir, type EngineCore, type Restored } from './core.js';
 import { appLogFile, dispose, type StartOptions } from './helpers.js';
 import { openSnapshot } from './snapshot.js';
+import { takeStandby } from './standby.js';
 import { vmFiles, type RunningVm, type VmRef } from './vm.js';
 
 type VmFiles = ReturnType<typeof vmFiles>;
 
 export async function resume(core: EngineCore, ref: VmRef, opts: StartOptions): Promise<RunningVm> {
   const held = core.hosts.entry(ref.id);
-  if (held && held.state !== 'parked') throw new CellaError('INVALID_STATE', `VM ${ref.id} is ${held.state === 'stopping' ? 'running' : held.state}`);
+  if (held && held.state !== 'parked' && held.state !== 'standby') {
+    throw new CellaError('INVALID_STATE', `VM ${ref.id} is ${held.state === 'stopping' ? 'running' : held.state}`);
+  }
   const snap = openSnapshot(ref.imageDir, core.fingerprint);
   const dir = vmDir(core, ref.id);
   const files = vmFiles(dir);
@@ -32,9 +35,10 @@ export async function resume(core: EngineCore, ref: VmRef, opts: StartOptions): 
   }
   const parked = core.hosts.parked(ref.id);
   if (parked) return unpark(core, ref.id, parked.vm, opts);
-  core.hosts.begin(ref.id, 'restoring');
+  const standby = takeStandby(core, ref.id);
+  if (!standby) core.hosts.begin(ref.id, 'restoring');
   try {
-    const r = await restore(core, {
+    const spec = {
       name: ref.id,
       dir,
       imageDir: ref.imageDir,
@@ -44,7 +48,8 @@ export async function resume(core: EngineCore, ref: VmRef, opts: StartOptions): 
       appLog: appLogFile(dir, opts),
       kind: 'resume',
       onSpawn: opts.onSpawn,
-    });
+    } as const;
+    const r = standby ? await fromStandby(core, standby, spec) : await restore(core, spec);
     crashPoint('resume:loaded');
     await commitResume(r, files);
     crashPoint('resume:committed');
@@ -56,6 +61,21 @@ export async function resume(core: EngineCore, ref: VmRef, opts: StartOptions): 
   } finally {
     core.hosts.settle(ref.id);
   }
+}
+
+/** Loads the checkpoint into the VM's standby QEMU (standby.ts), which waited, spawned and connected. */
+async function fromStandby(core: EngineCore, standby: Restored, spec: RestoreSpec): Promise<Restored> {
+  standby.t0 = performance.now();
+  standby.phases = {};
+  standby.appLog.setFile(spec.appLog);
+  try {
+    spec.onSpawn?.(standby.qemu.pid, standby.qemu.startTime);
+    crashPoint('resume:spawned');
+  } catch (err) {
+    await dispose(standby);
+    throw err;
+  }
+  return loadInto(core, standby, spec);
 }
 
 /** Continues a parked VM's stopped QEMU, with the same point of no return as a restore. */

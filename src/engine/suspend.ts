@@ -14,6 +14,7 @@ import { configurationSection, dirtyRuns, readHead, writeCheckpoint } from './ch
 import { saveDevices, writeDurably } from './migrate.js';
 import { dirtyPages } from './pagemap.js';
 import { park } from './park.js';
+import { startStandby } from './standby.js';
 import { openSnapshot, snapshotFiles } from './snapshot.js';
 import { vmFiles, type RunningVm } from './vm.js';
 
@@ -62,9 +63,10 @@ export async function suspend(core: EngineCore, vm: RunningVm): Promise<SuspendR
       park(core, vm);
       mark('parked');
     } else {
-      // Nothing is left to save: QEMU can simply go.
+      // Nothing is left to save: QEMU can simply go, and an empty one stands by for the resume.
       await vm.qemu.kill();
       mark('exited');
+      startStandby(core, vm.ref);
     }
     let dirtyCount = 0;
     for (const d of dirty) dirtyCount += d;
