@@ -249,6 +249,36 @@ describe('suspend and resume', () => {
     }
   });
 
+  test('standby with preload: the pages are in its RAM before the resume, which brings the VM back intact', async () => {
+    const dir = tempDataDir('preload');
+    const e = await Engine.open({ dataDir: dir, log: () => {}, warmNetworks: 0, warmClones: 0, standbyQemus: 2, standbyPreloadMiB: 40 });
+    try {
+      const [a, b] = [await e.launch(imageDir, nextId()), await e.launch(imageDir, nextId())];
+      for (const vm of [a, b]) {
+        assert.equal((await get(vm, '/inc')).body, '1');
+        assert.equal((await get(vm, '/touch/30')).body, 'touched 30 MiB');
+        await e.suspend(vm);
+        await e.standbyReady(vm.ref);
+      }
+      const dirtyMiB = (vm: RunningVm): number => {
+        const [pid] = processesWith(`unix:${vmFiles(vm.dir).qmp}`);
+        const m = /^Private_Dirty:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+        return Number(m?.[1] ?? 0) / 1024;
+      };
+      assert.ok(dirtyMiB(a) > 30, `A's standby holds its pages (${dirtyMiB(a)} MiB)`);
+      assert.ok(dirtyMiB(b) < 30, `B's did not fit the 40 MiB budget (${dirtyMiB(b)} MiB)`);
+      for (const vm of [a, b]) {
+        const back = await e.resume(vm.ref);
+        assert.equal((await get(back, '/get')).body, '1');
+        assert.equal((await get(back, '/inc')).body, '2');
+        await e.terminate(vm.ref);
+      }
+    } finally {
+      await e.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('resume refuses a running VM and one with no checkpoint', async () => {
     const vm = await engine.launch(imageDir, nextId());
     try {

@@ -177,12 +177,14 @@ export async function loadInto(
   core: EngineCore,
   r: Restored,
   spec: Pick<RestoreSpec, 'imageDir' | 'snap' | 'stateFile' | 'kind' | 'net' | 'dir'>,
+  /** The checkpoint's pages are in its RAM already (a preloaded standby). */
+  pagesIn = false,
 ): Promise<Restored> {
   const { qemu } = r;
   try {
     // A checkpoint of dirty pages (checkpoint.ts): the pages go into RAM first, then the devices that refer to it load.
     const layout = spec.kind === 'resume' ? checkpointLayout(spec.stateFile) : { pages: false, start: 0 };
-    if (layout.pages) {
+    if (layout.pages && !pagesIn) {
       await restorePages(spec.stateFile, qemu.pid, snapshotFiles(spec.imageDir).mem, spec.snap.memoryMiB * 1024 * 1024);
       mark(r, 'pages');
     }

@@ -38,6 +38,8 @@ export interface EngineCore {
   /** Standby QEMUs kept for suspended VMs (EngineOptions.standbyQemus; 0: none), and those in the making (standby.ts). */
   readonly standbyMax: number;
   readonly standbyJobs: Map<string, Promise<void>>;
+  /** Bytes of checkpoint pages that standby QEMUs may hold in advance, all together (EngineOptions.standbyPreloadMiB). */
+  readonly standbyPreloadBytes: number;
   /** Set by close(): no more warm clones, and a suspend no longer parks. */
   closing: boolean;
   /** Where 'vm-exit' and 'vm-io-error' are emitted: the Engine. */

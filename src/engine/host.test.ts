@@ -59,16 +59,22 @@ test('a standby QEMU waits for its VM and is taken by its resume; the oldest is 
   ] as const) {
     t.begin(name, 'restoring');
     t.hold(name, { pid });
-    t.write(name, { state: 'standby', qemu: { pid }, standby: `empty-${name}` });
+    t.write(name, { state: 'standby', qemu: { pid }, standby: `empty-${name}`, preloadedBytes: 0 });
   }
-  assert.deepEqual(t.allStandby(), ['b', 'a']);
-  assert.equal(t.standby('a'), 'empty-a');
+  assert.deepEqual(
+    t.allStandby().map((s) => s.name),
+    ['b', 'a'],
+  );
+  assert.equal(t.standby('a')?.standby, 'empty-a');
   assert.equal(t.running('a'), undefined, 'a standby QEMU runs no guest');
   assert.throws(() => t.begin('a', 'restoring'), refused, 'its folder is held');
   assert.throws(() => t.write('a', { state: 'running', qemu: { pid: 1 }, vm: 'vm' }), refused, 'only a resume takes it');
   t.write('a', { state: 'restoring', qemu: { pid: 1 } });
   assert.equal(t.standby('a'), undefined);
-  assert.deepEqual([...t.heldPids()].sort((x, y) => x - y), [1, 2]);
+  assert.deepEqual(
+    [...t.heldPids()].sort((x, y) => x - y),
+    [1, 2],
+  );
 });
 
 test('a refused move throws INVALID_STATE and changes nothing', () => {

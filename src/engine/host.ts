@@ -58,7 +58,7 @@ export type HostVm<Q, V, W> =
   | { state: InFlightState; qemu?: Q }
   | { state: 'warm'; qemu: Q; imageDir: string; warm: W }
   /** A suspended VM's QEMU, spawned empty and waiting for its checkpoint (standby.ts). */
-  | { state: 'standby'; qemu: Q; standby: W }
+  | { state: 'standby'; qemu: Q; standby: W; preloadedBytes: number }
   | { state: 'running' | 'stopping'; qemu: Q; vm: V }
   /** A suspended VM whose stopped QEMU is kept for the resume window; the timer ends it. */
   | { state: 'parked'; qemu: Q; vm: V; timer: NodeJS.Timeout };
@@ -148,14 +148,14 @@ export class HostTable<Q extends { readonly pid: number }, V, W> {
     return [...this.entries].flatMap(([name, e]) => (e.state === 'parked' ? [{ name, entry: e }] : []));
   }
 
-  standby(name: string): W | undefined {
+  standby(name: string): Extract<HostVm<Q, V, W>, { state: 'standby' }> | undefined {
     const cur = this.entries.get(name);
-    return cur?.state === 'standby' ? cur.standby : undefined;
+    return cur?.state === 'standby' ? cur : undefined;
   }
 
-  /** Names of the folders with a standby QEMU, the oldest first. */
-  allStandby(): string[] {
-    return [...this.entries].flatMap(([name, e]) => (e.state === 'standby' ? [name] : []));
+  /** The folders with a standby QEMU, the oldest first. */
+  allStandby(): { name: string; entry: Extract<HostVm<Q, V, W>, { state: 'standby' }> }[] {
+    return [...this.entries].flatMap(([name, e]) => (e.state === 'standby' ? [{ name, entry: e }] : []));
   }
 
   /** Warm clones of the image in `imageDir` (every image's when absent), oldest first. */

@@ -77,6 +77,12 @@ export interface EngineOptions {
    * without guest RAM. Default 0.
    */
   standbyQemus?: number;
+  /**
+   * MiB of checkpoint pages that standby QEMUs may hold, all together: a
+   * standby whose VM's dirtied pages fit is given them in advance, and its
+   * resume only loads the device state. Host RAM traded for latency. Default 0.
+   */
+  standbyPreloadMiB?: number;
   log?: (line: string) => void;
 }
 
@@ -97,7 +103,9 @@ export class Engine extends EventEmitter {
     readonly accel: AccelInfo,
     /** Snapshots carry it; a launch refuses a snapshot made by anything else. */
     readonly fingerprint: string,
-    opts: Required<Pick<EngineOptions, 'log' | 'qemuBinary' | 'warmNetworks' | 'warmClones' | 'outliveParent' | 'parkSeconds' | 'standbyQemus'>>,
+    opts: Required<
+      Pick<EngineOptions, 'log' | 'qemuBinary' | 'warmNetworks' | 'warmClones' | 'outliveParent' | 'parkSeconds' | 'standbyQemus' | 'standbyPreloadMiB'>
+    >,
   ) {
     super();
     const tag = sha256(Buffer.from(dataDir)).slice(0, 16);
@@ -121,6 +129,7 @@ export class Engine extends EventEmitter {
       parkMs: opts.parkSeconds * 1000,
       standbyMax: opts.standbyQemus,
       standbyJobs: new Map(),
+      standbyPreloadBytes: opts.standbyPreloadMiB * 1024 * 1024,
       closing: false,
       events: this,
     };
@@ -165,6 +174,7 @@ export class Engine extends EventEmitter {
       outliveParent: opts.outliveParent ?? false,
       parkSeconds: opts.parkSeconds ?? 0,
       standbyQemus: opts.standbyQemus ?? 0,
+      standbyPreloadMiB: opts.standbyPreloadMiB ?? 0,
     });
     await engine.core.networks.prewarm();
     return engine;

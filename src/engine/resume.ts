@@ -49,7 +49,7 @@ export async function resume(core: EngineCore, ref: VmRef, opts: StartOptions): 
       kind: 'resume',
       onSpawn: opts.onSpawn,
     } as const;
-    const r = standby ? await fromStandby(core, standby, spec) : await restore(core, spec);
+    const r = standby ? await fromStandby(core, standby.standby, standby.preloaded, spec) : await restore(core, spec);
     crashPoint('resume:loaded');
     await commitResume(r, files);
     crashPoint('resume:committed');
@@ -64,7 +64,7 @@ export async function resume(core: EngineCore, ref: VmRef, opts: StartOptions): 
 }
 
 /** Loads the checkpoint into the VM's standby QEMU (standby.ts), which waited, spawned and connected. */
-async function fromStandby(core: EngineCore, standby: Restored, spec: RestoreSpec): Promise<Restored> {
+async function fromStandby(core: EngineCore, standby: Restored, preloaded: boolean, spec: RestoreSpec): Promise<Restored> {
   standby.t0 = performance.now();
   standby.phases = {};
   standby.appLog.setFile(spec.appLog);
@@ -75,7 +75,7 @@ async function fromStandby(core: EngineCore, standby: Restored, spec: RestoreSpe
     await dispose(standby);
     throw err;
   }
-  return loadInto(core, standby, spec);
+  return loadInto(core, standby, spec, preloaded);
 }
 
 /** Continues a parked VM's stopped QEMU, with the same point of no return as a restore. */

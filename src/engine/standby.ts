@@ -8,13 +8,19 @@
  * never ran in it: the checkpoint still holds the VM, so a crash at any
  * point leaves a QEMU that reclaim() kills like any restore cut short
  * (ADR 0007). At most `standbyMax` are kept, the oldest ended first.
+ *
+ * Within `standbyPreloadBytes` (all standbys together), the checkpoint's
+ * pages are also written into the standby in advance: the resume then only
+ * loads the device state. That RAM (the pages the VM dirtied) is held while
+ * it stays suspended: a trade of host memory for latency, bounded here.
  */
 import { existsSync } from 'node:fs';
 import { networkForSlot } from '../net/index.js';
+import { checkpointLayout, restorePages } from './checkpoint.js';
 import { spawnEmpty } from './clone.js';
 import { vmDir, type EngineCore, type WarmVm } from './core.js';
 import { dispose } from './helpers.js';
-import { openSnapshot } from './snapshot.js';
+import { openSnapshot, snapshotFiles } from './snapshot.js';
 import { vmFiles, type VmRef } from './vm.js';
 
 /** Starts a standby QEMU for suspended VM `ref` in the background, within the budget; failures are logged, a resume then restores cold. */
@@ -33,32 +39,32 @@ export async function settleStandby(core: EngineCore, id: string): Promise<void>
 
 /** Ends the standby QEMU of `name`, if it has one. */
 export async function endStandby(core: EngineCore, name: string): Promise<void> {
-  const standby = core.hosts.standby(name);
-  if (!standby) return;
+  const held = core.hosts.standby(name);
+  if (!held) return;
   core.hosts.write(name, undefined);
-  standby.detach();
-  await dispose(standby);
+  held.standby.detach();
+  await dispose(held.standby);
 }
 
 /** Ends every standby QEMU, after those in the making (the engine is closing, so no more are started). */
 export async function endAllStandbys(core: EngineCore): Promise<void> {
   await Promise.allSettled([...core.standbyJobs.values()]);
-  await Promise.all(core.hosts.allStandby().map((name) => endStandby(core, name)));
+  await Promise.all(core.hosts.allStandby().map(({ name }) => endStandby(core, name)));
 }
 
-/** Takes the standby of `id` for its resume, which holds its QEMU from now on (a 'restoring' entry). */
-export function takeStandby(core: EngineCore, id: string): WarmVm | undefined {
-  const standby = core.hosts.standby(id);
-  if (!standby) return undefined;
-  core.hosts.write(id, { state: 'restoring', qemu: standby.qemu });
-  standby.detach();
-  return standby;
+/** Takes the standby of `id` for its resume, which holds its QEMU from now on (a 'restoring' entry); `preloaded`: its pages are in. */
+export function takeStandby(core: EngineCore, id: string): { standby: WarmVm; preloaded: boolean } | undefined {
+  const held = core.hosts.standby(id);
+  if (!held) return undefined;
+  core.hosts.write(id, { state: 'restoring', qemu: held.qemu });
+  held.standby.detach();
+  return { standby: held.standby, preloaded: held.preloadedBytes > 0 };
 }
 
 async function makeStandby(core: EngineCore, ref: VmRef): Promise<void> {
   // The budget: the oldest go first, so the VMs suspended last resume fastest.
   const kept = core.hosts.allStandby();
-  for (const name of kept.slice(0, Math.max(kept.length - core.standbyMax + 1, 0))) await endStandby(core, name);
+  for (const { name } of kept.slice(0, Math.max(kept.length - core.standbyMax + 1, 0))) await endStandby(core, name);
   const dir = vmDir(core, ref.id);
   // Terminated (or resumed) meanwhile: nothing to wait for.
   if (core.closing || core.hosts.entry(ref.id) || !existsSync(vmFiles(dir).checkpoint)) return;
@@ -67,14 +73,32 @@ async function makeStandby(core: EngineCore, ref: VmRef): Promise<void> {
   try {
     // Its app output has nowhere to go until the resume says where.
     const r = await spawnEmpty(core, { name: ref.id, dir, imageDir: ref.imageDir, snap, net: networkForSlot(ref.slot), appLog: null });
+    let preloadedBytes = 0;
+    try {
+      preloadedBytes = await preload(core, r.qemu.pid, vmFiles(dir).checkpoint, ref.imageDir, snap.memoryMiB);
+    } catch (err) {
+      await dispose(r);
+      throw err;
+    }
     const standby: WarmVm = { ...r, detach: () => {} };
     const onExit = (): void => {
       if (core.hosts.exited(ref.id, r.qemu)) void dispose(standby);
     };
     r.qemu.once('exit', onExit);
     standby.detach = () => r.qemu.removeListener('exit', onExit);
-    core.hosts.write(ref.id, { state: 'standby', qemu: r.qemu, standby });
+    core.hosts.write(ref.id, { state: 'standby', qemu: r.qemu, standby, preloadedBytes });
   } finally {
     core.hosts.settle(ref.id);
   }
+}
+
+/** Writes the checkpoint's pages into standby QEMU `pid` if they fit the budget left; the bytes it now holds for them (0: none). */
+async function preload(core: EngineCore, pid: number, checkpoint: string, imageDir: string, memoryMiB: number): Promise<number> {
+  const layout = checkpointLayout(checkpoint);
+  // The device stream starts after the pages: its offset bounds their size.
+  const bytes = layout.pages ? layout.start : 0;
+  const used = core.hosts.allStandby().reduce((sum, { entry }) => sum + entry.preloadedBytes, 0);
+  if (bytes === 0 || used + bytes > core.standbyPreloadBytes) return 0;
+  await restorePages(checkpoint, pid, snapshotFiles(imageDir).mem, memoryMiB * 1024 * 1024);
+  return bytes;
 }
