@@ -33,9 +33,10 @@ function pssKiB(pid: number): number {
 const ms = (t: number): number => performance.now() - t;
 const p50s = (phases: Record<string, number[]>): Record<string, number> => Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, percentile(v, 50)]));
 const dataDir = tempDataDir('bench');
-// --no-standby: every resume spawns its QEMU (the cold path).
+// --no-standby: every resume spawns its QEMU (the cold path); --preload: standbys hold the checkpoint's pages in advance.
 const standby = !process.argv.includes('--no-standby');
-const engine = await Engine.open({ dataDir, log: () => {}, standbyQemus: standby ? 2 : 0 });
+const preloadMiB = process.argv.includes('--preload') ? 128 : 0;
+const engine = await Engine.open({ dataDir, log: () => {}, standbyQemus: standby ? 2 : 0, standbyPreloadMiB: preloadMiB });
 const accel = engine.accel.accel;
 const emit = reporter(() => ({ accel }));
 let seq = 0;
@@ -115,7 +116,7 @@ try {
   const small = await suspendCase(imageDir, 50);
   emit('suspend_ms', 'ms', small.ms, 300, 'lower', { guest_mib: 256, touched_mib: 50, phases_p50: p50s(small.phases) });
   emit('suspend_bytes', 'MiB', small.mib, 80, 'lower', { guest_mib: 256, touched_mib: 50 });
-  emit('resume_to_answer_ms', 'ms', small.resumes, 150, 'lower', { standby, phases_p50: p50s(small.resumePhases) });
+  emit('resume_to_answer_ms', 'ms', small.resumes, 150, 'lower', { standby, preload_mib: preloadMiB, phases_p50: p50s(small.resumePhases) });
   const bigImage = path.join(dataDir, 'images', 'demo-2g');
   await engine.createSnapshot({ dir: bigImage, rootfs, app: DEMO_APP, port: DEMO_PORT, memoryMiB: 2048 });
   const big = await suspendCase(bigImage, 200);
@@ -127,7 +128,7 @@ try {
     phases_p50: p50s(big.phases),
   });
   emit('suspend_2g_bytes', 'MiB', big.mib, 320, 'lower', { guest_mib: 2048, touched_mib: 200 });
-  emit('resume_2g_to_answer_ms', 'ms', big.resumes, null, 'lower', { guest_mib: 2048, standby, phases_p50: p50s(big.resumePhases) });
+  emit('resume_2g_to_answer_ms', 'ms', big.resumes, null, 'lower', { guest_mib: 2048, standby, preload_mib: preloadMiB, phases_p50: p50s(big.resumePhases) });
 
   // PSS of an idle clone with 50 alive.
   const clones: RunningVm[] = [];
