@@ -7,7 +7,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync, chmodSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Engine, processStartTime, snapshotFiles, vmFiles, type RunningVm, type VmRef } from '../src/engine/index.js';
+import { Engine, processStartTime, snapshotFiles, vmFiles, type EngineOptions, type RunningVm, type VmRef } from '../src/engine/index.js';
 import { isCellaError, SETUP_COMMAND } from '../src/contract/index.js';
 import { listNamespaces, namespaceOwner } from '../src/net/index.js';
 import { DEMO_APP, DEMO_PORT, buildDemoRootfs } from '../src/setup/index.js';
@@ -20,6 +20,18 @@ let imageDir: string;
 const ourTags = new Set<string>();
 let seq = 0;
 const nextId = (): string => `vm-${process.pid}-${++seq}`;
+
+/** Runs `fn` with an engine of its own (no warm pool) on a fresh data directory, closed and removed after. */
+async function withOwnEngine(name: string, opts: Partial<EngineOptions>, fn: (e: Engine) => Promise<void>): Promise<void> {
+  const dir = tempDataDir(name);
+  const e = await Engine.open({ dataDir: dir, log: () => {}, warmNetworks: 0, warmClones: 0, ...opts });
+  try {
+    await fn(e);
+  } finally {
+    await e.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
 
 before(async () => {
   dataDir = tempDataDir('engine');
@@ -165,9 +177,7 @@ describe('suspend and resume', () => {
   });
 
   test('parked: within the window a resume continues the same QEMU; after it, a restore from the checkpoint', async () => {
-    const dir = tempDataDir('park');
-    const e = await Engine.open({ dataDir: dir, log: () => {}, warmNetworks: 0, warmClones: 0, parkSeconds: 2 });
-    try {
+    await withOwnEngine('park', { parkSeconds: 2 }, async (e) => {
       const vm = await e.launch(imageDir, nextId());
       assert.equal((await get(vm, '/inc')).body, '1');
       const pid = vm.qemu.pid;
@@ -191,17 +201,12 @@ describe('suspend and resume', () => {
       process.kill(again.qemu.pid, 'SIGKILL');
       assert.equal((await exited).expected, false);
       await e.terminate(vm.ref);
-    } finally {
-      await e.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   test('standby: a suspended VM gets an empty jailed QEMU in its namespace, which its resume takes; the budget ends the oldest', async () => {
-    const dir = tempDataDir('standby');
-    const e = await Engine.open({ dataDir: dir, log: () => {}, warmNetworks: 0, warmClones: 0, standbyQemus: 1 });
     const qemusOf = (vm: RunningVm): number[] => processesWith(`unix:${vmFiles(vm.dir).qmp}`);
-    try {
+    await withOwnEngine('standby', { standbyQemus: 1 }, async (e) => {
       const [a, b] = [await e.launch(imageDir, nextId()), await e.launch(imageDir, nextId())];
       assert.equal((await get(a, '/inc')).body, '1');
       assert.equal((await get(b, '/write/b-disk')).body, 'written');
@@ -243,16 +248,11 @@ describe('suspend and resume', () => {
       assert.ok(last !== undefined && !alive(last), 'its standby ended with it');
       assert.ok(!existsSync(a.dir));
       await e.terminate(b.ref);
-    } finally {
-      await e.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   test('standby with preload: the pages are in its RAM before the resume, which brings the VM back intact', async () => {
-    const dir = tempDataDir('preload');
-    const e = await Engine.open({ dataDir: dir, log: () => {}, warmNetworks: 0, warmClones: 0, standbyQemus: 2, standbyPreloadMiB: 40 });
-    try {
+    await withOwnEngine('preload', { standbyQemus: 2, standbyPreloadMiB: 40 }, async (e) => {
       const [a, b] = [await e.launch(imageDir, nextId()), await e.launch(imageDir, nextId())];
       for (const vm of [a, b]) {
         assert.equal((await get(vm, '/inc')).body, '1');
@@ -273,10 +273,7 @@ describe('suspend and resume', () => {
         assert.equal((await get(back, '/inc')).body, '2');
         await e.terminate(vm.ref);
       }
-    } finally {
-      await e.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   test('resume refuses a running VM and one with no checkpoint', async () => {
