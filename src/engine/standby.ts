@@ -1,5 +1,5 @@
 /**
- * Standby QEMUs (ADR 0010): once a suspended VM's QEMU is gone (at once, or
+ * Standby QEMUs (ADR 0011): once a suspended VM's QEMU is gone (at once, or
  * when its resume window ends), a new one is spawned empty for it in the
  * background, exactly as a restore spawns it (its namespace and tap, its
  * uid and chroot, its cgroup, its disk, `-incoming defer`) and connected,
