@@ -243,6 +243,30 @@ describe('control plane over HTTP', { concurrency: false }, () => {
   });
 });
 
+/** cellad in a child process on `dir` (test/fixtures/cellad.ts), to be killed with SIGKILL. */
+async function startCellad(dir: string, env: NodeJS.ProcessEnv = {}): Promise<{ url: string; kill: () => Promise<void> }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, 'fixtures/cellad.ts'), dir], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, ...env },
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString();
+      const line = out.split('\n')[0];
+      if (out.includes('\n') && line) resolve((JSON.parse(line) as { url: string }).url);
+    });
+    child.once('exit', (code) => reject(new Error(`cellad exited with ${code}`)));
+  });
+  return {
+    url,
+    kill: async () => {
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
+    },
+  };
+}
+
 describe('restart safety: kill -9 of cellad at any moment', { concurrency: false }, () => {
   test('regression (issue 11): a demo image whose build never succeeded is built again at the next start', { timeout: 10 * 60_000 }, async () => {
     const dir = tempDataDir('demo-again');
@@ -271,27 +295,6 @@ describe('restart safety: kill -9 of cellad at any moment', { concurrency: false
   // Deadlines re-armed after a restart, and recovery of every state, without VMs: test/control-plane/lifecycle.test.ts.
   test('running VMs are re-adopted with their RAM, suspended ones resume, nothing is orphaned', { timeout: 5 * 60_000 }, async () => {
     const dir = tempDataDir('restart');
-    const start = async (): Promise<{ url: string; kill: () => Promise<void> }> => {
-      const child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, 'fixtures/cellad.ts'), dir], {
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
-      const url = await new Promise<string>((resolve, reject) => {
-        let out = '';
-        child.stdout.on('data', (c: Buffer) => {
-          out += c.toString();
-          const line = out.split('\n')[0];
-          if (out.includes('\n') && line) resolve((JSON.parse(line) as { url: string }).url);
-        });
-        child.once('exit', (code) => reject(new Error(`cellad exited with ${code}`)));
-      });
-      return {
-        url,
-        kill: async () => {
-          child.kill('SIGKILL');
-          await new Promise((r) => child.once('exit', r));
-        },
-      };
-    };
     const slotOf = (id: string): number => {
       const db = new Database(path.join(dir, 'cella.db'), { readonly: true });
       try {
@@ -302,7 +305,7 @@ describe('restart safety: kill -9 of cellad at any moment', { concurrency: false
     };
     let server: CellaServer | undefined;
     try {
-      const first = await start();
+      const first = await startCellad(dir);
       let base = first.url;
       assert.equal((await createImage(base, 'demo')).build.buildState, 'SUCCESSFUL');
       const mk = async (body: Record<string, unknown>): Promise<string> => {
@@ -344,6 +347,51 @@ describe('restart safety: kill -9 of cellad at any moment', { concurrency: false
       if (server) {
         await shutdown(server);
       }
+      for (const p of qemusOf(dir)) process.kill(p, 'SIGKILL');
+      await eventually(() => qemusOf(dir).length === 0, 10_000, 'QEMUs gone');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a suspended VM's standby QEMU (ADR 0011) is reclaimed at a restart; terminate ends one", { timeout: 5 * 60_000 }, async () => {
+    const dir = tempDataDir('standby-restart');
+    /** The QEMUs of VM `id` (their command lines name its folder). */
+    const qemusOfVm = (id: string): number[] => qemusOf(dir).filter((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`/vms/${id}/`));
+    let server: CellaServer | undefined;
+    try {
+      // No resume window: the suspend frees the VM's QEMU at once, and the server spawns its standby.
+      const first = await startCellad(dir, { CELLA_RESUME_WINDOW: '0' });
+      assert.equal((await createImage(first.url, 'demo')).build.buildState, 'SUCCESSFUL');
+      const r = await api<MicrovmBody>(first.url, 'POST', `${V}/microvms`, { imageIdentifier: 'demo' });
+      assert.equal(r.status, 200, r.text);
+      const id = r.body.microvmId;
+      await waitState(first.url, id, ['RUNNING']);
+      const db = new Database(path.join(dir, 'cella.db'), { readonly: true });
+      const slot = (db.prepare('SELECT slot FROM vms WHERE id = ?').get(id) as { slot: number }).slot;
+      db.close();
+      assert.equal(await httpGet({ host: networkForSlot(slot).hostAddress, port: 8080 }, '/inc'), '1');
+      const ran = qemusOfVm(id);
+      assert.equal(ran.length, 1);
+      assert.equal((await api(first.url, 'POST', `${V}/microvms/${id}/suspend`)).status, 200);
+      await waitState(first.url, id, ['SUSPENDED']);
+      await eventually(() => qemusOfVm(id).length === 1 && qemusOfVm(id)[0] !== ran[0], 60_000, 'a standby QEMU for the suspended VM');
+      const [standby] = qemusOfVm(id);
+      await first.kill();
+      assert.ok(alive(standby as number), 'the standby outlived cellad');
+
+      server = await startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, minIdleSeconds: 1, resumeWindowSeconds: 0, log: () => {} });
+      assert.deepEqual(qemusOfVm(id), [], 'the restart reclaimed the standby');
+      assert.equal((await api(server.url, 'POST', `${V}/microvms/${id}/resume`)).status, 200);
+      assert.equal(await guestGet(server, id, '/get'), '1', 'the resume restored its RAM from the checkpoint');
+      // This server makes standbys too (its default); terminating the VM ends its standby.
+      assert.equal((await api(server.url, 'POST', `${V}/microvms/${id}/suspend`)).status, 200);
+      await waitState(server.url, id, ['SUSPENDED']);
+      await eventually(() => qemusOfVm(id).length === 1, 60_000, 'a standby QEMU from the new server');
+      assert.equal((await api(server.url, 'DELETE', `${V}/microvms/${id}`)).status, 200);
+      await waitState(server.url, id, ['TERMINATED']);
+      await eventually(() => qemusOfVm(id).length === 0, 10_000, 'the standby ended with its VM');
+    } finally {
+      if (server) await shutdown(server);
       for (const p of qemusOf(dir)) process.kill(p, 'SIGKILL');
       await eventually(() => qemusOf(dir).length === 0, 10_000, 'QEMUs gone');
       rmSync(dir, { recursive: true, force: true });

@@ -5,7 +5,15 @@
 import path from 'node:path';
 import { DEFAULT_URL } from '../client/index.js';
 import { DEFAULT_ACCOUNT_ID, DEFAULT_REGION } from '../contract/index.js';
-import { DEFAULT_API_PORT, DEFAULT_DOMAIN, DEFAULT_PROXY_PORT, DEFAULT_RESUME_WINDOW_SECONDS, DEFAULT_API_RATE_SCALE, startServer } from '../server/index.js';
+import {
+  DEFAULT_API_PORT,
+  DEFAULT_DOMAIN,
+  DEFAULT_PROXY_PORT,
+  DEFAULT_RESUME_WINDOW_SECONDS,
+  DEFAULT_STANDBY_QEMUS,
+  DEFAULT_API_RATE_SCALE,
+  startServer,
+} from '../server/index.js';
 import { DEFAULT_GUEST_DIR } from '../setup/index.js';
 import { int, str, UsageError, type Command } from './args.js';
 
@@ -30,6 +38,10 @@ Options:
   --resume-window-seconds N
                            a suspended VM's stopped QEMU is kept this long so a resume is a continue
                            (default ${DEFAULT_RESUME_WINDOW_SECONDS}; 0 frees its RAM as soon as the checkpoint is written)
+  --standby-qemus N        the last N suspended VMs keep an idle QEMU so their resume skips QEMU's start
+                           (default ${DEFAULT_STANDBY_QEMUS}; 0: none)
+  --standby-preload-mib N  MiB of suspended VMs' pages those QEMUs may hold in advance, all together
+                           (default 0; trades host RAM for a faster resume)
   --api-rate-scale N       multiplies the contract's per-caller API rates (default ${DEFAULT_API_RATE_SCALE}; 0: no throttling)
   --endpoint-rps-per-vcpu N
                            requests per second per MicroVM and vCPU at its endpoint (default 100; 0: no limit)
@@ -62,6 +74,8 @@ Options:
     'tls-key': { type: 'string' },
     'min-idle-seconds': { type: 'string' },
     'resume-window-seconds': { type: 'string' },
+    'standby-qemus': { type: 'string' },
+    'standby-preload-mib': { type: 'string' },
     'api-rate-scale': { type: 'string' },
     'endpoint-rps-per-vcpu': { type: 'string' },
     's3-endpoint': { type: 'string' },
@@ -84,6 +98,8 @@ Options:
     if ((tlsCertFile === undefined) !== (tlsKeyFile === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
     const minIdleSeconds = int(values, 'min-idle-seconds', 1);
     const resumeWindowSeconds = int(values, 'resume-window-seconds', 0, 86_400);
+    const standbyQemus = int(values, 'standby-qemus', 0, 10_000);
+    const standbyPreloadMiB = int(values, 'standby-preload-mib', 0);
     const apiRateScale = int(values, 'api-rate-scale', 0, 1_000_000);
     const maxMemoryMiB = int(values, 'max-memory-mib', 1);
     const minFreeDiskMiB = int(values, 'min-free-disk-mib', 0);
@@ -110,6 +126,8 @@ Options:
       ...(accountId !== undefined ? { accountId } : {}),
       ...(minIdleSeconds !== undefined ? { minIdleSeconds } : {}),
       ...(resumeWindowSeconds !== undefined ? { resumeWindowSeconds } : {}),
+      ...(standbyQemus !== undefined ? { standbyQemus } : {}),
+      ...(standbyPreloadMiB !== undefined ? { standbyPreloadMiB } : {}),
       ...(apiRateScale !== undefined ? { apiRateScale } : {}),
       ...(maxMemoryMiB !== undefined ? { maxMemoryMiB } : {}),
       ...(minFreeDiskMiB !== undefined ? { minFreeDiskMiB } : {}),

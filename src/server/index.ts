@@ -42,6 +42,8 @@ export const DEFAULT_API_PORT = 7470;
 export const DEFAULT_DOMAIN = 'cella.localhost';
 export const DEFAULT_PROXY_PORT = 7443;
 export const DEFAULT_RESUME_WINDOW_SECONDS = 30;
+/** Suspended VMs (the last suspended) kept with a standby QEMU (ADR 0011): a few idle QEMUs for a resume without QEMU's start. */
+export const DEFAULT_STANDBY_QEMUS = 4;
 export const DEFAULT_API_RATE_SCALE = 10;
 export const DEMO_IMAGE = 'demo';
 /** E2B API requests per second per API key, per unit of apiRateScale. */
@@ -87,6 +89,13 @@ export interface ServerOptions {
   apiRateScale?: number;
   /** How long a suspended VM's stopped QEMU is kept for a resume in place (default 30; 0 frees RAM at once). */
   resumeWindowSeconds?: number;
+  /**
+   * Suspended VMs, the last suspended first, that keep a standby QEMU so their resume skips QEMU's start
+   * (ADR 0011; default 4; 0: none). Each is an idle, paused QEMU holding no guest RAM.
+   */
+  standbyQemus?: number;
+  /** MiB of checkpoint pages the standby QEMUs may hold in advance, all together (default 0: RAM is not spent on it). */
+  standbyPreloadMiB?: number;
   /** Accepted as an API key besides the stored ones (default: env CELLA_API_KEY). */
   apiKey?: string;
   /** Accepted as a SigV4 access key besides the stored ones (default: env CELLA_ACCESS_KEY_ID and CELLA_SECRET_ACCESS_KEY). */
@@ -134,6 +143,8 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
   const dataDir = path.resolve(opts.dataDir);
   const host = opts.host ?? '127.0.0.1';
   // Start-up checks first, before anything is made or changed: the data directory, the lock, the guest, the ports.
+  const standbyQemus = nonNegativeInt(opts.standbyQemus ?? DEFAULT_STANDBY_QEMUS, '--standby-qemus');
+  const standbyPreloadMiB = nonNegativeInt(opts.standbyPreloadMiB ?? 0, '--standby-preload-mib');
   prepareDataDir(dataDir);
   const unlock = lockDataDir(dataDir);
   const cleanups: Array<() => unknown> = [unlock];
@@ -161,6 +172,8 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       log,
       outliveParent: true,
       parkSeconds: opts.resumeWindowSeconds ?? DEFAULT_RESUME_WINDOW_SECONDS,
+      standbyQemus,
+      standbyPreloadMiB,
       ...(opts.guestDir ? { guestDir: opts.guestDir } : {}),
       ...(opts.accel ? { accel: opts.accel } : {}),
       ...(opts.warmClones !== undefined ? { warmClones: opts.warmClones } : {}),
@@ -306,4 +319,9 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
 function readVersion(): string {
   const pkg = new URL('../../package.json', import.meta.url);
   return (JSON.parse(readFileSync(pkg, 'utf8')) as { version: string }).version;
+}
+
+function nonNegativeInt(n: number, flag: string): number {
+  if (!Number.isInteger(n) || n < 0) throw new CellaError('INVALID_ARGUMENT', `${flag} must be a non-negative integer, not ${n}`);
+  return n;
 }

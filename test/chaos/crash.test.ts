@@ -16,6 +16,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { CRASH_POINTS, run, type CrashPoint } from '../../src/host/index.js';
 import { zipDirectory } from '../../src/archive/index.js';
+import { DEFAULT_STANDBY_QEMUS } from '../../src/server/index.js';
 import { loadGuestArtifacts } from '../../src/setup/index.js';
 import { V, api, createImage, upload, type MicrovmBody } from '../control-helpers.js';
 import { eventually, tempDataDir } from '../helpers.js';
@@ -124,18 +125,26 @@ describe('crash drill', { concurrency: false }, () => {
     return out;
   };
 
-  /** Nothing on the host that no live VM owns (warm clones and spare namespaces of the running cellad aside). */
+  /**
+   * Nothing on the host that no live VM owns (warm clones and spare namespaces of the running cellad aside):
+   * one QEMU per running VM, at most one standby QEMU (ADR 0011) per suspended VM, none for any other.
+   */
   const checkHost = async (live: Tracked[], where: string): Promise<void> => {
     const running = new Set(live.filter((v) => v.state === 'RUNNING').map((v) => v.id));
+    const suspended = new Set(live.filter((v) => v.state === 'SUSPENDED').map((v) => v.id));
     const ids = new Set(live.map((v) => v.id));
     const problems = (): string[] => {
       const h = hostState(dir);
       const out: string[] = [];
       for (const [folder, pids] of h.qemus) {
         if (folder.startsWith('.warm-') || folder.startsWith('.template-') || folder.startsWith('.builder-')) continue;
-        if (!running.has(folder)) out.push(`QEMU ${pids.join(',')} of ${folder}, which does not run`);
+        if (suspended.has(folder)) {
+          if (pids.length !== 1) out.push(`${pids.length} QEMUs for suspended ${folder}`);
+        } else if (!running.has(folder)) out.push(`QEMU ${pids.join(',')} of ${folder}, which does not run`);
         else if (pids.length !== 1) out.push(`${pids.length} QEMUs for ${folder}`);
       }
+      const standbys = [...h.qemus.keys()].filter((f) => suspended.has(f)).length;
+      if (standbys > DEFAULT_STANDBY_QEMUS) out.push(`${standbys} standby QEMUs, beyond the budget of ${DEFAULT_STANDBY_QEMUS}`);
       for (const f of h.folders) if (!ids.has(f) && !f.startsWith('.warm-')) out.push(`folder ${f}`);
       for (const c of h.cgroups) if (!h.qemus.has(c)) out.push(`cgroup ${c} with no QEMU`);
       const warm = [...h.qemus.keys()].filter((f) => f.startsWith('.warm-')).length;
