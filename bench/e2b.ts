@@ -34,6 +34,8 @@ try {
     if (last.includes('FAILED')) throw new Error(`a template's build failed: ${JSON.stringify(last)}`);
     await new Promise((r) => setTimeout(r, 1000));
   }
+  // The server then fills their warm pools (src/server/managed-images.ts); measured once that is done, as on a server up a while.
+  for (const name of ['base', 'code-interpreter-v1']) await server.engine.prewarm((await server.images.runnable(name)).dir);
 
   const creates: number[] = [];
   for (let i = 0; i < N.creates; i++) {

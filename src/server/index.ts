@@ -33,7 +33,7 @@ import { loadTls } from '../tls/index.js';
 import { checkArnHome, lockDataDir, prepareDataDir } from './data-dir.js';
 import { startDns } from './dns.js';
 import { scheduleHousekeeping, type HousekeepingContext } from './housekeeping.js';
-import { ensureManagedImage } from './managed-images.js';
+import { ensureManagedImage, managedPrewarm } from './managed-images.js';
 import { checkPortFree, listen } from './ports.js';
 
 export { lockDataDir } from './data-dir.js';
@@ -258,9 +258,11 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     });
     // Builds queued or running when cellad stopped: after recovery, so a build never races the reclaim of its VMs.
     await images.recover();
+    // E2B sandboxes are created in bursts by agents: their templates' warm pools are filled once ready, not at a first launch.
+    const prewarm = managedPrewarm(engine, images, log);
     for (const image of managedImages(engine.guest.demoApp)) {
-      const wanted = image.name === DEMO_IMAGE ? opts.demoImage : opts.e2bImages;
-      if (wanted) await ensureManagedImage(image, store, images, arns, dataDir, log);
+      const demo = image.name === DEMO_IMAGE;
+      if (demo ? opts.demoImage : opts.e2bImages) await ensureManagedImage(image, store, images, arns, dataDir, log, demo ? undefined : prewarm);
     }
     const chores: HousekeepingContext = { dataDir, store, images, layerCacheBytes: (opts.layerCacheMiB ?? DEFAULT_LAYER_CACHE_BYTES / 1048576) * 1048576, log };
     const housekeeping = scheduleHousekeeping(chores, capacity, lifecycle, log);
