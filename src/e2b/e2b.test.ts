@@ -85,6 +85,8 @@ let guestEnv: Record<string, string> | undefined;
 let envsListening = false;
 /** Files create wrote in the guest, by path. */
 const guestWrites = new Map<string, string>();
+/** How many times create asked the guest for E2B's user. */
+let userLookups = 0;
 const opts = (): { apiKey: string; apiUrl: string } => ({ apiKey: KEY, apiUrl });
 
 before(async () => {
@@ -97,7 +99,10 @@ before(async () => {
       if (statsFail) throw new CellaError('AGENT_ERROR', 'no stats');
       return STATS;
     },
-    lookupUser: async (name) => ({ name, uid: 1000, gid: 1000, home: `/home/${name}`, shell: '/bin/bash', groups: [1000] }),
+    lookupUser: async (name) => {
+      userLookups++;
+      return { name, uid: 1000, gid: 1000, home: `/home/${name}`, shell: '/bin/bash', groups: [1000] };
+    },
     setEnv: async (env) => void (guestEnv = env),
     startEnvdListener: async () => void (envsListening = true),
     fs: { write: async (p, data) => void guestWrites.set(p, data) },
@@ -163,6 +168,17 @@ test('create answers once the VM runs, with the fields the SDK reads; the sandbo
   assert.equal(sbx.trafficAccessToken, undefined);
   assert.equal(await sandboxes.trafficToken(sbx.sandboxId), undefined);
   assert.equal(await sbx.kill(), true);
+});
+
+test("the guest's user is looked up once per image: later creates clone the same guest", { timeout: 20_000 }, async () => {
+  const made = await Promise.all([Sandbox.create('demo', opts()), Sandbox.create('demo', opts())]);
+  const later = await Sandbox.create('demo', opts());
+  for (const sbx of [...made, later]) assert.equal((await sandboxes.defaults(sbx.sandboxId))?.user, 'user');
+  // The first create (in the test above) looked it up; concurrent ones may too, until one has answered.
+  const seen = userLookups;
+  const last = await Sandbox.create('demo', opts());
+  assert.equal(userLookups, seen);
+  for (const sbx of [...made, later, last]) await sbx.kill();
 });
 
 test('network.allowPublicTraffic: false gives the sandbox a traffic access token, the one its ports then take', { timeout: 20_000 }, async () => {

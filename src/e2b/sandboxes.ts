@@ -96,6 +96,8 @@ export function stateOf(vm: VmRecord): SandboxState {
 
 export class Sandboxes implements SandboxAccess {
   private readonly now: () => number;
+  /** Images (snapshot dirs) whose guest has E2B's user: every create clones the same guest, so one lookup answers for all. */
+  private readonly users = new Map<string, string>();
 
   private constructor(
     private readonly opts: SandboxesOptions,
@@ -153,7 +155,7 @@ export class Sandboxes implements SandboxAccess {
       templateId: req.templateID,
       metadata: req.metadata,
       envVars: req.envVars,
-      user: 'root',
+      user: this.users.get(image.dir) ?? 'root',
       autoResume: req.autoResume,
       allowInternetAccess: req.allowInternetAccess !== false,
       publicTraffic: req.allowPublicTraffic !== false,
@@ -169,7 +171,7 @@ export class Sandboxes implements SandboxAccess {
     try {
       await lifecycle.wake(vm.id, START_TIMEOUT_MS);
       // The agent takes requests in turn: sent together, they cost one wait instead of one each.
-      await Promise.all([this.guestEnv(vm.id, e2b), this.settleUser(vm.id, e2b)]);
+      await Promise.all([this.guestEnv(vm.id, e2b), this.users.has(image.dir) || this.settleUser(vm.id, image.dir, e2b)]);
     } catch (err) {
       await lifecycle.terminate(vm.id, 'the sandbox did not start').catch(() => {});
       const why = (await store.getVm(vm.id))?.stateReason ?? (err as Error).message;
@@ -312,14 +314,15 @@ export class Sandboxes implements SandboxAccess {
   }
 
   /** Records `user` as the default user if the guest has that account (E2B templates do), else root stays. */
-  private async settleUser(id: string, e2b: E2bSandboxRecord): Promise<void> {
+  private async settleUser(id: string, imageDir: string, e2b: E2bSandboxRecord): Promise<void> {
     const agent = this.opts.agentOf(id);
-    const found =
-      agent &&
-      (await agent.lookupUser(E2B_USER).then(
-        () => true,
-        () => false,
-      ));
+    if (!agent) return;
+    const found = await agent.lookupUser(E2B_USER).then(
+      () => true,
+      () => false,
+    );
+    // Only a found user is kept: a failed lookup may be the agent's, not the image's.
+    if (found) this.users.set(imageDir, E2B_USER);
     if (found) await this.opts.store.putE2bSandbox({ ...e2b, user: E2B_USER });
   }
 
