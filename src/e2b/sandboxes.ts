@@ -322,8 +322,9 @@ export class Sandboxes implements SandboxAccess {
       () => false,
     );
     // Only a found user is kept: a failed lookup may be the agent's, not the image's.
-    if (found) this.users.set(imageDir, E2B_USER);
-    if (found) await this.opts.store.putE2bSandbox({ ...e2b, user: E2B_USER });
+    if (!found) return;
+    this.users.set(imageDir, E2B_USER);
+    await this.opts.store.putE2bSandbox({ ...e2b, user: E2B_USER });
   }
 
   /** The sandbox once it is no longer on its way in or out (PENDING, SUSPENDING). */
