@@ -143,8 +143,9 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
   const dataDir = path.resolve(opts.dataDir);
   const host = opts.host ?? '127.0.0.1';
   // Start-up checks first, before anything is made or changed: the data directory, the lock, the guest, the ports.
-  const standbyQemus = nonNegativeInt(opts.standbyQemus ?? DEFAULT_STANDBY_QEMUS, '--standby-qemus');
-  const standbyPreloadMiB = nonNegativeInt(opts.standbyPreloadMiB ?? 0, '--standby-preload-mib');
+  const standbyQemus = wholeNumber(opts.standbyQemus ?? DEFAULT_STANDBY_QEMUS, 0, '--standby-qemus');
+  const standbyPreloadMiB = wholeNumber(opts.standbyPreloadMiB ?? 0, 0, '--standby-preload-mib');
+  const minIdleSeconds = wholeNumber(opts.minIdleSeconds ?? CONTRACT_MIN_IDLE_SECONDS, 1, '--min-idle-seconds');
   prepareDataDir(dataDir);
   const unlock = lockDataDir(dataDir);
   const cleanups: Array<() => unknown> = [unlock];
@@ -204,8 +205,6 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     if (reclaimed.killed + reclaimed.removedDirs + reclaimed.removedNamespaces > 0) {
       log(`reclaimed what no VM owned: ${reclaimed.killed} QEMU processes, ${reclaimed.removedDirs} folders, ${reclaimed.removedNamespaces} namespaces`);
     }
-    const minIdleSeconds = opts.minIdleSeconds ?? CONTRACT_MIN_IDLE_SECONDS;
-    if (!Number.isInteger(minIdleSeconds) || minIdleSeconds < 1) throw new CellaError('INVALID_ARGUMENT', '--min-idle-seconds must be a positive integer');
     const domain = opts.domain ?? DEFAULT_DOMAIN;
     const tokens = await TokenMinter.open(store);
     const maxMemoryMiB = opts.maxMemoryMiB ?? Math.floor(totalmem() / 1048576);
@@ -323,7 +322,9 @@ function readVersion(): string {
   return (JSON.parse(readFileSync(pkg, 'utf8')) as { version: string }).version;
 }
 
-function nonNegativeInt(n: number, flag: string): number {
-  if (!Number.isInteger(n) || n < 0) throw new CellaError('INVALID_ARGUMENT', `${flag} must be a non-negative integer, not ${n}`);
+/** A numeric server option, refused with INVALID_ARGUMENT unless it is an integer of at least `min` (0 or 1). */
+function wholeNumber(n: number, min: 0 | 1, flag: string): number {
+  if (!Number.isInteger(n) || n < min)
+    throw new CellaError('INVALID_ARGUMENT', `${flag} must be a ${min === 0 ? 'non-negative' : 'positive'} integer, not ${n}`);
   return n;
 }

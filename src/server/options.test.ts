@@ -6,15 +6,17 @@ import { test } from 'node:test';
 import { isCellaError } from '../contract/index.js';
 import { startServer } from './index.js';
 
-test('a bad standby budget is refused with INVALID_ARGUMENT before anything is made', { timeout: 10_000 }, async () => {
+test('a bad standby budget or minimum idle time is refused with INVALID_ARGUMENT before anything is made', { timeout: 10_000 }, async () => {
   const parent = mkdtempSync(path.join(tmpdir(), 'cella-options-'));
   const dataDir = path.join(parent, 'data');
   try {
-    for (const bad of [{ standbyQemus: -1 }, { standbyQemus: 1.5 }, { standbyPreloadMiB: -4 }]) {
+    for (const bad of [{ standbyQemus: -1 }, { standbyQemus: 1.5 }, { standbyPreloadMiB: -4 }, { minIdleSeconds: 0 }, { minIdleSeconds: 2.5 }]) {
       await assert.rejects(
         startServer({ dataDir, port: 0, proxyPort: 0, log: () => {}, ...bad }),
         (err: unknown) =>
-          isCellaError(err) && err.code === 'INVALID_ARGUMENT' && /--standby-(qemus|preload-mib) must be a non-negative integer/.test(err.message),
+          isCellaError(err) &&
+          err.code === 'INVALID_ARGUMENT' &&
+          /--standby-(qemus|preload-mib) must be a non-negative integer|--min-idle-seconds must be a positive integer/.test(err.message),
       );
       assert.equal(existsSync(dataDir), false, 'no data directory was made');
     }
