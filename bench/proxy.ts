@@ -1,19 +1,20 @@
 /**
- * npm run bench:proxy [-- --quick] [--standby-qemus N]
+ * npm run bench:proxy [-- --quick] [--standby-qemus N] [--standby-preload-mib N]
  *
  * The endpoint proxy in one run: requests/s and latency through the proxy
  * (HTTPS, keep-alive, token checked on every request) and directly to the
  * guest's namespace address, and suspended → first byte through the proxy
  * (auto-resume). Prints JSON lines (see ./report.ts); asserts nothing.
  * `--standby-qemus` sets the server's standby budget (ADR 0011; default the
- * server's), to compare a cold resume with a standby QEMU and without.
+ * server's), to compare a cold resume with a standby QEMU and without;
+ * `--standby-preload-mib` the pages standbys may hold in advance.
  */
 import { request as httpsRequest } from 'node:https';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { readFileSync, rmSync } from 'node:fs';
-import { DEFAULT_STANDBY_QEMUS, startServer } from '../src/server/index.js';
+import { DEFAULT_STANDBY_PRELOAD_MIB, DEFAULT_STANDBY_QEMUS, startServer } from '../src/server/index.js';
 import { API_KEY, V, shutdown, api, createImage, waitState } from '../test/control-helpers.js';
 import { tempDataDir } from '../test/helpers.js';
 import type { LoadSpec } from './load-worker.js';
@@ -24,6 +25,8 @@ const quick = process.argv.includes('--quick');
 const N = { seconds: quick ? 4 : 10, concurrency: 8, resumes: quick ? 5 : 15 };
 const standbyArg = process.argv.indexOf('--standby-qemus');
 const standbyQemus = standbyArg < 0 ? DEFAULT_STANDBY_QEMUS : Number(process.argv[standbyArg + 1]);
+const preloadArg = process.argv.indexOf('--standby-preload-mib');
+const standbyPreloadMiB = preloadArg < 0 ? DEFAULT_STANDBY_PRELOAD_MIB : Number(process.argv[preloadArg + 1]);
 
 const dataDir = tempDataDir('bench-proxy');
 // A short resume window, so one run measures a resume within it (a continue) and one after it (a restore).
@@ -36,10 +39,11 @@ const server = await startServer({
   minIdleSeconds: 1,
   resumeWindowSeconds: WINDOW_S,
   standbyQemus,
+  standbyPreloadMiB,
   endpointRpsPerVcpu: 0,
   log: () => {},
 });
-const emit = reporter(() => ({ accel: server.engine.accel.accel, standby_qemus: standbyQemus }));
+const emit = reporter(() => ({ accel: server.engine.accel.accel, standby_qemus: standbyQemus, standby_preload_mib: standbyPreloadMiB }));
 const base = server.url;
 
 /** Runs the load in a child process; returns requests/s and per-request latencies. */

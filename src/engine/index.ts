@@ -27,7 +27,7 @@ import type { EngineCore, WarmVm } from './core.js';
 import type { AppLogOption, StartOptions } from './helpers.js';
 import { HostTable } from './host.js';
 import { endParked } from './park.js';
-import { endAllStandbys, endStandby, settleStandby } from './standby.js';
+import { endAllStandbys, endStandby, restartStandbys, settleStandby } from './standby.js';
 import { WarmPool } from './pool.js';
 import { resume } from './resume.js';
 import { sha256, type SnapshotManifest } from './snapshot.js';
@@ -225,6 +225,11 @@ export class Engine extends EventEmitter {
   /** Waits until the standby QEMU of suspended VM `ref` is ready (or failed), if one is being made. */
   standbyReady(ref: VmRef): Promise<void> {
     return settleStandby(this.core, ref.id);
+  }
+
+  /** After a restart (and reclaim()): standby QEMUs again for the suspended VMs among `refs` suspended last, in the background (standby.ts). */
+  restartStandbys(refs: Iterable<VmRef>): void {
+    restartStandbys(this.core, refs);
   }
 
   /** Saves a running VM to its folder and ends its QEMU (or parks it for the resume window); resume() brings it back. */

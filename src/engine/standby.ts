@@ -14,7 +14,7 @@
  * loads the device state. That RAM (the pages the VM dirtied) is held while
  * it stays suspended: a trade of host memory for latency, bounded here.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { networkForSlot } from '../net/index.js';
 import { checkpointLayout, restorePages } from './checkpoint.js';
 import { spawnEmpty } from './clone.js';
@@ -30,6 +30,29 @@ export function startStandby(core: EngineCore, ref: VmRef): void {
     .catch((err: Error) => core.log(`standby QEMU for ${ref.id}: ${err.message}`))
     .finally(() => core.standbyJobs.delete(ref.id));
   core.standbyJobs.set(ref.id, job);
+}
+
+/**
+ * After a restart, which ended the standbys an earlier cellad made: new ones
+ * for the suspended VMs among `refs` (a checkpoint, no QEMU here), those
+ * suspended last (their checkpoint's mtime) within the bound. One at a time,
+ * oldest first, so the bound ends them in suspend order, as it would have.
+ */
+export function restartStandbys(core: EngineCore, refs: Iterable<VmRef>): void {
+  if (core.standbyMax === 0) return;
+  const suspended = [...refs]
+    .flatMap((ref) => {
+      const st = core.hosts.entry(ref.id) ? undefined : statSync(vmFiles(vmDir(core, ref.id)).checkpoint, { throwIfNoEntry: false });
+      return st ? [{ ref, at: st.mtimeMs }] : [];
+    })
+    .sort((a, b) => a.at - b.at)
+    .slice(-core.standbyMax);
+  void (async () => {
+    for (const { ref } of suspended) {
+      startStandby(core, ref);
+      await settleStandby(core, ref.id);
+    }
+  })();
 }
 
 /** Waits for the standby of `id` in the making, if any (a resume or terminate of that VM comes). */

@@ -44,6 +44,8 @@ export const DEFAULT_PROXY_PORT = 7443;
 export const DEFAULT_RESUME_WINDOW_SECONDS = 30;
 /** Suspended VMs (the last suspended) kept with a standby QEMU (ADR 0011): a few idle QEMUs for a resume without QEMU's start. */
 export const DEFAULT_STANDBY_QEMUS = 4;
+/** MiB of checkpoint pages those standby QEMUs may hold in advance, all together (ADR 0011). */
+export const DEFAULT_STANDBY_PRELOAD_MIB = 0;
 export const DEFAULT_API_RATE_SCALE = 10;
 export const DEMO_IMAGE = 'demo';
 /** E2B API requests per second per API key, per unit of apiRateScale. */
@@ -144,7 +146,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
   const host = opts.host ?? '127.0.0.1';
   // Start-up checks first, before anything is made or changed: the data directory, the lock, the guest, the ports.
   const standbyQemus = wholeNumber(opts.standbyQemus ?? DEFAULT_STANDBY_QEMUS, 0, '--standby-qemus');
-  const standbyPreloadMiB = wholeNumber(opts.standbyPreloadMiB ?? 0, 0, '--standby-preload-mib');
+  const standbyPreloadMiB = wholeNumber(opts.standbyPreloadMiB ?? DEFAULT_STANDBY_PRELOAD_MIB, 0, '--standby-preload-mib');
   const minIdleSeconds = wholeNumber(opts.minIdleSeconds ?? CONTRACT_MIN_IDLE_SECONDS, 1, '--min-idle-seconds');
   prepareDataDir(dataDir);
   const unlock = lockDataDir(dataDir);
@@ -205,6 +207,8 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     if (reclaimed.killed + reclaimed.removedDirs + reclaimed.removedNamespaces > 0) {
       log(`reclaimed what no VM owned: ${reclaimed.killed} QEMU processes, ${reclaimed.removedDirs} folders, ${reclaimed.removedNamespaces} namespaces`);
     }
+    // The reclaim ended the standbys of the suspended VMs; those suspended last get new ones, as before the restart.
+    engine.restartStandbys(keep);
     const domain = opts.domain ?? DEFAULT_DOMAIN;
     const tokens = await TokenMinter.open(store);
     const maxMemoryMiB = opts.maxMemoryMiB ?? Math.floor(totalmem() / 1048576);
