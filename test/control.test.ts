@@ -292,6 +292,60 @@ describe('restart safety: kill -9 of cellad at any moment', { concurrency: false
     }
   });
 
+  test('a managed image whose template changed is built again as a new version; one made by someone else is left alone', { timeout: 10 * 60_000 }, async () => {
+    const dir = tempDataDir('template-revision');
+    const start = (): Promise<CellaServer> => startServer({ dataDir: dir, port: 0, proxyPort: 0, apiKey: API_KEY, demoImage: true, log: () => {} });
+    /** Says that demo's version `version` was made with description `text` (an older cellad, or a user). */
+    const madeAs = (version: string, text: string): void => {
+      const db = new Database(path.join(dir, 'cella.db'));
+      db.prepare("UPDATE image_versions SET request = json_set(request, '$.description', ?) WHERE image_name = 'demo' AND version = ?").run(text, version);
+      db.close();
+    };
+    let s: CellaServer | undefined;
+    try {
+      s = await start();
+      const first = s;
+      await eventually(async () => (await first.images.latest('demo', 'SUCCESSFUL')) !== undefined, 300_000, 'the demo to be built');
+      const r = await api<MicrovmBody>(first.url, 'POST', `${V}/microvms`, { imageIdentifier: 'demo' });
+      assert.equal(r.status, 200, r.text);
+      const id = r.body.microvmId;
+      await waitState(first.url, id, ['RUNNING']);
+      await s.close();
+      s = undefined;
+      // An older cellad's template: the next start builds version 2.0, and 1.0 serves meanwhile.
+      madeAs('1.0', 'made by cellad from its template, revision 0000000000000000');
+      const second = await start();
+      s = second;
+      assert.deepEqual((await second.store.listBuilds('demo')).map((b) => b.version).sort(), ['1.0', '2.0'], 'version 2.0 is being built');
+      assert.equal((await second.images.latest('demo', 'SUCCESSFUL'))?.version, '1.0', '1.0 serves until 2.0 is built');
+      await eventually(async () => (await second.images.latest('demo', 'SUCCESSFUL'))?.version === '2.0', 300_000, 'version 2.0 to be built');
+      const v2 = await second.images.latest('demo', 'SUCCESSFUL');
+      assert.match(v2?.request.description ?? '', /^made by cellad from its template, revision [0-9a-f]{16}$/);
+      assert.equal(
+        (await api<{ state: string; imageVersion?: string }>(second.url, 'GET', `${V}/microvms/${id}`)).body.state,
+        'RUNNING',
+        'the VM on 1.0 runs on',
+      );
+      const run2 = await api<MicrovmBody>(second.url, 'POST', `${V}/microvms`, { imageIdentifier: 'demo' });
+      assert.equal(run2.status, 200, run2.text);
+      await s.close();
+      s = undefined;
+      // The same template, then a version a user made: no build either time.
+      for (const step of ['unchanged', 'a user version']) {
+        if (step === 'a user version') madeAs('2.0', 'my own demo');
+        const again = await start();
+        s = again;
+        assert.deepEqual((await again.store.listBuilds('demo')).map((b) => b.version).sort(), ['1.0', '2.0'], `no new build (${step})`);
+        await s.close();
+        s = undefined;
+      }
+    } finally {
+      if (s) await shutdown(s);
+      for (const p of qemusOf(dir)) process.kill(p, 'SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   // Deadlines re-armed after a restart, and recovery of every state, without VMs: test/control-plane/lifecycle.test.ts.
   test('running VMs are re-adopted with their RAM, suspended ones resume, nothing is orphaned', { timeout: 5 * 60_000 }, async () => {
     const dir = tempDataDir('restart');

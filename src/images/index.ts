@@ -32,7 +32,7 @@ import { storeUpload, type Upload } from './upload.js';
 
 export { DEFAULT_LAYER_CACHE_BYTES, type PruneResult } from './cache.js';
 export { DEFAULT_IMAGE_QUOTAS, type ImageQuotas, type StartedVersion } from './records.js';
-export { demoContext, demoZip } from './demo.js';
+export { demoContext, demoZip } from './context.js';
 export { CODE_INTERPRETER_PORT, E2B_BASE, managedImages, type ManagedImage } from './templates.js';
 
 /** Managed bases have one version each: the one setup built. */

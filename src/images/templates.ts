@@ -9,13 +9,10 @@
  * Cella serves on the host), `code-interpreter-v1` runs Cella's stand-in for
  * E2B's Jupyter server (guest/code-interpreter/server.py, Python stdlib only).
  */
-import { copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { zipDirectory } from '../archive/index.js';
 import type { MEMORY_TIERS_MIB } from '../contract/index.js';
 import { DEMO_PORT } from '../setup/index.js';
-import { demoZip } from './demo.js';
+import { DEMO_DOCKERFILE, contextRevision, zipContext, type ContextFiles } from './context.js';
 
 /** The managed base the E2B templates are built FROM (src/setup/bases.ts). */
 export const E2B_BASE = 'debian-12-e2b';
@@ -35,6 +32,8 @@ export interface ManagedImage {
   memoryMiB: MemoryTier;
   /** Writes the image's build context zipped into `zipFile`; returns its path. */
   zip(zipFile: string): Promise<string>;
+  /** A digest of that context (Dockerfile and files): a new one means the template changed and is built again. */
+  revision: string;
 }
 
 /**
@@ -51,15 +50,9 @@ const ADD_USER = [
   '  && grep -q EUID /etc/profile',
 ];
 
-async function zipContext(zipFile: string, files: Record<string, string>, dockerfile: string[]): Promise<string> {
-  const dir = `${zipFile}.d`;
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true });
-  for (const [name, from] of Object.entries(files)) copyFileSync(from, path.join(dir, name));
-  writeFileSync(path.join(dir, 'Dockerfile'), [...dockerfile, ''].join('\n'));
-  writeFileSync(zipFile, await zipDirectory(dir));
-  rmSync(dir, { recursive: true, force: true });
-  return zipFile;
+/** An image whose build context is `dockerfile` and `files` (name in the context → path here). */
+function managed(name: string, base: string, memoryMiB: MemoryTier, files: ContextFiles, dockerfile: readonly string[]): ManagedImage {
+  return { name, base, memoryMiB, zip: (f) => zipContext(f, files, dockerfile), revision: contextRevision(files, dockerfile) };
 }
 
 /** The Dockerfile of `base`. */
@@ -88,13 +81,8 @@ export function codeInterpreterDockerfile(): string[] {
 /** Every image cellad builds at its first start, in that order. */
 export function managedImages(demoApp: string): ManagedImage[] {
   return [
-    { name: 'demo', base: 'busybox', memoryMiB: 256, zip: (f) => demoZip(f, demoApp) },
-    { name: 'base', base: E2B_BASE, memoryMiB: E2B_MEMORY_MIB, zip: (f) => zipContext(f, { 'cella-demo': demoApp }, baseDockerfile()) },
-    {
-      name: 'code-interpreter-v1',
-      base: E2B_BASE,
-      memoryMiB: E2B_MEMORY_MIB,
-      zip: (f) => zipContext(f, { 'server.py': SERVER_SOURCE }, codeInterpreterDockerfile()),
-    },
+    managed('demo', 'busybox', 256, { 'cella-demo': demoApp }, DEMO_DOCKERFILE),
+    managed('base', E2B_BASE, E2B_MEMORY_MIB, { 'cella-demo': demoApp }, baseDockerfile()),
+    managed('code-interpreter-v1', E2B_BASE, E2B_MEMORY_MIB, { 'server.py': SERVER_SOURCE }, codeInterpreterDockerfile()),
   ];
 }

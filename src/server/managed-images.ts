@@ -1,18 +1,25 @@
 import path from 'node:path';
-import type { Arns } from '../contract/index.js';
+import type { Arns, UpdateImageRequest } from '../contract/index.js';
 import type { Engine } from '../engine/index.js';
-import type { Images, ManagedImage } from '../images/index.js';
+import type { Images, ManagedImage, StartedVersion } from '../images/index.js';
 import type { Store } from '../store/index.js';
 
 /** Called once a managed image has a successful build (see managedPrewarm). */
 export type ImageReady = (name: string) => void;
 
+/** What a version cellad builds of a managed image says of itself: its template's revision. */
+export const managedDescription = (revision: string): string => `${MANAGED_MARK}${revision}`;
+const MANAGED_MARK = 'made by cellad from its template, revision ';
+
 /**
  * An image cellad makes itself (the demo app, E2B's templates) from its
  * Dockerfile on a managed base, built like any user image at the first
  * start; and again at a later start if no build of it ever succeeded (one
- * cut short by a failed start, say). `ready` hears of it once it has a
- * successful build: at once when it had one already, else when the build ends.
+ * cut short by a failed start, say), or if its template changed (a new
+ * cellad): a new version then, while the last one serves until it is built.
+ * A version someone else made (another description) is left alone. `ready`
+ * hears of the image once it has a successful build: at once when it had
+ * one already, and again when a build ends well.
  */
 export async function ensureManagedImage(
   image: ManagedImage,
@@ -24,27 +31,46 @@ export async function ensureManagedImage(
   ready?: ImageReady,
 ): Promise<void> {
   const name = image.name;
+  const request = async (): Promise<UpdateImageRequest> => ({
+    baseImageArn: arns.managedImage(image.base),
+    codeArtifact: { uri: `file://${await image.zip(path.join(dataDir, 'artifacts', `${name}.zip`))}` },
+    resources: [{ minimumMemoryInMiB: image.memoryMiB }],
+    description: managedDescription(image.revision),
+  });
+  let started: StartedVersion;
   if (await store.getImage(name)) {
     const pending = (await store.listBuilds(name)).some((b) => b.state === 'PENDING' || b.state === 'IN_PROGRESS');
     if (pending) return;
-    if (await images.latest(name, 'SUCCESSFUL')) return void ready?.(name);
-    log(`image "${name}" has no successful build: building it again`);
-    await images.delete(name, async () => false);
+    const last = await images.latest(name, 'SUCCESSFUL');
+    if (last) {
+      ready?.(name);
+      // Versions built before templates had revisions carry no description.
+      const said = last.request.description;
+      if (said === managedDescription(image.revision) || (said !== undefined && !said.startsWith(MANAGED_MARK))) return;
+      try {
+        started = await images.update(name, await request());
+      } catch (err) {
+        // The image is being deleted, say: the version it has serves on.
+        return log(`image "${name}": its template changed, but a new version could not be started: ${(err as Error).message}`);
+      }
+      log(`image "${name}": its template changed: building version ${started.version.version} (build ${started.build.buildId})`);
+    } else {
+      log(`image "${name}" has no successful build: building it again`);
+      await images.delete(name, async () => false);
+      started = await images.create({ name, ...(await request()) });
+      log(`building the image "${name}" (build ${started.build.buildId})`);
+    }
+  } else {
+    started = await images.create({ name, ...(await request()) });
+    log(`building the image "${name}" (first start; build ${started.build.buildId})`);
   }
-  const zip = await image.zip(path.join(dataDir, 'artifacts', `${name}.zip`));
-  const started = await images.create({
-    name,
-    baseImageArn: arns.managedImage(image.base),
-    codeArtifact: { uri: `file://${zip}` },
-    resources: [{ minimumMemoryInMiB: image.memoryMiB }],
-  });
-  log(`building the image "${name}" (first start; build ${started.build.buildId})`);
   void images
     .enqueue(started)
     .then(async () => {
       const v = await images.latest(name, 'SUCCESSFUL');
-      log(v ? `image "${name}" is ready` : `image "${name}" failed: see cella image logs ${name}`);
-      if (v) ready?.(name);
+      const built = v?.version === started.version.version;
+      log(built ? `image "${name}" is ready` : `image "${name}" failed: see cella image logs ${name}`);
+      if (built) ready?.(name);
     })
     .catch((err: Error) => log(`image "${name}": ${err.message}`));
 }
