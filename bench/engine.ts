@@ -1,5 +1,5 @@
 /**
- * npm run bench:engine [-- --quick]
+ * npm run bench:engine [-- --quick] [--no-standby] [--no-preload]
  *
  * Measures the engine on the demo app (a 256 MiB guest; suspend also a 2 GiB
  * one) and prints one JSON object per line. `baseline` is the issue's target for the metric, `ratio`
@@ -10,6 +10,7 @@
 import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { Engine, type RunningVm } from '../src/engine/index.js';
+import { DEFAULT_STANDBY_PRELOAD_MIB } from '../src/server/index.js';
 import { DEMO_APP, DEMO_PORT, buildDemoRootfs } from '../src/setup/index.js';
 import { get, tempDataDir } from '../test/helpers.js';
 import { percentile, reporter } from './report.js';
@@ -33,9 +34,10 @@ function pssKiB(pid: number): number {
 const ms = (t: number): number => performance.now() - t;
 const p50s = (phases: Record<string, number[]>): Record<string, number> => Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, percentile(v, 50)]));
 const dataDir = tempDataDir('bench');
-// --no-standby: every resume spawns its QEMU (the cold path); --preload: standbys hold the checkpoint's pages in advance.
+// --no-standby: every resume spawns its QEMU (the cold path); standbys hold the checkpoint's pages in advance
+// as `cella server`'s do (ADR 0011), unless --no-preload.
 const standby = !process.argv.includes('--no-standby');
-const preloadMiB = process.argv.includes('--preload') ? 128 : 0;
+const preloadMiB = process.argv.includes('--no-preload') ? 0 : DEFAULT_STANDBY_PRELOAD_MIB;
 const engine = await Engine.open({ dataDir, log: () => {}, standbyQemus: standby ? 2 : 0, standbyPreloadMiB: preloadMiB });
 const accel = engine.accel.accel;
 const emit = reporter(() => ({ accel }));
