@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import path from 'node:path';
 import type { Arns, UpdateImageRequest } from '../contract/index.js';
 import type { Engine } from '../engine/index.js';
@@ -15,8 +16,9 @@ const MANAGED_MARK = 'made by cellad from its template, revision ';
  * An image cellad makes itself (the demo app, E2B's templates) from its
  * Dockerfile on a managed base, built like any user image at the first
  * start; and again at a later start if no build of it ever succeeded (one
- * cut short by a failed start, say), or if its template changed (a new
- * cellad): a new version then, while the last one serves until it is built.
+ * cut short by a failed start, say), or if its template or its base changed
+ * (a new cellad, a setup that made the base again): a new version then,
+ * while the last one serves until it is built.
  * A version someone else made (another description) is left alone. `ready`
  * hears of the image once it has a successful build: at once when it had
  * one already, and again when a build ends well.
@@ -31,11 +33,17 @@ export async function ensureManagedImage(
   ready?: ImageReady,
 ): Promise<void> {
   const name = image.name;
+  // A base setup made again (new packages, say) changes the template's tree as much as its own Dockerfile does.
+  const base = images.managed().find((b) => b.name === image.base);
+  const revision = createHash('sha256')
+    .update(JSON.stringify([image.revision, base?.inputsSha256, base?.createdAt]))
+    .digest('hex')
+    .slice(0, 16);
   const request = async (): Promise<UpdateImageRequest> => ({
     baseImageArn: arns.managedImage(image.base),
     codeArtifact: { uri: `file://${await image.zip(path.join(dataDir, 'artifacts', `${name}.zip`))}` },
     resources: [{ minimumMemoryInMiB: image.memoryMiB }],
-    description: managedDescription(image.revision),
+    description: managedDescription(revision),
   });
   let started: StartedVersion;
   if (await store.getImage(name)) {
@@ -46,7 +54,7 @@ export async function ensureManagedImage(
       ready?.(name);
       // Versions built before templates had revisions carry no description.
       const said = last.request.description;
-      if (said === managedDescription(image.revision) || (said !== undefined && !said.startsWith(MANAGED_MARK))) return;
+      if (said === managedDescription(revision) || (said !== undefined && !said.startsWith(MANAGED_MARK))) return;
       try {
         started = await images.update(name, await request());
       } catch (err) {
