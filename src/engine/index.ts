@@ -146,6 +146,7 @@ export class Engine extends EventEmitter {
     const accel = await detectAccel({
       kernel: guest.kernel,
       initrd: guest.initrd,
+      spawner: guest.spawner,
       cacheFile: path.join(guest.dir, 'accel.json'),
       cacheKey: `${qemuVersion}:${guest.manifest.vmlinuxSha256}`,
       force: opts.accel,

@@ -30,6 +30,7 @@ export type VmSpec = Omit<QemuSpec, 'jail' | 'tap'>;
 export function spawnQemu(core: EngineCore, spec: VmSpec, place: SpawnPlace): QemuProcess {
   const { name, net, jail } = place;
   const qemu = QemuProcess.spawn(buildQemuArgs({ ...spec, jail, ...(net ? { tap: { ifname: GUEST.tap, mac: GUEST.mac } } : {}) }), {
+    spawner: core.guest.spawner,
     binary: core.qemuBinary,
     ...(net ? { netns: net.netns } : {}),
     outliveParent: place.outliveParent ? { stderrFile: vmFiles(vmDir(core, name)).qemuLog } : undefined,

@@ -28,6 +28,8 @@ export interface GuestArtifacts {
   kernel: string;
   initrd: string;
   demoApp: string;
+  /** cella-spawn: the host's prelude to each QEMU (guest/host/spawn.c), built with the guest's binaries. */
+  spawner: string;
   bases: string;
   manifest: GuestManifest;
 }
@@ -39,6 +41,7 @@ export function guestPaths(dir: string): Omit<GuestArtifacts, 'manifest'> & { ma
     kernel: join(dir, 'vmlinux'),
     initrd: join(dir, 'initrd.cpio'),
     demoApp: join(dir, 'cella-demo'),
+    spawner: join(dir, 'cella-spawn'),
     bases: join(dir, 'bases'),
     manifest: join(dir, 'manifest.json'),
   };
@@ -77,6 +80,7 @@ export function loadGuestArtifacts(dir = DEFAULT_GUEST_DIR): GuestArtifacts {
   if (!existsSync(paths.kernel)) throw setupMissing('guest kernel', paths.kernel);
   if (!existsSync(paths.initrd)) throw setupMissing('guest initrd', paths.initrd);
   if (!existsSync(paths.demoApp)) throw setupMissing('guest demo app', paths.demoApp);
+  if (!existsSync(paths.spawner)) throw setupMissing('cella-spawn (the QEMU prelude)', paths.spawner);
   // Setup writes the manifest last, so its absence also means an unfinished setup.
   const manifest = readManifest(paths.manifest);
   if (!manifest) throw setupMissing('guest agent manifest', paths.manifest);

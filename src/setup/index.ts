@@ -105,7 +105,7 @@ export async function setupGuest(opts: SetupOptions): Promise<GuestArtifacts> {
     ['strip', 'binutils'],
   ]);
   const build = join(guestDir, 'build');
-  log(`guest: building cella-init and cella-demo into ${build}`);
+  log(`guest: building cella-init, cella-demo and cella-spawn into ${build}`);
   await run('make', ['-C', resolve(opts.repoRoot, 'guest'), ...(force ? ['-B'] : []), 'CC=musl-gcc', `OUT=${build}`], { timeoutMs: 5 * 60_000 });
   const agent = await readFile(join(build, 'cella-init'));
   const agentSha = sha256(agent);
@@ -153,11 +153,16 @@ export async function setupGuest(opts: SetupOptions): Promise<GuestArtifacts> {
   }
   if (initrdSha === undefined) throw setupMissing('guest initrd', paths.initrd);
 
-  // d. Demo app.
-  const demo = await readFile(join(build, 'cella-demo'));
-  if ((await fileSha256(paths.demoApp)) !== sha256(demo)) {
-    await writeAtomic(paths.demoApp, demo, 0o755);
-    log(`demo: wrote ${paths.demoApp}`);
+  // d. Demo app, and cella-spawn (the host's QEMU prelude).
+  for (const [name, to] of [
+    ['cella-demo', paths.demoApp],
+    ['cella-spawn', paths.spawner],
+  ] as const) {
+    const bin = await readFile(join(build, name));
+    if ((await fileSha256(to)) !== sha256(bin)) {
+      await writeAtomic(to, bin, 0o755);
+      log(`${name}: wrote ${to}`);
+    }
   }
 
   // e. Base trees: busybox and the Debian bases.

@@ -23,7 +23,7 @@ export function hostTscKhz(): number | undefined {
   return m ? Math.round(Number(m[1]) * 1000) : undefined;
 }
 
-async function bootProbe(kernel: string, initrd: string, binary?: string): Promise<{ ok: boolean; detail: string }> {
+async function bootProbe(kernel: string, initrd: string, spawner: string, binary?: string): Promise<{ ok: boolean; detail: string }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'cella-probe-'));
   try {
     const consoleLog = path.join(dir, 'console.log');
@@ -38,7 +38,7 @@ async function bootProbe(kernel: string, initrd: string, binary?: string): Promi
       qmpSocket: path.join(dir, 'qmp.sock'),
       consoleLog,
     });
-    const qemu = QemuProcess.spawn(args, { binary });
+    const qemu = QemuProcess.spawn(args, { spawner, binary });
     const timer = setTimeout(() => void qemu.kill(), PROBE_TIMEOUT_MS);
     await qemu.waitExit();
     clearTimeout(timer);
@@ -63,6 +63,7 @@ async function bootProbe(kernel: string, initrd: string, binary?: string): Promi
 export async function detectAccel(opts: {
   kernel: string;
   initrd: string;
+  spawner: string;
   cacheFile: string;
   cacheKey: string;
   force?: Accel;
@@ -82,7 +83,7 @@ export async function detectAccel(opts: {
   } catch {
     // no cache yet
   }
-  const probe = await bootProbe(opts.kernel, opts.initrd, opts.qemuBinary);
+  const probe = await bootProbe(opts.kernel, opts.initrd, opts.spawner, opts.qemuBinary);
   const info: AccelInfo = probe.ok ? { accel: 'kvm', reason: `KVM: ${probe.detail}` } : { accel: 'tcg', reason: `TCG: ${probe.detail}` };
   try {
     writeFileSync(opts.cacheFile, JSON.stringify({ key, info }));

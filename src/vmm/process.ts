@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { accessSync, closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
+import path from 'node:path';
 import { CellaError, setupMissing } from '../contract/index.js';
 import type { Cgroup } from './cgroup.js';
 import { processStartTime, startTimeOfChild } from './procfs.js';
@@ -24,6 +25,8 @@ export function requireExecutable(path: string, what: string): void {
 }
 
 export interface SpawnOptions {
+  /** cella-spawn (guest/host/spawn.c), the prelude that puts QEMU in place and becomes it. */
+  spawner: string;
   netns?: string;
   binary?: string;
   /**
@@ -37,28 +40,13 @@ export interface SpawnOptions {
 }
 
 /**
- * A prelude run by sh, which then becomes QEMU (same pid). It writes its pid
- * to each file before `--` (its cgroups), so QEMU runs in them from its first
- * instruction; the paths are arguments, never part of the script.
- */
-const JOIN = 'for f; do shift; [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; done';
-/**
- * PR_SET_PDEATHSIG does not survive QEMU's -runas (the kernel clears it when
- * credentials change), so a watcher forked before QEMU starts stands in: it
- * holds QEMU's stdin pipe from cellad, and when that reaches EOF (cellad died)
- * it kills QEMU. It dies with QEMU (its own death signal), so it never outlives
- * the pid it watches. QEMU itself gets /dev/null as stdin.
- */
-const WATCH = ['exec 3<&0', `setpriv --pdeathsig KILL -- sh -c 'while read -r _; do :; done; kill -KILL "$1"' watch $$ <&3 &`, 'exec 3<&-'].join('\n');
-const EXEC = 'exec "$@" </dev/null';
-
-/**
  * One supervised QEMU process, running inside the VM's network namespace.
- * By default it gets SIGKILL if cellad dies (PR_SET_PDEATHSIG through
- * setpriv until it drops its uid, a watcher after: see WATCH), so no QEMU
- * outlives its parent, and Node reaps it. With
- * `outliveParent` it runs on, and a later cellad adopts it: not our child,
- * so its end is found by polling /proc. Emits 'exit' (ExitInfo).
+ * By default it gets SIGKILL if cellad dies (PR_SET_PDEATHSIG until it drops
+ * its uid, which clears it; a watcher after: cella-spawn --watch holds QEMU's
+ * stdin pipe from cellad and kills QEMU at EOF), so no QEMU outlives its
+ * parent, and Node reaps it. With `outliveParent` it runs on, and a later
+ * cellad adopts it: not our child, so its end is found by polling /proc.
+ * Emits 'exit' (ExitInfo).
  */
 export class QemuProcess extends EventEmitter {
   private stderrTail = '';
@@ -89,26 +77,26 @@ export class QemuProcess extends EventEmitter {
     child?.once('exit', (code, signal) => setImmediate(() => this.finish(code, signal)));
   }
 
-  static spawn(args: string[], opts: SpawnOptions = {}): QemuProcess {
-    const binary = opts.binary ?? QEMU_BINARY;
+  static spawn(args: string[], opts: SpawnOptions): QemuProcess {
+    const binary = path.resolve(opts.binary ?? QEMU_BINARY);
     requireExecutable(binary, 'QEMU (qemu-system-x86_64)');
+    requireExecutable(opts.spawner, 'cella-spawn (the QEMU prelude)');
     const outlive = opts.outliveParent;
-    const qemu: string[] = [];
-    if (opts.netns) qemu.push('nsenter', `--net=/run/netns/${opts.netns}`, '--');
-    qemu.push(binary, ...args);
-    // The watcher is forked before the cgroups are joined: QEMU's cgroup holds QEMU alone, and is empty the moment it is reaped.
-    const script = [...(outlive ? [] : [WATCH]), JOIN, EXEC].join('\n');
-    const argv = opts.cgroup || !outlive ? ['sh', '-c', script, 'sh', ...(opts.cgroup?.procsFiles ?? []), '--', ...qemu] : qemu;
+    // One static exec puts QEMU in place (ADR 0012); the order of its steps is the spawner's (guest/host/spawn.c).
+    const prelude = outlive ? [] : ['--pdeathsig', '--watch'];
+    for (const f of opts.cgroup?.procsFiles ?? []) prelude.push('--join', f);
+    if (opts.netns) prelude.push('--netns', `/run/netns/${opts.netns}`);
+    const argv = [...prelude, '--', binary, ...args];
     if (!outlive) {
-      // stdin: the pipe the watcher (WATCH) reads; the kernel closes it when we die.
-      const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...argv], { stdio: ['pipe', 'ignore', 'pipe'] });
+      // stdin: the pipe the watcher reads; the kernel closes it when we die.
+      const child = spawn(opts.spawner, argv, { stdio: ['pipe', 'ignore', 'pipe'] });
       child.stdin?.on('error', () => {});
       return QemuProcess.started(child, undefined, opts.cgroup);
     }
     const stderr = openSync(outlive.stderrFile, 'a');
     let child: ChildProcess;
     try {
-      child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', 'ignore', stderr], detached: true });
+      child = spawn(opts.spawner, argv, { stdio: ['ignore', 'ignore', stderr], detached: true });
     } finally {
       closeSync(stderr);
     }

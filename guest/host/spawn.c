@@ -1,0 +1,116 @@
+/*
+ * cella-spawn: the one prelude cellad runs before each QEMU, on the host (not
+ * in a guest; built here with the guest's tools because it is as small and
+ * static). It replaces a chain of setpriv, sh, nsenter and a shell watcher
+ * (ADR 0012): one static exec instead of five dynamic ones per VM.
+ *
+ *   cella-spawn [--pdeathsig] [--watch] [--join FILE]... [--netns PATH] -- PROGRAM [ARG]...
+ *
+ * In this order, then exec PROGRAM with stdin from /dev/null (same pid):
+ *   --pdeathsig  SIGKILL when the parent (cellad) dies, until PROGRAM changes
+ *                its credentials (QEMU's -runas), when the kernel clears it;
+ *   --watch      so a watcher stands in: a child that holds our stdin (a pipe
+ *                from cellad) and kills PROGRAM when it reads EOF (cellad
+ *                died). It dies with PROGRAM (its own death signal), so it
+ *                never outlives the pid it watches. Forked before --join, so
+ *                the cgroup holds PROGRAM alone;
+ *   --join FILE  writes our pid to FILE (a cgroup.procs): PROGRAM runs in the
+ *                cgroup from its first instruction;
+ *   --netns PATH enters the network namespace at PATH (/run/netns/NAME).
+ * A step that fails ends it with status 125 before PROGRAM runs; an exec that
+ * fails, with 127. Messages go to stderr, which cellad keeps as QEMU's.
+ */
+#define _GNU_SOURCE
+#include "spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+static int fail(const char *what, const char *arg)
+{
+	dprintf(2, "cella-spawn: %s %s: %s\n", what, arg, strerror(errno));
+	return SPAWN_FAILED;
+}
+
+/* The watcher's loop: wait for EOF on stdin, then kill `target`. Never returns. */
+static void watch(pid_t target)
+{
+	char buf[64];
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/* Our parent (the future QEMU) may have ended before the line above. */
+	if (getppid() != target)
+		_exit(0);
+	close(1);
+	close(2);
+	for (;;) {
+		ssize_t n = read(0, buf, sizeof(buf));
+		if (n > 0 || (n < 0 && errno == EINTR))
+			continue;
+		break;
+	}
+	kill(target, SIGKILL);
+	_exit(0);
+}
+
+static int join(const char *file)
+{
+	char pid[24];
+	int len = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+	int fd = open(file, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = write(fd, pid, (size_t)len);
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return n == len ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+	struct spawn_opts o;
+	const char *err = spawn_parse(argc, argv, &o);
+	if (err) {
+		dprintf(2, "cella-spawn: %s\nusage: %s\n", err, SPAWN_USAGE);
+		return SPAWN_FAILED;
+	}
+	if (o.pdeathsig) {
+		pid_t parent = getppid();
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+			return fail("prctl", "PR_SET_PDEATHSIG");
+		/* The parent died before the line above: nobody would kill us. */
+		if (getppid() != parent)
+			return SPAWN_FAILED;
+	}
+	if (o.watch) {
+		pid_t self = getpid();
+		pid_t child = fork();
+		if (child < 0)
+			return fail("fork", "watcher");
+		if (child == 0)
+			watch(self);
+	}
+	int null = open("/dev/null", O_RDONLY);
+	if (null < 0 || dup2(null, 0) < 0)
+		return fail("open", "/dev/null");
+	if (null != 0)
+		close(null);
+	for (int i = 0; i < o.njoin; i++)
+		if (join(o.join[i]) < 0)
+			return fail("join", o.join[i]);
+	if (o.netns) {
+		int fd = open(o.netns, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || setns(fd, CLONE_NEWNET) < 0)
+			return fail("setns", o.netns);
+		close(fd);
+	}
+	execv(o.argv[0], o.argv);
+	fail("exec", o.argv[0]);
+	return SPAWN_EXEC_FAILED;
+}
