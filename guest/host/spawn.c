@@ -38,10 +38,27 @@ static int fail(const char *what, const char *arg)
 	return SPAWN_FAILED;
 }
 
+/*
+ * Blanks our command line (/proc/PID/cmdline reads it from our memory) to
+ * "cella-spawn watch": the watcher must not carry QEMU's arguments, or it would
+ * pass for a QEMU of the VM to whatever finds QEMUs by their -qmp path
+ * (a restarted cellad's reclaim, the chaos drills' host check).
+ */
+static void rename_watcher(int argc, char **argv)
+{
+	static const char name[] = "cella-spawn\0watch";
+	char *start = argv[0];
+	char *end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
+	memset(start, 0, (size_t)(end - start));
+	if ((size_t)(end - start) > sizeof(name))
+		memcpy(start, name, sizeof(name));
+}
+
 /* The watcher's loop: wait for EOF on stdin, then kill `target`. Never returns. */
-static void watch(pid_t target)
+static void watch(pid_t target, int argc, char **argv)
 {
 	char buf[64];
+	rename_watcher(argc, argv);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	/* Our parent (the future QEMU) may have ended before the line above. */
 	if (getppid() != target)
@@ -94,7 +111,7 @@ int main(int argc, char **argv)
 		if (child < 0)
 			return fail("fork", "watcher");
 		if (child == 0)
-			watch(self);
+			watch(self, argc, argv);
 	}
 	int null = open("/dev/null", O_RDONLY);
 	if (null < 0 || dup2(null, 0) < 0)

@@ -78,6 +78,12 @@ test('cella-spawn --watch: PROGRAM is killed when its parent closes the stdin pi
   // PROGRAM runs (sleep is in place) before the pipe closes.
   for (let i = 0; i < 200 && !readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').startsWith('/bin/sleep'); i++) await new Promise((r) => setTimeout(r, 10));
   assert.match(readFileSync(`/proc/${child.pid}/cmdline`, 'utf8'), /^\/bin\/sleep/);
+  // The watcher (PROGRAM's child) does not carry PROGRAM's command line: it must not pass for a QEMU.
+  const [watcher] = readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim().split(' ');
+  const watcherArgs = (): string[] => readFileSync(`/proc/${watcher}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  // It renames itself right after the fork, which may still be under way.
+  for (let i = 0; i < 200 && watcherArgs().length !== 2; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(watcherArgs(), ['cella-spawn', 'watch']);
   child.stdin.end();
   assert.equal(await exited, 'SIGKILL');
 });
