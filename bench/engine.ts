@@ -34,13 +34,13 @@ function pssKiB(pid: number): number {
 }
 
 const ms = (t: number): number => performance.now() - t;
-/** QEMUs whose command line names `dir` (this bench's data directory). */
+/** QEMUs (a -qmp argument) whose command line names `dir` (this bench's data directory). */
 function qemusOf(dir: string): number {
   let n = 0;
   for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
     try {
       const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      if (argv.startsWith('/usr/bin/qemu') || argv.includes('qemu-system')) n += argv.includes(dir) ? 1 : 0;
+      if (argv.split('\0').includes('-qmp') && argv.includes(dir)) n++;
     } catch {
       // gone
     }
