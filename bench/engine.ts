@@ -1,5 +1,5 @@
 /**
- * npm run bench:engine [-- --quick] [--no-standby] [--no-preload]
+ * npm run bench:engine [-- --quick] [--no-standby] [--no-preload] [--rate-only]
  *
  * Measures the engine on the demo app (a 256 MiB guest; suspend also a 2 GiB
  * one) and prints one JSON object per line. `baseline` is the issue's target for the metric, `ratio`
