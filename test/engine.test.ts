@@ -378,7 +378,7 @@ describe('bad input', () => {
     }
   });
 
-  test('missing QEMU, kernel or agent names the setup command', async () => {
+  test('missing QEMU, kernel, agent or cella-spawn names the setup command', async () => {
     const noGuest = Engine.open({ dataDir, guestDir: path.join(dataDir, 'no-guest'), log: () => {} });
     await assert.rejects(noGuest, (e) => isCellaError(e, 'SETUP_MISSING') && e.message.includes(SETUP_COMMAND));
     const noQemu = Engine.open({ dataDir, qemuBinary: '/nonexistent/qemu-system-x86_64', log: () => {} });
@@ -387,6 +387,14 @@ describe('bad input', () => {
     cpSync(engine.guest.dir, partial, { recursive: true, filter: (src) => !src.includes('bases') });
     rmSync(path.join(partial, 'initrd.cpio'));
     await assert.rejects(Engine.open({ dataDir, guestDir: partial, log: () => {} }), (e) => isCellaError(e, 'SETUP_MISSING') && e.message.includes('initrd'));
+    // A guest dir from before cella-spawn (ADR 0012): the engine starts no QEMU without its prelude.
+    const noSpawner = path.join(dataDir, 'no-spawner-guest');
+    cpSync(engine.guest.dir, noSpawner, { recursive: true, filter: (src) => !src.includes('bases') });
+    rmSync(path.join(noSpawner, 'cella-spawn'));
+    await assert.rejects(
+      Engine.open({ dataDir, guestDir: noSpawner, log: () => {} }),
+      (e) => isCellaError(e, 'SETUP_MISSING') && e.message.includes('cella-spawn') && e.message.includes(SETUP_COMMAND),
+    );
   });
 
   test('an app that exits before its port opens fails the snapshot with its reason', async () => {
