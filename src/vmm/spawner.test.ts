@@ -33,7 +33,6 @@ test('cella-spawn: becomes PROGRAM (same pid, stdin /dev/null) after writing its
     for (const f of files) writeFileSync(f, '');
     const out = execFileSync(SPAWN, ['--join', files[0] as string, '--join', files[1] as string, '--', '/bin/sh', '-c', 'echo $$; readlink /proc/$$/fd/0'], {
       encoding: 'utf8',
-      input: 'not for PROGRAM',
     });
     const [pid, stdin] = out.trim().split('\n');
     for (const f of files) assert.equal(readFileSync(f, 'utf8'), `${pid}\n`);
