@@ -87,6 +87,8 @@ let envsListening = false;
 const guestWrites = new Map<string, string>();
 /** How many times create asked the guest for E2B's user. */
 let userLookups = 0;
+/** The images whose warm pool create gave a warm-up. */
+const warmUps = new Set<string>();
 const opts = (): { apiKey: string; apiUrl: string } => ({ apiKey: KEY, apiUrl });
 
 before(async () => {
@@ -121,6 +123,7 @@ before(async () => {
     maxMemoryMiB: 1024,
     agentOf: (id) => (driver.get(id) ? agent : undefined),
     fixedAddresses: true,
+    warmPool: (imageDir) => void warmUps.add(imageDir),
   });
   const handler = createE2bApi({ sandboxes, keys: await ApiKeys.open(store, KEY), domain: 'cella.localhost:7443' });
   server = createServer(handler);
@@ -164,6 +167,8 @@ test('create answers once the VM runs, with the fields the SDK reads; the sandbo
   assert.equal(envsListening, true);
   // Under TCG, processes at fixed addresses (ADR 0010).
   assert.equal(guestWrites.get('/proc/sys/kernel/randomize_va_space'), '0\n');
+  // ... and the image's later warm clones have run a sandbox's first command (warm-up.ts).
+  assert.deepEqual([...warmUps], ['/img']);
   // Public traffic unless asked otherwise: no traffic token.
   assert.equal(sbx.trafficAccessToken, undefined);
   assert.equal(await sandboxes.trafficToken(sbx.sandboxId), undefined);

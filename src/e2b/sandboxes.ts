@@ -15,6 +15,7 @@ import { CellaError, hookPort, isCellaError } from '../contract/index.js';
 import type { Images } from '../images/index.js';
 import { admitVm, type Lifecycle, pendingVm, type RunnableImage } from '../lifecycle/index.js';
 import type { E2bSandboxRecord, Store, VmRecord } from '../store/index.js';
+import { RANDOMIZE_VA_SPACE, warmUpSandbox, type WarmUpAgent } from './warm-up.js';
 
 /** E2B's default sandbox timeout, in seconds. */
 export const DEFAULT_TIMEOUT_SECONDS = 300;
@@ -24,8 +25,6 @@ export const MAX_TIMEOUT_SECONDS = 86_400;
 export const E2B_USER = 'user';
 /** How long create and connect wait for the VM to run. */
 const START_TIMEOUT_MS = 120_000;
-/** The guest kernel's switch for address-space layout randomization (ADR 0010). */
-const RANDOMIZE_VA_SPACE = '/proc/sys/kernel/randomize_va_space';
 
 export type SandboxState = 'running' | 'paused';
 
@@ -87,6 +86,11 @@ export interface SandboxesOptions {
    * the translations of one command serve the next (ADR 0010).
    */
   fixedAddresses?: boolean;
+  /**
+   * Gives the warm pool of a template's image what its clones run before they
+   * are pooled (with fixedAddresses only: warm-up.ts, ADR 0010).
+   */
+  warmPool?: (imageDir: string, warmUp: (agent: WarmUpAgent) => Promise<void>) => void;
   now?: () => number;
 }
 
@@ -129,10 +133,20 @@ export class Sandboxes implements SandboxAccess {
     return createHmac('sha256', this.tokenKey).update(`traffic:${id}`).digest('base64url');
   }
 
+  /**
+   * Readies the warm pool of a template's image for sandboxes: under TCG its
+   * clones run a sandbox's first command before they are pooled (ADR 0010).
+   * Called at each create, and by the server for its own templates.
+   */
+  prepareTemplate(imageDir: string): void {
+    if (this.opts.fixedAddresses) this.opts.warmPool?.(imageDir, warmUpSandbox);
+  }
+
   /** Launches a sandbox and answers once its VM runs (its guest agent answers). */
   async create(req: NewSandbox): Promise<Sandbox> {
     const { lifecycle, store } = this.opts;
     const image = await this.template(req.templateID);
+    this.prepareTemplate(image.dir);
     this.opts.capacity.require('creating a sandbox');
     const egress = req.allowInternetAccess === false ? [] : image.config.egressNetworkConnectors;
     const { ingress, egress: egressArns, policy } = await this.opts.connectors.resolve(undefined, egress, hookPort(image.config.hooks));

@@ -28,7 +28,7 @@ import type { AppLogOption, StartOptions } from './helpers.js';
 import { HostTable } from './host.js';
 import { endParked } from './park.js';
 import { endAllStandbys, endStandby, restartStandbys, settleStandby } from './standby.js';
-import { WarmPool } from './pool.js';
+import { WarmPool, type WarmUp } from './pool.js';
 import { resume } from './resume.js';
 import { sha256, type SnapshotManifest } from './snapshot.js';
 import { deviceModel } from './spawn.js';
@@ -43,6 +43,7 @@ export { filterMigrationStream, type FilterStats } from './migration-stream.js';
 export { processStartTime } from '../vmm/index.js';
 export { waitPort, type AppLogOption, type StartOptions } from './helpers.js';
 export type { ReclaimResult } from './adopt.js';
+export type { WarmUp } from './pool.js';
 export type { SnapshotSpec } from './template.js';
 export type { SuspendResult } from './suspend.js';
 
@@ -278,6 +279,11 @@ export class Engine extends EventEmitter {
   /** Fills the warm pool of `image` to `count` (default: warmClones) and waits until it is ready (pool.ts). */
   prewarm(image: string, count?: number): Promise<void> {
     return this.pool.prewarm(image, count);
+  }
+
+  /** Sets what each new warm clone of `image` runs before it is pooled (pool.ts); undefined removes it. */
+  setWarmUp(image: string, warmUp: WarmUp | undefined): void {
+    this.pool.setWarmUp(image, warmUp);
   }
 
   /** Stops the warm clones of `image` (its snapshot is about to be deleted) and waits for a fill in progress. */

@@ -3,19 +3,31 @@
  * run once through the paths a launch uses (agent, TCP), then paused. Under
  * TCG this moves the first-execution translation cost off the launch path. A
  * warm clone is a 'warm' entry of the host state (host.ts); a launch takes it
- * from there (clone.ts). It has never served the app.
+ * from there (clone.ts). It has never served the app. An image may add
+ * its own warm-up (setWarmUp): what its first use runs, so that a clone's
+ * QEMU has translated it before a launch takes the clone.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
+import type { AgentClient } from '../agent/index.js';
 import { restoreClone } from './clone.js';
 import { vmDir, type EngineCore, type Restored, type WarmVm } from './core.js';
 import { dispose, identify, poke } from './helpers.js';
 import { openSnapshot } from './snapshot.js';
 
+/**
+ * Runs in each new warm clone of an image, after the launch paths and before
+ * the clone is paused into the pool. It must leave nothing the VM's user
+ * could see; a failure discards the clone.
+ */
+export type WarmUp = (agent: AgentClient) => Promise<void>;
+
 export class WarmPool {
   /** Fills in progress, per image directory. */
   private readonly warming = new Map<string, Promise<void>>();
+  /** Warm-ups, per image directory. */
+  private readonly warmUps = new Map<string, WarmUp>();
 
   constructor(
     private readonly core: EngineCore,
@@ -43,6 +55,13 @@ export class WarmPool {
     }
   }
 
+  /** Sets (or, undefined, removes) what each new warm clone of `image` runs before it is paused; clones already pooled keep what they ran. */
+  setWarmUp(image: string, warmUp: WarmUp | undefined): void {
+    const imageDir = path.resolve(image);
+    if (warmUp) this.warmUps.set(imageDir, warmUp);
+    else this.warmUps.delete(imageDir);
+  }
+
   /** Tops the pool of `image` up in the background (after a launch took a clone). */
   refill(image: string): void {
     const imageDir = path.resolve(image);
@@ -53,6 +72,7 @@ export class WarmPool {
   /** Stops the warm clones of `image` (its snapshot is about to be deleted), after a fill in progress. */
   async forget(image: string): Promise<void> {
     const imageDir = path.resolve(image);
+    this.warmUps.delete(imageDir);
     await this.warming.get(imageDir)?.catch(() => {});
     await Promise.all(this.take(imageDir).map((w) => this.discard(w)));
   }
@@ -89,6 +109,7 @@ export class WarmPool {
         await r.agent.ping();
         // A connection to a closed port: the guest kernel's TCP path runs, the app sees nothing.
         await poke(r.net.hostAddress, 1);
+        await this.warmUps.get(imageDir)?.(r.agent);
         await r.qmp.execute('stop');
       } catch (err) {
         await dispose(r);

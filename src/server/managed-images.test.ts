@@ -5,6 +5,7 @@ import { managedPrewarm } from './managed-images.js';
 
 test('ready images have their warm pools filled one at a time, in order; a failure only logs', async () => {
   const calls: string[] = [];
+  const prepared: string[] = [];
   let running = 0;
   const lines: string[] = [];
   let release!: () => void;
@@ -12,6 +13,7 @@ test('ready images have their warm pools filled one at a time, in order; a failu
   const engine = {
     prewarm: async (dir: string) => {
       assert.equal(running++, 0, 'one fill at a time');
+      assert.equal(prepared.at(-1), dir, 'its pool is readied before it is filled');
       calls.push(dir);
       await new Promise((r) => setTimeout(r, 5));
       running--;
@@ -25,9 +27,15 @@ test('ready images have their warm pools filled one at a time, in order; a failu
       return { name, arn: '', version: '1.0', dir: `/images/${name}`, config: {} as never };
     },
   };
-  const ready = managedPrewarm(engine, images, (l) => lines.push(l));
+  const ready = managedPrewarm(
+    engine,
+    images,
+    (l) => lines.push(l),
+    (dir) => prepared.push(dir),
+  );
   for (const name of ['base', 'gone', 'broken', 'code-interpreter-v1']) ready(name);
   await allDone;
   assert.deepEqual(calls, ['/images/base', '/images/broken', '/images/code-interpreter-v1']);
+  assert.deepEqual(prepared, calls);
   assert.deepEqual(lines, ['warm pool for image "gone": image gone has none', 'warm pool for image "broken": restore failed']);
 });

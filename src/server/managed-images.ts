@@ -87,15 +87,23 @@ export async function ensureManagedImage(
  * Fills the warm pools of managed images as they become ready, one image at
  * a time, in the background: the engine otherwise fills an image's pool only
  * after its first launch, so the first E2B sandbox of a start would pay a
- * cold restore. The engine's warmClones bounds each pool (0: nothing
+ * cold restore. `prepare` readies an image's pool first (E2B's warm-up of
+ * its clones). The engine's warmClones bounds each pool (0: nothing
  * happens); a failure only logs.
  */
-export function managedPrewarm(engine: Pick<Engine, 'prewarm'>, images: Pick<Images, 'runnable'>, log: (line: string) => void): ImageReady {
+export function managedPrewarm(
+  engine: Pick<Engine, 'prewarm'>,
+  images: Pick<Images, 'runnable'>,
+  log: (line: string) => void,
+  prepare: (imageDir: string) => void = () => {},
+): ImageReady {
   let queue = Promise.resolve();
   return (name) => {
     queue = queue.then(async () => {
       try {
-        await engine.prewarm((await images.runnable(name)).dir);
+        const { dir } = await images.runnable(name);
+        prepare(dir);
+        await engine.prewarm(dir);
       } catch (err) {
         log(`warm pool for image "${name}": ${(err as Error).message}`);
       }

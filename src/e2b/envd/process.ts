@@ -18,7 +18,12 @@ type Event = { event: MessageInitShape<typeof ProcessEventSchema> };
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 /** Environment order as in envd: PATH, HOME, USER, LOGNAME, the sandbox's variables, then the request's. */
-function environment(user: UserInfo, sandboxId: string, global: Record<string, string> | undefined, own: Record<string, string>): Record<string, string> {
+export function commandEnvironment(
+  user: UserInfo,
+  sandboxId: string,
+  global: Record<string, string> | undefined,
+  own: Record<string, string>,
+): Record<string, string> {
   return { PATH: DEFAULT_PATH, HOME: user.home, USER: user.name, LOGNAME: user.name, E2B_SANDBOX: 'true', E2B_SANDBOX_ID: sandboxId, ...global, ...own };
 }
 
@@ -77,7 +82,7 @@ async function start(req: StartRequest, ctx: HandlerContext): Promise<Subscribed
     });
     if ((e.targetType ?? e.type) !== 'directory') throw new ConnectError(`cwd '${cwd}' is not a directory`, Code.InvalidArgument);
   }
-  const env = environment(user, sandbox.id, sandbox.defaults?.envVars, cfg.envs);
+  const env = commandEnvironment(user, sandbox.id, sandbox.defaults?.envVars, cfg.envs);
   const base = { env, cwd, uid: user.uid, gid: user.gid };
   const config: ProcConfig = { cmd: cfg.cmd, args: cfg.args, envs: cfg.envs, ...(cfg.cwd !== undefined && { cwd: cfg.cwd }) };
   try {

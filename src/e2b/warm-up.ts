@@ -1,0 +1,48 @@
+/**
+ * The warm-up of an E2B template's pooled clones under TCG (ADR 0010). A new
+ * clone's QEMU starts with an empty translation cache, so the first
+ * `commands.run` in a sandbox used to translate bash, ld.so, libc and the
+ * guest kernel's exec path: 300 to 900 ms. Before a clone is paused into the
+ * warm pool, this runs what a sandbox's first command runs, the same way:
+ * the guest agent's requests of a create, then `/bin/bash -l -c true` as the
+ * template's user, at the fixed addresses sandboxes use. The clone's QEMU
+ * keeps the translations, and the sandbox made from it finds them.
+ *
+ * Nothing of it stays visible in the guest: randomize_va_space is set back to
+ * what it read, the command writes nothing and has ended (its exit is kept
+ * by cella-init for a few minutes, but envd lists live processes only), and
+ * no env var or listener is set.
+ */
+import type { UserInfo } from '../agent/index.js';
+import { commandEnvironment, DEFAULT_USER } from './envd/index.js';
+
+/** The guest kernel's switch for address-space layout randomization (ADR 0010). */
+export const RANDOMIZE_VA_SPACE = '/proc/sys/kernel/randomize_va_space';
+
+/** What the warm-up asks of a guest agent (an AgentClient). */
+export interface WarmUpAgent {
+  lookupUser(user: string): Promise<UserInfo>;
+  exec(spec: { argv: string[]; env: Record<string, string>; cwd: string; uid: number; gid: number }): Promise<{ exitCode: number | null }>;
+  readonly fs: {
+    write(path: string, data: string): Promise<unknown>;
+    readFile(path: string): Promise<Buffer>;
+  };
+}
+
+/** The command the SDK's commands.run('true') starts (envd runs every command as a login bash). */
+export const WARM_UP_ARGV = ['/bin/bash', '-l', '-c', 'true'];
+
+/** Runs a sandbox's first command in a pooled clone, then puts back what it changed. */
+export async function warmUpSandbox(agent: WarmUpAgent): Promise<void> {
+  const [aslr, user] = await Promise.all([
+    agent.fs.readFile(RANDOMIZE_VA_SPACE),
+    // An image without E2B's user runs its sandboxes' commands as root.
+    agent.lookupUser(DEFAULT_USER).catch(() => agent.lookupUser('root')),
+  ]);
+  await agent.fs.write(RANDOMIZE_VA_SPACE, '0\n');
+  try {
+    await agent.exec({ argv: WARM_UP_ARGV, env: commandEnvironment(user, '', undefined, {}), cwd: user.home, uid: user.uid, gid: user.gid });
+  } finally {
+    await agent.fs.write(RANDOMIZE_VA_SPACE, aslr.toString());
+  }
+}
