@@ -3,7 +3,7 @@
  *
  * The unmodified `e2b` SDK against a real cellad on port 0 (its endpoints over the proxy's TLS), on E2B's
  * `base` template, which the server builds at its first start: Sandbox.create() to the first
- * commands.run() result, the commands.run('true') round trip, files.write + files.read of 1 MiB, pause,
+ * commands.run() result (with a warm clone ready, and back to back), the commands.run('true') round trip, files.write + files.read of 1 MiB, pause,
  * and connect after a pause (the resume). Prints JSON lines (see ./report.ts); asserts nothing.
  */
 import { rmSync } from 'node:fs';
@@ -15,7 +15,7 @@ import { trustCa } from '../test/fixtures/trust-ca.js';
 import { reporter } from './report.js';
 
 const quick = process.argv.includes('--quick');
-const N = { creates: quick ? 3 : 10, commands: quick ? 30 : 200, files: quick ? 3 : 10, pauses: quick ? 3 : 10 };
+const N = { creates: quick ? 5 : 10, commands: quick ? 30 : 200, files: quick ? 3 : 10, pauses: quick ? 3 : 10 };
 const TEMPLATE = 'base';
 
 const dataDir = tempDataDir('bench-e2b');
@@ -37,15 +37,31 @@ try {
   // The server then fills their warm pools (src/server/managed-images.ts); measured once that is done, as on a server up a while.
   for (const name of ['base', 'code-interpreter-v1']) await server.engine.prewarm((await server.images.runnable(name)).dir);
 
-  const creates: number[] = [];
-  for (let i = 0; i < N.creates; i++) {
-    const t0 = performance.now();
-    const sbx = await Sandbox.create(TEMPLATE, opts);
-    await sbx.commands.run('true');
-    creates.push(ms(t0));
-    await sbx.kill();
-  }
-  emit('e2b_create_to_first_command_ms', 'ms', creates, 300, 'lower');
+  const baseDir = (await server.images.runnable(TEMPLATE)).dir;
+  // Create to first command, and its two parts: the REST create, and the first command in the new sandbox.
+  // `pooled`: each create finds a warm clone (the pool refilled in between, as on a server between bursts);
+  // else back to back, faster than the pool refills.
+  const creates = async (n: number, pooled: boolean): Promise<Record<'total' | 'rest' | 'first', number[]>> => {
+    const out = { total: [] as number[], rest: [] as number[], first: [] as number[] };
+    for (let i = 0; i < n; i++) {
+      if (pooled) await server.engine.prewarm(baseDir);
+      const t0 = performance.now();
+      const sbx = await Sandbox.create(TEMPLATE, opts);
+      const t1 = performance.now();
+      await sbx.commands.run('true');
+      out.total.push(ms(t0));
+      out.rest.push(t1 - t0);
+      out.first.push(ms(t1));
+      await sbx.kill();
+    }
+    return out;
+  };
+  const pooled = await creates(N.creates, true);
+  emit('e2b_create_to_first_command_ms', 'ms', pooled.total, 300, 'lower');
+  emit('e2b_create_ms', 'ms', pooled.rest, null, 'lower');
+  emit('e2b_first_command_ms', 'ms', pooled.first, null, 'lower');
+  const burst = await creates(N.creates, false);
+  emit('e2b_create_to_first_command_back_to_back_ms', 'ms', burst.total, null, 'lower');
 
   const sbx = await Sandbox.create(TEMPLATE, opts);
   const commands: number[] = [];
