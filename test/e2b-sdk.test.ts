@@ -108,6 +108,27 @@ describe('the e2b SDK on `base` sandboxes behind the TLS proxy', { concurrency: 
     assert.equal((await again.wait()).exitCode, 0);
   });
 
+  test('under TCG a sandbox runs processes at fixed addresses; its warm clone ran the first command and left nothing (ADR 0010)', T, async () => {
+    const tcg = server.engine.accel.accel === 'tcg';
+    // A sandbox from a warm clone made with the template's warm-up in place (the server's prewarm sets it first).
+    await server.engine.prewarm((await server.images.runnable('base')).dir);
+    const fresh = await Sandbox.create('base', { ...opts, metadata: META });
+    try {
+      const warmUps = (await server.engine.get(fresh.sandboxId)!.agent.listProcesses()).filter((p) => p.argv.join(' ') === '/bin/bash -l -c true');
+      // Under TCG the clone ran it once, and it ended (cella-init keeps an ended exec's record for a while); under KVM it runs nothing.
+      assert.deepEqual(
+        warmUps.map((p) => p.status),
+        tcg ? [0] : [],
+      );
+      const r = await fresh.commands.run('cat /proc/sys/kernel/randomize_va_space; ls -A ~; echo "[$E2B_SANDBOX_ID]"');
+      assert.equal(r.stdout, `${tcg ? '0' : '2'}\n${(await sbx.commands.run('ls -A /etc/skel')).stdout}[${fresh.sandboxId}]\n`);
+      // envd lists live processes only: the warm-up's is not there.
+      assert.deepEqual(await fresh.commands.list(), []);
+    } finally {
+      await fresh.kill();
+    }
+  });
+
   test('files: write, read, list, getInfo, makeDir, rename, exists, remove, watchDir', T, async () => {
     assert.equal(await sbx.files.makeDir('f'), true);
     assert.equal(await sbx.files.makeDir('f'), false);
