@@ -3,7 +3,8 @@
  *
  * The unmodified `e2b` SDK against a real cellad on port 0 (its endpoints over the proxy's TLS), on E2B's
  * `base` template, which the server builds at its first start: Sandbox.create() to the first
- * commands.run() result (with a warm clone ready, and back to back), the commands.run('true') round trip, files.write + files.read of 1 MiB, pause,
+ * commands.run() result (with a warm clone ready, and back to back), the commands.run('true') round trip
+ * (with the QEMU's translation cache use, and what the guest alone takes to run /bin/true and bash), files.write + files.read of 1 MiB, pause,
  * and connect after a pause (the resume). Prints JSON lines (see ./report.ts); asserts nothing.
  */
 import { rmSync } from 'node:fs';
@@ -25,6 +26,14 @@ if (!server.caFile) throw new Error('the server made no CA');
 const untrust = trustCa(server.caFile);
 const opts = { apiKey: API_KEY, apiUrl: `${server.url}/e2b` };
 const ms = (t0: number): number => performance.now() - t0;
+/** QMP `info jit` of a sandbox's QEMU: translated code in use, and how often the cache was flushed. */
+const jit = async (id: string): Promise<{ codeBytes: number; flushes: number } | undefined> => {
+  const out = await server.engine.get(id)?.qmp.execute('human-monitor-command', { 'command-line': 'info jit' });
+  const text = typeof out === 'string' ? out : '';
+  const code = /gen code size\s+(\d+)/.exec(text);
+  const flushes = /TB flush count\s+(\d+)/.exec(text);
+  return code && flushes ? { codeBytes: Number(code[1]), flushes: Number(flushes[1]) } : undefined;
+};
 
 try {
   // Both templates the first start builds must be done, or the other one's build shares the CPU with what is measured.
@@ -64,13 +73,28 @@ try {
   emit('e2b_create_to_first_command_back_to_back_ms', 'ms', burst.total, null, 'lower');
 
   const sbx = await Sandbox.create(TEMPLATE, opts);
+  const jitBefore = await jit(sbx.sandboxId);
   const commands: number[] = [];
   for (let i = 0; i < N.commands; i++) {
     const t0 = performance.now();
     await sbx.commands.run('true');
     commands.push(ms(t0));
   }
-  emit('e2b_command_round_trip_ms', 'ms', commands, 30, 'lower');
+  // The QEMU's translation cache (ADR 0010): a flush during the loop would make commands translate again.
+  emit('e2b_command_round_trip_ms', 'ms', commands, 30, 'lower', { jit_before: jitBefore, jit_after: await jit(sbx.sandboxId) });
+  // The guest's own share of a command: each program run 20 times in a loop inside the sandbox, ms per run.
+  for (const [metric, program] of [
+    ['e2b_guest_bin_true_ms', '/bin/true'],
+    ['e2b_guest_bash_c_true_ms', 'bash -c true'],
+    ['e2b_guest_bash_login_c_true_ms', 'bash -l -c true'],
+  ] as const) {
+    const runs: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const r = await sbx.commands.run(`TIMEFORMAT=%R; time (for i in $(seq 20); do ${program}; done)`);
+      runs.push((Number(r.stderr.trim()) * 1000) / 20);
+    }
+    emit(metric, 'ms', runs, null, 'lower');
+  }
 
   const mib = new Uint8Array(1 << 20).map((_, i) => i & 0xff);
   const files: number[] = [];
