@@ -10,7 +10,7 @@ function guest(aslr: string, users: UserInfo[], execFails = false): { agent: War
   const log: string[] = [];
   const agent: WarmUpAgent = {
     lookupUser: async (name) => {
-      const u = users.find((x) => x.name === name);
+      const u = users.find((x) => x.name === name || x.uid === name);
       if (!u) throw new CellaError('NOT_FOUND', `no user ${name}`);
       return u;
     },
@@ -50,6 +50,12 @@ test("an image without E2B's user is warmed up as root, and a value other than t
   await warmUpSandbox(g.agent);
   assert.deepEqual(g.log, ['write 0', 'exec /bin/bash -l -c true uid=0 cwd=/root HOME=/root aslr=0', 'write 1']);
   assert.equal(g.aslr(), '1\n');
+});
+
+test('an image without a passwd at all is warmed up as uid 0 in /', async () => {
+  const g = guest('2\n', []);
+  await warmUpSandbox(g.agent);
+  assert.deepEqual(g.log, ['write 0', 'exec /bin/bash -l -c true uid=0 cwd=/ HOME=/ aslr=0', 'write 2']);
 });
 
 test('a failed command still puts randomize_va_space back, and the warm-up fails', async () => {

@@ -21,13 +21,15 @@ export const RANDOMIZE_VA_SPACE = '/proc/sys/kernel/randomize_va_space';
 
 /** What the warm-up asks of a guest agent (an AgentClient). */
 export interface WarmUpAgent {
-  lookupUser(user: string): Promise<UserInfo>;
+  lookupUser(user: string | number): Promise<UserInfo>;
   exec(spec: { argv: string[]; env: Record<string, string>; cwd: string; uid: number; gid: number }): Promise<{ exitCode: number | null }>;
   readonly fs: {
     write(path: string, data: string): Promise<unknown>;
     readFile(path: string): Promise<Buffer>;
   };
 }
+
+const ROOT: UserInfo = { name: 'root', uid: 0, gid: 0, home: '/', shell: '/bin/sh', groups: [0] };
 
 /** The command the SDK's commands.run('true') starts (envd runs every command as a login bash). */
 export const WARM_UP_ARGV = ['/bin/bash', '-l', '-c', 'true'];
@@ -36,8 +38,8 @@ export const WARM_UP_ARGV = ['/bin/bash', '-l', '-c', 'true'];
 export async function warmUpSandbox(agent: WarmUpAgent): Promise<void> {
   const [aslr, user] = await Promise.all([
     agent.fs.readFile(RANDOMIZE_VA_SPACE),
-    // An image without E2B's user runs its sandboxes' commands as root.
-    agent.lookupUser(DEFAULT_USER).catch(() => agent.lookupUser('root')),
+    // As envd's resolveUser: an image without E2B's user runs commands as uid 0 (here also when passwd has no uid 0).
+    agent.lookupUser(DEFAULT_USER).catch(() => agent.lookupUser(0).catch((): UserInfo => ROOT)),
   ]);
   await agent.fs.write(RANDOMIZE_VA_SPACE, '0\n');
   try {
