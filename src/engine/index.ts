@@ -276,14 +276,14 @@ export class Engine extends EventEmitter {
     return reclaim(this.core, keep);
   }
 
-  /** Fills the warm pool of `image` to `count` (default: warmClones) and waits until it is ready (pool.ts). */
+  /** Fills the warm pool of `image` to `count` (default: its own number, else warmClones) and waits until it is ready (pool.ts). */
   prewarm(image: string, count?: number): Promise<void> {
     return this.pool.prewarm(image, count);
   }
 
-  /** Sets what each new warm clone of `image` runs before it is pooled (pool.ts); undefined removes it. */
-  setWarmUp(image: string, warmUp: WarmUp | undefined): void {
-    this.pool.setWarmUp(image, warmUp);
+  /** Sets what each new warm clone of `image` runs before it is pooled, and how many it keeps (pool.ts); undefined removes it. */
+  setWarmUp(image: string, warmUp: WarmUp | undefined, clones?: number): void {
+    this.pool.setWarmUp(image, warmUp, clones);
   }
 
   /** Stops the warm clones of `image` (its snapshot is about to be deleted) and waits for a fill in progress. */

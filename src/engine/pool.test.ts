@@ -35,3 +35,33 @@ test('a refill starts at once, or WARM_UP_REFILL_DELAY_MS later for an image wit
   assert.deepEqual(fills, ['/images/plain', '/images/e2b', '/images/e2b']);
   mock.timers.reset();
 });
+
+test('an image may keep its own number of warm clones with its warm-up; none while the engine keeps none', async () => {
+  const made = new Map<string, number>();
+  const poolOf = (target: number): WarmPool => {
+    const core = {
+      closing: false,
+      hosts: { warm: (dir: string) => Array.from({ length: made.get(dir) ?? 0 }) },
+      log: () => {},
+    } as unknown as EngineCore;
+    const p = new WarmPool(core, target);
+    // Only the count is under test: a "clone" is a number in `made`.
+    (p as unknown as { makeWarm: (dir: string) => Promise<void> }).makeWarm = async (dir) => void made.set(dir, (made.get(dir) ?? 0) + 1);
+    return p;
+  };
+  const p = poolOf(1);
+  p.setWarmUp('/images/e2b', async () => {}, 3);
+  await p.prewarm('/images/e2b');
+  await p.prewarm('/images/plain');
+  assert.equal(made.get('/images/e2b'), 3);
+  assert.equal(made.get('/images/plain'), 1);
+  // Without its warm-up, the image keeps the engine's number again.
+  p.setWarmUp('/images/e2b-2', async () => {}, 3);
+  p.setWarmUp('/images/e2b-2', undefined);
+  await p.prewarm('/images/e2b-2');
+  assert.equal(made.get('/images/e2b-2'), 1);
+  const off = poolOf(0);
+  off.setWarmUp('/images/off', async () => {}, 3);
+  await off.prewarm('/images/off');
+  assert.equal(made.get('/images/off'), undefined);
+});

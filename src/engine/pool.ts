@@ -37,6 +37,8 @@ export class WarmPool {
   private readonly warming = new Map<string, Promise<void>>();
   /** Warm-ups, per image directory. */
   private readonly warmUps = new Map<string, WarmUp>();
+  /** Clones kept for images that set their own number with their warm-up, per image directory. */
+  private readonly depths = new Map<string, number>();
   /** Refills waiting for WARM_UP_REFILL_DELAY_MS, per image directory. */
   private readonly delayed = new Map<string, NodeJS.Timeout>();
 
@@ -46,9 +48,10 @@ export class WarmPool {
     readonly target: number,
   ) {}
 
-  /** Fills the pool of `image` to `count` and waits until it is ready. */
-  async prewarm(image: string, count = this.target): Promise<void> {
+  /** Fills the pool of `image` to `count` (default: its own number, else `target`) and waits until it is ready. */
+  async prewarm(image: string, count?: number): Promise<void> {
     const imageDir = path.resolve(image);
+    count ??= this.depthOf(imageDir);
     for (;;) {
       const running = this.warming.get(imageDir);
       if (running) {
@@ -66,11 +69,21 @@ export class WarmPool {
     }
   }
 
-  /** Sets (or, undefined, removes) what each new warm clone of `image` runs before it is paused; clones already pooled keep what they ran. */
-  setWarmUp(image: string, warmUp: WarmUp | undefined): void {
+  /**
+   * Sets (or, undefined, removes) what each new warm clone of `image` runs
+   * before it is paused, and how many clones it keeps (`clones`, default
+   * `target`; none while `target` is 0); clones already pooled keep what they ran.
+   */
+  setWarmUp(image: string, warmUp: WarmUp | undefined, clones?: number): void {
     const imageDir = path.resolve(image);
     if (warmUp) this.warmUps.set(imageDir, warmUp);
     else this.warmUps.delete(imageDir);
+    if (warmUp && clones !== undefined) this.depths.set(imageDir, clones);
+    else this.depths.delete(imageDir);
+  }
+
+  private depthOf(imageDir: string): number {
+    return this.target === 0 ? 0 : (this.depths.get(imageDir) ?? this.target);
   }
 
   /** Tops the pool of `image` up in the background (after a launch took a clone). */
@@ -100,6 +113,7 @@ export class WarmPool {
   async forget(image: string): Promise<void> {
     const imageDir = path.resolve(image);
     this.warmUps.delete(imageDir);
+    this.depths.delete(imageDir);
     this.undelay(imageDir);
     await this.warming.get(imageDir)?.catch(() => {});
     await Promise.all(this.take(imageDir).map((w) => this.discard(w)));

@@ -226,7 +226,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
       maxMemoryMiB,
       agentOf: (id) => engine.get(id)?.agent,
       fixedAddresses: engine.accel.accel === 'tcg',
-      warmPool: (dir, warmUp) => engine.setWarmUp(dir, warmUp),
+      warmPool: (dir, warmUp, clones) => engine.setWarmUp(dir, warmUp, clones),
     });
     const tls = await loadTls(dataDir, domain, opts.tlsCertFile && opts.tlsKeyFile ? { certFile: opts.tlsCertFile, keyFile: opts.tlsKeyFile } : undefined);
     const proxy = await startProxy({
