@@ -789,3 +789,16 @@ test('listings wait their turn: one process listing at a time, four file listing
   guest.send(...[...sent.slice(1), fifth].map((f) => encodeFrame(Msg.OK, f.id)));
   assert.deepEqual(await Promise.all(lists), [[], [], [], [], []]);
 });
+
+test('writes that wait for the socket to drain leave no listener behind', async () => {
+  const { client, socket } = guest;
+  const before = { close: client.listenerCount('close'), error: client.listenerCount('error') };
+  // The guest reads nothing for a while: each big write waits for 'drain'.
+  socket.pause();
+  const body = Buffer.alloc(MAX_BODY);
+  const writes = Array.from({ length: 20 }, () => client.sendDrained(Msg.PING, 0, body));
+  await sleep(50);
+  socket.resume();
+  await Promise.all(writes);
+  assert.deepEqual({ close: client.listenerCount('close'), error: client.listenerCount('error') }, before);
+});

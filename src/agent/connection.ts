@@ -161,7 +161,15 @@ export class AgentConnection extends EventEmitter implements Channel {
   async sendDrained(type: number, id: number, body: Buffer): Promise<void> {
     if (this.isClosed) throw new CellaError('AGENT_ERROR', 'control connection to the guest is closed');
     if (this.socket.write(encodeFrame(type, id, body))) return;
-    await Promise.race([once(this.socket, 'drain'), once(this, 'close')]);
+    // The wait that loses the race is aborted: left waiting, each would keep a 'close' and an 'error' listener for the VM's lifetime.
+    const ac = new AbortController();
+    const waits = [once(this.socket, 'drain', { signal: ac.signal }), once(this, 'close', { signal: ac.signal })];
+    for (const w of waits) w.catch(() => {});
+    try {
+      await Promise.race(waits);
+    } finally {
+      ac.abort();
+    }
     if (this.isClosed) throw new CellaError('AGENT_ERROR', 'control connection to the guest closed');
   }
 
