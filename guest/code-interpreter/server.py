@@ -2,8 +2,8 @@
 """Cella's stand-in for E2B's code-interpreter server (port 49999).
 
 It speaks the protocol the unmodified @e2b/code-interpreter SDK uses, for
-Python, with the standard library only (E2B's own server is FastAPI over
-Jupyter, which needs PyPI):
+Python and JavaScript, with the standard library only (E2B's own server is
+FastAPI over Jupyter, which needs PyPI):
 
   POST /execute {code, context_id?, language?, env_vars?}
       -> NDJSON lines: {"type":"stdout"|"stderr","text","timestamp"},
@@ -17,14 +17,17 @@ Jupyter, which needs PyPI):
   GET /contexts, DELETE /contexts/<id>, POST /contexts/<id>/restart
   GET /health
 
-Each context is a worker process (this file with --worker) whose globals
-persist between executions; a restart replaces the worker. A client that
+Each context is a worker process whose globals persist between executions:
+this file with --worker for Python, js-kernel.cjs on Debian's nodejs for
+JavaScript ('js' or 'javascript', as E2B's ijavascript kernel); a restart
+replaces the worker. Without a context, an execution runs in its language's
+default context. A client that
 goes away mid-execution (the SDK's timeout) interrupts it with SIGINT.
 The sandbox's create-time env vars come from GET http://127.0.0.1:49983/envs,
 the guest's envs listener, at a context's first execution, as E2B's server
 does (that listener exists once the sandbox was created through E2B's API).
-Only Python: JavaScript and the other kernels of E2B's template are refused
-with a clear error (Debian has no JavaScript Jupyter kernel).
+TypeScript, R, Java, Bash and other kernels of E2B's template are refused
+with a clear error.
 """
 
 import argparse
@@ -45,7 +48,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ENVS_URL = os.environ.get('CELLA_ENVS_URL', 'http://127.0.0.1:49983/envs')
 DEFAULT_CWD = '/home/user'
-LANGUAGES = ('python',)
+JS_KERNEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'js-kernel.cjs')
+# The names the SDK passes through from runCode/createCodeContext, to the language a context reports.
+LANGUAGES = {'python': 'python', 'js': 'javascript', 'javascript': 'javascript'}
 MAX_BODY = 16 << 20
 
 
@@ -175,6 +180,15 @@ class RequestError(Exception):
         self.status = status
 
 
+def language_of(name):
+    """The language `name` asks for (none means Python); a RequestError for one Cella does not run."""
+    key = (name or 'python').strip().lower()
+    if key in LANGUAGES:
+        return LANGUAGES[key]
+    hint = ' (write JavaScript instead: no TypeScript compiler here)' if key in ('ts', 'typescript') else ''
+    raise RequestError(400, f"language '{name}' is not supported{hint}: Cella's code interpreter runs python and javascript (js)")
+
+
 class Context:
     def __init__(self, language, cwd):
         self.id = uuid.uuid4().hex
@@ -184,6 +198,7 @@ class Context:
         self.executions = 0
         self.env_sent = False
         self.proc = None
+        self.chan = None  # the fd the worker's events come on
         self.pending = b''
         self.start()
 
@@ -191,20 +206,47 @@ class Context:
         return {'id': self.id, 'language': self.language, 'cwd': self.cwd}
 
     def start(self):
-        self.proc = subprocess.Popen(
-            [sys.executable, '-u', os.path.abspath(__file__), '--worker'],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=self.cwd,
-            bufsize=0,
-        )
+        if self.language == 'python':
+            self.proc = subprocess.Popen(
+                [sys.executable, '-u', os.path.abspath(__file__), '--worker'],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                cwd=self.cwd,
+                bufsize=0,
+            )
+            self.chan = self.proc.stdout.fileno()
+        else:
+            # Node cannot move its stdout aside as the Python worker does: the events get a pipe of their own.
+            self.chan, w = os.pipe()
+            try:
+                self.proc = subprocess.Popen(
+                    ['node', '--expose-internals', '--experimental-vm-modules', '--no-warnings', JS_KERNEL, str(w)],
+                    stdin=subprocess.PIPE,
+                    stdout=sys.stderr.fileno(),
+                    pass_fds=(w,),
+                    cwd=self.cwd,
+                    bufsize=0,
+                )
+            except OSError:
+                os.close(self.chan)
+                raise
+            finally:
+                os.close(w)
         self.pending = b''
         self.env_sent = False
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.language == 'python':
+            self.proc.stdout.close()
+        elif self.chan is not None:
+            os.close(self.chan)
+        self.chan = None
+        self.proc.stdin.close()
 
     def restart(self):
         with self.lock:
@@ -215,6 +257,7 @@ class Context:
         """Runs `code`; `write(event)` sends an event and returns False once the client is gone."""
         with self.lock:
             if self.proc.poll() is not None:
+                self.stop()
                 self.start()
             global_env = None if self.env_sent else sandbox_env()
             self.executions += 1
@@ -233,7 +276,8 @@ class Context:
                     connected = write(event)
             else:
                 if connected:
-                    connected = write({'type': 'error', 'name': 'KernelDied', 'value': 'the Python worker exited; its state is lost', 'traceback': ''})
+                    connected = write({'type': 'error', 'name': 'KernelDied', 'value': f'the {self.language} worker exited; its state is lost', 'traceback': ''})
+                self.stop()
                 self.start()
             if connected:
                 connected = write({'type': 'number_of_executions', 'execution_count': self.executions})
@@ -242,7 +286,7 @@ class Context:
 
     def events(self, client):
         """The worker's events until it exits; None once when the client's socket closes."""
-        out = self.proc.stdout.fileno()
+        out = self.chan
         watch = [out, client]
         while True:
             while b'\n' in self.pending:
@@ -286,12 +330,10 @@ class State:
     def __init__(self):
         self.lock = threading.Lock()
         self.contexts = {}
-        self.default = None
+        self.defaults = {}  # language -> its default context
 
     def create(self, language, cwd):
-        language = (language or 'python').strip().lower()
-        if language not in LANGUAGES:
-            raise RequestError(400, f"language '{language}' is not supported: Cella's code interpreter runs Python only")
+        language = language_of(language)
         cwd = cwd or DEFAULT_CWD
         if not os.path.isdir(cwd):
             raise RequestError(400, f'cwd {cwd} is not a directory')
@@ -310,20 +352,24 @@ class State:
     def remove(self, cid):
         with self.lock:
             ctx = self.contexts.pop(cid, None)
-            if ctx is self.default:
-                self.default = None
+            if ctx is not None and self.defaults.get(ctx.language) is ctx:
+                del self.defaults[ctx.language]
         if ctx is None:
             raise RequestError(404, f'context {cid} not found')
         ctx.stop()
 
-    def default_context(self):
+    def default_context(self, language):
+        language = language_of(language)
         with self.lock:
-            ctx = self.default
-        if ctx is None:
-            ctx = self.create('python', DEFAULT_CWD if os.path.isdir(DEFAULT_CWD) else os.getcwd())
-            with self.lock:
-                self.default = ctx
-        return ctx
+            ctx = self.defaults.get(language)
+        if ctx is not None:
+            return ctx
+        ctx = self.create(language, DEFAULT_CWD if os.path.isdir(DEFAULT_CWD) else os.getcwd())
+        with self.lock:
+            winner = self.defaults.setdefault(language, ctx)
+        if winner is not ctx:  # two first executions raced: one default context per language
+            self.remove(ctx.id)
+        return winner
 
     def listed(self):
         with self.lock:
@@ -408,9 +454,7 @@ class Handler(BaseHTTPRequestHandler):
         if cid:
             ctx = self.state.get(cid)
         else:
-            if language and language.strip().lower() not in LANGUAGES:
-                raise RequestError(400, f"language '{language}' is not supported: Cella's code interpreter runs Python only")
-            ctx = self.state.default_context()
+            ctx = self.state.default_context(language)
         self.send_response(200)
         self.send_header('Content-Type', 'application/x-ndjson')
         self.send_header('Transfer-Encoding', 'chunked')
@@ -444,7 +488,7 @@ class Handler(BaseHTTPRequestHandler):
 def serve(host, port):
     Handler.state = State()
     # The default Python context is ready before the first request (and in the image's snapshot).
-    Handler.state.default_context()
+    Handler.state.default_context('python')
     httpd = ThreadingHTTPServer((host, port), Handler)
     httpd.daemon_threads = True
     httpd.serve_forever()

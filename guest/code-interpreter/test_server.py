@@ -1,4 +1,4 @@
-"""Offline tests of server.py over HTTP: python3 -m unittest discover guest/code-interpreter"""
+"""Offline tests of server.py and js-kernel.cjs over HTTP: python3 -m unittest discover guest/code-interpreter"""
 
 import http.client
 import json
@@ -113,10 +113,12 @@ class ServerTest(unittest.TestCase):
             self.assertEqual(call('POST', '/execute', {'code': '1', 'context_id': ctx['id']})[0], 404)
 
     def test_bad_input(self):
-        status, reason, _ = call('POST', '/contexts', {'language': 'javascript'})
+        status, reason, _ = call('POST', '/contexts', {'language': 'r'})
         self.assertEqual(status, 400)
-        self.assertIn('Python only', reason)
-        self.assertEqual(call('POST', '/execute', {'code': '1', 'language': 'javascript'})[0], 400)
+        self.assertIn("language 'r' is not supported", reason)
+        status, reason, _ = call('POST', '/execute', {'code': '1', 'language': 'typescript'})
+        self.assertEqual(status, 400)
+        self.assertIn('no TypeScript compiler', reason)
         self.assertEqual(call('POST', '/execute', {'code': 1})[0], 400)
         self.assertEqual(call('POST', '/contexts', {'cwd': '/nonexistent/dir'})[0], 400)
 
@@ -132,6 +134,75 @@ class ServerTest(unittest.TestCase):
             # The context takes one cell at a time: this one runs once the sleep was interrupted, long before 120 s.
             self.assertEqual(results(execute('2 + 2', context_id=ctx['id'])), ['4'])
             self.assertLess(time.monotonic() - started, 60)
+
+
+class JavaScriptTest(unittest.TestCase):
+    """js-kernel.cjs through the server (needs `node` on PATH, as the image has)."""
+
+    def js(self, code, **extra):
+        return execute(code, language='js', **extra)
+
+    def test_values_and_state(self):
+        self.assertEqual(results(self.js('1 + 1')), ['2'])
+        self.assertEqual(results(self.js('let kept = 41')), [])
+        self.assertEqual(results(self.js('kept + 1')), ['42'])
+        self.assertEqual(results(execute('kept', language='javascript')), ['41'])  # 'js' and 'javascript' share the default context
+        self.assertEqual(results(self.js("'text'")), ['text'])
+        self.assertEqual(results(self.js('({a: [1, 2]})')), ['{ a: [ 1, 2 ] }'])
+        self.assertEqual(results(self.js('function f() { return 7 }')), [])
+        self.assertEqual(results(self.js('f()')), ['7'])
+
+    def test_top_level_await(self):
+        self.assertEqual(results(self.js('async function m() { return "hi" }\nawait m()')), ['hi'])
+        self.js('const later = await Promise.resolve(5)')
+        self.assertEqual(results(self.js('later * 2')), ['10'])
+        self.assertEqual(results(self.js('(await import("node:path")).sep')), ['/'])
+
+    def test_output_lines(self):
+        events = self.js('console.log("hello"); console.error("err"); process.stdout.write("a")')
+        out = [(e['type'], e['text']) for e in events if e['type'] in ('stdout', 'stderr')]
+        self.assertEqual(out, [('stdout', 'hello\n'), ('stderr', 'err\n'), ('stdout', 'a')])
+
+    def test_errors(self):
+        (err,) = [e for e in self.js('null.x') if e['type'] == 'error']
+        self.assertEqual(err['name'], 'TypeError')
+        self.assertIn('null', err['value'])
+        self.assertNotIn('js-kernel', err['traceback'])
+        (syn,) = [e for e in self.js('foo(') if e['type'] == 'error']
+        self.assertEqual(syn['name'], 'SyntaxError')
+        (thrown,) = [e for e in self.js('throw 5') if e['type'] == 'error']
+        self.assertEqual(thrown['value'], 'Uncaught 5')
+        self.assertEqual(results(self.js('1 + 2')), ['3'])  # the kernel lives on
+
+    def test_env_vars(self):
+        self.assertEqual(results(self.js('process.env.FROM_CREATE')), ['yes'])
+        self.assertEqual(results(self.js('process.env.OVERRIDDEN', env_vars={'OVERRIDDEN': 'mine'})), ['mine'])
+        self.assertEqual(results(self.js('process.env.OVERRIDDEN')), ['global'])
+
+    def test_context_and_restart(self):
+        with tempfile.TemporaryDirectory() as cwd:
+            status, _, data = call('POST', '/contexts', {'language': 'js', 'cwd': cwd})
+            self.assertEqual(status, 200)
+            ctx = json.loads(data)
+            self.assertEqual((ctx['language'], ctx['cwd']), ('javascript', cwd))
+            self.assertEqual(results(execute('var own = 1; process.cwd()', context_id=ctx['id'])), [cwd])
+            self.assertEqual(results(self.js('typeof own')), ['undefined'])
+            self.assertEqual(call('POST', f"/contexts/{ctx['id']}/restart")[0], 204)
+            self.assertEqual(results(execute('typeof own', context_id=ctx['id'])), ['undefined'])
+            self.assertEqual(call('DELETE', f"/contexts/{ctx['id']}")[0], 204)
+
+    def test_client_gone_interrupts(self):
+        for code in ('while (true) {}', 'await new Promise(() => {})'):
+            with tempfile.TemporaryDirectory() as cwd:
+                ctx = json.loads(call('POST', '/contexts', {'language': 'javascript', 'cwd': cwd})[2])
+                s = socket.create_connection(('127.0.0.1', PORT))
+                body = json.dumps({'code': code, 'context_id': ctx['id']}).encode()
+                s.sendall(b'POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body))
+                s.recv(100)
+                s.close()
+                self.assertEqual(results(execute('2 + 2', context_id=ctx['id'])), ['4'], code)
+                call('DELETE', f"/contexts/{ctx['id']}")
+
 
 if __name__ == '__main__':
     unittest.main()
