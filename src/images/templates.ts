@@ -2,12 +2,13 @@
  * The images cellad builds by itself at its first start, like any user
  * image from a Dockerfile: `demo` (guest/demo on busybox) and the two E2B
  * templates the SDKs name by default. `base` and `code-interpreter-v1` are
- * built FROM the managed base `debian-12-e2b` (sudo, python, git, curl,
- * procps, made at setup) and add E2B's `user` with passwordless sudo, as
+ * built FROM the managed base `debian-12-e2b` (sudo, python, nodejs, git,
+ * curl, procps, made at setup) and add E2B's `user` with passwordless sudo, as
  * E2B's own template finalizer does. An image needs an app on a port to be
  * snapshotted: `base` runs the demo app (E2B's base runs envd only, which
  * Cella serves on the host), `code-interpreter-v1` runs Cella's stand-in for
- * E2B's Jupyter server (guest/code-interpreter/server.py, Python stdlib only).
+ * E2B's Jupyter server (guest/code-interpreter/server.py, Python stdlib only,
+ * with js-kernel.cjs on Node for JavaScript contexts).
  */
 import { fileURLToPath } from 'node:url';
 import type { MEMORY_TIERS_MIB } from '../contract/index.js';
@@ -23,7 +24,10 @@ const E2B_MEMORY_MIB = 512;
 
 type MemoryTier = (typeof MEMORY_TIERS_MIB)[number];
 
-const SERVER_SOURCE = fileURLToPath(new URL('../../guest/code-interpreter/server.py', import.meta.url));
+const CODE_INTERPRETER_FILES: ContextFiles = {
+  'server.py': fileURLToPath(new URL('../../guest/code-interpreter/server.py', import.meta.url)),
+  'js-kernel.cjs': fileURLToPath(new URL('../../guest/code-interpreter/js-kernel.cjs', import.meta.url)),
+};
 
 export interface ManagedImage {
   name: string;
@@ -72,6 +76,7 @@ export function codeInterpreterDockerfile(): string[] {
     `FROM ${E2B_BASE}`,
     ...ADD_USER,
     'COPY server.py /opt/cella/code-interpreter/server.py',
+    'COPY js-kernel.cjs /opt/cella/code-interpreter/js-kernel.cjs',
     'WORKDIR /home/user',
     `EXPOSE ${CODE_INTERPRETER_PORT}`,
     `CMD ["python3", "/opt/cella/code-interpreter/server.py", "--port", "${CODE_INTERPRETER_PORT}"]`,
@@ -83,6 +88,6 @@ export function managedImages(demoApp: string): ManagedImage[] {
   return [
     managed('demo', 'busybox', 256, { 'cella-demo': demoApp }, DEMO_DOCKERFILE),
     managed('base', E2B_BASE, E2B_MEMORY_MIB, { 'cella-demo': demoApp }, baseDockerfile()),
-    managed('code-interpreter-v1', E2B_BASE, E2B_MEMORY_MIB, { 'server.py': SERVER_SOURCE }, codeInterpreterDockerfile()),
+    managed('code-interpreter-v1', E2B_BASE, E2B_MEMORY_MIB, CODE_INTERPRETER_FILES, codeInterpreterDockerfile()),
   ];
 }
