@@ -40,9 +40,10 @@ export const DEBIAN_BASES: readonly DebianBase[] = [
   },
   {
     name: 'debian-12-e2b',
-    description: 'Debian 12 (bookworm) minbase with what E2B templates expect: sudo, python3 as python, git, curl, procps, ca-certificates',
+    description: 'Debian 12 (bookworm) minbase with what E2B templates expect: sudo, python3 as python, nodejs (18), git, curl, procps, ca-certificates',
     // The E2B images `base` and `code-interpreter-v1` (src/images/templates.ts) add their `user` on top; E2B's SDK tests run sudo, python and git.
-    include: ['sudo', 'python3', 'python-is-python3', 'git', 'curl', 'procps', 'ca-certificates'],
+    // nodejs: E2B's base template has Node.js, and code-interpreter-v1's JavaScript contexts run on it.
+    include: ['sudo', 'python3', 'python-is-python3', 'nodejs', 'git', 'curl', 'procps', 'ca-certificates'],
   },
 ];
 
