@@ -90,8 +90,8 @@ describe('E2B templates base and code-interpreter-v1 with the real SDKs', { conc
       await sbx.removeCodeContext(ctx.id);
       assert.ok(!(await sbx.listCodeContexts()).some((c) => c.id === ctx.id));
 
-      // JavaScript has no kernel here: refused, not run as Python
-      await assert.rejects(sbx.createCodeContext({ language: 'javascript' }), /400/);
+      // a language without a kernel here (JavaScript's are in e2b-code-interpreter-js): refused, not run as Python
+      await assert.rejects(sbx.createCodeContext({ language: 'r' }), /400/);
     } finally {
       await sbx.kill();
     }
