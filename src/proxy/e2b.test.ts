@@ -61,6 +61,7 @@ async function get(host: string, path = '/', headers: Record<string, string> = {
 before(async () => {
   app = createServer((req, res) => {
     seen.push(req.headers);
+    if (req.url === '/refused') return void res.writeHead(400, "language 'r' is not supported").end();
     res.end(`app ${req.url ?? ''}`);
   });
   const wss = new WebSocketServer({ server: app });
@@ -104,6 +105,14 @@ describe('E2B sandbox hosts', () => {
     assert.deepEqual(await get(DOMAIN, '/y', { 'e2b-sandbox-id': 'mvm-open', 'e2b-sandbox-port': '3000' }), { status: 200, body: 'app /y' });
     assert.equal((await get(`mvm-open.${DOMAIN}`)).status, 421);
     assert.equal((await get(`70000-mvm-open.${DOMAIN}`)).status, 421);
+  });
+
+  test("the app's status and reason phrase come back as it sent them", T, async () => {
+    const req = request(`${url}/refused`, { headers: { host: `8080-mvm-open.${DOMAIN}` } });
+    req.end();
+    const [res] = (await once(req, 'response')) as [IncomingMessage];
+    res.resume();
+    assert.deepEqual([res.statusCode, res.statusMessage], [400, "language 'r' is not supported"]);
   });
 
   test('a missing or paused sandbox (no autoResume) is the 502 JSON the SDK expects', T, async () => {

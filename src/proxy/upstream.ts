@@ -4,7 +4,7 @@
  * relayed as bytes once the guest answered its handshake. Used by the
  * Cella endpoints and the E2B sandbox hosts alike.
  */
-import { Agent, request, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import { Agent, request, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { createConnection, type Socket } from 'node:net';
 import { pipeline, type Duplex } from 'node:stream';
@@ -92,7 +92,9 @@ export class Upstreams {
     up.on('response', (ur) => {
       const back: OutgoingHttpHeaders = {};
       for (const [k, v] of Object.entries(ur.headers)) if (!HOP.has(k) && v !== undefined) back[k] = v;
-      res.writeHead(ur.statusCode ?? 502, back);
+      // The reason phrase too (HTTP/1.1 only): some clients, E2B's code-interpreter SDK among them, show only it.
+      if (res instanceof ServerResponse && ur.statusMessage) res.writeHead(ur.statusCode ?? 502, ur.statusMessage, back);
+      else res.writeHead(ur.statusCode ?? 502, back);
       // Stream as it comes: SSE and long responses are never buffered.
       (res as { flushHeaders?: () => void }).flushHeaders?.();
       pipeline(ur, res as NodeJS.WritableStream, () => {});
