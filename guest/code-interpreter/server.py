@@ -487,8 +487,10 @@ class Handler(BaseHTTPRequestHandler):
 
 def serve(host, port):
     Handler.state = State()
-    # The default Python context is ready before the first request (and in the image's snapshot).
+    # The default contexts are ready before the first request (and in the image's snapshot), as E2B's
+    # server starts its JavaScript one: a Node start costs seconds under TCG.
     Handler.state.default_context('python')
+    Handler.state.default_context('javascript')
     httpd = ThreadingHTTPServer((host, port), Handler)
     httpd.daemon_threads = True
     httpd.serve_forever()
