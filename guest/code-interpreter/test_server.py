@@ -56,6 +56,22 @@ def execute(code, **extra):
     return [json.loads(line) for line in data.decode().splitlines()]
 
 
+def create_context(language, cwd):
+    status, reason, data = call('POST', '/contexts', {'language': language, 'cwd': cwd})
+    if status != 200:
+        raise AssertionError(f'{status} {reason}: {data!r}')
+    return json.loads(data)
+
+
+def hang_up_during(code, context_id):
+    """Sends an execution of `code` and closes the connection once it runs, as the SDK's timeout does."""
+    s = socket.create_connection(('127.0.0.1', PORT))
+    body = json.dumps({'code': code, 'context_id': context_id}).encode()
+    s.sendall(b'POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body))
+    s.recv(100)  # the head: the cell runs
+    s.close()
+
+
 def results(events):
     return [e['text'] for e in events if e['type'] == 'result']
 
@@ -96,9 +112,7 @@ class ServerTest(unittest.TestCase):
 
     def test_contexts(self):
         with tempfile.TemporaryDirectory() as cwd:
-            status, _, data = call('POST', '/contexts', {'language': 'python', 'cwd': cwd})
-            self.assertEqual(status, 200)
-            ctx = json.loads(data)
+            ctx = create_context('python', cwd)
             self.assertEqual((ctx['language'], ctx['cwd']), ('python', cwd))
             execute('v = "in context"', context_id=ctx['id'])
             self.assertEqual(results(execute('import os; v, os.getcwd()', context_id=ctx['id'])), [repr(('in context', cwd))])
@@ -124,12 +138,8 @@ class ServerTest(unittest.TestCase):
 
     def test_client_gone_interrupts(self):
         with tempfile.TemporaryDirectory() as cwd:
-            ctx = json.loads(call('POST', '/contexts', {'cwd': cwd})[2])
-            s = socket.create_connection(('127.0.0.1', PORT))
-            body = json.dumps({'code': 'import time; time.sleep(120)', 'context_id': ctx['id']}).encode()
-            s.sendall(b'POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body))
-            s.recv(100)  # the head: the cell runs
-            s.close()
+            ctx = create_context('python', cwd)
+            hang_up_during('import time; time.sleep(120)', ctx['id'])
             started = time.monotonic()
             # The context takes one cell at a time: this one runs once the sleep was interrupted, long before 120 s.
             self.assertEqual(results(execute('2 + 2', context_id=ctx['id'])), ['4'])
@@ -181,9 +191,7 @@ class JavaScriptTest(unittest.TestCase):
 
     def test_context_and_restart(self):
         with tempfile.TemporaryDirectory() as cwd:
-            status, _, data = call('POST', '/contexts', {'language': 'js', 'cwd': cwd})
-            self.assertEqual(status, 200)
-            ctx = json.loads(data)
+            ctx = create_context('js', cwd)
             self.assertEqual((ctx['language'], ctx['cwd']), ('javascript', cwd))
             self.assertEqual(results(execute('var own = 1; process.cwd()', context_id=ctx['id'])), [cwd])
             self.assertEqual(results(self.js('typeof own')), ['undefined'])
@@ -194,12 +202,8 @@ class JavaScriptTest(unittest.TestCase):
     def test_client_gone_interrupts(self):
         for code in ('while (true) {}', 'await new Promise(() => {})'):
             with tempfile.TemporaryDirectory() as cwd:
-                ctx = json.loads(call('POST', '/contexts', {'language': 'javascript', 'cwd': cwd})[2])
-                s = socket.create_connection(('127.0.0.1', PORT))
-                body = json.dumps({'code': code, 'context_id': ctx['id']}).encode()
-                s.sendall(b'POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body))
-                s.recv(100)
-                s.close()
+                ctx = create_context('javascript', cwd)
+                hang_up_during(code, ctx['id'])
                 self.assertEqual(results(execute('2 + 2', context_id=ctx['id'])), ['4'], code)
                 call('DELETE', f"/contexts/{ctx['id']}")
 
