@@ -146,6 +146,19 @@ class ServerTest(unittest.TestCase):
             self.assertLess(time.monotonic() - started, 60)
 
 
+    def test_warm_up_leaves_nothing(self):
+        def executions(events):
+            return next(e['execution_count'] for e in events if e['type'] == 'number_of_executions')
+
+        before = executions(execute("'marker'"))  # `_` is now 'marker'
+        status, _, _ = call('POST', '/warm-up')
+        self.assertEqual(status, 204)
+        events = execute('_')
+        self.assertEqual(results(events), ['marker'], 'the warm-up kept no value')
+        self.assertEqual(executions(events), before + 1, 'the warm-up counted no execution')
+        self.assertEqual([e for e in events if e['type'] in ('stdout', 'stderr')], [], 'its output went nowhere')
+
+
 class JavaScriptTest(unittest.TestCase):
     """js-kernel.cjs through the server (needs `node` on PATH, as the image has)."""
 
