@@ -23,6 +23,7 @@ import { LogHub } from '../logs/index.js';
 import { MemoryStore } from '../store/index.js';
 import { createE2bApi, metadataFilter } from './api.js';
 import { Sandboxes, type GuestAgent } from './sandboxes.js';
+import { warmUpSandbox } from './warm-up.js';
 
 const KEY = 'cella_test-key';
 
@@ -88,7 +89,7 @@ const guestWrites = new Map<string, string>();
 /** How many times create asked the guest for E2B's user. */
 let userLookups = 0;
 /** The images whose warm pool create gave a warm-up. */
-const warmUps = new Set<string>();
+const warmUps = new Map<string, unknown>();
 const opts = (): { apiKey: string; apiUrl: string } => ({ apiKey: KEY, apiUrl });
 
 before(async () => {
@@ -123,7 +124,7 @@ before(async () => {
     maxMemoryMiB: 1024,
     agentOf: (id) => (driver.get(id) ? agent : undefined),
     fixedAddresses: true,
-    warmPool: (imageDir) => void warmUps.add(imageDir),
+    warmPool: (imageDir, warmUp) => void warmUps.set(imageDir, warmUp),
   });
   const handler = createE2bApi({ sandboxes, keys: await ApiKeys.open(store, KEY), domain: 'cella.localhost:7443' });
   server = createServer(handler);
@@ -168,7 +169,7 @@ test('create answers once the VM runs, with the fields the SDK reads; the sandbo
   // Under TCG, processes at fixed addresses (ADR 0010).
   assert.equal(guestWrites.get('/proc/sys/kernel/randomize_va_space'), '0\n');
   // ... and the image's later warm clones have run a sandbox's first command (warm-up.ts).
-  assert.deepEqual([...warmUps], ['/img']);
+  assert.deepEqual([...warmUps], [['/img', warmUpSandbox]]);
   // Public traffic unless asked otherwise: no traffic token.
   assert.equal(sbx.trafficAccessToken, undefined);
   assert.equal(await sandboxes.trafficToken(sbx.sandboxId), undefined);

@@ -12,10 +12,10 @@ import type { GuestStats, UserInfo } from '../agent/index.js';
 import type { DiskCapacity } from '../capacity/index.js';
 import type { Connectors } from '../connectors/index.js';
 import { CellaError, hookPort, isCellaError } from '../contract/index.js';
-import type { Images } from '../images/index.js';
+import { CODE_INTERPRETER_PORT, type Images } from '../images/index.js';
 import { admitVm, type Lifecycle, pendingVm, type RunnableImage } from '../lifecycle/index.js';
 import type { E2bSandboxRecord, Store, VmRecord } from '../store/index.js';
-import { RANDOMIZE_VA_SPACE, warmUpSandbox, type WarmUpAgent } from './warm-up.js';
+import { RANDOMIZE_VA_SPACE, warmUpInterpreter, warmUpSandbox, type WarmUpAgent } from './warm-up.js';
 
 /** E2B's default sandbox timeout, in seconds. */
 export const DEFAULT_TIMEOUT_SECONDS = 300;
@@ -144,17 +144,19 @@ export class Sandboxes implements SandboxAccess {
   /**
    * Readies the warm pool of a template's image for sandboxes: under TCG its
    * clones run a sandbox's first command before they are pooled (ADR 0010).
-   * Called at each create, and by the server for its own templates.
+   * An image serving the code interpreter's port also runs a cell in each of
+   * its default contexts. Called at each create, and by the server for its own templates.
    */
-  prepareTemplate(imageDir: string): void {
-    if (this.opts.fixedAddresses) this.opts.warmPool?.(imageDir, warmUpSandbox, TEMPLATE_WARM_CLONES);
+  prepareTemplate(image: Pick<RunnableImage, 'dir' | 'config'>): void {
+    const warmUp = image.config.port === CODE_INTERPRETER_PORT ? warmUpInterpreter : warmUpSandbox;
+    if (this.opts.fixedAddresses) this.opts.warmPool?.(image.dir, warmUp, TEMPLATE_WARM_CLONES);
   }
 
   /** Launches a sandbox and answers once its VM runs (its guest agent answers). */
   async create(req: NewSandbox): Promise<Sandbox> {
     const { lifecycle, store } = this.opts;
     const image = await this.template(req.templateID);
-    this.prepareTemplate(image.dir);
+    this.prepareTemplate(image);
     this.opts.capacity.require('creating a sandbox');
     const egress = req.allowInternetAccess === false ? [] : image.config.egressNetworkConnectors;
     const { ingress, egress: egressArns, policy } = await this.opts.connectors.resolve(undefined, egress, hookPort(image.config.hooks));

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { UserInfo } from '../agent/index.js';
 import { CellaError } from '../contract/index.js';
-import { RANDOMIZE_VA_SPACE, WARM_UP_ARGV, warmUpSandbox, type WarmUpAgent } from './warm-up.js';
+import { INTERPRETER_WARM_UP_ARGV, RANDOMIZE_VA_SPACE, WARM_UP_ARGV, warmUpInterpreter, warmUpSandbox, type WarmUpAgent } from './warm-up.js';
 
 /** A guest whose randomize_va_space starts at `aslr`, with the users in `users`; `log` says what the warm-up did in turn. */
 function guest(aslr: string, users: UserInfo[], execFails = false): { agent: WarmUpAgent; log: string[]; aslr: () => string } {
@@ -62,4 +62,22 @@ test('a failed command still puts randomize_va_space back, and the warm-up fails
   const g = guest('2\n', [ROOT, USER], true);
   await assert.rejects(warmUpSandbox(g.agent), /went away/);
   assert.equal(g.aslr(), '2\n');
+});
+
+test("a code interpreter's clone also asks its server to run a cell per default context, as root, after the command", async () => {
+  const g = guest('2\n', [ROOT, USER]);
+  await warmUpInterpreter(g.agent);
+  assert.deepEqual(g.log, [
+    'write 0',
+    'exec /bin/bash -l -c true uid=1000 cwd=/home/user HOME=/home/user aslr=0',
+    'write 2',
+    `exec ${INTERPRETER_WARM_UP_ARGV.join(' ')} uid=0 cwd=/ HOME=undefined aslr=2`,
+  ]);
+  assert.match(INTERPRETER_WARM_UP_ARGV.at(-1) as string, /^http:\/\/127\.0\.0\.1:49999\/warm-up$/);
+  // A server without that call, or no curl: the clone is pooled all the same.
+  const failing = guest('2\n', [ROOT, USER]);
+  const { agent } = failing;
+  const exec = agent.exec.bind(agent);
+  agent.exec = async (spec) => (spec.argv[0] === 'curl' ? Promise.reject(new CellaError('AGENT_ERROR', 'no curl')) : exec(spec));
+  await warmUpInterpreter(failing.agent);
 });

@@ -14,6 +14,7 @@
  * no env var or listener is set.
  */
 import type { UserInfo } from '../agent/index.js';
+import { CODE_INTERPRETER_PORT } from '../images/index.js';
 import { commandEnvironment, DEFAULT_USER } from './envd/index.js';
 
 /** The guest kernel's switch for address-space layout randomization (ADR 0010). */
@@ -33,6 +34,20 @@ const ROOT: UserInfo = { name: 'root', uid: 0, gid: 0, home: '/', shell: '/bin/s
 
 /** The command the SDK's commands.run('true') starts (envd runs every command as a login bash). */
 export const WARM_UP_ARGV = ['/bin/bash', '-l', '-c', 'true'];
+
+/**
+ * What `code-interpreter-v1`'s server (guest/code-interpreter/server.py) is asked to warm up: one cell in
+ * each default context, counting no execution and keeping nothing (about 4 s of a first Python cell and
+ * 2 s of a first JavaScript one under TCG). curl comes with E2B's base; a server that has no such call
+ * (an image of the user's on the same port) just answers an error, which is ignored as a missing curl is.
+ */
+export const INTERPRETER_WARM_UP_ARGV = ['curl', '-sf', '--max-time', '120', '-X', 'POST', `http://127.0.0.1:${CODE_INTERPRETER_PORT}/warm-up`];
+
+/** warmUpSandbox, then the code interpreter's cells (an image serving CODE_INTERPRETER_PORT). */
+export async function warmUpInterpreter(agent: WarmUpAgent): Promise<void> {
+  await warmUpSandbox(agent);
+  await agent.exec({ argv: INTERPRETER_WARM_UP_ARGV, env: { PATH: '/usr/local/bin:/usr/bin:/bin' }, cwd: '/', uid: 0, gid: 0 }).catch(() => undefined);
+}
 
 /** Runs a sandbox's first command in a pooled clone, then puts back what it changed. */
 export async function warmUpSandbox(agent: WarmUpAgent): Promise<void> {

@@ -267,7 +267,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
     // Builds queued or running when cellad stopped: after recovery, so a build never races the reclaim of its VMs.
     await images.recover();
     // E2B sandboxes are created in bursts by agents: their templates' warm pools are filled once ready, not at a first launch.
-    const prewarm = managedPrewarm(engine, images, log, (dir) => sandboxes.prepareTemplate(dir));
+    const prewarm = managedPrewarm(engine, images, log, (image) => sandboxes.prepareTemplate(image));
     for (const image of managedImages(engine.guest.demoApp)) {
       const demo = image.name === DEMO_IMAGE;
       if (demo ? opts.demoImage : opts.e2bImages) await ensureManagedImage(image, store, images, arns, dataDir, log, demo ? undefined : prewarm);

@@ -31,7 +31,7 @@ test('ready images have their warm pools filled one at a time, in order; a failu
     engine,
     images,
     (l) => lines.push(l),
-    (dir) => prepared.push(dir),
+    (image) => prepared.push(image.dir),
   );
   for (const name of ['base', 'gone', 'broken', 'code-interpreter-v1']) ready(name);
   await allDone;

@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { Arns, UpdateImageRequest } from '../contract/index.js';
 import type { Engine } from '../engine/index.js';
 import type { Images, ManagedImage, StartedVersion } from '../images/index.js';
+import type { RunnableImage } from '../lifecycle/index.js';
 import type { Store } from '../store/index.js';
 
 /** Called once a managed image has a successful build (see managedPrewarm). */
@@ -95,15 +96,15 @@ export function managedPrewarm(
   engine: Pick<Engine, 'prewarm'>,
   images: Pick<Images, 'runnable'>,
   log: (line: string) => void,
-  prepare: (imageDir: string) => void = () => {},
+  prepare: (image: RunnableImage) => void = () => {},
 ): ImageReady {
   let queue = Promise.resolve();
   return (name) => {
     queue = queue.then(async () => {
       try {
-        const { dir } = await images.runnable(name);
-        prepare(dir);
-        await engine.prewarm(dir);
+        const image = await images.runnable(name);
+        prepare(image);
+        await engine.prewarm(image.dir);
       } catch (err) {
         log(`warm pool for image "${name}": ${(err as Error).message}`);
       }
