@@ -5,9 +5,11 @@
  * `base` template, which the server builds at its first start: Sandbox.create() to the first
  * commands.run() result (with a warm clone ready, and back to back), the commands.run('true') round trip
  * (with the QEMU's translation cache use, and what the guest alone takes to run /bin/true and bash), files.write + files.read of 1 MiB, pause,
- * and connect after a pause (the resume). Prints JSON lines (see ./report.ts); asserts nothing.
+ * connect after a pause (the resume), and on `code-interpreter-v1` create to the first cell's result and a
+ * first JavaScript cell. Prints JSON lines (see ./report.ts); asserts nothing.
  */
 import { rmSync } from 'node:fs';
+import { Sandbox as Interpreter } from '@e2b/code-interpreter';
 import { Sandbox } from 'e2b';
 import { startServer } from '../src/server/index.js';
 import { API_KEY, shutdown } from '../test/control-helpers.js';
@@ -16,7 +18,7 @@ import { trustCa } from '../test/fixtures/trust-ca.js';
 import { reporter } from './report.js';
 
 const quick = process.argv.includes('--quick');
-const N = { creates: quick ? 5 : 10, commands: quick ? 30 : 200, files: quick ? 3 : 10, pauses: quick ? 3 : 10 };
+const N = { creates: quick ? 5 : 10, commands: quick ? 30 : 200, files: quick ? 3 : 10, pauses: quick ? 3 : 10, cells: quick ? 3 : 5 };
 const TEMPLATE = 'base';
 
 const dataDir = tempDataDir('bench-e2b');
@@ -121,6 +123,23 @@ try {
   emit('e2b_pause_ms', 'ms', pauses, null, 'lower');
   emit('e2b_connect_after_pause_to_command_ms', 'ms', connects, 300, 'lower');
   await sbx.kill();
+
+  // Code interpreter: create to the first cell's result (Python, the default), then a first JavaScript cell.
+  const interpreterDir = (await server.images.runnable('code-interpreter-v1')).dir;
+  const cells = { python: [] as number[], javascript: [] as number[] };
+  for (let i = 0; i < N.cells; i++) {
+    await server.engine.prewarm(interpreterDir);
+    const t0 = performance.now();
+    const ci = await Interpreter.create(opts);
+    await ci.runCode('1 + 1');
+    cells.python.push(ms(t0));
+    const t1 = performance.now();
+    await ci.runCode('1 + 1', { language: 'js' });
+    cells.javascript.push(ms(t1));
+    await ci.kill();
+  }
+  emit('e2b_interpreter_create_to_first_cell_ms', 'ms', cells.python, null, 'lower', { template: 'code-interpreter-v1' });
+  emit('e2b_interpreter_first_js_cell_ms', 'ms', cells.javascript, null, 'lower', { template: 'code-interpreter-v1' });
 } finally {
   untrust();
   await shutdown(server);
