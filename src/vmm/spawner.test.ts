@@ -5,6 +5,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { QEMU_GLIBC_TUNABLES, QemuProcess, qemuEnv } from './process.js';
 
 // cella-spawn (guest/host/spawn.c) is the prelude of every QEMU: it must run each step or run nothing.
 const GUEST = fileURLToPath(new URL('../../guest', import.meta.url));
@@ -85,4 +86,19 @@ test('cella-spawn --watch: PROGRAM is killed when its parent closes the stdin pi
   assert.deepEqual(watcherArgs(), ['cella-spawn', 'watch']);
   child.stdin.end();
   assert.equal(await exited, 'SIGKILL');
+});
+
+test('QEMU runs with the malloc tunable, added to any the caller set', { timeout: 60_000, skip }, async () => {
+  assert.equal(qemuEnv({ PATH: '/bin' }).GLIBC_TUNABLES, QEMU_GLIBC_TUNABLES);
+  assert.equal(qemuEnv({ GLIBC_TUNABLES: 'glibc.rtld.optional_static_tls=512' }).GLIBC_TUNABLES, `glibc.rtld.optional_static_tls=512:${QEMU_GLIBC_TUNABLES}`);
+  // Through the real prelude: what the exec'd program (a stand-in for QEMU) really has.
+  build();
+  const proc = QemuProcess.spawn(['30'], { spawner: SPAWN, binary: '/bin/sleep' });
+  try {
+    const environ = (): string[] => readFileSync(`/proc/${proc.pid}/environ`, 'utf8').split('\0');
+    for (let i = 0; i < 200 && !readFileSync(`/proc/${proc.pid}/cmdline`, 'utf8').startsWith('/bin/sleep'); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(environ().includes(`GLIBC_TUNABLES=${QEMU_GLIBC_TUNABLES}`), environ().join(' '));
+  } finally {
+    await proc.kill();
+  }
 });
