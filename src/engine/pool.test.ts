@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { mock, test } from 'node:test';
 import type { EngineCore } from './core.js';
-import { WARM_UP_REFILL_DELAY_MS, WarmPool } from './pool.js';
+import { REFILL_DELAY_MS, WARM_UP_REFILL_DELAY_MS, WarmPool } from './pool.js';
 
 /** A pool whose fills are only recorded (prewarm replaced): what is tested is when a refill starts. */
 function pool(): { pool: WarmPool; fills: string[] } {
@@ -12,16 +12,21 @@ function pool(): { pool: WarmPool; fills: string[] } {
   return { pool: p, fills };
 }
 
-test('a refill starts at once, or WARM_UP_REFILL_DELAY_MS later for an image with a warm-up; forgetting the image cancels it', async (t) => {
+test('a refill starts REFILL_DELAY_MS later, or WARM_UP_REFILL_DELAY_MS for an image with a warm-up; forgetting the image cancels it', async (t) => {
   t.mock.timers.enable({ apis: ['setTimeout'] });
   const { pool: p, fills } = pool();
+  assert.ok(REFILL_DELAY_MS < WARM_UP_REFILL_DELAY_MS);
   p.refill('/images/plain');
+  t.mock.timers.tick(REFILL_DELAY_MS - 1);
+  assert.deepEqual(fills, []);
+  t.mock.timers.tick(1);
   assert.deepEqual(fills, ['/images/plain']);
 
   p.setWarmUp('/images/e2b', async () => {});
   p.refill('/images/e2b');
   p.refill('/images/e2b'); // one refill waits, not two
-  t.mock.timers.tick(WARM_UP_REFILL_DELAY_MS - 1);
+  t.mock.timers.tick(REFILL_DELAY_MS);
+  t.mock.timers.tick(WARM_UP_REFILL_DELAY_MS - REFILL_DELAY_MS - 1);
   assert.deepEqual(fills, ['/images/plain']);
   t.mock.timers.tick(1);
   assert.deepEqual(fills, ['/images/plain', '/images/e2b']);
@@ -30,8 +35,9 @@ test('a refill starts at once, or WARM_UP_REFILL_DELAY_MS later for an image wit
   await p.forget('/images/e2b');
   t.mock.timers.tick(WARM_UP_REFILL_DELAY_MS);
   assert.deepEqual(fills, ['/images/plain', '/images/e2b']);
-  // Forgotten with its warm-up: a later refill starts at once.
+  // Forgotten with its warm-up: a later refill waits as any image's.
   p.refill('/images/e2b');
+  t.mock.timers.tick(REFILL_DELAY_MS);
   assert.deepEqual(fills, ['/images/plain', '/images/e2b', '/images/e2b']);
   mock.timers.reset();
 });

@@ -32,6 +32,16 @@ export type WarmUp = (agent: AgentClient) => Promise<void>;
  */
 export const WARM_UP_REFILL_DELAY_MS = 1000;
 
+/**
+ * How long the refill of any other image waits after a launch: a new QEMU's
+ * start is about 80 ms of CPU that the launched VM's first answer would
+ * otherwise share (bench:engine's warm launch, 2 cores under TCG: 49–79 ms
+ * to the first answer with the refill 300 ms later, 137–150 ms at once).
+ * A second launch within it would have found the pool empty anyway: a refill
+ * takes longer than this to be ready.
+ */
+export const REFILL_DELAY_MS = 300;
+
 export class WarmPool {
   /** Fills in progress, per image directory. */
   private readonly warming = new Map<string, Promise<void>>();
@@ -39,7 +49,7 @@ export class WarmPool {
   private readonly warmUps = new Map<string, WarmUp>();
   /** Clones kept for images that set their own number with their warm-up, per image directory. */
   private readonly depths = new Map<string, number>();
-  /** Refills waiting for WARM_UP_REFILL_DELAY_MS, per image directory. */
+  /** Refills waiting (REFILL_DELAY_MS or WARM_UP_REFILL_DELAY_MS), per image directory. */
   private readonly delayed = new Map<string, NodeJS.Timeout>();
 
   constructor(
@@ -86,16 +96,17 @@ export class WarmPool {
     return this.target === 0 ? 0 : (this.depths.get(imageDir) ?? this.target);
   }
 
-  /** Tops the pool of `image` up in the background (after a launch took a clone). */
+  /** Tops the pool of `image` up in the background, after a pause (a launch just took a clone). */
   refill(image: string): void {
     const imageDir = path.resolve(image);
     if (this.target === 0 || this.core.closing || this.warming.has(imageDir) || this.delayed.has(imageDir)) return;
-    const fill = (): void => void this.prewarm(imageDir).catch((err: Error) => this.core.log(`warm pool for ${imageDir}: ${err.message}`));
-    if (!this.warmUps.has(imageDir)) return fill();
-    const timer = setTimeout(() => {
-      this.delayed.delete(imageDir);
-      fill();
-    }, WARM_UP_REFILL_DELAY_MS);
+    const timer = setTimeout(
+      () => {
+        this.delayed.delete(imageDir);
+        void this.prewarm(imageDir).catch((err: Error) => this.core.log(`warm pool for ${imageDir}: ${err.message}`));
+      },
+      this.warmUps.has(imageDir) ? WARM_UP_REFILL_DELAY_MS : REFILL_DELAY_MS,
+    );
     timer.unref();
     this.delayed.set(imageDir, timer);
   }
