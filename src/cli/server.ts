@@ -42,7 +42,7 @@ Options:
   --standby-qemus N        the last N suspended VMs keep an idle QEMU so their resume skips QEMU's start
                            (default ${DEFAULT_STANDBY_QEMUS}; 0: none)
   --standby-preload-mib N  MiB of suspended VMs' pages those QEMUs may hold in advance, all together
-                           (default ${DEFAULT_STANDBY_PRELOAD_MIB}; trades host RAM for a faster resume)
+                           (default ${DEFAULT_STANDBY_PRELOAD_MIB}, at most 1/16 of host RAM; trades RAM for a faster resume)
   --api-rate-scale N       multiplies the contract's per-caller API rates (default ${DEFAULT_API_RATE_SCALE}; 0: no throttling)
   --endpoint-rps-per-vcpu N
                            requests per second per MicroVM and vCPU at its endpoint (default 100; 0: no limit)

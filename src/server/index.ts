@@ -47,9 +47,15 @@ export const DEFAULT_STANDBY_QEMUS = 4;
 /**
  * MiB of checkpoint pages those standby QEMUs may hold in advance, all together (ADR 0011): a resume then
  * only loads device state (bench:proxy: about 150 → 105–115 ms to first byte under TCG). It is RAM the
- * VMs held while they ran, bounded here.
+ * VMs held while they ran, bounded here; the memory admission of running VMs does not count it, so on a
+ * small host the default is a sixteenth of its RAM (defaultStandbyPreloadMiB).
  */
 export const DEFAULT_STANDBY_PRELOAD_MIB = 1024;
+
+/** The default preload budget on a host with `hostMiB` of RAM: DEFAULT_STANDBY_PRELOAD_MIB, at most a sixteenth of it. */
+export function defaultStandbyPreloadMiB(hostMiB = totalmem() / 1048576): number {
+  return Math.min(DEFAULT_STANDBY_PRELOAD_MIB, Math.floor(hostMiB / 16));
+}
 export const DEFAULT_API_RATE_SCALE = 10;
 export const DEMO_IMAGE = 'demo';
 /** E2B API requests per second per API key, per unit of apiRateScale. */
@@ -150,7 +156,7 @@ export async function startServer(opts: ServerOptions): Promise<CellaServer> {
   const host = opts.host ?? '127.0.0.1';
   // Start-up checks first, before anything is made or changed: the data directory, the lock, the guest, the ports.
   const standbyQemus = wholeNumber(opts.standbyQemus ?? DEFAULT_STANDBY_QEMUS, 0, '--standby-qemus');
-  const standbyPreloadMiB = wholeNumber(opts.standbyPreloadMiB ?? DEFAULT_STANDBY_PRELOAD_MIB, 0, '--standby-preload-mib');
+  const standbyPreloadMiB = wholeNumber(opts.standbyPreloadMiB ?? defaultStandbyPreloadMiB(), 0, '--standby-preload-mib');
   const minIdleSeconds = wholeNumber(opts.minIdleSeconds ?? CONTRACT_MIN_IDLE_SECONDS, 1, '--min-idle-seconds');
   prepareDataDir(dataDir);
   const unlock = lockDataDir(dataDir);

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { isCellaError } from '../contract/index.js';
-import { startServer } from './index.js';
+import { DEFAULT_STANDBY_PRELOAD_MIB, defaultStandbyPreloadMiB, startServer } from './index.js';
 
 test('a bad standby budget or minimum idle time is refused with INVALID_ARGUMENT before anything is made', { timeout: 10_000 }, async () => {
   const parent = mkdtempSync(path.join(tmpdir(), 'cella-options-'));
@@ -23,4 +23,10 @@ test('a bad standby budget or minimum idle time is refused with INVALID_ARGUMENT
   } finally {
     rmSync(parent, { recursive: true, force: true });
   }
+});
+
+test('the default preload budget is at most a sixteenth of the host RAM', () => {
+  assert.equal(defaultStandbyPreloadMiB(24 * 1024), DEFAULT_STANDBY_PRELOAD_MIB);
+  assert.equal(defaultStandbyPreloadMiB(4096), 256);
+  assert.equal(defaultStandbyPreloadMiB(1000), 62);
 });
