@@ -18,7 +18,7 @@ fi
 
 packages=(
   qemu-system-x86 qemu-utils busybox-static nftables iproute2 e2fsprogs
-  musl-tools make gcc g++ python3 mmdebstrap docker-registry libc6-dev lz4 xz-utils zstd gzip bzip2 util-linux procps cpio ca-certificates curl
+  musl-tools make gcc g++ libnftables-dev python3 mmdebstrap docker-registry libc6-dev lz4 xz-utils zstd gzip bzip2 util-linux procps cpio ca-certificates curl
   clang-format
   libnss-myhostname
   chromium  # the web console's browser tests (puppeteer-core drives it; nothing downloads a browser)

@@ -197,38 +197,40 @@ static int setup_inside(unsigned slot, const char *rules)
 	return rc;
 }
 
-/* The namespace and everything in it, or nothing (a failure undoes what was made). */
-static int create(unsigned slot, const char *tag, const char *rules)
+/* ip netns add: a bind mount of a new namespace under NETNS_DIR; nothing is left if a step fails. */
+static int add(unsigned slot)
 {
-	char path[64], hostif[IFNAMSIZ];
+	char path[64];
 	netns_path(path, sizeof(path), slot);
-	snprintf(hostif, sizeof(hostif), "cellah%u", slot);
 	if (share_netns_dir() < 0)
 		return -1;
 	/* O_EXCL: an existing name fails, and that is the slot lock between concurrent engines. */
 	int fd = open(path, O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0);
 	if (fd < 0)
-		return fail_errno("netns-add");
+		return fail_errno(errno == EEXIST ? "slot-taken" : "netns-add");
 	close(fd);
-	if (unshare(CLONE_NEWNET) < 0) {
-		fail_errno("netns-add");
-		unlink(path);
-		return -1;
-	}
-	if (mount(SELF_NS, path, "none", MS_BIND, NULL) < 0) {
-		fail_errno("netns-add");
-		back_home();
-		unlink(path);
-		return -1;
-	}
-	int ns = open(SELF_NS, O_RDONLY | O_CLOEXEC);
-	int e = errno;
+	int rc = 0;
+	if (unshare(CLONE_NEWNET) < 0)
+		rc = fail_errno("netns-add");
+	else if (mount(SELF_NS, path, "none", MS_BIND, NULL) < 0)
+		rc = fail_errno("netns-add");
 	back_home();
+	if (rc < 0)
+		unlink(path);
+	return rc;
+}
+
+/* Everything in the namespace, as the `ip` batches, sysctl and nft did; a failure removes the namespace. */
+static int setup(unsigned slot, const char *tag, const char *rules)
+{
+	char path[64], hostif[IFNAMSIZ];
+	netns_path(path, sizeof(path), slot);
+	snprintf(hostif, sizeof(hostif), "cellah%u", slot);
+	int ns = open(path, O_RDONLY | O_CLOEXEC);
 	int rc = -1, host;
-	if (ns < 0) {
-		errno = e;
-		fail_errno("netns-add");
-	} else if (nl_veth(host_nl, hostif, "eth0", ns) < 0)
+	if (ns < 0)
+		fail_errno("netns");
+	else if (nl_veth(host_nl, hostif, "eth0", ns) < 0)
 		fail_errno("veth");
 	else if ((host = ifindex(hostif, "veth")) == 0)
 		;
@@ -246,7 +248,7 @@ static int create(unsigned slot, const char *tag, const char *rules)
 	}
 	if (ns >= 0)
 		close(ns);
-	if (rc < 0)
+	if (rc < 0 && ns >= 0)
 		destroy(slot);
 	return rc;
 }
@@ -289,7 +291,7 @@ static void serve(int out, const struct netd_req *r)
 {
 	char tag[NETD_MAX_TAG + 1] = "";
 	char *rules = NULL;
-	if (r->op != NETD_DESTROY) {
+	if (r->op == NETD_SETUP || r->op == NETD_NFT) {
 		memcpy(tag, r->tag ? r->tag : "", r->tag_len);
 		tag[r->tag_len] = '\0';
 		rules = strndup(r->rules, r->rules_len);
@@ -299,7 +301,20 @@ static void serve(int out, const struct netd_req *r)
 		}
 	}
 	err[0] = '\0';
-	int rc = r->op == NETD_CREATE ? create(r->slot, tag, rules) : r->op == NETD_NFT ? policy(r->slot, rules) : destroy(r->slot);
+	int rc;
+	switch (r->op) {
+	case NETD_ADD:
+		rc = add(r->slot);
+		break;
+	case NETD_SETUP:
+		rc = setup(r->slot, tag, rules);
+		break;
+	case NETD_NFT:
+		rc = policy(r->slot, rules);
+		break;
+	default:
+		rc = destroy(r->slot);
+	}
 	free(rules);
 	reply(out, r->id, rc < 0 ? err : NULL);
 }

@@ -3,11 +3,14 @@
  *
  * A request is one header line, then LEN bytes of payload:
  *   ID OP SLOT LEN\n
- * ID is the caller's (1..2^53), echoed in the reply so requests can be pipelined; OP is create, nft or
- * destroy; SLOT is 0..NETD_MAX_SLOTS-1. Payloads: create "TAG\nRULES" (TAG, possibly empty, goes on the
- * host end of the veth as its ifalias; RULES is the namespace's base ruleset), nft "RULES", destroy none.
- * A reply is "ID ok 0\n" or "ID err LEN\n" and LEN bytes of message ("step: what"). Replies come in
- * request order.
+ * ID is the caller's (1..2^53), echoed in the reply so requests can be pipelined; OP is add, setup, nft
+ * or destroy; SLOT is 0..NETD_MAX_SLOTS-1. add makes the bare namespace (as `ip netns add`); setup puts
+ * the veth pair, tap, routes and base rules in it (a failure removes the namespace); two requests, so
+ * cellad can crash between them as between the `ip` commands (its intent file covers that). Payloads:
+ * setup "TAG\nRULES" (TAG, possibly empty, goes on the host end of the veth as its ifalias; RULES is the
+ * namespace's base ruleset), nft "RULES", add and destroy none. A reply is "ID ok 0\n" or "ID err LEN\n"
+ * and LEN bytes of message ("step: what"; step slot-taken: add found the name in use, and changed
+ * nothing). Replies come in request order.
  */
 #ifndef CELLA_NETD_H
 #define CELLA_NETD_H
@@ -22,7 +25,7 @@
 /* IFALIASZ - 1. */
 #define NETD_MAX_TAG 255
 
-enum netd_op { NETD_CREATE = 1, NETD_NFT, NETD_DESTROY };
+enum netd_op { NETD_ADD = 1, NETD_SETUP, NETD_NFT, NETD_DESTROY };
 
 struct netd_req {
 	unsigned long long id;

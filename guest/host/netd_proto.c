@@ -66,8 +66,10 @@ long netd_parse(const char *buf, size_t len, struct netd_req *req, const char **
 		return -1;
 	}
 	enum netd_op op;
-	if (!word(&p, end, "create"))
-		op = NETD_CREATE;
+	if (!word(&p, end, "add"))
+		op = NETD_ADD;
+	else if (!word(&p, end, "setup"))
+		op = NETD_SETUP;
 	else if (!word(&p, end, "nft"))
 		op = NETD_NFT;
 	else if (!word(&p, end, "destroy"))
@@ -93,15 +95,15 @@ long netd_parse(const char *buf, size_t len, struct netd_req *req, const char **
 		*invalid = "slot out of range";
 		return total;
 	}
-	if (op == NETD_DESTROY) {
+	if (op == NETD_ADD || op == NETD_DESTROY) {
 		if (size)
-			*invalid = "destroy takes no payload";
+			*invalid = "add and destroy take no payload";
 		return total;
 	}
-	if (op == NETD_CREATE) {
+	if (op == NETD_SETUP) {
 		const char *sep = memchr(body, '\n', size);
 		if (!sep) {
-			*invalid = "create wants TAG\\nRULES";
+			*invalid = "setup wants TAG\\nRULES";
 			return total;
 		}
 		req->tag = body;

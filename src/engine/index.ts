@@ -122,7 +122,7 @@ export class Engine extends EventEmitter {
       qemuBinary: opts.qemuBinary,
       outliveParent: opts.outliveParent,
       jailed,
-      networks: new NetworkPool(opts.warmNetworks, namespaces),
+      networks: new NetworkPool(opts.warmNetworks, namespaces, guest.netd),
       namespaces,
       cgroups: Cgroups.open(`cella/${tag}`, opts.log),
       hosts: new HostTable<QemuProcess, RunningVm, WarmVm>(),

@@ -13,15 +13,17 @@
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { CellaError } from '../contract/index.js';
-import { crashPoint, run } from '../host/index.js';
+import { CellaError, isCellaError } from '../contract/index.js';
+import { crashPoint } from '../host/index.js';
 import { dnsForwarderPort, forgetPolicy, rememberPolicy } from './dns.js';
 import { ensureHostGuard } from './guard.js';
+import { SLOT_TAKEN, networkHelper, useNetworkHelper } from './netd.js';
 import { GUEST, HOST_IF_PREFIX, MAX_SLOTS, NETNS_PREFIX, checkPolicy, namespaceRules, netnsName, slotAddresses, type NetworkPolicy } from './rules.js';
 
 export { DEFAULT_DNS_PORT, forgetPolicy, rememberPolicy, startDnsForwarder } from './dns.js';
 export type { DnsForwarder, DnsForwarderOptions, DnsUpstream } from './dns.js';
 export { ensureHostGuard, pruneDnsPorts, udpPortsBound } from './guard.js';
+export { useNetworkHelper } from './netd.js';
 export { DEFAULT_POLICY, GUEST, namespaceRules, slotAddresses } from './rules.js';
 export type { NetworkPolicy } from './rules.js';
 
@@ -49,57 +51,31 @@ function intentFile(owner: NamespaceOwner, slot: number): string {
 }
 
 async function create(slot: number, owner: NamespaceOwner | undefined): Promise<VmNetwork | undefined> {
-  const netns = netnsName(slot);
-  const hostIf = `${HOST_IF_PREFIX}${slot}`;
-  const { host, ns } = slotAddresses(slot);
+  const helper = networkHelper();
   if (owner) writeFileSync(intentFile(owner, slot), owner.tag);
   try {
-    // `ip netns add` fails if the name exists: that is the slot lock between concurrent engines.
-    await run('ip', ['netns', 'add', netns]);
-  } catch {
+    await helper.add(slot);
+  } catch (err) {
     if (owner) rmSync(intentFile(owner, slot), { force: true });
-    return undefined;
+    // The name exists: that is the slot lock between concurrent engines.
+    if (isCellaError(err, 'NETWORK_SETUP_FAILED') && err.details.step === SLOT_TAKEN) return undefined;
+    throw err;
   }
   crashPoint('netns:added');
   try {
-    await run('ip', ['-batch', '-'], {
-      input: [
-        `link add ${hostIf} type veth peer name eth0 netns ${netns}`,
-        `addr add ${host}/30 dev ${hostIf}`,
-        `link set ${hostIf} up`,
-        ...(owner ? [`link set ${hostIf} alias ${owner.tag}`] : []),
-      ].join('\n'),
-      code: 'NETWORK_SETUP_FAILED',
-    });
-    await run('ip', ['-n', netns, '-batch', '-'], {
-      input: [
-        'link set lo up',
-        `addr add ${ns}/30 dev eth0`,
-        'link set eth0 up',
-        // Egress, when a policy allows it, is routed through the host.
-        `route add default via ${host} dev eth0`,
-        `tuntap add dev ${GUEST.tap} mode tap`,
-        `link set ${GUEST.tap} address ${GUEST.gatewayMac}`,
-        `addr add ${GUEST.gatewayCidr} dev ${GUEST.tap}`,
-        `link set ${GUEST.tap} up`,
-        // No ARP round trip before the first packet to a freshly restored guest.
-        `neigh add ${GUEST.address} lladdr ${GUEST.mac} dev ${GUEST.tap} nud permanent`,
-      ].join('\n'),
-      code: 'NETWORK_SETUP_FAILED',
-    });
-    await run('nsenter', [`--net=/run/netns/${netns}`, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'], { code: 'NETWORK_SETUP_FAILED' });
-    await run('nsenter', [`--net=/run/netns/${netns}`, 'nft', '-f', '-'], { input: namespaceRules(slot), code: 'NETWORK_SETUP_FAILED' });
+    // The veth pair (tagged), tap, routes and base rules, or (cella-netd removes the namespace) nothing.
+    await helper.setup(slot, owner?.tag ?? '', namespaceRules(slot));
   } catch (err) {
+    // Left only if the helper died half way.
     await destroy(slot, owner).catch(() => {});
     throw err;
   }
-  return { slot, netns, hostAddress: ns, tap: GUEST.tap };
+  return networkForSlot(slot);
 }
 
 async function destroy(slot: number, owner: NamespaceOwner | undefined): Promise<void> {
-  const netns = netnsName(slot);
   // Deleting the namespace takes the veth pair (and so the host end) and the tap with it.
-  if (existsSync(`/run/netns/${netns}`)) await run('ip', ['netns', 'del', netns], { code: 'NETWORK_SETUP_FAILED' });
+  if (existsSync(`/run/netns/${netnsName(slot)}`)) await networkHelper().destroy(slot);
   if (owner) rmSync(intentFile(owner, slot), { force: true });
 }
 
@@ -167,8 +143,9 @@ export async function reclaimNamespaces(owner: NamespaceOwner, keep: ReadonlySet
 }
 
 /**
- * Hands out ready namespaces. Creating one costs several process launches,
- * so a few are kept warm and refilled in the background, off the launch path.
+ * Hands out ready namespaces. A few are kept warm and refilled in the
+ * background, off the launch path. The pool holds a share of cella-netd,
+ * which makes them (and serves applyPolicy and reclaimNamespaces) until close.
  */
 export class NetworkPool {
   private readonly ready: VmNetwork[] = [];
@@ -177,13 +154,19 @@ export class NetworkPool {
   private refilling: Promise<void> | undefined;
   private nextSlot = 0;
   private closed = false;
+  private readonly releaseHelper: () => Promise<void>;
 
-  /** `owner` tags every namespace made (see NamespaceOwner), so a restarted cellad can reclaim its own. */
+  /**
+   * `owner` tags every namespace made (see NamespaceOwner), so a restarted
+   * cellad can reclaim its own. `helper`: the cella-netd binary.
+   */
   constructor(
-    private readonly warm = 2,
-    private readonly owner?: NamespaceOwner,
+    private readonly warm: number,
+    private readonly owner: NamespaceOwner | undefined,
+    helper: string,
   ) {
     if (owner) mkdirSync(owner.intentDir, { recursive: true });
+    this.releaseHelper = useNetworkHelper(helper);
   }
 
   private async createNext(): Promise<VmNetwork> {
@@ -252,6 +235,7 @@ export class NetworkPool {
     this.closed = true;
     await this.refilling;
     await Promise.all(this.ready.splice(0).map((n) => this.release(n)));
+    await this.releaseHelper();
   }
 }
 
@@ -269,7 +253,7 @@ export async function applyPolicy(net: VmNetwork, policy: NetworkPolicy): Promis
     throw new CellaError('NETWORK_SETUP_FAILED', `${net.netns}: a domain allowlist needs the DNS forwarder, and none runs`);
   }
   if (policy.egress !== 'none') await ensureHostGuard();
-  await run('nsenter', [`--net=/run/netns/${net.netns}`, 'nft', '-f', '-'], { input: namespaceRules(net.slot, policy, dnsPort), code: 'NETWORK_SETUP_FAILED' });
+  await networkHelper().nft(net.slot, namespaceRules(net.slot, policy, dnsPort));
   rememberPolicy(net, policy);
 }
 

@@ -30,6 +30,8 @@ export interface GuestArtifacts {
   demoApp: string;
   /** cella-spawn: the host's prelude to each QEMU (guest/host/spawn.c), built with the guest's binaries. */
   spawner: string;
+  /** cella-netd: the host's network namespace helper (guest/host/netd.c, ADR 0013), built with them. */
+  netd: string;
   bases: string;
   manifest: GuestManifest;
 }
@@ -42,6 +44,7 @@ export function guestPaths(dir: string): Omit<GuestArtifacts, 'manifest'> & { ma
     initrd: join(dir, 'initrd.cpio'),
     demoApp: join(dir, 'cella-demo'),
     spawner: join(dir, 'cella-spawn'),
+    netd: join(dir, 'cella-netd'),
     bases: join(dir, 'bases'),
     manifest: join(dir, 'manifest.json'),
   };
@@ -81,6 +84,7 @@ export function loadGuestArtifacts(dir = DEFAULT_GUEST_DIR): GuestArtifacts {
   if (!existsSync(paths.initrd)) throw setupMissing('guest initrd', paths.initrd);
   if (!existsSync(paths.demoApp)) throw setupMissing('guest demo app', paths.demoApp);
   if (!existsSync(paths.spawner)) throw setupMissing('cella-spawn (the QEMU prelude)', paths.spawner);
+  if (!existsSync(paths.netd)) throw setupMissing('cella-netd (the network helper)', paths.netd);
   // Setup writes the manifest last, so its absence also means an unfinished setup.
   const manifest = readManifest(paths.manifest);
   if (!manifest) throw setupMissing('guest agent manifest', paths.manifest);

@@ -105,7 +105,7 @@ export async function setupGuest(opts: SetupOptions): Promise<GuestArtifacts> {
     ['strip', 'binutils'],
   ]);
   const build = join(guestDir, 'build');
-  log(`guest: building cella-init, cella-demo and cella-spawn into ${build}`);
+  log(`guest: building cella-init, cella-demo, cella-spawn and cella-netd into ${build}`);
   await run('make', ['-C', resolve(opts.repoRoot, 'guest'), ...(force ? ['-B'] : []), 'CC=musl-gcc', `OUT=${build}`], { timeoutMs: 5 * 60_000 });
   const agent = await readFile(join(build, 'cella-init'));
   const agentSha = sha256(agent);
@@ -153,10 +153,11 @@ export async function setupGuest(opts: SetupOptions): Promise<GuestArtifacts> {
   }
   if (initrdSha === undefined) throw setupMissing('guest initrd', paths.initrd);
 
-  // d. Demo app, and cella-spawn (the host's QEMU prelude).
+  // d. Demo app, cella-spawn (the host's QEMU prelude) and cella-netd (its network helper).
   for (const [name, to] of [
     ['cella-demo', paths.demoApp],
     ['cella-spawn', paths.spawner],
+    ['cella-netd', paths.netd],
   ] as const) {
     const bin = await readFile(join(build, name));
     if ((await fileSha256(to)) !== sha256(bin)) {

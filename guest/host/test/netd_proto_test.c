@@ -66,22 +66,25 @@ static void unframeable(const char *text)
 
 static void edge_cases(void)
 {
-	valid("1 create 0 6\n\ntable", NETD_CREATE, 0, 0, 5);
-	valid("7 create 16383 11\ncella:1\nxyz", NETD_CREATE, 16383, 7, 3);
+	valid("1 setup 0 6\n\ntable", NETD_SETUP, 0, 0, 5);
+	valid("7 setup 16383 11\ncella:1\nxyz", NETD_SETUP, 16383, 7, 3);
 	valid("9007199254740991 nft 3 4\nrule", NETD_NFT, 3, 0, 4);
 	valid("2 destroy 12 0\n", NETD_DESTROY, 12, 0, 0);
+	valid("3 add 16383 0\n", NETD_ADD, 16383, 0, 0);
 
 	refused("1 destroy 16384 0\n", 18);
 	refused("1 destroy 99999999999 0\n", 24);
 	refused("1 destroy 1 3\nabc", 17);
+	refused("1 add 1 1\nx", 11);
+	refused("1 add 16384 0\n", 14);
 	refused("1 nft 1 0\n", 10);
 	refused("1 nft 1 3\na\0b", 13);
-	refused("1 create 1 4\nabcd", 17);
-	refused("1 create 1 0\n", 13);
-	refused("1 create 1 4\n\tx\nr", 17);
-	refused("1 create 1 3\n\x80\nr", 16);
+	refused("1 setup 1 4\nabcd", 16);
+	refused("1 setup 1 0\n", 12);
+	refused("1 setup 1 4\n\tx\nr", 16);
+	refused("1 setup 1 3\n\x80\nr", 15);
 	char big[400];
-	int n = snprintf(big, sizeof(big), "1 create 1 %d\n", NETD_MAX_TAG + 3);
+	int n = snprintf(big, sizeof(big), "1 setup 1 %d\n", NETD_MAX_TAG + 3);
 	memset(big + n, 'a', NETD_MAX_TAG + 1);
 	memcpy(big + n + NETD_MAX_TAG + 1, "\nr", 2);
 	refused(big, (size_t)n + NETD_MAX_TAG + 3);
@@ -94,7 +97,8 @@ static void edge_cases(void)
 		"1 destroy 1 0 \n",  "1 destroy 1\n",
 		"1 destroy 01 0\n",  "1 nft 1 4194305\n",
 		"1 destroy 1 0\r\n", "\n",
-		"1 createx 1 0\n",   "x\n",
+		"1 setupx 1 0\n",    "1 create 1 0\n",
+		"1 ad 1 0\n",        "x\n",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		unframeable(bad[i]);
@@ -110,7 +114,7 @@ static const char *pieces[] = { "1",
 				"16383",
 				"16384",
 				" ",
-				"create",
+				"setup",
 				"nft",
 				"destroy",
 				"\n",
