@@ -29,6 +29,15 @@ const char *spawn_parse(int argc, char **argv, struct spawn_opts *o)
 			o->pdeathsig = true;
 		} else if (!strcmp(a, "--watch")) {
 			o->watch = true;
+		} else if (!strcmp(a, "--setsid")) {
+			o->setsid = true;
+		} else if (!strcmp(a, "--stderr")) {
+			if (o->stderr_file)
+				return "--stderr given twice";
+			const char *v = path_value(argc, argv, &i);
+			if (!v)
+				return "--stderr needs an absolute FILE";
+			o->stderr_file = v;
 		} else if (!strcmp(a, "--join")) {
 			if (o->njoin == SPAWN_MAX_JOIN)
 				return "too many --join files";
@@ -48,4 +57,42 @@ const char *spawn_parse(int argc, char **argv, struct spawn_opts *o)
 		}
 	}
 	return "missing -- PROGRAM";
+}
+
+long serve_frame(unsigned char *buf, size_t len, char **payload, size_t *plen)
+{
+	if (len < SERVE_HEADER)
+		return 0;
+	size_t n = (size_t)buf[0] | (size_t)buf[1] << 8 | (size_t)buf[2] << 16 | (size_t)buf[3] << 24;
+	if (n > SERVE_MAX_FRAME)
+		return -1;
+	if (len - SERVE_HEADER < n)
+		return 0;
+	*payload = (char *)buf + SERVE_HEADER;
+	*plen = n;
+	return (long)(SERVE_HEADER + n);
+}
+
+const char *serve_parse(char *payload, size_t len, char **slots, int nslots, const char **id, struct spawn_opts *o)
+{
+	*id = NULL;
+	if (len == 0 || payload[len - 1] != '\0')
+		return "a request must end with a NUL";
+	char *end = payload + len;
+	char *f = payload + strlen(payload) + 1;
+	if (strcmp(payload, "spawn"))
+		return "unknown request";
+	if (f == end || !*f || strspn(f, "0123456789") != strlen(f) || strlen(f) > 15)
+		return "a request needs a decimal ID";
+	*id = f;
+	f += strlen(f) + 1;
+	int n = 0;
+	slots[n++] = "cella-spawn";
+	for (; f < end; f += strlen(f) + 1) {
+		if (n >= nslots - 1)
+			return "too many arguments";
+		slots[n++] = f;
+	}
+	slots[n] = NULL;
+	return spawn_parse(n, slots, o);
 }

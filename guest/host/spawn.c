@@ -1,16 +1,17 @@
 /*
- * cella-spawn: the one prelude cellad runs before each QEMU, on the host (not
- * in a guest; built here with the guest's tools because it is as small and
- * static). It replaces a chain of setpriv, sh, nsenter and a shell watcher
- * (ADR 0012): one static exec instead of five dynamic ones per VM.
+ * cella-spawn: the one prelude before each QEMU, on the host (not in a guest;
+ * built here with the guest's tools because it is as small and static). It
+ * replaces a chain of setpriv, sh, nsenter and a shell watcher (ADR 0012): one
+ * static exec instead of five dynamic ones per VM. cellad runs it once as a
+ * server (`--serve`, serve.c), whose forked children run these steps.
  *
  *   cella-spawn [--pdeathsig] [--watch] [--join FILE]... [--netns PATH] -- PROGRAM [ARG]...
  *
  * In this order, then exec PROGRAM with stdin from /dev/null (same pid):
- *   --pdeathsig  SIGKILL when the parent (cellad) dies, until PROGRAM changes
+ *   --pdeathsig  SIGKILL when the parent (cellad, or the server) dies, until PROGRAM changes
  *                its credentials (QEMU's -runas), when the kernel clears it;
  *   --watch      so a watcher stands in: a child that holds our stdin (a pipe
- *                from cellad) and kills PROGRAM when it reads EOF (cellad
+ *                from cellad, through the server) and kills PROGRAM when it reads EOF (cellad
  *                died). It dies with PROGRAM (its own death signal), so it
  *                never outlives the pid it watches. Forked before --join, so
  *                the cgroup holds PROGRAM alone;
@@ -89,15 +90,9 @@ static int join(const char *file)
 	return n == len ? 0 : -1;
 }
 
-int main(int argc, char **argv)
+int spawn_prelude(const struct spawn_opts *o, int argc, char **argv)
 {
-	struct spawn_opts o;
-	const char *err = spawn_parse(argc, argv, &o);
-	if (err) {
-		dprintf(2, "cella-spawn: %s\nusage: %s\n", err, SPAWN_USAGE);
-		return SPAWN_FAILED;
-	}
-	if (o.pdeathsig) {
+	if (o->pdeathsig) {
 		pid_t parent = getppid();
 		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
 			return fail("prctl", "PR_SET_PDEATHSIG");
@@ -105,7 +100,7 @@ int main(int argc, char **argv)
 		if (getppid() != parent)
 			return SPAWN_FAILED;
 	}
-	if (o.watch) {
+	if (o->watch) {
 		pid_t self = getpid();
 		pid_t child = fork();
 		if (child < 0)
@@ -118,16 +113,31 @@ int main(int argc, char **argv)
 		return fail("open", "/dev/null");
 	if (null != 0)
 		close(null);
-	for (int i = 0; i < o.njoin; i++)
-		if (join(o.join[i]) < 0)
-			return fail("join", o.join[i]);
-	if (o.netns) {
-		int fd = open(o.netns, O_RDONLY | O_CLOEXEC);
+	for (int i = 0; i < o->njoin; i++)
+		if (join(o->join[i]) < 0)
+			return fail("join", o->join[i]);
+	if (o->netns) {
+		int fd = open(o->netns, O_RDONLY | O_CLOEXEC);
 		if (fd < 0 || setns(fd, CLONE_NEWNET) < 0)
-			return fail("setns", o.netns);
+			return fail("setns", o->netns);
 		close(fd);
 	}
-	execv(o.argv[0], o.argv);
-	fail("exec", o.argv[0]);
+	execv(o->argv[0], o->argv);
+	fail("exec", o->argv[0]);
 	return SPAWN_EXEC_FAILED;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 2 && !strcmp(argv[1], "--serve"))
+		return spawn_serve(argc, argv);
+	struct spawn_opts o;
+	const char *err = spawn_parse(argc, argv, &o);
+	if (!err && (o.setsid || o.stderr_file))
+		err = "--setsid and --stderr are for requests to --serve";
+	if (err) {
+		dprintf(2, "cella-spawn: %s\nusage: %s\n", err, SPAWN_USAGE);
+		return SPAWN_FAILED;
+	}
+	return spawn_prelude(&o, argc, argv);
 }
