@@ -145,7 +145,7 @@ export async function startBuilder(core: EngineCore, spec: BuilderSpec): Promise
       // Nothing reaches into a builder; what it may reach is its policy's egress.
       await applyPolicy(net, { ingress: [], egress: spec.network.egress });
     }
-    qemu = spawnQemu(
+    qemu = await spawnQemu(
       core,
       {
         name: workName,

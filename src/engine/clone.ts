@@ -142,7 +142,7 @@ export async function spawnEmpty(
   const phases: Record<string, number> = {};
   // A socket file left by an earlier QEMU of this folder must not answer for the new one.
   for (const f of [files.qmp, files.ctl, files.log]) rmSync(f, { force: true });
-  const qemu = spawnQemu(
+  const qemu = await spawnQemu(
     core,
     {
       ...baseSpec(core, spec.name, spec.snap.memoryMiB, spec.snap.vcpus),

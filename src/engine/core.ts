@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { AgentClient } from '../agent/index.js';
 import type { NamespaceOwner, NetworkPool, VmNetwork } from '../net/index.js';
 import type { GuestArtifacts } from '../setup/index.js';
-import type { AccelInfo, Cgroups, QemuProcess, QmpClient } from '../vmm/index.js';
+import type { AccelInfo, Cgroups, QemuProcess, QmpClient, SpawnServer } from '../vmm/index.js';
 import type { HostTable } from './host.js';
 import type { AppLog, RunningVm } from './vm.js';
 
@@ -19,6 +19,8 @@ export interface EngineCore {
   readonly accel: AccelInfo;
   /** Snapshots carry it; a launch refuses a snapshot made by anything else. */
   readonly fingerprint: string;
+  /** Starts every QEMU (ADR 0012); closed with the engine. */
+  readonly spawner: SpawnServer;
   readonly log: (line: string) => void;
   readonly qemuBinary: string;
   /** QEMUs of VMs run on if cellad dies, for a restarted one to adopt (EngineOptions.outliveParent). */

@@ -19,7 +19,7 @@ import path from 'node:path';
 import { crashPoint, run } from '../host/index.js';
 import { NetworkPool, applyPolicy, networkForSlot, type NetworkPolicy } from '../net/index.js';
 import { loadGuestArtifacts, type GuestArtifacts } from '../setup/index.js';
-import { Cgroups, QEMU_BINARY, detectAccel, requireExecutable, type AccelInfo, type QemuProcess } from '../vmm/index.js';
+import { Cgroups, QEMU_BINARY, SpawnServer, detectAccel, requireExecutable, type AccelInfo, type QemuProcess } from '../vmm/index.js';
 import { adopt, killQemusIn, reclaim, type ReclaimResult } from './adopt.js';
 import { startBuilder, type BuilderSpec, type BuilderVm } from './builder.js';
 import { launch, type LaunchOptions } from './clone.js';
@@ -104,6 +104,7 @@ export class Engine extends EventEmitter {
     readonly accel: AccelInfo,
     /** Snapshots carry it; a launch refuses a snapshot made by anything else. */
     readonly fingerprint: string,
+    spawner: SpawnServer,
     opts: Required<
       Pick<EngineOptions, 'log' | 'qemuBinary' | 'warmNetworks' | 'warmClones' | 'outliveParent' | 'parkSeconds' | 'standbyQemus' | 'standbyPreloadMiB'>
     >,
@@ -118,6 +119,7 @@ export class Engine extends EventEmitter {
       guest,
       accel,
       fingerprint,
+      spawner,
       log: opts.log,
       qemuBinary: opts.qemuBinary,
       outliveParent: opts.outliveParent,
@@ -143,11 +145,28 @@ export class Engine extends EventEmitter {
     const qemuBinary = opts.qemuBinary ?? QEMU_BINARY;
     requireExecutable(qemuBinary, 'QEMU (qemu-system-x86_64)');
     const guest = loadGuestArtifacts(opts.guestDir);
+    // Started first, while this process is small: the spawn server forks every QEMU after (ADR 0012).
+    const spawner = new SpawnServer(guest.spawner);
+    try {
+      return await Engine.start(opts, log, qemuBinary, guest, spawner);
+    } catch (err) {
+      spawner.close();
+      throw err;
+    }
+  }
+
+  private static async start(
+    opts: EngineOptions,
+    log: (line: string) => void,
+    qemuBinary: string,
+    guest: GuestArtifacts,
+    spawner: SpawnServer,
+  ): Promise<Engine> {
     const qemuVersion = (await run(qemuBinary, ['--version'])).split('\n')[0] ?? '';
     const accel = await detectAccel({
       kernel: guest.kernel,
       initrd: guest.initrd,
-      spawner: guest.spawner,
+      spawner,
       cacheFile: path.join(guest.dir, 'accel.json'),
       cacheKey: `${qemuVersion}:${guest.manifest.vmlinuxSha256}`,
       force: opts.accel,
@@ -168,7 +187,7 @@ export class Engine extends EventEmitter {
     mkdirSync(path.join(opts.dataDir, 'vms'), { recursive: true });
     // The real path: reclaim() and adopt() match it against the paths /proc shows.
     const dataDir = realpathSync(opts.dataDir);
-    const engine = new Engine(dataDir, guest, accel, fingerprint, {
+    const engine = new Engine(dataDir, guest, accel, fingerprint, spawner, {
       log,
       qemuBinary,
       warmNetworks: opts.warmNetworks ?? 2,
@@ -334,5 +353,6 @@ export class Engine extends EventEmitter {
     await Promise.all([this.pool.discardAll(), ...(opts.keepRunning ? [] : running.map((vm) => this.terminate(vm.ref)))]);
     await core.networks.close();
     core.cgroups.close();
+    core.spawner.close();
   }
 }

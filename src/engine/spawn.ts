@@ -27,10 +27,10 @@ export interface SpawnPlace {
 /** The parts of a QEMU spec that say what a VM is spawned with; `spawnQemu` adds the jail and, in a namespace, the tap. */
 export type VmSpec = Omit<QemuSpec, 'jail' | 'tap'>;
 
-export function spawnQemu(core: EngineCore, spec: VmSpec, place: SpawnPlace): QemuProcess {
+export async function spawnQemu(core: EngineCore, spec: VmSpec, place: SpawnPlace): Promise<QemuProcess> {
   const { name, net, jail } = place;
-  const qemu = QemuProcess.spawn(buildQemuArgs({ ...spec, jail, ...(net ? { tap: { ifname: GUEST.tap, mac: GUEST.mac } } : {}) }), {
-    spawner: core.guest.spawner,
+  const qemu = await QemuProcess.spawn(buildQemuArgs({ ...spec, jail, ...(net ? { tap: { ifname: GUEST.tap, mac: GUEST.mac } } : {}) }), {
+    spawner: core.spawner,
     binary: core.qemuBinary,
     ...(net ? { netns: net.netns } : {}),
     outliveParent: place.outliveParent ? { stderrFile: vmFiles(vmDir(core, name)).qemuLog } : undefined,

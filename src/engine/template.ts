@@ -71,7 +71,7 @@ export async function createSnapshot(core: EngineCore, input: SnapshotSpec): Pro
   core.hosts.begin(workName, 'template');
   try {
     mkdirSync(work);
-    qemu = spawnQemu(
+    qemu = await spawnQemu(
       core,
       {
         ...baseSpec(core, `template-${path.basename(spec.dir)}`, spec.memoryMiB, vcpus),

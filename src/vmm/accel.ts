@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildQemuArgs, guestCmdline, type Accel } from './args.js';
 import { QemuProcess } from './process.js';
+import type { SpawnServer } from './spawn-server.js';
 
 export interface AccelInfo {
   accel: Accel;
@@ -23,7 +24,7 @@ export function hostTscKhz(): number | undefined {
   return m ? Math.round(Number(m[1]) * 1000) : undefined;
 }
 
-async function bootProbe(kernel: string, initrd: string, spawner: string, binary?: string): Promise<{ ok: boolean; detail: string }> {
+async function bootProbe(kernel: string, initrd: string, spawner: SpawnServer, binary?: string): Promise<{ ok: boolean; detail: string }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'cella-probe-'));
   try {
     const consoleLog = path.join(dir, 'console.log');
@@ -38,7 +39,7 @@ async function bootProbe(kernel: string, initrd: string, spawner: string, binary
       qmpSocket: path.join(dir, 'qmp.sock'),
       consoleLog,
     });
-    const qemu = QemuProcess.spawn(args, { spawner, binary });
+    const qemu = await QemuProcess.spawn(args, { spawner, binary });
     const timer = setTimeout(() => void qemu.kill(), PROBE_TIMEOUT_MS);
     await qemu.waitExit();
     clearTimeout(timer);
@@ -63,7 +64,7 @@ async function bootProbe(kernel: string, initrd: string, spawner: string, binary
 export async function detectAccel(opts: {
   kernel: string;
   initrd: string;
-  spawner: string;
+  spawner: SpawnServer;
   cacheFile: string;
   cacheKey: string;
   force?: Accel;

@@ -3,5 +3,6 @@ export { Cgroup, Cgroups, QEMU_OVERHEAD_MIB, cgroupLimits, detectLayout, type Cg
 export { BUILDER_UIDS, BUILDER_UID_BASE, VM_UID_BASE, jailPath, vmJail, type Jail } from './jail.js';
 export { QmpClient, QmpLineParser, type QmpEvent } from './qmp.js';
 export { QemuProcess, QEMU_BINARY, requireExecutable, type ExitInfo, type SpawnOptions } from './process.js';
+export { SpawnServer } from './spawn-server.js';
 export { listPids, openFiles, processArgs, processJail, processStartTime } from './procfs.js';
 export { detectAccel, hostTscKhz, type AccelInfo } from './accel.js';

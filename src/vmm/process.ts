@@ -1,10 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { accessSync, closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import path from 'node:path';
-import { CellaError, setupMissing } from '../contract/index.js';
+import { setupMissing } from '../contract/index.js';
 import type { Cgroup } from './cgroup.js';
-import { processStartTime, startTimeOfChild } from './procfs.js';
+import { processStartTime } from './procfs.js';
+import type { ServedChild, SpawnServer } from './spawn-server.js';
 
 export const QEMU_BINARY = process.env.CELLA_QEMU ?? '/usr/bin/qemu-system-x86_64';
 
@@ -16,21 +16,6 @@ export interface ExitInfo {
   stderr: string;
 }
 
-/**
- * glibc's malloc asks for transparent huge pages for its heap (glibc 2.35+;
- * an older glibc ignores the tunable). A QEMU start zero-fills about 4 MiB of
- * heap page by page: 1300 of its 4200 page faults, and faults are its
- * costliest step here (about 20 ms of its 96 ms of CPU to a QMP greeting,
- * under TCG on this host). It costs about 2 MiB more PSS per VM.
- */
-export const QEMU_GLIBC_TUNABLES = 'glibc.malloc.hugetlb=1';
-
-/** The environment QEMU runs with: `base`, with QEMU_GLIBC_TUNABLES added to any tunables it sets. */
-export function qemuEnv(base: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
-  const own = base.GLIBC_TUNABLES;
-  return { ...base, GLIBC_TUNABLES: own ? `${own}:${QEMU_GLIBC_TUNABLES}` : QEMU_GLIBC_TUNABLES };
-}
-
 export function requireExecutable(path: string, what: string): void {
   try {
     accessSync(path, constants.X_OK);
@@ -40,14 +25,14 @@ export function requireExecutable(path: string, what: string): void {
 }
 
 export interface SpawnOptions {
-  /** cella-spawn (guest/host/spawn.c), the prelude that puts QEMU in place and becomes it. */
-  spawner: string;
+  /** The spawn server (cella-spawn --serve, ADR 0012) whose child puts QEMU in place and becomes it. */
+  spawner: SpawnServer;
   netns?: string;
   binary?: string;
   /**
    * QEMU outlives this process (a cellad that restarts adopts it): no
-   * PR_SET_PDEATHSIG, its own session, and stderr appended to `stderrFile`
-   * rather than a pipe that would break when we die.
+   * PR_SET_PDEATHSIG or watcher, its own session, and stderr appended to
+   * `stderrFile`.
    */
   outliveParent?: { stderrFile: string };
   /** Joined before QEMU executes, so nothing of it runs outside; removed when it ends. */
@@ -56,15 +41,15 @@ export interface SpawnOptions {
 
 /**
  * One supervised QEMU process, running inside the VM's network namespace.
- * By default it gets SIGKILL if cellad dies (PR_SET_PDEATHSIG until it drops
- * its uid, which clears it; a watcher after: cella-spawn --watch holds QEMU's
- * stdin pipe from cellad and kills QEMU at EOF), so no QEMU outlives its
- * parent, and Node reaps it. With `outliveParent` it runs on, and a later
- * cellad adopts it: not our child, so its end is found by polling /proc.
+ * The spawn server forks it, and reaps it and reports its exit while it runs.
+ * By default it gets SIGKILL if the server dies (PR_SET_PDEATHSIG until it
+ * drops its uid, which clears it), and its watcher kills it when cellad dies
+ * (EOF on the lifeline it holds), so no QEMU outlives cellad. With
+ * `outliveParent` it runs on, and a later cellad adopts it: not a child of
+ * ours, so its end is found by polling /proc, as for one whose server died.
  * Emits 'exit' (ExitInfo).
  */
 export class QemuProcess extends EventEmitter {
-  private stderrTail = '';
   private exitInfo: ExitInfo | undefined;
   private readonly exited: Promise<ExitInfo>;
   private resolveExit: (info: ExitInfo) => void = () => {};
@@ -75,8 +60,8 @@ export class QemuProcess extends EventEmitter {
     readonly pid: number,
     /** Field 22 of /proc/PID/stat: with the pid, it tells this QEMU from a later process that reuses the pid. */
     readonly startTime: string,
-    /** Absent for an adopted QEMU. */
-    private readonly child: ChildProcess | undefined,
+    /** Its fork by the spawn server, which reports its exit; absent for an adopted QEMU, or once that server died. */
+    private served: ServedChild | undefined,
     /** Read end of QEMU's stderr file, when it has one: it follows the VM folder when that is renamed. */
     private logFd: number | undefined,
     /** Its cgroup, removed once it ended; `rename` it with the VM folder. */
@@ -84,49 +69,34 @@ export class QemuProcess extends EventEmitter {
   ) {
     super();
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
-    child?.stderr?.setEncoding('utf8');
-    child?.stderr?.on('data', (s: string) => {
-      this.stderrTail = (this.stderrTail + s).slice(-TAIL_BYTES);
+    void served?.end.then((exit) => {
+      if (exit) {
+        this.finish(exit.code, exit.signal, exit.stderr);
+        return;
+      }
+      // The server died first: QEMU may run on (its watcher still holds cellad's lifeline), as an adopted one.
+      this.served = undefined;
+      this.pollExit();
     });
-    // stderr may still hold the last words; give its pipe a tick to drain.
-    child?.once('exit', (code, signal) => setImmediate(() => this.finish(code, signal)));
   }
 
-  static spawn(args: string[], opts: SpawnOptions): QemuProcess {
+  static async spawn(args: string[], opts: SpawnOptions): Promise<QemuProcess> {
     const binary = path.resolve(opts.binary ?? QEMU_BINARY);
     requireExecutable(binary, 'QEMU (qemu-system-x86_64)');
-    requireExecutable(opts.spawner, 'cella-spawn (the QEMU prelude)');
     const outlive = opts.outliveParent;
-    // One static exec puts QEMU in place (ADR 0012); the order of its steps is the spawner's (guest/host/spawn.c).
-    const prelude = outlive ? [] : ['--pdeathsig', '--watch'];
+    // The server's child runs cella-spawn's prelude (ADR 0012); the order of its steps is the spawner's (guest/host/spawn.c).
+    const prelude = outlive ? ['--setsid', '--stderr', path.resolve(outlive.stderrFile)] : ['--pdeathsig', '--watch'];
     for (const f of opts.cgroup?.procsFiles ?? []) prelude.push('--join', f);
     if (opts.netns) prelude.push('--netns', `/run/netns/${opts.netns}`);
-    const argv = [...prelude, '--', binary, ...args];
-    if (!outlive) {
-      // stdin: the pipe the watcher reads; the kernel closes it when we die.
-      const child = spawn(opts.spawner, argv, { stdio: ['pipe', 'ignore', 'pipe'], env: qemuEnv(process.env) });
-      child.stdin?.on('error', () => {});
-      return QemuProcess.started(child, undefined, opts.cgroup);
-    }
-    const stderr = openSync(outlive.stderrFile, 'a');
-    let child: ChildProcess;
+    let served: ServedChild;
     try {
-      child = spawn(opts.spawner, argv, { stdio: ['ignore', 'ignore', stderr], detached: true, env: qemuEnv(process.env) });
-    } finally {
-      closeSync(stderr);
+      // An outliving QEMU must not keep a stopping cellad up; its exit is still reported while we run.
+      served = await opts.spawner.spawn([...prelude, '--', binary, ...args], !outlive);
+    } catch (err) {
+      void opts.cgroup?.remove();
+      throw err;
     }
-    // Its exit is still reported while we run, but it must not keep a stopping cellad alive.
-    child.unref();
-    return QemuProcess.started(child, outlive.stderrFile, opts.cgroup);
-  }
-
-  private static started(child: ChildProcess, stderrFile: string | undefined, cgroup: Cgroup | undefined): QemuProcess {
-    child.on('error', () => {});
-    if (child.pid === undefined) {
-      void cgroup?.remove();
-      throw new CellaError('QEMU_FAILED', 'could not start QEMU');
-    }
-    return new QemuProcess(child.pid, startTimeOfChild(child.pid), child, stderrFile === undefined ? undefined : openSync(stderrFile, 'r'), cgroup);
+    return new QemuProcess(served.pid, served.startTime, served, outlive ? openSync(outlive.stderrFile, 'r') : undefined, opts.cgroup);
   }
 
   /**
@@ -145,10 +115,10 @@ export class QemuProcess extends EventEmitter {
     return new QemuProcess(pid, startTime, undefined, fd, cgroup);
   }
 
-  private finish(code: number | null, signal: NodeJS.Signals | null): void {
+  private finish(code: number | null, signal: NodeJS.Signals | null, tail = ''): void {
     if (this.exitInfo || this.released) return;
     clearTimeout(this.poll);
-    let stderr = this.stderrTail;
+    let stderr = tail;
     if (this.logFd !== undefined) {
       stderr = readTail(this.logFd);
       closeSync(this.logFd);
@@ -169,10 +139,10 @@ export class QemuProcess extends EventEmitter {
    * An adopted QEMU is not our child, so nothing tells us it ended: once there
    * is reason to think so (its QMP connection closed, or we killed it), poll
    * /proc until it is gone, then report the exit (code and signal unknown).
-   * Does nothing for a child, whose exit Node reports.
+   * Does nothing for a child of a live spawn server, which reports its exit.
    */
   pollExit(): void {
-    if (this.child || this.poll || !this.alive || this.released) return;
+    if (this.served || this.poll || !this.alive || this.released) return;
     const check = (delay: number): void => {
       if (processStartTime(this.pid) !== this.startTime) {
         this.finish(null, null);
@@ -197,34 +167,29 @@ export class QemuProcess extends EventEmitter {
 
   async kill(): Promise<ExitInfo> {
     if (!this.alive) return this.exited;
-    if (this.child) {
-      // Someone waits for this exit now: keep Node up until it is reported.
-      this.child.ref();
-      this.child.kill('SIGKILL');
-    } else {
-      // Check the start time first: the pid may belong to someone else by now.
-      if (processStartTime(this.pid) === this.startTime) {
-        try {
-          process.kill(this.pid, 'SIGKILL');
-        } catch {
-          // already gone
-        }
+    // Someone waits for this exit now: keep Node up until it is reported.
+    this.served?.hold(true);
+    // Check the start time first: the pid may belong to someone else by now (the server reaped it).
+    if (processStartTime(this.pid) === this.startTime) {
+      try {
+        process.kill(this.pid, 'SIGKILL');
+      } catch {
+        // already gone
       }
-      this.pollExit();
     }
+    this.pollExit();
     return this.exited;
   }
 
   /**
    * Stops supervising without killing: QEMU runs on for a later cellad to
    * adopt, and this object reports no exit. Meant for `outliveParent` QEMUs;
-   * one started with PR_SET_PDEATHSIG still dies with this process.
+   * one started with a watcher still dies with this process.
    */
   release(): void {
     this.released = true;
     clearTimeout(this.poll);
-    this.child?.unref();
-    this.child?.stderr?.destroy();
+    this.served?.hold(false);
     if (this.logFd !== undefined) closeSync(this.logFd);
     this.logFd = undefined;
   }

@@ -1,11 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { isCellaError } from '../contract/index.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { QEMU_GLIBC_TUNABLES, QemuProcess, qemuEnv } from './process.js';
+import { QemuProcess } from './process.js';
+import { QEMU_GLIBC_TUNABLES, SpawnServer, qemuEnv } from './spawn-server.js';
 
 // cella-spawn (guest/host/spawn.c) is the prelude of every QEMU: it must run each step or run nothing.
 const GUEST = fileURLToPath(new URL('../../guest', import.meta.url));
@@ -19,7 +21,7 @@ function build(): void {
   execFileSync('make', ['-C', GUEST, '--no-print-directory', 'CC=gcc', `OUT=${BUILD}`, SPAWN, 'spawn-test'], { stdio: 'pipe' });
 }
 
-test('cella-spawn: its argument parser holds on edge cases and random input under sanitizers', { timeout: 120_000, skip }, () => {
+test('cella-spawn: its argument and request parsers hold on edge cases and random input under sanitizers', { timeout: 120_000, skip }, () => {
   build();
   const run = spawnSync(join(BUILD, 'spawn-args-test'), ['1', '2000'], { encoding: 'utf8', timeout: 60_000 });
   assert.equal(run.status, 0, `spawn-args-test failed:\n${run.stderr}${run.stdout}`);
@@ -88,17 +90,147 @@ test('cella-spawn --watch: PROGRAM is killed when its parent closes the stdin pi
   assert.equal(await exited, 'SIGKILL');
 });
 
+/** Runs `fn` with a spawn server of the freshly built cella-spawn, closed after. */
+async function withServer(fn: (server: SpawnServer) => Promise<void>): Promise<void> {
+  build();
+  const server = new SpawnServer(SPAWN);
+  try {
+    await fn(server);
+  } finally {
+    server.close();
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Waits until process `pid` runs `program` (the prelude has exec'd). */
+async function until(pid: number, program: string): Promise<void> {
+  for (let i = 0; i < 300 && !readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith(program); i++) await sleep(10);
+  assert.match(readFileSync(`/proc/${pid}/cmdline`, 'utf8'), new RegExp(`^${program}`));
+}
+
+function alive(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
 test('QEMU runs with the malloc tunable, added to any the caller set', { timeout: 60_000, skip }, async () => {
   assert.equal(qemuEnv({ PATH: '/bin' }).GLIBC_TUNABLES, QEMU_GLIBC_TUNABLES);
   assert.equal(qemuEnv({ GLIBC_TUNABLES: 'glibc.rtld.optional_static_tls=512' }).GLIBC_TUNABLES, `glibc.rtld.optional_static_tls=512:${QEMU_GLIBC_TUNABLES}`);
-  // Through the real prelude: what the exec'd program (a stand-in for QEMU) really has.
-  build();
-  const proc = QemuProcess.spawn(['30'], { spawner: SPAWN, binary: '/bin/sleep' });
+  // Through the real server and prelude: what the exec'd program (a stand-in for QEMU) really has.
+  await withServer(async (spawner) => {
+    const proc = await QemuProcess.spawn(['30'], { spawner, binary: '/bin/sleep' });
+    try {
+      await until(proc.pid, '/bin/sleep');
+      const environ = readFileSync(`/proc/${proc.pid}/environ`, 'utf8').split('\0');
+      assert.ok(environ.includes(`GLIBC_TUNABLES=${QEMU_GLIBC_TUNABLES}`), environ.join(' '));
+      assert.equal(readlinkSync(`/proc/${proc.pid}/fd/0`), '/dev/null');
+    } finally {
+      await proc.kill();
+    }
+    assert.equal(proc.exit?.signal, 'SIGKILL');
+  });
+});
+
+test('spawn server: reports the exit code and the tail of stderr, and a prelude that fails as 125 with its reason', { timeout: 60_000, skip }, async () => {
+  await withServer(async (spawner) => {
+    const proc = await QemuProcess.spawn(['-c', 'echo one >&2; echo the reason >&2; exit 3'], { spawner, binary: '/bin/sh' });
+    const exit = await proc.waitExit();
+    assert.deepEqual(exit, { code: 3, signal: null, stderr: 'one\nthe reason' });
+    assert.equal(proc.describeExit(), 'QEMU exited with code 3: one\nthe reason');
+    // A join that fails: nothing runs, and the message says which step.
+    const dir = mkdtempSync(join(tmpdir(), 'cella-spawn-'));
+    try {
+      const marker = join(dir, 'ran');
+      const cgroup = { procsFiles: [join(dir, 'missing', 'cgroup.procs')], remove: async () => {} };
+      const failed = await QemuProcess.spawn(['-c', `touch ${marker}`], { spawner, binary: '/bin/sh', cgroup: cgroup as never });
+      const e = await failed.waitExit();
+      assert.equal(e.code, 125);
+      assert.match(e.stderr, /cella-spawn: join .*missing\/cgroup.procs/);
+      assert.equal(existsSync(marker), false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    // A request the server refuses (a relative program) starts nothing and says why.
+    await assert.rejects(spawner.spawn(['--', 'sh'], false), (e) => isCellaError(e, 'QEMU_FAILED') && /absolute PROGRAM/.test(e.message));
+    // More starts at once than one read of the server's input holds.
+    const many = await Promise.all(Array.from({ length: 40 }, (_, i) => QemuProcess.spawn(['-c', `exit ${i}`], { spawner, binary: '/bin/sh' })));
+    assert.deepEqual(
+      (await Promise.all(many.map((p) => p.waitExit()))).map((e) => e.code),
+      many.map((_, i) => i),
+    );
+  });
+});
+
+test('spawn server: an outliveParent QEMU has its own session, appends stderr to its file and outlives the server', { timeout: 60_000, skip }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cella-spawn-'));
+  const log = join(dir, 'qemu.log');
+  writeFileSync(log, 'earlier\n');
+  let proc: QemuProcess | undefined;
   try {
-    const environ = (): string[] => readFileSync(`/proc/${proc.pid}/environ`, 'utf8').split('\0');
-    for (let i = 0; i < 200 && !readFileSync(`/proc/${proc.pid}/cmdline`, 'utf8').startsWith('/bin/sleep'); i++) await new Promise((r) => setTimeout(r, 10));
-    assert.ok(environ().includes(`GLIBC_TUNABLES=${QEMU_GLIBC_TUNABLES}`), environ().join(' '));
+    await withServer(async (spawner) => {
+      proc = await QemuProcess.spawn(['-c', 'echo started >&2; exec sleep 30'], { spawner, binary: '/bin/sh', outliveParent: { stderrFile: log } });
+      await until(proc.pid, 'sleep');
+      const stat = readFileSync(`/proc/${proc.pid}/stat`, 'utf8');
+      const [, , , sid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      assert.equal(Number(sid), proc.pid, 'its own session');
+      assert.equal(readFileSync(log, 'utf8'), 'earlier\nstarted\n');
+      process.kill(spawner.pid ?? 0, 'SIGKILL');
+      for (let i = 0; i < 100 && spawner.pid !== undefined; i++) await sleep(20);
+      assert.equal(spawner.pid, undefined, 'the server is gone');
+      assert.ok(alive(proc.pid), 'QEMU runs on');
+      // Its end is found as for an adopted QEMU.
+      const exit = await proc.kill();
+      assert.deepEqual(exit, { code: null, signal: null, stderr: 'earlier\nstarted' });
+      // The next start gets a new server.
+      const next = await QemuProcess.spawn(['-c', 'exit 4'], { spawner, binary: '/bin/sh' });
+      assert.equal((await next.waitExit()).code, 4);
+    });
   } finally {
-    await proc.kill();
+    if (proc?.alive) await proc.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('spawn server: when cellad dies, the server and watched QEMUs die with it, outliveParent ones run on', { timeout: 60_000, skip }, async () => {
+  build();
+  const dir = mkdtempSync(join(tmpdir(), 'cella-spawn-'));
+  const script = join(dir, 'cellad.mts');
+  // A stand-in cellad: starts a server, a watched and an outliving "QEMU", prints the pids, waits to be killed.
+  writeFileSync(
+    script,
+    `import { QemuProcess } from ${JSON.stringify(fileURLToPath(new URL('./process.ts', import.meta.url)))};
+import { SpawnServer } from ${JSON.stringify(fileURLToPath(new URL('./spawn-server.ts', import.meta.url)))};
+const spawner = new SpawnServer(${JSON.stringify(SPAWN)});
+const watched = await QemuProcess.spawn(['300'], { spawner, binary: '/bin/sleep' });
+const outliving = await QemuProcess.spawn(['300'], { spawner, binary: '/bin/sleep', outliveParent: { stderrFile: ${JSON.stringify(join(dir, 'log'))} } });
+console.log(JSON.stringify({ server: spawner.pid, watched: watched.pid, outliving: outliving.pid }));
+setInterval(() => {}, 1000);
+`,
+  );
+  const cellad = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let pids: { server: number; watched: number; outliving: number } | undefined;
+  try {
+    const line = await new Promise<string>((resolve, reject) => {
+      cellad.stdout.setEncoding('utf8');
+      cellad.stdout.once('data', resolve);
+      cellad.once('exit', () => reject(new Error('the stand-in cellad ended')));
+    });
+    pids = JSON.parse(line) as { server: number; watched: number; outliving: number };
+    await until(pids.watched, '/bin/sleep');
+    await until(pids.outliving, '/bin/sleep');
+    cellad.kill('SIGKILL');
+    const p = pids;
+    for (let i = 0; i < 200 && (alive(p.server) || alive(p.watched)); i++) await sleep(20);
+    assert.equal(alive(pids.server), false, 'the server died with cellad');
+    assert.equal(alive(pids.watched), false, 'the watched QEMU died with cellad');
+    assert.equal(alive(pids.outliving), true, 'the outliving QEMU runs on');
+  } finally {
+    cellad.kill('SIGKILL');
+    for (const pid of [pids?.watched, pids?.outliving]) if (pid && alive(pid)) process.kill(pid, 'SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
   }
 });
