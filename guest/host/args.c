@@ -12,8 +12,18 @@ static const char *path_value(int argc, char **argv, int *i)
 	return v && v[0] == '/' ? v : NULL;
 }
 
+/* A path option given at most once: sets *slot from its value, or says what is wrong. */
+static const char *once(int argc, char **argv, int *i, const char **slot, const char *twice, const char *bad)
+{
+	if (*slot)
+		return twice;
+	*slot = path_value(argc, argv, i);
+	return *slot ? NULL : bad;
+}
+
 const char *spawn_parse(int argc, char **argv, struct spawn_opts *o)
 {
+	const char *err = NULL;
 	memset(o, 0, sizeof(*o));
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -32,12 +42,7 @@ const char *spawn_parse(int argc, char **argv, struct spawn_opts *o)
 		} else if (!strcmp(a, "--setsid")) {
 			o->setsid = true;
 		} else if (!strcmp(a, "--stderr")) {
-			if (o->stderr_file)
-				return "--stderr given twice";
-			const char *v = path_value(argc, argv, &i);
-			if (!v)
-				return "--stderr needs an absolute FILE";
-			o->stderr_file = v;
+			err = once(argc, argv, &i, &o->stderr_file, "--stderr given twice", "--stderr needs an absolute FILE");
 		} else if (!strcmp(a, "--join")) {
 			if (o->njoin == SPAWN_MAX_JOIN)
 				return "too many --join files";
@@ -46,15 +51,12 @@ const char *spawn_parse(int argc, char **argv, struct spawn_opts *o)
 				return "--join needs an absolute FILE";
 			o->join[o->njoin++] = v;
 		} else if (!strcmp(a, "--netns")) {
-			if (o->netns)
-				return "--netns given twice";
-			const char *v = path_value(argc, argv, &i);
-			if (!v)
-				return "--netns needs an absolute PATH";
-			o->netns = v;
+			err = once(argc, argv, &i, &o->netns, "--netns given twice", "--netns needs an absolute PATH");
 		} else {
-			return "unknown option";
+			err = "unknown option";
 		}
+		if (err)
+			return err;
 	}
 	return "missing -- PROGRAM";
 }
