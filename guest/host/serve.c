@@ -283,8 +283,8 @@ int spawn_serve(int argc, char **argv)
 	int sfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (sfd < 0)
 		die("signalfd");
-	struct pollfd *fds = NULL;
-	int *owner = NULL;
+	static struct pollfd *fds;
+	static int *owner;
 	for (;;) {
 		int cap = nkids + 2;
 		if (!(fds = realloc(fds, sizeof(*fds) * (size_t)cap)) || !(owner = realloc(owner, sizeof(*owner) * (size_t)cap)))

@@ -28,6 +28,62 @@ test('cella-spawn: its argument and request parsers hold on edge cases and rando
   assert.deepEqual(JSON.parse(run.stdout.trim()), { cases: 2000, failures: 0 });
 });
 
+test('spawn server: random and malformed requests, under sanitizers, get an error each and leave it serving', { timeout: 120_000, skip }, async () => {
+  build();
+  // The whole server built with ASan/UBSan (dynamic, so not the static binary cellad runs).
+  const server = spawn(join(BUILD, 'cella-spawn-asan'), ['--serve'], { stdio: ['pipe', 'pipe', 'pipe', 'pipe'] });
+  let stderr = '';
+  server.stderr.setEncoding('utf8');
+  server.stderr.on('data', (s: string) => (stderr += s));
+  const replies: string[][] = [];
+  let input = Buffer.alloc(0);
+  server.stdout.on('data', (chunk: Buffer) => {
+    input = Buffer.concat([input, chunk]);
+    while (input.length >= 4 && input.length >= 4 + input.readUInt32LE(0)) {
+      replies.push(
+        input
+          .subarray(4, 4 + input.readUInt32LE(0))
+          .toString('latin1')
+          .split('\0'),
+      );
+      input = input.subarray(4 + input.readUInt32LE(0));
+    }
+  });
+  const frame = (payload: Buffer): Buffer => Buffer.concat([Buffer.from(Uint32Array.of(payload.length).buffer), payload]);
+  const words = ['spawn', '1', '--', '/bin/true', '--stderr', '--setsid', '--join', 'rel', '', '--netns', '--watch', 'x'];
+  let seed = 7;
+  const rand = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) >> 8) % n;
+  const N = 500;
+  const frames: Buffer[] = [];
+  for (let i = 0; i < N; i++) {
+    const parts = Array.from({ length: rand(8) }, () => (rand(6) ? Buffer.from(`${words[rand(words.length)]}\0`) : Buffer.from([rand(256), rand(256)])));
+    // Never a well-formed spawn: each must be refused, and nothing started.
+    frames.push(frame(Buffer.concat([Buffer.from(rand(2) ? 'spawn\0x\0' : 'spawn'), ...parts])));
+  }
+  // Then a real one, whose stderr overflows the tail the server keeps.
+  frames.push(frame(Buffer.from(['spawn', '77', '--', '/bin/sh', '-c', 'head -c 10000 /dev/zero | tr "\\0" a >&2; echo end >&2; exit 7', ''].join('\0'))));
+  // Written in pieces that split frames anywhere.
+  const all = Buffer.concat(frames);
+  for (let at = 0; at < all.length;) {
+    const n = 1 + rand(300);
+    server.stdin.write(all.subarray(at, at + n));
+    at += n;
+  }
+  for (let i = 0; i < 500 && !replies.some((r) => r[0] === 'exit'); i++) await sleep(20);
+  server.stdin.end();
+  const code = await new Promise<number | null>((resolve) => server.once('exit', resolve));
+  assert.equal(code, 0, stderr);
+  assert.equal(stderr, '');
+  assert.equal(replies.filter((r) => r[0] === 'err').length, N, 'each malformed request refused');
+  const ok = replies.find((r) => r[0] === 'ok');
+  const exit = replies.find((r) => r[0] === 'exit');
+  assert.equal(ok?.[1], '77');
+  assert.deepEqual(exit?.slice(1, 4), [ok?.[2], '7', '']);
+  const tail = exit?.slice(4).join('\0') ?? '';
+  assert.equal(tail.length, 4096);
+  assert.match(tail, /^a+end\n$/);
+});
+
 test('cella-spawn: becomes PROGRAM (same pid, stdin /dev/null) after writing its pid to each --join file', { timeout: 60_000, skip }, () => {
   build();
   const dir = mkdtempSync(join(tmpdir(), 'cella-spawn-'));
