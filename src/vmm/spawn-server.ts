@@ -11,7 +11,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import type { Socket } from 'node:net';
-import { CellaError } from '../contract/index.js';
+import { CellaError, setupMissing } from '../contract/index.js';
 
 /**
  * glibc's malloc asks for transparent huge pages for its heap (glibc 2.35+;
@@ -56,6 +56,8 @@ export class ServedChild {
   }
 }
 
+/** cella-spawn's status for a command line it refuses (guest/host/spawn.h). */
+const SPAWN_FAILED = 125;
 const SIGNAL_NAMES = new Map(Object.entries(constants.signals).map(([name, n]) => [n, name as NodeJS.Signals]));
 const TAIL_BYTES = 4096;
 
@@ -70,7 +72,10 @@ class ServerProcess {
   private stderrTail = '';
   dead = false;
 
-  constructor(binary: string, env: NodeJS.ProcessEnv) {
+  constructor(
+    private readonly binary: string,
+    env: NodeJS.ProcessEnv,
+  ) {
     this.proc = spawn(binary, ['--serve'], { stdio: ['pipe', 'pipe', 'pipe', 'pipe'], env });
     this.proc.on('error', () => {});
     this.proc.stdin?.on('error', () => {});
@@ -78,10 +83,10 @@ class ServerProcess {
     this.proc.stderr?.setEncoding('utf8');
     this.proc.stderr?.on('data', (s: string) => (this.stderrTail = (this.stderrTail + s).slice(-TAIL_BYTES)));
     // Dead once it exited and its replies are all read (Node may report the exit before the last of them).
-    let how: string | undefined;
+    let how: { code: number | null; signal: NodeJS.Signals | null } | undefined;
     let drained = false;
     this.proc.once('exit', (code, signal) => {
-      how = signal ? `killed by ${signal}` : `exited with code ${code}`;
+      how = { code, signal };
       if (drained) this.died(how);
     });
     this.proc.stdout?.once('close', () => {
@@ -93,7 +98,7 @@ class ServerProcess {
   }
 
   request(args: string[], holds: boolean): Promise<ServedChild> {
-    if (this.dead) return Promise.reject(serverGone('it died'));
+    if (this.dead) return Promise.reject(serverGone('died'));
     const id = this.nextId++;
     const payload = Buffer.from(['spawn', String(id), ...args].map((f) => `${f}\0`).join(''));
     const header = Buffer.alloc(4);
@@ -174,10 +179,13 @@ class ServerProcess {
     this.refresh();
   }
 
-  private died(how: string): void {
+  private died({ code, signal }: { code: number | null; signal: NodeJS.Signals | null }): void {
     this.dead = true;
+    const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
     const why = this.stderrTail.trim() ? `${how}: ${this.stderrTail.trim()}` : how;
-    for (const p of this.pending.values()) p.reject(serverGone(why));
+    // 125: a cella-spawn from before the server refuses --serve as an unknown option.
+    const err = code === SPAWN_FAILED ? setupMissing('cella-spawn with --serve (the QEMU spawn server)', this.binary) : serverGone(why);
+    for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
     for (const child of this.children.values()) child.settle(undefined);
     this.children.clear();

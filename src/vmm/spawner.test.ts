@@ -251,6 +251,23 @@ test('spawn server: an outliveParent QEMU has its own session, appends stderr to
   }
 });
 
+test('spawn server: a cella-spawn from before --serve is reported as setup to redo', { timeout: 60_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cella-spawn-'));
+  try {
+    // What the old prelude does with `--serve`: usage on stderr, status 125.
+    const old = join(dir, 'cella-spawn');
+    writeFileSync(old, '#!/bin/sh\necho "cella-spawn: unknown option" >&2\nexit 125\n', { mode: 0o755 });
+    const spawner = new SpawnServer(old);
+    try {
+      await assert.rejects(QemuProcess.spawn(['30'], { spawner, binary: '/bin/sleep' }), (e) => isCellaError(e, 'SETUP_MISSING') && e.message.includes(old));
+    } finally {
+      spawner.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('spawn server: when cellad dies, the server and watched QEMUs die with it, outliveParent ones run on', { timeout: 60_000, skip }, async () => {
   build();
   const dir = mkdtempSync(join(tmpdir(), 'cella-spawn-'));
