@@ -30,11 +30,6 @@ export function processStartTime(pid: number): string | undefined {
   return s && s.state !== 'Z' && s.state !== 'X' ? s.startTime : undefined;
 }
 
-/** Start time of a process we just forked; it holds across exec and is there even if the process already died. */
-export function startTimeOfChild(pid: number): string {
-  return readStat(pid)?.startTime ?? '';
-}
-
 export function processArgs(pid: number): string[] {
   try {
     return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(0, -1);
