@@ -251,18 +251,28 @@ test('spawn server: an outliveParent QEMU has its own session, appends stderr to
   }
 });
 
-test('spawn server: a cella-spawn from before --serve is reported as setup to redo', { timeout: 60_000 }, async () => {
+test('spawn server: a server that dies fails the spawns it was asked for, saying why; an old one asks for setup', { timeout: 60_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'cella-spawn-'));
-  try {
-    // What the old prelude does with `--serve`: usage on stderr, status 125.
-    const old = join(dir, 'cella-spawn');
-    writeFileSync(old, '#!/bin/sh\necho "cella-spawn: unknown option" >&2\nexit 125\n', { mode: 0o755 });
-    const spawner = new SpawnServer(old);
+  const fake = async (script: string): Promise<unknown> => {
+    const bin = join(dir, `server-${script.length}`);
+    writeFileSync(bin, `#!/bin/sh\n${script}\n`, { mode: 0o755 });
+    const spawner = new SpawnServer(bin);
     try {
-      await assert.rejects(QemuProcess.spawn(['30'], { spawner, binary: '/bin/sleep' }), (e) => isCellaError(e, 'SETUP_MISSING') && e.message.includes(old));
+      return await QemuProcess.spawn(['30'], { spawner, binary: '/bin/sleep' }).then(
+        () => assert.fail('spawned'),
+        (e: unknown) => e,
+      );
     } finally {
       spawner.close();
     }
+  };
+  try {
+    const died = await fake('head -c 1 >/dev/null; echo "out of memory" >&2; exit 3');
+    assert.ok(isCellaError(died, 'QEMU_FAILED'), String(died));
+    assert.match(died.message, /spawn server .*exited with code 3: out of memory/);
+    // What a cella-spawn from before the server does with `--serve`: usage on stderr, status 125.
+    const old = await fake('echo "cella-spawn: unknown option" >&2; exit 125');
+    assert.ok(isCellaError(old, 'SETUP_MISSING') && old.message.includes('--serve'), String(old));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
